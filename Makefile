@@ -1,0 +1,65 @@
+# The targets a user types. The real build is Meson + Ninja; this file only
+# names the common jobs and makes sure the Debian packages are there first.
+
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
+FUZZ_BUILD ?= build-fuzz
+MESON_OPTS ?=
+# CI builds treat warnings as errors; so do we by default.
+WERROR     ?= true
+
+.PHONY: all deps build run test asan tsan fuzz bench clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/build.ninja:
+	@scripts/deps.sh
+	meson setup $(BUILD) -Dwerror=$(WERROR) $(MESON_OPTS)
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+# The main job: the C example shows lazy load, leases, idle offload/unload and
+# eviction under a small budget, printing every state change.
+run: build
+	$(BUILD)/examples/c/two_models
+
+test: build
+	meson test -C $(BUILD) --print-errorlogs
+
+$(ASAN_BUILD)/build.ninja:
+	@scripts/deps.sh
+	CC=clang meson setup $(ASAN_BUILD) -Dwerror=$(WERROR) -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug $(MESON_OPTS)
+
+asan: deps $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  meson test -C $(ASAN_BUILD) --print-errorlogs
+
+$(TSAN_BUILD)/build.ninja:
+	@scripts/deps.sh
+	CC=clang meson setup $(TSAN_BUILD) -Dwerror=$(WERROR) -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug $(MESON_OPTS)
+
+# TSan's shadow memory needs a fixed layout; setarch -R turns off address
+# randomisation for the test processes so it works on any kernel.
+tsan: deps $(TSAN_BUILD)/build.ninja
+	ninja -C $(TSAN_BUILD)
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  setarch -R meson test -C $(TSAN_BUILD) --print-errorlogs
+
+$(FUZZ_BUILD)/build.ninja:
+	@scripts/deps.sh
+	CC=clang meson setup $(FUZZ_BUILD) -Dfuzz=true -Dtests=false -Db_lundef=false -Dbuildtype=debug $(MESON_OPTS)
+
+fuzz: deps $(FUZZ_BUILD)/build.ninja
+	ninja -C $(FUZZ_BUILD)
+
+bench: build
+	@echo "no benchmarks yet"
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)

@@ -1,0 +1,43 @@
+#!/bin/sh
+# Installs the Debian 12 packages modelbuf needs to build, test and run.
+# Idempotent: when everything is present it only checks and exits.
+# Usage: scripts/deps.sh            (as root, or with sudo available)
+set -eu
+
+PKGS="
+build-essential
+meson
+ninja-build
+pkg-config
+clang
+libclang-rt-14-dev
+libmicrohttpd-dev
+libcurl4-openssl-dev
+libjansson-dev
+libyaml-dev
+libcmocka-dev
+liburing-dev
+libsystemd-dev
+python3-pytest
+"
+
+missing=""
+for p in $PKGS; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing="$missing $p"
+  fi
+done
+
+if [ -z "$missing" ]; then
+  exit 0
+fi
+
+echo "modelbuf: installing Debian packages:$missing"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing
