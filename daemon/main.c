@@ -1,0 +1,146 @@
+/*
+ * main.c - modelbufd's entry point: command line, configuration, and (in a
+ * later version) the server.
+ *
+ * Order of precedence for every setting: built-in default < the file
+ * (--config, else $MODELBUF_CONFIG, else ./modelbuf.yaml) < the environment
+ * (MODELBUF_LISTEN, MODELBUF_API_KEY, GPU_IDLE_TIMEOUT) < the flags.
+ *
+ * Exit codes: 0 ok, 1 bad configuration, 2 usage error or serving not
+ * available in this build.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "modelbuf/modelbuf.h"
+#include "units.h"
+
+#define EXIT_CONFIG 1
+#define EXIT_USAGE 2
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: modelbufd [options]\n"
+          "Keeps ML models in GPU memory only while they are used; runs each model as a\n"
+          "worker process behind one HTTP endpoint.\n"
+          "\n"
+          "  -c, --config FILE         configuration (default $MODELBUF_CONFIG, else %s)\n"
+          "      --check-config [FILE] validate the configuration, print every error, exit\n"
+          "  -l, --listen ADDR         HOST:PORT or unix:PATH (overrides listen, $MODELBUF_LISTEN)\n"
+          "      --keep-alive DUR      default keep-alive (overrides $GPU_IDLE_TIMEOUT)\n"
+          "      --log-level LEVEL     debug, info, warn or error\n"
+          "  -V, --version             print the version and exit\n"
+          "  -h, --help                print this help and exit\n"
+          "\n"
+          "See docs/CONFIG.md for the configuration file.\n",
+          MBD_DEFAULT_CONFIG_FILE);
+}
+
+/* One line that says what the configuration amounts to. */
+static void print_summary(const mbd_config *cfg, FILE *f) {
+  char ka[32];
+
+  fprintf(f, "ok: %zu model%s, listen %s", cfg->n_models, cfg->n_models == 1 ? "" : "s",
+          cfg->listen_str);
+  if (cfg->unix_socket != NULL)
+    fprintf(f, " and unix:%s", cfg->unix_socket);
+  if (cfg->devices_set)
+    fprintf(f, ", %zu device%s", cfg->n_devices, cfg->n_devices == 1 ? "" : "s");
+  else
+    fprintf(f, ", devices: all GPUs (else host)");
+  fprintf(f, ", eviction %s, keep_alive %s, api keys %zu\n",
+          cfg->eviction == MB_EVICT_COST ? "cost" : "lru",
+          mbd_format_duration(cfg->defaults.keep_alive_ms, ka, sizeof(ka)), cfg->n_api_keys);
+}
+
+enum { OPT_CHECK = 256, OPT_LOG_LEVEL, OPT_KEEP_ALIVE };
+
+int main(int argc, char **argv) {
+  static const struct option longopts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"check-config", optional_argument, NULL, OPT_CHECK},
+      {"listen", required_argument, NULL, 'l'},
+      {"keep-alive", required_argument, NULL, OPT_KEEP_ALIVE},
+      {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+      {"version", no_argument, NULL, 'V'},
+      {"help", no_argument, NULL, 'h'},
+      {NULL, 0, NULL, 0},
+  };
+  const char *config_flag = NULL, *path;
+  mbd_flags flags = {0};
+  mbd_diag diag;
+  mbd_config *cfg = NULL;
+  int check = 0, opt, rc;
+
+  while ((opt = getopt_long(argc, argv, "c:l:Vh", longopts, NULL)) != -1) {
+    switch (opt) {
+    case 'c':
+      config_flag = optarg;
+      break;
+    case OPT_CHECK:
+      check = 1;
+      /* --check-config FILE as well as --check-config=FILE. */
+      if (optarg != NULL)
+        config_flag = optarg;
+      else if (optind < argc && argv[optind][0] != '-')
+        config_flag = argv[optind++];
+      break;
+    case 'l':
+      flags.listen = optarg;
+      break;
+    case OPT_KEEP_ALIVE:
+      flags.keep_alive = optarg;
+      break;
+    case OPT_LOG_LEVEL:
+      flags.log_level = optarg;
+      break;
+    case 'V':
+      printf("modelbufd %s\n", mb_version());
+      return 0;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return EXIT_USAGE;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "modelbufd: unexpected argument '%s'\n", argv[optind]);
+    usage(stderr);
+    return EXIT_USAGE;
+  }
+
+  path = mbd_config_path(config_flag, NULL);
+  mbd_diag_init(&diag);
+  rc = mbd_config_load_file(path, NULL, &cfg, &diag);
+  if (rc == 0)
+    rc = mbd_config_apply_overrides(cfg, NULL, &flags, &diag);
+  if (rc != 0) {
+    mbd_diag_print(&diag, stderr);
+    if (rc == MB_ENOMEM)
+      fprintf(stderr, "modelbufd: out of memory reading the configuration\n");
+    fprintf(stderr, "modelbufd: %s: configuration is not valid (%zu error%s)\n", path,
+            diag.n + diag.dropped, diag.n + diag.dropped == 1 ? "" : "s");
+    mbd_diag_free(&diag);
+    mbd_config_free(cfg);
+    return EXIT_CONFIG;
+  }
+  mbd_diag_free(&diag);
+
+  if (check) {
+    print_summary(cfg, stdout);
+    mbd_config_free(cfg);
+    return 0;
+  }
+
+  fprintf(stderr,
+          "modelbufd %s: the configuration is valid, but serving is not built yet in this "
+          "version (use --check-config to validate a configuration)\n",
+          mb_version());
+  mbd_config_free(cfg);
+  return EXIT_USAGE;
+}
