@@ -1,0 +1,254 @@
+/*
+ * core_int.h - the residency core's data, private to libmodelbuf.
+ *
+ * Split across three files:
+ *   core.c   - the context: threads, the post queue, the loader pool, the
+ *              public entry points that post requests and wait.
+ *   sched.c  - the state machine: every decision (admission, eviction,
+ *              grants, timers, job completions) is made there, in a step.
+ *   status.c - snapshots for status and device info.
+ *
+ * Locks (see core.c for the full rules):
+ *   core_lock - everything the state machine owns: models, devices, the
+ *               timer heap, queues, statistics. Held by a step and by status
+ *               readers; never held while a backend runs.
+ *   post_lock - the post queue, the job completion list, the lease table
+ *               and the wake-up condition. Short critical sections.
+ *   pool_lock - the loader pool's job queue.
+ * Order: core_lock -> post_lock, core_lock -> pool_lock. Nothing takes
+ * core_lock while holding post_lock or pool_lock.
+ */
+#ifndef MB_CORE_INT_H
+#define MB_CORE_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "modelbuf/modelbuf.h"
+#include "heap.h"
+
+/* Timer kinds. */
+enum { MB__T_MODEL = 1, MB__T_WAIT = 2, MB__T_TTL = 3 };
+
+/* Request types posted to the core. */
+typedef enum mb__req_type {
+  MB__R_ACQUIRE = 1,
+  MB__R_LOAD,
+  MB__R_OFFLOAD,
+  MB__R_UNLOAD,
+  MB__R_KEEPALIVE,
+  MB__R_CANCEL,
+  MB__R_REMOVE,
+  MB__R_SHUTDOWN
+} mb__req_type;
+
+typedef struct mb__model mb__model;
+
+/*
+ * A posted request. An acquire stays alive as a waiter in its model's queue
+ * until it is answered; every request is answered exactly once through done.
+ */
+typedef struct mb__req {
+  struct mb__req *next;          /* post queue / answered list */
+  struct mb__req *qprev, *qnext; /* a model's waiter list */
+  mb__req_type type;
+  uint64_t id;
+  char *name;                    /* the model's name (owned) */
+  mb__model *m;                  /* resolved by the core */
+  int priority;
+  uint64_t seq;                  /* arrival order */
+  uint64_t enq_ns;               /* when the core took it */
+  int64_t timeout_ms, keep_alive_ms, ttl_ms;
+  uint64_t cancel_id;            /* MB__R_CANCEL */
+  mb__timer timer;               /* queue timeout */
+  int has_timer_slot;
+  uint64_t load_ns;              /* load/restore time this request waited for */
+  mb_done_fn done;
+  void *arg;
+  /* The answer. */
+  int rc;
+  mb_lease lease;
+  uint64_t queue_ns;
+  char msg[256];
+} mb__req;
+
+/* A lease granted by the core; in the lease table until the core drops it. */
+typedef struct mb__lease {
+  uint64_t id;
+  mb__model *m;
+  int device;
+  int released;         /* set under post_lock by mb_release or TTL expiry */
+  uint64_t ttl_deadline;/* under post_lock; 0 = no TTL */
+  mb__timer timer;      /* TTL check, core-owned */
+  struct mb__lease *hnext;  /* lease table chain */
+  struct mb__lease *pnext;  /* release list (post queue of releases) */
+} mb__lease;
+
+/* A backend job; one per model at most, so it lives inside the model. */
+struct mb_job {
+  mb_job_kind kind;
+  mb__model *m;
+  mb_ctx *ctx;
+  int device;
+  uint64_t start_ns;
+  uint64_t budget_bytes;
+  int busy;              /* handed out, not yet completed */
+  int rc;
+  char msg[256];
+  mb_usage usage;
+  int have_usage;
+  uint64_t progress_done, progress_total; /* atomics */
+  struct mb_job *next;   /* completion list / pool queue / manual list */
+};
+
+typedef struct mb__device {
+  mb_device_opts opts;
+  int index;
+  char name[32];
+  uint64_t capacity, usable;
+  uint64_t used;       /* sum of dev_charge of models placed here */
+  int resident;        /* models charged here */
+  int leaving;         /* of which OFFLOADING or UNLOADING */
+  uint64_t leaving_bytes;
+  int loads;           /* LOADING + RESTORING */
+  int leases;
+} mb__device;
+
+struct mb__model {
+  char *name;
+  const mb_backend *be;
+  void *user;
+  mb_model_opts opts;
+  int index;                 /* registration order */
+  mb_state state;
+  int device;                /* placement, -1 none */
+  int64_t ka_current;        /* effective keep-alive (ms) */
+  uint64_t idle_since;       /* when the idle clock started */
+  mb__timer timer;           /* idle expiry (READY) or host keep-alive (OFFLOADED) */
+  /* Waiters. */
+  mb__req *wq_head, *wq_tail; /* acquires, by priority then arrival */
+  int nwait;
+  mb__req *lw_head;          /* explicit loads waiting for READY */
+  mb__req *ow_head;          /* offload/unload requests waiting */
+  int offload_pending, unload_pending, removing;
+  /* Admission. */
+  int admit_pending;
+  uint64_t admit_seq;
+  mb__model *adm_prev, *adm_next;
+  /* Dirty list. */
+  int dirty;
+  mb__model *dirty_next;
+  /* Memory. */
+  uint64_t dev_charge, host_charge;
+  int on_dev;                 /* counted in its device's used/resident */
+  int leaving;                /* counted in its device's leaving */
+  uint64_t measured_fp;       /* peak device bytes of the last residency (0 unknown) */
+  uint64_t measured_host;     /* host bytes of the last offload (0 unknown) */
+  uint64_t resid_peak;        /* peak in the current residency */
+  int growth_streak;
+  mb_usage usage;             /* last measured */
+  /* Use. */
+  int inflight;
+  uint64_t loaded_at, last_accessed, last_load_ns;
+  uint64_t freq;              /* acquires during the current residency */
+  double gdsf_h;              /* cost policy priority */
+  /* Failure. */
+  char error[256];
+  int fail_count;
+  uint64_t retry_at;
+  unsigned warnings;
+  char warning_text[256];
+  mb_stats stats;
+  uint64_t load_count_for_avg;
+  struct mb_job job;
+  mb__model *hnext;          /* name table chain */
+  mb__model *gnext;          /* graveyard */
+};
+
+typedef struct mb__event_buf {
+  mb_event *items;
+  char **reasons; /* owned copies */
+  char **models;
+  size_t len, cap;
+} mb__event_buf;
+
+struct mb_ctx {
+  mb_ctx_opts opts;
+  uint64_t now;
+  int64_t wall_offset_ms;     /* wall ms = clock ms + offset */
+
+  pthread_mutex_t core_lock;
+  pthread_mutex_t post_lock;
+  pthread_cond_t post_cond;   /* wakes the core thread */
+  pthread_mutex_t pool_lock;
+  pthread_cond_t pool_cond;
+
+  /* Under post_lock. */
+  mb__req *post_head, *post_tail;
+  mb__lease *rel_head;        /* released leases */
+  struct mb_job *done_head, *done_tail;
+  mb__lease **lease_tab;
+  size_t lease_tab_cap, lease_count;
+  uint64_t next_lease_id;
+  uint64_t next_req_id;
+  int wake;
+  int progress_flag;
+
+  /* Under pool_lock. */
+  struct mb_job *pool_head, *pool_tail;
+  int pool_stop;
+  pthread_t *loaders;
+  int nloaders;
+  pthread_t core_thread;
+  int core_started;
+  int stop;                   /* core thread exits */
+
+  /* Under core_lock: the state machine. */
+  mb__device *devs;
+  int ndev;
+  mb__model **models;         /* registration order */
+  int nmodels, models_cap;
+  mb__model **name_tab;
+  size_t name_tab_cap;
+  mb__heap heap;
+  mb__model *adm_head, *adm_tail;
+  uint64_t adm_seq;
+  mb__model *dirty_head, *dirty_tail;
+  int devs_dirty;
+  uint64_t req_seq;
+  uint64_t host_budget, host_used;
+  double gdsf_L;
+  int shutting_down;
+  int jobs_busy;
+  struct mb_job *manual_jobs; /* handed to the executor after the step */
+  mb__req *answered_head, *answered_tail;
+  mb__model *graveyard;
+  mb__event_buf events;
+  uint64_t event_seq;
+  uint64_t events_dropped;
+};
+
+/* core.c */
+void mb__post_job_done(mb_ctx *ctx, struct mb_job *job);
+void mb__submit_job_locked(mb_ctx *ctx, struct mb_job *job);
+mb__model *mb__model_find_locked(mb_ctx *ctx, const char *name);
+void mb__model_unlink_locked(mb_ctx *ctx, mb__model *m);
+void mb__model_destroy(mb__model *m);
+mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id); /* post_lock held */
+int mb__lease_insert_locked(mb_ctx *ctx, mb__lease *l);    /* post_lock held */
+
+/* sched.c: the step, with core_lock held. */
+int mb__step_locked(mb_ctx *ctx, mb__req *reqs, mb__lease *rels, struct mb_job *done);
+void mb__event_locked(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state from,
+                      mb_state to, const char *reason);
+uint64_t mb__footprint(const mb__model *m);
+/* Stops grants, fails every waiter with MB_ESHUTDOWN, marks every model
+ * for unloading (threaded mode unloads them through the loaders). */
+void mb__shutdown_locked(mb_ctx *ctx);
+
+/* Milliseconds to ns, with MB_FOREVER passing through as UINT64_MAX. */
+static inline uint64_t mb__ms_to_ns(int64_t ms) {
+  return ms < 0 ? UINT64_MAX : (uint64_t)ms * 1000000ull;
+}
+
+#endif /* MB_CORE_INT_H */

@@ -1,0 +1,1337 @@
+/*
+ * sched.c - the residency state machine (DESIGN §1). Every decision of the
+ * core is made here, during a step, with core_lock held and nothing else
+ * running under it: backend work is only *started* here (handed to loader
+ * threads or the manual executor) and its completion comes back as an event
+ * of a later step.
+ *
+ * A step takes posted requests, lease releases and job completions, fires
+ * the timers that are due, and then "advances" every model touched (the
+ * dirty list) and retries pending admissions until nothing changes. The
+ * clock is read once per step into ctx->now, so the same inputs give the
+ * same decisions.
+ *
+ * Invariants (checked by the tests):
+ *   - a model with inflight > 0 is READY and is never offloaded, unloaded or
+ *     evicted; its idle timer is not armed;
+ *   - per device, used <= usable at admission (a measured footprint larger
+ *     than declared may exceed it; idle models are then evicted);
+ *   - every request is answered exactly once.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "modelbuf/modelbuf.h"
+#include "alloc.h"
+#include "core_int.h"
+
+#define BACKOFF_FIRST_NS 1000000000ull
+#define BACKOFF_MAX_NS 60000000000ull
+/* Reload estimates for models never measured: disk-ish and PCIe-ish speeds. */
+#define EST_LOAD_BPS 1.0e9
+#define EST_RESTORE_BPS 10.0e9
+
+static void advance(mb_ctx *ctx, mb__model *m);
+static void set_state(mb_ctx *ctx, mb__model *m, mb_state to, const char *reason);
+
+/* ------------------------------------------------------------------------ */
+/* Events and answers                                                        */
+
+void mb__event_locked(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state from,
+                      mb_state to, const char *reason) {
+  mb__event_buf *b = &ctx->events;
+  if (ctx->opts.on_event == NULL)
+    return;
+  if (b->len == b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 32;
+    mb_event *items = mb__realloc(b->items, cap * sizeof(*items));
+    if (items == NULL)
+      goto drop;
+    b->items = items;
+    char **reasons = mb__realloc(b->reasons, cap * sizeof(*reasons));
+    if (reasons == NULL)
+      goto drop;
+    b->reasons = reasons;
+    char **models = mb__realloc(b->models, cap * sizeof(*models));
+    if (models == NULL)
+      goto drop;
+    b->models = models;
+    b->cap = cap;
+  }
+  char *r = mb__strdup(reason ? reason : "");
+  char *name = mb__strdup(m->name);
+  if (r == NULL || name == NULL) {
+    mb__free(r);
+    mb__free(name);
+    goto drop;
+  }
+  mb_event *ev = &b->items[b->len];
+  memset(ev, 0, sizeof(*ev));
+  ev->seq = ++ctx->event_seq;
+  ev->time_ns = ctx->now;
+  ev->type = type;
+  ev->from = from;
+  ev->to = to;
+  ev->device = m->device;
+  if (type == MB_EVENT_PROGRESS) {
+    ev->done_bytes = __atomic_load_n(&m->job.progress_done, __ATOMIC_RELAXED);
+    ev->total_bytes = __atomic_load_n(&m->job.progress_total, __ATOMIC_RELAXED);
+  }
+  b->reasons[b->len] = r;
+  b->models[b->len] = name;
+  b->len++;
+  return;
+drop:
+  /* Under memory pressure an event is lost, never the state: count it. */
+  ctx->events_dropped++;
+}
+
+/* Queues req's answer; done runs after the step, outside core_lock. */
+static void answer(mb_ctx *ctx, mb__req *r, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void answer(mb_ctx *ctx, mb__req *r, int rc, const char *fmt, ...) {
+  r->rc = rc;
+  r->msg[0] = '\0';
+  if (fmt != NULL) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->msg, sizeof(r->msg), fmt, ap);
+    va_end(ap);
+  } else if (rc != 0) {
+    snprintf(r->msg, sizeof(r->msg), "%s", mb_strerror(rc));
+  }
+  if (r->has_timer_slot) {
+    mb__heap_cancel(&ctx->heap, &r->timer);
+    mb__heap_unreserve(&ctx->heap);
+    r->has_timer_slot = 0;
+  }
+  r->next = NULL;
+  if (ctx->answered_tail)
+    ctx->answered_tail->next = r;
+  else
+    ctx->answered_head = r;
+  ctx->answered_tail = r;
+}
+
+static void mark_dirty(mb_ctx *ctx, mb__model *m) {
+  if (m->dirty)
+    return;
+  m->dirty = 1;
+  m->dirty_next = NULL;
+  if (ctx->dirty_tail)
+    ctx->dirty_tail->dirty_next = m;
+  else
+    ctx->dirty_head = m;
+  ctx->dirty_tail = m;
+}
+
+static void set_state(mb_ctx *ctx, mb__model *m, mb_state to, const char *reason) {
+  mb_state from = m->state;
+  if (from == to)
+    return;
+  m->state = to;
+  mb__event_locked(ctx, MB_EVENT_STATE, m, from, to, reason);
+  mark_dirty(ctx, m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Waiter queues                                                             */
+
+static void wq_insert(mb__model *m, mb__req *r) {
+  mb__req *p = m->wq_tail;
+  /* Higher priority first; equal priority in arrival order. */
+  while (p != NULL && p->priority < r->priority)
+    p = p->qprev;
+  r->qprev = p;
+  r->qnext = p ? p->qnext : m->wq_head;
+  if (r->qnext)
+    r->qnext->qprev = r;
+  else
+    m->wq_tail = r;
+  if (p)
+    p->qnext = r;
+  else
+    m->wq_head = r;
+  m->nwait++;
+}
+
+static void wq_remove(mb__model *m, mb__req *r) {
+  if (r->qprev)
+    r->qprev->qnext = r->qnext;
+  else
+    m->wq_head = r->qnext;
+  if (r->qnext)
+    r->qnext->qprev = r->qprev;
+  else
+    m->wq_tail = r->qprev;
+  r->qprev = r->qnext = NULL;
+  m->nwait--;
+}
+
+/* Singly linked lists of load waiters and op waiters. */
+static void list_push(mb__req **head, mb__req *r) {
+  r->qnext = *head;
+  *head = r;
+}
+
+static int wants_resident(const mb__model *m) {
+  return m->wq_head != NULL || m->lw_head != NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Memory accounting                                                         */
+
+uint64_t mb__footprint(const mb__model *m) {
+  return m->measured_fp ? m->measured_fp : m->opts.footprint_bytes;
+}
+
+static uint64_t host_need(const mb__model *m) {
+  return m->measured_host ? m->measured_host : mb__footprint(m);
+}
+
+static void charge_dev(mb_ctx *ctx, mb__model *m, int dev, uint64_t bytes) {
+  mb__device *d = &ctx->devs[dev];
+  m->device = dev;
+  m->dev_charge = bytes;
+  m->on_dev = 1;
+  m->leaving = 0;
+  d->used += bytes;
+  d->resident++;
+}
+
+static void set_dev_charge(mb_ctx *ctx, mb__model *m, uint64_t bytes) {
+  mb__device *d = &ctx->devs[m->device];
+  d->used = d->used - m->dev_charge + bytes;
+  if (m->leaving)
+    d->leaving_bytes = d->leaving_bytes - m->dev_charge + bytes;
+  m->dev_charge = bytes;
+}
+
+/* Marks the model's device bytes as leaving (OFFLOADING/UNLOADING): they
+ * will be free soon, so admission waits for them instead of evicting more. */
+static void set_leaving(mb_ctx *ctx, mb__model *m, int leaving) {
+  if (!m->on_dev || m->leaving == leaving)
+    return;
+  mb__device *d = &ctx->devs[m->device];
+  if (leaving) {
+    d->leaving++;
+    d->leaving_bytes += m->dev_charge;
+  } else {
+    d->leaving--;
+    d->leaving_bytes -= m->dev_charge;
+  }
+  m->leaving = leaving;
+}
+
+/* The model's device memory is gone. m->device is kept (an offloaded model
+ * goes back where it was). */
+static void uncharge_dev(mb_ctx *ctx, mb__model *m) {
+  if (!m->on_dev)
+    return;
+  set_leaving(ctx, m, 0);
+  mb__device *d = &ctx->devs[m->device];
+  d->used -= m->dev_charge;
+  d->resident--;
+  m->dev_charge = 0;
+  m->on_dev = 0;
+  ctx->devs_dirty = 1;
+}
+
+static void charge_host(mb_ctx *ctx, mb__model *m, uint64_t bytes) {
+  ctx->host_used = ctx->host_used - m->host_charge + bytes;
+  m->host_charge = bytes;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Eviction order                                                            */
+
+/* Time to bring m back if evicted now, in ms (measured, else estimated). */
+static double reload_cost_ms(const mb__model *m, int to_host) {
+  double bytes = (double)mb__footprint(m);
+  if (to_host)
+    return m->stats.last_restore_ms > 0 ? m->stats.last_restore_ms
+                                        : bytes / EST_RESTORE_BPS * 1e3 + 1;
+  return m->stats.avg_load_ms > 0 ? m->stats.avg_load_ms : bytes / EST_LOAD_BPS * 1e3 + 1;
+}
+
+static int can_offload(const mb__model *m) {
+  return m->be->offload != NULL && m->be->restore != NULL;
+}
+
+/*
+ * GreedyDual-Size-Frequency: H = L + uses x reload cost / size. The model
+ * with the lowest H goes first; L rises to each victim's H so models not
+ * used for long age out. Cheap to reload, rarely used and large go first.
+ */
+static void gdsf_touch(mb_ctx *ctx, mb__model *m) {
+  double gib = (double)mb__footprint(m) / (1024.0 * 1024 * 1024);
+  if (gib < 1.0 / 1024)
+    gib = 1.0 / 1024;
+  m->gdsf_h = ctx->gdsf_L +
+              (double)m->freq * reload_cost_ms(m, m->opts.offload && can_offload(m)) / gib;
+}
+
+/* 1 if a should be evicted before b under the context's policy. */
+static int evict_before(const mb_ctx *ctx, const mb__model *a, const mb__model *b) {
+  if (ctx->opts.eviction == MB_EVICT_COST) {
+    if (a->gdsf_h != b->gdsf_h)
+      return a->gdsf_h < b->gdsf_h;
+  }
+  if (a->last_accessed != b->last_accessed)
+    return a->last_accessed < b->last_accessed;
+  return a->index < b->index;
+}
+
+static int evictable(const mb__model *m, int dev) {
+  return m->device == dev && m->state == MB_STATE_READY && m->inflight == 0 &&
+         !m->opts.pinned && m->wq_head == NULL && m->lw_head == NULL &&
+         !m->offload_pending && !m->unload_pending;
+}
+
+static int host_evictable(const mb__model *m) {
+  return m->state == MB_STATE_OFFLOADED && !m->opts.pinned && !wants_resident(m) &&
+         !m->unload_pending;
+}
+
+/*
+ * Collects up to cap candidates matching pred, sorted by eviction order
+ * (insertion sort: candidate lists are short, per device).
+ */
+static int collect(mb_ctx *ctx, mb__model **out, int cap, int dev, int host) {
+  int n = 0;
+  for (int i = 0; i < ctx->nmodels && n < cap; i++) {
+    mb__model *m = ctx->models[i];
+    if (host ? !host_evictable(m) : !evictable(m, dev))
+      continue;
+    int j = n++;
+    while (j > 0 && evict_before(ctx, m, out[j - 1])) {
+      out[j] = out[j - 1];
+      j--;
+    }
+    out[j] = m;
+  }
+  return n;
+}
+
+static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind);
+
+/* Starts a full release of an OFFLOADED model to make room in the host tier. */
+static void host_evict(mb_ctx *ctx, mb__model *m) {
+  m->stats.evictions++;
+  mb__event_locked(ctx, MB_EVENT_EVICT, m, m->state, MB_STATE_UNLOADING, "host eviction");
+  mb__heap_cancel(&ctx->heap, &m->timer);
+  start_job(ctx, m, MB_JOB_UNLOAD);
+}
+
+/*
+ * Whether bytes fit in the host tier, evicting offloaded models if that
+ * makes them fit (only then). Host bytes still held by models being unloaded
+ * count as in use until they are gone.
+ */
+static int host_make_room(mb_ctx *ctx, const mb__model *self, uint64_t bytes) {
+  if (ctx->host_used + bytes <= ctx->host_budget)
+    return 1;
+  mb__model *cand[256];
+  int n = collect(ctx, cand, 256, -1, 1);
+  uint64_t freed = 0;
+  int k = 0;
+  while (k < n && ctx->host_used - freed + bytes > ctx->host_budget) {
+    if (cand[k] != self)
+      freed += cand[k]->host_charge;
+    k++;
+  }
+  if (ctx->host_used - freed + bytes > ctx->host_budget)
+    return 0;
+  for (int i = 0; i < k; i++)
+    if (cand[i] != self)
+      host_evict(ctx, cand[i]);
+  /* The evicted bytes are still charged until their unload completes, but
+   * they are promised: the offload may go ahead. */
+  return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Jobs                                                                      */
+
+static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind) {
+  struct mb_job *j = &m->job;
+  static const mb_state next[] = {
+      [MB_JOB_LOAD] = MB_STATE_LOADING,
+      [MB_JOB_OFFLOAD] = MB_STATE_OFFLOADING,
+      [MB_JOB_RESTORE] = MB_STATE_RESTORING,
+      [MB_JOB_UNLOAD] = MB_STATE_UNLOADING,
+  };
+  static const char *why[] = {"load", "offload", "restore", "unload"};
+  memset(j, 0, sizeof(*j));
+  j->kind = kind;
+  j->m = m;
+  j->ctx = ctx;
+  j->device = m->device;
+  j->start_ns = ctx->now;
+  j->budget_bytes = m->dev_charge;
+  j->busy = 1;
+  ctx->jobs_busy++;
+  if (kind == MB_JOB_LOAD || kind == MB_JOB_RESTORE)
+    ctx->devs[m->device].loads++;
+  if (kind == MB_JOB_OFFLOAD || kind == MB_JOB_UNLOAD)
+    set_leaving(ctx, m, 1);
+  const char *reason = m->unload_pending || m->offload_pending ? "request" : why[kind];
+  if (m->removing)
+    reason = "remove";
+  set_state(ctx, m, next[kind], reason);
+  mb__submit_job_locked(ctx, j);
+}
+
+/* Moves an idle READY model off its device: offload if allowed and it fits
+ * in the host tier, else unload. explicit: an offload request (policy aside). */
+static void go_idle(mb_ctx *ctx, mb__model *m, int allow_offload, const char *why) {
+  (void)why;
+  mb__heap_cancel(&ctx->heap, &m->timer);
+  if (allow_offload && can_offload(m) && host_make_room(ctx, m, host_need(m))) {
+    charge_host(ctx, m, host_need(m));
+    start_job(ctx, m, MB_JOB_OFFLOAD);
+  } else {
+    start_job(ctx, m, MB_JOB_UNLOAD);
+  }
+}
+
+static void evict(mb_ctx *ctx, mb__model *m) {
+  m->stats.evictions++;
+  mb__event_locked(ctx, MB_EVENT_EVICT, m, m->state, m->state, "eviction");
+  if (ctx->opts.eviction == MB_EVICT_COST && m->gdsf_h > ctx->gdsf_L)
+    ctx->gdsf_L = m->gdsf_h;
+  go_idle(ctx, m, m->opts.offload, "evict");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Admission                                                                 */
+
+static void adm_remove(mb_ctx *ctx, mb__model *m) {
+  if (!m->admit_pending)
+    return;
+  if (m->adm_prev)
+    m->adm_prev->adm_next = m->adm_next;
+  else
+    ctx->adm_head = m->adm_next;
+  if (m->adm_next)
+    m->adm_next->adm_prev = m->adm_prev;
+  else
+    ctx->adm_tail = m->adm_prev;
+  m->adm_prev = m->adm_next = NULL;
+  m->admit_pending = 0;
+}
+
+static void adm_add(mb_ctx *ctx, mb__model *m) {
+  if (m->admit_pending)
+    return;
+  m->admit_pending = 1;
+  m->admit_seq = ++ctx->adm_seq;
+  m->adm_next = NULL;
+  m->adm_prev = ctx->adm_tail;
+  if (ctx->adm_tail)
+    ctx->adm_tail->adm_next = m;
+  else
+    ctx->adm_head = m;
+  ctx->adm_tail = m;
+  ctx->devs_dirty = 1;
+}
+
+static void fail_waiters(mb_ctx *ctx, mb__model *m, int rc, const char *msg) {
+  while (m->wq_head) {
+    mb__req *r = m->wq_head;
+    wq_remove(m, r);
+    if (rc == MB_ENOSPC)
+      m->stats.rejected++;
+    answer(ctx, r, rc, "%s", msg);
+  }
+  while (m->lw_head) {
+    mb__req *r = m->lw_head;
+    m->lw_head = r->qnext;
+    answer(ctx, r, rc, "%s", msg);
+  }
+}
+
+static uint64_t usable_on(const mb_ctx *ctx, int dev) {
+  return ctx->devs[dev].usable;
+}
+
+/*
+ * Plans room for need bytes on dev: returns 0 if it fits now, 1 if it will
+ * fit once leaving models are gone or planned victims are evicted (*nvict
+ * victims in vict, *cost their summed eviction cost), -1 if not now.
+ */
+static int plan_room(mb_ctx *ctx, int dev, uint64_t need, mb__model **vict, int cap, int *nvict,
+                     double *cost) {
+  mb__device *d = &ctx->devs[dev];
+  int max_loaded = d->opts.max_loaded;
+  *nvict = 0;
+  *cost = 0;
+  if (d->used + need <= d->usable && (max_loaded == 0 || d->resident < max_loaded))
+    return 0;
+  uint64_t will_free = d->leaving_bytes;
+  int will_leave = d->leaving;
+  if (d->used - will_free + need <= d->usable &&
+      (max_loaded == 0 || d->resident - will_leave < max_loaded))
+    return 1;
+  int n = collect(ctx, vict, cap, dev, 0);
+  int k = 0;
+  while (k < n && (d->used - will_free + need > d->usable ||
+                   (max_loaded && d->resident - will_leave >= max_loaded))) {
+    will_free += vict[k]->dev_charge;
+    will_leave++;
+    *cost += ctx->opts.eviction == MB_EVICT_COST ? vict[k]->gdsf_h - ctx->gdsf_L
+                                                 : reload_cost_ms(vict[k], 0);
+    k++;
+  }
+  if (d->used - will_free + need > d->usable ||
+      (max_loaded && d->resident - will_leave >= max_loaded))
+    return -1;
+  *nvict = k;
+  return 1;
+}
+
+#define MAX_CAND 512
+
+/*
+ * Tries to admit a model that wants to become resident: picks a device
+ * (fixed, or for MB_DEVICE_AUTO the one where it fits with the least
+ * eviction cost), evicts if that makes room, and starts the load or restore
+ * once the memory is there. Returns 1 if the admission list changed.
+ */
+static void try_admit(mb_ctx *ctx, mb__model *m) {
+  uint64_t need = mb__footprint(m);
+  int restore = m->state == MB_STATE_OFFLOADED;
+  int lo = 0, hi = ctx->ndev;
+  if (restore && m->device >= 0) {
+    lo = m->device;
+    hi = lo + 1;
+  } else if (m->opts.device != MB_DEVICE_AUTO) {
+    lo = m->opts.device;
+    hi = lo + 1;
+  }
+  int best = -1, best_kind = 2;
+  double best_cost = 0;
+  uint64_t best_free = 0;
+  int ever = 0;
+  uint64_t largest = 0;
+  mb__model *vict[MAX_CAND];
+  for (int dev = lo; dev < hi; dev++) {
+    if (usable_on(ctx, dev) > largest)
+      largest = usable_on(ctx, dev);
+    if (need > usable_on(ctx, dev))
+      continue;
+    ever = 1;
+    int nv;
+    double cost;
+    int kind = plan_room(ctx, dev, need, vict, MAX_CAND, &nv, &cost);
+    if (kind < 0)
+      continue;
+    uint64_t freeb = ctx->devs[dev].usable - (ctx->devs[dev].used < ctx->devs[dev].usable
+                                                  ? ctx->devs[dev].used
+                                                  : ctx->devs[dev].usable);
+    if (best < 0 || kind < best_kind || (kind == best_kind && kind == 0 && freeb > best_free) ||
+        (kind == best_kind && kind == 1 && cost < best_cost)) {
+      best = dev;
+      best_kind = kind;
+      best_cost = cost;
+      best_free = freeb;
+    }
+  }
+  if (!ever) {
+    char msg[256];
+    snprintf(msg, sizeof(msg),
+             "model '%s' needs %llu bytes but no device can ever hold it "
+             "(largest usable: capacity - reserve = %llu bytes)",
+             m->name, (unsigned long long)need, (unsigned long long)largest);
+    adm_remove(ctx, m);
+    fail_waiters(ctx, m, MB_ENOSPC, msg);
+    return;
+  }
+  if (best < 0)
+    return; /* wait for leases to be released */
+  if (best_kind == 1) {
+    int nv;
+    double cost;
+    plan_room(ctx, best, need, vict, MAX_CAND, &nv, &cost);
+    for (int i = 0; i < nv; i++)
+      evict(ctx, vict[i]);
+    return; /* admitted when the memory is back */
+  }
+  mb__device *d = &ctx->devs[best];
+  int maxp = d->opts.max_parallel_loads > 0 ? d->opts.max_parallel_loads : 1;
+  if (d->loads >= maxp)
+    return;
+  adm_remove(ctx, m);
+  charge_dev(ctx, m, best, need);
+  if (!restore)
+    m->resid_peak = 0;
+  start_job(ctx, m, restore ? MB_JOB_RESTORE : MB_JOB_LOAD);
+}
+
+static void pump_admissions(mb_ctx *ctx) {
+  ctx->devs_dirty = 0;
+  mb__model *m = ctx->adm_head;
+  while (m != NULL) {
+    mb__model *next = m->adm_next;
+    if (!wants_resident(m) || m->unload_pending)
+      adm_remove(ctx, m);
+    else
+      try_admit(ctx, m);
+    m = next;
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Grants                                                                    */
+
+static int device_slot_free(const mb_ctx *ctx, const mb__model *m) {
+  const mb__device *d = &ctx->devs[m->device];
+  return d->opts.concurrency <= 0 || d->leases < d->opts.concurrency;
+}
+
+static int can_grant(const mb_ctx *ctx, const mb__model *m) {
+  return m->state == MB_STATE_READY && !m->offload_pending && !m->unload_pending &&
+         m->inflight < m->opts.max_concurrency && !ctx->shutting_down;
+}
+
+static int wait_bucket(double ms) {
+  int i = 0;
+  while (i < MB_WAIT_BUCKETS - 1 && ms > mb_wait_bucket_ms[i])
+    i++;
+  return i;
+}
+
+static void grant(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  mb__lease *l = mb__calloc(1, sizeof(*l));
+  wq_remove(m, r);
+  if (l == NULL || mb__heap_reserve(&ctx->heap) != 0) {
+    mb__free(l);
+    answer(ctx, r, MB_ENOMEM, "out of memory granting a lease");
+    return;
+  }
+  l->m = m;
+  l->device = m->device;
+  mb__timer_init(&l->timer, MB__T_TTL);
+  pthread_mutex_lock(&ctx->post_lock);
+  l->id = ++ctx->next_lease_id;
+  if (r->ttl_ms > 0)
+    l->ttl_deadline = ctx->now + mb__ms_to_ns(r->ttl_ms);
+  int rc = mb__lease_insert_locked(ctx, l);
+  pthread_mutex_unlock(&ctx->post_lock);
+  if (rc != 0) {
+    mb__heap_unreserve(&ctx->heap);
+    mb__free(l);
+    answer(ctx, r, MB_ENOMEM, "out of memory granting a lease");
+    return;
+  }
+  if (l->ttl_deadline)
+    mb__heap_arm(&ctx->heap, &l->timer, l->ttl_deadline);
+  m->inflight++;
+  ctx->devs[m->device].leases++;
+  mb__heap_cancel(&ctx->heap, &m->timer);
+  m->ka_current = r->keep_alive_ms != MB_DEFAULT ? r->keep_alive_ms : m->opts.keep_alive_ms;
+  m->last_accessed = ctx->now;
+  uint64_t waited = ctx->now - r->enq_ns;
+  r->queue_ns = waited > r->load_ns ? waited - r->load_ns : 0;
+  double ms = (double)waited / 1e6;
+  m->stats.wait_buckets[wait_bucket(ms)]++;
+  m->stats.wait_count++;
+  m->stats.wait_sum_ms += ms;
+  r->lease.id = l->id;
+  r->lease.device = l->device;
+  answer(ctx, r, 0, NULL);
+}
+
+/* Grants waiting acquires of m while slots allow. */
+static void grant_model(mb_ctx *ctx, mb__model *m) {
+  while (m->wq_head && can_grant(ctx, m) && device_slot_free(ctx, m))
+    grant(ctx, m, m->wq_head);
+}
+
+/*
+ * With a device-wide concurrency limit, a freed slot goes to the best
+ * waiter among all the device's models: highest priority, then earliest.
+ */
+static void grant_device(mb_ctx *ctx, int dev) {
+  for (;;) {
+    mb__model *best = NULL;
+    for (int i = 0; i < ctx->nmodels; i++) {
+      mb__model *m = ctx->models[i];
+      if (m->device != dev || m->wq_head == NULL || !can_grant(ctx, m))
+        continue;
+      if (best == NULL || m->wq_head->priority > best->wq_head->priority ||
+          (m->wq_head->priority == best->wq_head->priority &&
+           m->wq_head->seq < best->wq_head->seq))
+        best = m;
+    }
+    if (best == NULL || !device_slot_free(ctx, best))
+      return;
+    grant(ctx, best, best->wq_head);
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Advancing a model                                                         */
+
+static void answer_op_waiters(mb_ctx *ctx, mb__model *m, int rc, const char *msg) {
+  while (m->ow_head) {
+    mb__req *r = m->ow_head;
+    m->ow_head = r->qnext;
+    answer(ctx, r, rc, "%s", msg ? msg : "");
+  }
+}
+
+static void answer_load_waiters(mb_ctx *ctx, mb__model *m) {
+  while (m->lw_head) {
+    mb__req *r = m->lw_head;
+    m->lw_head = r->qnext;
+    if (r->keep_alive_ms != MB_DEFAULT)
+      m->ka_current = r->keep_alive_ms;
+    r->load_ns = m->last_load_ns;
+    answer(ctx, r, 0, NULL);
+  }
+}
+
+static void arm_idle(mb_ctx *ctx, mb__model *m) {
+  if (mb__timer_armed(&m->timer))
+    return;
+  if (m->ka_current == MB_FOREVER)
+    return;
+  if (m->ka_current == 0) {
+    go_idle(ctx, m, m->opts.offload, "idle");
+    return;
+  }
+  mb__heap_arm(&ctx->heap, &m->timer, m->idle_since + mb__ms_to_ns(m->ka_current));
+}
+
+static void advance(mb_ctx *ctx, mb__model *m) {
+  switch (m->state) {
+  case MB_STATE_UNLOADED:
+  case MB_STATE_FAILED:
+    if (m->removing || ctx->shutting_down)
+      break;
+    if (wants_resident(m) && !m->admit_pending) {
+      adm_add(ctx, m);
+      try_admit(ctx, m);
+    }
+    break;
+  case MB_STATE_OFFLOADED:
+    if (m->unload_pending || ctx->shutting_down) {
+      mb__heap_cancel(&ctx->heap, &m->timer);
+      start_job(ctx, m, MB_JOB_UNLOAD);
+    } else if (wants_resident(m)) {
+      mb__heap_cancel(&ctx->heap, &m->timer);
+      if (!m->admit_pending) {
+        adm_add(ctx, m);
+        try_admit(ctx, m);
+      }
+    } else if (m->offload_pending) {
+      m->offload_pending = 0;
+      answer_op_waiters(ctx, m, 0, NULL);
+    } else if (!mb__timer_armed(&m->timer) && m->opts.host_keep_alive_ms != MB_FOREVER) {
+      mb__heap_arm(&ctx->heap, &m->timer,
+                   m->idle_since + mb__ms_to_ns(m->opts.host_keep_alive_ms));
+    }
+    break;
+  case MB_STATE_READY:
+    if (m->inflight == 0 && (m->unload_pending || ctx->shutting_down)) {
+      mb__heap_cancel(&ctx->heap, &m->timer);
+      start_job(ctx, m, MB_JOB_UNLOAD);
+      break;
+    }
+    if (m->inflight == 0 && m->offload_pending) {
+      mb__heap_cancel(&ctx->heap, &m->timer);
+      if (!host_make_room(ctx, m, host_need(m))) {
+        m->offload_pending = 0;
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "host tier cannot hold '%s' (%llu bytes needed, %llu of %llu used)", m->name,
+                 (unsigned long long)host_need(m), (unsigned long long)ctx->host_used,
+                 (unsigned long long)ctx->host_budget);
+        while (m->ow_head) {
+          mb__req *r = m->ow_head;
+          m->ow_head = r->qnext;
+          answer(ctx, r, r->type == MB__R_OFFLOAD ? MB_ENOSPC : 0, "%s", msg);
+        }
+        mark_dirty(ctx, m);
+        break;
+      }
+      charge_host(ctx, m, host_need(m));
+      start_job(ctx, m, MB_JOB_OFFLOAD);
+      break;
+    }
+    answer_load_waiters(ctx, m);
+    if (ctx->devs[m->device].opts.concurrency > 0)
+      grant_device(ctx, m->device);
+    else
+      grant_model(ctx, m);
+    if (m->inflight == 0 && m->wq_head == NULL && !m->offload_pending && !m->unload_pending)
+      arm_idle(ctx, m);
+    break;
+  default:
+    break; /* a job is running; its completion advances the model */
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Job completions                                                           */
+
+static void note_usage(mb__model *m, const struct mb_job *j) {
+  if (!j->have_usage)
+    return;
+  m->usage = j->usage;
+  if (j->usage.device_bytes > m->resid_peak)
+    m->resid_peak = j->usage.device_bytes;
+}
+
+/* End of a residency: remember its peak and watch for growth. */
+static void end_residency(mb_ctx *ctx, mb__model *m) {
+  if (m->resid_peak == 0)
+    return;
+  uint64_t prev = m->measured_fp;
+  if (prev && m->resid_peak > prev + prev / 100 + (1u << 20))
+    m->growth_streak++;
+  else
+    m->growth_streak = 0;
+  m->measured_fp = m->resid_peak;
+  if (m->growth_streak >= 3 && !(m->warnings & MB_WARN_MEMORY_GROWTH)) {
+    m->warnings |= MB_WARN_MEMORY_GROWTH;
+    snprintf(m->warning_text, sizeof(m->warning_text),
+             "memory grew across %d residencies in a row (now %llu bytes)", m->growth_streak + 1,
+             (unsigned long long)m->resid_peak);
+    mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, m->warning_text);
+  }
+  m->resid_peak = 0;
+}
+
+static void become_ready(mb_ctx *ctx, mb__model *m, uint64_t took_ns, const char *why) {
+  m->loaded_at = ctx->now;
+  m->last_load_ns = took_ns;
+  m->idle_since = ctx->now;
+  m->freq = 0;
+  /* Waiters that were here while it loaded waited for this load. */
+  for (mb__req *r = m->wq_head; r; r = r->qnext)
+    r->load_ns = took_ns < ctx->now - r->enq_ns ? took_ns : ctx->now - r->enq_ns;
+  set_state(ctx, m, MB_STATE_READY, why);
+  gdsf_touch(ctx, m);
+  /* The charge becomes what was measured. Above what was admitted it may
+   * push the device over its budget: then make room by evicting idle models. */
+  if (m->usage.device_bytes && m->usage.device_bytes < m->dev_charge) {
+    set_dev_charge(ctx, m, m->usage.device_bytes);
+    ctx->devs_dirty = 1;
+  } else if (m->usage.device_bytes > m->dev_charge) {
+    set_dev_charge(ctx, m, m->usage.device_bytes);
+    mb__device *d = &ctx->devs[m->device];
+    if (d->used > d->usable) {
+      mb__model *vict[MAX_CAND];
+      int n = collect(ctx, vict, MAX_CAND, m->device, 0);
+      uint64_t over = d->used - d->usable, freed = 0;
+      for (int i = 0; i < n && freed < over; i++) {
+        if (vict[i] == m)
+          continue;
+        freed += vict[i]->dev_charge;
+        evict(ctx, vict[i]);
+      }
+    }
+  }
+}
+
+static void job_done(mb_ctx *ctx, struct mb_job *j) {
+  mb__model *m = j->m;
+  uint64_t took = ctx->now - j->start_ns;
+  double ms = (double)took / 1e6;
+  char why[300];
+  j->busy = 0;
+  ctx->jobs_busy--;
+  if (j->kind == MB_JOB_LOAD || j->kind == MB_JOB_RESTORE)
+    ctx->devs[j->device].loads--;
+  ctx->devs_dirty = 1;
+
+  switch (j->kind) {
+  case MB_JOB_LOAD:
+    if (j->rc == 0) {
+      note_usage(m, j);
+      m->stats.loads++;
+      m->stats.last_load_ms = ms;
+      double prev_avg = m->stats.avg_load_ms;
+      m->load_count_for_avg++;
+      m->stats.avg_load_ms += (ms - m->stats.avg_load_ms) / (double)m->load_count_for_avg;
+      m->fail_count = 0;
+      m->error[0] = '\0';
+      if (m->load_count_for_avg > 1 && ms > 2.0 * prev_avg) {
+        m->warnings |= MB_WARN_SLOW_LOAD;
+        snprintf(m->warning_text, sizeof(m->warning_text),
+                 "load took %.0f ms, over twice its average of %.0f ms", ms, prev_avg);
+        mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, m->warning_text);
+      } else {
+        m->warnings &= ~MB_WARN_SLOW_LOAD;
+      }
+      become_ready(ctx, m, took, "loaded");
+    } else {
+      m->stats.load_failures++;
+      snprintf(m->error, sizeof(m->error), "%s", j->msg[0] ? j->msg : mb_strerror(j->rc));
+      m->fail_count++;
+      uint64_t back = BACKOFF_FIRST_NS << (m->fail_count - 1 < 6 ? m->fail_count - 1 : 6);
+      if (back > BACKOFF_MAX_NS)
+        back = BACKOFF_MAX_NS;
+      m->retry_at = ctx->now + back;
+      uncharge_dev(ctx, m);
+      m->device = -1;
+      snprintf(why, sizeof(why), "error: %s", m->error);
+      set_state(ctx, m, MB_STATE_FAILED, why);
+      snprintf(why, sizeof(why), "load of '%s' failed: %s", m->name, m->error);
+      fail_waiters(ctx, m, MB_ELOAD, why);
+      m->unload_pending = m->offload_pending = 0;
+      answer_op_waiters(ctx, m, 0, NULL);
+    }
+    break;
+  case MB_JOB_RESTORE:
+    if (j->rc == 0) {
+      note_usage(m, j);
+      m->stats.restores++;
+      m->stats.last_restore_ms = ms;
+      charge_host(ctx, m, 0);
+      become_ready(ctx, m, took, "restored");
+    } else {
+      /* The host copy is of no use: free it and load cold for the waiters. */
+      snprintf(m->error, sizeof(m->error), "restore failed: %s",
+               j->msg[0] ? j->msg : mb_strerror(j->rc));
+      snprintf(why, sizeof(why), "error: %s", m->error);
+      mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, why);
+      start_job(ctx, m, MB_JOB_UNLOAD);
+    }
+    break;
+  case MB_JOB_OFFLOAD:
+    if (j->rc == 0) {
+      note_usage(m, j);
+      end_residency(ctx, m);
+      m->stats.offloads++;
+      m->stats.last_offload_ms = ms;
+      if (j->have_usage && j->usage.host_bytes) {
+        m->measured_host = j->usage.host_bytes;
+        charge_host(ctx, m, j->usage.host_bytes);
+      }
+      uncharge_dev(ctx, m);
+      m->idle_since = ctx->now;
+      m->offload_pending = 0;
+      set_state(ctx, m, MB_STATE_OFFLOADED, "offloaded");
+      answer_op_waiters(ctx, m, 0, NULL);
+    } else {
+      snprintf(m->error, sizeof(m->error), "offload failed: %s",
+               j->msg[0] ? j->msg : mb_strerror(j->rc));
+      charge_host(ctx, m, 0);
+      /* Undo the leaving mark; the unload job sets it again. */
+      set_leaving(ctx, m, 0);
+      snprintf(why, sizeof(why), "error: %s", m->error);
+      mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, why);
+      /* Offload requests fail; unload requests wait for the unload. */
+      mb__req *keep = NULL;
+      while (m->ow_head) {
+        mb__req *r = m->ow_head;
+        m->ow_head = r->qnext;
+        if (r->type == MB__R_OFFLOAD)
+          answer(ctx, r, MB_EBACKEND, "%s", m->error);
+        else
+          list_push(&keep, r);
+      }
+      m->ow_head = keep;
+      m->offload_pending = 0;
+      start_job(ctx, m, MB_JOB_UNLOAD);
+    }
+    break;
+  case MB_JOB_UNLOAD: {
+    int from_host = !m->on_dev;
+    if (!from_host)
+      end_residency(ctx, m);
+    uncharge_dev(ctx, m);
+    charge_host(ctx, m, 0);
+    m->device = -1;
+    m->usage.device_bytes = m->usage.host_bytes = 0;
+    m->unload_pending = 0;
+    m->offload_pending = 0;
+    if (j->rc == 0) {
+      m->stats.unloads++;
+      if (from_host)
+        m->stats.full_releases++;
+      set_state(ctx, m, MB_STATE_UNLOADED, from_host ? "released" : "unloaded");
+      answer_op_waiters(ctx, m, 0, NULL);
+    } else {
+      snprintf(m->error, sizeof(m->error), "unload failed: %s",
+               j->msg[0] ? j->msg : mb_strerror(j->rc));
+      snprintf(why, sizeof(why), "error: %s", m->error);
+      m->retry_at = ctx->now;
+      set_state(ctx, m, MB_STATE_FAILED, why);
+      answer_op_waiters(ctx, m, MB_EBACKEND, m->error);
+    }
+    break;
+  }
+  }
+  mark_dirty(ctx, m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Requests                                                                  */
+
+/* Room in the timer heap for a waiter's timeout; answers ENOMEM if none. */
+static int reserve_timer(mb_ctx *ctx, mb__req *r) {
+  if (mb__heap_reserve(&ctx->heap) != 0) {
+    answer(ctx, r, MB_ENOMEM, "out of memory queueing the request");
+    return MB_ENOMEM;
+  }
+  r->has_timer_slot = 1;
+  return 0;
+}
+
+static int check_backoff(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  if (m->state != MB_STATE_FAILED || ctx->now >= m->retry_at)
+    return 0;
+  m->stats.rejected++;
+  answer(ctx, r, MB_ELOAD, "load of '%s' failed: %s (next retry in %llu ms)", m->name, m->error,
+         (unsigned long long)((m->retry_at - ctx->now) / 1000000));
+  return 1;
+}
+
+static int never_fits(mb_ctx *ctx, const mb__model *m) {
+  if (m->state == MB_STATE_READY || m->state == MB_STATE_LOADING ||
+      m->state == MB_STATE_RESTORING)
+    return 0;
+  uint64_t need = mb__footprint(m);
+  for (int d = 0; d < ctx->ndev; d++)
+    if ((m->opts.device == MB_DEVICE_AUTO || m->opts.device == d) && need <= usable_on(ctx, d))
+      return 0;
+  return 1;
+}
+
+static void req_acquire(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  m->stats.requests++;
+  m->last_accessed = ctx->now;
+  if (check_backoff(ctx, m, r))
+    return;
+  if (never_fits(ctx, m)) {
+    m->stats.rejected++;
+    answer(ctx, r, MB_ENOSPC,
+           "model '%s' needs %llu bytes, more than any device can hold (capacity - reserve)",
+           m->name, (unsigned long long)mb__footprint(m));
+    return;
+  }
+  int immediate = can_grant(ctx, m) && m->wq_head == NULL && device_slot_free(ctx, m);
+  if (!immediate && m->nwait >= m->opts.max_queue) {
+    m->stats.rejected++;
+    answer(ctx, r, MB_EQUEUEFULL, "queue of '%s' is full (%d waiting, max_queue %d)", m->name,
+           m->nwait, m->opts.max_queue);
+    return;
+  }
+  if (r->priority == MB_DEFAULT)
+    r->priority = m->opts.priority;
+  int64_t to = r->timeout_ms == MB_DEFAULT ? m->opts.queue_timeout_ms : r->timeout_ms;
+  r->timeout_ms = to;
+  if (to >= 0 && reserve_timer(ctx, r) != 0)
+    return;
+  m->freq++;
+  gdsf_touch(ctx, m);
+  wq_insert(m, r);
+  if (to >= 0 && r->has_timer_slot)
+    mb__heap_arm(&ctx->heap, &r->timer, ctx->now + mb__ms_to_ns(to));
+  mark_dirty(ctx, m);
+}
+
+static void req_load(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  m->last_accessed = ctx->now;
+  if (check_backoff(ctx, m, r))
+    return;
+  if (never_fits(ctx, m)) {
+    answer(ctx, r, MB_ENOSPC, "model '%s' needs %llu bytes, more than any device can hold",
+           m->name, (unsigned long long)mb__footprint(m));
+    return;
+  }
+  if (m->state == MB_STATE_READY && !m->unload_pending && !m->offload_pending) {
+    if (r->keep_alive_ms != MB_DEFAULT)
+      m->ka_current = r->keep_alive_ms;
+    if (m->inflight == 0) {
+      m->idle_since = ctx->now;
+      mb__heap_cancel(&ctx->heap, &m->timer);
+    }
+    answer(ctx, r, 0, NULL);
+    mark_dirty(ctx, m);
+    return;
+  }
+  if (r->timeout_ms == MB_DEFAULT)
+    r->timeout_ms = m->opts.queue_timeout_ms;
+  if (r->timeout_ms >= 0 && reserve_timer(ctx, r) != 0)
+    return;
+  list_push(&m->lw_head, r);
+  if (r->has_timer_slot && r->timeout_ms >= 0)
+    mb__heap_arm(&ctx->heap, &r->timer, ctx->now + mb__ms_to_ns(r->timeout_ms));
+  mark_dirty(ctx, m);
+}
+
+static void req_offload(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  if (!can_offload(m)) {
+    answer(ctx, r, MB_ENOTSUP, "backend '%s' of model '%s' cannot offload", m->be->name,
+           m->name);
+    return;
+  }
+  switch (m->state) {
+  case MB_STATE_OFFLOADED:
+    answer(ctx, r, 0, NULL);
+    return;
+  case MB_STATE_UNLOADED:
+  case MB_STATE_FAILED:
+  case MB_STATE_UNLOADING:
+    answer(ctx, r, MB_ESTATE, "model '%s' is %s, not loaded", m->name, mb_state_name(m->state));
+    return;
+  default:
+    break;
+  }
+  if (m->unload_pending) {
+    answer(ctx, r, MB_ESTATE, "model '%s' is being unloaded", m->name);
+    return;
+  }
+  if (m->state != MB_STATE_OFFLOADING)
+    m->offload_pending = 1;
+  list_push(&m->ow_head, r);
+  mark_dirty(ctx, m);
+}
+
+static void req_unload(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  switch (m->state) {
+  case MB_STATE_UNLOADED:
+    answer(ctx, r, 0, NULL);
+    return;
+  case MB_STATE_FAILED:
+    m->fail_count = 0;
+    m->retry_at = 0;
+    m->error[0] = '\0';
+    set_state(ctx, m, MB_STATE_UNLOADED, "reset");
+    answer(ctx, r, 0, NULL);
+    return;
+  default:
+    break;
+  }
+  if (m->state != MB_STATE_UNLOADING)
+    m->unload_pending = 1;
+  list_push(&m->ow_head, r);
+  mark_dirty(ctx, m);
+}
+
+static void req_keep_alive(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  m->opts.keep_alive_ms = r->keep_alive_ms;
+  m->ka_current = r->keep_alive_ms;
+  if (m->state == MB_STATE_READY && m->inflight == 0) {
+    mb__heap_cancel(&ctx->heap, &m->timer);
+    m->idle_since = ctx->now;
+  }
+  answer(ctx, r, 0, NULL);
+  mark_dirty(ctx, m);
+}
+
+static void req_cancel(mb_ctx *ctx, mb__req *r) {
+  for (int i = 0; i < ctx->nmodels; i++) {
+    mb__model *m = ctx->models[i];
+    for (mb__req *w = m->wq_head; w; w = w->qnext) {
+      if (w->id == r->cancel_id) {
+        wq_remove(m, w);
+        answer(ctx, w, MB_ECANCELED, "request canceled");
+        mark_dirty(ctx, m);
+        answer(ctx, r, 0, NULL);
+        return;
+      }
+    }
+  }
+  answer(ctx, r, MB_ENOENT, "no waiting request with that id");
+}
+
+static void req_remove(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  if (m->inflight > 0 || m->wq_head || m->lw_head) {
+    answer(ctx, r, MB_EBUSY, "model '%s' has %d leases and %d waiters", m->name, m->inflight,
+           m->nwait);
+    return;
+  }
+  m->removing = 1;
+  list_push(&m->ow_head, r);
+  if (m->state != MB_STATE_UNLOADED && m->state != MB_STATE_FAILED)
+    m->unload_pending = 1;
+  mark_dirty(ctx, m);
+}
+
+/* Frees removed models that have nothing left on any tier. */
+static void reap_removed(mb_ctx *ctx, mb__model *m) {
+  if (!m->removing || m->job.busy ||
+      (m->state != MB_STATE_UNLOADED && m->state != MB_STATE_FAILED))
+    return;
+  adm_remove(ctx, m);
+  answer_op_waiters(ctx, m, 0, NULL);
+  mb__model_unlink_locked(ctx, m);
+  mb__heap_cancel(&ctx->heap, &m->timer);
+  mb__heap_unreserve(&ctx->heap);
+  m->gnext = ctx->graveyard;
+  ctx->graveyard = m;
+}
+
+void mb__shutdown_locked(mb_ctx *ctx) {
+  ctx->shutting_down = 1;
+  for (int i = 0; i < ctx->nmodels; i++) {
+    mb__model *m = ctx->models[i];
+    fail_waiters(ctx, m, MB_ESHUTDOWN, "context is shutting down");
+    if (ctx->opts.manual) {
+      answer_op_waiters(ctx, m, MB_ESHUTDOWN, "context is shutting down");
+      m->unload_pending = m->offload_pending = 0;
+    }
+    adm_remove(ctx, m);
+    mark_dirty(ctx, m);
+  }
+}
+
+static void handle_req(mb_ctx *ctx, mb__req *r) {
+  r->enq_ns = ctx->now;
+  r->seq = ++ctx->req_seq;
+  if (r->type == MB__R_CANCEL) {
+    req_cancel(ctx, r);
+    return;
+  }
+  if (ctx->shutting_down) {
+    answer(ctx, r, MB_ESHUTDOWN, "context is shutting down");
+    return;
+  }
+  mb__model *m = mb__model_find_locked(ctx, r->name);
+  if (m == NULL || m->removing) {
+    answer(ctx, r, MB_ENOENT, "no model named '%s'", r->name);
+    return;
+  }
+  r->m = m;
+  switch (r->type) {
+  case MB__R_ACQUIRE: req_acquire(ctx, m, r); break;
+  case MB__R_LOAD: req_load(ctx, m, r); break;
+  case MB__R_OFFLOAD: req_offload(ctx, m, r); break;
+  case MB__R_UNLOAD: req_unload(ctx, m, r); break;
+  case MB__R_KEEPALIVE: req_keep_alive(ctx, m, r); break;
+  case MB__R_REMOVE: req_remove(ctx, m, r); break;
+  default: answer(ctx, r, MB_EINVAL, "unknown request"); break;
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Releases and timers                                                       */
+
+static void drop_lease(mb_ctx *ctx, mb__lease *l) {
+  mb__model *m = l->m;
+  mb__heap_cancel(&ctx->heap, &l->timer);
+  mb__heap_unreserve(&ctx->heap);
+  m->inflight--;
+  ctx->devs[l->device].leases--;
+  m->last_accessed = ctx->now;
+  if (m->inflight == 0)
+    m->idle_since = ctx->now;
+  mb__free(l);
+  mark_dirty(ctx, m);
+  ctx->devs_dirty = 1; /* it may have become evictable */
+  if (ctx->devs[m->device].opts.concurrency > 0) {
+    /* A device-wide slot is free: every model there may use it. */
+    for (int i = 0; i < ctx->nmodels; i++)
+      if (ctx->models[i]->device == m->device && ctx->models[i]->wq_head)
+        mark_dirty(ctx, ctx->models[i]);
+  }
+}
+
+#define container_of(p, type, field) ((type *)((char *)(p)-offsetof(type, field)))
+
+static void fire_timer(mb_ctx *ctx, mb__timer *t) {
+  mb__heap_cancel(&ctx->heap, t);
+  switch (t->kind) {
+  case MB__T_MODEL: {
+    mb__model *m = container_of(t, mb__model, timer);
+    if (m->state == MB_STATE_READY && m->inflight == 0 && m->wq_head == NULL) {
+      go_idle(ctx, m, m->opts.offload, "idle");
+    } else if (m->state == MB_STATE_OFFLOADED && !wants_resident(m)) {
+      start_job(ctx, m, MB_JOB_UNLOAD);
+    }
+    break;
+  }
+  case MB__T_WAIT: {
+    mb__req *r = container_of(t, mb__req, timer);
+    mb__model *m = r->m;
+    if (r->type == MB__R_ACQUIRE) {
+      wq_remove(m, r);
+      m->stats.timeouts++;
+    } else {
+      mb__req **pp = &m->lw_head;
+      while (*pp && *pp != r)
+        pp = &(*pp)->qnext;
+      if (*pp)
+        *pp = r->qnext;
+    }
+    ctx->devs_dirty = 1;
+    answer(ctx, r, MB_ETIMEDOUT, "waited %lld ms for '%s' (state %s)", (long long)r->timeout_ms,
+           m->name, mb_state_name(m->state));
+    mark_dirty(ctx, m);
+    break;
+  }
+  case MB__T_TTL: {
+    mb__lease *l = container_of(t, mb__lease, timer);
+    int expire = 0;
+    pthread_mutex_lock(&ctx->post_lock);
+    if (!l->released && l->ttl_deadline > ctx->now) {
+      uint64_t d = l->ttl_deadline;
+      pthread_mutex_unlock(&ctx->post_lock);
+      mb__heap_arm(&ctx->heap, t, d); /* renewed meanwhile */
+      break;
+    }
+    if (!l->released) {
+      l->released = 1;
+      mb__lease_take_locked(ctx, l->id);
+      expire = 1;
+    }
+    pthread_mutex_unlock(&ctx->post_lock);
+    if (expire)
+      drop_lease(ctx, l);
+    break;
+  }
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The step                                                                  */
+
+int mb__step_locked(mb_ctx *ctx, mb__req *reqs, mb__lease *rels, struct mb_job *done) {
+  int n = 0;
+  while (done) {
+    struct mb_job *next = done->next;
+    job_done(ctx, done);
+    done = next;
+    n++;
+  }
+  while (rels) {
+    mb__lease *next = rels->pnext;
+    drop_lease(ctx, rels);
+    rels = next;
+    n++;
+  }
+  while (reqs) {
+    mb__req *next = reqs->next;
+    handle_req(ctx, reqs);
+    reqs = next;
+    n++;
+  }
+  mb__timer *t;
+  while ((t = mb__heap_top(&ctx->heap)) != NULL && t->deadline <= ctx->now) {
+    fire_timer(ctx, t);
+    n++;
+  }
+  while (ctx->dirty_head || ctx->devs_dirty) {
+    while (ctx->dirty_head) {
+      mb__model *m = ctx->dirty_head;
+      ctx->dirty_head = m->dirty_next;
+      if (ctx->dirty_head == NULL)
+        ctx->dirty_tail = NULL;
+      m->dirty = 0;
+      advance(ctx, m);
+      reap_removed(ctx, m);
+    }
+    if (ctx->devs_dirty)
+      pump_admissions(ctx);
+  }
+  return n;
+}
