@@ -789,6 +789,7 @@ static void note_usage(mb__model *m, const struct mb_job *j) {
 
 /* End of a residency: remember its peak and watch for growth. */
 static void end_residency(mb_ctx *ctx, mb__model *m) {
+  m->freq = 0; /* uses count per residency (GDSF) */
   if (m->resid_peak == 0)
     return;
   uint64_t prev = m->measured_fp;
@@ -811,7 +812,6 @@ static void become_ready(mb_ctx *ctx, mb__model *m, uint64_t took_ns, const char
   m->loaded_at = ctx->now;
   m->last_load_ns = took_ns;
   m->idle_since = ctx->now;
-  m->freq = 0;
   /* Waiters that were here while it loaded waited for this load. */
   for (mb__req *r = m->wq_head; r; r = r->qnext)
     r->load_ns = took_ns < ctx->now - r->enq_ns ? took_ns : ctx->now - r->enq_ns;

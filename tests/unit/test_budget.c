@@ -1,0 +1,383 @@
+/*
+ * test_budget.c - device capacity, reserve and budget; admission; eviction
+ * by LRU and by cost; leases that block eviction; max_loaded; auto
+ * placement; the host tier's budget. Manual clock, scripted completions.
+ */
+#include "harness.h"
+
+static harness H;
+
+static int setup(void **state) {
+  (void)state;
+  return 0;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  if (H.ctx)
+    h_free(&H);
+  return 0;
+}
+
+static void start(mb_eviction policy, uint64_t host_budget) {
+  mb_ctx_opts o;
+  h_init_opts(&H, &o);
+  o.eviction = policy;
+  if (host_budget)
+    o.host_budget_bytes = host_budget;
+  h_start(&H, &o);
+}
+
+/* Uses a model once: acquire, complete its load/restore if any, release. */
+static void use(const char *name, uint64_t took_ms) {
+  h_answer a;
+  h_acquire(&H, name, NULL, &a);
+  if (!a.done)
+    h_complete_after(&H, name, 0, took_ms, NULL);
+  assert_int_equal(a.rc, 0);
+  h_release(&H, &a);
+}
+
+static void assert_within_budget(int dev) {
+  mb_device_info di;
+  assert_int_equal(mb_device_info_get(H.ctx, dev, &di), 0);
+  assert_true(di.used_bytes <= di.usable_bytes);
+}
+
+/* LRU: the least recently used idle model goes first. */
+static void test_lru_order(void **state) {
+  start(MB_EVICT_LRU, 0);
+  h_device(&H, 300);
+  h_model_fp(&H, "a", 100, MB_FOREVER);
+  h_model_fp(&H, "b", 100, MB_FOREVER);
+  h_model_fp(&H, "c", 100, MB_FOREVER);
+  h_model_fp(&H, "d", 100, MB_FOREVER);
+  use("a", 10);
+  h_advance(&H, MS);
+  use("b", 10);
+  h_advance(&H, MS);
+  use("c", 10);
+  h_advance(&H, MS);
+  use("a", 0); /* a is now the most recent */
+  h_advance(&H, MS);
+  h_answer d;
+  h_acquire(&H, "d", NULL, &d);
+  assert_false(d.done);
+  /* b is evicted (offloaded: it may and the host tier has room). */
+  assert_int_equal(h_state(&H, "b"), MB_STATE_OFFLOADING);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_READY);
+  assert_int_equal(h_state(&H, "c"), MB_STATE_READY);
+  assert_int_equal(h_state(&H, "d"), MB_STATE_UNLOADED); /* waits for the memory */
+  assert_within_budget(0);
+  h_complete(&H, "b", 0);
+  assert_int_equal(h_state(&H, "d"), MB_STATE_LOADING);
+  assert_within_budget(0);
+  h_complete(&H, "d", 0);
+  assert_int_equal(d.rc, 0);
+  assert_int_equal(h_status(&H, "b").stats.evictions, 1);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_OFFLOADED);
+  h_release(&H, &d);
+}
+
+/* Cost: the cheap-to-reload model goes first even if used more recently. */
+static void test_cost_order(void **state) {
+  start(MB_EVICT_COST, 0);
+  h_device(&H, 200);
+  mb_model_opts o;
+  mb_model_opts_init(&o);
+  o.footprint_bytes = 100;
+  o.keep_alive_ms = MB_FOREVER;
+  o.offload = 0;
+  h_model(&H, "slow", &o);
+  h_model(&H, "cheap", &o);
+  h_model(&H, "new", &o);
+  use("slow", 2000);  /* 2 s to load */
+  h_advance(&H, MS);
+  use("cheap", 100);  /* 0.1 s to load, and used last */
+  h_advance(&H, MS);
+  h_answer n;
+  h_acquire(&H, "new", NULL, &n);
+  assert_int_equal(h_state(&H, "cheap"), MB_STATE_UNLOADING);
+  assert_int_equal(h_state(&H, "slow"), MB_STATE_READY);
+  h_complete_all(&H);
+  assert_int_equal(n.rc, 0);
+  h_release(&H, &n);
+}
+
+/* The same scenario under LRU evicts the least recent, the slow one. */
+static void test_lru_ignores_cost(void **state) {
+  start(MB_EVICT_LRU, 0);
+  h_device(&H, 200);
+  mb_model_opts o;
+  mb_model_opts_init(&o);
+  o.footprint_bytes = 100;
+  o.keep_alive_ms = MB_FOREVER;
+  o.offload = 0;
+  h_model(&H, "slow", &o);
+  h_model(&H, "cheap", &o);
+  h_model(&H, "new", &o);
+  use("slow", 2000);
+  h_advance(&H, MS);
+  use("cheap", 100);
+  h_advance(&H, MS);
+  h_answer n;
+  h_acquire(&H, "new", NULL, &n);
+  assert_int_equal(h_state(&H, "slow"), MB_STATE_UNLOADING);
+  assert_int_equal(h_state(&H, "cheap"), MB_STATE_READY);
+  h_complete_all(&H);
+  h_release(&H, &n);
+}
+
+/* A leased model is never evicted; the request waits for a release. */
+static void test_leased_never_evicted(void **state) {
+  start(MB_EVICT_LRU, 0);
+  h_device(&H, 200);
+  h_model_fp(&H, "a", 100, MB_FOREVER);
+  h_model_fp(&H, "b", 100, MB_FOREVER);
+  h_model_fp(&H, "c", 100, MB_FOREVER);
+  h_answer a, b, c;
+  h_acquire(&H, "a", NULL, &a);
+  h_complete(&H, "a", 0);
+  h_acquire(&H, "b", NULL, &b);
+  h_complete(&H, "b", 0);
+  h_acquire(&H, "c", NULL, &c);
+  assert_false(c.done);
+  assert_int_equal(H.njobs, 0); /* nothing to evict */
+  assert_int_equal(h_state(&H, "c"), MB_STATE_UNLOADED);
+  assert_int_equal(h_status(&H, "c").queued, 1);
+  h_advance(&H, 10000 * MS);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_READY);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_READY);
+  assert_within_budget(0);
+  h_release(&H, &b);
+  /* b is idle now: it is the victim, a keeps its lease. */
+  assert_int_equal(h_state(&H, "b"), MB_STATE_OFFLOADING);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_READY);
+  h_complete(&H, "b", 0);
+  h_complete(&H, "c", 0);
+  assert_int_equal(c.rc, 0);
+  assert_within_budget(0);
+  h_release(&H, &a);
+  h_release(&H, &c);
+}
+
+/* A waiter for memory that never frees times out; nothing was loaded. */
+static void test_wait_for_memory_times_out(void **state) {
+  start(MB_EVICT_LRU, 0);
+  h_device(&H, 100);
+  h_model_fp(&H, "a", 100, MB_FOREVER);
+  h_model_fp(&H, "b", 100, MB_FOREVER);
+  h_answer a, b;
+  h_acquire(&H, "a", NULL, &a);
+  h_complete(&H, "a", 0);
+  mb_acquire_opts o;
+  mb_acquire_opts_init(&o);
+  o.timeout_ms = 1000;
+  h_acquire(&H, "b", &o, &b);
+  h_advance(&H, 999 * MS);
+  assert_false(b.done);
+  h_advance(&H, 1 * MS);
+  assert_int_equal(b.rc, MB_ETIMEDOUT);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_UNLOADED);
+  assert_int_equal(h_status(&H, "b").stats.loads, 0);
+  h_release(&H, &a);
+}
+
+/* Larger than capacity - reserve (or the budget): fails at once. */
+static void test_too_large_fails_at_once(void **state) {
+  start(MB_EVICT_LRU, 0);
+  mb_device_opts d;
+  mb_device_opts_init(&d);
+  d.capacity_bytes = 1000;
+  d.reserve_bytes = 300;
+  d.budget_bytes = 800; /* above capacity - reserve: no effect */
+  char err[256];
+  int idx;
+  assert_int_equal(mb_device_add(H.ctx, &d, &idx, err, sizeof(err)), 0);
+  mb_device_info di;
+  assert_int_equal(mb_device_info_get(H.ctx, idx, &di), 0);
+  assert_int_equal(di.usable_bytes, 700);
+  h_model_fp(&H, "big", 701, MB_FOREVER);
+  h_model_fp(&H, "fits", 700, 0);
+  h_answer a;
+  h_acquire(&H, "big", NULL, &a);
+  assert_true(a.done);
+  assert_int_equal(a.rc, MB_ENOSPC);
+  assert_non_null(strstr(a.msg, "701"));
+  assert_int_equal(H.njobs, 0);
+  assert_int_equal(h_status(&H, "big").stats.rejected, 1);
+  h_acquire(&H, "fits", NULL, &a);
+  assert_false(a.done);
+  h_complete(&H, "fits", 0);
+  assert_int_equal(a.rc, 0);
+  h_release(&H, &a);
+
+  /* A budget below capacity - reserve caps what models may use. */
+  d.capacity_bytes = 1000;
+  d.reserve_bytes = 0;
+  d.budget_bytes = 200;
+  assert_int_equal(mb_device_add(H.ctx, &d, &idx, err, sizeof(err)), 0);
+  mb_model_opts o;
+  mb_model_opts_init(&o);
+  o.device = idx;
+  o.footprint_bytes = 201;
+  h_model(&H, "over", &o);
+  h_acquire(&H, "over", NULL, &a);
+  assert_int_equal(a.rc, MB_ENOSPC);
+}
+
+/* max_loaded caps resident models even when memory would allow more. */
+static void test_max_loaded(void **state) {
+  start(MB_EVICT_LRU, 0);
+  mb_device_opts d;
+  mb_device_opts_init(&d);
+  d.capacity_bytes = 1000;
+  d.max_loaded = 1;
+  char err[128];
+  assert_int_equal(mb_device_add(H.ctx, &d, NULL, err, sizeof(err)), 0);
+  h_model_fp(&H, "a", 10, MB_FOREVER);
+  h_model_fp(&H, "b", 10, MB_FOREVER);
+  use("a", 1);
+  h_answer b;
+  h_acquire(&H, "b", NULL, &b);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_OFFLOADING);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_UNLOADED);
+  h_complete(&H, "a", 0);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_LOADING);
+  h_complete(&H, "b", 0);
+  assert_int_equal(b.rc, 0);
+  mb_device_info di;
+  assert_int_equal(mb_device_info_get(H.ctx, 0, &di), 0);
+  assert_int_equal(di.resident, 1);
+  h_release(&H, &b);
+}
+
+/* Auto placement: where it fits without eviction, else least eviction cost. */
+static void test_auto_placement(void **state) {
+  start(MB_EVICT_LRU, 0);
+  h_device(&H, 300);
+  h_device(&H, 300);
+  h_model_fp(&H, "a", 250, MB_FOREVER); /* device 0 */
+  mb_model_opts o;
+  mb_model_opts_init(&o);
+  o.device = MB_DEVICE_AUTO;
+  o.footprint_bytes = 200;
+  o.keep_alive_ms = MB_FOREVER;
+  h_model(&H, "x", &o);
+  use("a", 1);
+  h_answer x;
+  h_acquire(&H, "x", NULL, &x);
+  assert_int_equal(mb_job_device(h_job(&H, "x")), 1);
+  h_complete(&H, "x", 0);
+  assert_int_equal(x.lease.device, 1);
+  assert_int_equal(h_status(&H, "x").device, 1);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_READY); /* nothing evicted */
+  h_release(&H, &x);
+}
+
+/* Pinned models are never evicted. */
+static void test_pinned(void **state) {
+  start(MB_EVICT_LRU, 0);
+  h_device(&H, 100);
+  mb_model_opts o;
+  mb_model_opts_init(&o);
+  o.footprint_bytes = 100;
+  o.keep_alive_ms = MB_FOREVER;
+  o.pinned = 1;
+  h_model(&H, "pin", &o);
+  h_model_fp(&H, "other", 100, MB_FOREVER);
+  use("pin", 1);
+  mb_acquire_opts ao;
+  mb_acquire_opts_init(&ao);
+  ao.timeout_ms = 100;
+  h_answer a;
+  h_acquire(&H, "other", &ao, &a);
+  assert_int_equal(H.njobs, 0);
+  h_advance(&H, 100 * MS);
+  assert_int_equal(a.rc, MB_ETIMEDOUT);
+  assert_int_equal(h_state(&H, "pin"), MB_STATE_READY);
+}
+
+/* Host tier: offload only while the host budget allows; then host eviction,
+ * then plain unload when even that cannot make room. */
+static void test_host_budget(void **state) {
+  start(MB_EVICT_LRU, 150);
+  h_device(&H, 1000);
+  h_model_fp(&H, "a", 100, 0);
+  h_model_fp(&H, "b", 100, 0);
+  h_model_fp(&H, "huge", 200, 0);
+  use("a", 1);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_OFFLOADING);
+  h_complete(&H, "a", 0);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_OFFLOADED);
+  h_advance(&H, MS);
+  /* b needs the host room a holds: a is released (host eviction). */
+  use("b", 1);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_UNLOADING);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_OFFLOADING);
+  h_complete_all(&H);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_UNLOADED);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_OFFLOADED);
+  mb_status st = h_status(&H, "a");
+  assert_int_equal(st.stats.full_releases, 1);
+  assert_int_equal(st.stats.evictions, 1);
+  uint64_t budget, used;
+  mb_host_tier(H.ctx, &budget, &used);
+  assert_int_equal(budget, 150);
+  assert_int_equal(used, 100);
+  /* huge can never fit the host tier: idle means unload. */
+  use("huge", 1);
+  assert_int_equal(h_state(&H, "huge"), MB_STATE_UNLOADING);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_OFFLOADED);
+  h_complete_all(&H);
+  /* An explicit offload that the host cannot hold is refused. */
+  mb_model_opts o;
+  mb_model_opts_init(&o);
+  o.footprint_bytes = 200;
+  o.keep_alive_ms = MB_FOREVER;
+  h_model(&H, "huge2", &o);
+  use("huge2", 1);
+  h_answer r;
+  memset(&r, 0, sizeof(r));
+  assert_int_equal(mb_offload_async(H.ctx, "huge2", h_done, &r), 0);
+  h_settle(&H);
+  assert_int_equal(r.rc, MB_ENOSPC);
+  assert_non_null(strstr(r.msg, "host"));
+  assert_int_equal(h_state(&H, "huge2"), MB_STATE_READY);
+}
+
+/* A measured footprint above the declared one evicts idle models. */
+static void test_measured_over_budget_evicts(void **state) {
+  start(MB_EVICT_LRU, 0);
+  h_device(&H, 300);
+  h_model_fp(&H, "a", 100, MB_FOREVER);
+  h_model_fp(&H, "b", 100, MB_FOREVER);
+  use("a", 1);
+  h_answer b;
+  h_acquire(&H, "b", NULL, &b);
+  mb_usage u = {250, 0};
+  h_complete_after(&H, "b", 0, 1, &u);
+  assert_int_equal(b.rc, 0);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_OFFLOADING);
+  h_complete(&H, "a", 0);
+  assert_within_budget(0);
+  assert_int_equal(h_status(&H, "b").footprint_bytes, 100); /* until the residency ends */
+  h_release(&H, &b);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(test_lru_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cost_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_lru_ignores_cost, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_leased_never_evicted, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_wait_for_memory_times_out, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_too_large_fails_at_once, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_max_loaded, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_auto_placement, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pinned, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_host_budget, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_measured_over_budget_evicts, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
