@@ -174,7 +174,9 @@ static int rd_value(gg *g, uint32_t t, int depth, const char *key, mb__meta *m, 
   if (t == GGUF_STRING) {
     const char *s;
     uint64_t n;
-    if (rd_str(g, &s, &n, "string value") != 0)
+    char what[MB__QUOTE_LEN + 32];
+    snprintf(what, sizeof what, "string value of key '%s'", key);
+    if (rd_str(g, &s, &n, what) != 0)
       return MB_EFORMAT;
     if (m != NULL) {
       m->type = MB_META_STRING;
