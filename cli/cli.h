@@ -1,0 +1,37 @@
+/*
+ * cli.h - private to the modelbuf command-line tool: the subcommands and
+ * the helpers they share. Each subcommand lives in its own cmd_*.c file,
+ * takes argv after the command name (argv[0] is the command) and returns
+ * the process exit status: 0 success, 1 failure, 2 usage error.
+ */
+#ifndef MB_CLI_H
+#define MB_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+typedef struct cli_command {
+  const char *name;
+  const char *args;    /* one-line synopsis of the arguments */
+  const char *summary; /* what it does */
+  int (*run)(int argc, char **argv);
+} cli_command;
+
+int cmd_inspect(int argc, char **argv);
+int cmd_mkmodel(int argc, char **argv);
+
+/* Prints "Usage: modelbuf NAME ARGS" and the summary of one command. */
+void cli_command_usage(FILE *out, const char *name);
+
+/* Parses "512MiB", "2GiB", "1GB", "1.5G", "4096" (binary K/M/G/T with "iB",
+ * decimal with "B", binary for a bare suffix letter). 0 or -1. */
+int cli_parse_size(const char *s, uint64_t *out);
+
+/* "1.50 GiB" style (binary units) into buf. */
+const char *cli_fmt_bytes(uint64_t n, char *buf, size_t len);
+
+#endif /* MB_CLI_H */
