@@ -758,6 +758,8 @@ static void fn_hook(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
     perr(c, v, "a hook needs a path");
     return;
   }
+  if (h->timeout_ms == 0) /* timeout is at least 1 ms when given */
+    h->timeout_ms = MBD_DEFAULT_HOOK_TIMEOUT_MS;
   if (h->method == NULL && (h->method = strdup("POST")) == NULL)
     c->oom = 1;
 }
@@ -1180,6 +1182,7 @@ static void fn_devices(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
     size_t old = push_index(c, i);
     int ok = 1;
 
+    memset(d, 0, sizeof(*d)); /* the slot of an item that failed before */
     d->gpu = -1;
     d->max_parallel_loads = 1;
     d->line = item->line;
