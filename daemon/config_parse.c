@@ -1,0 +1,1137 @@
+/*
+ * config_parse.c - the schema walker: YAML tree -> mbd_config, collecting
+ * every error (see config.h; docs/CONFIG.md lists the keys).
+ *
+ * yaml_tree.c turns the text into nodes that know their line and column. The
+ * walker visits each mapping against a table of the keys it may hold; each
+ * key has a type (string, duration, size, ...) or a handler of its own.
+ * Every problem becomes one message in the mbd_diag and the walk goes on, so
+ * one run reports every error. Checks that need the whole file (aliases
+ * against later models, devices that models name, the cmd a backend needs)
+ * run after the walk; messages are then sorted into file order.
+ *
+ * Invariants: a bad value leaves the default in place and the walk goes on;
+ * on allocation failure pctx.oom is set and the result is MB_ENOMEM; on any
+ * error the caller gets no configuration at all. Nothing here recurses on
+ * the input beyond the YAML depth limit (MBD_YAML_MAX_DEPTH).
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config_int.h"
+#include "units.h"
+#include "yaml_tree.h"
+
+#define PATH_MAX_LEN 384 /* key paths in messages are cut beyond this */
+
+/* ------------------------------------------------------------------------ */
+/* The walker                                                                */
+
+typedef struct pctx {
+  const char *file;
+  const mbd_env *env;
+  mbd_diag *diag;
+  mbd_config *cfg;
+  int oom;
+  int errors;
+  char path[PATH_MAX_LEN];
+  size_t plen;
+} pctx;
+
+/* Reports an error at node n (or line 1 col 1) under the current key path. */
+__attribute__((format(printf, 3, 4))) static void perr(pctx *c, const mbd_ynode *n,
+                                                       const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  int line = n != NULL ? n->line : 1, col = n != NULL ? n->col : 1;
+
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  c->errors++;
+  if (c->plen > 0) {
+    if (mbd__diag_add(c->diag, "%s:%d:%d: %s: %s", c->file, line, col, c->path, msg) != 0)
+      c->oom = 1;
+  } else if (mbd__diag_add(c->diag, "%s:%d:%d: %s", c->file, line, col, msg) != 0) {
+    c->oom = 1;
+  }
+}
+
+/* Appends ".key" (or "key" at the top) to the path; returns the old length. */
+static size_t push_key(pctx *c, const char *key) {
+  size_t old = c->plen;
+  int n = snprintf(c->path + c->plen, sizeof(c->path) - c->plen, "%s%s", c->plen ? "." : "", key);
+  if (n > 0)
+    c->plen += (size_t)n;
+  if (c->plen >= sizeof(c->path))
+    c->plen = sizeof(c->path) - 1;
+  return old;
+}
+
+static size_t push_index(pctx *c, size_t i) {
+  size_t old = c->plen;
+  int n = snprintf(c->path + c->plen, sizeof(c->path) - c->plen, "[%zu]", i);
+  if (n > 0)
+    c->plen += (size_t)n;
+  if (c->plen >= sizeof(c->path))
+    c->plen = sizeof(c->path) - 1;
+  return old;
+}
+
+static void pop(pctx *c, size_t old) {
+  c->plen = old;
+  c->path[old] = '\0';
+}
+
+static const char *type_name(const mbd_ynode *n) {
+  switch (n->type) {
+  case MBD_YSCALAR: return "a scalar";
+  case MBD_YSEQ: return "a list";
+  case MBD_YMAP: return "a mapping";
+  }
+  return "a value";
+}
+
+/*
+ * The expanded text of scalar n (*out, caller frees). worker: keep the
+ * reserved variables for worker start. Returns 0, or -1 after reporting.
+ */
+static int scalar_text(pctx *c, const mbd_ynode *n, int worker, char **out) {
+  char err[256];
+  int rc;
+
+  *out = NULL;
+  if (n->type != MBD_YSCALAR) {
+    perr(c, n, "expected a single value, got %s", type_name(n));
+    return -1;
+  }
+  rc = mbd_expand_env(n->str, worker ? MBD_EXPAND_WORKER : 0, c->env, out, err, sizeof(err));
+  if (rc == MB_ENOMEM) {
+    c->oom = 1;
+    return -1;
+  }
+  if (rc != 0) {
+    perr(c, n, "%s", err);
+    return -1;
+  }
+  return 0;
+}
+
+/* Field types of the schema tables. */
+typedef enum ftype {
+  F_STR,      /* char *, ${NAME} expanded */
+  F_WSTR,     /* char *, worker template (keeps ${PORT}/${MODEL}/${GPU}) */
+  F_WSTRLIST, /* char ** + size_t count, worker templates */
+  F_BOOL,     /* int 0/1 */
+  F_INT,      /* int within [min, max] */
+  F_DUR,      /* int64_t ms >= min; min < 0 allows forever */
+  F_SIZE,     /* uint64_t bytes >= min */
+  F_FN        /* a handler of its own */
+} ftype;
+
+struct field;
+typedef void (*field_fn)(pctx *c, const mbd_ynode *v, void *obj, const struct field *f);
+
+typedef struct field {
+  const char *name;
+  ftype type;
+  size_t off;   /* destination in the object */
+  size_t off_n; /* F_WSTRLIST: the count */
+  int64_t min, max;
+  field_fn fn;
+} field;
+
+static void set_str(pctx *c, const mbd_ynode *v, char **dst, int worker) {
+  char *s;
+  if (scalar_text(c, v, worker, &s) != 0)
+    return;
+  free(*dst);
+  *dst = s;
+}
+
+static void set_strlist(pctx *c, const mbd_ynode *v, char ***dst, size_t *dst_n, int worker) {
+  char **list;
+  size_t n = 0;
+
+  if (v->type != MBD_YSEQ) {
+    perr(c, v, "expected a list, got %s", type_name(v));
+    return;
+  }
+  list = calloc(v->n + 1, sizeof(*list));
+  if (list == NULL) {
+    c->oom = 1;
+    return;
+  }
+  for (size_t i = 0; i < v->n; i++) {
+    size_t old = push_index(c, i);
+    if (scalar_text(c, v->kids[i], worker, &list[n]) == 0)
+      n++;
+    pop(c, old);
+  }
+  mbd__strv_free(*dst, *dst_n);
+  *dst = list;
+  *dst_n = n;
+}
+
+static int parse_bool(const char *s, int *out) {
+  static const char *const yes[] = {"true", "yes", "on"}, *const no[] = {"false", "no", "off"};
+  for (size_t i = 0; i < 3; i++) {
+    if (strcasecmp(s, yes[i]) == 0) {
+      *out = 1;
+      return 0;
+    }
+    if (strcasecmp(s, no[i]) == 0) {
+      *out = 0;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+static int get_int(pctx *c, const mbd_ynode *v, int64_t min, int64_t max, int *out) {
+  char *s, *end;
+  long long x;
+
+  if (scalar_text(c, v, 0, &s) != 0)
+    return -1;
+  errno = 0;
+  x = strtoll(s, &end, 10);
+  if (end == s || *end != '\0' || isspace((unsigned char)s[0]) || errno != 0) {
+    perr(c, v, "expected an integer, got '%s'", s);
+    free(s);
+    return -1;
+  }
+  free(s);
+  if (x < min) {
+    if (min == 1)
+      perr(c, v, "must be at least 1, got %lld", x);
+    else if (min == 0)
+      perr(c, v, "must not be negative, got %lld", x);
+    else
+      perr(c, v, "must be at least %lld, got %lld", (long long)min, x);
+    return -1;
+  }
+  if (x > max) {
+    perr(c, v, "must be at most %lld, got %lld", (long long)max, x);
+    return -1;
+  }
+  *out = (int)x;
+  return 0;
+}
+
+static void apply_field(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  char *p = (char *)obj + f->off;
+  char *s = NULL;
+  char err[256];
+
+  switch (f->type) {
+  case F_STR:
+  case F_WSTR:
+    set_str(c, v, (char **)(void *)p, f->type == F_WSTR);
+    break;
+  case F_WSTRLIST:
+    set_strlist(c, v, (char ***)(void *)p, (size_t *)(void *)((char *)obj + f->off_n), 1);
+    break;
+  case F_BOOL: {
+    int b;
+    if (scalar_text(c, v, 0, &s) != 0)
+      break;
+    if (parse_bool(s, &b) != 0)
+      perr(c, v, "expected true or false, got '%s'", s);
+    else
+      *(int *)(void *)p = b;
+    break;
+  }
+  case F_INT: {
+    int x;
+    if (get_int(c, v, f->min, f->max, &x) == 0)
+      *(int *)(void *)p = x;
+    break;
+  }
+  case F_DUR: {
+    int64_t ms;
+    if (scalar_text(c, v, 0, &s) != 0)
+      break;
+    if (mbd_parse_duration_ms(s, f->min < 0 ? MBD_DUR_FOREVER : 0, &ms, err, sizeof(err)) != 0)
+      perr(c, v, "%s", err);
+    else if (ms != MB_FOREVER && ms < f->min)
+      perr(c, v, "must be more than 0");
+    else
+      *(int64_t *)(void *)p = ms;
+    break;
+  }
+  case F_SIZE: {
+    uint64_t b;
+    if (scalar_text(c, v, 0, &s) != 0)
+      break;
+    if (mbd_parse_size(s, &b, err, sizeof(err)) != 0)
+      perr(c, v, "%s", err);
+    else if (b < (uint64_t)f->min)
+      perr(c, v, "must be at least %lld bytes", (long long)f->min);
+    else
+      *(uint64_t *)(void *)p = b;
+    break;
+  }
+  case F_FN:
+    f->fn(c, v, obj, f);
+    break;
+  }
+  free(s);
+}
+
+/* Optimal string alignment distance, for "did you mean" (short strings only). */
+static size_t edit_distance(const char *a, const char *b) {
+  size_t la = strlen(a), lb = strlen(b);
+  size_t d[33][33];
+
+  if (la > 32 || lb > 32)
+    return 99;
+  for (size_t i = 0; i <= la; i++)
+    d[i][0] = i;
+  for (size_t j = 0; j <= lb; j++)
+    d[0][j] = j;
+  for (size_t i = 1; i <= la; i++) {
+    for (size_t j = 1; j <= lb; j++) {
+      size_t cost = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]) ? 0 : 1;
+      size_t best = d[i - 1][j] + 1;
+      if (d[i][j - 1] + 1 < best)
+        best = d[i][j - 1] + 1;
+      if (d[i - 1][j - 1] + cost < best)
+        best = d[i - 1][j - 1] + cost;
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+          d[i - 2][j - 2] + 1 < best)
+        best = d[i - 2][j - 2] + 1;
+      d[i][j] = best;
+    }
+  }
+  return d[la][lb];
+}
+
+static void unknown_key(pctx *c, const mbd_ynode *key, const field *fields, size_t nf) {
+  const char *best = NULL;
+  size_t best_d = 3, len = strlen(key->str);
+
+  for (size_t i = 0; i < nf; i++) {
+    size_t d = edit_distance(key->str, fields[i].name);
+    if (d < best_d && d < len) {
+      best_d = d;
+      best = fields[i].name;
+    }
+  }
+  if (best != NULL)
+    perr(c, key, "unknown key (did you mean '%s'?)", best);
+  else
+    perr(c, key, "unknown key");
+}
+
+/*
+ * Walks mapping m against fields, storing into obj. A key whose value is
+ * null counts as absent. Returns 0, or -1 when m is not a mapping.
+ */
+static int walk_map(pctx *c, const mbd_ynode *m, const field *fields, size_t nf, void *obj) {
+  if (mbd_ynode_is_null(m))
+    return 0;
+  if (m->type != MBD_YMAP) {
+    perr(c, m, "expected a mapping, got %s", type_name(m));
+    return -1;
+  }
+  for (size_t i = 0; i + 1 < m->n; i += 2) {
+    const mbd_ynode *k = m->kids[i], *v = m->kids[i + 1];
+    size_t old, j, f;
+
+    old = push_key(c, k->str);
+    for (j = 0; j < i; j += 2)
+      if (strcmp(m->kids[j]->str, k->str) == 0)
+        break;
+    if (j < i) {
+      perr(c, k, "duplicate key (first at line %d)", m->kids[j]->line);
+      pop(c, old);
+      continue;
+    }
+    for (f = 0; f < nf; f++)
+      if (strcmp(fields[f].name, k->str) == 0)
+        break;
+    if (f == nf)
+      unknown_key(c, k, fields, nf);
+    else if (!mbd_ynode_is_null(v))
+      apply_field(c, v, obj, &fields[f]);
+    pop(c, old);
+  }
+  return 0;
+}
+
+#define NFIELDS(t) (sizeof(t) / sizeof((t)[0]))
+
+/* ------------------------------------------------------------------------ */
+/* Handlers of particular keys                                               */
+
+/* An upper-case HTTP method token. */
+static void fn_method(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  static const char *const methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"};
+  char **dst = (char **)(void *)((char *)obj + f->off);
+  char *s;
+  size_t i;
+
+  if (scalar_text(c, v, 0, &s) != 0)
+    return;
+  for (char *p = s; *p; p++)
+    *p = (char)toupper((unsigned char)*p);
+  for (i = 0; i < NFIELDS(methods); i++)
+    if (strcmp(s, methods[i]) == 0)
+      break;
+  if (i == NFIELDS(methods)) {
+    perr(c, v, "unknown HTTP method '%s'", s);
+    free(s);
+    return;
+  }
+  free(*dst);
+  *dst = s;
+}
+
+/* A worker HTTP path: must start with "/". */
+static void fn_http_path(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  char **dst = (char **)(void *)((char *)obj + f->off);
+  char *s;
+
+  if (scalar_text(c, v, 1, &s) != 0)
+    return;
+  if (s[0] != '/') {
+    perr(c, v, "must be a path starting with '/', got '%s'", s);
+    free(s);
+    return;
+  }
+  free(*dst);
+  *dst = s;
+}
+
+static const field hook_fields[] = {
+    {"method", F_FN, offsetof(mbd_hook, method), 0, 0, 0, fn_method},
+    {"path", F_FN, offsetof(mbd_hook, path), 0, 0, 0, fn_http_path},
+    {"timeout", F_DUR, offsetof(mbd_hook, timeout_ms), 0, 1, 0, NULL},
+};
+
+static void fn_hook(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_hook *h = (mbd_hook *)(void *)((char *)obj + f->off);
+
+  if (walk_map(c, v, hook_fields, NFIELDS(hook_fields), h) != 0)
+    return;
+  if (h->path == NULL) {
+    perr(c, v, "a hook needs a path");
+    return;
+  }
+  if (h->timeout_ms == 0) /* timeout is at least 1 ms when given */
+    h->timeout_ms = MBD_DEFAULT_HOOK_TIMEOUT_MS;
+  if (h->method == NULL && (h->method = strdup("POST")) == NULL)
+    c->oom = 1;
+}
+
+static const field hooks_fields[] = {
+    {"offload", F_FN, offsetof(mbd_model_config, hook_offload), 0, 0, 0, fn_hook},
+    {"restore", F_FN, offsetof(mbd_model_config, hook_restore), 0, 0, 0, fn_hook},
+    {"cleanup", F_FN, offsetof(mbd_model_config, hook_cleanup), 0, 0, 0, fn_hook},
+};
+
+static void fn_hooks(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  (void)f;
+  walk_map(c, v, hooks_fields, NFIELDS(hooks_fields), obj);
+}
+
+static const field probe_fields[] = {
+    {"method", F_FN, offsetof(mbd_probe, method), 0, 0, 0, fn_method},
+    {"path", F_FN, offsetof(mbd_probe, path), 0, 0, 0, fn_http_path},
+    {"body", F_WSTR, offsetof(mbd_probe, body), 0, 0, 0, NULL},
+};
+
+static void fn_probe(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_probe *p = (mbd_probe *)(void *)((char *)obj + f->off);
+
+  if (walk_map(c, v, probe_fields, NFIELDS(probe_fields), p) != 0)
+    return;
+  if (p->path == NULL) {
+    perr(c, v, "a probe needs a path");
+    return;
+  }
+  if (p->method == NULL && (p->method = strdup(p->body != NULL ? "POST" : "GET")) == NULL)
+    c->oom = 1;
+}
+
+static int valid_env_name(const char *s) {
+  if (!(isalpha((unsigned char)s[0]) || s[0] == '_'))
+    return 0;
+  for (; *s; s++)
+    if (!(isalnum((unsigned char)*s) || *s == '_'))
+      return 0;
+  return 1;
+}
+
+static void fn_env(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_model_config *m = obj;
+  mbd_env_var *vars;
+  size_t n = 0;
+
+  (void)f;
+  if (v->type != MBD_YMAP) {
+    perr(c, v, "expected a mapping of NAME: value, got %s", type_name(v));
+    return;
+  }
+  vars = calloc(v->n / 2 + 1, sizeof(*vars));
+  if (vars == NULL) {
+    c->oom = 1;
+    return;
+  }
+  for (size_t i = 0; i + 1 < v->n; i += 2) {
+    const mbd_ynode *k = v->kids[i], *val = v->kids[i + 1];
+    size_t old = push_key(c, k->str), j;
+    char *s = NULL;
+
+    for (j = 0; j < n; j++)
+      if (strcmp(vars[j].name, k->str) == 0)
+        break;
+    if (!valid_env_name(k->str)) {
+      perr(c, k, "bad environment variable name");
+    } else if (j < n) {
+      perr(c, k, "duplicate key");
+    } else if (mbd_ynode_is_null(val) && (s = strdup("")) == NULL) {
+      c->oom = 1;
+    } else if (s == NULL && scalar_text(c, val, 1, &s) != 0) {
+      /* reported */
+    } else if ((vars[n].name = strdup(k->str)) == NULL) {
+      free(s);
+      c->oom = 1;
+    } else {
+      vars[n++].value = s;
+    }
+    pop(c, old);
+  }
+  for (size_t i = 0; i < m->n_env; i++) {
+    free(m->env[i].name);
+    free(m->env[i].value);
+  }
+  free(m->env);
+  m->env = vars;
+  m->n_env = n;
+}
+
+static void fn_backend(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_model_config *m = obj;
+  char *s;
+
+  (void)f;
+  if (scalar_text(c, v, 0, &s) != 0)
+    return;
+  if (strcmp(s, "process") == 0)
+    m->backend = MBD_BACKEND_PROCESS;
+  else if (strcmp(s, "plugin") == 0)
+    m->backend = MBD_BACKEND_PLUGIN;
+  else if (strcmp(s, "tensors") == 0)
+    m->backend = MBD_BACKEND_TENSORS;
+  else
+    perr(c, v, "unknown backend '%s' (process, plugin or tensors)", s);
+  free(s);
+}
+
+static void fn_device(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_model_config *m = obj;
+
+  (void)f;
+  if (v->type == MBD_YSCALAR && strcmp(v->str, "auto") == 0) {
+    m->device = MB_DEVICE_AUTO;
+    return;
+  }
+  if (v->type == MBD_YSCALAR && !isdigit((unsigned char)v->str[0]) && v->str[0] != '-' &&
+      v->str[0] != '$') {
+    perr(c, v, "expected a GPU number or auto, got '%s'", v->str);
+    return;
+  }
+  (void)get_int(c, v, 0, 1023, &m->device);
+}
+
+static void fn_cmd(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_model_config *m = obj;
+
+  (void)f;
+  if (v->type == MBD_YSCALAR) {
+    perr(c, v, "must be a list of arguments, e.g. [python3, serve.py, --port, \"${PORT}\"] "
+               "(no shell is used)");
+    return;
+  }
+  set_strlist(c, v, &m->cmd, &m->n_cmd, 1);
+  if (v->type == MBD_YSEQ && v->n == 0)
+    perr(c, v, "must not be empty");
+}
+
+static int valid_model_name(const char *s) {
+  size_t len = strlen(s), dots = 0;
+  if (len == 0 || len > MBD_MODEL_NAME_MAX)
+    return 0;
+  for (const char *p = s; *p; p++) {
+    if (!(isalnum((unsigned char)*p) || *p == '.' || *p == '_' || *p == ':' || *p == '-'))
+      return 0;
+    dots += *p == '.';
+  }
+  return dots != len; /* "." and ".." would be path segments, not names */
+}
+
+#define NAME_RULE "letters, digits, '.', '_', ':', '-', at most 64, not only dots"
+
+/* Every name (model or alias) seen so far, for duplicate checks. */
+static int name_taken(const mbd_config *cfg, size_t upto, const char *name, const char **owner) {
+  for (size_t i = 0; i < cfg->n_models; i++) {
+    const mbd_model_config *m = &cfg->models[i];
+    if (m->name != NULL && strcmp(m->name, name) == 0) {
+      *owner = m->name;
+      return 1;
+    }
+    if (i >= upto)
+      continue;
+    for (size_t j = 0; j < m->n_aliases; j++)
+      if (strcmp(m->aliases[j], name) == 0) {
+        *owner = m->name;
+        return 2;
+      }
+  }
+  return 0;
+}
+
+static void fn_aliases(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_model_config *m = obj;
+  size_t self = (size_t)(m - c->cfg->models);
+
+  (void)f;
+  if (v->type != MBD_YSEQ) {
+    perr(c, v, "expected a list of names, got %s", type_name(v));
+    return;
+  }
+  mbd__strv_free(m->aliases, m->n_aliases);
+  m->n_aliases = 0;
+  m->aliases = calloc(v->n + 1, sizeof(*m->aliases));
+  if (m->aliases == NULL) {
+    c->oom = 1;
+    return;
+  }
+  for (size_t i = 0; i < v->n; i++) {
+    size_t old = push_index(c, i);
+    const char *owner = NULL;
+    char *s;
+    int t;
+
+    if (scalar_text(c, v->kids[i], 0, &s) == 0) {
+      if (!valid_model_name(s)) {
+        perr(c, v->kids[i], "bad alias '%s' (" NAME_RULE ")", s);
+        free(s);
+      } else if ((t = name_taken(c->cfg, self, s, &owner)) != 0 && owner != NULL) {
+        if (t == 1)
+          perr(c, v->kids[i], "alias '%s' is the name of model '%s'", s, owner);
+        else
+          perr(c, v->kids[i], "duplicate alias '%s' (already an alias of model '%s')", s, owner);
+        free(s);
+      } else {
+        for (size_t j = 0; j < m->n_aliases; j++)
+          if (strcmp(m->aliases[j], s) == 0) {
+            perr(c, v->kids[i], "duplicate alias '%s'", s);
+            free(s);
+            s = NULL;
+            break;
+          }
+        if (s != NULL)
+          m->aliases[m->n_aliases++] = s;
+      }
+    }
+    pop(c, old);
+  }
+}
+
+#define TUNING_FIELDS(base)                                                                \
+  {"keep_alive", F_DUR, (base) + offsetof(mbd_tuning, keep_alive_ms), 0, -1, 0, NULL},     \
+  {"offload", F_BOOL, (base) + offsetof(mbd_tuning, offload), 0, 0, 0, NULL},              \
+  {"host_keep_alive", F_DUR, (base) + offsetof(mbd_tuning, host_keep_alive_ms), 0, -1, 0,  \
+   NULL},                                                                                  \
+  {"max_concurrency", F_INT, (base) + offsetof(mbd_tuning, max_concurrency), 0, 1, 100000, \
+   NULL},                                                                                  \
+  {"max_queue", F_INT, (base) + offsetof(mbd_tuning, max_queue), 0, 0, 10000000, NULL},    \
+  {"queue_timeout", F_DUR, (base) + offsetof(mbd_tuning, queue_timeout_ms), 0, -1, 0,      \
+   NULL},                                                                                  \
+  {"start_timeout", F_DUR, (base) + offsetof(mbd_tuning, start_timeout_ms), 0, 1, 0,       \
+   NULL},                                                                                  \
+  {"stop_timeout", F_DUR, (base) + offsetof(mbd_tuning, stop_timeout_ms), 0, 0, 0, NULL},  \
+  {"busy_timeout", F_DUR, (base) + offsetof(mbd_tuning, busy_timeout_ms), 0, 0, 0, NULL}
+
+static const field model_fields[] = {
+    {"cmd", F_FN, 0, 0, 0, 0, fn_cmd},
+    {"backend", F_FN, 0, 0, 0, 0, fn_backend},
+    {"plugin", F_STR, offsetof(mbd_model_config, plugin), 0, 0, 0, NULL},
+    {"files", F_WSTRLIST, offsetof(mbd_model_config, files), offsetof(mbd_model_config, n_files),
+     0, 0, NULL},
+    {"env", F_FN, 0, 0, 0, 0, fn_env},
+    {"cwd", F_WSTR, offsetof(mbd_model_config, cwd), 0, 0, 0, NULL},
+    {"health", F_FN, offsetof(mbd_model_config, health), 0, 0, 0, fn_http_path},
+    {"port", F_INT, offsetof(mbd_model_config, port), 0, 1, 65535, NULL},
+    {"vram", F_SIZE, offsetof(mbd_model_config, vram_bytes), 0, 0, 0, NULL},
+    {"device", F_FN, 0, 0, 0, 0, fn_device},
+    {"pinned", F_BOOL, offsetof(mbd_model_config, pinned), 0, 0, 0, NULL},
+    {"priority", F_INT, offsetof(mbd_model_config, priority), 0, -1000000, 1000000, NULL},
+    {"aliases", F_FN, 0, 0, 0, 0, fn_aliases},
+    TUNING_FIELDS(offsetof(mbd_model_config, set)),
+    {"hooks", F_FN, 0, 0, 0, 0, fn_hooks},
+    {"probe", F_FN, offsetof(mbd_model_config, probe), 0, 0, 0, fn_probe},
+};
+
+static const field defaults_fields[] = {TUNING_FIELDS(0)};
+
+static const field limits_fields[] = {
+    {"max_body_size", F_SIZE, offsetof(mbd_config, max_body_bytes), 0, 1, 0, NULL},
+    {"max_header_size", F_SIZE, offsetof(mbd_config, max_header_bytes), 0, 1024, 0, NULL},
+};
+
+static void fn_defaults(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  (void)f;
+  walk_map(c, v, defaults_fields, NFIELDS(defaults_fields), &((mbd_config *)obj)->defaults);
+}
+
+static void fn_limits(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  (void)f;
+  walk_map(c, v, limits_fields, NFIELDS(limits_fields), obj);
+}
+
+static void fn_listen(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_config *cfg = obj;
+  mbd_listen l;
+  char *s, err[256];
+  int rc;
+
+  (void)f;
+  if (scalar_text(c, v, 0, &s) != 0)
+    return;
+  rc = mbd_listen_parse(s, &l, err, sizeof(err));
+  if (rc == MB_ENOMEM) {
+    c->oom = 1;
+  } else if (rc != 0) {
+    perr(c, v, "%s", err);
+  } else {
+    mbd_listen_clear(&cfg->listen);
+    cfg->listen = l;
+    free(cfg->listen_str);
+    cfg->listen_str = s;
+    return;
+  }
+  mbd_listen_clear(&l);
+  free(s);
+}
+
+static void fn_unix_socket(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_config *cfg = obj;
+  char *s;
+
+  (void)f;
+  if (scalar_text(c, v, 0, &s) != 0)
+    return;
+  if (*s == '\0' || strlen(s) > UNIX_PATH_MAX_LEN) {
+    perr(c, v, "must be a socket path of 1 to %d bytes", UNIX_PATH_MAX_LEN);
+    free(s);
+    return;
+  }
+  free(cfg->unix_socket);
+  cfg->unix_socket = s;
+}
+
+int mbd__config_add_api_key(mbd_config *cfg, const char *key) {
+  char **keys, *k;
+
+  if (key == NULL || *key == '\0')
+    return 0;
+  for (size_t i = 0; i < cfg->n_api_keys; i++)
+    if (strcmp(cfg->api_keys[i], key) == 0)
+      return 0;
+  k = strdup(key);
+  if (k == NULL)
+    return MB_ENOMEM;
+  keys = realloc(cfg->api_keys, (cfg->n_api_keys + 2) * sizeof(*keys));
+  if (keys == NULL) {
+    free(k);
+    return MB_ENOMEM;
+  }
+  keys[cfg->n_api_keys++] = k;
+  keys[cfg->n_api_keys] = NULL;
+  cfg->api_keys = keys;
+  return 0;
+}
+
+static void fn_api_keys(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_config *cfg = obj;
+
+  (void)f;
+  if (v->type != MBD_YSEQ) {
+    perr(c, v, "expected a list of keys, got %s", type_name(v));
+    return;
+  }
+  for (size_t i = 0; i < v->n; i++) {
+    size_t old = push_index(c, i);
+    char *s;
+    if (!mbd_ynode_is_null(v->kids[i]) && scalar_text(c, v->kids[i], 0, &s) == 0) {
+      /* Empty keys (an unset ${VAR:-}) are dropped, never accepted. */
+      if (mbd__config_add_api_key(cfg, s) != 0)
+        c->oom = 1;
+      free(s);
+    }
+    pop(c, old);
+  }
+}
+
+static void fn_eviction(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_config *cfg = obj;
+  char *s;
+
+  (void)f;
+  if (scalar_text(c, v, 0, &s) != 0)
+    return;
+  if (strcmp(s, "lru") == 0)
+    cfg->eviction = MB_EVICT_LRU;
+  else if (strcmp(s, "cost") == 0)
+    cfg->eviction = MB_EVICT_COST;
+  else
+    perr(c, v, "unknown eviction policy '%s' (lru or cost)", s);
+  free(s);
+}
+
+static void fn_log_level(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_config *cfg = obj;
+  char *s;
+
+  (void)f;
+  if (scalar_text(c, v, 0, &s) != 0)
+    return;
+  if (mbd_log_level_parse(s, &cfg->log_level) != 0)
+    perr(c, v, "unknown log level '%s' (debug, info, warn or error)", s);
+  free(s);
+}
+
+static const field device_fields[] = {
+    {"gpu", F_INT, offsetof(mbd_device_config, gpu), 0, 0, 1023, NULL},
+    {"host", F_BOOL, offsetof(mbd_device_config, host), 0, 0, 0, NULL},
+    {"capacity", F_SIZE, offsetof(mbd_device_config, capacity_bytes), 0, 0, 0, NULL},
+    {"reserve", F_SIZE, offsetof(mbd_device_config, reserve_bytes), 0, 0, 0, NULL},
+    {"budget", F_SIZE, offsetof(mbd_device_config, budget_bytes), 0, 0, 0, NULL},
+    {"max_loaded", F_INT, offsetof(mbd_device_config, max_loaded), 0, 0, 100000, NULL},
+    {"concurrency", F_INT, offsetof(mbd_device_config, concurrency), 0, 0, 100000, NULL},
+    {"max_parallel_loads", F_INT, offsetof(mbd_device_config, max_parallel_loads), 0, 1, 1024,
+     NULL},
+};
+
+static void fn_devices(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_config *cfg = obj;
+
+  (void)f;
+  if (v->type != MBD_YSEQ) {
+    perr(c, v, "expected a list such as [{gpu: 0}] or [{host: true}], got %s", type_name(v));
+    return;
+  }
+  if (v->n == 0) {
+    perr(c, v, "must list at least one device (or leave devices out: all GPUs, else the host)");
+    return;
+  }
+  free(cfg->devices);
+  cfg->n_devices = 0;
+  cfg->devices = calloc(v->n, sizeof(*cfg->devices));
+  if (cfg->devices == NULL) {
+    c->oom = 1;
+    return;
+  }
+  cfg->devices_set = 1;
+  for (size_t i = 0; i < v->n; i++) {
+    const mbd_ynode *item = v->kids[i];
+    mbd_device_config *d = &cfg->devices[cfg->n_devices];
+    size_t old = push_index(c, i);
+    int ok = 1;
+
+    memset(d, 0, sizeof(*d)); /* the slot of an item that failed before */
+    d->gpu = -1;
+    d->max_parallel_loads = 1;
+    d->line = item->line;
+    d->col = item->col;
+    if (mbd_ynode_is_null(item)) {
+      perr(c, item, "expected {gpu: N, ...} or {host: true, ...}");
+      ok = 0;
+    } else if (walk_map(c, item, device_fields, NFIELDS(device_fields), d) != 0) {
+      ok = 0;
+    } else if (d->host && d->gpu >= 0) {
+      perr(c, item, "a device is either {gpu: N} or {host: true}, not both");
+      ok = 0;
+    } else if (!d->host && d->gpu < 0) {
+      perr(c, item, "needs gpu: N or host: true");
+      ok = 0;
+    }
+    for (size_t j = 0; ok && j < cfg->n_devices; j++) {
+      if (d->host && cfg->devices[j].host) {
+        perr(c, item, "the host device is listed twice");
+        ok = 0;
+      } else if (!d->host && cfg->devices[j].gpu == d->gpu) {
+        perr(c, item, "gpu %d is listed twice", d->gpu);
+        ok = 0;
+      }
+    }
+    if (ok && d->budget_bytes == 0 && d->capacity_bytes != 0 &&
+        d->reserve_bytes >= d->capacity_bytes) {
+      perr(c, item, "reserve must be below capacity");
+      ok = 0;
+    }
+    if (ok)
+      cfg->n_devices++;
+    pop(c, old);
+  }
+}
+
+static void fn_models_later(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  (void)c, (void)v, (void)obj, (void)f; /* walked after everything else: see walk_models */
+}
+
+static const field top_fields[] = {
+    {"listen", F_FN, 0, 0, 0, 0, fn_listen},
+    {"unix_socket", F_FN, 0, 0, 0, 0, fn_unix_socket},
+    {"api_keys", F_FN, 0, 0, 0, 0, fn_api_keys},
+    {"devices", F_FN, 0, 0, 0, 0, fn_devices},
+    {"host_memory", F_SIZE, offsetof(mbd_config, host_memory_bytes), 0, 0, 0, NULL},
+    {"eviction", F_FN, 0, 0, 0, 0, fn_eviction},
+    {"log_level", F_FN, 0, 0, 0, 0, fn_log_level},
+    {"defaults", F_FN, 0, 0, 0, 0, fn_defaults},
+    {"limits", F_FN, 0, 0, 0, 0, fn_limits},
+    {"models", F_FN, 0, 0, 0, 0, fn_models_later},
+};
+
+/* ------------------------------------------------------------------------ */
+/* Models                                                                    */
+
+/* 1 when mapping m has key (even with a bad value, already reported). */
+static int has_key(const mbd_ynode *m, const char *key) {
+  for (size_t i = 0; i + 1 < m->n; i += 2)
+    if (strcmp(m->kids[i]->str, key) == 0)
+      return 1;
+  return 0;
+}
+
+/* Checks that need the whole model (and the devices); errors at the model key. */
+static void check_model(pctx *c, mbd_model_config *m, const mbd_ynode *key,
+                        const mbd_ynode *v, size_t idx) {
+  const mbd_config *cfg = c->cfg;
+  int has_cmd = has_key(v, "cmd"), has_plugin = has_key(v, "plugin");
+
+  switch (m->backend) {
+  case MBD_BACKEND_PROCESS:
+    if (!has_cmd)
+      perr(c, key, "missing cmd (the worker's command line, required for backend process)");
+    if (has_plugin)
+      perr(c, key, "plugin is only for backend plugin");
+    break;
+  case MBD_BACKEND_PLUGIN:
+    if (!has_plugin)
+      perr(c, key, "missing plugin (path of the shared object, required for backend plugin)");
+    if (has_cmd)
+      perr(c, key, "cmd is only for backend process");
+    break;
+  case MBD_BACKEND_TENSORS:
+    if (!has_key(v, "files"))
+      perr(c, key, "missing files (the weight files, required for backend tensors)");
+    if (has_cmd)
+      perr(c, key, "cmd is only for backend process");
+    if (has_plugin)
+      perr(c, key, "plugin is only for backend plugin");
+    break;
+  }
+  if (m->health == NULL && (m->health = strdup(MBD_DEFAULT_HEALTH)) == NULL)
+    c->oom = 1;
+  if (m->device != MB_DEVICE_AUTO && cfg->devices_set) {
+    size_t i;
+    for (i = 0; i < cfg->n_devices; i++)
+      if (!cfg->devices[i].host && cfg->devices[i].gpu == m->device)
+        break;
+    if (i == cfg->n_devices)
+      perr(c, key, "device %d is not among the configured devices", m->device);
+  }
+  if (m->port != 0) {
+    for (size_t i = 0; i < idx; i++)
+      if (cfg->models[i].port == m->port)
+        perr(c, key, "port %d is also the port of model '%s'", m->port, cfg->models[i].name);
+    if (cfg->listen.unix_path == NULL && cfg->listen.port == m->port)
+      perr(c, key, "port %d is the daemon's own listen port", m->port);
+  }
+}
+
+static void walk_models(pctx *c, const mbd_ynode *models) {
+  mbd_config *cfg = c->cfg;
+  size_t npairs, old_root;
+
+  if (mbd_ynode_is_null(models))
+    return;
+  old_root = push_key(c, "models");
+  if (models->type != MBD_YMAP) {
+    perr(c, models, "expected a mapping of model name to its settings, got %s",
+         type_name(models));
+    pop(c, old_root);
+    return;
+  }
+  npairs = models->n / 2;
+  cfg->models = calloc(npairs + 1, sizeof(*cfg->models));
+  if (cfg->models == NULL) {
+    c->oom = 1;
+    pop(c, old_root);
+    return;
+  }
+  /* Pass 1: the names, so that aliases can be checked against later models. */
+  for (size_t i = 0; i < npairs; i++) {
+    const mbd_ynode *k = models->kids[2 * i];
+    size_t old = push_key(c, k->str);
+    int dup = 0;
+
+    for (size_t j = 0; j < cfg->n_models; j++)
+      if (strcmp(cfg->models[j].name, k->str) == 0) {
+        perr(c, k, "duplicate model name (first at line %d)", cfg->models[j].line);
+        dup = 1;
+        break;
+      }
+    if (!dup && !valid_model_name(k->str)) {
+      perr(c, k, "bad model name (" NAME_RULE ")");
+      dup = 1;
+    }
+    if (!dup) {
+      mbd_model_config *m = &cfg->models[cfg->n_models];
+      m->name = strdup(k->str);
+      if (m->name == NULL) {
+        c->oom = 1;
+      } else {
+        m->line = k->line;
+        m->col = k->col;
+        m->backend = MBD_BACKEND_PROCESS;
+        m->device = MB_DEVICE_AUTO;
+        mbd__tuning_unset(&m->set);
+        cfg->n_models++;
+      }
+    }
+    pop(c, old);
+  }
+  /* Pass 2: the settings of each model whose name was good. */
+  for (size_t i = 0, mi = 0; i < npairs && mi < cfg->n_models; i++) {
+    const mbd_ynode *k = models->kids[2 * i], *v = models->kids[2 * i + 1];
+    mbd_model_config *m = &cfg->models[mi];
+    size_t old;
+
+    if (strcmp(m->name, k->str) != 0 || m->line != k->line || m->col != k->col)
+      continue; /* this pair was a duplicate or a bad name */
+    old = push_key(c, k->str);
+    if (mbd_ynode_is_null(v)) {
+      perr(c, k, "missing settings (at least cmd)");
+    } else if (walk_map(c, v, model_fields, NFIELDS(model_fields), m) == 0) {
+      check_model(c, m, k, v, mi);
+    }
+    pop(c, old);
+    mi++;
+  }
+  pop(c, old_root);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Entry points                                                              */
+
+/* Line and column of a "FILE:LINE:COL: ..." message. */
+static void message_pos(const char *msg, size_t file_len, long *line, long *col) {
+  char *end;
+  *line = *col = 0;
+  if (strlen(msg) <= file_len || msg[file_len] != ':')
+    return;
+  *line = strtol(msg + file_len + 1, &end, 10);
+  if (*end == ':')
+    *col = strtol(end + 1, NULL, 10);
+}
+
+/*
+ * The walker finds some errors out of file order (model names before their
+ * settings, cross-checks last); sort this parse's messages by place, stably.
+ */
+static void sort_messages(mbd_diag *d, size_t first, const char *file) {
+  size_t flen = strlen(file);
+  if (d == NULL)
+    return;
+  for (size_t i = first + 1; i < d->n; i++) {
+    char *m = d->msgs[i];
+    long l, c, l2, c2;
+    size_t j = i;
+    message_pos(m, flen, &l, &c);
+    while (j > first) {
+      message_pos(d->msgs[j - 1], flen, &l2, &c2);
+      if (l2 < l || (l2 == l && c2 <= c))
+        break;
+      d->msgs[j] = d->msgs[j - 1];
+      j--;
+    }
+    d->msgs[j] = m;
+  }
+}
+
+int mbd_config_parse(const char *text, size_t len, const char *name, const mbd_env *env,
+                     mbd_config **out, mbd_diag *diag) {
+  pctx c;
+  mbd_ynode *root = NULL;
+  char err[512];
+  int line = 0, col = 0, rc;
+  size_t first_msg;
+
+  if (out == NULL || (text == NULL && len > 0))
+    return MB_EINVAL;
+  *out = NULL;
+  memset(&c, 0, sizeof(c));
+  c.file = name != NULL ? name : "<config>";
+  c.env = env;
+  c.diag = diag;
+  first_msg = diag != NULL ? diag->n : 0;
+  c.cfg = mbd__config_alloc(c.file);
+  if (c.cfg == NULL)
+    return MB_ENOMEM;
+
+  rc = mbd_yaml_parse(text != NULL ? text : "", len, &root, &line, &col, err, sizeof(err));
+  if (rc == MB_ENOMEM)
+    goto fail;
+  if (rc != 0) {
+    /* err is "LINE:COL: message" already. */
+    if (mbd__diag_add(diag, "%s:%s", c.file, err) != 0)
+      rc = MB_ENOMEM;
+    goto fail;
+  }
+
+  if (!mbd_ynode_is_null(root)) {
+    if (root->type != MBD_YMAP) {
+      perr(&c, root, "the configuration must be a mapping of keys (listen, models, ...), got %s",
+           type_name(root));
+    } else {
+      walk_map(&c, root, top_fields, NFIELDS(top_fields), c.cfg);
+      for (size_t i = 0; i + 1 < root->n; i += 2)
+        if (strcmp(root->kids[i]->str, "models") == 0) {
+          walk_models(&c, root->kids[i + 1]);
+          break; /* a second "models" was reported as a duplicate */
+        }
+    }
+  }
+  mbd__config_resolve(c.cfg);
+  sort_messages(diag, first_msg, c.file);
+
+  if (c.oom) {
+    rc = MB_ENOMEM;
+    goto fail;
+  }
+  if (c.errors > 0) {
+    rc = MB_EINVAL;
+    goto fail;
+  }
+  mbd_ynode_free(root);
+  *out = c.cfg;
+  return 0;
+
+fail:
+  mbd_ynode_free(root);
+  mbd_config_free(c.cfg);
+  return rc;
+}
+
