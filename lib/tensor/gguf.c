@@ -357,7 +357,18 @@ int mb__gguf_parse(const uint8_t *buf, size_t len, uint64_t file_size, const mb_
   /* The data section starts at the next multiple of the alignment. */
   uint64_t a = g.f->alignment;
   g.f->data_offset = ((uint64_t)g.pos + a - 1) / a * a;
-  uint64_t avail = g.f->data_offset < file_size ? file_size - g.f->data_offset : 0;
+  if (g.f->data_offset > file_size) {
+    /* Only a file without tensors may end before its padding. */
+    if (g.f->count > 0) {
+      rc = mb__tf_fail(pe, MB_EFORMAT,
+                       "data section at offset %llu starts past the end of the file (%llu "
+                       "bytes; file truncated?)",
+                       (unsigned long long)g.f->data_offset, (unsigned long long)file_size);
+      goto out;
+    }
+    g.f->data_offset = file_size;
+  }
+  uint64_t avail = file_size - g.f->data_offset;
   for (size_t i = 0; i < g.f->count; i++) {
     const mb__tensor *t = &g.f->tensors[i];
     if (t->rel_offset > avail || t->size_bytes > avail - t->rel_offset) {

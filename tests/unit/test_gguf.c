@@ -453,6 +453,11 @@ static void test_truncated(void **state) {
   gb_tensor(&g, "w", 1, ne, 0, 0);
   gb_data(&g, 32, 31);
   expect_fault(&g, MB_EFORMAT, "tensor 'w' data [0, 32) runs past the end of the data section (31 bytes");
+  /* an empty tensor, but the file ends before the data section begins */
+  uint64_t ne0[1] = {0};
+  gb_header(&g, 3, 1, 0);
+  gb_tensor(&g, "w", 1, ne0, 0, 0);
+  expect_fault(&g, MB_EFORMAT, "data section at offset 64 starts past the end of the file (57 bytes");
   gb_header(&g, 3, 1, 0);
   gb_tensor(&g, "w", 1, ne, 0, UINT64_MAX - 31);
   gb_data(&g, 32, 64);
