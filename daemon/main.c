@@ -123,8 +123,11 @@ int main(int argc, char **argv) {
     mbd_diag_print(&diag, stderr);
     if (rc == MB_ENOMEM)
       fprintf(stderr, "modelbufd: out of memory reading the configuration\n");
-    fprintf(stderr, "modelbufd: %s: configuration is not valid (%zu error%s)\n", path,
-            diag.n + diag.dropped, diag.n + diag.dropped == 1 ? "" : "s");
+    if (rc == MB_EIO)
+      fprintf(stderr, "modelbufd: no configuration read (use --config FILE or MODELBUF_CONFIG)\n");
+    else
+      fprintf(stderr, "modelbufd: %s: configuration is not valid (%zu error%s)\n", path,
+              diag.n + diag.dropped, diag.n + diag.dropped == 1 ? "" : "s");
     mbd_diag_free(&diag);
     mbd_config_free(cfg);
     return EXIT_CONFIG;
