@@ -808,8 +808,10 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
   if (m == NULL)
     goto fail_nomem;
   m->name = mb__strdup(name);
-  if (m->name == NULL)
+  if (m->name == NULL) {
+    rc = MB_ENOMEM;
     goto fail_name;
+  }
   m->be = be;
   m->user = user;
   m->opts = o;
