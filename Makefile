@@ -53,7 +53,8 @@ tsan: deps $(TSAN_BUILD)/build.ninja
 
 $(FUZZ_BUILD)/build.ninja:
 	@scripts/deps.sh
-	CC=clang meson setup $(FUZZ_BUILD) -Dfuzz=true -Dtests=false -Db_lundef=false -Dbuildtype=debug $(MESON_OPTS)
+	CC=clang meson setup $(FUZZ_BUILD) -Dfuzz=true -Dtests=false -Db_sanitize=address,undefined \
+	  -Dc_args=-fsanitize=fuzzer-no-link -Db_lundef=false -Dbuildtype=debug $(MESON_OPTS)
 
 fuzz: deps $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD)

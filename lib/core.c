@@ -222,16 +222,13 @@ void mb_op_progress(mb_op *op, uint64_t done_bytes, uint64_t total_bytes) {
 /* Runs the backend function of a job; no core lock is held. */
 static void run_backend(struct mb_job *j) {
   mb__model *m = j->m;
-  mb_ctx *ctx = j->ctx;
   mb_op op;
   memset(&op, 0, sizeof(op));
   op.model = m->name;
   op.user = m->user;
   op.device = j->device;
-  if (j->device >= 0) {
-    op.device_kind = ctx->devs[j->device].opts.kind;
-    op.device_ordinal = ctx->devs[j->device].opts.ordinal;
-  }
+  op.device_kind = j->device_kind;
+  op.device_ordinal = j->device_ordinal;
   op.budget_bytes = j->budget_bytes;
   op.err = j->msg;
   op.err_len = sizeof(j->msg);
@@ -582,6 +579,10 @@ static void unload_all_direct(mb_ctx *ctx) {
     m->job.m = m;
     m->job.ctx = ctx;
     m->job.device = m->device;
+    if (m->device >= 0) {
+      m->job.device_kind = ctx->devs[m->device].opts.kind;
+      m->job.device_ordinal = ctx->devs[m->device].opts.ordinal;
+    }
     run_backend(&m->job);
     m->state = MB_STATE_UNLOADED;
   }

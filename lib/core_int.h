@@ -90,6 +90,8 @@ struct mb_job {
   mb__model *m;
   mb_ctx *ctx;
   int device;
+  mb_device_kind device_kind; /* copied at start: devs may move meanwhile */
+  int device_ordinal;
   uint64_t start_ns;
   uint64_t budget_bytes;
   int busy;              /* handed out, not yet completed */

@@ -370,6 +370,10 @@ static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind) {
   j->m = m;
   j->ctx = ctx;
   j->device = m->device;
+  if (m->device >= 0) {
+    j->device_kind = ctx->devs[m->device].opts.kind;
+    j->device_ordinal = ctx->devs[m->device].opts.ordinal;
+  }
   j->start_ns = ctx->now;
   j->budget_bytes = m->dev_charge;
   j->busy = 1;
