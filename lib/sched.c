@@ -316,14 +316,14 @@ static int collect(mb_ctx *ctx, mb__model **out, int cap, int dev, int host) {
   return n;
 }
 
-static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind);
+static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind, const char *why);
 
 /* Starts a full release of an OFFLOADED model to make room in the host tier. */
 static void host_evict(mb_ctx *ctx, mb__model *m) {
   m->stats.evictions++;
   mb__event_locked(ctx, MB_EVENT_EVICT, m, m->state, MB_STATE_UNLOADING, "host eviction");
   mb__heap_cancel(&ctx->heap, &m->timer);
-  start_job(ctx, m, MB_JOB_UNLOAD);
+  start_job(ctx, m, MB_JOB_UNLOAD, "evict");
 }
 
 /*
@@ -356,7 +356,13 @@ static int host_make_room(mb_ctx *ctx, const mb__model *self, uint64_t bytes) {
 /* ------------------------------------------------------------------------ */
 /* Jobs                                                                      */
 
-static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind) {
+/*
+ * Hands a backend operation to the executor and moves to its transitional
+ * state. why becomes the event's reason: "acquire", "load", "idle", "evict",
+ * "request" (an explicit offload/unload), "error", "shutdown"; a model being
+ * removed always says "remove".
+ */
+static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind, const char *why) {
   struct mb_job *j = &m->job;
   static const mb_state next[] = {
       [MB_JOB_LOAD] = MB_STATE_LOADING,
@@ -364,7 +370,6 @@ static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind) {
       [MB_JOB_RESTORE] = MB_STATE_RESTORING,
       [MB_JOB_UNLOAD] = MB_STATE_UNLOADING,
   };
-  static const char *why[] = {"load", "offload", "restore", "unload"};
   memset(j, 0, sizeof(*j));
   j->kind = kind;
   j->m = m;
@@ -382,23 +387,19 @@ static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind) {
     ctx->devs[m->device].loads++;
   if (kind == MB_JOB_OFFLOAD || kind == MB_JOB_UNLOAD)
     set_leaving(ctx, m, 1);
-  const char *reason = m->unload_pending || m->offload_pending ? "request" : why[kind];
-  if (m->removing)
-    reason = "remove";
-  set_state(ctx, m, next[kind], reason);
+  set_state(ctx, m, next[kind], m->removing ? "remove" : why);
   mb__submit_job_locked(ctx, j);
 }
 
 /* Moves an idle READY model off its device: offload if allowed and it fits
  * in the host tier, else unload. explicit: an offload request (policy aside). */
 static void go_idle(mb_ctx *ctx, mb__model *m, int allow_offload, const char *why) {
-  (void)why;
   mb__heap_cancel(&ctx->heap, &m->timer);
   if (allow_offload && can_offload(m) && host_make_room(ctx, m, host_need(m))) {
     charge_host(ctx, m, host_need(m));
-    start_job(ctx, m, MB_JOB_OFFLOAD);
+    start_job(ctx, m, MB_JOB_OFFLOAD, why);
   } else {
-    start_job(ctx, m, MB_JOB_UNLOAD);
+    start_job(ctx, m, MB_JOB_UNLOAD, why);
   }
 }
 
@@ -572,7 +573,7 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
   charge_dev(ctx, m, best, need);
   if (!restore)
     m->resid_peak = 0;
-  start_job(ctx, m, restore ? MB_JOB_RESTORE : MB_JOB_LOAD);
+  start_job(ctx, m, restore ? MB_JOB_RESTORE : MB_JOB_LOAD, m->wq_head ? "acquire" : "load");
 }
 
 static void pump_admissions(mb_ctx *ctx) {
@@ -725,7 +726,7 @@ static void advance(mb_ctx *ctx, mb__model *m) {
   case MB_STATE_OFFLOADED:
     if (m->unload_pending || ctx->shutting_down) {
       mb__heap_cancel(&ctx->heap, &m->timer);
-      start_job(ctx, m, MB_JOB_UNLOAD);
+      start_job(ctx, m, MB_JOB_UNLOAD, ctx->shutting_down ? "shutdown" : "request");
     } else if (wants_resident(m)) {
       mb__heap_cancel(&ctx->heap, &m->timer);
       if (!m->admit_pending) {
@@ -743,7 +744,7 @@ static void advance(mb_ctx *ctx, mb__model *m) {
   case MB_STATE_READY:
     if (m->inflight == 0 && (m->unload_pending || ctx->shutting_down)) {
       mb__heap_cancel(&ctx->heap, &m->timer);
-      start_job(ctx, m, MB_JOB_UNLOAD);
+      start_job(ctx, m, MB_JOB_UNLOAD, ctx->shutting_down ? "shutdown" : "request");
       break;
     }
     if (m->inflight == 0 && m->offload_pending) {
@@ -764,7 +765,7 @@ static void advance(mb_ctx *ctx, mb__model *m) {
         break;
       }
       charge_host(ctx, m, host_need(m));
-      start_job(ctx, m, MB_JOB_OFFLOAD);
+      start_job(ctx, m, MB_JOB_OFFLOAD, "request");
       break;
     }
     answer_load_waiters(ctx, m);
@@ -905,7 +906,7 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
                j->msg[0] ? j->msg : mb_strerror(j->rc));
       snprintf(why, sizeof(why), "error: %s", m->error);
       mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, why);
-      start_job(ctx, m, MB_JOB_UNLOAD);
+      start_job(ctx, m, MB_JOB_UNLOAD, "error");
     }
     break;
   case MB_JOB_OFFLOAD:
@@ -943,7 +944,7 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
       }
       m->ow_head = keep;
       m->offload_pending = 0;
-      start_job(ctx, m, MB_JOB_UNLOAD);
+      start_job(ctx, m, MB_JOB_UNLOAD, "error");
     }
     break;
   case MB_JOB_UNLOAD: {
@@ -1250,7 +1251,7 @@ static void fire_timer(mb_ctx *ctx, mb__timer *t) {
     if (m->state == MB_STATE_READY && m->inflight == 0 && m->wq_head == NULL) {
       go_idle(ctx, m, m->opts.offload, "idle");
     } else if (m->state == MB_STATE_OFFLOADED && !wants_resident(m)) {
-      start_job(ctx, m, MB_JOB_UNLOAD);
+      start_job(ctx, m, MB_JOB_UNLOAD, "idle");
     }
     break;
   }

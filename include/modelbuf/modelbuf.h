@@ -296,7 +296,13 @@ typedef struct mb_event {
   mb_state from, to;   /* MB_EVENT_STATE */
   int device;          /* the model's device, -1 if none */
   uint64_t done_bytes, total_bytes; /* MB_EVENT_PROGRESS */
-  const char *reason;  /* why: "acquire", "idle", "evict", "error: ...", ...; never NULL */
+  /* Why, never NULL. Entering LOADING/RESTORING: "acquire" or "load";
+   * OFFLOADING/UNLOADING: "idle" (keep-alive expired), "evict", "request"
+   * (mb_offload/mb_unload), "error" (a failed restore or offload),
+   * "shutdown", "remove"; completions: "loaded", "restored", "offloaded",
+   * "unloaded", "released" (from the host tier), "reset"; FAILED:
+   * "error: <message>". MB_EVENT_EVICT / MB_EVENT_WARNING carry a text. */
+  const char *reason;
 } mb_event;
 
 /*

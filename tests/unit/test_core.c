@@ -451,6 +451,7 @@ static void test_events_in_order(void **state) {
       {MB_STATE_READY, MB_STATE_OFFLOADING},     {MB_STATE_OFFLOADING, MB_STATE_OFFLOADED},
       {MB_STATE_OFFLOADED, MB_STATE_UNLOADING},  {MB_STATE_UNLOADING, MB_STATE_UNLOADED},
   };
+  static const char *want_reason[] = {"acquire", "loaded", "idle", "offloaded", "idle", "released"};
   int k = 0;
   uint64_t last_seq = 0;
   for (int i = 0; i < H.nevents; i++) {
@@ -461,9 +462,56 @@ static void test_events_in_order(void **state) {
     assert_true(k < 6);
     assert_int_equal(H.events[i].from, want[k][0]);
     assert_int_equal(H.events[i].to, want[k][1]);
+    assert_string_equal(H.events[i].reason, want_reason[k]);
     k++;
   }
   assert_int_equal(k, 6);
+}
+
+/* The reason of the last state event of a model into state `to`. */
+static const char *reason_into(const char *model, mb_state to) {
+  for (int i = H.nevents - 1; i >= 0; i--)
+    if (H.events[i].type == MB_EVENT_STATE && strcmp(H.events[i].model, model) == 0 &&
+        H.events[i].to == to)
+      return H.events[i].reason;
+  return "(none)";
+}
+
+/* Every transition says why it happened: load, request, evict, error. */
+static void test_event_reasons(void **state) {
+  (void)state;
+  h_model_fp(&H, "a", 600, 60000);
+  h_model_fp(&H, "b", 600, 60000);
+  int r = 0;
+  assert_int_equal(mb_load_async(H.ctx, "a", MB_DEFAULT, h_simple_done, &r), 0);
+  h_settle(&H);
+  assert_string_equal(reason_into("a", MB_STATE_LOADING), "load");
+  h_complete(&H, "a", 0);
+  assert_int_equal(mb_offload_async(H.ctx, "a", h_simple_done, &r), 0);
+  h_settle(&H);
+  assert_string_equal(reason_into("a", MB_STATE_OFFLOADING), "request");
+  h_complete(&H, "a", 0);
+  assert_int_equal(mb_unload_async(H.ctx, "a", h_simple_done, &r), 0);
+  h_settle(&H);
+  assert_string_equal(reason_into("a", MB_STATE_UNLOADING), "request");
+  h_complete(&H, "a", 0);
+
+  /* a is READY and idle; b does not fit beside it: a is evicted. */
+  h_answer x;
+  h_acquire(&H, "a", NULL, &x);
+  h_complete(&H, "a", 0);
+  h_release(&H, &x);
+  h_answer y;
+  h_acquire(&H, "b", NULL, &y);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_OFFLOADING);
+  assert_string_equal(reason_into("a", MB_STATE_OFFLOADING), "evict");
+  h_complete(&H, "a", 0);
+  assert_string_equal(reason_into("b", MB_STATE_LOADING), "acquire");
+  /* A failed load says so. */
+  h_complete(&H, "b", MB_ELOAD);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_FAILED);
+  assert_true(strncmp(reason_into("b", MB_STATE_FAILED), "error", 5) == 0);
+  assert_true(y.done);
 }
 
 /* Statistics: load average, slow-load warning, wait histogram. */
@@ -586,6 +634,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_nested_leases, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
       cmocka_unit_test_setup_teardown(test_events_in_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_event_reasons, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stats_and_slow_load, setup, teardown),
       cmocka_unit_test_setup_teardown(test_measured_footprint_and_growth, setup, teardown),
       cmocka_unit_test_setup_teardown(test_growth_warning, setup, teardown),
