@@ -2,6 +2,8 @@
 # Installs the Debian 12 packages modelbuf needs to build, test and run.
 # Idempotent: when everything is present it only checks and exits.
 # Usage: scripts/deps.sh            (as root, or with sudo available)
+#        scripts/deps.sh --bench    also what the benchmarks compare against
+#                                   (nginx as a plain reverse proxy) and plot with
 set -eu
 
 PKGS="
@@ -19,7 +21,12 @@ libcmocka-dev
 liburing-dev
 libsystemd-dev
 python3-pytest
+python3-torch
+curl
 "
+if [ "${1:-}" = "--bench" ]; then
+  PKGS="$PKGS nginx-light gnuplot-nox"
+fi
 
 missing=""
 for p in $PKGS; do
