@@ -59,8 +59,11 @@ $(FUZZ_BUILD)/build.ninja:
 fuzz: deps $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD)
 
+# Every bench/*.sh, each printing its ratio to a baseline measured in the
+# same run; results and commands are kept in docs/PERFORMANCE.md.
 bench: build
-	@echo "no benchmarks yet"
+	@scripts/deps.sh --bench
+	bench/run $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)
