@@ -1,0 +1,276 @@
+/*
+ * plugin.c - the plugin backend: models served by a shared object that
+ * exports mb_plugin_v1 (modelbuf/plugin.h).
+ *
+ * A plugin library is opened once and reference counted: every instance
+ * made from it holds a reference, so the code stays mapped until the last
+ * model using it is gone. Each model's backend argument is a small wrapper
+ * (the instance, its library, the host services); the backend functions
+ * hand the plugin a copy of the operation with the plugin's own instance as
+ * op->user.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "modelbuf/plugin.h"
+#include "alloc.h"
+
+struct mb_plugin_lib {
+  void *dl;
+  const mb_plugin *p;
+  char *path;
+  int refs; /* the opener's plus one per instance; atomic */
+};
+
+typedef struct plugin_inst {
+  mb_plugin_lib *lib;
+  void *inst;
+  mb_plugin_host host;
+} plugin_inst;
+
+static void lib_unref(mb_plugin_lib *lib) {
+  if (__atomic_sub_fetch(&lib->refs, 1, __ATOMIC_ACQ_REL) > 0)
+    return;
+  dlclose(lib->dl);
+  mb__free(lib->path);
+  mb__free(lib);
+}
+
+/* Checks a plugin's table; a message naming the fault when it is bad. */
+static int check_table(const mb_plugin *p, char *why, size_t len) {
+  if (p == NULL) {
+    snprintf(why, len, "mb_plugin_v1 returned NULL");
+    return 0;
+  }
+  if (p->abi != MB_PLUGIN_ABI) {
+    snprintf(why, len, "plugin ABI %u, this build needs %d", p->abi, MB_PLUGIN_ABI);
+    return 0;
+  }
+  if (p->create == NULL || p->destroy == NULL || p->handle == NULL ||
+      p->backend.load == NULL || p->backend.unload == NULL) {
+    snprintf(why, len, "create, destroy, handle, backend.load and backend.unload are required");
+    return 0;
+  }
+  if ((p->backend.offload == NULL) != (p->backend.restore == NULL)) {
+    snprintf(why, len, "backend.offload and backend.restore come as a pair");
+    return 0;
+  }
+  return 1;
+}
+
+int mb_plugin_open(const char *path, mb_plugin_lib **out, char *err, size_t err_len) {
+  struct stat st;
+  char why[256];
+  if (path == NULL || out == NULL) {
+    mb__set_err(err, err_len, "plugin path missing");
+    return MB_EINVAL;
+  }
+  *out = NULL;
+  if (stat(path, &st) != 0) {
+    mb__set_err(err, err_len, "%s: %s", path, strerror(errno));
+    return errno == ENOENT ? MB_ENOENT : MB_EIO;
+  }
+  /* A bare name would make dlopen search the library path, not this file. */
+  char *full;
+  if (strchr(path, '/')) {
+    full = mb__strdup(path);
+  } else {
+    size_t n = strlen(path) + 3;
+    if ((full = mb__malloc(n)) != NULL)
+      snprintf(full, n, "./%s", path);
+  }
+  if (full == NULL)
+    return MB_ENOMEM;
+  dlerror();
+  void *dl = dlopen(full, RTLD_NOW | RTLD_LOCAL);
+  if (dl == NULL) {
+    const char *e = dlerror();
+    mb__set_err(err, err_len, "%s: not a loadable plugin: %s", path, e ? e : "dlopen failed");
+    mb__free(full);
+    return MB_EFORMAT;
+  }
+  mb_plugin_entry_fn entry;
+  void *sym = dlsym(dl, MB_PLUGIN_SYMBOL);
+  memcpy(&entry, &sym, sizeof(entry)); /* object pointer to function pointer */
+  if (sym == NULL) {
+    mb__set_err(err, err_len, "%s: exports no %s function", path, MB_PLUGIN_SYMBOL);
+    dlclose(dl);
+    mb__free(full);
+    return MB_EFORMAT;
+  }
+  const mb_plugin *p = entry();
+  if (!check_table(p, why, sizeof(why))) {
+    mb__set_err(err, err_len, "%s: %s", path, why);
+    dlclose(dl);
+    mb__free(full);
+    return MB_EFORMAT;
+  }
+  mb_plugin_lib *lib = mb__calloc(1, sizeof(*lib));
+  if (lib == NULL) {
+    dlclose(dl);
+    mb__free(full);
+    return MB_ENOMEM;
+  }
+  lib->dl = dl;
+  lib->p = p;
+  lib->path = full;
+  lib->refs = 1;
+  *out = lib;
+  return 0;
+}
+
+const mb_plugin *mb_plugin_table(const mb_plugin_lib *lib) {
+  return lib ? lib->p : NULL;
+}
+
+void mb_plugin_close(mb_plugin_lib *lib) {
+  if (lib)
+    lib_unref(lib);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The backend over a plugin instance                                        */
+
+/* The operation as the plugin sees it: its own instance as op->user. */
+#define PLUGIN_OP(op, pi, o)                                                                   \
+  plugin_inst *pi = (op)->user;                                                                \
+  mb_op o = *(op);                                                                             \
+  o.user = pi->inst
+
+static int pl_load(mb_op *op) {
+  PLUGIN_OP(op, pi, o);
+  return pi->lib->p->backend.load(&o);
+}
+
+static int pl_offload(mb_op *op) {
+  PLUGIN_OP(op, pi, o);
+  return pi->lib->p->backend.offload(&o);
+}
+
+static int pl_restore(mb_op *op) {
+  PLUGIN_OP(op, pi, o);
+  return pi->lib->p->backend.restore(&o);
+}
+
+static int pl_unload(mb_op *op) {
+  PLUGIN_OP(op, pi, o);
+  return pi->lib->p->backend.unload(&o);
+}
+
+static int pl_usage(mb_op *op, mb_usage *out) {
+  PLUGIN_OP(op, pi, o);
+  if (pi->lib->p->backend.usage == NULL)
+    return MB_ENOTSUP;
+  return pi->lib->p->backend.usage(&o, out);
+}
+
+static int pl_health(mb_op *op) {
+  PLUGIN_OP(op, pi, o);
+  if (pi->lib->p->backend.health == NULL)
+    return 0;
+  return pi->lib->p->backend.health(&o);
+}
+
+static void pl_destroy(void *user) {
+  plugin_inst *pi = user;
+  pi->lib->p->destroy(pi->inst);
+  lib_unref(pi->lib);
+  mb__free(pi);
+}
+
+static const mb_backend plugin_full = {
+    "plugin", pl_load, pl_offload, pl_restore, pl_unload, pl_usage, pl_health, pl_destroy,
+};
+
+static const mb_backend plugin_no_offload = {
+    "plugin", pl_load, NULL, NULL, pl_unload, pl_usage, pl_health, pl_destroy,
+};
+
+static void default_log(void *arg, int level, const char *model, const char *msg) {
+  static const char *names[] = {"debug", "info", "warn", "error"};
+  (void)arg;
+  fprintf(stderr, "level=%s model=%s msg=\"%s\"\n", names[level < 0 ? 0 : level > 3 ? 3 : level],
+          model ? model : "", msg ? msg : "");
+}
+
+int mb_model_add_plugin(mb_ctx *ctx, const char *name, mb_plugin_lib *lib,
+                        const char *const *files, size_t n_files, const mb_plugin_host *host,
+                        const mb_model_opts *opts, void **instance, char *err, size_t err_len) {
+  if (ctx == NULL || name == NULL || lib == NULL || (n_files > 0 && files == NULL)) {
+    mb__set_err(err, err_len, "plugin model: context, name and plugin are required");
+    return MB_EINVAL;
+  }
+  plugin_inst *pi = mb__calloc(1, sizeof(*pi));
+  if (pi == NULL)
+    return MB_ENOMEM;
+  pi->lib = lib;
+  pi->host.size = sizeof(pi->host);
+  pi->host.progress = mb_op_progress;
+  pi->host.log = default_log;
+  if (host) {
+    size_t n = host->size < sizeof(pi->host) ? host->size : sizeof(pi->host);
+    memcpy(&pi->host, host, n);
+    pi->host.size = sizeof(pi->host);
+    if (pi->host.progress == NULL)
+      pi->host.progress = mb_op_progress;
+    if (pi->host.log == NULL)
+      pi->host.log = default_log;
+  }
+  mb_plugin_args args = {name, files, n_files, &pi->host};
+  char msg[256] = "";
+  int rc = lib->p->create(&args, &pi->inst, msg, sizeof(msg));
+  if (rc != 0) {
+    mb__set_err(err, err_len, "%s: plugin %s: %s", name, lib->p->name ? lib->p->name : "",
+                msg[0] ? msg : mb_strerror(rc));
+    mb__free(pi);
+    return rc < 0 ? rc : MB_EBACKEND;
+  }
+  __atomic_add_fetch(&lib->refs, 1, __ATOMIC_ACQ_REL);
+  const mb_backend *be = lib->p->backend.offload ? &plugin_full : &plugin_no_offload;
+  /* On failure mb_model_add destroys pi through pl_destroy. */
+  rc = mb_model_add(ctx, name, be, pi, opts, err, err_len);
+  if (rc == 0 && instance)
+    *instance = pi;
+  return rc;
+}
+
+int mb_plugin_handle(void *instance, const mb_plugin_request *req, mb_plugin_response *resp,
+                     char *err, size_t err_len) {
+  plugin_inst *pi = instance;
+  if (pi == NULL || req == NULL || resp == NULL) {
+    mb__set_err(err, err_len, "plugin request: instance, request and response are required");
+    return MB_EINVAL;
+  }
+  memset(resp, 0, sizeof(*resp));
+  resp->status = 200;
+  snprintf(resp->content_type, sizeof(resp->content_type), "application/json");
+  char msg[256] = "";
+  int rc = pi->lib->p->handle(pi->inst, req, resp, msg, sizeof(msg));
+  if (rc != 0) {
+    mb_plugin_response_free(instance, resp);
+    mb__set_err(err, err_len, "%s", msg[0] ? msg : mb_strerror(rc));
+    return rc < 0 ? rc : MB_EBACKEND;
+  }
+  if (resp->body && pi->lib->p->free_body == NULL) {
+    /* A body nobody can free: refuse it rather than leak it each request. */
+    resp->body = NULL;
+    resp->body_len = 0;
+    mb__set_err(err, err_len, "plugin %s returned a body but has no free_body", pi->lib->p->name);
+    return MB_EBACKEND;
+  }
+  return 0;
+}
+
+void mb_plugin_response_free(void *instance, mb_plugin_response *resp) {
+  plugin_inst *pi = instance;
+  if (resp == NULL)
+    return;
+  if (resp->body && pi && pi->lib->p->free_body)
+    pi->lib->p->free_body(pi->inst, resp->body);
+  resp->body = NULL;
+  resp->body_len = 0;
+}

@@ -1,0 +1,202 @@
+/*
+ * test_plugin.c - a plugin for the plugin backend's tests, built as a real
+ * shared object. Its "weights" are its files, read whole into memory on
+ * load (with progress), moved to a host copy on offload and back on
+ * restore. Requests:
+ *   GET  /info  -> {"model":..., "bytes":N, "sum":S, "loads":L}
+ *   POST /echo  -> the body back, as application/octet-stream
+ *   GET  /fail  -> an error from the handler
+ *   else        -> 404 with a JSON error
+ * Built also with -DBAD_ABI (wrong ABI number), -DNO_PAIR (offload without
+ * restore) and -DNO_ENTRY (no mb_plugin_v1) for the loader's error paths.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "modelbuf/plugin.h"
+
+typedef struct inst {
+  char *model;
+  char **files;
+  size_t n_files;
+  const mb_plugin_host *host;
+  unsigned char *dev, *host_copy;
+  size_t bytes;
+  unsigned long long sum;
+  int loads;
+} inst;
+
+static int t_create(const mb_plugin_args *a, void **out, char *err, size_t len) {
+  if (a->n_files == 0) {
+    snprintf(err, len, "needs at least one file");
+    return MB_EINVAL;
+  }
+  inst *in = calloc(1, sizeof(*in));
+  if (in == NULL || (in->files = calloc(a->n_files, sizeof(char *))) == NULL) {
+    free(in);
+    return MB_ENOMEM;
+  }
+  in->model = strdup(a->model);
+  for (size_t i = 0; i < a->n_files; i++)
+    in->files[i] = strdup(a->files[i]);
+  in->n_files = a->n_files;
+  in->host = a->host;
+  *out = in;
+  return 0;
+}
+
+static void t_destroy(void *p) {
+  inst *in = p;
+  for (size_t i = 0; i < in->n_files; i++)
+    free(in->files[i]);
+  free(in->files);
+  free(in->model);
+  free(in->dev);
+  free(in->host_copy);
+  free(in);
+}
+
+static int t_load(mb_op *op) {
+  inst *in = op->user;
+  size_t total = 0, done = 0;
+  FILE *f[16];
+  size_t n = in->n_files < 16 ? in->n_files : 16;
+  for (size_t i = 0; i < n; i++) {
+    if ((f[i] = fopen(in->files[i], "rb")) == NULL) {
+      snprintf(op->err, op->err_len, "%s: %s", in->files[i], strerror(errno));
+      while (i-- > 0)
+        fclose(f[i]);
+      return MB_ELOAD;
+    }
+    fseek(f[i], 0, SEEK_END);
+    total += (size_t)ftell(f[i]);
+    rewind(f[i]);
+  }
+  in->dev = malloc(total ? total : 1);
+  int rc = in->dev ? 0 : MB_ENOMEM;
+  for (size_t i = 0; i < n; i++) {
+    size_t got;
+    while (rc == 0 && (got = fread(in->dev + done, 1, 1 << 16, f[i])) > 0) {
+      done += got;
+      in->host->progress(op, done, total);
+    }
+    fclose(f[i]);
+  }
+  if (rc != 0)
+    return rc;
+  in->bytes = total;
+  in->sum = 0;
+  for (size_t i = 0; i < total; i++)
+    in->sum += in->dev[i];
+  in->loads++;
+  in->host->log(in->host->log_arg, 1, in->model, "loaded");
+  return 0;
+}
+
+static int t_offload(mb_op *op) {
+  inst *in = op->user;
+  if ((in->host_copy = malloc(in->bytes ? in->bytes : 1)) == NULL)
+    return MB_ENOMEM;
+  memcpy(in->host_copy, in->dev, in->bytes);
+  free(in->dev);
+  in->dev = NULL;
+  return 0;
+}
+
+__attribute__((unused)) static int t_restore(mb_op *op) {
+  inst *in = op->user;
+  if ((in->dev = malloc(in->bytes ? in->bytes : 1)) == NULL)
+    return MB_ENOMEM;
+  memcpy(in->dev, in->host_copy, in->bytes);
+  free(in->host_copy);
+  in->host_copy = NULL;
+  return 0;
+}
+
+static int t_unload(mb_op *op) {
+  inst *in = op->user;
+  free(in->dev);
+  free(in->host_copy);
+  in->dev = in->host_copy = NULL;
+  return 0;
+}
+
+static int t_usage(mb_op *op, mb_usage *u) {
+  inst *in = op->user;
+  u->device_bytes = in->dev ? in->bytes : 0;
+  u->host_bytes = in->host_copy ? in->bytes : 0;
+  return 0;
+}
+
+static int reply(mb_plugin_response *r, int status, const char *type, const void *body,
+                 size_t len) {
+  r->status = status;
+  snprintf(r->content_type, sizeof(r->content_type), "%s", type);
+  if ((r->body = malloc(len ? len : 1)) == NULL)
+    return MB_ENOMEM;
+  memcpy(r->body, body, len);
+  r->body_len = len;
+  return 0;
+}
+
+static int t_handle(void *p, const mb_plugin_request *req, mb_plugin_response *r, char *err,
+                    size_t len) {
+  inst *in = p;
+  char buf[256];
+  if (strcmp(req->method, "GET") == 0 && strcmp(req->path, "/info") == 0) {
+    if (in->dev == NULL) {
+      snprintf(err, len, "not loaded");
+      return MB_ESTATE;
+    }
+    unsigned long long sum = 0;
+    for (size_t i = 0; i < in->bytes; i++)
+      sum += in->dev[i];
+    int n = snprintf(buf, sizeof(buf), "{\"model\":\"%s\",\"bytes\":%zu,\"sum\":%llu,\"loads\":%d}",
+                     in->model, in->bytes, sum, in->loads);
+    return reply(r, 200, "application/json", buf, (size_t)n);
+  }
+  if (strcmp(req->method, "POST") == 0 && strcmp(req->path, "/echo") == 0)
+    return reply(r, 200, "application/octet-stream", req->body, req->body_len);
+  if (strcmp(req->path, "/fail") == 0) {
+    snprintf(err, len, "asked to fail");
+    return MB_EBACKEND;
+  }
+  int n = snprintf(buf, sizeof(buf), "{\"error\":{\"code\":\"not_found\",\"message\":\"%s\"}}",
+                   req->path);
+  return reply(r, 404, "application/json", buf, (size_t)n);
+}
+
+static void t_free_body(void *p, void *body) {
+  (void)p;
+  free(body);
+}
+
+static const mb_plugin table = {
+#ifdef BAD_ABI
+    .abi = MB_PLUGIN_ABI + 7,
+#else
+    .abi = MB_PLUGIN_ABI,
+#endif
+    .name = "test",
+    .create = t_create,
+    .destroy = t_destroy,
+    .backend = {.load = t_load,
+                .offload = t_offload,
+#ifndef NO_PAIR
+                .restore = t_restore,
+#endif
+                .unload = t_unload,
+                .usage = t_usage},
+    .handle = t_handle,
+    .free_body = t_free_body,
+};
+
+#ifndef NO_ENTRY
+__attribute__((visibility("default"))) const mb_plugin *mb_plugin_v1(void);
+__attribute__((visibility("default"))) const mb_plugin *mb_plugin_v1(void) { return &table; }
+#else
+__attribute__((visibility("default"))) const mb_plugin *other_entry(void);
+__attribute__((visibility("default"))) const mb_plugin *other_entry(void) { return &table; }
+#endif
