@@ -1,0 +1,438 @@
+/*
+ * lifecycle.c - figures, leak verdict and advice of `modelbuf bench
+ * lifecycle`, and its three outputs (table, JSON, chart).
+ *
+ * The advice follows a few plain rules, each stated with the figures that
+ * triggered it (docs/LIFECYCLE.md explains them):
+ *  - lazy load or pre-warm, by the cached load time: < 2 s, 2-5 s, 5-10 s, > 10 s;
+ *  - offload or unload when idle: offload when a restore is faster than a
+ *    load and the host copy fits the host budget;
+ *  - the break-even keep-alive: holding a model that uses a share s of the
+ *    device idle for t costs s * t of device time; a reload costs the
+ *    device's (serialised) load slot for the reload time r. They are equal
+ *    at t = r / s;
+ *  - isolation: when less than 70% of the memory comes back after an
+ *    unload in place, run the model as a worker process;
+ *  - a memory reservation of 1.5x the peak.
+ */
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "lifecycle.h"
+
+double lc_slope(const double *y, int n) {
+  if (n < 2)
+    return 0.0;
+  double mx = (n - 1) / 2.0, my = 0.0;
+  for (int i = 0; i < n; i++)
+    my += y[i];
+  my /= n;
+  double sxy = 0.0, sxx = 0.0;
+  for (int i = 0; i < n; i++) {
+    sxy += (i - mx) * (y[i] - my);
+    sxx += (i - mx) * (i - mx);
+  }
+  return sxx > 0.0 ? sxy / sxx : 0.0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Median of the measured values of one field over cycles [from, n). */
+static double median_of(const lc_input *in, size_t off, int from) {
+  double v[256];
+  int k = 0;
+  for (int i = from; i < in->n && k < 256; i++) {
+    double x = *(const double *)((const char *)&in->cycles[i] + off);
+    if (x >= 0.0)
+      v[k++] = x;
+  }
+  if (k == 0)
+    return LC_NONE;
+  qsort(v, (size_t)k, sizeof(v[0]), cmp_double);
+  return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2.0;
+}
+
+#define MEDIAN(in, field, from) median_of(in, offsetof(lc_cycle, field), from)
+
+static double pct_back(uint64_t footprint, int64_t residue) {
+  if (footprint == 0)
+    return 100.0;
+  double kept = residue > 0 ? (double)residue : 0.0;
+  double p = 100.0 * (1.0 - kept / (double)footprint);
+  return p < 0.0 ? 0.0 : p > 100.0 ? 100.0 : p;
+}
+
+static void add_advice(lc_report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void add_advice(lc_report *r, const char *fmt, ...) {
+  if (r->n_advice >= LC_MAX_ADVICE)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(r->advice[r->n_advice++], sizeof(r->advice[0]), fmt, ap);
+  va_end(ap);
+}
+
+static const char *secs(double ms, char *buf, size_t len) {
+  if (ms < 0)
+    snprintf(buf, len, "-");
+  else if (ms < 1000)
+    snprintf(buf, len, "%.0f ms", ms);
+  else
+    snprintf(buf, len, "%.1f s", ms / 1000.0);
+  return buf;
+}
+
+static const char *dur(int64_t ms, char *buf, size_t len) {
+  if (ms >= 3600000)
+    snprintf(buf, len, "%.0fh", ms / 3600000.0);
+  else if (ms >= 60000)
+    snprintf(buf, len, "%.0fm", ms / 60000.0);
+  else
+    snprintf(buf, len, "%.0fs", ms / 1000.0);
+  return buf;
+}
+
+static void advise(const lc_input *in, lc_report *r) {
+  char a[32], b[32], c[32], d[32];
+  double load = r->warm_load_ms >= 0 ? r->warm_load_ms : r->cold_load_ms;
+  if (load < 0)
+    load = 0;
+
+  /* Lazy load or pre-warm. */
+  secs(load, a, sizeof(a));
+  if (load < 2000)
+    add_advice(r, "Load lazily: a cached load takes %s, so the first request hardly notices.", a);
+  else if (load < 5000)
+    add_advice(r, "Load lazily, but keep it resident through busy hours: the first request "
+                  "after a load waits %s.", a);
+  else if (load < 10000)
+    add_advice(r, "Pre-warm it (POST /api/models/%s/load before traffic): a first request "
+                  "would wait %s for the load.", in->model, a);
+  else
+    add_advice(r, "Pre-warm it and consider `pinned: true` while it is busy: every load "
+                  "costs %s.", a);
+
+  /* Offload or unload when idle. */
+  uint64_t host_copy = 0;
+  for (int i = 0; i < in->n; i++)
+    if (in->cycles[i].host_offloaded > host_copy)
+      host_copy = in->cycles[i].host_offloaded;
+  r->offload_wins = 0;
+  if (r->restore_ms < 0) {
+    add_advice(r, "Unload when idle: it cannot offload (no offload hook). List its weight "
+                  "`files:` so they stay in the page cache while it is stopped.");
+  } else if (r->restore_ms >= load) {
+    add_advice(r, "Unload when idle (`offload: false`): a restore (%s) is no faster than "
+                  "a load (%s).", secs(r->restore_ms, a, sizeof(a)), secs(load, b, sizeof(b)));
+  } else if (in->host_budget > 0 && host_copy > in->host_budget) {
+    add_advice(r, "Unload when idle: its host copy (%s) does not fit the host budget (%s).",
+               cli_fmt_bytes(host_copy, a, sizeof(a)),
+               cli_fmt_bytes(in->host_budget, b, sizeof(b)));
+  } else {
+    r->offload_wins = 1;
+    add_advice(r, "Offload when idle (`offload: true`): a restore takes %s against %s for a "
+                  "load (%.1fx faster), holding %s of host RAM.",
+               secs(r->restore_ms, a, sizeof(a)), secs(load, b, sizeof(b)),
+               r->restore_ms > 0 ? load / r->restore_ms : 0.0,
+               cli_fmt_bytes(host_copy, c, sizeof(c)));
+  }
+
+  /* Break-even keep-alive: reload cost over the share of the device held. */
+  double reload = r->offload_wins ? r->restore_ms : load;
+  double share = in->device_usable > 0 && r->dev_peak > 0
+                     ? (double)r->dev_peak / (double)in->device_usable
+                     : 1.0;
+  if (share > 1.0)
+    share = 1.0;
+  double ka = reload / share;
+  if (ka < 1000)
+    ka = 1000;
+  if (ka > 3600000)
+    ka = 3600000;
+  r->keep_alive_ms = (int64_t)ka;
+  add_advice(r, "Keep-alive about %s: holding its %s (%.0f%% of the device) idle that long "
+                "costs as much device time as one %s (%s).",
+             dur(r->keep_alive_ms, a, sizeof(a)), cli_fmt_bytes(r->dev_peak, b, sizeof(b)),
+             share * 100.0, r->offload_wins ? "restore" : "load", secs(reload, d, sizeof(d)));
+
+  /* Isolation. */
+  double back = r->reclaimed_dev_pct < r->reclaimed_os_pct ? r->reclaimed_dev_pct
+                                                           : r->reclaimed_os_pct;
+  if (back < 70.0)
+    add_advice(r, "Run it as a worker process: only %.0f%% of its memory came back after an "
+                  "unload in place; a worker's memory returns when its process exits.", back);
+  else
+    add_advice(r, "In-process or worker both work: %.0f%% of its memory came back after "
+                  "each unload.", back);
+
+  /* Reservation. */
+  r->reserve_bytes = r->footprint + r->footprint / 2;
+  add_advice(r, "Reserve %s for it (1.5x its peak of %s): `vram: %s` in its section.",
+             cli_fmt_bytes(r->reserve_bytes, a, sizeof(a)),
+             cli_fmt_bytes(r->footprint, b, sizeof(b)), cli_fmt_bytes(r->reserve_bytes, c,
+                                                                       sizeof(c)));
+}
+
+void lc_analyse(const lc_input *in, lc_report *r) {
+  memset(r, 0, sizeof(*r));
+  r->cold_load_ms = in->cold && in->n > 0 ? in->cycles[0].load_ms : LC_NONE;
+  r->warm_load_ms = MEDIAN(in, load_ms, in->cold ? 1 : 0);
+  r->first_ms = MEDIAN(in, first_ms, 0);
+  r->steady_ms = MEDIAN(in, steady_ms, 0);
+  r->offload_ms = MEDIAN(in, offload_ms, 0);
+  r->restore_ms = MEDIAN(in, restore_ms, 0);
+  r->unload_ms = MEDIAN(in, unload_ms, 0);
+
+  double steady[256], residue[256];
+  int n = in->n < 256 ? in->n : 256;
+  for (int i = 0; i < n; i++) {
+    const lc_cycle *c = &in->cycles[i];
+    if (c->dev_peak > r->dev_peak)
+      r->dev_peak = c->dev_peak;
+    if (c->host_peak > r->host_peak)
+      r->host_peak = c->host_peak;
+    steady[i] = (double)(c->dev_steady + c->host_steady);
+    residue[i] = (double)(c->dev_residue + c->os_residue);
+  }
+  if (n > 0) {
+    r->dev_steady = in->cycles[n - 1].dev_steady;
+    r->host_steady = in->cycles[n - 1].host_steady;
+  }
+  /* On the host device the device bytes are host RAM: the peak is one figure. */
+  int host_dev = in->device && strcmp(in->device, "host") == 0;
+  r->footprint = host_dev ? (r->dev_peak > r->host_peak ? r->dev_peak : r->host_peak)
+                          : r->dev_peak;
+  if (n > 0) {
+    const lc_cycle *last = &in->cycles[n - 1];
+    r->reclaimed_dev_pct = pct_back(r->dev_peak, last->dev_residue);
+    r->reclaimed_os_pct =
+        pct_back(host_dev ? r->footprint : r->host_peak, last->os_residue);
+  } else {
+    r->reclaimed_dev_pct = r->reclaimed_os_pct = 100.0;
+  }
+
+  r->slope_bytes = lc_slope(steady, n);
+  r->slope_residue = lc_slope(residue, n);
+  double limit = LC_LEAK_MIN_FRACTION * (double)(r->dev_peak + r->host_peak);
+  if (limit < LC_LEAK_MIN_SLOPE)
+    limit = LC_LEAK_MIN_SLOPE;
+  char a[32], b[32];
+  if (n < 3) {
+    r->leaks = -1;
+    snprintf(r->verdict, sizeof(r->verdict), "unknown: %d cycle%s, a slope needs 3 or more", n,
+             n == 1 ? "" : "s");
+  } else {
+    double worst = r->slope_bytes > r->slope_residue ? r->slope_bytes : r->slope_residue;
+    r->leaks = worst > limit;
+    snprintf(r->verdict, sizeof(r->verdict), "%s: %s per cycle over %d cycles (limit %s)",
+             r->leaks ? "FAIL, memory grows" : "pass",
+             cli_fmt_bytes(worst > 0 ? (uint64_t)worst : 0, a, sizeof(a)), n,
+             cli_fmt_bytes((uint64_t)limit, b, sizeof(b)));
+  }
+  advise(in, r);
+  if (r->leaks == 1)
+    add_advice(r, "It leaks: fix it before it shares a GPU, or have it unloaded rather than "
+                  "offloaded when idle so every residency starts from a fresh process.");
+}
+
+void lc_print(FILE *f, const lc_input *in, const lc_report *r) {
+  char a[32], b[32], c[32], d[32];
+  fprintf(f, "model %s on %s, %d cycle%s%s\n\n", in->model, in->device ? in->device : "?", in->n,
+          in->n == 1 ? "" : "s", in->cold ? " (first load cold: files dropped from the page cache)"
+                                          : "");
+  fprintf(f, "  %-22s %s\n", "cold load", secs(r->cold_load_ms, a, sizeof(a)));
+  fprintf(f, "  %-22s %s\n", "warm load", secs(r->warm_load_ms, a, sizeof(a)));
+  fprintf(f, "  %-22s %s\n", "first inference", secs(r->first_ms, a, sizeof(a)));
+  fprintf(f, "  %-22s %s\n", "steady inference", secs(r->steady_ms, a, sizeof(a)));
+  fprintf(f, "  %-22s %s\n", "offload", secs(r->offload_ms, a, sizeof(a)));
+  fprintf(f, "  %-22s %s\n", "restore", secs(r->restore_ms, a, sizeof(a)));
+  fprintf(f, "  %-22s %s\n", "unload", secs(r->unload_ms, a, sizeof(a)));
+  fprintf(f, "  %-22s peak %s, steady %s\n", "device memory",
+          cli_fmt_bytes(r->dev_peak, a, sizeof(a)), cli_fmt_bytes(r->dev_steady, b, sizeof(b)));
+  fprintf(f, "  %-22s peak %s, steady %s\n", "host memory (RSS)",
+          cli_fmt_bytes(r->host_peak, c, sizeof(c)), cli_fmt_bytes(r->host_steady, d, sizeof(d)));
+  fprintf(f, "  %-22s device %.0f%%, OS %.0f%%\n", "reclaimed by unload", r->reclaimed_dev_pct,
+          r->reclaimed_os_pct);
+  fprintf(f, "  %-22s %s\n\n", "leak check", r->verdict);
+  fprintf(f, "cycle   load ms  first ms  offload ms  restore ms  unload ms  device peak  host peak  "
+             "left after unload\n");
+  for (int i = 0; i < in->n; i++) {
+    const lc_cycle *cy = &in->cycles[i];
+    int64_t left = cy->dev_residue + cy->os_residue;
+    fprintf(f, "%5d %9.1f %9.1f %11.1f %11.1f %10.1f %12s %10s %s%s\n", i, cy->load_ms,
+            cy->first_ms, cy->offload_ms, cy->restore_ms, cy->unload_ms,
+            cli_fmt_bytes(cy->dev_peak, a, sizeof(a)), cli_fmt_bytes(cy->host_peak, b, sizeof(b)),
+            left < 0 ? "-" : "", cli_fmt_bytes((uint64_t)(left < 0 ? -left : left), c, sizeof(c)));
+  }
+  fprintf(f, "\nadvice:\n");
+  for (int i = 0; i < r->n_advice; i++)
+    fprintf(f, "  - %s\n", r->advice[i]);
+}
+
+/* A JSON string literal of s. */
+static void json_str(FILE *f, const char *s) {
+  fputc('"', f);
+  for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+    if (*p == '"' || *p == '\\')
+      fprintf(f, "\\%c", *p);
+    else if (*p < 0x20)
+      fprintf(f, "\\u%04x", *p);
+    else
+      fputc(*p, f);
+  }
+  fputc('"', f);
+}
+
+static void json_ms(FILE *f, const char *key, double ms, int comma) {
+  if (ms < 0)
+    fprintf(f, "\"%s\":null", key);
+  else
+    fprintf(f, "\"%s\":%.3f", key, ms);
+  if (comma)
+    fputc(',', f);
+}
+
+char *lc_json(const lc_input *in, const lc_report *r) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (f == NULL)
+    return NULL;
+  fputs("{\"model\":", f);
+  json_str(f, in->model);
+  fputs(",\"device\":", f);
+  json_str(f, in->device);
+  fprintf(f, ",\"cycles\":%d,\"cold\":%s,", in->n, in->cold ? "true" : "false");
+  json_ms(f, "cold_load_ms", r->cold_load_ms, 1);
+  json_ms(f, "load_ms", r->warm_load_ms, 1);
+  json_ms(f, "first_inference_ms", r->first_ms, 1);
+  json_ms(f, "steady_inference_ms", r->steady_ms, 1);
+  json_ms(f, "offload_ms", r->offload_ms, 1);
+  json_ms(f, "restore_ms", r->restore_ms, 1);
+  json_ms(f, "unload_ms", r->unload_ms, 1);
+  fprintf(f,
+          "\"footprint_bytes\":%llu,\"device_peak_bytes\":%llu,\"device_steady_bytes\":%llu,"
+          "\"host_peak_bytes\":%llu,\"host_steady_bytes\":%llu,"
+          "\"reclaimed_device_pct\":%.1f,\"reclaimed_os_pct\":%.1f,"
+          "\"growth_bytes_per_cycle\":%.0f,\"residue_growth_bytes_per_cycle\":%.0f,",
+          (unsigned long long)r->footprint, (unsigned long long)r->dev_peak,
+          (unsigned long long)r->dev_steady, (unsigned long long)r->host_peak,
+          (unsigned long long)r->host_steady, r->reclaimed_dev_pct, r->reclaimed_os_pct,
+          r->slope_bytes, r->slope_residue);
+  fprintf(f, "\"leak\":%s,\"verdict\":", r->leaks == 1 ? "true" : r->leaks == 0 ? "false" : "null");
+  json_str(f, r->verdict);
+  fprintf(f, ",\"keep_alive_ms\":%lld,\"reserve_bytes\":%llu,\"offload_when_idle\":%s,",
+          (long long)r->keep_alive_ms, (unsigned long long)r->reserve_bytes,
+          r->offload_wins ? "true" : "false");
+  fputs("\"advice\":[", f);
+  for (int i = 0; i < r->n_advice; i++) {
+    if (i)
+      fputc(',', f);
+    json_str(f, r->advice[i]);
+  }
+  fputs("],\"per_cycle\":[", f);
+  for (int i = 0; i < in->n; i++) {
+    const lc_cycle *c = &in->cycles[i];
+    fputs(i ? ",{" : "{", f);
+    json_ms(f, "load_ms", c->load_ms, 1);
+    json_ms(f, "first_inference_ms", c->first_ms, 1);
+    json_ms(f, "offload_ms", c->offload_ms, 1);
+    json_ms(f, "restore_ms", c->restore_ms, 1);
+    json_ms(f, "unload_ms", c->unload_ms, 1);
+    fprintf(f,
+            "\"device_peak_bytes\":%llu,\"device_steady_bytes\":%llu,\"host_peak_bytes\":%llu,"
+            "\"host_steady_bytes\":%llu,\"host_offloaded_bytes\":%llu,"
+            "\"device_residue_bytes\":%lld,\"os_residue_bytes\":%lld}",
+            (unsigned long long)c->dev_peak, (unsigned long long)c->dev_steady,
+            (unsigned long long)c->host_peak, (unsigned long long)c->host_steady,
+            (unsigned long long)c->host_offloaded, (long long)c->dev_residue,
+            (long long)c->os_residue);
+  }
+  fputs("]}", f);
+  if (fclose(f) != 0) {
+    free(buf);
+    return NULL;
+  }
+  return buf;
+}
+
+int lc_chart(const char *png, const lc_input *in, char *err, size_t err_len) {
+  char data[] = "/tmp/modelbuf-lifecycle-XXXXXX";
+  int fd = mkstemp(data);
+  if (fd < 0) {
+    snprintf(err, err_len, "cannot make a temporary file for the chart");
+    return -1;
+  }
+  FILE *f = fdopen(fd, "w");
+  if (f == NULL) {
+    close(fd);
+    unlink(data);
+    snprintf(err, err_len, "cannot write the chart's data");
+    return -1;
+  }
+  const double mib = 1024.0 * 1024.0;
+  for (int i = 0; i < in->n; i++) {
+    const lc_cycle *c = &in->cycles[i];
+    double left = (double)(c->dev_residue + c->os_residue);
+    fprintf(f, "%d %.3f %.3f %.3f %.3f %.3f %.3f\n", i, c->dev_peak / mib, c->dev_steady / mib,
+            c->host_peak / mib, c->host_steady / mib, c->host_offloaded / mib,
+            (left > 0 ? left : 0) / mib);
+  }
+  fclose(f);
+  char script[] = "/tmp/modelbuf-lifecycle-gp-XXXXXX";
+  int sfd = mkstemp(script);
+  FILE *s = sfd >= 0 ? fdopen(sfd, "w") : NULL;
+  if (s == NULL) {
+    if (sfd >= 0)
+      close(sfd);
+    unlink(data);
+    snprintf(err, err_len, "cannot write the chart's script");
+    return -1;
+  }
+  fprintf(s,
+          "set terminal png size 960,540\n"
+          "set output '%s'\n"
+          "set title 'modelbuf bench lifecycle: %s on %s, memory per tier across cycles'\n"
+          "set xlabel 'cycle'\nset ylabel 'MiB'\nset key outside right\nset grid\n"
+          "set xrange [-0.5:%d.5]\nset yrange [0:*]\n"
+          "plot '%s' using 1:2 with linespoints title 'device peak', "
+          "'' using 1:3 with linespoints title 'device steady', "
+          "'' using 1:4 with linespoints title 'host peak (RSS)', "
+          "'' using 1:5 with linespoints title 'host steady', "
+          "'' using 1:6 with linespoints title 'host tier (offloaded)', "
+          "'' using 1:7 with linespoints title 'left after unload'\n",
+          png, in->model, in->device ? in->device : "?", in->n > 0 ? in->n - 1 : 0, data);
+  fclose(s);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_WRONLY);
+    if (devnull >= 0)
+      dup2(devnull, 1);
+    execlp("gnuplot", "gnuplot", script, (char *)NULL);
+    _exit(127);
+  }
+  int status = 0;
+  if (pid > 0)
+    waitpid(pid, &status, 0);
+  unlink(data);
+  unlink(script);
+  if (pid < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    snprintf(err, err_len, "%s",
+             pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 127
+                 ? "gnuplot is not installed (Debian: gnuplot-nox; scripts/deps.sh --bench)"
+                 : "gnuplot failed to draw the chart");
+    return -1;
+  }
+  return 0;
+}

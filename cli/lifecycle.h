@@ -1,0 +1,91 @@
+/*
+ * lifecycle.h - private to the modelbuf tool: what `modelbuf bench
+ * lifecycle` makes of its measurements. The driver (cmd_lifecycle.c) runs
+ * the cycles and fills one lc_cycle per cycle; this module turns them into
+ * figures, a leak verdict and advice in plain words, and writes them as a
+ * table, as JSON, and as a chart. Pure functions apart from the output, so
+ * the verdict and the advice are unit-tested on known inputs.
+ */
+#ifndef MB_CLI_LIFECYCLE_H
+#define MB_CLI_LIFECYCLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define LC_NONE (-1.0) /* a time that was not measured */
+
+/* One cycle: load, probe, (offload, restore, probe), unload. */
+typedef struct lc_cycle {
+  double load_ms;        /* the load (cold on cycle 0 when the page cache was dropped) */
+  double first_ms;       /* first probe after the load, LC_NONE without a probe */
+  double steady_ms;      /* median of the later probes, LC_NONE without a probe */
+  double offload_ms;     /* LC_NONE when the model cannot offload */
+  double restore_ms;     /* LC_NONE when the model cannot offload */
+  double unload_ms;
+  uint64_t dev_peak;     /* device bytes, highest sample while resident */
+  uint64_t dev_steady;   /* device bytes after the probes */
+  uint64_t host_peak;    /* host bytes (RSS of the worker tree), highest while resident */
+  uint64_t host_steady;  /* host bytes after the probes */
+  uint64_t host_offloaded; /* host bytes while OFFLOADED (0 when not offloaded) */
+  /* After the unload, by the device's own and the OS's own figures: used
+   * memory now minus used memory before the load (negative: less). */
+  int64_t dev_residue;
+  int64_t os_residue;
+} lc_cycle;
+
+typedef struct lc_input {
+  const char *model;
+  const char *device;      /* "host", "cuda:0" */
+  int cold;                /* cycle 0 started with the files out of the page cache */
+  uint64_t device_usable;  /* what models may use on the device (for the break-even) */
+  uint64_t host_budget;    /* host tier budget, 0 unknown */
+  const lc_cycle *cycles;
+  int n;
+} lc_input;
+
+#define LC_MAX_ADVICE 6
+
+typedef struct lc_report {
+  double cold_load_ms;     /* cycle 0 when cold, else LC_NONE */
+  double warm_load_ms;     /* median of the loads of the cache-warm cycles */
+  double first_ms, steady_ms;
+  double offload_ms, restore_ms, unload_ms; /* medians; LC_NONE when not measured */
+  uint64_t dev_peak, dev_steady, host_peak, host_steady;
+  uint64_t footprint;      /* dev_peak + host_peak on the host device's terms */
+  double reclaimed_dev_pct;  /* of the device footprint, after the last unload */
+  double reclaimed_os_pct;   /* of the host footprint, by the OS's figure */
+  double slope_bytes;      /* growth of the steady footprint per cycle (least squares) */
+  double slope_residue;    /* growth of what stays after each unload, per cycle */
+  int leaks;               /* the verdict: 1 = grows, 0 = clean, -1 = too few cycles */
+  char verdict[200];
+  int64_t keep_alive_ms;   /* the break-even keep-alive */
+  uint64_t reserve_bytes;  /* the memory reservation: 1.5x the peak */
+  int offload_wins;        /* offload rather than unload when idle */
+  int n_advice;
+  char advice[LC_MAX_ADVICE][320];
+} lc_report;
+
+/* Growth per cycle above both of these is a leak. */
+#define LC_LEAK_MIN_SLOPE (1024.0 * 1024.0) /* 1 MiB per cycle */
+#define LC_LEAK_MIN_FRACTION 0.005          /* 0.5% of the footprint per cycle */
+
+/* Least-squares slope of y over 0..n-1; 0 when n < 2. */
+double lc_slope(const double *y, int n);
+
+/* Fills out from the cycles. */
+void lc_analyse(const lc_input *in, lc_report *out);
+
+/* A human report: the figures, the verdict and the advice. */
+void lc_print(FILE *f, const lc_input *in, const lc_report *r);
+
+/* The same as one JSON object (malloc'd, NUL-terminated), NULL on ENOMEM. */
+char *lc_json(const lc_input *in, const lc_report *r);
+
+/*
+ * Writes a PNG chart of memory per tier across the cycles with gnuplot
+ * (Debian: gnuplot-nox). 0, or -1 with a message (gnuplot missing or failed).
+ */
+int lc_chart(const char *png, const lc_input *in, char *err, size_t err_len);
+
+#endif /* MB_CLI_LIFECYCLE_H */
