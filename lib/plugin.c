@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -190,6 +191,45 @@ static const mb_backend plugin_no_offload = {
     "plugin", pl_load, NULL, NULL, pl_unload, pl_usage, pl_health, pl_destroy,
 };
 
+/*
+ * Device memory for plugins. The host device's memory is host RAM; GPU
+ * memory goes through the device layer once it serves allocations (until
+ * then a plugin placed on a CUDA device gets MB_ENODEV with a message).
+ */
+static int no_gpu(mb_device_kind kind, char *err, size_t err_len) {
+  mb__set_err(err, err_len, "device kind %d: this build has no device memory layer for it",
+              (int)kind);
+  return MB_ENODEV;
+}
+
+static int dev_alloc(mb_device_kind kind, int ordinal, size_t bytes, void **ptr, char *err,
+                     size_t err_len) {
+  (void)ordinal;
+  if (kind != MB_DEVICE_HOST)
+    return no_gpu(kind, err, err_len);
+  if ((*ptr = malloc(bytes ? bytes : 1)) == NULL) {
+    mb__set_err(err, err_len, "cannot allocate %zu bytes of host memory", bytes);
+    return MB_ENOMEM;
+  }
+  return 0;
+}
+
+static void dev_free(mb_device_kind kind, int ordinal, void *ptr, size_t bytes) {
+  (void)ordinal;
+  (void)bytes;
+  if (kind == MB_DEVICE_HOST)
+    free(ptr);
+}
+
+static int dev_copy(mb_device_kind kind, int ordinal, void *dst, const void *src, size_t bytes,
+                    char *err, size_t err_len) {
+  (void)ordinal;
+  if (kind != MB_DEVICE_HOST)
+    return no_gpu(kind, err, err_len);
+  memcpy(dst, src, bytes);
+  return 0;
+}
+
 static void default_log(void *arg, int level, const char *model, const char *msg) {
   static const char *names[] = {"debug", "info", "warn", "error"};
   (void)arg;
@@ -208,17 +248,21 @@ int mb_model_add_plugin(mb_ctx *ctx, const char *name, mb_plugin_lib *lib,
   if (pi == NULL)
     return MB_ENOMEM;
   pi->lib = lib;
-  pi->host.size = sizeof(pi->host);
-  pi->host.progress = mb_op_progress;
-  pi->host.log = default_log;
   if (host) {
     size_t n = host->size < sizeof(pi->host) ? host->size : sizeof(pi->host);
     memcpy(&pi->host, host, n);
-    pi->host.size = sizeof(pi->host);
-    if (pi->host.progress == NULL)
-      pi->host.progress = mb_op_progress;
-    if (pi->host.log == NULL)
-      pi->host.log = default_log;
+  }
+  pi->host.size = sizeof(pi->host);
+  if (pi->host.progress == NULL)
+    pi->host.progress = mb_op_progress;
+  if (pi->host.log == NULL)
+    pi->host.log = default_log;
+  if (pi->host.device_alloc == NULL || pi->host.device_free == NULL ||
+      pi->host.copy_to_device == NULL || pi->host.copy_from_device == NULL) {
+    pi->host.device_alloc = dev_alloc;
+    pi->host.device_free = dev_free;
+    pi->host.copy_to_device = dev_copy;
+    pi->host.copy_from_device = dev_copy;
   }
   mb_plugin_args args = {name, files, n_files, &pi->host};
   char msg[256] = "";

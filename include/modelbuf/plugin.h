@@ -12,9 +12,10 @@
  * plugins for models configured with `backend: plugin` and serves them at
  * /m/{name}/...; any program may load them with the functions below.
  *
- * A plugin links against nothing of modelbuf: the few services it may need
- * from its host (load progress, logging) come in mb_plugin_host, handed to
- * create(). It includes this header (and modelbuf.h) for the types only.
+ * A plugin links against nothing of modelbuf: the services it needs from
+ * its host (load progress, logging, device memory) come in mb_plugin_host,
+ * handed to create(). It includes this header (and modelbuf.h) for the
+ * types only.
  *
  * Thread-safety: create/destroy and the backend operations of one instance
  * are never called concurrently (the core serialises them). handle() is
@@ -46,6 +47,19 @@ typedef struct mb_plugin_host {
   /* A line for the host's log; level 0 debug, 1 info, 2 warning, 3 error. */
   void (*log)(void *log_arg, int level, const char *model, const char *msg);
   void *log_arg;
+  /*
+   * Memory of a device (the kind and ordinal of op->device_kind and
+   * op->device_ordinal): the host device's is host RAM, a CUDA device's is
+   * GPU memory. A plugin keeps its weights there while READY and reads them
+   * back with copy_from_device. Each returns 0 or MB_E* (message in err).
+   */
+  int (*device_alloc)(mb_device_kind kind, int ordinal, size_t bytes, void **ptr, char *err,
+                      size_t err_len);
+  void (*device_free)(mb_device_kind kind, int ordinal, void *ptr, size_t bytes);
+  int (*copy_to_device)(mb_device_kind kind, int ordinal, void *dst, const void *src,
+                        size_t bytes, char *err, size_t err_len);
+  int (*copy_from_device)(mb_device_kind kind, int ordinal, void *dst, const void *src,
+                          size_t bytes, char *err, size_t err_len);
 } mb_plugin_host;
 
 /* What create() receives. Strings are valid only during the call: copy them. */
@@ -133,8 +147,9 @@ MB_EXTERN void mb_plugin_close(mb_plugin_lib *lib);
 
 /*
  * Registers a model served by a plugin: creates an instance with the model's
- * name, files and host services (host may be NULL: progress goes to the
- * core, log lines to stderr), and adds it to ctx like mb_model_add. The
+ * name, files and host services (host may be NULL, and any of its
+ * functions may be NULL: progress goes to the core, log lines to stderr,
+ * device memory to the library's device layer), and adds it to ctx like mb_model_add. The
  * instance is destroyed with the model. On success *instance (if not NULL)
  * gets the instance for mb_plugin_handle. Errors: those of the plugin's
  * create (its message in err) and of mb_model_add.

@@ -110,7 +110,7 @@ static void test_serve_offload_restore(void **state) {
   assert_string_equal(mb_plugin_table(lib)->name, "test");
   mb_ctx *ctx = new_ctx();
   const char *files[] = {file_a, file_b};
-  mb_plugin_host host = {sizeof(host), NULL, count_log, NULL};
+  mb_plugin_host host = {.size = sizeof(host), .log = count_log};
   void *inst = NULL;
   assert_int_equal(
       mb_model_add_plugin(ctx, "p", lib, files, 2, &host, NULL, &inst, err, sizeof(err)), 0);

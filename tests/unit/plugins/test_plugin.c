@@ -22,7 +22,9 @@ typedef struct inst {
   char **files;
   size_t n_files;
   const mb_plugin_host *host;
-  unsigned char *dev, *host_copy;
+  unsigned char *dev, *host_copy; /* dev: memory of the model's device */
+  mb_device_kind kind;
+  int ordinal;
   size_t bytes;
   unsigned long long sum;
   int loads;
@@ -53,7 +55,6 @@ static void t_destroy(void *p) {
     free(in->files[i]);
   free(in->files);
   free(in->model);
-  free(in->dev);
   free(in->host_copy);
   free(in);
 }
@@ -74,22 +75,38 @@ static int t_load(mb_op *op) {
     total += (size_t)ftell(f[i]);
     rewind(f[i]);
   }
-  in->dev = malloc(total ? total : 1);
-  int rc = in->dev ? 0 : MB_ENOMEM;
+  /* Read into host memory, then copy to the device, as a real loader would. */
+  unsigned char *staging = malloc(total ? total : 1);
+  int rc = staging ? 0 : MB_ENOMEM;
   for (size_t i = 0; i < n; i++) {
     size_t got;
-    while (rc == 0 && (got = fread(in->dev + done, 1, 1 << 16, f[i])) > 0) {
+    while (rc == 0 && (got = fread(staging + done, 1, 1 << 16, f[i])) > 0) {
       done += got;
       in->host->progress(op, done, total);
     }
     fclose(f[i]);
   }
-  if (rc != 0)
+  in->kind = op->device_kind;
+  in->ordinal = op->device_ordinal;
+  void *dev = NULL;
+  if (rc == 0)
+    rc = in->host->device_alloc(in->kind, in->ordinal, total, &dev, op->err, op->err_len);
+  if (rc == 0) {
+    rc = in->host->copy_to_device(in->kind, in->ordinal, dev, staging, total, op->err,
+                                  op->err_len);
+    if (rc != 0)
+      in->host->device_free(in->kind, in->ordinal, dev, total);
+  }
+  if (rc != 0) {
+    free(staging);
     return rc;
+  }
+  in->dev = dev;
   in->bytes = total;
   in->sum = 0;
   for (size_t i = 0; i < total; i++)
-    in->sum += in->dev[i];
+    in->sum += staging[i];
+  free(staging);
   in->loads++;
   in->host->log(in->host->log_arg, 1, in->model, "loaded");
   return 0;
@@ -99,17 +116,34 @@ static int t_offload(mb_op *op) {
   inst *in = op->user;
   if ((in->host_copy = malloc(in->bytes ? in->bytes : 1)) == NULL)
     return MB_ENOMEM;
-  memcpy(in->host_copy, in->dev, in->bytes);
-  free(in->dev);
+  int rc = in->host->copy_from_device(in->kind, in->ordinal, in->host_copy, in->dev, in->bytes,
+                                      op->err, op->err_len);
+  if (rc != 0) {
+    free(in->host_copy);
+    in->host_copy = NULL;
+    return rc;
+  }
+  in->host->device_free(in->kind, in->ordinal, in->dev, in->bytes);
   in->dev = NULL;
   return 0;
 }
 
 __attribute__((unused)) static int t_restore(mb_op *op) {
   inst *in = op->user;
-  if ((in->dev = malloc(in->bytes ? in->bytes : 1)) == NULL)
-    return MB_ENOMEM;
-  memcpy(in->dev, in->host_copy, in->bytes);
+  void *dev;
+  int rc = in->host->device_alloc(op->device_kind, op->device_ordinal, in->bytes, &dev, op->err,
+                                  op->err_len);
+  if (rc != 0)
+    return rc;
+  in->kind = op->device_kind;
+  in->ordinal = op->device_ordinal;
+  rc = in->host->copy_to_device(in->kind, in->ordinal, dev, in->host_copy, in->bytes, op->err,
+                                op->err_len);
+  if (rc != 0) {
+    in->host->device_free(in->kind, in->ordinal, dev, in->bytes);
+    return rc;
+  }
+  in->dev = dev;
   free(in->host_copy);
   in->host_copy = NULL;
   return 0;
@@ -117,7 +151,8 @@ __attribute__((unused)) static int t_restore(mb_op *op) {
 
 static int t_unload(mb_op *op) {
   inst *in = op->user;
-  free(in->dev);
+  if (in->dev)
+    in->host->device_free(in->kind, in->ordinal, in->dev, in->bytes);
   free(in->host_copy);
   in->dev = in->host_copy = NULL;
   return 0;
@@ -150,9 +185,16 @@ static int t_handle(void *p, const mb_plugin_request *req, mb_plugin_response *r
       snprintf(err, len, "not loaded");
       return MB_ESTATE;
     }
+    unsigned char *copy = malloc(in->bytes ? in->bytes : 1);
+    if (copy == NULL)
+      return MB_ENOMEM;
+    int rc = in->host->copy_from_device(in->kind, in->ordinal, copy, in->dev, in->bytes, err, len);
     unsigned long long sum = 0;
-    for (size_t i = 0; i < in->bytes; i++)
-      sum += in->dev[i];
+    for (size_t i = 0; rc == 0 && i < in->bytes; i++)
+      sum += copy[i];
+    free(copy);
+    if (rc != 0)
+      return rc;
     int n = snprintf(buf, sizeof(buf), "{\"model\":\"%s\",\"bytes\":%zu,\"sum\":%llu,\"loads\":%d}",
                      in->model, in->bytes, sum, in->loads);
     return reply(r, 200, "application/json", buf, (size_t)n);
