@@ -12,10 +12,10 @@
  * plugins for models configured with `backend: plugin` and serves them at
  * /m/{name}/...; any program may load them with the functions below.
  *
- * A plugin links against nothing of modelbuf: the services it needs from
- * its host (load progress, logging, device memory) come in mb_plugin_host,
- * handed to create(). It includes this header (and modelbuf.h) for the
- * types only.
+ * The services tied to the host that loaded it (load progress, logging,
+ * device memory) come in mb_plugin_host, handed to create(): a plugin never
+ * reaches into its host's copy of the library. It may link libmodelbuf for
+ * stateless helpers such as the weight-file parsers of tensors.h.
  *
  * Thread-safety: create/destroy and the backend operations of one instance
  * are never called concurrently (the core serialises them). handle() is
