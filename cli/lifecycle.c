@@ -196,6 +196,8 @@ void lc_analyse(const lc_input *in, lc_report *r) {
 
   double steady[256], residue[256];
   int n = in->n < 256 ? in->n : 256;
+  /* On the host device the device bytes are host RAM: one figure, not two. */
+  int host_dev = in->device && strcmp(in->device, "host") == 0;
   for (int i = 0; i < n; i++) {
     const lc_cycle *c = &in->cycles[i];
     if (c->dev_peak > r->dev_peak)
@@ -203,14 +205,12 @@ void lc_analyse(const lc_input *in, lc_report *r) {
     if (c->host_peak > r->host_peak)
       r->host_peak = c->host_peak;
     steady[i] = (double)(c->dev_steady + c->host_steady);
-    residue[i] = (double)(c->dev_residue + c->os_residue);
+    residue[i] = (double)(host_dev ? c->os_residue : c->dev_residue + c->os_residue);
   }
   if (n > 0) {
     r->dev_steady = in->cycles[n - 1].dev_steady;
     r->host_steady = in->cycles[n - 1].host_steady;
   }
-  /* On the host device the device bytes are host RAM: the peak is one figure. */
-  int host_dev = in->device && strcmp(in->device, "host") == 0;
   r->footprint = host_dev ? (r->dev_peak > r->host_peak ? r->dev_peak : r->host_peak)
                           : r->dev_peak;
   if (n > 0) {
@@ -222,8 +222,11 @@ void lc_analyse(const lc_input *in, lc_report *r) {
     r->reclaimed_dev_pct = r->reclaimed_os_pct = 100.0;
   }
 
-  r->slope_bytes = lc_slope(steady, n);
-  r->slope_residue = lc_slope(residue, n);
+  /* The first cycle warms the allocator, thread stacks and caches up; with
+   * four cycles or more the slope is taken from the second one on. */
+  int skip = n >= 4 ? 1 : 0;
+  r->slope_bytes = lc_slope(steady + skip, n - skip);
+  r->slope_residue = lc_slope(residue + skip, n - skip);
   double limit = LC_LEAK_MIN_FRACTION * (double)(r->dev_peak + r->host_peak);
   if (limit < LC_LEAK_MIN_SLOPE)
     limit = LC_LEAK_MIN_SLOPE;
@@ -265,15 +268,18 @@ void lc_print(FILE *f, const lc_input *in, const lc_report *r) {
   fprintf(f, "  %-22s device %.0f%%, OS %.0f%%\n", "reclaimed by unload", r->reclaimed_dev_pct,
           r->reclaimed_os_pct);
   fprintf(f, "  %-22s %s\n\n", "leak check", r->verdict);
-  fprintf(f, "cycle   load ms  first ms  offload ms  restore ms  unload ms  device peak  host peak  "
-             "left after unload\n");
+  fprintf(f, "cycle   load ms  first ms  offload ms  restore ms  unload ms  device peak  host peak"
+             "  device left  RSS left\n");
   for (int i = 0; i < in->n; i++) {
     const lc_cycle *cy = &in->cycles[i];
-    int64_t left = cy->dev_residue + cy->os_residue;
-    fprintf(f, "%5d %9.1f %9.1f %11.1f %11.1f %10.1f %12s %10s %s%s\n", i, cy->load_ms,
+    char e[32];
+    fprintf(f, "%5d %9.1f %9.1f %11.1f %11.1f %10.1f %12s %10s %s%12s %s%9s\n", i, cy->load_ms,
             cy->first_ms, cy->offload_ms, cy->restore_ms, cy->unload_ms,
             cli_fmt_bytes(cy->dev_peak, a, sizeof(a)), cli_fmt_bytes(cy->host_peak, b, sizeof(b)),
-            left < 0 ? "-" : "", cli_fmt_bytes((uint64_t)(left < 0 ? -left : left), c, sizeof(c)));
+            cy->dev_residue < 0 ? "-" : " ",
+            cli_fmt_bytes((uint64_t)llabs(cy->dev_residue), c, sizeof(c)),
+            cy->os_residue < 0 ? "-" : " ",
+            cli_fmt_bytes((uint64_t)llabs(cy->os_residue), e, sizeof(e)));
   }
   fprintf(f, "\nadvice:\n");
   for (int i = 0; i < r->n_advice; i++)
@@ -384,7 +390,7 @@ int lc_chart(const char *png, const lc_input *in, char *err, size_t err_len) {
   const double mib = 1024.0 * 1024.0;
   for (int i = 0; i < in->n; i++) {
     const lc_cycle *c = &in->cycles[i];
-    double left = (double)(c->dev_residue + c->os_residue);
+    double left = (double)c->os_residue;
     fprintf(f, "%d %.3f %.3f %.3f %.3f %.3f %.3f\n", i, c->dev_peak / mib, c->dev_steady / mib,
             c->host_peak / mib, c->host_steady / mib, c->host_offloaded / mib,
             (left > 0 ? left : 0) / mib);
@@ -411,7 +417,7 @@ int lc_chart(const char *png, const lc_input *in, char *err, size_t err_len) {
           "'' using 1:4 with linespoints title 'host peak (RSS)', "
           "'' using 1:5 with linespoints title 'host steady', "
           "'' using 1:6 with linespoints title 'host tier (offloaded)', "
-          "'' using 1:7 with linespoints title 'left after unload'\n",
+          "'' using 1:7 with linespoints title 'RSS left after unload'\n",
           png, in->model, in->device ? in->device : "?", in->n > 0 ? in->n - 1 : 0, data);
   fclose(s);
   pid_t pid = fork();

@@ -16,6 +16,10 @@ static const cli_command commands[] = {
    "list the tensors of a safetensors or GGUF file (name, dtype, shape, bytes)", cmd_inspect},
   {"mkmodel", "--format safetensors|gguf --size SIZE [--tensors N] [--seed S] OUT",
    "write a valid synthetic weight file of about SIZE bytes", cmd_mkmodel},
+  {"bench", "lifecycle MODEL [--config FILE] [--cycles N] [--probes K] [--no-cold] [--json] "
+            "[--chart FILE]",
+   "measure a model's lifecycle: load, inference, offload, restore, unload, memory, leaks",
+   cmd_bench},
   {"help", "[COMMAND]", "show this help, or the help of one command", cmd_help},
 };
 

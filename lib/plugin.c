@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "modelbuf/plugin.h"
@@ -207,18 +208,22 @@ static int dev_alloc(mb_device_kind kind, int ordinal, size_t bytes, void **ptr,
   (void)ordinal;
   if (kind != MB_DEVICE_HOST)
     return no_gpu(kind, err, err_len);
-  if ((*ptr = malloc(bytes ? bytes : 1)) == NULL) {
-    mb__set_err(err, err_len, "cannot allocate %zu bytes of host memory", bytes);
+  /* Mapped, not malloc'd: the pages go back to the OS the moment the
+   * model frees them, as GPU memory would. */
+  void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+  if (p == MAP_FAILED) {
+    mb__set_err(err, err_len, "cannot map %zu bytes of host memory: %s", bytes, strerror(errno));
     return MB_ENOMEM;
   }
+  *ptr = p;
   return 0;
 }
 
 static void dev_free(mb_device_kind kind, int ordinal, void *ptr, size_t bytes) {
   (void)ordinal;
-  (void)bytes;
-  if (kind == MB_DEVICE_HOST)
-    free(ptr);
+  if (kind == MB_DEVICE_HOST && ptr != NULL)
+    munmap(ptr, bytes ? bytes : 1);
 }
 
 static int dev_copy(mb_device_kind kind, int ordinal, void *dst, const void *src, size_t bytes,

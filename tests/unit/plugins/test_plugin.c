@@ -7,6 +7,9 @@
  *   POST /echo  -> the body back, as application/octet-stream
  *   GET  /fail  -> an error from the handler
  *   else        -> 404 with a JSON error
+ * Fault mode: with MB_TEST_PLUGIN_LEAK_MB=N in the environment, every load
+ * and restore keeps N MiB more (touched, so it counts in RSS) until the
+ * instance is destroyed: the leak `modelbuf bench lifecycle` must catch.
  * Built also with -DBAD_ABI (wrong ABI number), -DNO_PAIR (offload without
  * restore) and -DNO_ENTRY (no mb_plugin_v1) for the loader's error paths.
  */
@@ -28,7 +31,22 @@ typedef struct inst {
   size_t bytes;
   unsigned long long sum;
   int loads;
+  void *leaked[256]; /* the fault mode's blocks, freed with the instance */
+  int n_leaked;
 } inst;
+
+/* Fault mode: keep MB_TEST_PLUGIN_LEAK_MB more MiB. */
+static void leak(inst *in) {
+  const char *mb = getenv("MB_TEST_PLUGIN_LEAK_MB");
+  size_t n = mb ? (size_t)strtoul(mb, NULL, 10) << 20 : 0;
+  if (n == 0 || in->n_leaked >= 256)
+    return;
+  char *p = malloc(n);
+  if (p == NULL)
+    return;
+  memset(p, 1, n);
+  in->leaked[in->n_leaked++] = p;
+}
 
 static int t_create(const mb_plugin_args *a, void **out, char *err, size_t len) {
   if (a->n_files == 0) {
@@ -53,6 +71,8 @@ static void t_destroy(void *p) {
   inst *in = p;
   for (size_t i = 0; i < in->n_files; i++)
     free(in->files[i]);
+  for (int i = 0; i < in->n_leaked; i++)
+    free(in->leaked[i]);
   free(in->files);
   free(in->model);
   free(in->host_copy);
@@ -108,6 +128,7 @@ static int t_load(mb_op *op) {
     in->sum += staging[i];
   free(staging);
   in->loads++;
+  leak(in);
   in->host->log(in->host->log_arg, 1, in->model, "loaded");
   return 0;
 }
@@ -146,6 +167,7 @@ __attribute__((unused)) static int t_restore(mb_op *op) {
   in->dev = dev;
   free(in->host_copy);
   in->host_copy = NULL;
+  leak(in);
   return 0;
 }
 
