@@ -1,25 +1,111 @@
 /*
- * main.c - modelbufd's entry point: command line, configuration, and (in a
- * later version) the server.
+ * main.c - modelbufd's entry point: command line, configuration, the
+ * daemon and its HTTP server, signals (SIGTERM/SIGINT: drain and stop;
+ * SIGHUP: logged, the configuration is read at start), sd_notify.
  *
  * Order of precedence for every setting: built-in default < the file
  * (--config, else $MODELBUF_CONFIG, else ./modelbuf.yaml) < the environment
  * (MODELBUF_LISTEN, MODELBUF_API_KEY, GPU_IDLE_TIMEOUT) < the flags.
  *
- * Exit codes: 0 ok, 1 bad configuration, 2 usage error or serving not
- * available in this build.
+ * Exit codes: 0 ok, 1 bad configuration, 2 usage error, 3 cannot serve
+ * (address in use, a model that cannot be set up).
  */
+#include <curl/curl.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#ifdef MBD_HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 #include "config.h"
+#include "daemon.h"
+#include "http.h"
 #include "modelbuf/modelbuf.h"
 #include "units.h"
 
 #define EXIT_CONFIG 1
 #define EXIT_USAGE 2
+#define EXIT_SERVE 3
+/* How long SIGTERM waits for requests in flight before stopping anyway. */
+#define DRAIN_MS 30000
+
+static void notify(const char *state) {
+#ifdef MBD_HAVE_SYSTEMD
+  sd_notify(0, state);
+#else
+  (void)state;
+#endif
+}
+
+/* Serves until SIGTERM or SIGINT; then drains and stops every worker. */
+static int serve(mbd_config *cfg) {
+  char err[512] = "";
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGPIPE);
+  /* Every thread started from here on inherits the mask; signals are taken
+   * synchronously below. */
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  mbd *d;
+  if (mbd_start(cfg, &d, err, sizeof(err)) != 0) {
+    fprintf(stderr, "modelbufd: %s\n", err);
+    curl_global_cleanup();
+    return EXIT_SERVE;
+  }
+  if (mbd_http_start(d, err, sizeof(err)) != 0) {
+    fprintf(stderr, "modelbufd: %s\n", err);
+    mbd_http_stop(d);
+    mbd_stop(d);
+    curl_global_cleanup();
+    return EXIT_SERVE;
+  }
+  mbd_log(d, MBD_LOG_INFO, "listening", "addr=%s models=%zu version=%s", d->cfg->listen_str,
+          d->n_models, mb_version());
+  notify("READY=1");
+  for (;;) {
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0)
+      continue;
+    if (sig == SIGPIPE)
+      continue;
+    if (sig == SIGHUP) {
+      mbd_log(d, MBD_LOG_WARN, "SIGHUP: configuration reload is not supported by this version; "
+                               "restart modelbufd to apply a new configuration", NULL);
+      continue;
+    }
+    mbd_log(d, MBD_LOG_INFO, "stopping", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
+    break;
+  }
+  notify("STOPPING=1");
+  pthread_mutex_lock(&d->mu);
+  d->stopping = 1;
+  pthread_cond_broadcast(&d->ev_cv);
+  pthread_mutex_unlock(&d->mu);
+  mbd_http_quiesce(d);
+  /* Drain: requests in flight finish, up to a bound. */
+  struct timespec tick = {0, 50 * 1000 * 1000};
+  for (int waited = 0; waited < DRAIN_MS; waited += 50) {
+    pthread_mutex_lock(&d->mu);
+    int active = d->active;
+    pthread_mutex_unlock(&d->mu);
+    if (active == 0)
+      break;
+    nanosleep(&tick, NULL);
+  }
+  mbd_http_stop(d);
+  mbd_leases_release_all(d);
+  mbd_stop(d);
+  curl_global_cleanup();
+  return 0;
+}
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -140,10 +226,5 @@ int main(int argc, char **argv) {
     return 0;
   }
 
-  fprintf(stderr,
-          "modelbufd %s: the configuration is valid, but serving is not built yet in this "
-          "version (use --check-config to validate a configuration)\n",
-          mb_version());
-  mbd_config_free(cfg);
-  return EXIT_USAGE;
+  return serve(cfg);
 }

@@ -1,0 +1,82 @@
+/*
+ * daemon.h - the running modelbufd: the core context built from the
+ * configuration, the models and their backends (worker processes,
+ * plugins), aliases, the event ring behind GET /api/events, counters for
+ * /metrics, structured logs, and the HTTP server (http.c, proxy.c).
+ */
+#ifndef MBD_DAEMON_H
+#define MBD_DAEMON_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "modelbuf/modelbuf.h"
+#include "worker.h"
+
+#define MBD_EVENT_RING 1024
+#define MBD_LOAD_BUCKETS 10
+
+typedef struct mbd_model {
+  char *name;
+  mbd_model_config *mc;     /* a copy owned by the daemon's current config */
+  mbd_backend_kind kind;
+  mbd_worker *worker;       /* process backend; owned by the core (destroy) */
+  void *plugin;             /* plugin instance; owned by the core */
+  /* Counters the core does not keep. */
+  uint64_t http_codes[6];   /* requests answered 1xx..5xx, index code/100 */
+  uint64_t load_buckets[MBD_LOAD_BUCKETS]; /* load/restore durations, see mbd_load_bucket_s */
+  uint64_t load_count;
+  double load_sum_s;
+  uint64_t load_started_ns; /* clock time it entered LOADING/RESTORING */
+} mbd_model;
+
+extern const double mbd_load_bucket_s[MBD_LOAD_BUCKETS - 1];
+
+typedef struct mbd_event_entry {
+  uint64_t seq;
+  char *json;
+} mbd_event_entry;
+
+typedef struct mbd {
+  mbd_config *cfg;
+  mb_ctx *ctx;
+  mbd_model *models;
+  size_t n_models;
+  int64_t started_ms;       /* wall clock */
+  mbd_log_level log_level;
+
+  pthread_mutex_t mu;       /* models' counters, the event ring, leases */
+  pthread_cond_t ev_cv;
+  mbd_event_entry ring[MBD_EVENT_RING];
+  uint64_t ev_next;         /* seq of the next event */
+  int stopping;
+
+  int active;               /* HTTP requests being answered */
+  struct MHD_Daemon *mhd;
+  struct MHD_Daemon *mhd_unix;
+  void *curl_share;         /* upstream connections shared by the proxy */
+  pthread_mutex_t share_mu[4];
+} mbd;
+
+/* Builds the daemon from a validated configuration (taken over). */
+int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) MB_WUR;
+/* Stops everything: fails waiters, unloads every model, stops workers. */
+void mbd_stop(mbd *d);
+
+mbd_model *mbd_find(mbd *d, const char *name);            /* name or alias */
+mbd_model *mbd_find_name(mbd *d, const char *name);       /* name only */
+
+/* A structured log line (logfmt): level, msg, then key=value pairs. */
+void mbd_log(mbd *d, mbd_log_level level, const char *msg, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Counts an answered HTTP request of a model (NULL: not model-specific). */
+void mbd_count_code(mbd *d, mbd_model *m, int code);
+
+/* HTTP server (http.c): listens as the configuration says. */
+int mbd_http_start(mbd *d, char *err, size_t err_len) MB_WUR;
+void mbd_http_quiesce(mbd *d);
+void mbd_http_stop(mbd *d);
+
+#endif /* MBD_DAEMON_H */

@@ -1,0 +1,60 @@
+/*
+ * http.h - private to modelbufd's HTTP server (http.c, api.c, proxy.c):
+ * the per-request state and the helpers that answer.
+ */
+#ifndef MBD_HTTP_H
+#define MBD_HTTP_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stddef.h>
+
+#include "daemon.h"
+
+#if MHD_VERSION < 0x00097002
+typedef int MHD_RESULT;
+#else
+typedef enum MHD_Result MHD_RESULT;
+#endif
+
+/* One request, from its first call to its answer. */
+typedef struct mbd_req {
+  char *body;
+  size_t len, cap;
+  int too_big;
+  int counted;  /* d->active was raised for it */
+} mbd_req;
+
+/* Answers with a JSON document (taken over). */
+MHD_RESULT mbd_reply_json(struct MHD_Connection *c, int status, json_t *doc);
+/* Answers {"error": {"code", "message"}}; Retry-After when retry_s > 0. */
+MHD_RESULT mbd_reply_error(struct MHD_Connection *c, int status, const char *code,
+                           const char *message, int retry_s);
+/* Answers with text of a content type (copied). */
+MHD_RESULT mbd_reply_text(struct MHD_Connection *c, int status, const char *type,
+                          const char *text, size_t len);
+
+/* The HTTP status and error code for a library error of a model request. */
+int mbd_http_status(int err, const char **code);
+
+/* The management routes (api.c): 1 when the path was theirs. */
+int mbd_api_route(mbd *d, struct MHD_Connection *c, const char *method, const char *url,
+                  mbd_req *r, MHD_RESULT *res);
+
+/* The proxied routes (proxy.c): /m/{name}/..., /v1/... */
+int mbd_proxy_route(mbd *d, struct MHD_Connection *c, const char *method, const char *url,
+                    mbd_req *r, MHD_RESULT *res);
+
+/* A model's status as the JSON of DESIGN §5 (NULL when unknown). */
+json_t *mbd_model_json(mbd *d, mbd_model *m);
+
+/* Proxy setup and teardown (connection sharing). */
+int mbd_proxy_init(mbd *d);
+void mbd_proxy_fini(mbd *d);
+
+/* Leases taken over HTTP, released at shutdown if their clients did not. */
+void mbd_leases_track(mbd *d, uint64_t id);
+void mbd_leases_forget(mbd *d, uint64_t id);
+void mbd_leases_release_all(mbd *d);
+
+#endif /* MBD_HTTP_H */

@@ -1,0 +1,91 @@
+/*
+ * worker.h - the process backend of modelbufd: one worker process per
+ * model (DESIGN §2).
+ *
+ * A worker is started without a shell from the model's `cmd` (with
+ * ${PORT}, ${MODEL} and ${GPU} substituted), in its own process group, with
+ * the model's `env` and `cwd`, CUDA_VISIBLE_DEVICES from the core's
+ * placement, and PR_SET_PDEATHSIG so it dies with the daemon. It is ready
+ * when its health path answers 200 within start_timeout; an early exit
+ * fails the load with the last lines it printed. Its stdout and stderr go
+ * to a per-model ring (mbd_worker_logs). Unload sends SIGTERM to the group,
+ * SIGKILL after stop_timeout, and reaps.
+ *
+ * Offload: through the worker's `offload`/`restore` HTTP hooks when it has
+ * them. A worker without hooks but with weight `files` still gets a host
+ * tier: offload stops it and keeps its files mapped and locked in RAM (when
+ * the host budget allows), so the next start reads them from memory.
+ *
+ * The backend argument of each model is its mbd_worker. Functions marked
+ * thread-safe may be called from any thread while the core runs backend
+ * operations on its loader threads.
+ */
+#ifndef MBD_WORKER_H
+#define MBD_WORKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "modelbuf/modelbuf.h"
+
+typedef struct mbd_worker mbd_worker;
+
+/* A line a worker printed, for the daemon's log. Called from the worker's
+ * reader thread. */
+typedef void (*mbd_worker_line_fn)(void *arg, const char *model, const char *line);
+
+typedef struct mbd_worker_opts {
+  const mbd_model_config *mc;   /* copied: the worker keeps what it needs */
+  size_t log_bytes;             /* size of the output ring; 0 = 64 KiB */
+  mbd_worker_line_fn on_line;   /* optional */
+  void *line_arg;
+} mbd_worker_opts;
+
+/* Creates the worker state of one model; starts nothing. MB_EINVAL, MB_ENOMEM. */
+int mbd_worker_new(const mbd_worker_opts *o, mbd_worker **out, char *err,
+                   size_t err_len) MB_WUR;
+
+/* Frees a worker that is stopped (the core unloads it first). */
+void mbd_worker_free(mbd_worker *w);
+
+/* The backend for this worker: with offload/restore when it has hooks or
+ * files, else without. destroy frees the worker. */
+const mb_backend *mbd_worker_backend(const mbd_worker *w);
+
+/* While running: "http://127.0.0.1:PORT" into buf; MB_ESTATE otherwise.
+ * Thread-safe. */
+int mbd_worker_url(mbd_worker *w, char *buf, size_t len);
+
+/* The worker's pid while running, else 0. Thread-safe. */
+pid_t mbd_worker_pid(mbd_worker *w);
+
+/* Copies the last (at most len - 1) bytes of its output, NUL-terminated;
+ * returns the byte count. Thread-safe. */
+size_t mbd_worker_logs(mbd_worker *w, char *out, size_t len);
+
+/* Resident memory of its process group (every process of it), bytes.
+ * Thread-safe. */
+uint64_t mbd_worker_rss(mbd_worker *w);
+
+/* Calls the cleanup hook when it has one and is running: 0, MB_ENOTSUP (no
+ * hook), MB_ESTATE (not running), MB_EBACKEND with a message. Thread-safe. */
+int mbd_worker_cleanup(mbd_worker *w, char *err, size_t err_len);
+
+/*
+ * busy_timeout watchdog: the proxy brackets each forwarded request. A
+ * request in flight longer than the model's busy_timeout gets the worker
+ * killed (its group, SIGKILL); busy_end then returns 1, so the proxy answers
+ * 504, and the worker's next use starts a new process. Thread-safe.
+ */
+void mbd_worker_busy_begin(mbd_worker *w);
+int mbd_worker_busy_end(mbd_worker *w);
+
+/* Sends an HTTP request to 127.0.0.1:port (method, path, optional body),
+ * waiting at most timeout_ms; *status gets the HTTP status (0 when none).
+ * For health checks and hooks. 0 or MB_EBACKEND with a message. */
+int mbd_http_call(int port, const char *method, const char *path, const char *body,
+                  int64_t timeout_ms, long *status, char *err, size_t err_len);
+
+#endif /* MBD_WORKER_H */

@@ -1,0 +1,130 @@
+#!/usr/bin/python3
+"""A small model worker for modelbuf's tests, standard library only (fast
+to start). It holds a block of real memory as its "weights" and answers:
+
+  GET  /health          200 {"status": "ok", "location": "device"|"host"}
+  POST /infer           {"model", "echo": <request body>, "pid"}
+  GET  /stream?n=N&ms=M N server-sent events, M ms apart
+  GET  /slow?ms=M       answers after M ms
+  GET  /env?name=NAME   {"value": os.environ.get(NAME)}
+  GET  /cwd             {"cwd": os.getcwd()}
+  POST /offload /restore /cleanup   the hooks (the weights move to a host copy)
+
+Fault modes (flags): --exit-early (prints and exits 3), --never-healthy,
+--ignore-term (ignores SIGTERM), --slow-start MS, --alloc-mb N (weights),
+--grow-mb N (keeps N MiB more after every restore).
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+p = argparse.ArgumentParser()
+p.add_argument("--port", type=int, required=True)
+p.add_argument("--model", default="test")
+p.add_argument("--exit-early", action="store_true")
+p.add_argument("--never-healthy", action="store_true")
+p.add_argument("--ignore-term", action="store_true")
+p.add_argument("--slow-start", type=int, default=0)
+p.add_argument("--alloc-mb", type=int, default=0)
+p.add_argument("--grow-mb", type=int, default=0)
+a = p.parse_args()
+
+print(f"test_worker {a.model} starting on port {a.port}", flush=True)
+if a.exit_early:
+    print("fatal: cannot load weights (test fault)", flush=True)
+    sys.exit(3)
+if a.ignore_term:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if a.slow_start:
+    time.sleep(a.slow_start / 1000.0)
+
+MiB = 1024 * 1024
+state = {"location": "device", "weights": bytearray(a.alloc_mb * MiB), "host": None, "kept": []}
+for i in range(0, len(state["weights"]), 4096):
+    state["weights"][i] = 1  # touch every page: real resident memory
+
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        print("request: " + fmt % args, flush=True)
+
+    def send_json(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def do_GET(self):
+        u = urlparse(self.path)
+        q = parse_qs(u.query)
+        if u.path == "/health":
+            if a.never_healthy:
+                return self.send_json(503, {"status": "loading"})
+            return self.send_json(200, {"status": "ok", "location": state["location"]})
+        if u.path == "/stream":
+            n, ms = int(q.get("n", ["5"])[0]), int(q.get("ms", ["100"])[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for i in range(n):
+                self.wfile.write(f"data: {{\"token\": {i}, \"t\": {time.time()}}}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(ms / 1000.0)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        if u.path == "/slow":
+            time.sleep(int(q.get("ms", ["1000"])[0]) / 1000.0)
+            return self.send_json(200, {"slept_ms": int(q.get("ms", ["1000"])[0])})
+        if u.path == "/env":
+            return self.send_json(200, {"value": os.environ.get(q.get("name", [""])[0])})
+        if u.path == "/cwd":
+            return self.send_json(200, {"cwd": os.getcwd()})
+        return self.send_json(404, {"error": "no route " + u.path})
+
+    def do_POST(self):
+        u = urlparse(self.path)
+        b = self.body()
+        if u.path in ("/infer", "/v1/chat/completions", "/v1/embeddings", "/v1/completions"):
+            try:
+                echo = json.loads(b) if b else None
+            except ValueError:
+                echo = b.decode(errors="replace")
+            return self.send_json(200, {"model": a.model, "path": u.path, "echo": echo,
+                                        "pid": os.getpid()})
+        if u.path == "/offload":
+            state["host"], state["weights"] = bytes(state["weights"]), bytearray()
+            state["location"] = "host"
+            return self.send_json(200, {"location": "host"})
+        if u.path == "/restore":
+            state["weights"] = bytearray(state["host"] or b"")
+            state["host"] = None
+            state["location"] = "device"
+            if a.grow_mb:
+                state["kept"].append(bytearray(b"\1" * (a.grow_mb * MiB)))
+            return self.send_json(200, {"location": "device"})
+        if u.path == "/cleanup":
+            return self.send_json(200, {"freed": 0})
+        return self.send_json(404, {"error": "no route " + u.path})
+
+
+ThreadingHTTPServer.daemon_threads = True
+srv = ThreadingHTTPServer(("127.0.0.1", a.port), H)
+print(f"test_worker {a.model} ready", flush=True)
+srv.serve_forever()
