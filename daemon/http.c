@@ -235,6 +235,8 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
   *con_cls = NULL;
 }
 
+static void log_mhd(void *arg, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
 static void log_mhd(void *arg, const char *fmt, va_list ap) {
   mbd *d = arg;
   char buf[512];

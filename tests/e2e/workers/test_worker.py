@@ -101,7 +101,7 @@ class H(BaseHTTPRequestHandler):
     def do_POST(self):
         u = urlparse(self.path)
         b = self.body()
-        if u.path in ("/infer", "/v1/chat/completions", "/v1/embeddings", "/v1/completions"):
+        if u.path == "/infer" or u.path.startswith("/v1/"):
             try:
                 echo = json.loads(b) if b else None
             except ValueError:
