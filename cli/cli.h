@@ -23,6 +23,7 @@ typedef struct cli_command {
 
 int cmd_inspect(int argc, char **argv);
 int cmd_mkmodel(int argc, char **argv);
+int cmd_sim(int argc, char **argv);
 
 /* Prints "Usage: modelbuf NAME ARGS" and the summary of one command. */
 void cli_command_usage(FILE *out, const char *name);

@@ -16,6 +16,10 @@ static const cli_command commands[] = {
    "list the tensors of a safetensors or GGUF file (name, dtype, shape, bytes)", cmd_inspect},
   {"mkmodel", "--format safetensors|gguf --size SIZE [--tensors N] [--seed S] OUT",
    "write a valid synthetic weight file of about SIZE bytes", cmd_mkmodel},
+#ifdef MB_CLI_SIM
+  {"sim", "(--models F | --gen-models N) (--trace F | --gen SPEC) [--policy P] ...",
+   "replay a request trace through the core with each eviction policy", cmd_sim},
+#endif
   {"help", "[COMMAND]", "show this help, or the help of one command", cmd_help},
 };
 
