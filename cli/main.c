@@ -20,6 +20,10 @@ static const cli_command commands[] = {
             "[--chart FILE]",
    "measure a model's lifecycle: load, inference, offload, restore, unload, memory, leaks",
    cmd_bench},
+#ifdef MB_CLI_SIM
+  {"sim", "(--models F | --gen-models N) (--trace F | --gen SPEC) [--policy P] ...",
+   "replay a request trace through the core with each eviction policy", cmd_sim},
+#endif
   {"help", "[COMMAND]", "show this help, or the help of one command", cmd_help},
 };
 

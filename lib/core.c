@@ -465,8 +465,13 @@ int mb_ctx_new(const mb_ctx_opts *opts, mb_ctx **out, char *err, size_t err_len)
     mb__set_err(err, err_len, "loader_threads must be between 0 and 256");
     return MB_EINVAL;
   }
-  if (o.eviction != MB_EVICT_LRU && o.eviction != MB_EVICT_COST) {
+  if (o.eviction != MB_EVICT_LRU && o.eviction != MB_EVICT_COST &&
+      o.eviction != MB_EVICT_CUSTOM) {
     mb__set_err(err, err_len, "unknown eviction policy %d", (int)o.eviction);
+    return MB_EINVAL;
+  }
+  if (o.eviction == MB_EVICT_CUSTOM && o.evict_rank == NULL) {
+    mb__set_err(err, err_len, "eviction MB_EVICT_CUSTOM needs opts.evict_rank");
     return MB_EINVAL;
   }
   if (o.keep_alive_ms < MB_DEFAULT) {
@@ -664,6 +669,8 @@ int mb_ctx_free(mb_ctx *ctx) {
   for (int i = 0; i < ctx->nmodels; i++)
     mb__model_destroy(ctx->models[i]);
   mb__free(ctx->models);
+  mb__free(ctx->cand_dev);
+  mb__free(ctx->cand_host);
   mb__free(ctx->name_tab);
   mb__free(ctx->lease_tab);
   mb__free(ctx->devs);
@@ -847,6 +854,16 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
     if (models == NULL)
       goto fail_locked_nomem;
     ctx->models = models;
+    /* Eviction candidates: room for every model, so a step never allocates
+     * and never truncates a candidate list. */
+    mb__cand *cd = mb__realloc(ctx->cand_dev, (size_t)cap * sizeof(*cd));
+    if (cd == NULL)
+      goto fail_locked_nomem;
+    ctx->cand_dev = cd;
+    mb__cand *ch = mb__realloc(ctx->cand_host, (size_t)cap * sizeof(*ch));
+    if (ch == NULL)
+      goto fail_locked_nomem;
+    ctx->cand_host = ch;
     ctx->models_cap = cap;
   }
   if (mb__heap_reserve(&ctx->heap) != 0)

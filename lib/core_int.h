@@ -114,7 +114,14 @@ typedef struct mb__device {
   uint64_t leaving_bytes;
   int loads;           /* LOADING + RESTORING */
   int leases;
+  mb__model *res_head; /* models charged here (on_dev), via dev_next/dev_prev */
 } mb__device;
+
+/* An eviction candidate and its rank under the policy (sched.c). */
+typedef struct mb__cand {
+  mb__model *m;
+  double rank;
+} mb__cand;
 
 struct mb__model {
   char *name;
@@ -143,6 +150,7 @@ struct mb__model {
   /* Memory. */
   uint64_t dev_charge, host_charge;
   int on_dev;                 /* counted in its device's used/resident */
+  mb__model *dev_prev, *dev_next; /* its device's resident list while on_dev */
   int leaving;                /* counted in its device's leaving */
   uint64_t measured_fp;       /* peak device bytes of the last residency (0 unknown) */
   uint64_t measured_host;     /* host bytes of the last offload (0 unknown) */
@@ -220,6 +228,10 @@ struct mb_ctx {
   uint64_t req_seq;
   uint64_t host_budget, host_used;
   double gdsf_L;
+  /* Eviction candidate buffers, models_cap entries each (grown by
+   * mb_model_add): one for device evictions and one for host evictions,
+   * which may be planned while a device eviction is in progress. */
+  mb__cand *cand_dev, *cand_host;
   int shutting_down;
   int jobs_busy;
   struct mb_job *manual_jobs; /* handed to the executor after the step */

@@ -21,6 +21,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "modelbuf/modelbuf.h"
@@ -200,6 +201,13 @@ static void charge_dev(mb_ctx *ctx, mb__model *m, int dev, uint64_t bytes) {
   m->leaving = 0;
   d->used += bytes;
   d->resident++;
+  /* The device's resident list: eviction candidates are looked for there,
+   * not among every model of the context. */
+  m->dev_prev = NULL;
+  m->dev_next = d->res_head;
+  if (d->res_head)
+    d->res_head->dev_prev = m;
+  d->res_head = m;
 }
 
 static void set_dev_charge(mb_ctx *ctx, mb__model *m, uint64_t bytes) {
@@ -235,6 +243,13 @@ static void uncharge_dev(mb_ctx *ctx, mb__model *m) {
   mb__device *d = &ctx->devs[m->device];
   d->used -= m->dev_charge;
   d->resident--;
+  if (m->dev_prev)
+    m->dev_prev->dev_next = m->dev_next;
+  else
+    d->res_head = m->dev_next;
+  if (m->dev_next)
+    m->dev_next->dev_prev = m->dev_prev;
+  m->dev_prev = m->dev_next = NULL;
   m->dev_charge = 0;
   m->on_dev = 0;
   ctx->devs_dirty = 1;
@@ -274,15 +289,25 @@ static void gdsf_touch(mb_ctx *ctx, mb__model *m) {
               (double)m->freq * reload_cost_ms(m, m->opts.offload && can_offload(m)) / gib;
 }
 
-/* 1 if a should be evicted before b under the context's policy. */
-static int evict_before(const mb_ctx *ctx, const mb__model *a, const mb__model *b) {
-  if (ctx->opts.eviction == MB_EVICT_COST) {
-    if (a->gdsf_h != b->gdsf_h)
-      return a->gdsf_h < b->gdsf_h;
+/* A candidate's rank under the context's policy: lower goes first. LRU
+ * ranks all alike (the tie-breakers below decide). dev is -1 in the host tier. */
+static double evict_rank(const mb_ctx *ctx, const mb__model *m, int dev) {
+  switch (ctx->opts.eviction) {
+  case MB_EVICT_COST: return m->gdsf_h;
+  case MB_EVICT_CUSTOM: return ctx->opts.evict_rank(ctx->opts.evict_arg, m->name, m->user, dev);
+  default: return 0;
   }
-  if (a->last_accessed != b->last_accessed)
-    return a->last_accessed < b->last_accessed;
-  return a->index < b->index;
+}
+
+/* Eviction order: rank, then least recently used, then registration order
+ * (a total order, so the sort is deterministic). */
+static int cand_cmp(const void *pa, const void *pb) {
+  const mb__cand *a = pa, *b = pb;
+  if (a->rank != b->rank)
+    return a->rank < b->rank ? -1 : 1;
+  if (a->m->last_accessed != b->m->last_accessed)
+    return a->m->last_accessed < b->m->last_accessed ? -1 : 1;
+  return (a->m->index > b->m->index) - (a->m->index < b->m->index);
 }
 
 static int evictable(const mb__model *m, int dev) {
@@ -297,22 +322,35 @@ static int host_evictable(const mb__model *m) {
 }
 
 /*
- * Collects up to cap candidates matching pred, sorted by eviction order
- * (insertion sort: candidate lists are short, per device).
+ * Collects every eviction candidate of device dev (host: of the host tier)
+ * into ctx->cand_dev (cand_host), sorted by eviction order, and returns how
+ * many. Device candidates come from the device's resident list, so the cost
+ * follows what is resident there, not the number of models. The buffers
+ * hold one entry per model: a list is never cut short.
  */
-static int collect(mb_ctx *ctx, mb__model **out, int cap, int dev, int host) {
+static int collect(mb_ctx *ctx, int dev, int host) {
+  mb__cand *out = host ? ctx->cand_host : ctx->cand_dev;
   int n = 0;
-  for (int i = 0; i < ctx->nmodels && n < cap; i++) {
-    mb__model *m = ctx->models[i];
-    if (host ? !host_evictable(m) : !evictable(m, dev))
-      continue;
-    int j = n++;
-    while (j > 0 && evict_before(ctx, m, out[j - 1])) {
-      out[j] = out[j - 1];
-      j--;
+  if (host) {
+    for (int i = 0; i < ctx->nmodels; i++) {
+      mb__model *m = ctx->models[i];
+      if (!host_evictable(m))
+        continue;
+      out[n].m = m;
+      out[n].rank = evict_rank(ctx, m, -1);
+      n++;
     }
-    out[j] = m;
+  } else {
+    for (mb__model *m = ctx->devs[dev].res_head; m; m = m->dev_next) {
+      if (!evictable(m, dev))
+        continue;
+      out[n].m = m;
+      out[n].rank = evict_rank(ctx, m, dev);
+      n++;
+    }
   }
+  if (n > 1)
+    qsort(out, (size_t)n, sizeof(*out), cand_cmp);
   return n;
 }
 
@@ -334,20 +372,20 @@ static void host_evict(mb_ctx *ctx, mb__model *m) {
 static int host_make_room(mb_ctx *ctx, const mb__model *self, uint64_t bytes) {
   if (ctx->host_used + bytes <= ctx->host_budget)
     return 1;
-  mb__model *cand[256];
-  int n = collect(ctx, cand, 256, -1, 1);
+  mb__cand *cand = ctx->cand_host;
+  int n = collect(ctx, -1, 1);
   uint64_t freed = 0;
   int k = 0;
   while (k < n && ctx->host_used - freed + bytes > ctx->host_budget) {
-    if (cand[k] != self)
-      freed += cand[k]->host_charge;
+    if (cand[k].m != self)
+      freed += cand[k].m->host_charge;
     k++;
   }
   if (ctx->host_used - freed + bytes > ctx->host_budget)
     return 0;
   for (int i = 0; i < k; i++)
-    if (cand[i] != self)
-      host_evict(ctx, cand[i]);
+    if (cand[i].m != self)
+      host_evict(ctx, cand[i].m);
   /* The evicted bytes are still charged until their unload completes, but
    * they are promised: the offload may go ahead. */
   return 1;
@@ -466,10 +504,10 @@ static uint64_t usable_on(const mb_ctx *ctx, int dev) {
 /*
  * Plans room for need bytes on dev: returns 0 if it fits now, 1 if it will
  * fit once leaving models are gone or planned victims are evicted (*nvict
- * victims in vict, *cost their summed eviction cost), -1 if not now.
+ * victims first in ctx->cand_dev, *cost their summed eviction cost), -1 if
+ * not now.
  */
-static int plan_room(mb_ctx *ctx, int dev, uint64_t need, mb__model **vict, int cap, int *nvict,
-                     double *cost) {
+static int plan_room(mb_ctx *ctx, int dev, uint64_t need, int *nvict, double *cost) {
   mb__device *d = &ctx->devs[dev];
   int max_loaded = d->opts.max_loaded;
   *nvict = 0;
@@ -481,14 +519,15 @@ static int plan_room(mb_ctx *ctx, int dev, uint64_t need, mb__model **vict, int 
   if (d->used - will_free + need <= d->usable &&
       (max_loaded == 0 || d->resident - will_leave < max_loaded))
     return 1;
-  int n = collect(ctx, vict, cap, dev, 0);
+  mb__cand *vict = ctx->cand_dev;
+  int n = collect(ctx, dev, 0);
   int k = 0;
   while (k < n && (d->used - will_free + need > d->usable ||
                    (max_loaded && d->resident - will_leave >= max_loaded))) {
-    will_free += vict[k]->dev_charge;
+    will_free += vict[k].m->dev_charge;
     will_leave++;
-    *cost += ctx->opts.eviction == MB_EVICT_COST ? vict[k]->gdsf_h - ctx->gdsf_L
-                                                 : reload_cost_ms(vict[k], 0);
+    *cost += ctx->opts.eviction == MB_EVICT_COST ? vict[k].m->gdsf_h - ctx->gdsf_L
+                                                 : reload_cost_ms(vict[k].m, 0);
     k++;
   }
   if (d->used - will_free + need > d->usable ||
@@ -497,8 +536,6 @@ static int plan_room(mb_ctx *ctx, int dev, uint64_t need, mb__model **vict, int 
   *nvict = k;
   return 1;
 }
-
-#define MAX_CAND 512
 
 /*
  * Tries to admit a model that wants to become resident: picks a device
@@ -522,7 +559,6 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
   uint64_t best_free = 0;
   int ever = 0;
   uint64_t largest = 0;
-  mb__model *vict[MAX_CAND];
   for (int dev = lo; dev < hi; dev++) {
     if (usable_on(ctx, dev) > largest)
       largest = usable_on(ctx, dev);
@@ -531,7 +567,7 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
     ever = 1;
     int nv;
     double cost;
-    int kind = plan_room(ctx, dev, need, vict, MAX_CAND, &nv, &cost);
+    int kind = plan_room(ctx, dev, need, &nv, &cost);
     if (kind < 0)
       continue;
     uint64_t freeb = ctx->devs[dev].usable - (ctx->devs[dev].used < ctx->devs[dev].usable
@@ -560,9 +596,10 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
   if (best_kind == 1) {
     int nv;
     double cost;
-    plan_room(ctx, best, need, vict, MAX_CAND, &nv, &cost);
+    plan_room(ctx, best, need, &nv, &cost);
+    /* evict() may plan host evictions: those use the other buffer. */
     for (int i = 0; i < nv; i++)
-      evict(ctx, vict[i]);
+      evict(ctx, ctx->cand_dev[i].m);
     return; /* admitted when the memory is back */
   }
   mb__device *d = &ctx->devs[best];
@@ -831,14 +868,14 @@ static void become_ready(mb_ctx *ctx, mb__model *m, uint64_t took_ns, const char
     set_dev_charge(ctx, m, m->usage.device_bytes);
     mb__device *d = &ctx->devs[m->device];
     if (d->used > d->usable) {
-      mb__model *vict[MAX_CAND];
-      int n = collect(ctx, vict, MAX_CAND, m->device, 0);
+      mb__cand *vict = ctx->cand_dev;
+      int n = collect(ctx, m->device, 0);
       uint64_t over = d->used - d->usable, freed = 0;
       for (int i = 0; i < n && freed < over; i++) {
-        if (vict[i] == m)
+        if (vict[i].m == m)
           continue;
-        freed += vict[i]->dev_charge;
-        evict(ctx, vict[i]);
+        freed += vict[i].m->dev_charge;
+        evict(ctx, vict[i].m);
       }
     }
   }

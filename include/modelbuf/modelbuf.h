@@ -319,9 +319,22 @@ typedef void (*mb_event_fn)(const mb_event *ev, void *arg);
 typedef struct mb_ctx mb_ctx;
 
 typedef enum mb_eviction {
-  MB_EVICT_LRU = 0, /* least recently used first */
-  MB_EVICT_COST = 1 /* cheapest to bring back (reload time x use frequency / size) first */
+  MB_EVICT_LRU = 0,   /* least recently used first */
+  MB_EVICT_COST = 1,  /* cheapest to bring back (reload time x use frequency / size) first */
+  MB_EVICT_CUSTOM = 2 /* ranked by mb_ctx_opts.evict_rank (the simulator's offline policies) */
 } mb_eviction;
+
+/*
+ * MB_EVICT_CUSTOM: ranks one eviction candidate. model is its name, user its
+ * backend argument (as given to mb_model_add), device the device it would
+ * leave, or -1 for a model in the host tier (a host eviction). Lower ranks
+ * are evicted first; ties go to the least recently used, then to the model
+ * registered first. Called during a step with core_lock held (from the core
+ * thread, or from mb_ctx_step's caller in manual mode): it must be quick and
+ * must not call into the library. The trace simulator uses it for Belady's
+ * offline policy (rank = minus the time of the model's next use).
+ */
+typedef double (*mb_evict_rank_fn)(void *arg, const char *model, void *user, int device);
 
 typedef struct mb_ctx_opts {
   mb_clock_fn clock;          /* NULL: mb_clock_monotonic */
@@ -334,6 +347,8 @@ typedef struct mb_ctx_opts {
   int64_t keep_alive_ms;      /* default per-model keep-alive; 0 means 0, MB_DEFAULT = 5 min */
   mb_event_fn on_event;       /* optional */
   void *event_arg;
+  mb_evict_rank_fn evict_rank; /* MB_EVICT_CUSTOM only (required there) */
+  void *evict_arg;
 } mb_ctx_opts;
 
 /* Fills opts with the defaults (threaded, monotonic clock, LRU, 5 min keep-alive). */
