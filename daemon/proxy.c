@@ -570,9 +570,10 @@ static int model_of(struct MHD_Connection *c, mbd_req *r, char *out, size_t len)
 }
 
 static MHD_RESULT v1_models(mbd *d, struct MHD_Connection *c) {
+  const mbd_models *ms = mbd_models_get(d);
   json_t *a = json_array();
-  for (size_t i = 0; i < d->n_models; i++) {
-    mbd_model *m = &d->models[i];
+  for (size_t i = 0; i < ms->n; i++) {
+    mbd_model *m = ms->m[i];
     json_array_append_new(a, json_pack("{s:s,s:s,s:I,s:s}", "id", m->name, "object", "model",
                                        "created", (json_int_t)(d->started_ms / 1000), "owned_by",
                                        "modelbuf"));
