@@ -23,10 +23,10 @@ $(BUILD)/build.ninja:
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
-# The main job: the C example shows lazy load, leases, idle offload/unload and
-# eviction under a small budget, printing every state change.
+# The main job: modelbufd serving examples/modelbuf.yaml, with curl examples
+# (the library's C example stays runnable as $(BUILD)/examples/c/two_models).
 run: build
-	$(BUILD)/examples/c/two_models
+	@scripts/run.sh $(BUILD)
 
 test: build
 	meson test -C $(BUILD) --print-errorlogs

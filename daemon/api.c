@@ -105,6 +105,7 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
 }
 
 static json_t *devices_json(mbd *d) {
+  const mbd_models *ms = mbd_models_get(d);
   json_t *a = json_array();
   int n = mb_device_count(d->ctx);
   for (int i = 0; i < n; i++) {
@@ -112,11 +113,11 @@ static json_t *devices_json(mbd *d) {
     if (mb_device_info_get(d->ctx, i, &di) != 0)
       continue;
     json_t *resident = json_array();
-    for (size_t k = 0; k < d->n_models; k++) {
+    for (size_t k = 0; k < ms->n; k++) {
       mb_status st;
-      if (mb_model_status(d->ctx, d->models[k].name, &st) == 0 && st.device == i &&
+      if (mb_model_status(d->ctx, ms->m[k]->name, &st) == 0 && st.device == i &&
           st.vram_bytes > 0)
-        json_array_append_new(resident, json_string(d->models[k].name));
+        json_array_append_new(resident, json_string(ms->m[k]->name));
     }
     json_array_append_new(
         a, json_pack("{s:s,s:i,s:I,s:I,s:I,s:I,s:I,s:I,s:i,s:i,s:o}", "name", di.name, "index",
@@ -453,6 +454,7 @@ static void metric_head(FILE *f, const char *name, const char *type, const char 
 }
 
 static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
+  const mbd_models *ms = mbd_models_get(d);
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);
@@ -461,14 +463,14 @@ static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
   static const mb_state states[] = {MB_STATE_UNLOADED,  MB_STATE_LOADING,   MB_STATE_READY,
                                     MB_STATE_OFFLOADING, MB_STATE_OFFLOADED, MB_STATE_RESTORING,
                                     MB_STATE_UNLOADING, MB_STATE_FAILED};
-  mb_status *st = calloc(d->n_models ? d->n_models : 1, sizeof(*st));
-  for (size_t i = 0; st && i < d->n_models; i++)
-    if (mb_model_status(d->ctx, d->models[i].name, &st[i]) != 0)
+  mb_status *st = calloc(ms->n ? ms->n : 1, sizeof(*st));
+  for (size_t i = 0; st && i < ms->n; i++)
+    if (mb_model_status(d->ctx, ms->m[i]->name, &st[i]) != 0)
       st[i].state = MB_STATE_UNLOADED;
   metric_head(f, "modelbuf_model_state", "gauge", "1 for the state the model is in");
-  for (size_t i = 0; st && i < d->n_models; i++)
+  for (size_t i = 0; st && i < ms->n; i++)
     for (size_t k = 0; k < sizeof(states) / sizeof(states[0]); k++)
-      fprintf(f, "modelbuf_model_state{model=\"%s\",state=\"%s\"} %d\n", d->models[i].name,
+      fprintf(f, "modelbuf_model_state{model=\"%s\",state=\"%s\"} %d\n", ms->m[i]->name,
               mb_state_name(states[k]), st[i].state == states[k]);
   struct {
     const char *name, *help;
@@ -485,20 +487,20 @@ static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
   };
   for (size_t k = 0; k < sizeof(counters) / sizeof(counters[0]); k++) {
     metric_head(f, counters[k].name, "counter", counters[k].help);
-    for (size_t i = 0; st && i < d->n_models; i++)
-      fprintf(f, "%s{model=\"%s\"} %llu\n", counters[k].name, d->models[i].name,
+    for (size_t i = 0; st && i < ms->n; i++)
+      fprintf(f, "%s{model=\"%s\"} %llu\n", counters[k].name, ms->m[i]->name,
               (unsigned long long)*(const uint64_t *)((const char *)&st[i].stats +
                                                       counters[k].off));
   }
   metric_head(f, "modelbuf_requests_total", "counter", "HTTP requests answered, by status class");
   pthread_mutex_lock(&d->mu);
-  for (size_t i = 0; i < d->n_models; i++)
+  for (size_t i = 0; i < ms->n; i++)
     for (int k = 1; k <= 5; k++)
       fprintf(f, "modelbuf_requests_total{model=\"%s\",code=\"%dxx\"} %llu\n",
-              d->models[i].name, k, (unsigned long long)d->models[i].http_codes[k]);
+              ms->m[i]->name, k, (unsigned long long)ms->m[i]->http_codes[k]);
   metric_head(f, "modelbuf_load_seconds", "histogram", "time to load or restore a model");
-  for (size_t i = 0; i < d->n_models; i++) {
-    const mbd_model *m = &d->models[i];
+  for (size_t i = 0; i < ms->n; i++) {
+    const mbd_model *m = ms->m[i];
     uint64_t cum = 0;
     for (int b = 0; b < MBD_LOAD_BUCKETS; b++) {
       cum += m->load_buckets[b];
@@ -515,33 +517,33 @@ static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
   }
   pthread_mutex_unlock(&d->mu);
   metric_head(f, "modelbuf_queue_wait_seconds", "histogram", "time requests waited for a lease");
-  for (size_t i = 0; st && i < d->n_models; i++) {
+  for (size_t i = 0; st && i < ms->n; i++) {
     uint64_t cum = 0;
     for (int b = 0; b < MB_WAIT_BUCKETS; b++) {
       cum += st[i].stats.wait_buckets[b];
       if (b < MB_WAIT_BUCKETS - 1)
         fprintf(f, "modelbuf_queue_wait_seconds_bucket{model=\"%s\",le=\"%g\"} %llu\n",
-                d->models[i].name, mb_wait_bucket_ms[b] / 1000.0, (unsigned long long)cum);
+                ms->m[i]->name, mb_wait_bucket_ms[b] / 1000.0, (unsigned long long)cum);
       else
         fprintf(f, "modelbuf_queue_wait_seconds_bucket{model=\"%s\",le=\"+Inf\"} %llu\n",
-                d->models[i].name, (unsigned long long)cum);
+                ms->m[i]->name, (unsigned long long)cum);
     }
-    fprintf(f, "modelbuf_queue_wait_seconds_sum{model=\"%s\"} %g\n", d->models[i].name,
+    fprintf(f, "modelbuf_queue_wait_seconds_sum{model=\"%s\"} %g\n", ms->m[i]->name,
             st[i].stats.wait_sum_ms / 1000.0);
-    fprintf(f, "modelbuf_queue_wait_seconds_count{model=\"%s\"} %llu\n", d->models[i].name,
+    fprintf(f, "modelbuf_queue_wait_seconds_count{model=\"%s\"} %llu\n", ms->m[i]->name,
             (unsigned long long)st[i].stats.wait_count);
   }
   metric_head(f, "modelbuf_inflight", "gauge", "leases out");
-  for (size_t i = 0; st && i < d->n_models; i++)
-    fprintf(f, "modelbuf_inflight{model=\"%s\"} %d\n", d->models[i].name, st[i].inflight);
+  for (size_t i = 0; st && i < ms->n; i++)
+    fprintf(f, "modelbuf_inflight{model=\"%s\"} %d\n", ms->m[i]->name, st[i].inflight);
   metric_head(f, "modelbuf_queued", "gauge", "requests waiting");
-  for (size_t i = 0; st && i < d->n_models; i++)
-    fprintf(f, "modelbuf_queued{model=\"%s\"} %d\n", d->models[i].name, st[i].queued);
+  for (size_t i = 0; st && i < ms->n; i++)
+    fprintf(f, "modelbuf_queued{model=\"%s\"} %d\n", ms->m[i]->name, st[i].queued);
   metric_head(f, "modelbuf_model_bytes", "gauge", "memory a model holds, by tier");
-  for (size_t i = 0; st && i < d->n_models; i++) {
-    fprintf(f, "modelbuf_model_bytes{model=\"%s\",tier=\"device\"} %llu\n", d->models[i].name,
+  for (size_t i = 0; st && i < ms->n; i++) {
+    fprintf(f, "modelbuf_model_bytes{model=\"%s\",tier=\"device\"} %llu\n", ms->m[i]->name,
             (unsigned long long)st[i].vram_bytes);
-    fprintf(f, "modelbuf_model_bytes{model=\"%s\",tier=\"host\"} %llu\n", d->models[i].name,
+    fprintf(f, "modelbuf_model_bytes{model=\"%s\",tier=\"host\"} %llu\n", ms->m[i]->name,
             (unsigned long long)st[i].host_bytes);
   }
   free(st);
@@ -577,10 +579,11 @@ static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
 /* Health, devices, cleanup, compatibility                                   */
 
 static MHD_RESULT health(mbd *d, struct MHD_Connection *c) {
+  const mbd_models *ms = mbd_models_get(d);
   int active = 0, queued = 0, gpu = 0;
-  for (size_t i = 0; i < d->n_models; i++) {
+  for (size_t i = 0; i < ms->n; i++) {
     mb_status st;
-    if (mb_model_status(d->ctx, d->models[i].name, &st) == 0) {
+    if (mb_model_status(d->ctx, ms->m[i]->name, &st) == 0) {
       active += st.inflight;
       queued += st.queued;
     }
@@ -602,11 +605,12 @@ static MHD_RESULT health(mbd *d, struct MHD_Connection *c) {
 }
 
 static MHD_RESULT cleanup(mbd *d, struct MHD_Connection *c) {
+  const mbd_models *ms = mbd_models_get(d);
   json_t *done = json_array();
-  for (size_t i = 0; i < d->n_models; i++) {
+  for (size_t i = 0; i < ms->n; i++) {
     char err[256];
-    if (d->models[i].worker && mbd_worker_cleanup(d->models[i].worker, err, sizeof(err)) == 0)
-      json_array_append_new(done, json_string(d->models[i].name));
+    if (ms->m[i]->worker && mbd_worker_cleanup(ms->m[i]->worker, err, sizeof(err)) == 0)
+      json_array_append_new(done, json_string(ms->m[i]->name));
   }
   return mbd_reply_json(c, 200,
                         json_pack("{s:o,s:o}", "cleaned", done, "devices", devices_json(d)));
@@ -629,6 +633,7 @@ static json_t *compat_status(mbd *d, mbd_model *m) {
 
 /* POST /api/gpu/offload | /api/gpu/release: {"model": NAME} or every model. */
 static MHD_RESULT compat_action(mbd *d, struct MHD_Connection *c, mbd_req *r, int release) {
+  const mbd_models *ms = mbd_models_get(d);
   char err[256] = "";
   json_t *body = body_json(r, err, sizeof(err));
   if (body == NULL)
@@ -639,8 +644,8 @@ static MHD_RESULT compat_action(mbd *d, struct MHD_Connection *c, mbd_req *r, in
     return mbd_reply_error(c, 404, "not_found", "unknown model", 0);
   }
   json_t *out = json_object();
-  for (size_t i = 0; i < d->n_models; i++) {
-    mbd_model *m = &d->models[i];
+  for (size_t i = 0; i < ms->n; i++) {
+    mbd_model *m = ms->m[i];
     if (only && m != mbd_find(d, only))
       continue;
     mb_status st;
@@ -659,6 +664,7 @@ static MHD_RESULT compat_action(mbd *d, struct MHD_Connection *c, mbd_req *r, in
 
 int mbd_api_route(mbd *d, struct MHD_Connection *c, const char *method, const char *url,
                   mbd_req *r, MHD_RESULT *res) {
+  const mbd_models *ms = mbd_models_get(d);
   int get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
   if (strcmp(url, "/health") == 0 && get) {
     *res = health(d, c);
@@ -682,15 +688,15 @@ int mbd_api_route(mbd *d, struct MHD_Connection *c, const char *method, const ch
   }
   if (strcmp(url, "/api/models") == 0 && get) {
     json_t *a = json_array();
-    for (size_t i = 0; i < d->n_models; i++)
-      json_array_append_new(a, mbd_model_json(d, &d->models[i]));
+    for (size_t i = 0; i < ms->n; i++)
+      json_array_append_new(a, mbd_model_json(d, ms->m[i]));
     *res = mbd_reply_json(c, 200, json_pack("{s:o}", "models", a));
     return 1;
   }
   if (strcmp(url, "/api/gpu/status") == 0 && get) {
     json_t *o = json_object();
-    for (size_t i = 0; i < d->n_models; i++)
-      json_object_set_new(o, d->models[i].name, compat_status(d, &d->models[i]));
+    for (size_t i = 0; i < ms->n; i++)
+      json_object_set_new(o, ms->m[i]->name, compat_status(d, ms->m[i]));
     *res = mbd_reply_json(c, 200, json_pack("{s:s,s:o,s:o}", "status", "ok", "models", o,
                                             "devices", devices_json(d)));
     return 1;

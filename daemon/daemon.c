@@ -4,6 +4,7 @@
  * and the counters the core does not keep, and writes structured logs.
  */
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,20 +43,64 @@ void mbd_log(mbd *d, mbd_log_level level, const char *msg, const char *fmt, ...)
           extra[0] ? " " : "", extra);
 }
 
-mbd_model *mbd_find_name(mbd *d, const char *name) {
-  for (size_t i = 0; i < d->n_models; i++)
-    if (strcmp(d->models[i].name, name) == 0)
-      return &d->models[i];
+const mbd_models *mbd_models_get(mbd *d) {
+  return atomic_load_explicit(&d->models, memory_order_acquire);
+}
+
+static mbd_model *find_in(const mbd_models *ms, const char *name) {
+  for (size_t i = 0; i < ms->n; i++)
+    if (strcmp(ms->m[i]->name, name) == 0)
+      return ms->m[i];
   return NULL;
 }
 
+mbd_model *mbd_find_name(mbd *d, const char *name) { return find_in(mbd_models_get(d), name); }
+
 mbd_model *mbd_find(mbd *d, const char *name) {
-  mbd_model *m = mbd_find_name(d, name);
-  for (size_t i = 0; m == NULL && i < d->n_models; i++)
-    for (size_t k = 0; k < d->models[i].mc->n_aliases; k++)
-      if (strcmp(d->models[i].mc->aliases[k], name) == 0)
-        return &d->models[i];
+  const mbd_models *ms = mbd_models_get(d);
+  mbd_model *m = find_in(ms, name);
+  for (size_t i = 0; m == NULL && i < ms->n; i++)
+    for (size_t k = 0; k < ms->m[i]->mc->n_aliases; k++)
+      if (strcmp(ms->m[i]->mc->aliases[k], name) == 0)
+        return ms->m[i];
   return m;
+}
+
+/* Appends p to a kept-until-stop list; 0 or MB_ENOMEM. */
+static int keep(void ***list, size_t *n, void *p) {
+  void **nl = realloc(*list, (*n + 1) * sizeof(*nl));
+  if (nl == NULL)
+    return MB_ENOMEM;
+  nl[(*n)++] = p;
+  *list = nl;
+  return 0;
+}
+
+static mbd_model *model_new(mbd *d, mbd_model_config *mc) {
+  mbd_model *m = calloc(1, sizeof(*m));
+  if (m == NULL)
+    return NULL;
+  m->mc = mc;
+  m->name = mc->name;
+  m->kind = mc->backend;
+  if (keep((void ***)&d->all_models, &d->n_all_models, m) != 0) {
+    free(m);
+    return NULL;
+  }
+  return m;
+}
+
+static mbd_models *set_new(mbd *d, size_t cap) {
+  mbd_models *ms = calloc(1, sizeof(*ms));
+  if (ms == NULL)
+    return NULL;
+  ms->m = calloc(cap ? cap : 1, sizeof(*ms->m));
+  if (ms->m == NULL || keep((void ***)&d->old_sets, &d->n_old_sets, ms) != 0) {
+    free(ms->m);
+    free(ms);
+    return NULL;
+  }
+  return ms;
 }
 
 void mbd_count_code(mbd *d, mbd_model *m, int code) {
@@ -179,9 +224,9 @@ static int add_devices(mbd *d, char *err, size_t err_len) {
   return mb_device_add(d->ctx, &o, NULL, err, err_len);
 }
 
-static int add_model(mbd *d, mbd_model *m, char *err, size_t err_len) {
+static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, size_t err_len) {
   mb_model_opts mo;
-  int rc = mbd_config_model_opts(d->cfg, m->mc, &mo, err, err_len);
+  int rc = mbd_config_model_opts(cfg, m->mc, &mo, err, err_len);
   if (rc != 0)
     return rc;
   if (mo.device >= mb_device_count(d->ctx))
@@ -234,28 +279,138 @@ int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) {
   co.event_arg = d;
   /* Models are registered before the context runs events through on_event,
    * which looks them up: fill the table first. */
-  d->models = calloc(cfg->n_models ? cfg->n_models : 1, sizeof(mbd_model));
-  if (d->models == NULL) {
+  mbd_models *ms = set_new(d, cfg->n_models);
+  if (ms == NULL) {
     mbd_stop(d);
     return MB_ENOMEM;
   }
   for (size_t i = 0; i < cfg->n_models; i++) {
-    d->models[i].mc = &cfg->models[i];
-    d->models[i].name = cfg->models[i].name;
-    d->models[i].kind = cfg->models[i].backend;
+    ms->m[i] = model_new(d, &cfg->models[i]);
+    if (ms->m[i] == NULL) {
+      atomic_store(&d->models, ms);
+      mbd_stop(d);
+      return MB_ENOMEM;
+    }
+    ms->n++;
   }
-  d->n_models = cfg->n_models;
+  atomic_store(&d->models, ms);
   int rc = mb_ctx_new(&co, &d->ctx, err, err_len);
   if (rc == 0)
     rc = add_devices(d, err, err_len);
-  for (size_t i = 0; rc == 0 && i < d->n_models; i++)
-    rc = add_model(d, &d->models[i], err, err_len);
+  for (size_t i = 0; rc == 0 && i < ms->n; i++)
+    rc = add_model(d, cfg, ms->m[i], err, err_len);
   if (rc != 0) {
     mbd_stop(d);
     return rc;
   }
   *out = d;
   return 0;
+}
+
+static int str_eq(const char *a, const char *b) {
+  return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+static int strv_eq(char **a, size_t na, char **b, size_t nb) {
+  if (na != nb)
+    return 0;
+  for (size_t i = 0; i < na; i++)
+    if (!str_eq(a[i], b[i]))
+      return 0;
+  return 1;
+}
+
+static int hook_eq(const mbd_hook *a, const mbd_hook *b) {
+  return str_eq(a->method, b->method) && str_eq(a->path, b->path) && a->timeout_ms == b->timeout_ms;
+}
+
+/* Whether a model's backend, worker or policies differ between two files. */
+static int model_same(const mbd_model_config *a, const mbd_model_config *b) {
+  if (a->backend != b->backend || !strv_eq(a->cmd, a->n_cmd, b->cmd, b->n_cmd) ||
+      !str_eq(a->plugin, b->plugin) || !strv_eq(a->files, a->n_files, b->files, b->n_files) ||
+      !str_eq(a->cwd, b->cwd) || !str_eq(a->health, b->health) || a->port != b->port ||
+      a->vram_bytes != b->vram_bytes || a->device != b->device || a->pinned != b->pinned ||
+      a->priority != b->priority || memcmp(&a->tuning, &b->tuning, sizeof(a->tuning)) != 0 ||
+      !strv_eq(a->aliases, a->n_aliases, b->aliases, b->n_aliases) ||
+      !hook_eq(&a->hook_offload, &b->hook_offload) ||
+      !hook_eq(&a->hook_restore, &b->hook_restore) ||
+      !hook_eq(&a->hook_cleanup, &b->hook_cleanup) || a->n_env != b->n_env)
+    return 0;
+  for (size_t i = 0; i < a->n_env; i++)
+    if (!str_eq(a->env[i].name, b->env[i].name) || !str_eq(a->env[i].value, b->env[i].value))
+      return 0;
+  return 1;
+}
+
+void mbd_reload(mbd *d, mbd_config *cfg) {
+  const mbd_models *old = mbd_models_get(d);
+  size_t added = 0, removed = 0, changed = 0, kept = 0;
+  char *busy = calloc(old->n ? old->n : 1, 1);
+  mbd_models *ms;
+
+  if (busy == NULL || keep((void ***)&d->old_cfgs, &d->n_old_cfgs, cfg) != 0 ||
+      (ms = set_new(d, old->n + cfg->n_models)) == NULL) {
+    mbd_log(d, MBD_LOG_ERROR, "reload failed: out of memory", NULL);
+    free(busy);
+    return;
+  }
+  /* Models gone or changed leave the core first (after their work drains). */
+  for (size_t i = 0; i < old->n; i++) {
+    mbd_model *om = old->m[i];
+    const mbd_model_config *nmc = NULL;
+    for (size_t j = 0; j < cfg->n_models; j++)
+      if (strcmp(cfg->models[j].name, om->name) == 0)
+        nmc = &cfg->models[j];
+    if (nmc != NULL && model_same(om->mc, nmc))
+      continue;
+    int rc = mb_model_remove(d->ctx, om->name);
+    if (rc != 0) {
+      busy[i] = 1;
+      kept++;
+      mbd_log(d, MBD_LOG_WARN, "reload: model kept as it was", "model=%s why=\"%s\"", om->name,
+              mb_strerror(rc));
+      continue;
+    }
+    om->worker = NULL; /* the core destroyed it */
+    om->plugin = NULL;
+    busy[i] = 2; /* removed */
+    if (nmc != NULL)
+      changed++;
+    else
+      removed++;
+    mbd_log(d, MBD_LOG_INFO, nmc != NULL ? "reload: model changed" : "reload: model removed",
+            "model=%s", om->name);
+  }
+  /* The new set in the new file's order; unchanged models carry over. */
+  for (size_t j = 0; j < cfg->n_models; j++) {
+    mbd_model *keepm = NULL;
+    for (size_t i = 0; i < old->n; i++)
+      if (busy[i] != 2 && strcmp(old->m[i]->name, cfg->models[j].name) == 0)
+        keepm = old->m[i];
+    if (keepm != NULL) {
+      ms->m[ms->n++] = keepm;
+      continue;
+    }
+    char err[512] = "";
+    mbd_model *m = model_new(d, &cfg->models[j]);
+    if (m == NULL || add_model(d, cfg, m, err, sizeof(err)) != 0) {
+      mbd_log(d, MBD_LOG_ERROR, "reload: model not added", "model=%s why=\"%s\"",
+              cfg->models[j].name, m == NULL ? "out of memory" : err);
+      continue;
+    }
+    ms->m[ms->n++] = m;
+    added++;
+  }
+  /* Models the new file drops but that were busy stay until the next reload. */
+  for (size_t i = 0; i < old->n; i++)
+    if (busy[i] == 1 && find_in(ms, old->m[i]->name) == NULL)
+      ms->m[ms->n++] = old->m[i];
+  pthread_mutex_lock(&d->mu);
+  atomic_store_explicit(&d->models, ms, memory_order_release);
+  pthread_mutex_unlock(&d->mu);
+  free(busy);
+  mbd_log(d, MBD_LOG_INFO, "reloaded", "models=%zu added=%zu removed=%zu changed=%zu kept_busy=%zu",
+          ms->n, added - changed, removed, changed, kept);
 }
 
 void mbd_stop(mbd *d) {
@@ -278,7 +433,17 @@ void mbd_stop(mbd *d) {
   }
   for (size_t i = 0; i < MBD_EVENT_RING; i++)
     free(d->ring[i].json);
-  free(d->models);
+  for (size_t i = 0; i < d->n_old_sets; i++) {
+    free(d->old_sets[i]->m);
+    free(d->old_sets[i]);
+  }
+  free(d->old_sets);
+  for (size_t i = 0; i < d->n_all_models; i++)
+    free(d->all_models[i]);
+  free(d->all_models);
+  for (size_t i = 0; i < d->n_old_cfgs; i++)
+    mbd_config_free(d->old_cfgs[i]);
+  free(d->old_cfgs);
   mbd_config_free(d->cfg);
   pthread_mutex_destroy(&d->mu);
   pthread_cond_destroy(&d->ev_cv);

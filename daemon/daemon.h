@@ -33,16 +33,32 @@ typedef struct mbd_model {
 
 extern const double mbd_load_bucket_s[MBD_LOAD_BUCKETS - 1];
 
+/*
+ * The models being served: an immutable snapshot. SIGHUP publishes a new one
+ * (mbd_reload); a snapshot and the models it points to stay valid until the
+ * daemon stops, so a request may keep using the one it started with.
+ */
+typedef struct mbd_models {
+  size_t n;
+  mbd_model **m;
+} mbd_models;
+
 typedef struct mbd_event_entry {
   uint64_t seq;
   char *json;
 } mbd_event_entry;
 
 typedef struct mbd {
-  mbd_config *cfg;
+  mbd_config *cfg;          /* as started: listen, keys, limits (reload keeps these) */
   mb_ctx *ctx;
-  mbd_model *models;
-  size_t n_models;
+  mbd_models *_Atomic models; /* read with mbd_models_get */
+  /* Kept until stop: every snapshot, model and configuration ever served. */
+  mbd_models **old_sets;
+  size_t n_old_sets;
+  mbd_model **all_models;
+  size_t n_all_models;
+  mbd_config **old_cfgs;
+  size_t n_old_cfgs;
   int64_t started_ms;       /* wall clock */
   mbd_log_level log_level;
 
@@ -64,8 +80,19 @@ int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) MB_WUR;
 /* Stops everything: fails waiters, unloads every model, stops workers. */
 void mbd_stop(mbd *d);
 
+/* The current models (never NULL). */
+const mbd_models *mbd_models_get(mbd *d);
 mbd_model *mbd_find(mbd *d, const char *name);            /* name or alias */
 mbd_model *mbd_find_name(mbd *d, const char *name);       /* name only */
+
+/*
+ * Applies a new configuration's models (taken over): models added, removed,
+ * or changed (removed, then added with the new settings) without touching
+ * the others. A model that cannot be removed now (leases out, requests
+ * waiting) keeps its old settings, logged. listen, api_keys and limits keep
+ * their values from the start. Called from the signal thread only.
+ */
+void mbd_reload(mbd *d, mbd_config *cfg);
 
 /* A structured log line (logfmt): level, msg, then key=value pairs. */
 void mbd_log(mbd *d, mbd_log_level level, const char *msg, const char *fmt, ...)

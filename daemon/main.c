@@ -1,7 +1,8 @@
 /*
  * main.c - modelbufd's entry point: command line, configuration, the
  * daemon and its HTTP server, signals (SIGTERM/SIGINT: drain and stop;
- * SIGHUP: logged, the configuration is read at start), sd_notify.
+ * SIGHUP: read the configuration again and apply its models; an invalid
+ * file is logged and the running configuration kept), sd_notify.
  *
  * Order of precedence for every setting: built-in default < the file
  * (--config, else $MODELBUF_CONFIG, else ./modelbuf.yaml) < the environment
@@ -41,8 +42,34 @@ static void notify(const char *state) {
 #endif
 }
 
+/* Reads the configuration as at start; NULL (every error logged) if invalid. */
+static mbd_config *read_again(mbd *d, const char *path, const mbd_flags *flags) {
+  mbd_diag diag;
+  mbd_config *cfg = NULL;
+  mbd_diag_init(&diag);
+  int rc = mbd_config_load_file(path, NULL, &cfg, &diag);
+  if (rc == 0)
+    rc = mbd_config_apply_overrides(cfg, NULL, flags, &diag);
+  if (rc != 0) {
+    for (size_t i = 0; i < diag.n; i++) {
+      char clean[600];
+      size_t k = 0;
+      for (const char *p = diag.msgs[i]; *p && k + 2 < sizeof(clean); p++)
+        clean[k++] = *p == '"' ? '\'' : *p;
+      clean[k] = '\0';
+      mbd_log(d, MBD_LOG_ERROR, "reload: configuration error", "error=\"%s\"", clean);
+    }
+    mbd_log(d, MBD_LOG_ERROR, "reload refused: the configuration is not valid; the running one is kept",
+            "file=\"%s\" errors=%zu", path, diag.n + diag.dropped);
+    mbd_config_free(cfg);
+    cfg = NULL;
+  }
+  mbd_diag_free(&diag);
+  return cfg;
+}
+
 /* Serves until SIGTERM or SIGINT; then drains and stops every worker. */
-static int serve(mbd_config *cfg) {
+static int serve(mbd_config *cfg, const char *path, const mbd_flags *flags) {
   char err[512] = "";
   sigset_t set;
   sigemptyset(&set);
@@ -68,7 +95,7 @@ static int serve(mbd_config *cfg) {
     return EXIT_SERVE;
   }
   mbd_log(d, MBD_LOG_INFO, "listening", "addr=%s models=%zu version=%s", d->cfg->listen_str,
-          d->n_models, mb_version());
+          mbd_models_get(d)->n, mb_version());
   notify("READY=1");
   for (;;) {
     int sig = 0;
@@ -77,8 +104,12 @@ static int serve(mbd_config *cfg) {
     if (sig == SIGPIPE)
       continue;
     if (sig == SIGHUP) {
-      mbd_log(d, MBD_LOG_WARN, "SIGHUP: configuration reload is not supported by this version; "
-                               "restart modelbufd to apply a new configuration", NULL);
+      notify("RELOADING=1");
+      mbd_log(d, MBD_LOG_INFO, "reloading", "file=\"%s\"", path);
+      mbd_config *ncfg = read_again(d, path, flags);
+      if (ncfg != NULL)
+        mbd_reload(d, ncfg);
+      notify("READY=1");
       continue;
     }
     mbd_log(d, MBD_LOG_INFO, "stopping", "signal=%s", sig == SIGTERM ? "TERM" : "INT");
@@ -226,5 +257,5 @@ int main(int argc, char **argv) {
     return 0;
   }
 
-  return serve(cfg);
+  return serve(cfg, path, &flags);
 }

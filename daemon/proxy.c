@@ -17,6 +17,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "api_body.h"
 #include "http.h"
 #include "modelbuf/plugin.h"
 #include "units.h"
@@ -545,34 +546,15 @@ static MHD_RESULT to_model(mbd *d, struct MHD_Connection *c, mbd_model *m, const
 /* The "model" of an OpenAI request: JSON body field, or multipart field. */
 static int model_of(struct MHD_Connection *c, mbd_req *r, char *out, size_t len) {
   const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
-  if (ct && strncasecmp(ct, "multipart/form-data", 19) == 0 && r->body) {
-    const char *p = strstr(r->body, "name=\"model\"");
-    if (p == NULL || (p = strstr(p, "\r\n\r\n")) == NULL)
-      return 0;
-    p += 4;
-    const char *end = strstr(p, "\r\n");
-    size_t n = end ? (size_t)(end - p) : 0;
-    if (n == 0 || n >= len)
-      return 0;
-    memcpy(out, p, n);
-    out[n] = '\0';
-    return 1;
-  }
-  if (r->len == 0)
-    return 0;
-  json_t *doc = json_loadb(r->body, r->len, 0, NULL);
-  const char *s = json_string_value(json_object_get(doc, "model"));
-  int ok = s && strlen(s) < len;
-  if (ok)
-    snprintf(out, len, "%s", s);
-  json_decref(doc);
-  return ok;
+  char err[256];
+  return r->len > 0 && mbd_body_model(ct, r->body, r->len, out, len, err, sizeof(err)) == 0;
 }
 
 static MHD_RESULT v1_models(mbd *d, struct MHD_Connection *c) {
+  const mbd_models *ms = mbd_models_get(d);
   json_t *a = json_array();
-  for (size_t i = 0; i < d->n_models; i++) {
-    mbd_model *m = &d->models[i];
+  for (size_t i = 0; i < ms->n; i++) {
+    mbd_model *m = ms->m[i];
     json_array_append_new(a, json_pack("{s:s,s:s,s:I,s:s}", "id", m->name, "object", "model",
                                        "created", (json_int_t)(d->started_ms / 1000), "owned_by",
                                        "modelbuf"));

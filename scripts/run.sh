@@ -1,0 +1,24 @@
+#!/bin/sh
+# run.sh BUILD - `make run`: start modelbufd with examples/modelbuf.yaml in
+# the foreground and say how to call it. Ctrl-C stops it and every worker.
+set -eu
+build=${1:-build}
+listen=${MODELBUF_LISTEN:-127.0.0.1:8686}
+url="http://$listen"
+cat <<MSG
+modelbufd is starting on $url with examples/modelbuf.yaml (Ctrl-C stops it).
+In another terminal:
+
+  curl -s $url/health
+  curl -s $url/api/models                                  # every model, state unloaded
+  curl -s -X POST $url/m/echo/infer -d '{"input": "hello"}'   # cold load, then proxied
+  curl -sN "$url/m/echo/stream?n=5"                        # a token stream, chunk by chunk
+  curl -s $url/v1/chat/completions -d '{"model": "echo-small", "messages": []}'
+  curl -s -X POST $url/api/models/echo/offload             # to host RAM (hooks)
+  curl -sN $url/api/events                                 # every state change, live
+  curl -s $url/metrics | grep modelbuf_model_state
+  curl -s -X POST $url/api/models/torch/load               # the PyTorch worker
+
+Logs below are one logfmt line per event.
+MSG
+exec "$build/daemon/modelbufd" --config examples/modelbuf.yaml --listen "$listen"
