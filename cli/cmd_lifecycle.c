@@ -27,14 +27,17 @@
 #include "config.h"
 #include "device.h"
 #include "lifecycle.h"
+#include "worker.h"
 
 #define MAX_CYCLES 256
 #define MAX_PROBES 100
+#define MAX_RESTORES 20
 
 typedef struct target {
   mb_ctx *ctx;
   const mbd_model_config *mc;
-  void *inst; /* plugin instance */
+  void *inst;          /* plugin instance */
+  mbd_worker *worker;  /* process backend */
   mb_device_kind kind;
   int ordinal;
   const char *device_name;
@@ -101,6 +104,26 @@ static double probe(const target *t, char *err, size_t len) {
                            0,
                            (const uint8_t *)p->body,
                            p->body ? strlen(p->body) : 0};
+  if (t->worker) {
+    char url[128];
+    long status = 0;
+    if (mbd_worker_url(t->worker, url, sizeof(url)) != 0) {
+      snprintf(err, len, "the worker is not running");
+      return -2.0;
+    }
+    const char *colon = strrchr(url, ':');
+    int port = colon ? atoi(colon + 1) : 0;
+    double t0 = now_ms();
+    int rc = mbd_http_call(port, req.method, p->path, p->body, 60000, &status, err, len);
+    double took = now_ms() - t0;
+    if (rc != 0)
+      return -2.0;
+    if (status >= 400) {
+      snprintf(err, len, "probe %s %s answered %ld", req.method, p->path, status);
+      return -2.0;
+    }
+    return took;
+  }
   mb_plugin_response resp;
   double t0 = now_ms();
   int rc = mb_plugin_handle(t->inst, &req, &resp, err, len);
@@ -121,6 +144,15 @@ static int cmp_d(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* Host memory held by the model: the RSS of its worker's process group,
+ * or for a model in this process what this process grew by since the start. */
+static uint64_t host_bytes(const target *t) {
+  if (t->worker)
+    return mbd_worker_rss(t->worker);
+  uint64_t rss = rss_self();
+  return rss > t->rss_start ? rss - t->rss_start : 0;
+}
+
 /* Keeps the highest memory figures seen while resident. */
 static void sample(const target *t, lc_cycle *c) {
   mb_status st;
@@ -128,10 +160,18 @@ static void sample(const target *t, lc_cycle *c) {
     return;
   if (st.vram_bytes > c->dev_peak)
     c->dev_peak = st.vram_bytes;
-  uint64_t rss = rss_self();
-  uint64_t host = rss > t->rss_start ? rss - t->rss_start : 0;
+  uint64_t host = host_bytes(t);
   if (host > c->host_peak)
     c->host_peak = host;
+}
+
+/* The steady footprint now: device bytes, and host bytes. */
+static int steady(const target *t, uint64_t *dev, uint64_t *host) {
+  mb_status st;
+  int rc = mb_model_status(t->ctx, t->mc->name, &st);
+  *dev = rc == 0 ? st.vram_bytes : 0;
+  *host = host_bytes(t);
+  return rc;
 }
 
 #define STEP(call, what)                                                                       \
@@ -144,7 +184,48 @@ static void sample(const target *t, lc_cycle *c) {
     }                                                                                          \
   } while (0)
 
-static int cycle(target *t, int i, int cold, int probes, lc_cycle *c) {
+/* Sends the probes under one lease; the first time into *first, the median
+ * of the others into *steady_ms (either may stay LC_NONE). */
+static int probes_once(target *t, int probes, double *first, double *steady_ms, lc_cycle *c) {
+  char err[512] = "";
+  const char *name = t->mc->name;
+  mb_lease lease;
+  STEP(mb_acquire(t->ctx, name, NULL, &lease, err, sizeof(err)), "acquire");
+  double times[MAX_PROBES];
+  int n = 0;
+  for (int k = 0; k < probes; k++) {
+    double ms = probe(t, err, sizeof(err));
+    if (ms == LC_NONE)
+      break;
+    if (ms < 0) {
+      fprintf(stderr, "modelbuf: bench lifecycle: probe of %s failed: %s\n", name, err);
+      if (mb_release(t->ctx, lease) != 0)
+        fprintf(stderr, "modelbuf: bench lifecycle: the lease of %s was refused\n", name);
+      return -1;
+    }
+    if (k == 0 && first)
+      *first = ms;
+    else
+      times[n++] = ms;
+    sample(t, c);
+  }
+  if (mb_release(t->ctx, lease) != 0)
+    return -1;
+  if (n > 0 && steady_ms) {
+    qsort(times, (size_t)n, sizeof(times[0]), cmp_d);
+    *steady_ms = n % 2 ? times[n / 2] : (times[n / 2 - 1] + times[n / 2]) / 2;
+  }
+  return 0;
+}
+
+/*
+ * One residency: load, probes, then `restores` rounds of offload, restore
+ * and probes, then unload. The steady footprint is sampled after the load
+ * and after every restore: its slope within the residency is the growth per
+ * restore (a worker that keeps memory on each wake-up); the footprint at the
+ * end of the residency, cycle after cycle, gives the growth per reload.
+ */
+static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle *c) {
   char err[512] = "";
   const char *name = t->mc->name;
   memset(c, 0, sizeof(*c));
@@ -161,62 +242,63 @@ static int cycle(target *t, int i, int cold, int probes, lc_cycle *c) {
   STEP(mb_load(t->ctx, name, MB_FOREVER, err, sizeof(err)), "load");
   c->load_ms = now_ms() - t0;
   sample(t, c);
+  if (probes_once(t, probes, &c->first_ms, &c->steady_ms, c) != 0)
+    return -1;
+  double series[MAX_RESTORES + 1];
+  int ns = 0;
+  uint64_t dev, host;
+  STEP(steady(t, &dev, &host), "status");
+  series[ns++] = (double)(t->kind == MB_DEVICE_HOST && dev > host ? dev : host) +
+                 (t->kind == MB_DEVICE_HOST ? 0.0 : (double)dev);
 
-  mb_lease lease;
-  STEP(mb_acquire(t->ctx, name, NULL, &lease, err, sizeof(err)), "acquire");
-  double times[MAX_PROBES];
-  int n = 0;
-  for (int k = 0; k < probes; k++) {
-    double ms = probe(t, err, sizeof(err));
-    if (ms == LC_NONE)
+  double off[MAX_RESTORES], res[MAX_RESTORES];
+  int nr = 0;
+  for (int r = 0; r < restores; r++) {
+    t0 = now_ms();
+    int rc = mb_offload(t->ctx, name, err, sizeof(err));
+    if (rc == MB_ENOTSUP)
       break;
-    if (ms < 0) {
-      fprintf(stderr, "modelbuf: bench lifecycle: probe of %s failed: %s\n", name, err);
-      if (mb_release(t->ctx, lease) != 0)
-        fprintf(stderr, "modelbuf: bench lifecycle: the lease of %s was refused\n", name);
+    if (rc != 0) {
+      fprintf(stderr, "modelbuf: bench lifecycle: offload %s: %s\n", name, err);
       return -1;
     }
-    if (k == 0)
-      c->first_ms = ms;
-    else
-      times[n++] = ms;
-    sample(t, c);
-  }
-  if (mb_release(t->ctx, lease) != 0)
-    return -1;
-  if (n > 0) {
-    qsort(times, (size_t)n, sizeof(times[0]), cmp_d);
-    c->steady_ms = n % 2 ? times[n / 2] : (times[n / 2 - 1] + times[n / 2]) / 2;
-  }
-  mb_status st;
-  STEP(mb_model_status(t->ctx, name, &st), "status");
-  c->dev_steady = st.vram_bytes;
-  uint64_t rss = rss_self();
-  c->host_steady = rss > t->rss_start ? rss - t->rss_start : 0;
-  sample(t, c);
-
-  t0 = now_ms();
-  int rc = mb_offload(t->ctx, name, err, sizeof(err));
-  if (rc == 0) {
-    c->offload_ms = now_ms() - t0;
+    off[nr] = now_ms() - t0;
+    mb_status st;
     STEP(mb_model_status(t->ctx, name, &st), "status");
-    c->host_offloaded = st.host_bytes;
+    if (st.host_bytes > c->host_offloaded)
+      c->host_offloaded = st.host_bytes;
     t0 = now_ms();
     STEP(mb_load(t->ctx, name, MB_FOREVER, err, sizeof(err)), "restore");
-    c->restore_ms = now_ms() - t0;
+    res[nr++] = now_ms() - t0;
     sample(t, c);
-  } else if (rc != MB_ENOTSUP) {
-    fprintf(stderr, "modelbuf: bench lifecycle: offload %s: %s\n", name, err);
-    return -1;
+    if (probes_once(t, probes > 1 ? 1 : probes, NULL, NULL, c) != 0)
+      return -1;
+    STEP(steady(t, &dev, &host), "status");
+    series[ns++] = (double)(t->kind == MB_DEVICE_HOST && dev > host ? dev : host) +
+                   (t->kind == MB_DEVICE_HOST ? 0.0 : (double)dev);
   }
+  if (nr > 0) {
+    qsort(off, (size_t)nr, sizeof(off[0]), cmp_d);
+    qsort(res, (size_t)nr, sizeof(res[0]), cmp_d);
+    c->offload_ms = off[nr / 2];
+    c->restore_ms = res[nr / 2];
+  }
+  c->restore_growth = lc_slope(series, ns);
+  STEP(steady(t, &c->dev_steady, &c->host_steady), "status");
+  sample(t, c);
 
   t0 = now_ms();
   STEP(mb_unload(t->ctx, name, err, sizeof(err)), "unload");
   c->unload_ms = now_ms() - t0;
   uint64_t free_after = device_free(t), rss_after = rss_self();
-  c->os_residue = (int64_t)rss_after - (int64_t)rss_before;
-  /* The host device is this process's memory: its own figure is the RSS
-   * (the machine's free memory moves with every other process). */
+  if (t->worker) {
+    /* A worker's memory is back when none of its processes is left. */
+    c->os_residue = (int64_t)mbd_worker_rss(t->worker);
+  } else {
+    c->os_residue = (int64_t)rss_after - (int64_t)rss_before;
+  }
+  /* The host device is host memory: its own figure is the OS's (the
+   * machine's free memory moves with every other process). */
   c->dev_residue = t->kind == MB_DEVICE_HOST ? c->os_residue
                                              : (int64_t)free_before - (int64_t)free_after;
   return 0;
@@ -229,7 +311,8 @@ static void usage(void) {
           "  --config FILE   the daemon configuration naming MODEL (default: $MODELBUF_CONFIG,\n"
           "                  else ./modelbuf.yaml)\n"
           "  --cycles N      load/offload/restore/unload cycles (default 5)\n"
-          "  --probes K      probe requests per cycle (default 5)\n"
+          "  --probes K      probe requests after each load (default 5)\n"
+          "  --restores R    offload/restore rounds per cycle (default 2)\n"
           "  --no-cold       keep the files in the page cache for the first load\n"
           "  --json          one JSON object instead of the report\n"
           "  --chart FILE    also draw memory per tier across the cycles (PNG, gnuplot)\n");
@@ -278,9 +361,19 @@ static int setup(const mbd_config *cfg, const mbd_model_config *mc, target *t) {
       goto fail;
     break;
   }
+  case MBD_BACKEND_PROCESS: {
+    mbd_worker_opts wo = {mc, 0, NULL, NULL};
+    if (mbd_worker_new(&wo, &t->worker, err, sizeof(err)) != 0)
+      goto fail;
+    if (mb_model_add(t->ctx, mc->name, mbd_worker_backend(t->worker), t->worker, &mo, err,
+                     sizeof(err)) != 0) {
+      t->worker = NULL; /* freed by the core */
+      goto fail;
+    }
+    break;
+  }
   default:
-    snprintf(err, sizeof(err),
-             "model '%s' uses the %s backend; this build benchmarks plugin models in process",
+    snprintf(err, sizeof(err), "model '%s' uses the %s backend, which this build cannot run",
              mc->name, mbd_backend_name(mc->backend));
     goto fail;
   }
@@ -293,7 +386,7 @@ fail:
 
 int cmd_bench_lifecycle(int argc, char **argv) {
   const char *model = NULL, *config = NULL, *chart = NULL;
-  int cycles = 5, probes = 5, cold = 1, json = 0;
+  int cycles = 5, probes = 5, restores = 2, cold = 1, json = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--config") == 0 && i + 1 < argc) {
@@ -302,6 +395,8 @@ int cmd_bench_lifecycle(int argc, char **argv) {
       cycles = atoi(argv[++i]);
     } else if (strcmp(a, "--probes") == 0 && i + 1 < argc) {
       probes = atoi(argv[++i]);
+    } else if (strcmp(a, "--restores") == 0 && i + 1 < argc) {
+      restores = atoi(argv[++i]);
     } else if (strcmp(a, "--chart") == 0 && i + 1 < argc) {
       chart = argv[++i];
     } else if (strcmp(a, "--no-cold") == 0) {
@@ -316,9 +411,11 @@ int cmd_bench_lifecycle(int argc, char **argv) {
       model = a;
     }
   }
-  if (model == NULL || cycles < 1 || cycles > MAX_CYCLES || probes < 0 || probes > MAX_PROBES) {
-    fprintf(stderr, "modelbuf: bench lifecycle: a MODEL, 1..%d cycles and 0..%d probes\n",
-            MAX_CYCLES, MAX_PROBES);
+  if (model == NULL || cycles < 1 || cycles > MAX_CYCLES || probes < 0 || probes > MAX_PROBES ||
+      restores < 0 || restores > MAX_RESTORES) {
+    fprintf(stderr,
+            "modelbuf: bench lifecycle: a MODEL, 1..%d cycles, 0..%d probes, 0..%d restores\n",
+            MAX_CYCLES, MAX_PROBES, MAX_RESTORES);
     usage();
     return CLI_EXIT_USAGE;
   }
@@ -355,7 +452,7 @@ int cmd_bench_lifecycle(int argc, char **argv) {
   lc_cycle *cy = calloc((size_t)cycles, sizeof(*cy));
   int rc = cy ? 0 : -1;
   for (int i = 0; rc == 0 && i < cycles; i++) {
-    rc = cycle(&t, i, cold && i == 0, probes, &cy[i]);
+    rc = cycle(&t, i, cold && i == 0, probes, restores, &cy[i]);
     if (rc == 0 && !json)
       fprintf(stderr, "cycle %d: load %.1f ms, unload %.1f ms\n", i, cy[i].load_ms,
               cy[i].unload_ms);

@@ -194,7 +194,7 @@ void lc_analyse(const lc_input *in, lc_report *r) {
   r->restore_ms = MEDIAN(in, restore_ms, 0);
   r->unload_ms = MEDIAN(in, unload_ms, 0);
 
-  double steady[256], residue[256];
+  double steady[256] = {0}, residue[256] = {0};
   int n = in->n < 256 ? in->n : 256;
   /* On the host device the device bytes are host RAM: one figure, not two. */
   int host_dev = in->device && strcmp(in->device, "host") == 0;
@@ -204,7 +204,10 @@ void lc_analyse(const lc_input *in, lc_report *r) {
       r->dev_peak = c->dev_peak;
     if (c->host_peak > r->host_peak)
       r->host_peak = c->host_peak;
-    steady[i] = (double)(c->dev_steady + c->host_steady);
+    /* On the host device the device bytes are host RAM: one figure. */
+    steady[i] = host_dev ? (double)(c->dev_steady > c->host_steady ? c->dev_steady
+                                                                    : c->host_steady)
+                         : (double)(c->dev_steady + c->host_steady);
     residue[i] = (double)(host_dev ? c->os_residue : c->dev_residue + c->os_residue);
   }
   if (n > 0) {
@@ -227,6 +230,11 @@ void lc_analyse(const lc_input *in, lc_report *r) {
   int skip = n >= 4 ? 1 : 0;
   r->slope_bytes = lc_slope(steady + skip, n - skip);
   r->slope_residue = lc_slope(residue + skip, n - skip);
+  double per[256] = {0};
+  for (int i = 0; i < n; i++)
+    per[i] = in->cycles[i].restore_growth;
+  qsort(per, (size_t)n, sizeof(per[0]), cmp_double);
+  r->growth_restore = n > 0 ? per[n / 2] : 0.0;
   double limit = LC_LEAK_MIN_FRACTION * (double)(r->dev_peak + r->host_peak);
   if (limit < LC_LEAK_MIN_SLOPE)
     limit = LC_LEAK_MIN_SLOPE;
@@ -237,11 +245,14 @@ void lc_analyse(const lc_input *in, lc_report *r) {
              n == 1 ? "" : "s");
   } else {
     double worst = r->slope_bytes > r->slope_residue ? r->slope_bytes : r->slope_residue;
+    int per_restore = r->growth_restore > limit && r->growth_restore > worst;
+    if (per_restore)
+      worst = r->growth_restore;
     r->leaks = worst > limit;
-    snprintf(r->verdict, sizeof(r->verdict), "%s: %s per cycle over %d cycles (limit %s)",
+    snprintf(r->verdict, sizeof(r->verdict), "%s: %s per %s over %d cycles (limit %s)",
              r->leaks ? "FAIL, memory grows" : "pass",
-             cli_fmt_bytes(worst > 0 ? (uint64_t)worst : 0, a, sizeof(a)), n,
-             cli_fmt_bytes((uint64_t)limit, b, sizeof(b)));
+             cli_fmt_bytes(worst > 0 ? (uint64_t)worst : 0, a, sizeof(a)),
+             per_restore ? "restore" : "cycle", n, cli_fmt_bytes((uint64_t)limit, b, sizeof(b)));
   }
   advise(in, r);
   if (r->leaks == 1)
@@ -331,11 +342,12 @@ char *lc_json(const lc_input *in, const lc_report *r) {
           "\"footprint_bytes\":%llu,\"device_peak_bytes\":%llu,\"device_steady_bytes\":%llu,"
           "\"host_peak_bytes\":%llu,\"host_steady_bytes\":%llu,"
           "\"reclaimed_device_pct\":%.1f,\"reclaimed_os_pct\":%.1f,"
-          "\"growth_bytes_per_cycle\":%.0f,\"residue_growth_bytes_per_cycle\":%.0f,",
+          "\"growth_bytes_per_cycle\":%.0f,\"residue_growth_bytes_per_cycle\":%.0f,"
+          "\"growth_bytes_per_restore\":%.0f,",
           (unsigned long long)r->footprint, (unsigned long long)r->dev_peak,
           (unsigned long long)r->dev_steady, (unsigned long long)r->host_peak,
           (unsigned long long)r->host_steady, r->reclaimed_dev_pct, r->reclaimed_os_pct,
-          r->slope_bytes, r->slope_residue);
+          r->slope_bytes, r->slope_residue, r->growth_restore);
   fprintf(f, "\"leak\":%s,\"verdict\":", r->leaks == 1 ? "true" : r->leaks == 0 ? "false" : "null");
   json_str(f, r->verdict);
   fprintf(f, ",\"keep_alive_ms\":%lld,\"reserve_bytes\":%llu,\"offload_when_idle\":%s,",

@@ -32,6 +32,9 @@ typedef struct lc_cycle {
    * memory now minus used memory before the load (negative: less). */
   int64_t dev_residue;
   int64_t os_residue;
+  /* Growth of the steady footprint per restore within this residency
+   * (least-squares slope over the samples after the load and each restore). */
+  double restore_growth;
 } lc_cycle;
 
 typedef struct lc_input {
@@ -57,6 +60,7 @@ typedef struct lc_report {
   double reclaimed_os_pct;   /* of the host footprint, by the OS's figure */
   double slope_bytes;      /* growth of the steady footprint per cycle (least squares) */
   double slope_residue;    /* growth of what stays after each unload, per cycle */
+  double growth_restore;   /* growth per restore within a residency (median of cycles) */
   int leaks;               /* the verdict: 1 = grows, 0 = clean, -1 = too few cycles */
   char verdict[200];
   int64_t keep_alive_ms;   /* the break-even keep-alive */

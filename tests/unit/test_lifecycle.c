@@ -97,6 +97,16 @@ static void test_leak_is_flagged(void **state) {
     cyc[i].os_residue = (int64_t)(i * 16 * MiB);
   lc_analyse(&in, &r);
   assert_int_equal(r.leaks, 1);
+  /* A worker that keeps 16 MiB per restore, restarted every cycle: the
+   * footprint at the end of each residency is flat, the growth per restore
+   * is not. */
+  in = make(6, 1 * GiB, 0, 3000, 600);
+  for (int i = 0; i < 6; i++)
+    cyc[i].restore_growth = 16.0 * MiB;
+  lc_analyse(&in, &r);
+  assert_int_equal(r.leaks, 1);
+  assert_non_null(strstr(r.verdict, "per restore"));
+  assert_true(r.growth_restore == 16.0 * MiB);
   /* Two cycles are too few to say. */
   in = make(2, 1 * GiB, 64 * MiB, 3000, 600);
   lc_analyse(&in, &r);

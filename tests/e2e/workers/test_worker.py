@@ -117,7 +117,10 @@ class H(BaseHTTPRequestHandler):
             state["host"] = None
             state["location"] = "device"
             if a.grow_mb:
-                state["kept"].append(bytearray(b"\1" * (a.grow_mb * MiB)))
+                blk = bytearray(a.grow_mb * MiB)  # exactly N MiB, no temporary copy
+                for i in range(0, len(blk), 4096):
+                    blk[i] = 1
+                state["kept"].append(blk)
             return self.send_json(200, {"location": "device"})
         if u.path == "/cleanup":
             return self.send_json(200, {"freed": 0})
