@@ -1,5 +1,5 @@
 #!/bin/sh
-# proxy.sh [BUILD] - modelbufd's proxy overhead, measured in one run against
+# proxy.sh [BUILD] (default $MODELBUF_BUILD, else build) - modelbufd's proxy overhead, measured in one run against
 # baselines on the same machine:
 #   direct   client -> upstream
 #   nginx    client -> nginx (plain reverse proxy, upstream keep-alive) -> upstream
@@ -9,7 +9,7 @@
 # Without nginx installed the nginx row is skipped and ratios are to direct.
 # Env: CONNS (64), SECS (5).
 set -eu
-build=${1:-build}
+build=${1:-${MODELBUF_BUILD:-build}}
 conns=${CONNS:-64}
 secs=${SECS:-5}
 dir=$(mktemp -d /tmp/mbd-bench.XXXXXX)

@@ -69,7 +69,9 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
       "last_load_ms", st.stats.last_load_ms, "avg_load_ms", st.stats.avg_load_ms,
       "last_restore_ms", st.stats.last_restore_ms, "last_offload_ms", st.stats.last_offload_ms,
       "queue_wait_ms_buckets", buckets);
+  pthread_rwlock_rdlock(&d->reload_rw);
   pid_t pid = m->worker ? mbd_worker_pid(m->worker) : 0;
+  pthread_rwlock_unlock(&d->reload_rw);
   json_t *aliases = json_array();
   for (size_t i = 0; i < m->mc->n_aliases; i++)
     json_array_append_new(aliases, json_string(m->mc->aliases[i]));
@@ -261,7 +263,8 @@ static MHD_RESULT model_action(mbd *d, struct MHD_Connection *c, mbd_model *m,
     char url[128] = "";
     char lease[32];
     snprintf(lease, sizeof(lease), "%llu", (unsigned long long)l.id);
-    if (m->worker && mbd_worker_url(m->worker, url, sizeof(url)) != 0)
+    mbd_model *cur = mbd_current(d, m); /* the lease keeps it from a reload */
+    if (cur != NULL && cur->worker && mbd_worker_url(cur->worker, url, sizeof(url)) != 0)
       url[0] = '\0';
     json_t *o = json_pack("{s:s,s:s,s:s}", "lease", lease, "model", m->name, "url",
                           url[0] ? url : "");
@@ -284,14 +287,18 @@ static MHD_RESULT model_action(mbd *d, struct MHD_Connection *c, mbd_model *m,
 }
 
 static MHD_RESULT logs(mbd *d, struct MHD_Connection *c, mbd_model *m) {
-  (void)d;
-  if (m->worker == NULL)
-    return mbd_reply_text(c, 200, "text/plain; charset=utf-8", "", 0);
-  size_t cap = 256 * 1024;
+  size_t cap = 256 * 1024, n = 0;
   char *buf = malloc(cap);
   if (buf == NULL)
     return MHD_NO;
-  size_t n = mbd_worker_logs(m->worker, buf, cap);
+  pthread_rwlock_rdlock(&d->reload_rw);
+  if (m->worker != NULL)
+    n = mbd_worker_logs(m->worker, buf, cap);
+  pthread_rwlock_unlock(&d->reload_rw);
+  if (n == 0) {
+    free(buf);
+    return mbd_reply_text(c, 200, "text/plain; charset=utf-8", "", 0);
+  }
   const char *tail = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "tail");
   char *start = buf;
   if (tail) {
@@ -607,11 +614,13 @@ static MHD_RESULT health(mbd *d, struct MHD_Connection *c) {
 static MHD_RESULT cleanup(mbd *d, struct MHD_Connection *c) {
   const mbd_models *ms = mbd_models_get(d);
   json_t *done = json_array();
+  pthread_rwlock_rdlock(&d->reload_rw);
   for (size_t i = 0; i < ms->n; i++) {
     char err[256];
     if (ms->m[i]->worker && mbd_worker_cleanup(ms->m[i]->worker, err, sizeof(err)) == 0)
       json_array_append_new(done, json_string(ms->m[i]->name));
   }
+  pthread_rwlock_unlock(&d->reload_rw);
   return mbd_reply_json(c, 200,
                         json_pack("{s:o,s:o}", "cleaned", done, "devices", devices_json(d)));
 }

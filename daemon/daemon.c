@@ -56,6 +56,8 @@ static mbd_model *find_in(const mbd_models *ms, const char *name) {
 
 mbd_model *mbd_find_name(mbd *d, const char *name) { return find_in(mbd_models_get(d), name); }
 
+mbd_model *mbd_current(mbd *d, mbd_model *m) { return find_in(mbd_models_get(d), m->name); }
+
 mbd_model *mbd_find(mbd *d, const char *name) {
   const mbd_models *ms = mbd_models_get(d);
   mbd_model *m = find_in(ms, name);
@@ -269,6 +271,7 @@ int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) {
   d->log_level = cfg->log_level;
   d->started_ms = wall_ms();
   pthread_mutex_init(&d->mu, NULL);
+  pthread_rwlock_init(&d->reload_rw, NULL);
   pthread_cond_init(&d->ev_cv, NULL);
   d->ev_next = 1;
 
@@ -355,6 +358,7 @@ void mbd_reload(mbd *d, mbd_config *cfg) {
     return;
   }
   /* Models gone or changed leave the core first (after their work drains). */
+  pthread_rwlock_wrlock(&d->reload_rw);
   for (size_t i = 0; i < old->n; i++) {
     mbd_model *om = old->m[i];
     const mbd_model_config *nmc = NULL;
@@ -381,6 +385,7 @@ void mbd_reload(mbd *d, mbd_config *cfg) {
     mbd_log(d, MBD_LOG_INFO, nmc != NULL ? "reload: model changed" : "reload: model removed",
             "model=%s", om->name);
   }
+  pthread_rwlock_unlock(&d->reload_rw);
   /* The new set in the new file's order; unchanged models carry over. */
   for (size_t j = 0; j < cfg->n_models; j++) {
     mbd_model *keepm = NULL;
@@ -446,6 +451,7 @@ void mbd_stop(mbd *d) {
   free(d->old_cfgs);
   mbd_config_free(d->cfg);
   pthread_mutex_destroy(&d->mu);
+  pthread_rwlock_destroy(&d->reload_rw);
   pthread_cond_destroy(&d->ev_cv);
   free(d);
 }

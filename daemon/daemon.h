@@ -62,6 +62,10 @@ typedef struct mbd {
   int64_t started_ms;       /* wall clock */
   mbd_log_level log_level;
 
+  /* Held for writing while a reload removes models (their workers are
+   * destroyed), for reading by whoever uses a model's worker without holding
+   * a lease on it. */
+  pthread_rwlock_t reload_rw;
   pthread_mutex_t mu;       /* models' counters, the event ring, leases */
   pthread_cond_t ev_cv;
   mbd_event_entry ring[MBD_EVENT_RING];
@@ -82,6 +86,12 @@ void mbd_stop(mbd *d);
 
 /* The current models (never NULL). */
 const mbd_models *mbd_models_get(mbd *d);
+/*
+ * The current entry of m's model after a lease on it was granted: an entry
+ * from an older snapshot may belong to a model a reload replaced. NULL if
+ * the model is gone.
+ */
+mbd_model *mbd_current(mbd *d, mbd_model *m);
 mbd_model *mbd_find(mbd *d, const char *name);            /* name or alias */
 mbd_model *mbd_find_name(mbd *d, const char *name);       /* name only */
 

@@ -538,6 +538,14 @@ static MHD_RESULT to_model(mbd *d, struct MHD_Connection *c, mbd_model *m, const
     return mbd_reply_error(c, status, code, err[0] ? err : mb_strerror(rc),
                            status == 503 ? 1 : 0);
   }
+  /* The lease keeps the model from a reload; use its current entry. */
+  mbd_model *cur = mbd_current(d, m);
+  if (cur == NULL) {
+    if (mb_release(d->ctx, got.lease) != 0)
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
+    return mbd_reply_error(c, 404, "not_found", "the model was removed by a reload", 0);
+  }
+  m = cur;
   if (m->plugin)
     return serve_plugin(d, c, m, method, path, r, &got);
   return forward(d, c, m, method, path, r, &got);

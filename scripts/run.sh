@@ -17,7 +17,8 @@ In another terminal:
   curl -s -X POST $url/api/models/echo/offload             # to host RAM (hooks)
   curl -sN $url/api/events                                 # every state change, live
   curl -s $url/metrics | grep modelbuf_model_state
-  curl -s -X POST $url/api/models/torch/load               # the PyTorch worker
+  curl -s $url/v1/completions -d '{"model": "tiny-gpt", "prompt": "hello", "max_tokens": 8}'   # PyTorch, cold load
+  curl -s -X POST $url/api/models/torch/offload            # its weights to host RAM; the next request restores
 
 Logs below are one logfmt line per event.
 MSG
