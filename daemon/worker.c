@@ -60,6 +60,7 @@ struct mbd_worker {
   void *line_arg;
 
   pthread_mutex_t mu;
+  pthread_mutex_t life; /* backend ops and the restart of a dead worker */
   pid_t pid;      /* 0 when not running */
   int port;
   int gpu;        /* CUDA ordinal, -1 on the host device */
@@ -155,6 +156,7 @@ int mbd_worker_new(const mbd_worker_opts *o, mbd_worker **out, char *err, size_t
   if (w == NULL)
     return MB_ENOMEM;
   pthread_mutex_init(&w->mu, NULL);
+  pthread_mutex_init(&w->life, NULL);
   pthread_cond_init(&w->cv, NULL);
   w->out_fd = -1;
   w->name = strdup(mc->name);
@@ -215,6 +217,7 @@ void mbd_worker_free(mbd_worker *w) {
   free_hook(&w->cleanup);
   free(w->ring);
   pthread_mutex_destroy(&w->mu);
+  pthread_mutex_destroy(&w->life);
   pthread_cond_destroy(&w->cv);
   free(w);
 }
@@ -698,23 +701,50 @@ int mbd_worker_busy_end(mbd_worker *w) {
 /* ------------------------------------------------------------------------ */
 /* The backend                                                               */
 
+static int w_load_locked(mbd_worker *w, mb_op *op);
+
 static int w_load(mb_op *op) {
   mbd_worker *w = op->user;
+  pthread_mutex_lock(&w->life);
+  int rc = w_load_locked(w, op);
+  pthread_mutex_unlock(&w->life);
+  return rc;
+}
+
+static int w_load_locked(mbd_worker *w, mb_op *op) {
   unpin_files(w);
   w->offloaded_by_stop = w->offloaded_by_hook = 0;
   return start_process(w, op);
 }
 
+static int w_unload_locked(mbd_worker *w, mb_op *op);
+
 static int w_unload(mb_op *op) {
   mbd_worker *w = op->user;
+  pthread_mutex_lock(&w->life);
+  int rc = w_unload_locked(w, op);
+  pthread_mutex_unlock(&w->life);
+  return rc;
+}
+
+static int w_unload_locked(mbd_worker *w, mb_op *op) {
   stop_process(w);
   unpin_files(w);
   w->offloaded_by_stop = w->offloaded_by_hook = 0;
   return 0;
 }
 
+static int w_offload_locked(mbd_worker *w, mb_op *op);
+
 static int w_offload(mb_op *op) {
   mbd_worker *w = op->user;
+  pthread_mutex_lock(&w->life);
+  int rc = w_offload_locked(w, op);
+  pthread_mutex_unlock(&w->life);
+  return rc;
+}
+
+static int w_offload_locked(mbd_worker *w, mb_op *op) {
   if (w->offload.path) {
     int rc = call_hook(w, &w->offload, "offload", op->err, op->err_len);
     w->offloaded_by_hook = rc == 0;
@@ -727,8 +757,17 @@ static int w_offload(mb_op *op) {
   return 0;
 }
 
+static int w_restore_locked(mbd_worker *w, mb_op *op);
+
 static int w_restore(mb_op *op) {
   mbd_worker *w = op->user;
+  pthread_mutex_lock(&w->life);
+  int rc = w_restore_locked(w, op);
+  pthread_mutex_unlock(&w->life);
+  return rc;
+}
+
+static int w_restore_locked(mbd_worker *w, mb_op *op) {
   if (!w->offloaded_by_stop) {
     int rc = call_hook(w, &w->restore, "restore", op->err, op->err_len);
     if (rc == 0)
@@ -796,12 +835,55 @@ const mb_backend *mbd_worker_backend(const mbd_worker *w) {
 /* ------------------------------------------------------------------------ */
 /* Getters                                                                   */
 
+/* 1 when the running worker has exited or was killed by the busy watchdog
+ * (it is not reaped here: stop_process does that). */
+static int worker_dead(mbd_worker *w) {
+  pthread_mutex_lock(&w->mu);
+  pid_t pid = w->pid;
+  int killed = w->killed_busy;
+  pthread_mutex_unlock(&w->mu);
+  if (pid <= 0)
+    return 0;
+  if (killed)
+    return 1;
+  siginfo_t si;
+  memset(&si, 0, sizeof(si));
+  return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid;
+}
+
+/* A worker that died while serving (crash, busy_timeout) is started again
+ * on its next use, on the device it was placed on. Called with w->life. */
+static int restart_if_dead(mbd_worker *w) {
+  if (!worker_dead(w))
+    return 0;
+  stop_process(w);
+  if (w->offloaded_by_hook || w->offloaded_by_stop)
+    return MB_ESTATE;
+  char err[512];
+  mb_op op;
+  memset(&op, 0, sizeof(op));
+  op.model = w->name;
+  op.user = w;
+  op.device_kind = w->gpu >= 0 ? MB_DEVICE_CUDA : MB_DEVICE_HOST;
+  op.device_ordinal = w->gpu >= 0 ? w->gpu : 0;
+  op.err = err;
+  op.err_len = sizeof(err);
+  err[0] = '\0';
+  int rc = start_process(w, &op);
+  if (rc != 0 && w->on_line)
+    w->on_line(w->line_arg, w->name, err);
+  return rc;
+}
+
 int mbd_worker_url(mbd_worker *w, char *buf, size_t len) {
+  pthread_mutex_lock(&w->life);
+  int rc = restart_if_dead(w);
   pthread_mutex_lock(&w->mu);
   int running = w->pid > 0;
   int port = w->port;
   pthread_mutex_unlock(&w->mu);
-  if (!running)
+  pthread_mutex_unlock(&w->life);
+  if (rc != 0 || !running)
     return MB_ESTATE;
   snprintf(buf, len, "http://127.0.0.1:%d", port);
   return 0;

@@ -55,7 +55,9 @@ void mbd_worker_free(mbd_worker *w);
 const mb_backend *mbd_worker_backend(const mbd_worker *w);
 
 /* While running: "http://127.0.0.1:PORT" into buf; MB_ESTATE otherwise.
- * Thread-safe. */
+ * A worker that died while serving (it crashed, or the busy watchdog killed
+ * it) is started again here first, on the device it was placed on, so the
+ * proxy calls this before each forwarded request. Thread-safe. */
 int mbd_worker_url(mbd_worker *w, char *buf, size_t len);
 
 /* The worker's pid while running, else 0. Thread-safe. */
