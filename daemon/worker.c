@@ -481,7 +481,7 @@ static void stop_process(mbd_worker *w) {
 
 static void *watchdog_main(void *arg);
 
-static int start_process(mbd_worker *w, mb_op *op) {
+static int start_once(mbd_worker *w, mb_op *op) {
   char msg[400];
   w->gpu = op->device_kind == MB_DEVICE_CUDA ? op->device_ordinal : -1;
   w->port = w->fixed_port > 0 ? w->fixed_port : free_port();
@@ -602,6 +602,22 @@ static int start_process(mbd_worker *w, mb_op *op) {
   if (w->busy_timeout_ms > 0)
     w->watchdog_on = pthread_create(&w->watchdog, NULL, watchdog_main, w) == 0;
   return 0;
+}
+
+/* Starts the worker. A port the daemon picked can be taken by someone else
+ * between the check and the worker's bind: when the worker then exits
+ * saying the address is in use, it is started again on a new port. */
+static int start_process(mbd_worker *w, mb_op *op) {
+  for (int attempt = 0;; attempt++) {
+    int rc = start_once(w, op);
+    if (rc != MB_ELOAD || w->fixed_port > 0 || attempt >= 3 || op->err == NULL ||
+        strcasestr(op->err, "before it was ready") == NULL ||
+        (strcasestr(op->err, "address already in use") == NULL &&
+         strcasestr(op->err, "address in use") == NULL))
+      return rc;
+    if (w->on_line)
+      w->on_line(w->line_arg, w->name, "modelbufd: the worker's port was taken; trying another");
+  }
 }
 
 /* ------------------------------------------------------------------------ */

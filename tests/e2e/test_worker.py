@@ -43,6 +43,15 @@ WEIGHT_FILE = os.path.join(WEIGHTS, "weights.bin")
 with open(WEIGHT_FILE, "wb") as f:
     f.write(os.urandom(8 * MiB))
 
+# Exits the first time as a worker whose port was taken between the daemon's
+# check and its bind does, then runs the test worker.
+FLAG = os.path.join(WEIGHTS, "port-race-once")
+PORT_RACE = json.dumps(["/bin/sh", "-c",
+                        f"if [ ! -e {FLAG} ]; then touch {FLAG}; "
+                        "echo 'OSError: [Errno 98] Address already in use'; exit 1; fi; "
+                        f"exec /usr/bin/python3 {os.path.join(HERE, 'workers', 'test_worker.py')} "
+                        "--port \"$0\"", "${PORT}"])
+
 CONFIG = f"""
 devices: [{{host: true, budget: 2GiB}}]
 host_memory: 256MiB
@@ -71,6 +80,8 @@ models:
     files: [{WEIGHT_FILE}]
   fat:
     cmd: {worker("--alloc-mb", "64")}
+  portrace:
+    cmd: {PORT_RACE}
 """
 
 
@@ -133,6 +144,13 @@ def test_start_timeout_fails_the_load_and_kills_the_worker(d):
     assert "last output:" in st["error"] and "/health" in st["error"].split("last output:")[1]
     after = {c for c, _ in children_of(d.proc.pid)}
     assert after <= before  # nothing left of it, zombie or not
+
+
+def test_port_taken_before_the_bind_gets_a_new_port(d):
+    st = load(d, "portrace")
+    assert os.path.exists(FLAG) and st["pid"] is not None
+    # Without the retry this load fails with the worker's exit status 1.
+    assert d.post("/m/portrace/infer", {})[0] == 200
 
 
 def test_failing_hook_gives_a_clear_error(d):
