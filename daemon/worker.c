@@ -28,6 +28,7 @@
 #include <dirent.h>
 
 #include "expand.h"
+#include "nvml.h"
 #include "worker.h"
 
 extern char **environ;
@@ -60,7 +61,8 @@ struct mbd_worker {
   void *line_arg;
 
   pthread_mutex_t mu;
-  pthread_mutex_t life; /* backend ops and the restart of a dead worker */
+  pthread_mutex_t life;
+  uint64_t peak_bytes; /* highest device footprint measured (w->mu) */ /* backend ops and the restart of a dead worker */
   pid_t pid;      /* 0 when not running */
   int port;
   int gpu;        /* CUDA ordinal, -1 on the host device */
@@ -459,9 +461,17 @@ static void stop_threads(mbd_worker *w) {
   }
 }
 
-/* Stops the group: SIGTERM, SIGKILL after stop_timeout, reap. */
+static uint64_t group_walk(pid_t pgid, int *pids, size_t max, size_t *n_out);
+
+/* Stops the group: SIGTERM, SIGKILL after stop_timeout, reap. On a GPU,
+ * then waits (bounded) until NVML no longer lists its processes, so the
+ * next load sees the memory back. */
 static void stop_process(mbd_worker *w) {
   pid_t pid = w->pid;
+  int pids[64];
+  size_t n_pids = 0;
+  if (pid > 0 && w->gpu >= 0)
+    group_walk(pid, pids, sizeof(pids) / sizeof(pids[0]), &n_pids);
   if (pid > 0) {
     int status;
     kill(-pid, SIGTERM);
@@ -477,6 +487,8 @@ static void stop_process(mbd_worker *w) {
   pthread_mutex_lock(&w->mu);
   w->pid = 0;
   pthread_mutex_unlock(&w->mu);
+  if (n_pids > 0)
+    (void)mb__nvml_wait_released(w->gpu, pids, n_pids, MBD_WORKER_RELEASE_WAIT_MS);
 }
 
 static void *watchdog_main(void *arg);
@@ -801,7 +813,15 @@ static int w_restore_locked(mbd_worker *w, mb_op *op) {
 static int w_usage(mb_op *op, mb_usage *u) {
   mbd_worker *w = op->user;
   uint64_t rss = mbd_worker_rss(w);
-  if (w->offloaded_by_stop) {
+  pid_t pgid = mbd_worker_pid(w);
+  uint64_t vram = 0;
+  /* On a GPU with NVML: the device memory of the group's processes is the
+   * device footprint and RSS is host memory. */
+  if (w->gpu >= 0 && pgid > 0 &&
+      mb__nvml_group_bytes(w->gpu, pgid, &vram, NULL, NULL, 0) == 0) {
+    u->device_bytes = vram;
+    u->host_bytes = rss;
+  } else if (w->offloaded_by_stop) {
     uint64_t held = 0;
     for (size_t i = 0; i < w->n_pins; i++)
       held += w->pins[i].len;
@@ -815,6 +835,10 @@ static int w_usage(mb_op *op, mb_usage *u) {
     u->device_bytes = rss;
     u->host_bytes = 0;
   }
+  pthread_mutex_lock(&w->mu);
+  if (u->device_bytes > w->peak_bytes)
+    w->peak_bytes = u->device_bytes;
+  pthread_mutex_unlock(&w->mu);
   return 0;
 }
 
@@ -913,10 +937,12 @@ pid_t mbd_worker_pid(mbd_worker *w) {
 }
 
 /* RSS of every process whose group is the worker's. */
-uint64_t mbd_worker_rss(mbd_worker *w) {
-  pid_t pgid = mbd_worker_pid(w);
-  if (pgid <= 0)
-    return 0;
+/* Resident bytes of every process of group pgid; their pids into pids (at
+ * most max, count in *n) when pids is not NULL. */
+static uint64_t group_walk(pid_t pgid, int *pids, size_t max, size_t *n_out) {
+  size_t np = 0;
+  if (n_out)
+    *n_out = 0;
   DIR *d = opendir("/proc");
   if (d == NULL)
     return 0;
@@ -940,6 +966,8 @@ uint64_t mbd_worker_rss(mbd_worker *w) {
     char state;
     if (p == NULL || sscanf(p + 1, " %c %d %d", &state, &ppid, &pg) != 3 || pg != pgid)
       continue;
+    if (pids && np < max)
+      pids[np++] = atoi(e->d_name);
     snprintf(path, sizeof(path), "/proc/%s/statm", e->d_name);
     f = fopen(path, "r");
     unsigned long long size, res;
@@ -949,7 +977,21 @@ uint64_t mbd_worker_rss(mbd_worker *w) {
       fclose(f);
   }
   closedir(d);
+  if (n_out)
+    *n_out = np;
   return total;
+}
+
+uint64_t mbd_worker_rss(mbd_worker *w) {
+  pid_t pgid = mbd_worker_pid(w);
+  return pgid > 0 ? group_walk(pgid, NULL, 0, NULL) : 0;
+}
+
+uint64_t mbd_worker_peak_bytes(mbd_worker *w) {
+  pthread_mutex_lock(&w->mu);
+  uint64_t peak = w->peak_bytes;
+  pthread_mutex_unlock(&w->mu);
+  return peak;
 }
 
 int mbd_worker_cleanup(mbd_worker *w, char *err, size_t err_len) {

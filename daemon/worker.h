@@ -68,8 +68,18 @@ pid_t mbd_worker_pid(mbd_worker *w);
 size_t mbd_worker_logs(mbd_worker *w, char *out, size_t len);
 
 /* Resident memory of its process group (every process of it), bytes.
- * Thread-safe. */
+ * Thread-safe. The backend's usage reports it as the device footprint on the
+ * host device; on a GPU with NVML, the device footprint is the group's
+ * per-process GPU memory and RSS is host memory. */
 uint64_t mbd_worker_rss(mbd_worker *w);
+
+/* The highest device footprint measured by the backend's usage (bytes),
+ * over the worker's life. Thread-safe. */
+uint64_t mbd_worker_peak_bytes(mbd_worker *w);
+
+/* After a worker on a GPU stops, how long unload waits at most for NVML to
+ * stop listing its processes (the driver frees their memory then). */
+#define MBD_WORKER_RELEASE_WAIT_MS 5000
 
 /* Calls the cleanup hook when it has one and is running: 0, MB_ENOTSUP (no
  * hook), MB_ESTATE (not running), MB_EBACKEND with a message. Thread-safe. */
