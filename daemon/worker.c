@@ -28,6 +28,7 @@
 #include <dirent.h>
 
 #include "expand.h"
+#include "nvml.h"
 #include "worker.h"
 
 extern char **environ;
@@ -60,6 +61,8 @@ struct mbd_worker {
   void *line_arg;
 
   pthread_mutex_t mu;
+  pthread_mutex_t life;
+  uint64_t peak_bytes; /* highest device footprint measured (w->mu) */ /* backend ops and the restart of a dead worker */
   pid_t pid;      /* 0 when not running */
   int port;
   int gpu;        /* CUDA ordinal, -1 on the host device */
@@ -155,6 +158,7 @@ int mbd_worker_new(const mbd_worker_opts *o, mbd_worker **out, char *err, size_t
   if (w == NULL)
     return MB_ENOMEM;
   pthread_mutex_init(&w->mu, NULL);
+  pthread_mutex_init(&w->life, NULL);
   pthread_cond_init(&w->cv, NULL);
   w->out_fd = -1;
   w->name = strdup(mc->name);
@@ -215,6 +219,7 @@ void mbd_worker_free(mbd_worker *w) {
   free_hook(&w->cleanup);
   free(w->ring);
   pthread_mutex_destroy(&w->mu);
+  pthread_mutex_destroy(&w->life);
   pthread_cond_destroy(&w->cv);
   free(w);
 }
@@ -456,9 +461,17 @@ static void stop_threads(mbd_worker *w) {
   }
 }
 
-/* Stops the group: SIGTERM, SIGKILL after stop_timeout, reap. */
+static uint64_t group_walk(pid_t pgid, int *pids, size_t max, size_t *n_out);
+
+/* Stops the group: SIGTERM, SIGKILL after stop_timeout, reap. On a GPU,
+ * then waits (bounded) until NVML no longer lists its processes, so the
+ * next load sees the memory back. */
 static void stop_process(mbd_worker *w) {
   pid_t pid = w->pid;
+  int pids[64];
+  size_t n_pids = 0;
+  if (pid > 0 && w->gpu >= 0)
+    group_walk(pid, pids, sizeof(pids) / sizeof(pids[0]), &n_pids);
   if (pid > 0) {
     int status;
     kill(-pid, SIGTERM);
@@ -474,11 +487,13 @@ static void stop_process(mbd_worker *w) {
   pthread_mutex_lock(&w->mu);
   w->pid = 0;
   pthread_mutex_unlock(&w->mu);
+  if (n_pids > 0)
+    (void)mb__nvml_wait_released(w->gpu, pids, n_pids, MBD_WORKER_RELEASE_WAIT_MS);
 }
 
 static void *watchdog_main(void *arg);
 
-static int start_process(mbd_worker *w, mb_op *op) {
+static int start_once(mbd_worker *w, mb_op *op) {
   char msg[400];
   w->gpu = op->device_kind == MB_DEVICE_CUDA ? op->device_ordinal : -1;
   w->port = w->fixed_port > 0 ? w->fixed_port : free_port();
@@ -601,6 +616,22 @@ static int start_process(mbd_worker *w, mb_op *op) {
   return 0;
 }
 
+/* Starts the worker. A port the daemon picked can be taken by someone else
+ * between the check and the worker's bind: when the worker then exits
+ * saying the address is in use, it is started again on a new port. */
+static int start_process(mbd_worker *w, mb_op *op) {
+  for (int attempt = 0;; attempt++) {
+    int rc = start_once(w, op);
+    if (rc != MB_ELOAD || w->fixed_port > 0 || attempt >= 3 || op->err == NULL ||
+        strcasestr(op->err, "before it was ready") == NULL ||
+        (strcasestr(op->err, "address already in use") == NULL &&
+         strcasestr(op->err, "address in use") == NULL))
+      return rc;
+    if (w->on_line)
+      w->on_line(w->line_arg, w->name, "modelbufd: the worker's port was taken; trying another");
+  }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Host tier without hooks: files kept in RAM                                */
 
@@ -698,23 +729,50 @@ int mbd_worker_busy_end(mbd_worker *w) {
 /* ------------------------------------------------------------------------ */
 /* The backend                                                               */
 
+static int w_load_locked(mbd_worker *w, mb_op *op);
+
 static int w_load(mb_op *op) {
   mbd_worker *w = op->user;
+  pthread_mutex_lock(&w->life);
+  int rc = w_load_locked(w, op);
+  pthread_mutex_unlock(&w->life);
+  return rc;
+}
+
+static int w_load_locked(mbd_worker *w, mb_op *op) {
   unpin_files(w);
   w->offloaded_by_stop = w->offloaded_by_hook = 0;
   return start_process(w, op);
 }
 
+static int w_unload_locked(mbd_worker *w, mb_op *op);
+
 static int w_unload(mb_op *op) {
   mbd_worker *w = op->user;
+  pthread_mutex_lock(&w->life);
+  int rc = w_unload_locked(w, op);
+  pthread_mutex_unlock(&w->life);
+  return rc;
+}
+
+static int w_unload_locked(mbd_worker *w, mb_op *op) {
   stop_process(w);
   unpin_files(w);
   w->offloaded_by_stop = w->offloaded_by_hook = 0;
   return 0;
 }
 
+static int w_offload_locked(mbd_worker *w, mb_op *op);
+
 static int w_offload(mb_op *op) {
   mbd_worker *w = op->user;
+  pthread_mutex_lock(&w->life);
+  int rc = w_offload_locked(w, op);
+  pthread_mutex_unlock(&w->life);
+  return rc;
+}
+
+static int w_offload_locked(mbd_worker *w, mb_op *op) {
   if (w->offload.path) {
     int rc = call_hook(w, &w->offload, "offload", op->err, op->err_len);
     w->offloaded_by_hook = rc == 0;
@@ -727,8 +785,17 @@ static int w_offload(mb_op *op) {
   return 0;
 }
 
+static int w_restore_locked(mbd_worker *w, mb_op *op);
+
 static int w_restore(mb_op *op) {
   mbd_worker *w = op->user;
+  pthread_mutex_lock(&w->life);
+  int rc = w_restore_locked(w, op);
+  pthread_mutex_unlock(&w->life);
+  return rc;
+}
+
+static int w_restore_locked(mbd_worker *w, mb_op *op) {
   if (!w->offloaded_by_stop) {
     int rc = call_hook(w, &w->restore, "restore", op->err, op->err_len);
     if (rc == 0)
@@ -746,7 +813,15 @@ static int w_restore(mb_op *op) {
 static int w_usage(mb_op *op, mb_usage *u) {
   mbd_worker *w = op->user;
   uint64_t rss = mbd_worker_rss(w);
-  if (w->offloaded_by_stop) {
+  pid_t pgid = mbd_worker_pid(w);
+  uint64_t vram = 0;
+  /* On a GPU with NVML: the device memory of the group's processes is the
+   * device footprint and RSS is host memory. */
+  if (w->gpu >= 0 && pgid > 0 &&
+      mb__nvml_group_bytes(w->gpu, pgid, &vram, NULL, NULL, 0) == 0) {
+    u->device_bytes = vram;
+    u->host_bytes = rss;
+  } else if (w->offloaded_by_stop) {
     uint64_t held = 0;
     for (size_t i = 0; i < w->n_pins; i++)
       held += w->pins[i].len;
@@ -760,6 +835,10 @@ static int w_usage(mb_op *op, mb_usage *u) {
     u->device_bytes = rss;
     u->host_bytes = 0;
   }
+  pthread_mutex_lock(&w->mu);
+  if (u->device_bytes > w->peak_bytes)
+    w->peak_bytes = u->device_bytes;
+  pthread_mutex_unlock(&w->mu);
   return 0;
 }
 
@@ -796,12 +875,55 @@ const mb_backend *mbd_worker_backend(const mbd_worker *w) {
 /* ------------------------------------------------------------------------ */
 /* Getters                                                                   */
 
+/* 1 when the running worker has exited or was killed by the busy watchdog
+ * (it is not reaped here: stop_process does that). */
+static int worker_dead(mbd_worker *w) {
+  pthread_mutex_lock(&w->mu);
+  pid_t pid = w->pid;
+  int killed = w->killed_busy;
+  pthread_mutex_unlock(&w->mu);
+  if (pid <= 0)
+    return 0;
+  if (killed)
+    return 1;
+  siginfo_t si;
+  memset(&si, 0, sizeof(si));
+  return waitid(P_PID, (id_t)pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == pid;
+}
+
+/* A worker that died while serving (crash, busy_timeout) is started again
+ * on its next use, on the device it was placed on. Called with w->life. */
+static int restart_if_dead(mbd_worker *w) {
+  if (!worker_dead(w))
+    return 0;
+  stop_process(w);
+  if (w->offloaded_by_hook || w->offloaded_by_stop)
+    return MB_ESTATE;
+  char err[512];
+  mb_op op;
+  memset(&op, 0, sizeof(op));
+  op.model = w->name;
+  op.user = w;
+  op.device_kind = w->gpu >= 0 ? MB_DEVICE_CUDA : MB_DEVICE_HOST;
+  op.device_ordinal = w->gpu >= 0 ? w->gpu : 0;
+  op.err = err;
+  op.err_len = sizeof(err);
+  err[0] = '\0';
+  int rc = start_process(w, &op);
+  if (rc != 0 && w->on_line)
+    w->on_line(w->line_arg, w->name, err);
+  return rc;
+}
+
 int mbd_worker_url(mbd_worker *w, char *buf, size_t len) {
+  pthread_mutex_lock(&w->life);
+  int rc = restart_if_dead(w);
   pthread_mutex_lock(&w->mu);
   int running = w->pid > 0;
   int port = w->port;
   pthread_mutex_unlock(&w->mu);
-  if (!running)
+  pthread_mutex_unlock(&w->life);
+  if (rc != 0 || !running)
     return MB_ESTATE;
   snprintf(buf, len, "http://127.0.0.1:%d", port);
   return 0;
@@ -815,10 +937,12 @@ pid_t mbd_worker_pid(mbd_worker *w) {
 }
 
 /* RSS of every process whose group is the worker's. */
-uint64_t mbd_worker_rss(mbd_worker *w) {
-  pid_t pgid = mbd_worker_pid(w);
-  if (pgid <= 0)
-    return 0;
+/* Resident bytes of every process of group pgid; their pids into pids (at
+ * most max, count in *n) when pids is not NULL. */
+static uint64_t group_walk(pid_t pgid, int *pids, size_t max, size_t *n_out) {
+  size_t np = 0;
+  if (n_out)
+    *n_out = 0;
   DIR *d = opendir("/proc");
   if (d == NULL)
     return 0;
@@ -842,6 +966,8 @@ uint64_t mbd_worker_rss(mbd_worker *w) {
     char state;
     if (p == NULL || sscanf(p + 1, " %c %d %d", &state, &ppid, &pg) != 3 || pg != pgid)
       continue;
+    if (pids && np < max)
+      pids[np++] = atoi(e->d_name);
     snprintf(path, sizeof(path), "/proc/%s/statm", e->d_name);
     f = fopen(path, "r");
     unsigned long long size, res;
@@ -851,7 +977,21 @@ uint64_t mbd_worker_rss(mbd_worker *w) {
       fclose(f);
   }
   closedir(d);
+  if (n_out)
+    *n_out = np;
   return total;
+}
+
+uint64_t mbd_worker_rss(mbd_worker *w) {
+  pid_t pgid = mbd_worker_pid(w);
+  return pgid > 0 ? group_walk(pgid, NULL, 0, NULL) : 0;
+}
+
+uint64_t mbd_worker_peak_bytes(mbd_worker *w) {
+  pthread_mutex_lock(&w->mu);
+  uint64_t peak = w->peak_bytes;
+  pthread_mutex_unlock(&w->mu);
+  return peak;
 }
 
 int mbd_worker_cleanup(mbd_worker *w, char *err, size_t err_len) {

@@ -55,7 +55,9 @@ void mbd_worker_free(mbd_worker *w);
 const mb_backend *mbd_worker_backend(const mbd_worker *w);
 
 /* While running: "http://127.0.0.1:PORT" into buf; MB_ESTATE otherwise.
- * Thread-safe. */
+ * A worker that died while serving (it crashed, or the busy watchdog killed
+ * it) is started again here first, on the device it was placed on, so the
+ * proxy calls this before each forwarded request. Thread-safe. */
 int mbd_worker_url(mbd_worker *w, char *buf, size_t len);
 
 /* The worker's pid while running, else 0. Thread-safe. */
@@ -66,8 +68,18 @@ pid_t mbd_worker_pid(mbd_worker *w);
 size_t mbd_worker_logs(mbd_worker *w, char *out, size_t len);
 
 /* Resident memory of its process group (every process of it), bytes.
- * Thread-safe. */
+ * Thread-safe. The backend's usage reports it as the device footprint on the
+ * host device; on a GPU with NVML, the device footprint is the group's
+ * per-process GPU memory and RSS is host memory. */
 uint64_t mbd_worker_rss(mbd_worker *w);
+
+/* The highest device footprint measured by the backend's usage (bytes),
+ * over the worker's life. Thread-safe. */
+uint64_t mbd_worker_peak_bytes(mbd_worker *w);
+
+/* After a worker on a GPU stops, how long unload waits at most for NVML to
+ * stop listing its processes (the driver frees their memory then). */
+#define MBD_WORKER_RELEASE_WAIT_MS 5000
 
 /* Calls the cleanup hook when it has one and is running: 0, MB_ENOTSUP (no
  * hook), MB_ESTATE (not running), MB_EBACKEND with a message. Thread-safe. */
