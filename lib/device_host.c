@@ -4,6 +4,7 @@
  * machine without one. Its capacity is the machine's RAM unless a capacity
  * or budget is configured.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/sysinfo.h>
@@ -56,4 +57,100 @@ int mb__device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total, uint6
   mb__set_err(err, err_len,
               "cuda:%d: CUDA devices are not measured by this build; give capacity_bytes", ordinal);
   return MB_ENODEV;
+}
+
+/* ---- device handles ---------------------------------------------------- */
+
+struct mb__dev {
+  mb_device_kind kind;
+  int ordinal;
+};
+
+void *mb__aligned_alloc(size_t align, size_t bytes) {
+  if (bytes > SIZE_MAX - align - sizeof(void *))
+    return NULL;
+  char *raw = mb__malloc(bytes + align + sizeof(void *));
+  if (raw == NULL)
+    return NULL;
+  uintptr_t a = ((uintptr_t)raw + sizeof(void *) + align - 1) & ~(uintptr_t)(align - 1);
+  ((void **)a)[-1] = raw;
+  return (void *)a;
+}
+
+void mb__aligned_free(void *p) {
+  if (p != NULL)
+    mb__free(((void **)p)[-1]);
+}
+
+int mb__dev_open(mb_device_kind kind, int ordinal, mb__dev **out, char *err, size_t err_len) {
+  *out = NULL;
+  if (kind != MB_DEVICE_HOST) {
+    mb__set_err(err, err_len, "cuda:%d: this build's tensor engine serves only the host device",
+                ordinal);
+    return MB_ENODEV;
+  }
+  mb__dev *d = mb__calloc(1, sizeof(*d));
+  if (d == NULL) {
+    mb__set_err(err, err_len, "out of memory");
+    return MB_ENOMEM;
+  }
+  d->kind = kind;
+  d->ordinal = ordinal;
+  *out = d;
+  return 0;
+}
+
+void mb__dev_close(mb__dev *d) { mb__free(d); }
+
+mb_device_kind mb__dev_kind(const mb__dev *d) { return d->kind; }
+
+int mb__dev_mem_info(mb__dev *d, uint64_t *total, uint64_t *free_bytes, char *err,
+                     size_t err_len) {
+  return mb__device_mem_info(d->kind, d->ordinal, total, free_bytes, err, err_len);
+}
+
+int mb__dev_alloc(mb__dev *d, size_t bytes, uint64_t *dptr, char *err, size_t err_len) {
+  (void)d;
+  *dptr = 0;
+  void *p = bytes > 0 ? mb__aligned_alloc(MB_DEV_ALIGN, bytes) : NULL;
+  if (p == NULL) {
+    mb__set_err(err, err_len, "host device: cannot allocate %zu bytes", bytes);
+    return MB_ENOMEM;
+  }
+  *dptr = (uint64_t)(uintptr_t)p;
+  return 0;
+}
+
+void mb__dev_free(mb__dev *d, uint64_t dptr) {
+  (void)d;
+  mb__aligned_free((void *)(uintptr_t)dptr);
+}
+
+int mb__dev_host_alloc(mb__dev *d, size_t bytes, void **out, char *err, size_t err_len) {
+  (void)d;
+  *out = bytes > 0 ? mb__aligned_alloc(MB_DEV_ALIGN, bytes) : NULL;
+  if (*out == NULL) {
+    mb__set_err(err, err_len, "cannot allocate %zu bytes of staging memory", bytes);
+    return MB_ENOMEM;
+  }
+  return 0;
+}
+
+void mb__dev_host_free(mb__dev *d, void *p) {
+  (void)d;
+  mb__aligned_free(p);
+}
+
+int mb__dev_h2d(mb__dev *d, uint64_t dst, const void *src, size_t n, int stream, char *err,
+                size_t err_len) {
+  (void)d, (void)stream, (void)err, (void)err_len;
+  memcpy((void *)(uintptr_t)dst, src, n);
+  return 0;
+}
+
+int mb__dev_d2h(mb__dev *d, void *dst, uint64_t src, size_t n, int stream, char *err,
+                size_t err_len) {
+  (void)d, (void)stream, (void)err, (void)err_len;
+  memcpy(dst, (const void *)(uintptr_t)src, n);
+  return 0;
 }
