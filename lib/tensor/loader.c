@@ -112,7 +112,7 @@ typedef struct lstate {
   _Atomic uint64_t next;   /* global chunk cursor over all files */
   uint64_t total_chunks;
   uint64_t *first_chunk;   /* per file: index of its first chunk */
-  _Atomic uint64_t done_bytes;
+  uint64_t done_bytes;      /* under mu */
   uint64_t total_bytes;
   const mb__load_opts *opts;
   const volatile int *cancel;
@@ -217,12 +217,11 @@ static void *reader(void *arg) {
       fail(s, MB_EIO, "%s: read failed: %s", f->path, strerror(r));
       break;
     }
-    uint64_t done = atomic_fetch_add(&s->done_bytes, n) + n;
-    if (s->opts->progress != NULL) {
-      pthread_mutex_lock(&s->mu);
-      s->opts->progress(s->opts->progress_user, done, s->total_bytes);
-      pthread_mutex_unlock(&s->mu);
-    }
+    pthread_mutex_lock(&s->mu);
+    s->done_bytes += n; /* under the lock so progress only ever grows */
+    if (s->opts->progress != NULL)
+      s->opts->progress(s->opts->progress_user, s->done_bytes, s->total_bytes);
+    pthread_mutex_unlock(&s->mu);
   }
   mb__dev_host_free(s->dev, stage);
   return NULL;

@@ -50,12 +50,13 @@ static unsigned char *slurp(const char *path, size_t *len) {
 typedef struct prog {
   uint64_t last, total;
   int calls;
+  int bad;
 } prog;
 
 static void on_progress(void *user, uint64_t done, uint64_t total) {
-  prog *p = user;
-  assert_true(done > p->last);
-  assert_true(done <= total);
+  prog *p = user; /* called on reader threads: no cmocka asserts here */
+  if (done <= p->last || done > total)
+    p->bad++;
   p->last = done;
   p->total = total;
   p->calls++;
@@ -81,6 +82,7 @@ static void load_and_compare(char paths[][512], size_t n, size_t chunk, int thre
   int rc = mb__load_files(d, files, &l, arena, &o, NULL, err, sizeof(err));
   if (rc != 0)
     fail_msg("load: %s", err);
+  assert_int_equal(p.bad, 0);
   assert_int_equal(p.last, l.data_bytes);
   assert_int_equal(p.total, l.data_bytes);
   for (size_t i = 0; i < n; i++) {
