@@ -177,13 +177,21 @@ int cmd_bench_tensors(int argc, char **argv) {
       goto load_fail;
     t = gbps((double)l.arena_bytes, now_s() - t0);
     best_res = t > best_res ? t : best_res;
-    /* baseline: plain memcpy bandwidth between the same buffers */
+    /* baseline: plain memcpy between the same buffers (host device), or
+     * one pinned host<->device copy of the whole arena per direction
+     * (GPU: the bandwidth a copy can reach) */
     t0 = now_s();
-    memcpy(host, (void *)(uintptr_t)arena, (size_t)l.arena_bytes);
+    if (dk == MB_DEVICE_HOST)
+      memcpy(host, (void *)(uintptr_t)arena, (size_t)l.arena_bytes);
+    else if (mb__dev_d2h(d, host, arena, (size_t)l.arena_bytes, 1, err, sizeof(err)) != 0)
+      goto load_fail;
     t = gbps((double)l.arena_bytes, now_s() - t0);
     best_memcpy_d2h = t > best_memcpy_d2h ? t : best_memcpy_d2h;
     t0 = now_s();
-    memcpy((void *)(uintptr_t)arena, host, (size_t)l.arena_bytes);
+    if (dk == MB_DEVICE_HOST)
+      memcpy((void *)(uintptr_t)arena, host, (size_t)l.arena_bytes);
+    else if (mb__dev_h2d(d, arena, host, (size_t)l.arena_bytes, 1, err, sizeof(err)) != 0)
+      goto load_fail;
     t = gbps((double)l.arena_bytes, now_s() - t0);
     best_memcpy_h2d = t > best_memcpy_h2d ? t : best_memcpy_h2d;
   }

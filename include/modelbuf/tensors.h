@@ -229,8 +229,10 @@ MB_EXTERN int mb_tensor_file_metadata(const mb_tensor_file *f, size_t index,
  * reused, device memory freed), restore (copied back) and unload (all tiers
  * freed) on its loader threads. docs/TENSORS.md has an example.
  *
- * Only the host device is served by this build; a model placed on a CUDA
- * device fails to load with MB_ENODEV and a message.
+ * Devices: the host device, and CUDA devices when the library was built
+ * with the CUDA headers and the driver (libcuda.so.1) and a GPU are present
+ * at run time; otherwise a model placed on a CUDA device fails to load with
+ * MB_ENODEV and a message giving the reason.
  */
 typedef struct mb_tensors_model mb_tensors_model;
 
