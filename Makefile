@@ -9,7 +9,7 @@ MESON_OPTS ?=
 # CI builds treat warnings as errors; so do we by default.
 WERROR     ?= true
 
-.PHONY: all deps build run test asan tsan fuzz bench clean
+.PHONY: all deps build run test test-gpu asan tsan fuzz bench clean
 
 all: build
 
@@ -64,6 +64,10 @@ fuzz: deps $(FUZZ_BUILD)/build.ninja
 bench: build
 	@scripts/deps.sh --bench
 	bench/run $(BUILD)
+
+# GPU tests (tests/gpu): need a CUDA driver and a GPU; exit 77 without one.
+test-gpu: build
+	$(BUILD)/tests/gpu/test_cuda_device
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)

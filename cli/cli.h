@@ -25,6 +25,7 @@ int cmd_inspect(int argc, char **argv);
 int cmd_mkmodel(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bench_lifecycle(int argc, char **argv);
+int cmd_bench_tensors(int argc, char **argv);
 int cmd_sim(int argc, char **argv);
 
 /* Prints "Usage: modelbuf NAME ARGS" and the summary of one command. */

@@ -502,6 +502,9 @@ int cmd_bench_lifecycle(int argc, char **argv) {
 int cmd_bench(int argc, char **argv) {
   if (argc >= 2 && strcmp(argv[1], "lifecycle") == 0)
     return cmd_bench_lifecycle(argc - 1, argv + 1);
+  if (argc >= 2 && (!strcmp(argv[1], "load") || !strcmp(argv[1], "offload") ||
+                    !strcmp(argv[1], "restore")))
+    return cmd_bench_tensors(argc - 1, argv + 1);
   fprintf(stderr, "modelbuf: bench: unknown benchmark '%s'\n", argc >= 2 ? argv[1] : "");
   usage();
   return CLI_EXIT_USAGE;

@@ -17,8 +17,8 @@ static const cli_command commands[] = {
   {"mkmodel", "--format safetensors|gguf --size SIZE [--tensors N] [--seed S] OUT",
    "write a valid synthetic weight file of about SIZE bytes", cmd_mkmodel},
   {"bench", "lifecycle MODEL [--config FILE] [--cycles N] [--probes K] [--no-cold] [--json] "
-            "[--chart FILE]",
-   "measure a model's lifecycle: load, inference, offload, restore, unload, memory, leaks",
+            "[--chart FILE] | load|offload|restore FILE [--device host|cuda:N] [--json] [--cycles N]",
+   "measure a model's lifecycle, or the tensor engine against read/memcpy baselines",
    cmd_bench},
 #ifdef MB_CLI_SIM
   {"sim", "(--models F | --gen-models N) (--trace F | --gen SPEC) [--policy P] ...",

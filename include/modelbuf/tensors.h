@@ -217,6 +217,79 @@ MB_EXTERN size_t mb_tensor_file_metadata_count(const mb_tensor_file *f);
 MB_EXTERN int mb_tensor_file_metadata(const mb_tensor_file *f, size_t index,
                                       mb_tensor_meta *out) MB_WUR;
 
+
+/* ------------------------------------------------------------------------ */
+/* The tensors backend                                                       */
+
+/*
+ * A tensors model: a list of weight files loaded as one unit into one device
+ * arena (every file's tensor data, each file aligned to 4096 bytes). Give
+ * mb_tensors_backend() and the model to mb_model_add(); the core then runs
+ * load, offload (arena copied to a host buffer allocated once per model and
+ * reused, device memory freed), restore (copied back) and unload (all tiers
+ * freed) on its loader threads. docs/TENSORS.md has an example.
+ *
+ * Devices: the host device, and CUDA devices when the library was built
+ * with the CUDA headers and the driver (libcuda.so.1) and a GPU are present
+ * at run time; otherwise a model placed on a CUDA device fails to load with
+ * MB_ENODEV and a message giving the reason.
+ */
+typedef struct mb_tensors_model mb_tensors_model;
+
+/* Loader knobs. Zero means the default. */
+typedef struct mb_tensors_opts {
+  size_t chunk_bytes; /* bytes per read (default 8 MiB; rounded up to 4096) */
+  int threads;        /* reader threads (default 4, at most 64) */
+  int io;             /* 0: direct I/O when the file is mostly not in the page
+                         cache, else buffered; 1: always buffered; 2: always
+                         direct (falls back to buffered where the file system
+                         refuses O_DIRECT) */
+} mb_tensors_opts;
+
+/*
+ * Creates a model from npaths weight files (headers are opened and
+ * validated now; tensor data is read at each load). Tensor names must be
+ * unique across the files. opts may be NULL. On success *out owns copies of
+ * everything it needs; free it with mb_tensors_model_free(), or let the core
+ * do it (the backend's destroy) once the model was added with mb_model_add().
+ * Errors: MB_EINVAL (no paths, duplicate names), MB_EFORMAT / MB_EIO from
+ * mb_tensor_file_open(), MB_ENOMEM; *out is NULL and a message is in err.
+ */
+MB_EXTERN int mb_tensors_model_new(const char *const *paths, size_t npaths,
+                                   const mb_tensors_opts *opts, mb_tensors_model **out, char *err,
+                                   size_t err_len) MB_WUR;
+
+/* Frees a model that is not loaded (or was never added). NULL is ignored. */
+MB_EXTERN void mb_tensors_model_free(mb_tensors_model *m);
+
+/* The backend vtable (static storage; user is a mb_tensors_model *). */
+MB_EXTERN const mb_backend *mb_tensors_backend(void);
+
+/* Bytes of the arena (the device footprint once loaded): use it as the
+ * model's footprint_bytes. */
+MB_EXTERN uint64_t mb_tensors_model_bytes(const mb_tensors_model *m);
+
+/* A tensor of a loaded model. */
+typedef struct mb_tensor_ref {
+  const char *name;     /* owned by the model */
+  mb_dtype dtype;
+  int ndim;
+  uint64_t shape[MB_TENSOR_MAX_DIMS]; /* as the file stores them */
+  uint64_t device_ptr;  /* device address (a host address on the host device) */
+  uint64_t size_bytes;
+} mb_tensor_ref;
+
+/*
+ * Looks up a tensor by name in a loaded model. device_ptr is valid while the
+ * model stays READY: hold a lease (mb_acquire) while using it. Thread-safe
+ * against the core's operations. Errors: MB_ENOENT (no such tensor),
+ * MB_ESTATE (the model is not on its device now).
+ */
+MB_EXTERN int mb_tensors_find(mb_tensors_model *m, const char *name, mb_tensor_ref *out) MB_WUR;
+
+/* Number of tensors over all files of the model. */
+MB_EXTERN size_t mb_tensors_count(const mb_tensors_model *m);
+
 #ifdef __cplusplus
 }
 #endif

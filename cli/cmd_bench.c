@@ -1,0 +1,252 @@
+/*
+ * cmd_bench.c - `modelbuf bench load|offload|restore FILE`: the tensor
+ * engine measured against baselines taken in the same run on the same file
+ * (docs/TENSORS.md): direct-I/O sequential read (cold), buffered read of the
+ * cached file (warm), memcpy bandwidth of the host device, and a naive loader
+ * (whole file into malloc, then one copy). Prints GB/s for each and the
+ * ratios; --json prints one object with a top-level "ratio".
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "modelbuf/tensors.h"
+#include "cli.h"
+#include "device.h"
+#include "tensor/loader.h"
+
+#define BLOCK (8u << 20)
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void drop_cache(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return;
+  fdatasync(fd);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  close(fd);
+}
+
+/* Sequential read of the whole file in BLOCK pieces; bytes read or -1. */
+static long long read_file(const char *path, int direct, void *buf) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+  if (fd < 0 && direct)
+    fd = open(path, O_RDONLY | O_CLOEXEC); /* no O_DIRECT here (tmpfs) */
+  if (fd < 0)
+    return -1;
+  long long total = 0;
+  for (;;) {
+    ssize_t r = read(fd, buf, BLOCK);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    total += r;
+  }
+  close(fd);
+  return total;
+}
+
+static double gbps(double bytes, double secs) { return secs > 0 ? bytes / secs / 1e9 : 0; }
+
+static int usage_err(void) {
+  fprintf(stderr, "Usage: modelbuf bench load|offload|restore FILE [--device host|cuda:N] "
+                  "[--json] [--cycles N] [--threads N] [--chunk SIZE]\n");
+  return CLI_EXIT_USAGE;
+}
+
+int cmd_bench_tensors(int argc, char **argv) {
+  const char *kind = argv[0], *path = NULL, *device = "host";
+  int json = 0, cycles = 3, threads = 0;
+  uint64_t chunk = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--json") == 0)
+      json = 1;
+    else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
+      device = argv[++i];
+    else if (strcmp(argv[i], "--cycles") == 0 && i + 1 < argc)
+      cycles = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+      threads = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--chunk") == 0 && i + 1 < argc) {
+      if (cli_parse_size(argv[++i], &chunk) != 0)
+        return usage_err();
+    } else if (argv[i][0] != '-' && path == NULL)
+      path = argv[i];
+    else
+      return usage_err();
+  }
+  if (path == NULL || cycles < 1 || cycles > 1000 || threads < 0 || threads > MB_LOAD_MAX_THREADS)
+    return usage_err();
+  mb_device_kind dk = MB_DEVICE_HOST;
+  int ordinal = 0;
+  if (strncmp(device, "cuda:", 5) == 0) {
+    dk = MB_DEVICE_CUDA;
+    ordinal = atoi(device + 5);
+  } else if (strcmp(device, "host") != 0) {
+    return usage_err();
+  }
+
+  char err[512] = "";
+  mb__dev *d = NULL;
+  mb_tensor_file *f = NULL;
+  mb__layout l = {0};
+  uint64_t arena = 0;
+  void *host = NULL, *buf = NULL, *naive = NULL;
+  int rc = CLI_EXIT_FAIL;
+  if (mb__dev_open(dk, ordinal, &d, err, sizeof(err)) != 0 ||
+      mb_tensor_file_open(path, &f, err, sizeof(err)) != 0) {
+    fprintf(stderr, "modelbuf: bench %s: %s\n", kind, err);
+    goto out;
+  }
+  if (mb__layout_make(&f, 1, &l) != 0 || l.arena_bytes == 0 ||
+      mb__dev_alloc(d, (size_t)l.arena_bytes, &arena, err, sizeof(err)) != 0 ||
+      mb__dev_host_alloc(d, (size_t)l.arena_bytes, &host, err, sizeof(err)) != 0 ||
+      mb__dev_host_alloc(d, BLOCK, &buf, err, sizeof(err)) != 0 ||
+      (naive = malloc((size_t)mb_tensor_file_size(f))) == NULL) {
+    fprintf(stderr, "modelbuf: bench %s: cannot allocate: %s\n", kind, err);
+    goto out;
+  }
+  double file_bytes = (double)mb_tensor_file_size(f), data = (double)l.data_bytes;
+  double best_direct = 0, best_buffered = 0, best_memcpy_h2d = 0, best_memcpy_d2h = 0,
+         best_naive = 0, best_cold = 0, best_warm = 0, best_off = 0, best_res = 0;
+  mb__load_opts lo = {.chunk_bytes = (size_t)chunk, .threads = threads};
+  for (int c = 0; c < cycles; c++) {
+    double t0, t;
+    /* baseline: cold direct-I/O read */
+    drop_cache(path);
+    t0 = now_s();
+    if (read_file(path, 1, buf) < 0)
+      goto io_fail;
+    t = gbps(file_bytes, now_s() - t0);
+    best_direct = t > best_direct ? t : best_direct;
+    /* modelbuf cold load */
+    drop_cache(path);
+    t0 = now_s();
+    if (mb__load_files(d, &f, &l, arena, &lo, NULL, err, sizeof(err)) != 0)
+      goto load_fail;
+    t = gbps(data, now_s() - t0);
+    best_cold = t > best_cold ? t : best_cold;
+    /* baseline: buffered read of the cached file */
+    read_file(path, 0, buf);
+    t0 = now_s();
+    if (read_file(path, 0, buf) < 0)
+      goto io_fail;
+    t = gbps(file_bytes, now_s() - t0);
+    best_buffered = t > best_buffered ? t : best_buffered;
+    /* modelbuf warm load */
+    t0 = now_s();
+    if (mb__load_files(d, &f, &l, arena, &lo, NULL, err, sizeof(err)) != 0)
+      goto load_fail;
+    t = gbps(data, now_s() - t0);
+    best_warm = t > best_warm ? t : best_warm;
+    /* baseline: naive loader (whole file into malloc, then one copy) */
+    t0 = now_s();
+    int nfd = open(path, O_RDONLY | O_CLOEXEC);
+    if (nfd < 0)
+      goto io_fail;
+    size_t got = 0, want = (size_t)file_bytes;
+    while (got < want) {
+      ssize_t r = read(nfd, (char *)naive + got, want - got);
+      if (r <= 0)
+        break;
+      got += (size_t)r;
+    }
+    close(nfd);
+    mb__dev_h2d(d, arena, (char *)naive + l.span_start[0], (size_t)l.span_bytes[0], 0, err,
+                sizeof(err));
+    t = gbps(data, now_s() - t0);
+    best_naive = t > best_naive ? t : best_naive;
+    /* modelbuf offload and restore: the backend's copies */
+    t0 = now_s();
+    if (mb__dev_d2h(d, host, arena, (size_t)l.arena_bytes, 0, err, sizeof(err)) != 0)
+      goto load_fail;
+    t = gbps((double)l.arena_bytes, now_s() - t0);
+    best_off = t > best_off ? t : best_off;
+    t0 = now_s();
+    if (mb__dev_h2d(d, arena, host, (size_t)l.arena_bytes, 0, err, sizeof(err)) != 0)
+      goto load_fail;
+    t = gbps((double)l.arena_bytes, now_s() - t0);
+    best_res = t > best_res ? t : best_res;
+    /* baseline: plain memcpy between the same buffers (host device), or
+     * one pinned host<->device copy of the whole arena per direction
+     * (GPU: the bandwidth a copy can reach) */
+    t0 = now_s();
+    if (dk == MB_DEVICE_HOST)
+      memcpy(host, (void *)(uintptr_t)arena, (size_t)l.arena_bytes);
+    else if (mb__dev_d2h(d, host, arena, (size_t)l.arena_bytes, 1, err, sizeof(err)) != 0)
+      goto load_fail;
+    t = gbps((double)l.arena_bytes, now_s() - t0);
+    best_memcpy_d2h = t > best_memcpy_d2h ? t : best_memcpy_d2h;
+    t0 = now_s();
+    if (dk == MB_DEVICE_HOST)
+      memcpy((void *)(uintptr_t)arena, host, (size_t)l.arena_bytes);
+    else if (mb__dev_h2d(d, arena, host, (size_t)l.arena_bytes, 1, err, sizeof(err)) != 0)
+      goto load_fail;
+    t = gbps((double)l.arena_bytes, now_s() - t0);
+    best_memcpy_h2d = t > best_memcpy_h2d ? t : best_memcpy_h2d;
+  }
+  double r_cold = best_direct > 0 ? best_cold / best_direct : 0;
+  double r_warm = best_buffered > 0 ? best_warm / best_buffered : 0;
+  double r_naive = best_naive > 0 ? best_warm / best_naive : 0;
+  double r_off = best_memcpy_d2h > 0 ? best_off / best_memcpy_d2h : 0;
+  double r_res = best_memcpy_h2d > 0 ? best_res / best_memcpy_h2d : 0;
+  double ratio = strcmp(kind, "load") == 0 ? (r_cold < r_warm ? r_cold : r_warm)
+                 : strcmp(kind, "offload") == 0 ? r_off
+                                                : r_res;
+  if (json) {
+    printf("{\"bench\":\"%s\",\"file\":\"%s\",\"device\":\"%s\",\"bytes\":%.0f,\"cycles\":%d,"
+           "\"ratio\":%.3f,\"gbps\":{\"direct_read\":%.3f,\"buffered_read\":%.3f,"
+           "\"memcpy_h2d\":%.3f,\"memcpy_d2h\":%.3f,\"naive_load\":%.3f,\"load_cold\":%.3f,"
+           "\"load_warm\":%.3f,\"offload\":%.3f,\"restore\":%.3f},"
+           "\"ratios\":{\"load_cold_vs_direct\":%.3f,\"load_warm_vs_buffered\":%.3f,"
+           "\"load_warm_vs_naive\":%.3f,\"offload_vs_memcpy\":%.3f,\"restore_vs_memcpy\":%.3f}}\n",
+           kind, path, device, data, cycles, ratio, best_direct, best_buffered, best_memcpy_h2d,
+           best_memcpy_d2h, best_naive, best_cold, best_warm, best_off, best_res, r_cold, r_warm,
+           r_naive, r_off, r_res);
+  } else {
+    printf("bench %s: %s, %.1f MiB of tensor data, device %s, best of %d\n", kind, path,
+           data / 1048576.0, device, cycles);
+    printf("  baseline direct-I/O read (cold)   %7.2f GB/s\n", best_direct);
+    printf("  baseline buffered read (warm)     %7.2f GB/s\n", best_buffered);
+    printf("  baseline memcpy h2d / d2h         %7.2f / %.2f GB/s\n", best_memcpy_h2d,
+           best_memcpy_d2h);
+    printf("  baseline naive loader (warm)      %7.2f GB/s\n", best_naive);
+    printf("  modelbuf load cold                %7.2f GB/s  ratio %.2f vs direct read\n",
+           best_cold, r_cold);
+    printf("  modelbuf load warm                %7.2f GB/s  ratio %.2f vs buffered read, "
+           "%.2f vs naive\n", best_warm, r_warm, r_naive);
+    printf("  modelbuf offload                  %7.2f GB/s  ratio %.2f vs memcpy\n", best_off,
+           r_off);
+    printf("  modelbuf restore                  %7.2f GB/s  ratio %.2f vs memcpy\n", best_res,
+           r_res);
+    printf("ratio %.3f\n", ratio);
+  }
+  rc = CLI_EXIT_OK;
+  goto out;
+io_fail:
+  fprintf(stderr, "modelbuf: bench %s: cannot read %s: %s\n", kind, path, strerror(errno));
+  goto out;
+load_fail:
+  fprintf(stderr, "modelbuf: bench %s: %s\n", kind, err);
+out:
+  free(naive);
+  if (d != NULL) {
+    mb__dev_host_free(d, buf);
+    mb__dev_host_free(d, host);
+    mb__dev_free(d, arena);
+    mb__dev_close(d);
+  }
+  mb__layout_free(&l);
+  mb_tensor_file_close(f);
+  return rc;
+}

@@ -1,0 +1,264 @@
+/*
+ * backend_tensors.c - the tensors backend: weight files loaded into one
+ * device arena by the pipelined loader; offload to a host buffer kept for the
+ * model's lifetime; restore copies back (include/modelbuf/tensors.h).
+ */
+#include <pthread.h>
+#include <string.h>
+
+#include "modelbuf/tensors.h"
+#include "alloc.h"
+#include "device.h"
+#include "tensor/loader.h"
+
+struct mb_tensors_model {
+  mb_tensor_file **files;
+  size_t nfiles;
+  mb__layout layout;
+  mb_tensors_opts opts;
+  pthread_mutex_t mu; /* guards the fields below against lookups */
+  mb__dev *dev;       /* open while the arena or the host copy exists */
+  uint64_t arena;     /* device arena; 0 when not on the device */
+  void *host;         /* host copy (allocated on first offload, kept) */
+  int host_valid;     /* host holds the arena's contents (OFFLOADED) */
+};
+
+void mb_tensors_model_free(mb_tensors_model *m) {
+  if (m == NULL)
+    return;
+  if (m->dev != NULL) {
+    mb__dev_free(m->dev, m->arena);
+    mb__dev_host_free(m->dev, m->host);
+    mb__dev_close(m->dev);
+  }
+  for (size_t i = 0; i < m->nfiles; i++)
+    mb_tensor_file_close(m->files[i]);
+  mb__free(m->files);
+  mb__layout_free(&m->layout);
+  pthread_mutex_destroy(&m->mu);
+  mb__free(m);
+}
+
+int mb_tensors_model_new(const char *const *paths, size_t npaths, const mb_tensors_opts *opts,
+                         mb_tensors_model **out, char *err, size_t err_len) {
+  *out = NULL;
+  if (paths == NULL || npaths == 0) {
+    mb__set_err(err, err_len, "tensors: no weight files given");
+    return MB_EINVAL;
+  }
+  mb_tensors_model *m = mb__calloc(1, sizeof(*m));
+  if (m == NULL || (m->files = mb__calloc(npaths, sizeof(*m->files))) == NULL) {
+    mb__free(m);
+    mb__set_err(err, err_len, "out of memory");
+    return MB_ENOMEM;
+  }
+  pthread_mutex_init(&m->mu, NULL);
+  if (opts != NULL)
+    m->opts = *opts;
+  int rc = 0;
+  for (size_t i = 0; i < npaths && rc == 0; i++) {
+    rc = mb_tensor_file_open(paths[i], &m->files[i], err, err_len);
+    if (rc == 0)
+      m->nfiles++;
+  }
+  /* tensor names are unique across the files */
+  for (size_t i = 0; i < m->nfiles && rc == 0; i++) {
+    size_t cnt = mb_tensor_file_count(m->files[i]);
+    for (size_t k = 0; k < cnt && rc == 0; k++) {
+      mb_tensor_info ti;
+      if (mb_tensor_file_info(m->files[i], k, &ti) != 0)
+        continue;
+      for (size_t j = 0; j < i && rc == 0; j++) {
+        mb_tensor_info other;
+        if (mb_tensor_file_find(m->files[j], ti.name, &other, NULL) == 0) {
+          mb__set_err(err, err_len, "tensors: tensor '%s' is in both %s and %s", ti.name,
+                      mb_tensor_file_path(m->files[j]), mb_tensor_file_path(m->files[i]));
+          rc = MB_EINVAL;
+        }
+      }
+    }
+  }
+  if (rc == 0 && mb__layout_make(m->files, m->nfiles, &m->layout) != 0) {
+    mb__set_err(err, err_len, "out of memory");
+    rc = MB_ENOMEM;
+  }
+  if (rc != 0) {
+    mb_tensors_model_free(m);
+    return rc;
+  }
+  *out = m;
+  return 0;
+}
+
+uint64_t mb_tensors_model_bytes(const mb_tensors_model *m) { return m->layout.arena_bytes; }
+
+size_t mb_tensors_count(const mb_tensors_model *m) {
+  size_t n = 0;
+  for (size_t i = 0; i < m->nfiles; i++)
+    n += mb_tensor_file_count(m->files[i]);
+  return n;
+}
+
+int mb_tensors_find(mb_tensors_model *m, const char *name, mb_tensor_ref *out) {
+  for (size_t i = 0; i < m->nfiles; i++) {
+    mb_tensor_info ti;
+    if (mb_tensor_file_find(m->files[i], name, &ti, NULL) != 0)
+      continue;
+    pthread_mutex_lock(&m->mu);
+    uint64_t arena = m->arena;
+    pthread_mutex_unlock(&m->mu);
+    if (arena == 0)
+      return MB_ESTATE;
+    memset(out, 0, sizeof(*out));
+    out->name = ti.name;
+    out->dtype = ti.dtype;
+    out->ndim = ti.ndim;
+    memcpy(out->shape, ti.shape, sizeof(out->shape));
+    out->device_ptr = arena + m->layout.base[i] + (ti.offset - m->layout.span_start[i]);
+    out->size_bytes = ti.size_bytes;
+    return 0;
+  }
+  return MB_ENOENT;
+}
+
+static void on_progress(void *user, uint64_t done, uint64_t total) {
+  mb_op_progress(user, done, total);
+}
+
+/* Opens the device of op if not open. */
+static int ensure_dev(mb_tensors_model *m, mb_op *op) {
+  if (m->dev != NULL)
+    return 0;
+  mb__dev *d = NULL;
+  int rc = mb__dev_open(op->device_kind, op->device_ordinal, &d, op->err, op->err_len);
+  if (rc != 0)
+    return rc;
+  pthread_mutex_lock(&m->mu);
+  m->dev = d;
+  pthread_mutex_unlock(&m->mu);
+  return 0;
+}
+
+static void set_arena(mb_tensors_model *m, uint64_t arena) {
+  pthread_mutex_lock(&m->mu);
+  m->arena = arena;
+  pthread_mutex_unlock(&m->mu);
+}
+
+/* Frees everything; the model can be loaded again. */
+static void release_all(mb_tensors_model *m) {
+  pthread_mutex_lock(&m->mu);
+  mb__dev *d = m->dev;
+  uint64_t arena = m->arena;
+  void *host = m->host;
+  m->dev = NULL;
+  m->arena = 0;
+  m->host = NULL;
+  m->host_valid = 0;
+  pthread_mutex_unlock(&m->mu);
+  if (d != NULL) {
+    mb__dev_free(d, arena);
+    mb__dev_host_free(d, host);
+    mb__dev_close(d);
+  }
+}
+
+static int t_load(mb_op *op) {
+  mb_tensors_model *m = op->user;
+  int rc = ensure_dev(m, op);
+  if (rc != 0)
+    return rc;
+  uint64_t arena = 0;
+  uint64_t bytes = m->layout.arena_bytes > 0 ? m->layout.arena_bytes : MB_DEV_ALIGN;
+  rc = mb__dev_alloc(m->dev, (size_t)bytes, &arena, op->err, op->err_len);
+  if (rc == 0) {
+    mb__load_opts lo = {.chunk_bytes = m->opts.chunk_bytes,
+                        .threads = m->opts.threads,
+                        .io = (mb__io_mode)m->opts.io,
+                        .progress = on_progress,
+                        .progress_user = op};
+    rc = mb__load_files(m->dev, m->files, &m->layout, arena, &lo, NULL, op->err, op->err_len);
+    if (rc != 0)
+      mb__dev_free(m->dev, arena);
+    else
+      set_arena(m, arena);
+  }
+  if (rc != 0)
+    release_all(m);
+  return rc;
+}
+
+static int t_offload(mb_op *op) {
+  mb_tensors_model *m = op->user;
+  size_t bytes = (size_t)m->layout.arena_bytes;
+  if (m->host == NULL && bytes > 0) {
+    void *h = NULL;
+    int rc = mb__dev_host_alloc(m->dev, bytes, &h, op->err, op->err_len);
+    if (rc != 0)
+      return rc;
+    pthread_mutex_lock(&m->mu);
+    m->host = h;
+    pthread_mutex_unlock(&m->mu);
+  }
+  if (bytes > 0) {
+    int rc = mb__dev_d2h(m->dev, m->host, m->arena, bytes, 0, op->err, op->err_len);
+    if (rc != 0)
+      return rc;
+  }
+  uint64_t arena = m->arena;
+  set_arena(m, 0);
+  mb__dev_free(m->dev, arena);
+  m->host_valid = 1;
+  return 0;
+}
+
+static int t_restore(mb_op *op) {
+  mb_tensors_model *m = op->user;
+  uint64_t arena = 0;
+  uint64_t bytes = m->layout.arena_bytes > 0 ? m->layout.arena_bytes : MB_DEV_ALIGN;
+  int rc = mb__dev_alloc(m->dev, (size_t)bytes, &arena, op->err, op->err_len);
+  if (rc != 0)
+    return rc;
+  if (m->layout.arena_bytes > 0) {
+    mb_op_progress(op, 0, m->layout.arena_bytes);
+    rc = mb__dev_h2d(m->dev, arena, m->host, (size_t)m->layout.arena_bytes, 0, op->err,
+                     op->err_len);
+    if (rc != 0) {
+      mb__dev_free(m->dev, arena);
+      return rc;
+    }
+    mb_op_progress(op, m->layout.arena_bytes, m->layout.arena_bytes);
+  }
+  m->host_valid = 0;
+  set_arena(m, arena);
+  return 0;
+}
+
+static int t_unload(mb_op *op) {
+  release_all(op->user);
+  return 0;
+}
+
+static int t_usage(mb_op *op, mb_usage *out) {
+  mb_tensors_model *m = op->user;
+  pthread_mutex_lock(&m->mu);
+  out->device_bytes = m->arena != 0 ? m->layout.arena_bytes : 0;
+  out->host_bytes = m->host != NULL ? m->layout.arena_bytes : 0;
+  pthread_mutex_unlock(&m->mu);
+  return 0;
+}
+
+static void t_destroy(void *user) { mb_tensors_model_free(user); }
+
+static const mb_backend tensors_backend = {
+    .name = "tensors",
+    .load = t_load,
+    .offload = t_offload,
+    .restore = t_restore,
+    .unload = t_unload,
+    .usage = t_usage,
+    .health = NULL,
+    .destroy = t_destroy,
+};
+
+const mb_backend *mb_tensors_backend(void) { return &tensors_backend; }
