@@ -7,7 +7,6 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +14,7 @@
 #include <unistd.h>
 
 #include "modelbuf/modelbuf.h"
+#include "alloc.h"
 
 typedef int nvml_ret;       /* nvmlReturn_t: 0 = NVML_SUCCESS */
 typedef void *nvml_device;  /* nvmlDevice_t */
@@ -39,15 +39,6 @@ static struct {
   nvml_ret (*procs)(nvml_device, unsigned int *, nvml_proc *);
   const char *(*error_string)(nvml_ret);
 } nv = {PTHREAD_ONCE_INIT, 0, "", NULL, NULL, NULL, NULL};
-
-static void set_err(char *err, size_t len, const char *fmt, ...) {
-  if (err == NULL || len == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, len, fmt, ap);
-  va_end(ap);
-}
 
 static void load_nvml(void) {
   void *dl = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -83,7 +74,7 @@ static void load_nvml(void) {
 int mb__nvml_available(char *why, size_t why_len) {
   pthread_once(&nv.once, load_nvml);
   if (!nv.ok)
-    set_err(why, why_len, "%s", nv.why);
+    mb__set_err(why, why_len, "%s", nv.why);
   return nv.ok;
 }
 
@@ -92,7 +83,7 @@ static int device(int ordinal, nvml_device *d, char *err, size_t err_len) {
     return MB_ENODEV;
   nvml_ret r = ordinal < 0 ? 1 : nv.device_by_index((unsigned)ordinal, d);
   if (r != 0) {
-    set_err(err, err_len, "NVML: no GPU %d (%s)", ordinal,
+    mb__set_err(err, err_len, "NVML: no GPU %d (%s)", ordinal,
             nv.error_string ? nv.error_string(r) : "error");
     return MB_ENODEV;
   }
@@ -108,7 +99,7 @@ int mb__nvml_device_memory(int ordinal, uint64_t *total, uint64_t *used, char *e
   nvml_memory m;
   nvml_ret r = nv.memory_info(d, &m);
   if (r != 0) {
-    set_err(err, err_len, "NVML: memory of GPU %d: %s", ordinal,
+    mb__set_err(err, err_len, "NVML: memory of GPU %d: %s", ordinal,
             nv.error_string ? nv.error_string(r) : "error");
     return MB_EBACKEND;
   }
@@ -139,13 +130,13 @@ static int list_procs(int ordinal, nvml_proc **out, unsigned *n, char *err, size
     }
     free(p);
     if (r != NVML_ERROR_INSUFFICIENT_SIZE) {
-      set_err(err, err_len, "NVML: processes of GPU %d: %s", ordinal,
+      mb__set_err(err, err_len, "NVML: processes of GPU %d: %s", ordinal,
               nv.error_string ? nv.error_string(r) : "error");
       return MB_EBACKEND;
     }
     cap = cnt > cap ? cnt + 16 : cap * 2;
   }
-  set_err(err, err_len, "NVML: processes of GPU %d: the list keeps growing", ordinal);
+  mb__set_err(err, err_len, "NVML: processes of GPU %d: the list keeps growing", ordinal);
   return MB_EBACKEND;
 }
 
