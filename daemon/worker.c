@@ -495,8 +495,13 @@ static void *watchdog_main(void *arg);
 
 static int start_once(mbd_worker *w, mb_op *op) {
   char msg[400];
-  w->gpu = op->device_kind == MB_DEVICE_CUDA ? op->device_ordinal : -1;
-  w->port = w->fixed_port > 0 ? w->fixed_port : free_port();
+  int gpu_ord = op->device_kind == MB_DEVICE_CUDA ? op->device_ordinal : -1;
+  if (w->gpu != gpu_ord) /* a restart keeps it: no write while usage reads it */
+    w->gpu = gpu_ord;
+  int port = w->fixed_port > 0 ? w->fixed_port : free_port();
+  pthread_mutex_lock(&w->mu);
+  w->port = port;
+  pthread_mutex_unlock(&w->mu);
   if (w->port <= 0) {
     set_err(op->err, op->err_len, "no free TCP port for the worker");
     return MB_ELOAD;
@@ -999,9 +1004,14 @@ int mbd_worker_cleanup(mbd_worker *w, char *err, size_t err_len) {
     set_err(err, err_len, "model %s has no cleanup hook", w->name);
     return MB_ENOTSUP;
   }
+  pthread_mutex_lock(&w->life); /* no start or stop meanwhile */
+  int rc;
   if (mbd_worker_pid(w) <= 0) {
     set_err(err, err_len, "model %s is not running", w->name);
-    return MB_ESTATE;
+    rc = MB_ESTATE;
+  } else {
+    rc = call_hook(w, &w->cleanup, "cleanup", err, err_len);
   }
-  return call_hook(w, &w->cleanup, "cleanup", err, err_len);
+  pthread_mutex_unlock(&w->life);
+  return rc;
 }

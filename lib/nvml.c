@@ -3,12 +3,10 @@
  * declared here (nvml.h is not part of the CUDA toolkit headers installed
  * everywhere); their layout is NVML's stable ABI.
  */
-#include "alloc.h"
 #include "nvml.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +14,7 @@
 #include <unistd.h>
 
 #include "modelbuf/modelbuf.h"
+#include "alloc.h"
 
 typedef int nvml_ret;       /* nvmlReturn_t: 0 = NVML_SUCCESS */
 typedef void *nvml_device;  /* nvmlDevice_t */
@@ -40,7 +39,6 @@ static struct {
   nvml_ret (*procs)(nvml_device, unsigned int *, nvml_proc *);
   const char *(*error_string)(nvml_ret);
 } nv = {PTHREAD_ONCE_INIT, 0, "", NULL, NULL, NULL, NULL};
-
 
 static void load_nvml(void) {
   void *dl = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
