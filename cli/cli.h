@@ -24,6 +24,14 @@ typedef struct cli_command {
 int cmd_inspect(int argc, char **argv);
 int cmd_mkmodel(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_ps(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_load(int argc, char **argv);
+int cmd_offload(int argc, char **argv);
+int cmd_unload(int argc, char **argv);
+int cmd_keep_alive(int argc, char **argv);
+int cmd_logs(int argc, char **argv);
+int cmd_top(int argc, char **argv);
 int cmd_bench_lifecycle(int argc, char **argv);
 int cmd_bench_tensors(int argc, char **argv);
 int cmd_sim(int argc, char **argv);

@@ -12,6 +12,18 @@
 static int cmd_help(int argc, char **argv);
 
 static const cli_command commands[] = {
+#ifdef MB_CLI_CLIENT
+  {"ps", "[--json] [--url URL] [--api-key KEY]",
+   "list the daemon's models: state, location, device, memory, requests, until", cmd_ps},
+  {"status", "NAME [--json]", "one model's status, statistics and warnings", cmd_status},
+  {"load", "NAME [--keep-alive D] [--no-wait]", "load (or restore) a model, showing progress",
+   cmd_load},
+  {"offload", "NAME", "move a model to host RAM", cmd_offload},
+  {"unload", "NAME", "free a model entirely", cmd_unload},
+  {"keep-alive", "NAME D|forever|0", "re-arm (or cancel) a model's idle timer", cmd_keep_alive},
+  {"logs", "NAME [-n N] [-f]", "the tail of a worker's output; -f follows it", cmd_logs},
+  {"top", "", "a live view of the models over the daemon's event stream", cmd_top},
+#endif
   {"inspect", "FILE [--json] [--meta]",
    "list the tensors of a safetensors or GGUF file (name, dtype, shape, bytes)", cmd_inspect},
   {"mkmodel", "--format safetensors|gguf --size SIZE [--tensors N] [--seed S] OUT",
@@ -45,7 +57,7 @@ static void usage(FILE *out) {
           "Commands:\n",
           mb_version());
   for (size_t i = 0; i < N_COMMANDS; i++)
-    fprintf(out, "  %-9s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "  %-11s %s\n", commands[i].name, commands[i].summary);
   fprintf(out, "\nRun 'modelbuf help COMMAND' for the arguments of a command.\n");
 }
 

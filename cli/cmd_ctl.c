@@ -1,0 +1,487 @@
+/*
+ * cmd_ctl.c - the modelbuf tool as a client of modelbufd: ps, status, load
+ * (with a progress display), offload, unload, keep-alive, logs, top.
+ *
+ * Exit status: 0 ok, 1 the daemon answered an error (its code and message
+ * are printed), 2 bad usage, 3 the daemon cannot be reached.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "client.h"
+
+static const char *jstr(json_t *o, const char *k) {
+  const char *s = json_string_value(json_object_get(o, k));
+  return s ? s : "-";
+}
+
+static double jnum(json_t *o, const char *k) {
+  return json_number_value(json_object_get(o, k));
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* "4m12s", "3.2s", "forever". */
+static const char *human_secs(double s, char *buf, size_t len) {
+  if (s < 0)
+    snprintf(buf, len, "forever");
+  else if (s < 60)
+    snprintf(buf, len, "%.0fs", s);
+  else if (s < 3600)
+    snprintf(buf, len, "%dm%02ds", (int)s / 60, (int)s % 60);
+  else
+    snprintf(buf, len, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
+  return buf;
+}
+
+/* Seconds from now until an RFC 3339 UTC time, or -1 when none. */
+static double until(const char *iso) {
+  struct tm tm;
+  memset(&tm, 0, sizeof(tm));
+  if (iso == NULL || strptime(iso, "%Y-%m-%dT%H:%M:%S", &tm) == NULL)
+    return -1;
+  double t = (double)timegm(&tm);
+  const char *dot = strchr(iso, '.');
+  if (dot)
+    t += atof(dot);
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  double d = t - ((double)now.tv_sec + now.tv_nsec / 1e9);
+  return d < 0 ? 0 : d;
+}
+
+static const char *until_text(json_t *m, char *buf, size_t len) {
+  const char *state = jstr(m, "state");
+  if (strcmp(state, "ready") == 0 && jnum(m, "keep_alive_s") < 0)
+    return "forever";
+  if (json_is_true(json_object_get(m, "timer_active"))) {
+    char t[32];
+    snprintf(buf, len, "%s from now",
+             human_secs(until(json_string_value(json_object_get(m, "expires_at"))), t,
+                        sizeof(t)));
+    return buf;
+  }
+  if ((int)jnum(m, "inflight") > 0)
+    return "in use";
+  return "-";
+}
+
+static const char *memory_text(json_t *m, char *buf, size_t len) {
+  uint64_t v = (uint64_t)jnum(m, "vram_bytes"), h = (uint64_t)jnum(m, "host_bytes");
+  char a[32], b[32];
+  if (v && h)
+    snprintf(buf, len, "%s + %s host", cli_fmt_bytes(v, a, sizeof(a)),
+             cli_fmt_bytes(h, b, sizeof(b)));
+  else if (v)
+    snprintf(buf, len, "%s", cli_fmt_bytes(v, a, sizeof(a)));
+  else if (h)
+    snprintf(buf, len, "%s host", cli_fmt_bytes(h, a, sizeof(a)));
+  else
+    snprintf(buf, len, "-");
+  return buf;
+}
+
+static void ps_table(FILE *f, json_t *models) {
+  fprintf(f, "%-20s %-11s %-9s %-8s %-22s %-9s %s\n", "NAME", "STATE", "LOCATION", "DEVICE",
+          "MEMORY", "IN/QUEUE", "UNTIL");
+  size_t i;
+  json_t *m;
+  json_array_foreach(models, i, m) {
+    char mem[64], q[32], u[64];
+    snprintf(q, sizeof(q), "%d/%d", (int)jnum(m, "inflight"), (int)jnum(m, "queued"));
+    fprintf(f, "%-20s %-11s %-9s %-8s %-22s %-9s %s\n", jstr(m, "name"), jstr(m, "state"),
+            jstr(m, "location"), jstr(m, "device"), memory_text(m, mem, sizeof(mem)), q,
+            until_text(m, u, sizeof(u)));
+  }
+}
+
+/* Runs one request and handles the two ways it can fail. */
+static int call(const cli_client *c, const char *what, const char *method, const char *path,
+                const char *body, json_t **doc) {
+  long status;
+  int rc = cli_request(c, method, path, body, &status, doc, NULL);
+  if (rc != 0)
+    return rc;
+  if (status >= 400) {
+    cli_print_error(what, status, *doc);
+    json_decref(*doc);
+    *doc = NULL;
+    return CLI_EXIT_FAIL;
+  }
+  return 0;
+}
+
+static int usage_of(const char *cmd) {
+  cli_command_usage(stderr, cmd);
+  return CLI_EXIT_USAGE;
+}
+
+/* ------------------------------------------------------------------------ */
+
+int cmd_ps(int argc, char **argv) {
+  cli_client c;
+  cli_client_init(&c, &argc, argv);
+  int json = argc == 2 && strcmp(argv[1], "--json") == 0;
+  if (argc > 2 || (argc == 2 && !json))
+    return usage_of("ps");
+  json_t *doc;
+  int rc = call(&c, "ps", "GET", "/api/models", NULL, &doc);
+  if (rc != 0)
+    return rc;
+  if (json)
+    json_dumpf(doc, stdout, JSON_INDENT(2)), putchar('\n');
+  else
+    ps_table(stdout, json_object_get(doc, "models"));
+  json_decref(doc);
+  return CLI_EXIT_OK;
+}
+
+int cmd_status(int argc, char **argv) {
+  cli_client c;
+  cli_client_init(&c, &argc, argv);
+  int json = 0;
+  const char *name = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--json") == 0)
+      json = 1;
+    else if (name == NULL && argv[i][0] != '-')
+      name = argv[i];
+    else
+      return usage_of("status");
+  }
+  if (name == NULL)
+    return usage_of("status");
+  char path[256];
+  snprintf(path, sizeof(path), "/api/models/%s", name);
+  json_t *m;
+  int rc = call(&c, name, "GET", path, NULL, &m);
+  if (rc != 0)
+    return rc;
+  if (json) {
+    json_dumpf(m, stdout, JSON_INDENT(2));
+    putchar('\n');
+    json_decref(m);
+    return CLI_EXIT_OK;
+  }
+  char mem[64], u[64], ka[32];
+  json_t *st = json_object_get(m, "stats");
+  printf("%s (%s backend)\n", jstr(m, "name"), jstr(m, "backend"));
+  printf("  state       %s, %s, device %s", jstr(m, "state"), jstr(m, "location"),
+         jstr(m, "device"));
+  if (json_is_integer(json_object_get(m, "pid")))
+    printf(", pid %lld", (long long)json_integer_value(json_object_get(m, "pid")));
+  printf("\n  memory      %s\n", memory_text(m, mem, sizeof(mem)));
+  printf("  requests    %d in flight, %d queued, %.0f served\n", (int)jnum(m, "inflight"),
+         (int)jnum(m, "queued"), jnum(st, "requests"));
+  printf("  keep-alive  %s, idle %.0fs, until %s\n",
+         human_secs(jnum(m, "keep_alive_s"), ka, sizeof(ka)), jnum(m, "idle_s"),
+         until_text(m, u, sizeof(u)));
+  printf("  lifecycle   %.0f loads (avg %.0f ms), %.0f offloads, %.0f restores, %.0f evictions, "
+         "%.0f unloads\n",
+         jnum(st, "loads"), jnum(st, "avg_load_ms"), jnum(st, "offloads"), jnum(st, "restores"),
+         jnum(st, "evictions"), jnum(st, "unloads"));
+  if (json_is_string(json_object_get(m, "error")))
+    printf("  error       %s\n", jstr(m, "error"));
+  json_t *w = json_object_get(m, "warnings");
+  if (json_array_size(w) > 0) {
+    printf("  warnings   ");
+    size_t i;
+    json_t *x;
+    json_array_foreach(w, i, x) printf(" %s", json_string_value(x));
+    printf("\n");
+  }
+  json_decref(m);
+  return CLI_EXIT_OK;
+}
+
+/* load NAME [--keep-alive D] [--no-wait]: progress while it loads. */
+int cmd_load(int argc, char **argv) {
+  cli_client c;
+  cli_client_init(&c, &argc, argv);
+  const char *name = NULL, *ka = NULL;
+  int nowait = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--keep-alive") == 0 && i + 1 < argc)
+      ka = argv[++i];
+    else if (strcmp(argv[i], "--no-wait") == 0)
+      nowait = 1;
+    else if (name == NULL && argv[i][0] != '-')
+      name = argv[i];
+    else
+      return usage_of("load");
+  }
+  if (name == NULL)
+    return usage_of("load");
+  json_t *body = json_pack("{s:b}", "wait", 0);
+  if (ka)
+    json_object_set_new(body, "keep_alive", json_string(ka));
+  char *b = json_dumps(body, JSON_COMPACT);
+  json_decref(body);
+  char path[256];
+  snprintf(path, sizeof(path), "/api/models/%s/load", name);
+  json_t *m;
+  int rc = call(&c, name, "POST", path, b, &m);
+  free(b);
+  if (rc != 0)
+    return rc;
+  json_decref(m);
+  if (nowait) {
+    printf("%s: loading\n", name);
+    return CLI_EXIT_OK;
+  }
+  int tty = isatty(1);
+  struct timespec t0, now;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  double last_print = -1;
+  snprintf(path, sizeof(path), "/api/models/%s", name);
+  for (;;) {
+    rc = call(&c, name, "GET", path, NULL, &m);
+    if (rc != 0)
+      return rc;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double el = (double)(now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9;
+    const char *state = jstr(m, "state");
+    if (strcmp(state, "ready") == 0) {
+      char mem[64];
+      printf("%s%s ready in %.1fs (%s, %s)\n", tty ? "\r\033[K" : "", name, el,
+             jstr(m, "location"), memory_text(m, mem, sizeof(mem)));
+      json_decref(m);
+      return CLI_EXIT_OK;
+    }
+    if (strcmp(state, "failed") == 0) {
+      fprintf(stderr, "%smodelbuf: %s failed to load: %s\n", tty ? "\r\033[K" : "", name,
+              jstr(m, "error"));
+      json_decref(m);
+      return CLI_EXIT_FAIL;
+    }
+    json_t *pr = json_object_get(m, "progress");
+    double done = jnum(pr, "done_bytes"), total = jnum(pr, "total_bytes");
+    double avg = jnum(json_object_get(m, "stats"), "avg_load_ms") / 1000.0;
+    char line[200], a[32], bb[32];
+    if (total > 0)
+      snprintf(line, sizeof(line), "%s %s: %3.0f%% (%s of %s), %.1fs", state, name,
+               100.0 * done / total, cli_fmt_bytes((uint64_t)done, a, sizeof(a)),
+               cli_fmt_bytes((uint64_t)total, bb, sizeof(bb)), el);
+    else if (avg > 0)
+      snprintf(line, sizeof(line), "%s %s: %.1fs (usually %.1fs)", state, name, el, avg);
+    else
+      snprintf(line, sizeof(line), "%s %s: %.1fs", state, name, el);
+    if (tty) {
+      printf("\r\033[K%s", line);
+      fflush(stdout);
+    } else if (el - last_print >= 1.0) {
+      printf("%s\n", line);
+      fflush(stdout);
+      last_print = el;
+    }
+    json_decref(m);
+    sleep_ms(100);
+  }
+}
+
+static int action(int argc, char **argv, const char *what, const char *verb) {
+  cli_client c;
+  cli_client_init(&c, &argc, argv);
+  if (argc != 2 || argv[1][0] == '-')
+    return usage_of(what);
+  char path[256];
+  snprintf(path, sizeof(path), "/api/models/%s/%s", argv[1], verb);
+  json_t *m;
+  int rc = call(&c, argv[1], "POST", path, "{}", &m);
+  if (rc != 0)
+    return rc;
+  char mem[64];
+  printf("%s: %s (%s, %s)\n", argv[1], jstr(m, "state"), jstr(m, "location"),
+         memory_text(m, mem, sizeof(mem)));
+  json_decref(m);
+  return CLI_EXIT_OK;
+}
+
+int cmd_offload(int argc, char **argv) {
+  return action(argc, argv, "offload", "offload");
+}
+
+int cmd_unload(int argc, char **argv) {
+  return action(argc, argv, "unload", "unload");
+}
+
+/* keep-alive NAME D|forever|0 */
+int cmd_keep_alive(int argc, char **argv) {
+  cli_client c;
+  cli_client_init(&c, &argc, argv);
+  if (argc != 3)
+    return usage_of("keep-alive");
+  const char *v = argv[2];
+  json_t *body = strcmp(v, "forever") == 0 || strcmp(v, "-1") == 0
+                     ? json_pack("{s:i}", "keep_alive", -1)
+                     : json_pack("{s:s}", "keep_alive", v);
+  char *b = json_dumps(body, JSON_COMPACT);
+  json_decref(body);
+  char path[256];
+  snprintf(path, sizeof(path), "/api/models/%s/keep-alive", argv[1]);
+  json_t *m;
+  int rc = call(&c, argv[1], "POST", path, b, &m);
+  free(b);
+  if (rc != 0)
+    return rc;
+  char ka[32], u[64];
+  printf("%s: keep-alive %s, until %s\n", argv[1],
+         human_secs(jnum(m, "keep_alive_s"), ka, sizeof(ka)), until_text(m, u, sizeof(u)));
+  json_decref(m);
+  return CLI_EXIT_OK;
+}
+
+/* logs NAME [-n N] [-f] */
+int cmd_logs(int argc, char **argv) {
+  cli_client c;
+  cli_client_init(&c, &argc, argv);
+  const char *name = NULL;
+  int n = 100, follow = 0;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "-f") == 0)
+      follow = 1;
+    else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc)
+      n = atoi(argv[++i]);
+    else if (name == NULL && argv[i][0] != '-')
+      name = argv[i];
+    else
+      return usage_of("logs");
+  }
+  if (name == NULL || n < 0)
+    return usage_of("logs");
+  char path[256];
+  snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d", name, n);
+  char *seen = NULL;
+  for (;;) {
+    long status;
+    json_t *doc;
+    char *text = NULL;
+    int rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
+    if (rc != 0)
+      return rc;
+    if (status >= 400) {
+      cli_print_error(name, status, doc);
+      json_decref(doc);
+      free(text);
+      free(seen);
+      return CLI_EXIT_FAIL;
+    }
+    json_decref(doc);
+    const char *t = text ? text : "";
+    /* Print what is new: the part after the last line seen before. */
+    const char *from = t;
+    if (seen && seen[0]) {
+      const char *last = strrchr(seen, '\n');
+      const char *prev = last && last > seen ? last - 1 : NULL;
+      while (prev && prev > seen && *prev != '\n')
+        prev--;
+      if (prev && *prev == '\n')
+        prev++;
+      const char *hit = prev ? strstr(t, prev) : NULL;
+      from = hit ? hit + strlen(prev) : t;
+    }
+    fputs(from, stdout);
+    fflush(stdout);
+    free(seen);
+    seen = text;
+    if (!follow)
+      break;
+    sleep_ms(500);
+    snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d", name, 200);
+  }
+  free(seen);
+  return CLI_EXIT_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* top: a live view over the event stream                                    */
+
+typedef struct top_ctx {
+  const cli_client *c;
+  int tty;
+  char line[8192];
+  size_t len;
+  char recent[8][200];
+  int nrecent;
+} top_ctx;
+
+static void top_draw(top_ctx *t) {
+  json_t *doc;
+  long status;
+  if (cli_request(t->c, "GET", "/api/models", NULL, &status, &doc, NULL) != 0)
+    return;
+  printf("\033[H\033[2J");
+  ps_table(stdout, json_object_get(doc, "models"));
+  json_decref(doc);
+  printf("\nrecent events (Ctrl-C quits):\n");
+  for (int i = 0; i < t->nrecent; i++)
+    printf("  %s\n", t->recent[i]);
+  fflush(stdout);
+}
+
+static void top_event(top_ctx *t, const char *data) {
+  json_t *ev = json_loads(data, 0, NULL);
+  if (ev == NULL)
+    return;
+  char text[200];
+  time_t secs = (time_t)(jnum(ev, "time") / 1000.0);
+  struct tm tm;
+  localtime_r(&secs, &tm);
+  char ts[16];
+  strftime(ts, sizeof(ts), "%H:%M:%S", &tm);
+  if (strcmp(jstr(ev, "type"), "state") == 0)
+    snprintf(text, sizeof(text), "%s %-16s %s -> %s (%s)", ts, jstr(ev, "model"),
+             jstr(ev, "from"), jstr(ev, "to"), jstr(ev, "reason"));
+  else
+    snprintf(text, sizeof(text), "%s %-16s %s: %s", ts, jstr(ev, "model"), jstr(ev, "type"),
+             jstr(ev, "reason"));
+  json_decref(ev);
+  if (!t->tty) {
+    printf("%s\n", text);
+    fflush(stdout);
+    return;
+  }
+  if (t->nrecent == 8) {
+    memmove(t->recent[0], t->recent[1], sizeof(t->recent[0]) * 7);
+    t->nrecent = 7;
+  }
+  snprintf(t->recent[t->nrecent++], sizeof(t->recent[0]), "%s", text);
+  top_draw(t);
+}
+
+static int top_data(const char *p, size_t n, void *arg) {
+  top_ctx *t = arg;
+  for (size_t i = 0; i < n; i++) {
+    if (p[i] == '\n') {
+      t->line[t->len] = '\0';
+      if (strncmp(t->line, "data: ", 6) == 0)
+        top_event(t, t->line + 6);
+      t->len = 0;
+    } else if (t->len + 1 < sizeof(t->line)) {
+      t->line[t->len++] = p[i];
+    }
+  }
+  return 1;
+}
+
+int cmd_top(int argc, char **argv) {
+  cli_client c;
+  cli_client_init(&c, &argc, argv);
+  if (argc != 1)
+    return usage_of("top");
+  top_ctx t;
+  memset(&t, 0, sizeof(t));
+  t.c = &c;
+  t.tty = isatty(1);
+  if (t.tty)
+    top_draw(&t);
+  return cli_stream(&c, "/api/events", top_data, &t);
+}
