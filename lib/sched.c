@@ -18,6 +18,7 @@
  *     than declared may exceed it; idle models are then evicted);
  *   - every request is answered exactly once.
  */
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -289,11 +290,42 @@ static void gdsf_touch(mb_ctx *ctx, mb__model *m) {
               (double)m->freq * reload_cost_ms(m, m->opts.offload && can_offload(m)) / gib;
 }
 
+/* Cost policy: acquires are counted with an exponential decay of this time
+ * constant, so the count tracks the recent use rate (the simulator's
+ * diurnal and burst scenarios were tried with 15, 30 and 60 min). */
+#define COST_TAU_NS 3.6e12
+/* Share of a full reload charged to a device candidate that would be
+ * offloaded: pushing it to the host tier may push another one out. */
+#define COST_HOST_SPILL 0.3
+
+static double use_rate(const mb_ctx *ctx, const mb__model *m) {
+  return m->hits * exp(-(double)(ctx->now - m->hits_t) / COST_TAU_NS);
+}
+
+/*
+ * Cost rank: decayed use count x time to bring the model back / GiB, the
+ * expected reload time saved per byte kept. A host candidate (dev -1), or
+ * one that cannot be offloaded, costs a full load; a device candidate that
+ * would be offloaded costs its restore plus COST_HOST_SPILL of a load.
+ * Measured in the simulator against the earlier per-residency GDSF form:
+ * docs/PERFORMANCE.md.
+ */
+static double cost_rank(const mb_ctx *ctx, const mb__model *m, int dev) {
+  double gib = (double)mb__footprint(m) / (1024.0 * 1024 * 1024);
+  if (gib < 1.0 / 1024)
+    gib = 1.0 / 1024;
+  double load = reload_cost_ms(m, 0);
+  double cost = load;
+  if (dev >= 0 && m->opts.offload && can_offload(m))
+    cost = reload_cost_ms(m, 1) + load * COST_HOST_SPILL;
+  return use_rate(ctx, m) * cost / gib;
+}
+
 /* A candidate's rank under the context's policy: lower goes first. LRU
  * ranks all alike (the tie-breakers below decide). dev is -1 in the host tier. */
 static double evict_rank(const mb_ctx *ctx, const mb__model *m, int dev) {
   switch (ctx->opts.eviction) {
-  case MB_EVICT_COST: return m->gdsf_h;
+  case MB_EVICT_COST: return cost_rank(ctx, m, dev);
   case MB_EVICT_CUSTOM: return ctx->opts.evict_rank(ctx->opts.evict_arg, m->name, m->user, dev);
   default: return 0;
   }
@@ -526,7 +558,7 @@ static int plan_room(mb_ctx *ctx, int dev, uint64_t need, int *nvict, double *co
                    (max_loaded && d->resident - will_leave >= max_loaded))) {
     will_free += vict[k].m->dev_charge;
     will_leave++;
-    *cost += ctx->opts.eviction == MB_EVICT_COST ? vict[k].m->gdsf_h - ctx->gdsf_L
+    *cost += ctx->opts.eviction == MB_EVICT_COST ? vict[k].rank
                                                  : reload_cost_ms(vict[k].m, 0);
     k++;
   }
@@ -1073,6 +1105,8 @@ static void req_acquire(mb_ctx *ctx, mb__model *m, mb__req *r) {
   if (to >= 0 && reserve_timer(ctx, r) != 0)
     return;
   m->freq++;
+  m->hits = use_rate(ctx, m) + 1;
+  m->hits_t = ctx->now;
   gdsf_touch(ctx, m);
   wq_insert(m, r);
   if (to >= 0 && r->has_timer_slot)
