@@ -169,7 +169,41 @@ static MHD_RESULT handler(void *cls, struct MHD_Connection *c, const char *url,
     d->active++;
     r->counted = 1;
     pthread_mutex_unlock(&d->mu);
+    /* A body for a worker streams to it as it arrives: take the lease and
+     * start the transfer now, before any of the body is read. */
+    if (strncmp(url, "/m/", 3) == 0) {
+      if (!authorized(d, c)) {
+        r->answered = 1;
+        return mbd_reply_error(c, 401, "unauthorized",
+                               "missing or wrong API key (Authorization: Bearer KEY)", 0);
+      }
+      MHD_RESULT res;
+      int st = mbd_proxy_stream_begin(d, c, method, url, r, &res);
+      if (st < 0) {
+        r->answered = 1;
+        return res;
+      }
+    }
     return MHD_YES;
+  }
+  if (r->answered) {
+    *upload_size = 0; /* answered already: the rest of the body is dropped */
+    return MHD_YES;
+  }
+  if (r->px) {
+    size_t n = *upload_size;
+    *upload_size = 0;
+    if (n > 0) {
+      r->streamed += n;
+      if (r->streamed > d->cfg->max_body_bytes) {
+        mbd_proxy_stream_abort(r);
+        r->too_big = 1;
+      } else {
+        mbd_proxy_stream_feed(r, upload, n);
+      }
+      return MHD_YES;
+    }
+    return mbd_proxy_stream_end(d, c, r);
   }
   if (*upload_size > 0) {
     size_t n = *upload_size;
@@ -225,6 +259,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
   mbd_req *r = *con_cls;
   if (r == NULL)
     return;
+  mbd_proxy_stream_abort(r); /* a client gone before the body ended */
   if (r->counted) {
     pthread_mutex_lock(&d->mu);
     d->active--;

@@ -23,6 +23,10 @@ typedef struct mbd_req {
   size_t len, cap;
   int too_big;
   int counted;  /* d->active was raised for it */
+  int answered; /* a response was queued before the body came */
+  void *px;     /* a transfer its body streams into (proxy.c) */
+  mbd_model *pm;
+  uint64_t streamed; /* body bytes streamed so far */
 } mbd_req;
 
 /* Answers with a JSON document (taken over). */
@@ -44,6 +48,21 @@ int mbd_api_route(mbd *d, struct MHD_Connection *c, const char *method, const ch
 /* The proxied routes (proxy.c): /m/{name}/..., /v1/... */
 int mbd_proxy_route(mbd *d, struct MHD_Connection *c, const char *method, const char *url,
                     mbd_req *r, MHD_RESULT *res);
+
+/*
+ * Request bodies for /m/{name}/... of a worker model stream to it as they
+ * arrive. begin (at the request's first call, headers only): 0 = not
+ * streamed (buffered as usual), 1 = the lease is held and the transfer has
+ * started (r->px), -1 = an answer is queued in *res (queue full, ...).
+ * feed passes each piece of body on (waiting while the worker is slower);
+ * end answers with the worker's response; abort drops a transfer whose
+ * client went away.
+ */
+int mbd_proxy_stream_begin(mbd *d, struct MHD_Connection *c, const char *method,
+                           const char *url, mbd_req *r, MHD_RESULT *res);
+void mbd_proxy_stream_feed(mbd_req *r, const char *data, size_t n);
+MHD_RESULT mbd_proxy_stream_end(mbd *d, struct MHD_Connection *c, mbd_req *r);
+void mbd_proxy_stream_abort(mbd_req *r);
 
 /* A model's status as the JSON of DESIGN §5 (NULL when unknown). */
 json_t *mbd_model_json(mbd *d, mbd_model *m);

@@ -151,6 +151,13 @@ typedef struct pxy {
   struct curl_slist *resp_headers;
   char *buf;
   size_t len, off;
+  /* A request body streamed to the worker as it arrives (see
+   * mbd_proxy_stream_begin): filled by the connection, drained by curl. */
+  int streaming;
+  char *in;
+  size_t in_len, in_off;
+  int in_eof;
+  mb_result granted;
 } pxy;
 
 static int hop_by_hop(const char *name, size_t n) {
@@ -219,6 +226,30 @@ static size_t on_data(char *p, size_t size, size_t n, void *arg) {
   pthread_cond_broadcast(&x->cv);
   pthread_mutex_unlock(&x->mu);
   return len;
+}
+
+/* curl asks for request body: give what the client has sent so far, wait
+ * for more, 0 at its end. */
+static size_t on_read(char *out, size_t size, size_t n, void *arg) {
+  pxy *x = arg;
+  size_t max = size * n;
+  pthread_mutex_lock(&x->mu);
+  while (x->in_off == x->in_len && !x->in_eof && !x->aborted)
+    pthread_cond_wait(&x->cv, &x->mu);
+  if (x->aborted) {
+    pthread_mutex_unlock(&x->mu);
+    return CURL_READFUNC_ABORT;
+  }
+  size_t k = x->in_len - x->in_off;
+  if (k > max)
+    k = max;
+  memcpy(out, x->in + x->in_off, k);
+  x->in_off += k;
+  if (x->in_off == x->in_len)
+    x->in_off = x->in_len = 0;
+  pthread_cond_broadcast(&x->cv);
+  pthread_mutex_unlock(&x->mu);
+  return k;
 }
 
 static int on_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t e) {
@@ -292,6 +323,7 @@ static void pxy_free(void *cls) {
     mbd_log(x->d, MBD_LOG_WARN, "lease already released", "model=%s", x->m->name);
   free(x->buf);
   free(x->body);
+  free(x->in);
   pthread_mutex_destroy(&x->mu);
   pthread_cond_destroy(&x->cv);
   free(x);
@@ -342,14 +374,21 @@ static MHD_RESULT add_arg(void *cls, enum MHD_ValueKind kind, const char *key, c
   return MHD_YES;
 }
 
-static MHD_RESULT forward(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
-                          const char *path, mbd_req *r, const mb_result *granted) {
+/*
+ * Sets up and starts the transfer to the worker. With streaming, the body
+ * comes later through mbd_proxy_stream_feed; else it is r's buffered body.
+ * 0 and *out, or an answer already queued in *res (the lease released).
+ */
+static int forward_start(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
+                         const char *path, mbd_req *r, const mb_result *granted, int streaming,
+                         pxy **out, MHD_RESULT *res) {
   char base[128];
   pxy *x = calloc(1, sizeof(*x));
   if (x == NULL) {
     if (mb_release(d->ctx, granted->lease) != 0)
       mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-    return mbd_reply_error(c, 500, "internal", "out of memory", 0);
+    *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
+    return -1;
   }
   x->d = d;
   x->m = m;
@@ -361,7 +400,8 @@ static MHD_RESULT forward(mbd *d, struct MHD_Connection *c, mbd_model *m, const 
   if (x->buf == NULL || x->curl == NULL || mbd_worker_url(m->worker, base, sizeof(base)) != 0) {
     pxy_free(x);
     mbd_count_code(d, m, 502);
-    return mbd_reply_error(c, 502, "worker_failed", "the worker is not running", 0);
+    *res = mbd_reply_error(c, 502, "worker_failed", "the worker is not running", 0);
+    return -1;
   }
   mbd_worker_busy_begin(m->worker);
   query_ctx q = {NULL, 0, x->curl};
@@ -371,7 +411,8 @@ static MHD_RESULT forward(mbd *d, struct MHD_Connection *c, mbd_model *m, const 
   if (url == NULL) {
     free(q.q);
     pxy_free(x);
-    return mbd_reply_error(c, 500, "internal", "out of memory", 0);
+    *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
+    return -1;
   }
   snprintf(url, ulen, "%s%s%s", base, path, q.q ? q.q : "");
   free(q.q);
@@ -403,17 +444,45 @@ static MHD_RESULT forward(mbd *d, struct MHD_Connection *c, mbd_model *m, const 
   curl_easy_setopt(cu, CURLOPT_TCP_NODELAY, 1L);
   if (strcmp(method, "HEAD") == 0)
     curl_easy_setopt(cu, CURLOPT_NOBODY, 1L);
-  if (x->body_len > 0 || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
-      strcmp(method, "PATCH") == 0) {
+  x->granted = *granted;
+  x->streaming = streaming;
+  if (streaming) {
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+    x->in = malloc(PROXY_BUF);
+    if (x->in == NULL) {
+      free(url);
+      pxy_free(x);
+      *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
+      return -1;
+    }
+    curl_easy_setopt(cu, CURLOPT_POST, 1L);
+    curl_easy_setopt(cu, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(cu, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(cu, CURLOPT_READDATA, x);
+    if (cl)
+      curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strtoll(cl, NULL, 10));
+    else
+      x->req_headers = curl_slist_append(x->req_headers, "Transfer-Encoding: chunked");
+    curl_easy_setopt(cu, CURLOPT_HTTPHEADER, x->req_headers);
+  } else if (x->body_len > 0 || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+             strcmp(method, "PATCH") == 0) {
     curl_easy_setopt(cu, CURLOPT_POSTFIELDS, x->body ? x->body : "");
     curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
   }
   free(url);
   if (pthread_create(&x->th, NULL, transfer, x) != 0) {
     pxy_free(x);
-    return mbd_reply_error(c, 500, "internal", "cannot start the transfer", 0);
+    *res = mbd_reply_error(c, 500, "internal", "cannot start the transfer", 0);
+    return -1;
   }
   x->th_on = 1;
+  *out = x;
+  return 0;
+}
+
+/* Waits for the worker's status and headers and answers with its stream. */
+static MHD_RESULT forward_finish(mbd *d, struct MHD_Connection *c, mbd_model *m, pxy *x) {
+  const mb_result *granted = &x->granted;
 
   /* The status and headers come first. */
   pthread_mutex_lock(&x->mu);
@@ -467,6 +536,16 @@ static MHD_RESULT forward(mbd *d, struct MHD_Connection *c, mbd_model *m, const 
   return res;
 }
 
+
+static MHD_RESULT forward(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
+                          const char *path, mbd_req *r, const mb_result *granted) {
+  pxy *x;
+  MHD_RESULT res;
+  if (forward_start(d, c, m, method, path, r, granted, 0, &x, &res) != 0)
+    return res;
+  return forward_finish(d, c, m, x);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Serving a plugin model in process                                         */
 
@@ -518,6 +597,99 @@ static MHD_RESULT serve_plugin(mbd *d, struct MHD_Connection *c, mbd_model *m,
   MHD_RESULT res = MHD_queue_response(c, (unsigned)resp.status, mr);
   MHD_destroy_response(mr);
   return res;
+}
+
+
+/* ------------------------------------------------------------------------ */
+/* Request bodies streamed to the worker                                     */
+
+/* Whether a request to url will bring a body worth streaming. */
+static int has_body(struct MHD_Connection *c) {
+  const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+  const char *te = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding");
+  return (cl && strtoll(cl, NULL, 10) > 0) || (te && strcasestr(te, "chunked"));
+}
+
+int mbd_proxy_stream_begin(mbd *d, struct MHD_Connection *c, const char *method,
+                           const char *url, mbd_req *r, MHD_RESULT *res) {
+  if (strncmp(url, "/m/", 3) != 0 || !has_body(c))
+    return 0;
+  const char *p = url + 3, *slash = strchr(p, '/');
+  size_t n = slash ? (size_t)(slash - p) : strlen(p);
+  char name[MBD_MODEL_NAME_MAX + 1];
+  if (n == 0 || n > MBD_MODEL_NAME_MAX)
+    return 0; /* the ordinary route answers 404 */
+  memcpy(name, p, n);
+  name[n] = '\0';
+  mbd_model *m = mbd_find(d, name);
+  if (m == NULL || m->worker == NULL)
+    return 0; /* unknown (404 later) or a plugin: buffered */
+  char err[256] = "";
+  mb_acquire_opts ao;
+  if (acquire_opts(c, &ao, err, sizeof(err)) != 0) {
+    *res = mbd_reply_error(c, 400, "bad_request", err, 0);
+    return -1;
+  }
+  mb_result got;
+  int rc = acquire(d, m->name, &ao, &got, err, sizeof(err));
+  if (rc != 0) {
+    const char *code;
+    int status = mbd_http_status(rc, &code);
+    mbd_count_code(d, m, status);
+    *res = mbd_reply_error(c, status, code, err[0] ? err : mb_strerror(rc),
+                           status == 503 ? 1 : 0);
+    return -1;
+  }
+  mbd_model *cur = mbd_current(d, m);
+  if (cur == NULL || cur->worker == NULL) {
+    if (mb_release(d->ctx, got.lease) != 0)
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
+    *res = mbd_reply_error(c, 404, "not_found", "the model was removed by a reload", 0);
+    return -1;
+  }
+  pxy *x;
+  if (forward_start(d, c, cur, method, slash ? slash : "/", r, &got, 1, &x, res) != 0)
+    return -1;
+  r->px = x;
+  r->pm = cur;
+  return 1;
+}
+
+void mbd_proxy_stream_feed(mbd_req *r, const char *data, size_t n) {
+  pxy *x = r->px;
+  pthread_mutex_lock(&x->mu);
+  while (n > 0 && !x->done && !x->aborted) {
+    if (x->in_len == PROXY_BUF) {
+      pthread_cond_wait(&x->cv, &x->mu); /* the worker is slower than the client */
+      continue;
+    }
+    size_t k = PROXY_BUF - x->in_len;
+    if (k > n)
+      k = n;
+    memcpy(x->in + x->in_len, data, k);
+    x->in_len += k;
+    data += k;
+    n -= k;
+    pthread_cond_broadcast(&x->cv);
+  }
+  pthread_mutex_unlock(&x->mu); /* a finished transfer takes no more: the rest is dropped */
+}
+
+MHD_RESULT mbd_proxy_stream_end(mbd *d, struct MHD_Connection *c, mbd_req *r) {
+  pxy *x = r->px;
+  r->px = NULL;
+  pthread_mutex_lock(&x->mu);
+  x->in_eof = 1;
+  pthread_cond_broadcast(&x->cv);
+  pthread_mutex_unlock(&x->mu);
+  return forward_finish(d, c, r->pm, x);
+}
+
+void mbd_proxy_stream_abort(mbd_req *r) {
+  if (r->px) {
+    pxy_free(r->px); /* aborts the transfer, releases the lease */
+    r->px = NULL;
+  }
 }
 
 /* ------------------------------------------------------------------------ */

@@ -231,6 +231,36 @@ def test_streaming_arrives_chunk_by_chunk(d):
     assert t_first < total - 0.8
 
 
+def test_request_body_streams_to_the_worker(d):
+    # 32 KiB sent in 16 pieces, 100 ms apart: the worker starts reading long
+    # before the client has finished sending, and gets every byte.
+    piece = bytes(range(256)) * 8
+    pieces = 16
+    sent = {}
+
+    def body():
+        for i in range(pieces):
+            yield piece
+            time.sleep(0.1)
+        sent["end"] = time.time()
+
+    c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60 * SLOW)
+    c.request("POST", "/m/a/upload", body=body(),
+              headers={"Content-Length": str(len(piece) * pieces)})
+    r = c.getresponse()
+    doc = json.loads(r.read())
+    c.close()
+    assert r.status == 200, doc
+    assert doc["bytes"] == len(piece) * pieces
+    assert doc["sum"] == (sum(piece) * pieces) % (1 << 32)
+    assert doc["started"] < sent["end"] - 0.5  # streamed, not buffered first
+    # Over the body limit (64 KiB here) while streaming: 413, the worker unharmed.
+    big = b"x" * (200 * 1024)
+    code, err, _ = d.request("POST", "/m/a/upload", body=big)
+    assert code == 413 and err["error"]["code"] == "too_large"
+    assert d.post("/m/a/infer", {"after": 1})[0] == 200
+
+
 def test_offload_restore_unload_keep_alive(d):
     d.post("/m/a/infer", {})
     code, st, _ = d.post("/api/models/a/offload")

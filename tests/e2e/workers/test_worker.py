@@ -8,6 +8,7 @@ to start). It holds a block of real memory as its "weights" and answers:
   GET  /slow?ms=M       answers after M ms
   GET  /env?name=NAME   {"value": os.environ.get(NAME)}
   GET  /cwd             {"cwd": os.getcwd()}
+  POST /upload          reads the body as it arrives: {"bytes", "sum", "started", "ended"}
   POST /offload /restore /cleanup   the hooks (the weights move to a host copy)
 
 Fault modes (flags): --exit-early (prints and exits 3), --never-healthy,
@@ -100,6 +101,18 @@ class H(BaseHTTPRequestHandler):
 
     def do_POST(self):
         u = urlparse(self.path)
+        if u.path == "/upload":  # reads the body as it comes: when did it start?
+            started = time.time()
+            n = int(self.headers.get("Content-Length") or 0)
+            got, total = 0, 0
+            while got < n:
+                chunk = self.rfile.read(min(65536, n - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+                total = (total + sum(chunk)) % (1 << 32)
+            return self.send_json(200, {"bytes": got, "sum": total, "started": started,
+                                        "ended": time.time()})
         b = self.body()
         if u.path == "/infer" or u.path.startswith("/v1/"):
             try:
