@@ -148,6 +148,8 @@ models:
   bad:
     cmd: {worker("--exit-early")}
     start_timeout: 10s
+  nocmd:
+    cmd: ["/nonexistent/worker-binary", "--port", "${{PORT}}"]
 """
 
 
@@ -301,6 +303,10 @@ def test_failed_worker_reports_its_output(d):
     assert "cannot load weights" in err["error"]["message"]
     st = d.status("bad")
     assert st["state"] == "failed" and "cannot load weights" in st["error"]
+    # A command that does not exist: the same, with the reason.
+    code, err, _ = d.post("/m/nocmd/infer", {})
+    assert code == 502 and "cannot run the worker's command" in err["error"]["message"]
+    assert "No such file" in err["error"]["message"]
 
 
 def test_queue_full_answers_503(d):
