@@ -671,6 +671,46 @@ static MHD_RESULT compat_action(mbd *d, struct MHD_Connection *c, mbd_req *r, in
 /* ------------------------------------------------------------------------ */
 /* Routing                                                                   */
 
+/* GET /api/trace: the requests served, as the simulator's CSV trace
+ * (t,model,duration; t in seconds from the first request kept). */
+static MHD_RESULT trace(mbd *d, struct MHD_Connection *c) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (f == NULL)
+    return MHD_NO;
+  fprintf(f, "t,model,duration\n");
+  pthread_mutex_lock(&d->mu);
+  uint64_t n = d->trace_n < MBD_TRACE_RING ? d->trace_n : MBD_TRACE_RING;
+  uint64_t first = d->trace_n - n;
+  double t0 = -1;
+  for (uint64_t i = 0; i < n; i++) {
+    const mbd_trace_entry *e = &d->trace[(first + i) % MBD_TRACE_RING];
+    if (t0 < 0 || e->t < t0)
+      t0 = e->t;
+  }
+  /* Requests are recorded as they end; the trace is ordered by arrival. */
+  mbd_trace_entry *sorted = n ? malloc(n * sizeof(*sorted)) : NULL;
+  for (uint64_t i = 0; sorted && i < n; i++)
+    sorted[i] = d->trace[(first + i) % MBD_TRACE_RING];
+  pthread_mutex_unlock(&d->mu);
+  if (sorted) {
+    for (uint64_t i = 1; i < n; i++) /* insertion sort: nearly in order already */
+      for (uint64_t k = i; k > 0 && sorted[k].t < sorted[k - 1].t; k--) {
+        mbd_trace_entry tmp = sorted[k];
+        sorted[k] = sorted[k - 1];
+        sorted[k - 1] = tmp;
+      }
+    for (uint64_t i = 0; i < n; i++)
+      fprintf(f, "%.3f,%s,%.3f\n", sorted[i].t - t0, sorted[i].model, sorted[i].duration);
+    free(sorted);
+  }
+  fclose(f);
+  MHD_RESULT r = mbd_reply_text(c, 200, "text/csv", buf, len);
+  free(buf);
+  return r;
+}
+
 int mbd_api_route(mbd *d, struct MHD_Connection *c, const char *method, const char *url,
                   mbd_req *r, MHD_RESULT *res) {
   const mbd_models *ms = mbd_models_get(d);
@@ -685,6 +725,10 @@ int mbd_api_route(mbd *d, struct MHD_Connection *c, const char *method, const ch
   }
   if (strcmp(url, "/api/events") == 0 && get) {
     *res = events(d, c);
+    return 1;
+  }
+  if (strcmp(url, "/api/trace") == 0 && get) {
+    *res = trace(d, c);
     return 1;
   }
   if (strcmp(url, "/api/devices") == 0 && get) {

@@ -105,6 +105,20 @@ static mbd_models *set_new(mbd *d, size_t cap) {
   return ms;
 }
 
+void mbd_trace_add(mbd *d, const char *model, double t, double duration) {
+  pthread_mutex_lock(&d->mu);
+  if (d->trace == NULL)
+    d->trace = calloc(MBD_TRACE_RING, sizeof(*d->trace));
+  if (d->trace) {
+    mbd_trace_entry *e = &d->trace[d->trace_n % MBD_TRACE_RING];
+    e->t = t;
+    e->duration = duration;
+    snprintf(e->model, sizeof(e->model), "%s", model);
+    d->trace_n++;
+  }
+  pthread_mutex_unlock(&d->mu);
+}
+
 void mbd_count_code(mbd *d, mbd_model *m, int code) {
   if (m == NULL || code < 100 || code > 599)
     return;
@@ -449,6 +463,7 @@ void mbd_stop(mbd *d) {
   for (size_t i = 0; i < d->n_old_cfgs; i++)
     mbd_config_free(d->old_cfgs[i]);
   free(d->old_cfgs);
+  free(d->trace);
   mbd_config_free(d->cfg);
   pthread_mutex_destroy(&d->mu);
   pthread_rwlock_destroy(&d->reload_rw);

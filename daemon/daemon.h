@@ -43,6 +43,14 @@ typedef struct mbd_models {
   mbd_model **m;
 } mbd_models;
 
+/* One served request, for GET /api/trace (the simulator's trace format). */
+#define MBD_TRACE_RING 65536
+typedef struct mbd_trace_entry {
+  double t;        /* arrival, Unix seconds */
+  double duration; /* seconds the lease was held */
+  char model[MBD_MODEL_NAME_MAX + 1];
+} mbd_trace_entry;
+
 typedef struct mbd_event_entry {
   uint64_t seq;
   char *json;
@@ -67,6 +75,8 @@ typedef struct mbd {
    * a lease on it. */
   pthread_rwlock_t reload_rw;
   pthread_mutex_t mu;       /* models' counters, the event ring, leases */
+  mbd_trace_entry *trace;   /* ring of MBD_TRACE_RING served requests */
+  uint64_t trace_n;         /* requests recorded so far */
   pthread_cond_t ev_cv;
   mbd_event_entry ring[MBD_EVENT_RING];
   uint64_t ev_next;         /* seq of the next event */
@@ -107,6 +117,9 @@ void mbd_reload(mbd *d, mbd_config *cfg);
 /* A structured log line (logfmt): level, msg, then key=value pairs. */
 void mbd_log(mbd *d, mbd_log_level level, const char *msg, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* Records a served request: arrival (Unix seconds) and time held. */
+void mbd_trace_add(mbd *d, const char *model, double t, double duration);
 
 /* Counts an answered HTTP request of a model (NULL: not model-specific). */
 void mbd_count_code(mbd *d, mbd_model *m, int code);

@@ -24,6 +24,20 @@
 
 #define PROXY_BUF (256 * 1024)
 
+static double wall_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Records a request served under a lease granted at granted_at (Unix
+ * seconds): it arrived queue + load time earlier. */
+static void trace_request(mbd *d, const char *model, const mb_result *g, double granted_at) {
+  double arrived = granted_at - (double)(g->queue_ns + g->load_ns) / 1e9;
+  double held = wall_s() - granted_at;
+  mbd_trace_add(d, model, arrived, held > 0 ? held : 0);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Connection sharing                                                        */
 
@@ -158,6 +172,7 @@ typedef struct pxy {
   size_t in_len, in_off;
   int in_eof;
   mb_result granted;
+  double granted_at; /* Unix seconds, for the request trace */
 } pxy;
 
 static int hop_by_hop(const char *name, size_t n) {
@@ -319,6 +334,8 @@ static void pxy_free(void *cls) {
   curl_slist_free_all(x->resp_headers);
   if (x->m && x->m->worker)
     mbd_worker_busy_end(x->m->worker);
+  if (x->m && x->granted_at > 0)
+    trace_request(x->d, x->m->name, &x->granted, x->granted_at);
   if (x->lease.id && mb_release(x->d->ctx, x->lease) != 0)
     mbd_log(x->d, MBD_LOG_WARN, "lease already released", "model=%s", x->m->name);
   free(x->buf);
@@ -445,6 +462,7 @@ static int forward_start(mbd *d, struct MHD_Connection *c, mbd_model *m, const c
   if (strcmp(method, "HEAD") == 0)
     curl_easy_setopt(cu, CURLOPT_NOBODY, 1L);
   x->granted = *granted;
+  x->granted_at = wall_s();
   x->streaming = streaming;
   if (streaming) {
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
@@ -575,7 +593,9 @@ static MHD_RESULT serve_plugin(mbd *d, struct MHD_Connection *c, mbd_model *m,
   mb_plugin_request req = {method, path, "", hl.h, hl.n, (const uint8_t *)r->body, r->len};
   mb_plugin_response resp;
   char err[256] = "";
+  double t0 = wall_s();
   int rc = mb_plugin_handle(m->plugin, &req, &resp, err, sizeof(err));
+  trace_request(d, m->name, granted, t0);
   if (mb_release(d->ctx, granted->lease) != 0)
     mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
   if (rc != 0) {

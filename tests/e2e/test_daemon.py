@@ -404,6 +404,38 @@ def test_metrics_and_logs_and_compat(d):
     assert code == 200 and "devices" in out
 
 
+def test_trace_export_replays_in_the_simulator(d):
+    for i in range(3):
+        assert d.post("/m/a/infer", {"i": i})[0] == 200
+    code, text, hdr = d.get("/api/trace")
+    assert code == 200 and hdr["Content-Type"] == "text/csv"
+    lines = text.strip().splitlines()
+    assert lines[0] == "t,model,duration" and len(lines) >= 4
+    rows = [l.split(",") for l in lines[1:]]
+    ts = [float(r[0]) for r in rows]
+    assert ts == sorted(ts) and ts[0] == 0.0
+    assert all(r[1] in ("a", "q", "beta") for r in rows) and all(float(r[2]) >= 0 for r in rows)
+    # The simulator replays it with a model table for these models.
+    trace = os.path.join(d.dir, "trace.csv")
+    with open(trace, "w") as f:
+        f.write(text)
+    table = os.path.join(d.dir, "models.json")
+    with open(table, "w") as f:
+        json.dump({"format": "modelbuf-models/1", "models": [
+            {"name": n, "footprint_bytes": 64 << 20, "load_ms": 300, "restore_ms": 30,
+             "offload_ms": 30, "unload_ms": 10} for n in ("a", "q", "bad", "nocmd")]}, f)
+    tool = os.path.join(BUILD, "cli", "modelbuf")
+    p = subprocess.run([tool, "sim", "--models", table, "--trace", trace, "--policy", "all",
+                        "--devices", "1", "--capacity", "1GiB", "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["requests"] == len(rows)
+    assert [r["policy"] for r in out["results"]] == ["lru", "cost", "belady"]
+    for r in out["results"]:
+        assert r["served"] == len(rows) and r["failed"] == 0
+
+
 def test_api_keys():
     daemon = Daemon(f"""api_keys: ["k1", "second-key"]
 devices: [{{host: true}}]
