@@ -30,6 +30,7 @@
 #include "expand.h"
 #include "nvml.h"
 #include "worker.h"
+#include "alloc.h"
 
 extern char **environ;
 
@@ -98,18 +99,6 @@ static void sleep_ms(int ms) {
     ;
 }
 
-static void set_err(char *err, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t len, const char *fmt, ...) {
-  if (err == NULL || len == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, len, fmt, ap);
-  va_end(ap);
-}
-
 /* ------------------------------------------------------------------------ */
 /* Creation                                                                  */
 
@@ -151,7 +140,7 @@ static void free_hook(mbd_hook *h) {
 int mbd_worker_new(const mbd_worker_opts *o, mbd_worker **out, char *err, size_t err_len) {
   const mbd_model_config *mc = o ? o->mc : NULL;
   if (mc == NULL || out == NULL || mc->n_cmd == 0) {
-    set_err(err, err_len, "a process model needs a cmd");
+    mb__set_err(err, err_len, "a process model needs a cmd");
     return MB_EINVAL;
   }
   mbd_worker *w = calloc(1, sizeof(*w));
@@ -240,7 +229,7 @@ int mbd_http_call(int port, const char *method, const char *path, const char *bo
   *status = 0;
   CURL *c = curl_easy_init();
   if (c == NULL) {
-    set_err(err, err_len, "cannot start an HTTP call");
+    mb__set_err(err, err_len, "cannot start an HTTP call");
     return MB_ENOMEM;
   }
   curl_easy_setopt(c, CURLOPT_URL, url);
@@ -260,7 +249,7 @@ int mbd_http_call(int port, const char *method, const char *path, const char *bo
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
   curl_easy_cleanup(c);
   if (rc != CURLE_OK) {
-    set_err(err, err_len, "%s %s: %s", method, url, curl_easy_strerror(rc));
+    mb__set_err(err, err_len, "%s %s: %s", method, url, curl_easy_strerror(rc));
     return MB_EBACKEND;
   }
   return 0;
@@ -275,7 +264,7 @@ static int call_hook(mbd_worker *w, const mbd_hook *h, const char *what, char *e
   long status = 0;
   int rc = mbd_http_call(w->port, h->method, path, NULL, h->timeout_ms, &status, err, err_len);
   if (rc == 0 && (status < 200 || status > 299)) {
-    set_err(err, err_len, "%s hook %s %s answered %ld", what, h->method, path, status);
+    mb__set_err(err, err_len, "%s hook %s %s answered %ld", what, h->method, path, status);
     rc = MB_EBACKEND;
   }
   free(path);
@@ -503,7 +492,7 @@ static int start_once(mbd_worker *w, mb_op *op) {
   w->port = port;
   pthread_mutex_unlock(&w->mu);
   if (w->port <= 0) {
-    set_err(op->err, op->err_len, "no free TCP port for the worker");
+    mb__set_err(op->err, op->err_len, "no free TCP port for the worker");
     return MB_ELOAD;
   }
   char **argv = calloc(w->n_cmd + 1, sizeof(char *));
@@ -524,7 +513,7 @@ static int start_once(mbd_worker *w, mb_op *op) {
   }
   int pfd[2] = {-1, -1};
   if (pipe2(pfd, O_CLOEXEC) != 0) {
-    set_err(op->err, op->err_len, "cannot prepare the worker: %s", strerror(errno));
+    mb__set_err(op->err, op->err_len, "cannot prepare the worker: %s", strerror(errno));
     free_list(argv, w->n_cmd);
     for (size_t i = 0; envp[i]; i++)
       free(envp[i]);
@@ -570,7 +559,7 @@ static int start_once(mbd_worker *w, mb_op *op) {
   free(envp);
   if (pid < 0) {
     close(pfd[0]);
-    set_err(op->err, op->err_len, "cannot start the worker: %s", strerror(fork_errno));
+    mb__set_err(op->err, op->err_len, "cannot start the worker: %s", strerror(fork_errno));
     return MB_ELOAD;
   }
   pthread_mutex_lock(&w->mu);
@@ -595,10 +584,10 @@ static int start_once(mbd_worker *w, mb_op *op) {
       stop_threads(w);
       log_tail(w, msg, sizeof(msg));
       if (WIFEXITED(status))
-        set_err(op->err, op->err_len, "worker exited with status %d before it was ready%s%s",
+        mb__set_err(op->err, op->err_len, "worker exited with status %d before it was ready%s%s",
                 WEXITSTATUS(status), msg[0] ? "; last output: " : "", msg);
       else
-        set_err(op->err, op->err_len, "worker killed by signal %d before it was ready%s%s",
+        mb__set_err(op->err, op->err_len, "worker killed by signal %d before it was ready%s%s",
                 WTERMSIG(status), msg[0] ? "; last output: " : "", msg);
       return MB_ELOAD;
     }
@@ -610,7 +599,7 @@ static int start_once(mbd_worker *w, mb_op *op) {
     if (now_ms() >= end) {
       stop_process(w);
       log_tail(w, msg, sizeof(msg));
-      set_err(op->err, op->err_len, "worker not healthy (GET %s) within %lld ms%s%s", w->health,
+      mb__set_err(op->err, op->err_len, "worker not healthy (GET %s) within %lld ms%s%s", w->health,
               (long long)w->start_timeout_ms, msg[0] ? "; last output: " : "", msg);
       return MB_ELOAD;
     }
@@ -1001,13 +990,13 @@ uint64_t mbd_worker_peak_bytes(mbd_worker *w) {
 
 int mbd_worker_cleanup(mbd_worker *w, char *err, size_t err_len) {
   if (w->cleanup.path == NULL) {
-    set_err(err, err_len, "model %s has no cleanup hook", w->name);
+    mb__set_err(err, err_len, "model %s has no cleanup hook", w->name);
     return MB_ENOTSUP;
   }
   pthread_mutex_lock(&w->life); /* no start or stop meanwhile */
   int rc;
   if (mbd_worker_pid(w) <= 0) {
-    set_err(err, err_len, "model %s is not running", w->name);
+    mb__set_err(err, err_len, "model %s is not running", w->name);
     rc = MB_ESTATE;
   } else {
     rc = call_hook(w, &w->cleanup, "cleanup", err, err_len);

@@ -12,18 +12,7 @@
 #include <jansson.h>
 
 #include "sim.h"
-
-static void set_err(char *err, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t len, const char *fmt, ...) {
-  if (err == NULL || len == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, len, fmt, ap);
-  va_end(ap);
-}
+#include "alloc.h"
 
 void sim_model_init(sim_model *m) {
   memset(m, 0, sizeof(*m));
@@ -48,7 +37,7 @@ static int push(sim_models *t, const sim_model *m, char *err, size_t err_len) {
     int cap = t->cap ? t->cap * 2 : 16;
     sim_model *v = realloc(t->v, (size_t)cap * sizeof(*v));
     if (v == NULL) {
-      set_err(err, err_len, "out of memory");
+      mb__set_err(err, err_len, "out of memory");
       return -1;
     }
     t->v = v;
@@ -60,7 +49,7 @@ static int push(sim_models *t, const sim_model *m, char *err, size_t err_len) {
 
 int sim_models_add(sim_models *t, const sim_model *m, char *err, size_t err_len) {
   if (sim_models_find(t, m->name) >= 0) {
-    set_err(err, err_len, "model '%s' appears twice", m->name);
+    mb__set_err(err, err_len, "model '%s' appears twice", m->name);
     return -1;
   }
   return push(t, m, err, err_len);
@@ -109,7 +98,7 @@ static int get_ms(json_t *o, const char *key, int64_t *out) {
 static int parse_model(json_t *o, int i, sim_model *m, char *err, size_t err_len) {
   sim_model_init(m);
   if (!json_is_object(o)) {
-    set_err(err, err_len, "models[%d]: not an object", i);
+    mb__set_err(err, err_len, "models[%d]: not an object", i);
     return -1;
   }
   json_t *name = json_object_get(o, "name");
@@ -119,7 +108,7 @@ static int parse_model(json_t *o, int i, sim_model *m, char *err, size_t err_len
   for (size_t k = 0; ok && k < len; k++)
     ok = (unsigned char)s[k] > ' ' && s[k] != '/' && s[k] != ',' && s[k] != 0x7f;
   if (!ok) {
-    set_err(err, err_len,
+    mb__set_err(err, err_len,
             "models[%d]: \"name\" must be a string of 1-127 bytes without spaces, ',' or '/'",
             i);
     return -1;
@@ -128,14 +117,14 @@ static int parse_model(json_t *o, int i, sim_model *m, char *err, size_t err_len
   double d;
   int r = get_num(o, "footprint_bytes", 1e18, &d);
   if (r <= 0 || d < 1) {
-    set_err(err, err_len, "model '%s': \"footprint_bytes\" %s", m->name,
+    mb__set_err(err, err_len, "model '%s': \"footprint_bytes\" %s", m->name,
             r == 0 ? "is required" : "must be a number of bytes >= 1");
     return -1;
   }
   m->footprint_bytes = (uint64_t)d;
   r = get_num(o, "load_ms", 1e12, &m->load_ms);
   if (r <= 0) {
-    set_err(err, err_len, "model '%s': \"load_ms\" %s", m->name,
+    mb__set_err(err, err_len, "model '%s': \"load_ms\" %s", m->name,
             r == 0 ? "is required" : "must be a number >= 0");
     return -1;
   }
@@ -145,7 +134,7 @@ static int parse_model(json_t *o, int i, sim_model *m, char *err, size_t err_len
   for (int k = 0; k < 3; k++) {
     have[k] = get_num(o, opt_ms[k], 1e12, slots[k]);
     if (have[k] < 0) {
-      set_err(err, err_len, "model '%s': \"%s\" must be a number >= 0", m->name, opt_ms[k]);
+      mb__set_err(err, err_len, "model '%s': \"%s\" must be a number >= 0", m->name, opt_ms[k]);
       return -1;
     }
   }
@@ -153,11 +142,11 @@ static int parse_model(json_t *o, int i, sim_model *m, char *err, size_t err_len
   json_t *off = json_object_get(o, "offload");
   if (off != NULL) {
     if (!json_is_boolean(off)) {
-      set_err(err, err_len, "model '%s': \"offload\" must be true or false", m->name);
+      mb__set_err(err, err_len, "model '%s': \"offload\" must be true or false", m->name);
       return -1;
     }
     if (json_is_true(off) && !m->can_offload) {
-      set_err(err, err_len, "model '%s': \"offload\": true needs restore_ms and offload_ms",
+      mb__set_err(err, err_len, "model '%s': \"offload\": true needs restore_ms and offload_ms",
               m->name);
       return -1;
     }
@@ -172,7 +161,7 @@ static int parse_model(json_t *o, int i, sim_model *m, char *err, size_t err_len
                json_integer_value(dev) < SIM_MAX_DEVICES) {
       m->device = (int)json_integer_value(dev);
     } else {
-      set_err(err, err_len, "model '%s': \"device\" must be an index or \"auto\"", m->name);
+      mb__set_err(err, err_len, "model '%s': \"device\" must be an index or \"auto\"", m->name);
       return -1;
     }
   }
@@ -181,7 +170,7 @@ static int parse_model(json_t *o, int i, sim_model *m, char *err, size_t err_len
   int64_t *ms_slots[] = {&m->keep_alive_ms, &m->host_keep_alive_ms, &m->queue_timeout_ms};
   for (int k = 0; k < 3; k++) {
     if (get_ms(o, ms_keys[k], ms_slots[k]) < 0) {
-      set_err(err, err_len, "model '%s': \"%s\" must be ms >= 0 or -1 (forever)", m->name,
+      mb__set_err(err, err_len, "model '%s': \"%s\" must be ms >= 0 or -1 (forever)", m->name,
               ms_keys[k]);
       return -1;
     }
@@ -189,21 +178,21 @@ static int parse_model(json_t *o, int i, sim_model *m, char *err, size_t err_len
   json_t *pin = json_object_get(o, "pinned");
   if (pin != NULL) {
     if (!json_is_boolean(pin)) {
-      set_err(err, err_len, "model '%s': \"pinned\" must be true or false", m->name);
+      mb__set_err(err, err_len, "model '%s': \"pinned\" must be true or false", m->name);
       return -1;
     }
     m->pinned = json_is_true(pin);
   }
   r = get_num(o, "max_concurrency", 1e6, &d);
   if (r < 0 || (r > 0 && (d < 1 || d != floor(d)))) {
-    set_err(err, err_len, "model '%s': \"max_concurrency\" must be an integer >= 1", m->name);
+    mb__set_err(err, err_len, "model '%s': \"max_concurrency\" must be an integer >= 1", m->name);
     return -1;
   }
   if (r > 0)
     m->max_concurrency = (int)d;
   r = get_num(o, "max_queue", 1e9, &d);
   if (r < 0 || (r > 0 && d != floor(d))) {
-    set_err(err, err_len, "model '%s': \"max_queue\" must be an integer >= 0", m->name);
+    mb__set_err(err, err_len, "model '%s': \"max_queue\" must be an integer >= 0", m->name);
     return -1;
   }
   if (r > 0)
@@ -217,12 +206,12 @@ int sim_models_parse(const char *buf, size_t len, sim_models *out, char *err, si
   memset(&t, 0, sizeof(t));
   json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
   if (root == NULL) {
-    set_err(err, err_len, "line %d column %d: %s", je.line, je.column, je.text);
+    mb__set_err(err, err_len, "line %d column %d: %s", je.line, je.column, je.text);
     return -1;
   }
   json_t *arr = json_is_array(root) ? root : json_object_get(root, "models");
   if (!json_is_array(arr)) {
-    set_err(err, err_len, "expected {\"models\": [...]} or a list of models");
+    mb__set_err(err, err_len, "expected {\"models\": [...]} or a list of models");
     goto fail;
   }
   size_t i;
@@ -235,7 +224,7 @@ int sim_models_parse(const char *buf, size_t len, sim_models *out, char *err, si
       goto fail;
   }
   if (t.n == 0) {
-    set_err(err, err_len, "the model table is empty");
+    mb__set_err(err, err_len, "the model table is empty");
     goto fail;
   }
   json_decref(root);
@@ -256,7 +245,7 @@ int sim_models_load(const char *path, sim_models *out, char *err, size_t err_len
   int rc = sim_models_parse(buf, len, out, inner, sizeof(inner));
   free(buf);
   if (rc != 0)
-    set_err(err, err_len, "%s: %s", path, inner);
+    mb__set_err(err, err_len, "%s: %s", path, inner);
   return rc;
 }
 
@@ -312,7 +301,7 @@ int sim_models_generate(sim_models *out, int n, uint64_t min_bytes, uint64_t max
   sim_rng rng;
   memset(&t, 0, sizeof(t));
   if (n < 1 || n > 10000000 || min_bytes < 1 || max_bytes < min_bytes) {
-    set_err(err, err_len, "generated models: need n >= 1 and 1 <= min <= max");
+    mb__set_err(err, err_len, "generated models: need n >= 1 and 1 <= min <= max");
     return -1;
   }
   sim_rng_seed(&rng, seed ^ 0x6d6f64656c73ull);

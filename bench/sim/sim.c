@@ -29,22 +29,11 @@
 
 #include "modelbuf/modelbuf.h"
 #include "sim.h"
+#include "alloc.h"
 
 /* Virtual time starts at 1 s: the core reads 0 as "never". */
 #define ORIGIN_NS 1000000000ull
 #define MS_NS 1000000.0
-
-static void set_err(char *err, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t len, const char *fmt, ...) {
-  if (err == NULL || len == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, len, fmt, ap);
-  va_end(ap);
-}
 
 const char *sim_policy_name(sim_policy p) {
   switch (p) {
@@ -349,7 +338,7 @@ static int setup(sim *s, const sim_models *models, const sim_trace *trace, uint6
   if (!s->m || !s->slots || !s->trace_model || !s->refs || !s->waits || !uses || !count) {
     free(uses);
     free(count);
-    set_err(err, err_len, "out of memory");
+    mb__set_err(err, err_len, "out of memory");
     return -1;
   }
   for (int i = 0; i < models->n; i++) {
@@ -367,10 +356,10 @@ static int setup(sim *s, const sim_models *models, const sim_trace *trace, uint6
         if (trace->v[k].name == i)
           line = trace->v[k].line;
       if (line)
-        set_err(err, err_len, "trace line %u: model '%s' is not in the model table", line,
+        mb__set_err(err, err_len, "trace line %u: model '%s' is not in the model table", line,
                 trace->names[i]);
       else
-        set_err(err, err_len, "trace: model '%s' is not in the model table", trace->names[i]);
+        mb__set_err(err, err_len, "trace: model '%s' is not in the model table", trace->names[i]);
       free(uses);
       free(count);
       return -1;
@@ -399,7 +388,7 @@ static int add_models(sim *s, const sim_config *cfg, char *err, size_t err_len) 
     mb_model_opts_init(&o);
     o.footprint_bytes = d->footprint_bytes;
     if (d->device != SIM_DEVICE_AUTO && d->device >= cfg->devices) {
-      set_err(err, err_len, "model '%s' is on device %d, but the run has %d device(s)",
+      mb__set_err(err, err_len, "model '%s' is on device %d, but the run has %d device(s)",
               d->name, d->device, cfg->devices);
       return -1;
     }
@@ -416,7 +405,7 @@ static int add_models(sim *s, const sim_config *cfg, char *err, size_t err_len) 
     int rc = mb_model_add(s->ctx, d->name, d->can_offload ? &be_offload : &be_plain, &s->m[i],
                           &o, e, sizeof(e));
     if (rc != 0) {
-      set_err(err, err_len, "model '%s': %s", d->name, e);
+      mb__set_err(err, err_len, "model '%s': %s", d->name, e);
       return -1;
     }
   }
@@ -436,11 +425,11 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
   out->policy = cfg->policy;
   out->ndev = cfg->devices;
   if (cfg->devices < 1 || cfg->devices > SIM_MAX_DEVICES || cfg->capacity_bytes == 0) {
-    set_err(err, err_len, "need 1 to %d devices with a capacity > 0", SIM_MAX_DEVICES);
+    mb__set_err(err, err_len, "need 1 to %d devices with a capacity > 0", SIM_MAX_DEVICES);
     return -1;
   }
   if (models->n < 1 || trace->n < 1) {
-    set_err(err, err_len, "need at least one model and one request");
+    mb__set_err(err, err_len, "need at least one model and one request");
     return -1;
   }
   s.trace = trace;
@@ -472,7 +461,7 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
   s.now = ORIGIN_NS + trace->v[0].t_ns;
   char e[256] = "";
   if (mb_ctx_new(&o, &s.ctx, e, sizeof(e)) != 0) {
-    set_err(err, err_len, "core: %s", e);
+    mb__set_err(err, err_len, "core: %s", e);
     goto done;
   }
   for (int d = 0; d < cfg->devices; d++) {
@@ -480,7 +469,7 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
     mb_device_opts_init(&dopt);
     dopt.capacity_bytes = cfg->capacity_bytes;
     if (mb_device_add(s.ctx, &dopt, NULL, e, sizeof(e)) != 0) {
-      set_err(err, err_len, "device %d: %s", d, e);
+      mb__set_err(err, err_len, "device %d: %s", d, e);
       goto done_ctx;
     }
     s.last[d] = s.now;
@@ -535,7 +524,7 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
     if (dl < t)
       t = dl;
     if (t == UINT64_MAX || (t <= s.now && !did && ++idle_rounds > 3)) {
-      set_err(err, err_len, "simulation stalled at t=%.3f s with %zu requests unanswered",
+      mb__set_err(err, err_len, "simulation stalled at t=%.3f s with %zu requests unanswered",
               (double)(s.now - ORIGIN_NS) / 1e9, s.outstanding);
       goto done_ctx;
     }
@@ -548,7 +537,7 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
   out->wall_s = (double)(w1.tv_sec - w0.tv_sec) + (double)(w1.tv_nsec - w0.tv_nsec) / 1e9;
   out->events_per_s = out->wall_s > 0 ? (double)out->core_events / out->wall_s : 0;
   if (s.nomem) {
-    set_err(err, err_len, "out of memory during the run");
+    mb__set_err(err, err_len, "out of memory during the run");
     goto done_ctx;
   }
 
@@ -588,7 +577,7 @@ done_ctx:
     mb_ctx_step(s.ctx);
   }
   if (mb_ctx_free(s.ctx) != 0 && rc == 0) {
-    set_err(err, err_len, "core: context still busy at the end of the run");
+    mb__set_err(err, err_len, "core: context still busy at the end of the run");
     rc = -1;
   }
 done:

@@ -13,23 +13,12 @@
 #include <string.h>
 
 #include "sim.h"
+#include "alloc.h"
 
 #define NS_PER_S 1e9
 /* Bounds that keep t and duration in nanoseconds far from overflow. */
 #define MAX_T_S 1e9
 #define MAX_DUR_S 1e7
-
-static void set_err(char *err, size_t len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t len, const char *fmt, ...) {
-  if (err == NULL || len == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, len, fmt, ap);
-  va_end(ap);
-}
 
 /* ------------------------------------------------------------------------ */
 /* PRNG                                                                      */
@@ -285,7 +274,7 @@ int sim_trace_parse(const char *buf, size_t len, sim_trace *out, char *err, size
     p = nl ? nl + 1 : end;
     line++;
     if (line == UINT32_MAX) {
-      set_err(err, err_len, "line %u: trace too long", line);
+      mb__set_err(err, err_len, "line %u: trace too long", line);
       goto fail;
     }
     if (le > lb && le[-1] == '\r')
@@ -294,7 +283,7 @@ int sim_trace_parse(const char *buf, size_t len, sim_trace *out, char *err, size
     if (lb == le || *lb == '#')
       continue;
     if (memchr(lb, '\0', (size_t)(le - lb)) != NULL) {
-      set_err(err, err_len, "line %u: NUL byte in the line", line);
+      mb__set_err(err, err_len, "line %u: NUL byte in the line", line);
       goto fail;
     }
     const char *f[3][2];
@@ -313,7 +302,7 @@ int sim_trace_parse(const char *buf, size_t len, sim_trace *out, char *err, size
       }
     }
     if (nf != 3) {
-      set_err(err, err_len, "line %u: expected 3 fields t,model,duration, found %d", line, nf);
+      mb__set_err(err, err_len, "line %u: expected 3 fields t,model,duration, found %d", line, nf);
       goto fail;
     }
     for (int i = 0; i < 3; i++)
@@ -328,21 +317,21 @@ int sim_trace_parse(const char *buf, size_t len, sim_trace *out, char *err, size
     double ts, dur;
     if (parse_seconds(f[0][0], f[0][1], MAX_T_S, &ts) != 0) {
       show(f[0][0], f[0][1], shown, sizeof(shown));
-      set_err(err, err_len,
+      mb__set_err(err, err_len,
               "line %u: time '%s' is not a number of seconds between 0 and %.0f", line, shown,
               MAX_T_S);
       goto fail;
     }
     if (!valid_model_name(f[1][0], (size_t)(f[1][1] - f[1][0]))) {
       show(f[1][0], f[1][1], shown, sizeof(shown));
-      set_err(err, err_len,
+      mb__set_err(err, err_len,
               "line %u: model name '%s' is invalid (1-127 bytes, no spaces, ',' or '/')", line,
               shown);
       goto fail;
     }
     if (parse_seconds(f[2][0], f[2][1], MAX_DUR_S, &dur) != 0) {
       show(f[2][0], f[2][1], shown, sizeof(shown));
-      set_err(err, err_len,
+      mb__set_err(err, err_len,
               "line %u: duration '%s' is not a number of seconds between 0 and %.0f", line,
               shown, MAX_DUR_S);
       goto fail;
@@ -352,12 +341,12 @@ int sim_trace_parse(const char *buf, size_t len, sim_trace *out, char *err, size
     name[f[1][1] - f[1][0]] = '\0';
     if (sim_trace_add(&t, (uint64_t)llround(ts * NS_PER_S), name,
                       (uint64_t)llround(dur * NS_PER_S), line) != 0) {
-      set_err(err, err_len, "line %u: out of memory", line);
+      mb__set_err(err, err_len, "line %u: out of memory", line);
       goto fail;
     }
   }
   if (t.n == 0) {
-    set_err(err, err_len, "the trace has no requests");
+    mb__set_err(err, err_len, "the trace has no requests");
     goto fail;
   }
   sim_trace_sort(&t);
@@ -371,7 +360,7 @@ fail:
 char *sim__read_file(const char *path, size_t *len, char *err, size_t err_len) {
   FILE *f = fopen(path, "rb");
   if (f == NULL) {
-    set_err(err, err_len, "%s: %s", path, strerror(errno));
+    mb__set_err(err, err_len, "%s: %s", path, strerror(errno));
     return NULL;
   }
   size_t cap = 1 << 16, n = 0;
@@ -383,7 +372,7 @@ char *sim__read_file(const char *path, size_t *len, char *err, size_t err_len) {
       if (ferror(f)) {
         fclose(f);
         free(buf);
-        set_err(err, err_len, "%s: read error", path);
+        mb__set_err(err, err_len, "%s: read error", path);
         return NULL;
       }
       break;
@@ -396,7 +385,7 @@ char *sim__read_file(const char *path, size_t *len, char *err, size_t err_len) {
   }
   fclose(f);
   if (buf == NULL)
-    set_err(err, err_len, "%s: out of memory", path);
+    mb__set_err(err, err_len, "%s: out of memory", path);
   *len = n;
   return buf;
 }
@@ -410,7 +399,7 @@ int sim_trace_load(const char *path, sim_trace *out, char *err, size_t err_len) 
   int rc = sim_trace_parse(buf, len, out, inner, sizeof(inner));
   free(buf);
   if (rc != 0)
-    set_err(err, err_len, "%s: %s", path, inner);
+    mb__set_err(err, err_len, "%s: %s", path, inner);
   return rc;
 }
 
@@ -442,14 +431,14 @@ int sim_gen_parse(const char *spec, sim_gen *g, char *err, size_t err_len) {
   const char *colon = strchr(spec, ':');
   size_t kl = colon ? (size_t)(colon - spec) : strlen(spec);
   if (kl >= sizeof(g->kind)) {
-    set_err(err, err_len, "generator '%s': unknown kind (zipf, diurnal, burst)", spec);
+    mb__set_err(err, err_len, "generator '%s': unknown kind (zipf, diurnal, burst)", spec);
     return -1;
   }
   memcpy(g->kind, spec, kl);
   g->kind[kl] = '\0';
   if (strcmp(g->kind, "zipf") != 0 && strcmp(g->kind, "diurnal") != 0 &&
       strcmp(g->kind, "burst") != 0) {
-    set_err(err, err_len, "generator '%s': unknown kind (zipf, diurnal, burst)", g->kind);
+    mb__set_err(err, err_len, "generator '%s': unknown kind (zipf, diurnal, burst)", g->kind);
     return -1;
   }
   const char *p = colon ? colon + 1 : "";
@@ -458,7 +447,7 @@ int sim_gen_parse(const char *spec, sim_gen *g, char *err, size_t err_len) {
     size_t len = comma ? (size_t)(comma - p) : strlen(p);
     char item[64];
     if (len >= sizeof(item)) {
-      set_err(err, err_len, "generator: option too long");
+      mb__set_err(err, err_len, "generator: option too long");
       return -1;
     }
     memcpy(item, p, len);
@@ -466,7 +455,7 @@ int sim_gen_parse(const char *spec, sim_gen *g, char *err, size_t err_len) {
     p = comma ? comma + 1 : p + len;
     char *eq = strchr(item, '=');
     if (eq == NULL) {
-      set_err(err, err_len, "generator: '%s' is not key=value", item);
+      mb__set_err(err, err_len, "generator: '%s' is not key=value", item);
       return -1;
     }
     *eq = '\0';
@@ -474,7 +463,7 @@ int sim_gen_parse(const char *spec, sim_gen *g, char *err, size_t err_len) {
     errno = 0;
     double v = strtod(eq + 1, &end);
     if (eq[1] == '\0' || *end != '\0' || errno != 0 || !(v >= 0) || v > 1e12) {
-      set_err(err, err_len, "generator: %s=%s is not a number >= 0", item, eq + 1);
+      mb__set_err(err, err_len, "generator: %s=%s is not a number >= 0", item, eq + 1);
       return -1;
     }
     static const char *const keys[] = {"n",   "rate",  "s",    "dur",   "period",
@@ -486,14 +475,14 @@ int sim_gen_parse(const char *spec, sim_gen *g, char *err, size_t err_len) {
       if (strcmp(item, keys[k]) == 0)
         break;
     if (k == sizeof keys / sizeof keys[0]) {
-      set_err(err, err_len,
+      mb__set_err(err, err_len,
               "generator: unknown key '%s' (n, rate, s, dur, period, amp, every, size, spread)",
               item);
       return -1;
     }
     if (k == 0) {
       if (v < 1 || v > 1e9) {
-        set_err(err, err_len, "generator: n must be between 1 and 1e9");
+        mb__set_err(err, err_len, "generator: n must be between 1 and 1e9");
         return -1;
       }
       g->n = (size_t)v;
@@ -502,7 +491,7 @@ int sim_gen_parse(const char *spec, sim_gen *g, char *err, size_t err_len) {
     }
   }
   if (g->rate <= 0 || g->period <= 0 || g->every <= 0 || g->amp > 1) {
-    set_err(err, err_len, "generator: rate, period and every must be > 0, amp <= 1");
+    mb__set_err(err, err_len, "generator: rate, period and every must be > 0, amp <= 1");
     return -1;
   }
   return 0;
@@ -545,7 +534,7 @@ int sim_gen_run(const sim_gen *g, const sim_models *t, uint64_t seed, sim_trace 
   sim_rng rng;
   memset(&tr, 0, sizeof(tr));
   if (t->n < 1) {
-    set_err(err, err_len, "generator: the model table is empty");
+    mb__set_err(err, err_len, "generator: the model table is empty");
     return -1;
   }
   double *cdf = zipf_cdf(t->n, g->s);
@@ -594,6 +583,6 @@ int sim_gen_run(const sim_gen *g, const sim_models *t, uint64_t seed, sim_trace 
 nomem:
   free(cdf);
   sim_trace_free(&tr);
-  set_err(err, err_len, "generator: out of memory");
+  mb__set_err(err, err_len, "generator: out of memory");
   return -1;
 }
