@@ -604,9 +604,10 @@ static MHD_RESULT health(mbd *d, struct MHD_Connection *c) {
   struct timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
   int64_t up_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - d->started_ms;
+  const char *state = __atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) ? "stopping" : "ok";
   return mbd_reply_json(
       c, 200,
-      json_pack("{s:s,s:s,s:f,s:i,s:i,s:b,s:o}", "status", d->stopping ? "stopping" : "ok",
+      json_pack("{s:s,s:s,s:f,s:i,s:i,s:b,s:o}", "status", state,
                 "version", mb_version(), "uptime_s", (double)up_ms / 1000.0, "active_jobs",
                 active, "queued", queued, "gpu_available", gpu, "devices", devices_json(d)));
 }

@@ -436,7 +436,7 @@ void mbd_stop(mbd *d) {
   if (d == NULL)
     return;
   pthread_mutex_lock(&d->mu);
-  d->stopping = 1;
+  __atomic_store_n(&d->stopping, 1, __ATOMIC_RELEASE); /* read without d->mu too */
   pthread_cond_broadcast(&d->ev_cv);
   pthread_mutex_unlock(&d->mu);
   if (d->ctx) {

@@ -117,7 +117,7 @@ static int serve(mbd_config *cfg, const char *path, const mbd_flags *flags) {
   }
   notify("STOPPING=1");
   pthread_mutex_lock(&d->mu);
-  d->stopping = 1;
+  __atomic_store_n(&d->stopping, 1, __ATOMIC_RELEASE); /* read without d->mu too */
   pthread_cond_broadcast(&d->ev_cv);
   pthread_mutex_unlock(&d->mu);
   mbd_http_quiesce(d);

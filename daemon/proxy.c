@@ -297,7 +297,7 @@ static ssize_t pxy_read(void *cls, uint64_t pos, char *out, size_t max) {
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += 1;
     pthread_cond_timedwait(&x->cv, &x->mu, &ts);
-    if (x->d->stopping && x->off == x->len && !x->done) {
+    if (__atomic_load_n(&x->d->stopping, __ATOMIC_ACQUIRE) && x->off == x->len && !x->done) {
       pthread_mutex_unlock(&x->mu);
       return MHD_CONTENT_READER_END_WITH_ERROR; /* the daemon is stopping */
     }
