@@ -765,14 +765,11 @@ int mbd_api_route(mbd *d, struct MHD_Connection *c, const char *method, const ch
   }
   if (strncmp(url, "/api/models/", 12) == 0) {
     char name[MBD_MODEL_NAME_MAX + 1];
-    const char *p = url + 12, *slash = strchr(p, '/');
-    size_t n = slash ? (size_t)(slash - p) : strlen(p);
-    if (n == 0 || n > MBD_MODEL_NAME_MAX) {
+    const char *slash;
+    if (mbd_path_model(url + 12, name, &slash) != 0) {
       *res = mbd_reply_error(c, 404, "not_found", "unknown model", 0);
       return 1;
     }
-    memcpy(name, p, n);
-    name[n] = '\0';
     mbd_model *m = mbd_find_name(d, name);
     if (m == NULL) {
       char msg[160];

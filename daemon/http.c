@@ -73,6 +73,17 @@ MHD_RESULT mbd_reply_error(struct MHD_Connection *c, int status, const char *cod
   return r;
 }
 
+int mbd_path_model(const char *p, char name[MBD_MODEL_NAME_MAX + 1], const char **rest) {
+  const char *slash = strchr(p, '/');
+  size_t n = slash ? (size_t)(slash - p) : strlen(p);
+  if (n == 0 || n > MBD_MODEL_NAME_MAX)
+    return -1;
+  memcpy(name, p, n);
+  name[n] = '\0';
+  *rest = slash;
+  return 0;
+}
+
 int mbd_http_status(int err, const char **code) {
   switch (err) {
   case 0: *code = "ok"; return 200;

@@ -38,6 +38,13 @@ MHD_RESULT mbd_reply_error(struct MHD_Connection *c, int status, const char *cod
 MHD_RESULT mbd_reply_text(struct MHD_Connection *c, int status, const char *type,
                           const char *text, size_t len);
 
+/*
+ * The model name at the start of path p ("NAME" or "NAME/rest..."): copies
+ * it into name (MBD_MODEL_NAME_MAX + 1 bytes) and points *rest at "/rest"
+ * or NULL. 0, or -1 for an empty or over-long name.
+ */
+int mbd_path_model(const char *p, char name[MBD_MODEL_NAME_MAX + 1], const char **rest);
+
 /* The HTTP status and error code for a library error of a model request. */
 int mbd_http_status(int err, const char **code);
 

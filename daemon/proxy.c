@@ -634,13 +634,10 @@ int mbd_proxy_stream_begin(mbd *d, struct MHD_Connection *c, const char *method,
                            const char *url, mbd_req *r, MHD_RESULT *res) {
   if (strncmp(url, "/m/", 3) != 0 || !has_body(c))
     return 0;
-  const char *p = url + 3, *slash = strchr(p, '/');
-  size_t n = slash ? (size_t)(slash - p) : strlen(p);
   char name[MBD_MODEL_NAME_MAX + 1];
-  if (n == 0 || n > MBD_MODEL_NAME_MAX)
+  const char *slash;
+  if (mbd_path_model(url + 3, name, &slash) != 0)
     return 0; /* the ordinary route answers 404 */
-  memcpy(name, p, n);
-  name[n] = '\0';
   mbd_model *m = mbd_find(d, name);
   if (m == NULL || m->worker == NULL)
     return 0; /* unknown (404 later) or a plugin: buffered */
@@ -769,15 +766,12 @@ static MHD_RESULT v1_models(mbd *d, struct MHD_Connection *c) {
 int mbd_proxy_route(mbd *d, struct MHD_Connection *c, const char *method, const char *url,
                     mbd_req *r, MHD_RESULT *res) {
   if (strncmp(url, "/m/", 3) == 0) {
-    const char *p = url + 3, *slash = strchr(p, '/');
-    size_t n = slash ? (size_t)(slash - p) : strlen(p);
     char name[MBD_MODEL_NAME_MAX + 1];
-    if (n == 0 || n > MBD_MODEL_NAME_MAX) {
+    const char *slash;
+    if (mbd_path_model(url + 3, name, &slash) != 0) {
       *res = mbd_reply_error(c, 404, "not_found", "unknown model", 0);
       return 1;
     }
-    memcpy(name, p, n);
-    name[n] = '\0';
     mbd_model *m = mbd_find(d, name);
     if (m == NULL) {
       char msg[160];
