@@ -620,6 +620,39 @@ static MHD_RESULT serve_plugin(mbd *d, struct MHD_Connection *c, mbd_model *m,
 }
 
 
+/*
+ * Takes a lease on m for this request (X-Modelbuf-* headers honoured) and
+ * the model's current entry (a reload may have replaced it meanwhile).
+ * 0 with *got and *cur, or -1 with the answer queued in *res.
+ */
+static int lease_model(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_result *got,
+                       mbd_model **cur, MHD_RESULT *res) {
+  char err[256] = "";
+  mb_acquire_opts ao;
+  if (acquire_opts(c, &ao, err, sizeof(err)) != 0) {
+    *res = mbd_reply_error(c, 400, "bad_request", err, 0);
+    return -1;
+  }
+  int rc = acquire(d, m->name, &ao, got, err, sizeof(err));
+  if (rc != 0) {
+    const char *code;
+    int status = mbd_http_status(rc, &code);
+    mbd_count_code(d, m, status);
+    *res = mbd_reply_error(c, status, code, err[0] ? err : mb_strerror(rc),
+                           status == 503 ? 1 : 0);
+    return -1;
+  }
+  /* The lease keeps the model from a reload; use its current entry. */
+  *cur = mbd_current(d, m);
+  if (*cur == NULL) {
+    if (mb_release(d->ctx, got->lease) != 0)
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
+    *res = mbd_reply_error(c, 404, "not_found", "the model was removed by a reload", 0);
+    return -1;
+  }
+  return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Request bodies streamed to the worker                                     */
 
@@ -641,27 +674,15 @@ int mbd_proxy_stream_begin(mbd *d, struct MHD_Connection *c, const char *method,
   mbd_model *m = mbd_find(d, name);
   if (m == NULL || m->worker == NULL)
     return 0; /* unknown (404 later) or a plugin: buffered */
-  char err[256] = "";
-  mb_acquire_opts ao;
-  if (acquire_opts(c, &ao, err, sizeof(err)) != 0) {
-    *res = mbd_reply_error(c, 400, "bad_request", err, 0);
-    return -1;
-  }
   mb_result got;
-  int rc = acquire(d, m->name, &ao, &got, err, sizeof(err));
-  if (rc != 0) {
-    const char *code;
-    int status = mbd_http_status(rc, &code);
-    mbd_count_code(d, m, status);
-    *res = mbd_reply_error(c, status, code, err[0] ? err : mb_strerror(rc),
-                           status == 503 ? 1 : 0);
+  mbd_model *cur;
+  if (lease_model(d, c, m, &got, &cur, res) != 0)
     return -1;
-  }
-  mbd_model *cur = mbd_current(d, m);
-  if (cur == NULL || cur->worker == NULL) {
+  if (cur->worker == NULL) { /* a reload made it a plugin: serve it buffered */
     if (mb_release(d->ctx, got.lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-    *res = mbd_reply_error(c, 404, "not_found", "the model was removed by a reload", 0);
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", cur->name);
+    *res = mbd_reply_error(c, 409, "state_conflict",
+                           "the model changed backend during a reload; send it again", 0);
     return -1;
   }
   pxy *x;
@@ -714,27 +735,10 @@ void mbd_proxy_stream_abort(mbd_req *r) {
 
 static MHD_RESULT to_model(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
                            const char *path, mbd_req *r) {
-  char err[256] = "";
-  mb_acquire_opts ao;
-  if (acquire_opts(c, &ao, err, sizeof(err)) != 0)
-    return mbd_reply_error(c, 400, "bad_request", err, 0);
   mb_result got;
-  int rc = acquire(d, m->name, &ao, &got, err, sizeof(err));
-  if (rc != 0) {
-    const char *code;
-    int status = mbd_http_status(rc, &code);
-    mbd_count_code(d, m, status);
-    return mbd_reply_error(c, status, code, err[0] ? err : mb_strerror(rc),
-                           status == 503 ? 1 : 0);
-  }
-  /* The lease keeps the model from a reload; use its current entry. */
-  mbd_model *cur = mbd_current(d, m);
-  if (cur == NULL) {
-    if (mb_release(d->ctx, got.lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-    return mbd_reply_error(c, 404, "not_found", "the model was removed by a reload", 0);
-  }
-  m = cur;
+  MHD_RESULT res;
+  if (lease_model(d, c, m, &got, &m, &res) != 0)
+    return res;
   if (m->plugin)
     return serve_plugin(d, c, m, method, path, r, &got);
   return forward(d, c, m, method, path, r, &got);
