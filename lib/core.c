@@ -671,6 +671,7 @@ int mb_ctx_free(mb_ctx *ctx) {
   mb__free(ctx->models);
   mb__free(ctx->cand_dev);
   mb__free(ctx->cand_host);
+  mb__free(ctx->plan);
   mb__free(ctx->name_tab);
   mb__free(ctx->lease_tab);
   mb__free(ctx->devs);
@@ -864,6 +865,10 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
     if (ch == NULL)
       goto fail_locked_nomem;
     ctx->cand_host = ch;
+    mb__plan_ent *pl = mb__realloc(ctx->plan, (size_t)cap * sizeof(*pl));
+    if (pl == NULL)
+      goto fail_locked_nomem;
+    ctx->plan = pl;
     ctx->models_cap = cap;
   }
   if (mb__heap_reserve(&ctx->heap) != 0)

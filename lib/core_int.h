@@ -115,6 +115,14 @@ typedef struct mb__device {
   int loads;           /* LOADING + RESTORING */
   int leases;
   mb__model *res_head; /* models charged here (on_dev), via dev_next/dev_prev */
+  /* Admission plan (sched.c): this device's eviction candidates, sorted,
+   * at ctx->plan[plan_off .. plan_off + plan_n), valid while plan_gen ==
+   * ctx->plan_gen. */
+  uint64_t plan_gen;
+  int plan_off, plan_n;
+  /* The smallest need found not to fit now in generation fail_gen: no
+   * larger one fits either. */
+  uint64_t fail_gen, fail_need;
 } mb__device;
 
 /* An eviction candidate and its rank under the policy (sched.c). */
@@ -122,6 +130,16 @@ typedef struct mb__cand {
   mb__model *m;
   double rank;
 } mb__cand;
+
+/* A device's candidate in an admission plan, with the sums over the
+ * candidates before it and itself: the bytes evicting them frees and their
+ * summed eviction cost. */
+typedef struct mb__plan_ent {
+  mb__model *m;
+  double rank;
+  uint64_t charge_sum;
+  double cost_sum;
+} mb__plan_ent;
 
 struct mb__model {
   char *name;
@@ -144,6 +162,9 @@ struct mb__model {
   int admit_pending;
   uint64_t admit_seq;
   mb__model *adm_prev, *adm_next;
+  /* Also in the list of admissions bound to one device (adm1_*). */
+  int adm_single;
+  mb__model *adm1_prev, *adm1_next;
   /* Dirty list. */
   int dirty;
   mb__model *dirty_next;
@@ -224,6 +245,12 @@ struct mb_ctx {
   size_t name_tab_cap;
   mb__heap heap;
   mb__model *adm_head, *adm_tail;
+  /* The waiting models bound to one device (a restore, or a fixed device),
+   * in admission order; the others may go on any device: how many, and
+   * bounds of their footprints. */
+  mb__model *adm1_head, *adm1_tail;
+  int adm_any;
+  uint64_t adm_any_min, adm_any_max;
   uint64_t adm_seq;
   mb__model *dirty_head, *dirty_tail;
   int devs_dirty;
@@ -234,6 +261,22 @@ struct mb_ctx {
    * mb_model_add): one for device evictions and one for host evictions,
    * which may be planned while a device eviction is in progress. */
   mb__cand *cand_dev, *cand_host;
+  /* Admission plans of the devices, models_cap entries (a model is a
+   * candidate on one device at most). One generation lasts while the
+   * admission pass changes nothing; any action starts a new one. */
+  mb__plan_ent *plan;
+  int plan_used;
+  uint64_t plan_gen;
+  /* The same for a model that may go on any device. */
+  uint64_t auto_fail_gen, auto_fail_need, auto_fail_largest;
+  /* What a model that may go on any device finds, per generation
+   * (sched.c, auto_blocked): the largest usable size, the device with the
+   * most free memory and that memory, the most a device can take once its
+   * leaving models are gone, and the cheapest planned eviction. */
+  uint64_t auto_gen, auto_cost_gen;
+  uint64_t auto_usable, auto_t0, auto_t1;
+  int auto_dev0, auto_has_t1;
+  double auto_min_cost;
   int shutting_down;
   int jobs_busy;
   struct mb_job *manual_jobs; /* handed to the executor after the step */

@@ -484,6 +484,13 @@ static void evict(mb_ctx *ctx, mb__model *m) {
 /* ------------------------------------------------------------------------ */
 /* Admission                                                                 */
 
+/* Whether a waiting model can only go on one device: a restore goes back
+ * where it was, and a model may name its device. */
+static int single_device(const mb__model *m) {
+  return (m->state == MB_STATE_OFFLOADED && m->device >= 0) ||
+         m->opts.device != MB_DEVICE_AUTO;
+}
+
 static void adm_remove(mb_ctx *ctx, mb__model *m) {
   if (!m->admit_pending)
     return;
@@ -496,6 +503,19 @@ static void adm_remove(mb_ctx *ctx, mb__model *m) {
   else
     ctx->adm_tail = m->adm_prev;
   m->adm_prev = m->adm_next = NULL;
+  if (m->adm_single) {
+    if (m->adm1_prev)
+      m->adm1_prev->adm1_next = m->adm1_next;
+    else
+      ctx->adm1_head = m->adm1_next;
+    if (m->adm1_next)
+      m->adm1_next->adm1_prev = m->adm1_prev;
+    else
+      ctx->adm1_tail = m->adm1_prev;
+    m->adm1_prev = m->adm1_next = NULL;
+  } else {
+    ctx->adm_any--;
+  }
   m->admit_pending = 0;
 }
 
@@ -511,7 +531,23 @@ static void adm_add(mb_ctx *ctx, mb__model *m) {
   else
     ctx->adm_head = m;
   ctx->adm_tail = m;
-  ctx->devs_dirty = 1;
+  m->adm_single = single_device(m);
+  if (m->adm_single) {
+    m->adm1_next = NULL;
+    m->adm1_prev = ctx->adm1_tail;
+    if (ctx->adm1_tail)
+      ctx->adm1_tail->adm1_next = m;
+    else
+      ctx->adm1_head = m;
+    ctx->adm1_tail = m;
+  } else {
+    uint64_t need = mb__footprint(m);
+    if (ctx->adm_any == 0 || need < ctx->adm_any_min)
+      ctx->adm_any_min = need;
+    if (ctx->adm_any == 0 || need > ctx->adm_any_max)
+      ctx->adm_any_max = need;
+    ctx->adm_any++;
+  }
 }
 
 static void fail_waiters(mb_ctx *ctx, mb__model *m, int rc, const char *msg) {
@@ -533,11 +569,48 @@ static uint64_t usable_on(const mb_ctx *ctx, int dev) {
   return ctx->devs[dev].usable;
 }
 
+/* Starts a new generation of admission plans: every device's plan is
+ * stale. Called before an admission pass and after any admission acts. */
+static void plans_reset(mb_ctx *ctx) {
+  ctx->plan_gen++;
+  ctx->plan_used = 0;
+}
+
+/*
+ * The admission plan of device dev: its eviction candidates in eviction
+ * order, each with the bytes and the cost of evicting it and every one
+ * before it. Built once per generation, so an admission pass over many
+ * waiting models sorts each device once, not once per model. The pool
+ * holds every model, and a model is a candidate on one device only, so the
+ * plans of one generation always fit.
+ */
+static const mb__plan_ent *plan_get(mb_ctx *ctx, int dev, int *n) {
+  mb__device *d = &ctx->devs[dev];
+  if (d->plan_gen != ctx->plan_gen) {
+    int k = collect(ctx, dev, 0);
+    mb__plan_ent *p = ctx->plan + ctx->plan_used;
+    uint64_t charge = 0;
+    double cost = 0;
+    for (int i = 0; i < k; i++) {
+      const mb__cand *c = &ctx->cand_dev[i];
+      charge += c->m->dev_charge;
+      cost += ctx->opts.eviction == MB_EVICT_COST ? c->rank : reload_cost_ms(c->m, 0);
+      p[i] = (mb__plan_ent){c->m, c->rank, charge, cost};
+    }
+    d->plan_gen = ctx->plan_gen;
+    d->plan_off = ctx->plan_used;
+    d->plan_n = k;
+    ctx->plan_used += k;
+  }
+  *n = d->plan_n;
+  return ctx->plan + d->plan_off;
+}
+
 /*
  * Plans room for need bytes on dev: returns 0 if it fits now, 1 if it will
  * fit once leaving models are gone or planned victims are evicted (*nvict
- * victims first in ctx->cand_dev, *cost their summed eviction cost), -1 if
- * not now.
+ * victims first in the device's plan, *cost their summed eviction cost),
+ * -1 if not now.
  */
 static int plan_room(mb_ctx *ctx, int dev, uint64_t need, int *nvict, double *cost) {
   mb__device *d = &ctx->devs[dev];
@@ -546,27 +619,107 @@ static int plan_room(mb_ctx *ctx, int dev, uint64_t need, int *nvict, double *co
   *cost = 0;
   if (d->used + need <= d->usable && (max_loaded == 0 || d->resident < max_loaded))
     return 0;
-  uint64_t will_free = d->leaving_bytes;
-  int will_leave = d->leaving;
-  if (d->used - will_free + need <= d->usable &&
-      (max_loaded == 0 || d->resident - will_leave < max_loaded))
+  uint64_t leaving_bytes = d->leaving_bytes;
+  int leaving = d->leaving;
+  if (d->used - leaving_bytes + need <= d->usable &&
+      (max_loaded == 0 || d->resident - leaving < max_loaded))
     return 1;
-  mb__cand *vict = ctx->cand_dev;
-  int n = collect(ctx, dev, 0);
-  int k = 0;
-  while (k < n && (d->used - will_free + need > d->usable ||
-                   (max_loaded && d->resident - will_leave >= max_loaded))) {
-    will_free += vict[k].m->dev_charge;
-    will_leave++;
-    *cost += ctx->opts.eviction == MB_EVICT_COST ? vict[k].rank
-                                                 : reload_cost_ms(vict[k].m, 0);
-    k++;
-  }
-  if (d->used - will_free + need > d->usable ||
-      (max_loaded && d->resident - will_leave >= max_loaded))
+  if (d->fail_gen == ctx->plan_gen && need >= d->fail_need)
     return -1;
-  *nvict = k;
+  int n;
+  const mb__plan_ent *p = plan_get(ctx, dev, &n);
+  /* The fewest victims (a prefix of the plan) that make room: the bytes
+   * freed grow with their number, so a binary search finds it. */
+#define ROOM_AFTER(k) \
+  (d->used - leaving_bytes - ((k) > 0 ? p[(k) - 1].charge_sum : 0) + need <= d->usable && \
+   (max_loaded == 0 || d->resident - leaving - (k) < max_loaded))
+  if (n == 0 || !ROOM_AFTER(n)) {
+    if (d->fail_gen != ctx->plan_gen || need < d->fail_need) {
+      d->fail_gen = ctx->plan_gen;
+      d->fail_need = need;
+    }
+    return -1;
+  }
+  int lo = 1, hi = n;
+  while (lo < hi) {
+    int mid = lo + (hi - lo) / 2;
+    if (ROOM_AFTER(mid))
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+#undef ROOM_AFTER
+  *nvict = lo;
+  *cost = p[lo - 1].cost_sum;
   return 1;
+}
+
+/* Whether every eviction planned now would cost more than 0 (so a plan
+ * that only waits for leaving models, at cost 0, beats it). */
+static int evictions_cost(mb_ctx *ctx);
+
+/*
+ * Whether try_admit() of a model of need bytes that may go on any device
+ * would do nothing now; 0 when it may act or it is not known cheaply. An
+ * admission pass asks this of every waiting model, so it answers from
+ * per-generation figures instead of planning every device for each:
+ *   - fits now somewhere: try_admit takes the device with the most free
+ *     memory, and does nothing if that one is busy with max_parallel_loads;
+ *   - fits once leaving models are gone on some device: that plan costs 0
+ *     and evicts nobody, so it wins unless evicting could also cost <= 0;
+ *   - a smaller model already found no room anywhere in this generation.
+ * The answers are exactly what the full planning would decide.
+ */
+static int evictions_cost(mb_ctx *ctx) {
+  if (ctx->auto_cost_gen != ctx->plan_gen) {
+    ctx->auto_cost_gen = ctx->plan_gen;
+    ctx->auto_min_cost = 1;
+    for (int i = 0; i < ctx->ndev; i++) {
+      int n;
+      const mb__plan_ent *p = plan_get(ctx, i, &n);
+      for (int k = 0; k < n; k++)
+        if (p[k].cost_sum < ctx->auto_min_cost)
+          ctx->auto_min_cost = p[k].cost_sum;
+    }
+  }
+  return ctx->auto_min_cost > 0;
+}
+
+static int auto_blocked(mb_ctx *ctx, uint64_t need) {
+  if (ctx->auto_gen != ctx->plan_gen) {
+    ctx->auto_gen = ctx->plan_gen;
+    ctx->auto_usable = ctx->auto_t0 = ctx->auto_t1 = 0;
+    ctx->auto_dev0 = -1;
+    ctx->auto_has_t1 = 0;
+    for (int i = 0; i < ctx->ndev; i++) {
+      const mb__device *d = &ctx->devs[i];
+      int ml = d->opts.max_loaded;
+      if (d->usable > ctx->auto_usable)
+        ctx->auto_usable = d->usable;
+      if (d->used < d->usable && (ml == 0 || d->resident < ml) &&
+          (ctx->auto_dev0 < 0 || d->usable - d->used > ctx->auto_t0)) {
+        ctx->auto_dev0 = i;
+        ctx->auto_t0 = d->usable - d->used;
+      }
+      uint64_t staying = d->used - d->leaving_bytes;
+      if (staying < d->usable && (ml == 0 || d->resident - d->leaving < ml) &&
+          (!ctx->auto_has_t1 || d->usable - staying > ctx->auto_t1)) {
+        ctx->auto_has_t1 = 1;
+        ctx->auto_t1 = d->usable - staying;
+      }
+    }
+  }
+  if (need == 0 || need > ctx->auto_usable)
+    return 0;
+  if (ctx->auto_dev0 >= 0 && need <= ctx->auto_t0) {
+    const mb__device *d = &ctx->devs[ctx->auto_dev0];
+    int maxp = d->opts.max_parallel_loads > 0 ? d->opts.max_parallel_loads : 1;
+    return d->loads >= maxp;
+  }
+  if (ctx->auto_has_t1 && need <= ctx->auto_t1)
+    return evictions_cost(ctx);
+  return ctx->auto_fail_gen == ctx->plan_gen && need >= ctx->auto_fail_need &&
+         need <= ctx->auto_fail_largest;
 }
 
 /*
@@ -586,6 +739,9 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
     lo = m->opts.device;
     hi = lo + 1;
   }
+  int any = lo == 0 && hi == ctx->ndev;
+  if (any && auto_blocked(ctx, need))
+    return;
   int best = -1, best_kind = 2;
   double best_cost = 0;
   uint64_t best_free = 0;
@@ -621,17 +777,28 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
              m->name, (unsigned long long)need, (unsigned long long)largest);
     adm_remove(ctx, m);
     fail_waiters(ctx, m, MB_ENOSPC, msg);
+    plans_reset(ctx);
     return;
   }
-  if (best < 0)
+  if (best < 0) {
+    if (any && (ctx->auto_fail_gen != ctx->plan_gen || need < ctx->auto_fail_need)) {
+      ctx->auto_fail_gen = ctx->plan_gen;
+      ctx->auto_fail_need = need;
+      ctx->auto_fail_largest = largest;
+    }
     return; /* wait for leases to be released */
+  }
   if (best_kind == 1) {
-    int nv;
+    int nv, n;
     double cost;
     plan_room(ctx, best, need, &nv, &cost);
-    /* evict() may plan host evictions: those use the other buffer. */
+    /* evict() changes nothing in the plan pool (host evictions use their
+     * own buffer); the plans are stale once it has acted. */
+    const mb__plan_ent *p = plan_get(ctx, best, &n);
     for (int i = 0; i < nv; i++)
-      evict(ctx, ctx->cand_dev[i].m);
+      evict(ctx, p[i].m);
+    if (nv > 0)
+      plans_reset(ctx);
     return; /* admitted when the memory is back */
   }
   mb__device *d = &ctx->devs[best];
@@ -643,11 +810,104 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
   if (!restore)
     m->resid_peak = 0;
   start_job(ctx, m, restore ? MB_JOB_RESTORE : MB_JOB_LOAD, m->wq_head ? "acquire" : "load");
+  plans_reset(ctx);
 }
 
+/*
+ * A model starts waiting for memory: it joins the admission list and is
+ * tried at once. The others need another pass only if that acted (evicted,
+ * started a load, failed): a model joining the list changes nothing for
+ * the models before it.
+ */
+static void admit_new(mb_ctx *ctx, mb__model *m) {
+  adm_add(ctx, m);
+  plans_reset(ctx);
+  uint64_t gen = ctx->plan_gen;
+  try_admit(ctx, m);
+  if (ctx->plan_gen != gen)
+    ctx->devs_dirty = 1;
+}
+
+/*
+ * Whether no model that may go on any device can act in this generation,
+ * whatever its footprint within the waiting ones' bounds: the intervals of
+ * footprints that would load (fits now on an idle device), evict (fits
+ * nowhere without evicting, somewhere with), or fail (fits no device ever)
+ * miss those bounds. Then an admission pass visits only the models bound
+ * to one device. See auto_blocked() for the decisions it mirrors.
+ */
+static int any_blocked(mb_ctx *ctx) {
+  if (ctx->adm_any == 0)
+    return 1;
+  uint64_t lo = ctx->adm_any_min, hi = ctx->adm_any_max;
+  if (lo == 0)
+    return 0;
+  (void)auto_blocked(ctx, lo); /* computes the generation's figures */
+  if (hi > ctx->auto_usable)
+    return 0;
+  if (ctx->auto_dev0 >= 0 && lo <= ctx->auto_t0) {
+    const mb__device *d = &ctx->devs[ctx->auto_dev0];
+    int maxp = d->opts.max_parallel_loads > 0 ? d->opts.max_parallel_loads : 1;
+    if (d->loads < maxp)
+      return 0;
+  }
+  /* Up to t0 a model takes the busy device with the most free memory; up to
+   * t1 it waits for leaving models, unless an eviction could cost <= 0. */
+  uint64_t t0 = ctx->auto_dev0 >= 0 ? ctx->auto_t0 : 0, waits = t0;
+  if (ctx->auto_has_t1 && ctx->auto_t1 > t0) {
+    if (lo <= ctx->auto_t1 && hi > t0 && !evictions_cost(ctx))
+      return 0;
+    waits = ctx->auto_t1;
+  }
+  /* Footprints above waits fit nowhere without evicting: the largest that
+   * fits somewhere once every candidate there is gone. */
+  uint64_t evict_max = 0;
+  for (int i = 0; i < ctx->ndev; i++) {
+    const mb__device *d = &ctx->devs[i];
+    uint64_t cand = 0;
+    int ncand = 0;
+    for (const mb__model *m = d->res_head; m; m = m->dev_next)
+      if (evictable(m, i)) {
+        cand += m->dev_charge;
+        ncand++;
+      }
+    uint64_t staying = d->used - d->leaving_bytes - cand;
+    int ml = d->opts.max_loaded;
+    if (staying < d->usable && (ml == 0 || d->resident - d->leaving - ncand < ml) &&
+        d->usable - staying > evict_max)
+      evict_max = d->usable - staying;
+  }
+  uint64_t from = waits + 1 > lo ? waits + 1 : lo;
+  uint64_t to = evict_max < hi ? evict_max : hi;
+  return from > to;
+}
+
+/*
+ * Tries every waiting model, oldest first. When no model that may go on any
+ * device can act (any_blocked), only the models bound to one device are
+ * tried, until one acts: from there on every model is tried, as the state
+ * changed.
+ */
 static void pump_admissions(mb_ctx *ctx) {
   ctx->devs_dirty = 0;
+  plans_reset(ctx);
   mb__model *m = ctx->adm_head;
+  if (any_blocked(ctx)) {
+    m = ctx->adm1_head;
+    while (m != NULL) {
+      mb__model *next = m->adm1_next, *after = m->adm_next;
+      uint64_t gen = ctx->plan_gen;
+      if (!wants_resident(m) || m->unload_pending)
+        adm_remove(ctx, m);
+      else
+        try_admit(ctx, m);
+      if (ctx->plan_gen != gen) {
+        m = after;
+        break;
+      }
+      m = next;
+    }
+  }
   while (m != NULL) {
     mb__model *next = m->adm_next;
     if (!wants_resident(m) || m->unload_pending)
@@ -782,14 +1042,17 @@ static void arm_idle(mb_ctx *ctx, mb__model *m) {
 }
 
 static void advance(mb_ctx *ctx, mb__model *m) {
+  /* No longer waiting (its requests timed out or were canceled): out of
+   * the admission list now, as a pass may not visit it. */
+  if (m->admit_pending && (!wants_resident(m) || m->unload_pending))
+    adm_remove(ctx, m);
   switch (m->state) {
   case MB_STATE_UNLOADED:
   case MB_STATE_FAILED:
     if (m->removing || ctx->shutting_down)
       break;
     if (wants_resident(m) && !m->admit_pending) {
-      adm_add(ctx, m);
-      try_admit(ctx, m);
+      admit_new(ctx, m);
     }
     break;
   case MB_STATE_OFFLOADED:
@@ -799,8 +1062,7 @@ static void advance(mb_ctx *ctx, mb__model *m) {
     } else if (wants_resident(m)) {
       mb__heap_cancel(&ctx->heap, &m->timer);
       if (!m->admit_pending) {
-        adm_add(ctx, m);
-        try_admit(ctx, m);
+        admit_new(ctx, m);
       }
     } else if (m->offload_pending) {
       m->offload_pending = 0;
