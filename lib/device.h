@@ -120,7 +120,9 @@ int mb__dev_event_wait(mb__dev *d, mb__dev_event *ev, char *err, size_t err_len)
  * way and mlock()ed when RLIMIT_MEMLOCK allows it (a refusal is not an
  * error: the buffer is then simply not locked). A copy to or from it should
  * not cross a multiple of MB_DEV_PIN_SLICE from its start (each slice is
- * its own registration). MB_ENOMEM with a message. Free with
+ * its own registration). The buffer takes whole pages of its own (bytes
+ * rounded up), so no registration or lock shares a page with other memory.
+ * MB_ENOMEM with a message. Free with
  * mb__dev_pinned_free and the same bytes.
  */
 #define MB_DEV_PIN_SLICE (64u << 20)

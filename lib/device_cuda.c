@@ -400,14 +400,17 @@ int mb__cuda_va_reserve(mb__cuda *c, size_t *bytes, uint64_t *addr, char *err, s
   }
   CUmemAllocationProp prop;
   va_prop(c, &prop);
-  size_t gran = 0;
-  r = drv.va_granularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
-  if (r != CUDA_SUCCESS || gran == 0)
-    r = drv.va_granularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
+  /* cuMemCreate/cuMemMap sizes must be multiples of the minimum
+   * granularity; the recommended one (a multiple of it) performs better. */
+  size_t gran = 0, rec = 0;
+  r = drv.va_granularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
   if (r != CUDA_SUCCESS)
     return cu_fail(r, "cuMemGetAllocationGranularity", MB_ENOTSUP, err, err_len);
   if (gran == 0)
     gran = 2u << 20;
+  if (drv.va_granularity(&rec, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED) == CUDA_SUCCESS &&
+      rec > gran && rec % gran == 0)
+    gran = rec;
   size_t want = *bytes > 0 ? *bytes : 1;
   if (want > SIZE_MAX - gran) {
     mb__set_err(err, err_len, "cuda:%d: cannot reserve %zu bytes", c->ordinal, want);
@@ -415,7 +418,7 @@ int mb__cuda_va_reserve(mb__cuda *c, size_t *bytes, uint64_t *addr, char *err, s
   }
   size_t n = (want + gran - 1) / gran * gran;
   CUdeviceptr p = 0;
-  r = drv.va_reserve(&p, n, gran, 0, 0);
+  r = drv.va_reserve(&p, n, 0, 0, 0); /* default alignment: the granularity */
   if (r != CUDA_SUCCESS)
     return cu_fail(r, "cuMemAddressReserve", MB_ENOMEM, err, err_len);
   *bytes = n;

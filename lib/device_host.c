@@ -420,12 +420,26 @@ static void unpin(mb__dev *d, char *base, size_t bytes, const unsigned char *don
   }
 }
 
+/* A pinned buffer takes whole pages, so that no page is shared with other
+ * memory (two registrations or mlocks must never meet in one page). */
+static size_t pin_page(void) {
+  long pg = sysconf(_SC_PAGESIZE);
+  return pg > (long)MB_DEV_ALIGN ? (size_t)pg : MB_DEV_ALIGN;
+}
+
+static size_t pin_bytes(size_t bytes) {
+  size_t page = pin_page();
+  return bytes > SIZE_MAX - page ? 0 : (bytes + page - 1) / page * page;
+}
+
 int mb__dev_pinned_alloc(mb__dev *d, size_t bytes, int threads, void **out, char *err,
                          size_t err_len) {
   *out = NULL;
-  char *base = bytes > 0 ? mb__aligned_alloc(MB_DEV_ALIGN, bytes) : NULL;
+  size_t want = bytes;
+  bytes = pin_bytes(bytes);
+  char *base = bytes > 0 ? mb__aligned_alloc(pin_page(), bytes) : NULL;
   if (base == NULL) {
-    mb__set_err(err, err_len, "cannot allocate %zu bytes of host memory", bytes);
+    mb__set_err(err, err_len, "cannot allocate %zu bytes of host memory", want);
     return MB_ENOMEM;
   }
   pin_job j;
@@ -460,7 +474,7 @@ int mb__dev_pinned_alloc(mb__dev *d, size_t bytes, int threads, void **out, char
     unpin(d, base, bytes, j.done);
     mb__free(j.done);
     mb__aligned_free(base);
-    mb__set_err(err, err_len, "cannot pin %zu bytes of host memory: %s", bytes, j.err);
+    mb__set_err(err, err_len, "cannot pin %zu bytes of host memory: %s", want, j.err);
     return MB_ENOMEM;
   }
   /* Host device: partly locked is not worth keeping half-done; either every
@@ -477,7 +491,7 @@ void mb__dev_pinned_free(mb__dev *d, void *p, size_t bytes) {
     return;
   /* munlock of unlocked pages is harmless, so the host device need not
    * remember whether the buffer was locked. */
-  unpin(d, p, bytes, NULL);
+  unpin(d, p, pin_bytes(bytes), NULL);
   mb__aligned_free(p);
 }
 
