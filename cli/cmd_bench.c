@@ -103,10 +103,14 @@ int cmd_bench_tensors(int argc, char **argv) {
   uint64_t arena = 0;
   void *host = NULL, *buf = NULL, *naive = NULL;
   int rc = CLI_EXIT_FAIL;
-  if (mb__dev_open(dk, ordinal, &d, err, sizeof(err)) != 0 ||
+  if (mb__dev_open_fallback(dk, ordinal, &d, err, sizeof(err)) != 0 ||
       mb_tensor_file_open(path, &f, err, sizeof(err)) != 0) {
     fprintf(stderr, "modelbuf: bench %s: %s\n", kind, err);
     goto out;
+  }
+  if (mb__dev_kind(d) != dk) { /* no CUDA driver or GPU: measured on the host */
+    dk = mb__dev_kind(d);
+    device = "host";
   }
   if (mb__layout_make(&f, 1, &l) != 0 || l.arena_bytes == 0 ||
       mb__dev_alloc(d, (size_t)l.arena_bytes, &arena, err, sizeof(err)) != 0 ||

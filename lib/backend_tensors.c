@@ -1,7 +1,21 @@
 /*
  * backend_tensors.c - the tensors backend: weight files loaded into one
- * device arena by the pipelined loader; offload to a host buffer kept for the
- * model's lifetime; restore copies back (include/modelbuf/tensors.h).
+ * device arena by the pipelined loader; offload to a pinned host buffer
+ * kept for the model's lifetime (allocated at the first offload, reused by
+ * every later one, freed at unload); restore copies back
+ * (include/modelbuf/tensors.h).
+ *
+ * Offload and restore copy the arena in chunks on several streams with
+ * several chunks in flight (asynchronous copies with events), and wait for
+ * every one before the device memory is freed or the model declared READY.
+ *
+ * With stable_addresses the arena is a reserved address range (device.h,
+ * mb__dev_vrange) mapped at load/restore and unmapped at offload/unload;
+ * the range and the device handle are then kept after unload, until the
+ * model is freed or placed on another device.
+ *
+ * The core runs one operation of a model at a time; mu only guards what
+ * mb_tensors_find and usage read from other threads.
  */
 #include <pthread.h>
 #include <string.h>
@@ -17,18 +31,31 @@ struct mb_tensors_model {
   mb__layout layout;
   mb_tensors_opts opts;
   pthread_mutex_t mu; /* guards the fields below against lookups */
-  mb__dev *dev;       /* open while the arena or the host copy exists */
+  mb__dev *dev;       /* open while the arena or the host copy exists (and,
+                         with stable_addresses, while the range does) */
+  mb_device_kind dev_kind; /* the placement dev was opened for (a CUDA */
+  int dev_ordinal;         /* placement may have fallen back to the host) */
   uint64_t arena;     /* device arena; 0 when not on the device */
   void *host;         /* host copy (allocated on first offload, kept) */
   int host_valid;     /* host holds the arena's contents (OFFLOADED) */
+  mb__dev_vrange *vr; /* stable_addresses: the arena's reserved range */
 };
+
+/* Bytes of the arena as allocated (a model without tensor data still gets
+ * one page, so that a loaded model has a non-zero arena). */
+static size_t arena_alloc_bytes(const mb_tensors_model *m) {
+  return (size_t)(m->layout.arena_bytes > 0 ? m->layout.arena_bytes : MB_DEV_ALIGN);
+}
 
 void mb_tensors_model_free(mb_tensors_model *m) {
   if (m == NULL)
     return;
   if (m->dev != NULL) {
-    mb__dev_free(m->dev, m->arena);
-    mb__dev_host_free(m->dev, m->host);
+    if (m->vr != NULL)
+      mb__dev_vrange_free(m->dev, m->vr); /* unmaps the arena too */
+    else
+      mb__dev_free(m->dev, m->arena);
+    mb__dev_pinned_free(m->dev, m->host, (size_t)m->layout.arena_bytes);
     mb__dev_close(m->dev);
   }
   for (size_t i = 0; i < m->nfiles; i++)
@@ -125,16 +152,40 @@ static void on_progress(void *user, uint64_t done, uint64_t total) {
   mb_op_progress(user, done, total);
 }
 
-/* Opens the device of op if not open. */
+/* Frees the reserved range and closes the device (nothing else may be
+ * allocated on it). */
+static void drop_dev(mb_tensors_model *m) {
+  pthread_mutex_lock(&m->mu);
+  mb__dev *d = m->dev;
+  mb__dev_vrange *vr = m->vr;
+  m->dev = NULL;
+  m->vr = NULL;
+  pthread_mutex_unlock(&m->mu);
+  if (d != NULL) {
+    mb__dev_vrange_free(d, vr);
+    mb__dev_close(d);
+  }
+}
+
+/* Opens the device of op if not open. A CUDA placement without a driver or
+ * GPU gets the host device unless the model asked for no fallback. */
 static int ensure_dev(mb_tensors_model *m, mb_op *op) {
-  if (m->dev != NULL)
-    return 0;
+  if (m->dev != NULL) {
+    if (m->dev_kind == op->device_kind && m->dev_ordinal == op->device_ordinal)
+      return 0;
+    drop_dev(m); /* kept from an earlier placement (stable_addresses) */
+  }
   mb__dev *d = NULL;
-  int rc = mb__dev_open(op->device_kind, op->device_ordinal, &d, op->err, op->err_len);
+  int rc = m->opts.no_fallback
+               ? mb__dev_open(op->device_kind, op->device_ordinal, &d, op->err, op->err_len)
+               : mb__dev_open_fallback(op->device_kind, op->device_ordinal, &d, op->err,
+                                       op->err_len);
   if (rc != 0)
     return rc;
   pthread_mutex_lock(&m->mu);
   m->dev = d;
+  m->dev_kind = op->device_kind;
+  m->dev_ordinal = op->device_ordinal;
   pthread_mutex_unlock(&m->mu);
   return 0;
 }
@@ -145,22 +196,109 @@ static void set_arena(mb_tensors_model *m, uint64_t arena) {
   pthread_mutex_unlock(&m->mu);
 }
 
-/* Frees everything; the model can be loaded again. */
+/* Device memory for the arena: a fresh allocation, or the model's reserved
+ * range (reserved on first use) backed again. */
+static int alloc_arena(mb_tensors_model *m, mb_op *op, uint64_t *arena) {
+  *arena = 0;
+  if (!m->opts.stable_addresses)
+    return mb__dev_alloc(m->dev, arena_alloc_bytes(m), arena, op->err, op->err_len);
+  if (m->vr == NULL) {
+    mb__dev_vrange *vr = NULL;
+    int rc = mb__dev_vrange_new(m->dev, arena_alloc_bytes(m), &vr, op->err, op->err_len);
+    if (rc != 0)
+      return rc;
+    pthread_mutex_lock(&m->mu);
+    m->vr = vr;
+    pthread_mutex_unlock(&m->mu);
+  }
+  int rc = mb__dev_vrange_map(m->dev, m->vr, op->err, op->err_len);
+  if (rc == 0)
+    *arena = mb__dev_vrange_addr(m->vr);
+  return rc;
+}
+
+static void free_arena(mb_tensors_model *m, uint64_t arena) {
+  if (m->vr != NULL)
+    mb__dev_vrange_unmap(m->dev, m->vr);
+  else
+    mb__dev_free(m->dev, arena);
+}
+
+/* Frees everything but, with stable_addresses, the reserved range and the
+ * device; the model can be loaded again. */
 static void release_all(mb_tensors_model *m) {
   pthread_mutex_lock(&m->mu);
   mb__dev *d = m->dev;
   uint64_t arena = m->arena;
   void *host = m->host;
-  m->dev = NULL;
   m->arena = 0;
   m->host = NULL;
   m->host_valid = 0;
   pthread_mutex_unlock(&m->mu);
-  if (d != NULL) {
-    mb__dev_free(d, arena);
-    mb__dev_host_free(d, host);
-    mb__dev_close(d);
+  if (d == NULL)
+    return;
+  if (arena != 0)
+    free_arena(m, arena);
+  else if (m->vr != NULL)
+    mb__dev_vrange_unmap(d, m->vr); /* a load that failed after mapping */
+  mb__dev_pinned_free(d, host, (size_t)m->layout.arena_bytes);
+  if (!m->opts.stable_addresses)
+    drop_dev(m);
+}
+
+/* Chunks of an offload/restore copy and how many are in flight at once:
+ * each chunk lies inside one slice of the pinned host buffer. */
+#define COPY_CHUNK (MB_DEV_PIN_SLICE / 4)
+#define COPY_IN_FLIGHT 8
+#define COPY_STREAMS 4
+
+/*
+ * Copies the whole arena between the device and the host buffer, up to
+ * COPY_IN_FLIGHT chunks in flight on COPY_STREAMS streams; returns only once
+ * every copy it started is complete, also on error (the caller frees one of
+ * the two buffers next). Restore reports progress as chunks complete.
+ */
+static int copy_arena(mb_tensors_model *m, mb_op *op, int to_device, uint64_t arena,
+                      size_t bytes) {
+  mb__dev_event *ev[COPY_IN_FLIGHT];
+  size_t end[COPY_IN_FLIGHT]; /* arena offset where each chunk in flight ends */
+  size_t issued = 0, waited = 0, off = 0;
+  char *host = m->host;
+  int rc = 0;
+  while (off < bytes && rc == 0) {
+    if (issued - waited == COPY_IN_FLIGHT) {
+      size_t w = waited++ % COPY_IN_FLIGHT;
+      rc = mb__dev_event_wait(m->dev, ev[w], op->err, op->err_len);
+      if (rc == 0 && to_device)
+        mb_op_progress(op, end[w], bytes);
+      continue;
+    }
+    size_t n = bytes - off < COPY_CHUNK ? bytes - off : COPY_CHUNK;
+    size_t k = issued % COPY_IN_FLIGHT;
+    int stream = (int)(issued % COPY_STREAMS);
+    rc = to_device ? mb__dev_h2d_async(m->dev, arena + off, host + off, n, stream, &ev[k],
+                                       op->err, op->err_len)
+                   : mb__dev_d2h_async(m->dev, host + off, arena + off, n, stream, &ev[k],
+                                       op->err, op->err_len);
+    if (rc != 0)
+      break;
+    off += n;
+    end[k] = off;
+    issued++;
   }
+  /* Every copy started is waited for, whatever failed. */
+  while (waited < issued) {
+    size_t w = waited++ % COPY_IN_FLIGHT;
+    char e2[256];
+    int r = mb__dev_event_wait(m->dev, ev[w], e2, sizeof(e2));
+    if (r != 0 && rc == 0) {
+      rc = r;
+      mb__set_err(op->err, op->err_len, "%s", e2);
+    }
+    if (rc == 0 && to_device)
+      mb_op_progress(op, end[w], bytes);
+  }
+  return rc;
 }
 
 static int t_load(mb_op *op) {
@@ -169,8 +307,7 @@ static int t_load(mb_op *op) {
   if (rc != 0)
     return rc;
   uint64_t arena = 0;
-  uint64_t bytes = m->layout.arena_bytes > 0 ? m->layout.arena_bytes : MB_DEV_ALIGN;
-  rc = mb__dev_alloc(m->dev, (size_t)bytes, &arena, op->err, op->err_len);
+  rc = alloc_arena(m, op, &arena);
   if (rc == 0) {
     mb__load_opts lo = {.chunk_bytes = m->opts.chunk_bytes,
                         .threads = m->opts.threads,
@@ -179,7 +316,7 @@ static int t_load(mb_op *op) {
                         .progress_user = op};
     rc = mb__load_files(m->dev, m->files, &m->layout, arena, &lo, NULL, op->err, op->err_len);
     if (rc != 0)
-      mb__dev_free(m->dev, arena);
+      free_arena(m, arena);
     else
       set_arena(m, arena);
   }
@@ -193,7 +330,8 @@ static int t_offload(mb_op *op) {
   size_t bytes = (size_t)m->layout.arena_bytes;
   if (m->host == NULL && bytes > 0) {
     void *h = NULL;
-    int rc = mb__dev_host_alloc(m->dev, bytes, &h, op->err, op->err_len);
+    int threads = m->opts.threads > 0 ? m->opts.threads : 4;
+    int rc = mb__dev_pinned_alloc(m->dev, bytes, threads, &h, op->err, op->err_len);
     if (rc != 0)
       return rc;
     pthread_mutex_lock(&m->mu);
@@ -201,13 +339,13 @@ static int t_offload(mb_op *op) {
     pthread_mutex_unlock(&m->mu);
   }
   if (bytes > 0) {
-    int rc = mb__dev_d2h(m->dev, m->host, m->arena, bytes, 0, op->err, op->err_len);
+    int rc = copy_arena(m, op, 0, m->arena, bytes);
     if (rc != 0)
       return rc;
   }
   uint64_t arena = m->arena;
   set_arena(m, 0);
-  mb__dev_free(m->dev, arena);
+  free_arena(m, arena);
   m->host_valid = 1;
   return 0;
 }
@@ -215,19 +353,16 @@ static int t_offload(mb_op *op) {
 static int t_restore(mb_op *op) {
   mb_tensors_model *m = op->user;
   uint64_t arena = 0;
-  uint64_t bytes = m->layout.arena_bytes > 0 ? m->layout.arena_bytes : MB_DEV_ALIGN;
-  int rc = mb__dev_alloc(m->dev, (size_t)bytes, &arena, op->err, op->err_len);
+  int rc = alloc_arena(m, op, &arena);
   if (rc != 0)
     return rc;
   if (m->layout.arena_bytes > 0) {
     mb_op_progress(op, 0, m->layout.arena_bytes);
-    rc = mb__dev_h2d(m->dev, arena, m->host, (size_t)m->layout.arena_bytes, 0, op->err,
-                     op->err_len);
+    rc = copy_arena(m, op, 1, arena, (size_t)m->layout.arena_bytes);
     if (rc != 0) {
-      mb__dev_free(m->dev, arena);
+      free_arena(m, arena);
       return rc;
     }
-    mb_op_progress(op, m->layout.arena_bytes, m->layout.arena_bytes);
   }
   m->host_valid = 0;
   set_arena(m, arena);

@@ -24,4 +24,28 @@ void mb__cuda_host_free(mb__cuda *c, void *p);
 int mb__cuda_copy(mb__cuda *c, int to_device, uint64_t dptr, void *host, size_t n, int stream,
                   char *err, size_t err_len);
 
+/* 1 when the driver is loaded and at least one GPU is visible; else 0 with
+ * the reason in why (may be NULL). */
+int mb__cuda_usable(char *why, size_t why_len);
+
+/* The copy started on a stream, then an event recorded after it into *ev
+ * (a CUevent); mb__cuda_event_wait synchronizes it and gives it back. */
+int mb__cuda_copy_async(mb__cuda *c, int to_device, uint64_t dptr, void *host, size_t n,
+                        int stream, void **ev, char *err, size_t err_len);
+int mb__cuda_event_wait(mb__cuda *c, void *ev, char *err, size_t err_len);
+
+/* Page-locks [p, p+bytes) (cuMemHostRegister, portable) from any thread;
+ * unregister with the same p. */
+int mb__cuda_host_register(mb__cuda *c, void *p, size_t bytes, char *err, size_t err_len);
+void mb__cuda_host_unregister(mb__cuda *c, void *p);
+
+/* Virtual memory management (device.h, mb__dev_vrange): *bytes is rounded
+ * up to the allocation granularity by reserve; map creates and maps one
+ * physical allocation over the whole range (its handle into *handle). */
+int mb__cuda_va_reserve(mb__cuda *c, size_t *bytes, uint64_t *addr, char *err, size_t err_len);
+int mb__cuda_va_map(mb__cuda *c, uint64_t addr, size_t bytes, uint64_t *handle, char *err,
+                    size_t err_len);
+void mb__cuda_va_unmap(mb__cuda *c, uint64_t addr, size_t bytes, uint64_t handle);
+void mb__cuda_va_free(mb__cuda *c, uint64_t addr, size_t bytes);
+
 #endif /* MB_DEVICE_CUDA_H */

@@ -20,6 +20,7 @@
 
 #include "modelbuf/plugin.h"
 #include "alloc.h"
+#include "device.h"
 
 struct mb_plugin_lib {
   void *dl;
@@ -193,21 +194,26 @@ static const mb_backend plugin_no_offload = {
 };
 
 /*
- * Device memory for plugins. The host device's memory is host RAM; GPU
- * memory goes through the device layer once it serves allocations (until
- * then a plugin placed on a CUDA device gets MB_ENODEV with a message).
+ * Device memory for plugins. The host device's memory is host RAM, mapped
+ * per allocation. A CUDA device's goes through the device layer: a
+ * process-wide handle per ordinal (mb__dev_shared), so GPU memory and copies
+ * come from the same driver layer as the tensor engine's; where the machine
+ * has no CUDA driver or GPU that handle is the host device (one log line per
+ * process), as for the tensors backend.
  */
-static int no_gpu(mb_device_kind kind, char *err, size_t err_len) {
-  mb__set_err(err, err_len, "device kind %d: this build has no device memory layer for it",
-              (int)kind);
-  return MB_ENODEV;
-}
-
 static int dev_alloc(mb_device_kind kind, int ordinal, size_t bytes, void **ptr, char *err,
                      size_t err_len) {
-  (void)ordinal;
-  if (kind != MB_DEVICE_HOST)
-    return no_gpu(kind, err, err_len);
+  *ptr = NULL;
+  if (kind != MB_DEVICE_HOST) {
+    mb__dev *d = NULL;
+    uint64_t dptr = 0;
+    int rc = mb__dev_shared(kind, ordinal, &d, err, err_len);
+    if (rc == 0)
+      rc = mb__dev_alloc(d, bytes ? bytes : 1, &dptr, err, err_len);
+    if (rc == 0)
+      *ptr = (void *)(uintptr_t)dptr;
+    return rc;
+  }
   /* Mapped, not malloc'd: the pages go back to the OS the moment the
    * model frees them, as GPU memory would. */
   void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -221,16 +227,40 @@ static int dev_alloc(mb_device_kind kind, int ordinal, size_t bytes, void **ptr,
 }
 
 static void dev_free(mb_device_kind kind, int ordinal, void *ptr, size_t bytes) {
-  (void)ordinal;
-  if (kind == MB_DEVICE_HOST && ptr != NULL)
-    munmap(ptr, bytes ? bytes : 1);
+  if (ptr == NULL)
+    return;
+  if (kind != MB_DEVICE_HOST) {
+    mb__dev *d = NULL;
+    /* The handle exists: ptr came from dev_alloc on it. */
+    if (mb__dev_shared(kind, ordinal, &d, NULL, 0) == 0)
+      mb__dev_free(d, (uint64_t)(uintptr_t)ptr);
+    return;
+  }
+  munmap(ptr, bytes ? bytes : 1);
 }
 
-static int dev_copy(mb_device_kind kind, int ordinal, void *dst, const void *src, size_t bytes,
-                    char *err, size_t err_len) {
-  (void)ordinal;
-  if (kind != MB_DEVICE_HOST)
-    return no_gpu(kind, err, err_len);
+static int dev_copy_to(mb_device_kind kind, int ordinal, void *dst, const void *src,
+                       size_t bytes, char *err, size_t err_len) {
+  if (kind != MB_DEVICE_HOST) {
+    mb__dev *d = NULL;
+    int rc = mb__dev_shared(kind, ordinal, &d, err, err_len);
+    if (rc == 0 && bytes > 0)
+      rc = mb__dev_h2d(d, (uint64_t)(uintptr_t)dst, src, bytes, 0, err, err_len);
+    return rc;
+  }
+  memcpy(dst, src, bytes);
+  return 0;
+}
+
+static int dev_copy_from(mb_device_kind kind, int ordinal, void *dst, const void *src,
+                         size_t bytes, char *err, size_t err_len) {
+  if (kind != MB_DEVICE_HOST) {
+    mb__dev *d = NULL;
+    int rc = mb__dev_shared(kind, ordinal, &d, err, err_len);
+    if (rc == 0 && bytes > 0)
+      rc = mb__dev_d2h(d, dst, (uint64_t)(uintptr_t)src, bytes, 0, err, err_len);
+    return rc;
+  }
   memcpy(dst, src, bytes);
   return 0;
 }
@@ -266,8 +296,8 @@ int mb_model_add_plugin(mb_ctx *ctx, const char *name, mb_plugin_lib *lib,
       pi->host.copy_to_device == NULL || pi->host.copy_from_device == NULL) {
     pi->host.device_alloc = dev_alloc;
     pi->host.device_free = dev_free;
-    pi->host.copy_to_device = dev_copy;
-    pi->host.copy_from_device = dev_copy;
+    pi->host.copy_to_device = dev_copy_to;
+    pi->host.copy_from_device = dev_copy_from;
   }
   mb_plugin_args args = {name, files, n_files, &pi->host};
   char msg[256] = "";

@@ -149,9 +149,10 @@ MB_EXTERN void mb_plugin_close(mb_plugin_lib *lib);
  * Registers a model served by a plugin: creates an instance with the model's
  * name, files and host services (host may be NULL, and any of its
  * functions may be NULL: progress goes to the core, log lines to stderr,
- * device memory to the library's device layer), and adds it to ctx like mb_model_add. The
- * instance is destroyed with the model. On success *instance (if not NULL)
- * gets the instance for mb_plugin_handle. Errors: those of the plugin's
+ * device memory to the library's device layer: host RAM, or GPU memory on
+ * cuda:N, or host RAM where no CUDA driver or GPU is found), and adds it to
+ * ctx like mb_model_add. The instance is destroyed with the model. On
+ * success *instance (if not NULL) gets the instance for mb_plugin_handle. Errors: those of the plugin's
  * create (its message in err) and of mb_model_add.
  */
 MB_EXTERN int mb_model_add_plugin(mb_ctx *ctx, const char *name, mb_plugin_lib *lib,

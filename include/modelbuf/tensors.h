@@ -231,8 +231,11 @@ MB_EXTERN int mb_tensor_file_metadata(const mb_tensor_file *f, size_t index,
  *
  * Devices: the host device, and CUDA devices when the library was built
  * with the CUDA headers and the driver (libcuda.so.1) and a GPU are present
- * at run time; otherwise a model placed on a CUDA device fails to load with
- * MB_ENODEV and a message giving the reason.
+ * at run time. A model placed on a CUDA device on a machine without a
+ * driver or GPU runs on the host device instead, after one line on stderr
+ * (once per process) giving the reason; set no_fallback to fail its load
+ * with MB_ENODEV and that reason instead. A CUDA ordinal the machine's
+ * driver does not have always fails with MB_ENODEV.
  */
 typedef struct mb_tensors_model mb_tensors_model;
 
@@ -244,6 +247,21 @@ typedef struct mb_tensors_opts {
                          cache, else buffered; 1: always buffered; 2: always
                          direct (falls back to buffered where the file system
                          refuses O_DIRECT) */
+  /* 1: every tensor's device_ptr stays the same across offload/restore and
+   * across unload/load on the same device, so code may cache the pointers
+   * (they still point at valid data only while the model is READY). The
+   * model reserves an address range once (CUDA: cuMemAddressReserve, the
+   * size rounded up to the allocation granularity; host device: an mmap
+   * reservation) and backs it with device memory at load and restore
+   * (cuMemCreate/cuMemMap/cuMemSetAccess), releasing the memory at offload
+   * and unload (cuMemUnmap/cuMemRelease); the range itself is freed with
+   * the model. A GPU or driver without virtual memory management fails the
+   * load with MB_ENOTSUP. Placing the model on another device reserves a
+   * new range there. */
+  int stable_addresses;
+  /* 1: a model placed on a CUDA device where there is no CUDA driver or GPU
+   * fails to load with MB_ENODEV instead of running on the host device. */
+  int no_fallback;
 } mb_tensors_opts;
 
 /*
