@@ -170,6 +170,26 @@ int mbd_tensors_new(const mbd_model_config *mc, mbd_tensors **out, uint64_t *foo
   return 0;
 }
 
+size_t mbd_tensors_check_files(const mbd_model_config *mc, const char *cfg_file, FILE *f) {
+  size_t bad = 0;
+  for (size_t i = 0; i < mc->n_files; i++) {
+    char *path = NULL, err[512] = "";
+    mb_tensor_file *tf = NULL;
+    if (mbd_subst_worker(mc->files[i], 0, mc->name, -1, &path) != 0)
+      continue;
+    if (mb_tensor_file_open(path, &tf, err, sizeof(err)) != 0) {
+      fprintf(f,
+              "warning: %s:%d:%d: models.%s.files: %s (modelbufd starts, but the model "
+              "cannot load until the file is fixed)\n",
+              cfg_file, mc->line, mc->col, mc->name, err);
+      bad++;
+    }
+    mb_tensor_file_close(tf);
+    free(path);
+  }
+  return bad;
+}
+
 /* Runs the library's operation fn on op with the library's model. */
 static int call(int (*fn)(mb_op *), mbd_tensors *t, mb_op *op) {
   void *self = op->user;

@@ -8,6 +8,7 @@
 #define MBD_TENSORS_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "http.h"
 
@@ -26,6 +27,15 @@ typedef struct mbd_tensors mbd_tensors;
  */
 int mbd_tensors_new(const mbd_model_config *mc, mbd_tensors **out, uint64_t *footprint_bytes,
                     char *warn, size_t warn_len) MB_WUR;
+
+/*
+ * Reads the headers of mc's weight files as a start would, and writes one
+ * warning line to f per file that is missing or malformed
+ * ("warning: CFG:LINE:COL: models.NAME.files: PATH: fault ..."). Returns
+ * how many. For --check-config: such a file does not stop the daemon, but
+ * the model cannot load until it is fixed.
+ */
+size_t mbd_tensors_check_files(const mbd_model_config *mc, const char *cfg_file, FILE *f);
 
 /*
  * The backend for mb_model_add (user: an mbd_tensors). It runs the
