@@ -4,6 +4,7 @@ daemon, served over HTTP on loopback. Listing and fetching tensors (every
 byte compared with the file, found through the file's own header), Range,
 errors before any load, offload / restore / unload with the memory figures,
 eviction under a budget, broken and truncated files, and SIGHUP."""
+import atexit
 import http.client
 import json
 import os
@@ -21,6 +22,7 @@ from test_reload import hup, write  # noqa: E402
 
 CLI = os.path.join(BUILD, "cli", "modelbuf")
 DATA = tempfile.mkdtemp(prefix="mb-tensors-e2e-")
+atexit.register(shutil.rmtree, DATA, True)
 
 
 def mkmodel(name, fmt, size, seed=0):
