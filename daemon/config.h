@@ -138,6 +138,13 @@ typedef struct mbd_probe {
   char *body;   /* NULL for none */
 } mbd_probe;
 
+/* Loader knobs of a tensors model (mb_tensors_opts); 0 = the library's default. */
+typedef struct mbd_loader {
+  uint64_t chunk_bytes; /* bytes per read (default 8 MiB, rounded up to 4096) */
+  int threads;          /* reader threads, 1..64 (default 4) */
+  int io;               /* 0 auto, 1 buffered, 2 direct (as mb_tensors_opts.io) */
+} mbd_loader;
+
 typedef struct mbd_env_var {
   char *name;
   char *value; /* may hold ${PORT}/${MODEL}/${GPU}: pass through mbd_subst_worker */
@@ -167,6 +174,7 @@ typedef struct mbd_model_config {
   mbd_tuning tuning;         /* effective: set, else the configuration's defaults */
   mbd_hook hook_offload, hook_restore, hook_cleanup;
   mbd_probe probe;
+  mbd_loader loader;         /* tensors: how its files are read */
 } mbd_model_config;
 
 typedef struct mbd_device_config {

@@ -518,6 +518,44 @@ static void fn_env(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   m->n_env = n;
 }
 
+static void fn_io(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_loader *l = obj;
+  char *s;
+
+  (void)f;
+  if (scalar_text(c, v, 0, &s) != 0)
+    return;
+  if (strcmp(s, "auto") == 0)
+    l->io = 0;
+  else if (strcmp(s, "buffered") == 0)
+    l->io = 1;
+  else if (strcmp(s, "direct") == 0)
+    l->io = 2;
+  else
+    perr(c, v, "unknown io mode '%s' (auto, buffered or direct)", s);
+  free(s);
+}
+
+static const field loader_fields[] = {
+    {"chunk_size", F_SIZE, offsetof(mbd_loader, chunk_bytes), 0, 4096, 0, NULL},
+    {"threads", F_INT, offsetof(mbd_loader, threads), 0, 1, 64, NULL},
+    {"io", F_FN, 0, 0, 0, 0, fn_io},
+};
+
+static void fn_loader(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_model_config *m = obj;
+  uint64_t chunk;
+
+  (void)f;
+  if (walk_map(c, v, loader_fields, NFIELDS(loader_fields), &m->loader) != 0)
+    return;
+  chunk = m->loader.chunk_bytes;
+  if (chunk > (1ULL << 30)) {
+    perr(c, v, "chunk_size must be at most 1GiB, got %llu bytes", (unsigned long long)chunk);
+    m->loader.chunk_bytes = 0;
+  }
+}
+
 static void fn_backend(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   mbd_model_config *m = obj;
   char *s;
@@ -680,6 +718,7 @@ static const field model_fields[] = {
     TUNING_FIELDS(offsetof(mbd_model_config, set)),
     {"hooks", F_FN, 0, 0, 0, 0, fn_hooks},
     {"probe", F_FN, offsetof(mbd_model_config, probe), 0, 0, 0, fn_probe},
+    {"loader", F_FN, 0, 0, 0, 0, fn_loader},
 };
 
 static const field defaults_fields[] = {TUNING_FIELDS(0)};
@@ -936,12 +975,16 @@ static void check_model(pctx *c, mbd_model_config *m, const mbd_ynode *key,
   case MBD_BACKEND_TENSORS:
     if (!has_key(v, "files"))
       perr(c, key, "missing files (the weight files, required for backend tensors)");
+    else if (m->n_files == 0)
+      perr(c, key, "files is empty (backend tensors needs at least one weight file)");
     if (has_cmd)
       perr(c, key, "cmd is only for backend process");
     if (has_plugin)
       perr(c, key, "plugin is only for backend plugin");
     break;
   }
+  if (m->backend != MBD_BACKEND_TENSORS && has_key(v, "loader"))
+    perr(c, key, "loader is only for backend tensors");
   if (m->health == NULL && (m->health = strdup(MBD_DEFAULT_HEALTH)) == NULL)
     c->oom = 1;
   if (m->device != MB_DEVICE_AUTO && cfg->devices_set) {

@@ -15,6 +15,7 @@
 #include "daemon.h"
 #include "device.h"
 #include "modelbuf/plugin.h"
+#include "tensors.h"
 
 const double mbd_load_bucket_s[MBD_LOAD_BUCKETS - 1] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 
@@ -267,10 +268,23 @@ static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, siz
     mb_plugin_close(lib);
     return rc;
   }
-  case MBD_BACKEND_TENSORS:
-    snprintf(err, err_len, "model %s: the tensors backend is not in this build of modelbufd",
-             m->name);
-    return MB_ENOTSUP;
+  case MBD_BACKEND_TENSORS: {
+    mbd_tensors *t;
+    char warn[512];
+    rc = mbd_tensors_new(m->mc, &t, &mo.footprint_bytes, warn, sizeof(warn));
+    if (rc != 0) {
+      snprintf(err, err_len, "model %s: %s", m->name, mb_strerror(rc));
+      return rc;
+    }
+    if (warn[0])
+      mbd_log(d, MBD_LOG_WARN, "tensors: weight file not usable; loads will fail until it is",
+              "model=%s why=\"%s\"", m->name, warn);
+    /* The core owns t from here (destroy frees it, also when the add fails). */
+    rc = mb_model_add(d->ctx, m->name, mbd_tensors_backend(), t, &mo, err, err_len);
+    if (rc == 0)
+      m->tensors = t;
+    return rc;
+  }
   }
   return MB_EINVAL;
 }
@@ -348,6 +362,7 @@ static int model_same(const mbd_model_config *a, const mbd_model_config *b) {
       !str_eq(a->cwd, b->cwd) || !str_eq(a->health, b->health) || a->port != b->port ||
       a->vram_bytes != b->vram_bytes || a->device != b->device || a->pinned != b->pinned ||
       a->priority != b->priority || memcmp(&a->tuning, &b->tuning, sizeof(a->tuning)) != 0 ||
+      memcmp(&a->loader, &b->loader, sizeof(a->loader)) != 0 ||
       !strv_eq(a->aliases, a->n_aliases, b->aliases, b->n_aliases) ||
       !hook_eq(&a->hook_offload, &b->hook_offload) ||
       !hook_eq(&a->hook_restore, &b->hook_restore) ||
@@ -391,6 +406,7 @@ void mbd_reload(mbd *d, mbd_config *cfg) {
     }
     om->worker = NULL; /* the core destroyed it */
     om->plugin = NULL;
+    om->tensors = NULL;
     busy[i] = 2; /* removed */
     if (nmc != NULL)
       changed++;

@@ -23,6 +23,7 @@ typedef struct mbd_model {
   mbd_backend_kind kind;
   mbd_worker *worker;       /* process backend; owned by the core (destroy) */
   void *plugin;             /* plugin instance; owned by the core */
+  void *tensors;            /* tensors model (mbd_tensors); owned by the core */
   /* Counters the core does not keep. */
   uint64_t http_codes[6];   /* requests answered 1xx..5xx, index code/100 */
   uint64_t load_buckets[MBD_LOAD_BUCKETS]; /* load/restore durations, see mbd_load_bucket_s */

@@ -71,6 +71,17 @@ void mbd_proxy_stream_feed(mbd_req *r, const char *data, size_t n);
 MHD_RESULT mbd_proxy_stream_end(mbd *d, struct MHD_Connection *c, mbd_req *r);
 void mbd_proxy_stream_abort(mbd_req *r);
 
+/*
+ * Takes a lease on m for a request to it (X-Modelbuf-* headers honoured)
+ * and the model's current entry (a reload may have replaced it meanwhile).
+ * 0 with *got and *cur, or -1 with the answer queued in *res.
+ */
+int mbd_proxy_lease(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_result *got,
+                    mbd_model **cur, MHD_RESULT *res);
+
+/* Records a request served under lease g, granted at granted_at (Unix s). */
+void mbd_proxy_trace(mbd *d, const char *model, const mb_result *g, double granted_at);
+
 /* A model's status as the JSON of DESIGN §5 (NULL when unknown). */
 json_t *mbd_model_json(mbd *d, mbd_model *m);
 

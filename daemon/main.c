@@ -26,6 +26,7 @@
 #include "daemon.h"
 #include "http.h"
 #include "modelbuf/modelbuf.h"
+#include "tensors.h"
 #include "units.h"
 
 #define EXIT_CONFIG 1
@@ -252,6 +253,11 @@ int main(int argc, char **argv) {
   mbd_diag_free(&diag);
 
   if (check) {
+    /* Weight files are not configuration: a broken one is a warning, since
+     * the daemon starts and the model fails its loads until it is fixed. */
+    for (size_t i = 0; i < cfg->n_models; i++)
+      if (cfg->models[i].backend == MBD_BACKEND_TENSORS)
+        (void)mbd_tensors_check_files(&cfg->models[i], cfg->file, stderr);
     print_summary(cfg, stdout);
     mbd_config_free(cfg);
     return 0;

@@ -1,7 +1,8 @@
 /*
  * proxy.c - requests to models: ANY /m/{name}/{path} and the OpenAI routes
  * (/v1/..., routed by the body's "model"), forwarded to the model's worker
- * under a lease, or served in process by its plugin.
+ * under a lease, or served in process by its plugin (or, for a tensors
+ * model, by tensors.c).
  *
  * A forwarded request runs on its own thread with libcurl (connections to
  * workers are shared and reused); the response streams back through a
@@ -20,6 +21,7 @@
 #include "api_body.h"
 #include "http.h"
 #include "modelbuf/plugin.h"
+#include "tensors.h"
 #include "units.h"
 
 #define PROXY_BUF (256 * 1024)
@@ -32,7 +34,7 @@ static double wall_s(void) {
 
 /* Records a request served under a lease granted at granted_at (Unix
  * seconds): it arrived queue + load time earlier. */
-static void trace_request(mbd *d, const char *model, const mb_result *g, double granted_at) {
+void mbd_proxy_trace(mbd *d, const char *model, const mb_result *g, double granted_at) {
   double arrived = granted_at - (double)(g->queue_ns + g->load_ns) / 1e9;
   double held = wall_s() - granted_at;
   mbd_trace_add(d, model, arrived, held > 0 ? held : 0);
@@ -335,7 +337,7 @@ static void pxy_free(void *cls) {
   if (x->m && x->m->worker)
     mbd_worker_busy_end(x->m->worker);
   if (x->m && x->granted_at > 0)
-    trace_request(x->d, x->m->name, &x->granted, x->granted_at);
+    mbd_proxy_trace(x->d, x->m->name, &x->granted, x->granted_at);
   if (x->lease.id && mb_release(x->d->ctx, x->lease) != 0)
     mbd_log(x->d, MBD_LOG_WARN, "lease already released", "model=%s", x->m->name);
   free(x->buf);
@@ -595,7 +597,7 @@ static MHD_RESULT serve_plugin(mbd *d, struct MHD_Connection *c, mbd_model *m,
   char err[256] = "";
   double t0 = wall_s();
   int rc = mb_plugin_handle(m->plugin, &req, &resp, err, sizeof(err));
-  trace_request(d, m->name, granted, t0);
+  mbd_proxy_trace(d, m->name, granted, t0);
   if (mb_release(d->ctx, granted->lease) != 0)
     mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
   if (rc != 0) {
@@ -620,13 +622,8 @@ static MHD_RESULT serve_plugin(mbd *d, struct MHD_Connection *c, mbd_model *m,
 }
 
 
-/*
- * Takes a lease on m for this request (X-Modelbuf-* headers honoured) and
- * the model's current entry (a reload may have replaced it meanwhile).
- * 0 with *got and *cur, or -1 with the answer queued in *res.
- */
-static int lease_model(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_result *got,
-                       mbd_model **cur, MHD_RESULT *res) {
+int mbd_proxy_lease(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_result *got,
+                    mbd_model **cur, MHD_RESULT *res) {
   char err[256] = "";
   mb_acquire_opts ao;
   if (acquire_opts(c, &ao, err, sizeof(err)) != 0) {
@@ -676,9 +673,9 @@ int mbd_proxy_stream_begin(mbd *d, struct MHD_Connection *c, const char *method,
     return 0; /* unknown (404 later) or a plugin: buffered */
   mb_result got;
   mbd_model *cur;
-  if (lease_model(d, c, m, &got, &cur, res) != 0)
+  if (mbd_proxy_lease(d, c, m, &got, &cur, res) != 0)
     return -1;
-  if (cur->worker == NULL) { /* a reload made it a plugin: serve it buffered */
+  if (cur->worker == NULL) { /* a reload gave it another backend: serve it buffered */
     if (mb_release(d->ctx, got.lease) != 0)
       mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", cur->name);
     *res = mbd_reply_error(c, 409, "state_conflict",
@@ -737,8 +734,16 @@ static MHD_RESULT to_model(mbd *d, struct MHD_Connection *c, mbd_model *m, const
                            const char *path, mbd_req *r) {
   mb_result got;
   MHD_RESULT res;
-  if (lease_model(d, c, m, &got, &m, &res) != 0)
+  if (m->kind == MBD_BACKEND_TENSORS) /* routes checked before the lease */
+    return mbd_tensors_serve(d, c, m, method, path);
+  if (mbd_proxy_lease(d, c, m, &got, &m, &res) != 0)
     return res;
+  if (m->kind == MBD_BACKEND_TENSORS) { /* a reload gave it another backend */
+    if (mb_release(d->ctx, got.lease) != 0)
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
+    return mbd_reply_error(c, 409, "state_conflict",
+                           "the model changed backend during a reload; send it again", 0);
+  }
   if (m->plugin)
     return serve_plugin(d, c, m, method, path, r, &got);
   return forward(d, c, m, method, path, r, &got);

@@ -148,6 +148,45 @@ int mb_tensors_find(mb_tensors_model *m, const char *name, mb_tensor_ref *out) {
   return MB_ENOENT;
 }
 
+size_t mb_tensors_file_count(const mb_tensors_model *m) { return m->nfiles; }
+
+const mb_tensor_file *mb_tensors_file(const mb_tensors_model *m, size_t i) {
+  return i < m->nfiles ? m->files[i] : NULL;
+}
+
+int mb_tensors_read(mb_tensors_model *m, const char *name, uint64_t offset, void *dst, size_t n,
+                    char *err, size_t err_len) {
+  if (m == NULL || name == NULL || (dst == NULL && n > 0)) {
+    mb__set_err(err, err_len, "tensors: bad arguments");
+    return MB_EINVAL;
+  }
+  for (size_t i = 0; i < m->nfiles; i++) {
+    mb_tensor_info ti;
+    if (mb_tensor_file_find(m->files[i], name, &ti, NULL) != 0)
+      continue;
+    if (offset > ti.size_bytes || n > ti.size_bytes - offset) {
+      mb__set_err(err, err_len, "tensors: bytes [%llu, +%zu) are outside tensor '%s' (%llu bytes)",
+                  (unsigned long long)offset, n, name, (unsigned long long)ti.size_bytes);
+      return MB_EINVAL;
+    }
+    /* The caller's lease keeps the arena and the device open while we copy. */
+    pthread_mutex_lock(&m->mu);
+    mb__dev *d = m->dev;
+    uint64_t arena = m->arena;
+    pthread_mutex_unlock(&m->mu);
+    if (arena == 0 || d == NULL) {
+      mb__set_err(err, err_len, "tensors: the model is not on its device");
+      return MB_ESTATE;
+    }
+    if (n == 0)
+      return 0;
+    uint64_t src = arena + m->layout.base[i] + (ti.offset - m->layout.span_start[i]) + offset;
+    return mb__dev_d2h(d, dst, src, n, 0, err, err_len);
+  }
+  mb__set_err(err, err_len, "tensors: no tensor '%s'", name);
+  return MB_ENOENT;
+}
+
 static void on_progress(void *user, uint64_t done, uint64_t total) {
   mb_op_progress(user, done, total);
 }

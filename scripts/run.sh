@@ -5,6 +5,12 @@ set -eu
 build=${1:-build}
 listen=${MODELBUF_LISTEN:-127.0.0.1:8686}
 url="http://$listen"
+# The weights of the example's tensors model: a synthetic file, made once.
+weights=${MODELBUF_EXAMPLE_WEIGHTS:-$build/example-weights.safetensors}
+if [ ! -e "$weights" ]; then
+  "$build/cli/modelbuf" mkmodel --format safetensors --size 64MiB "$weights" >/dev/null
+fi
+export MODELBUF_EXAMPLE_WEIGHTS="$weights"
 cat <<MSG
 modelbufd is starting on $url with examples/modelbuf.yaml (Ctrl-C stops it).
 In another terminal:
@@ -19,6 +25,8 @@ In another terminal:
   curl -s $url/metrics | grep modelbuf_model_state
   curl -s $url/v1/completions -d '{"model": "tiny-gpt", "prompt": "hello", "max_tokens": 8}'   # PyTorch, cold load
   curl -s -X POST $url/api/models/torch/offload            # its weights to host RAM; the next request restores
+  curl -s $url/m/weights/tensors                           # tensors kept in memory by the daemon itself
+  curl -s $url/m/weights/tensors/model.norm.weight | od -A d -t f4 | head -3   # a tensor's bytes
 
 Logs below are one logfmt line per event.
 MSG

@@ -308,6 +308,27 @@ MB_EXTERN int mb_tensors_find(mb_tensors_model *m, const char *name, mb_tensor_r
 /* Number of tensors over all files of the model. */
 MB_EXTERN size_t mb_tensors_count(const mb_tensors_model *m);
 
+/*
+ * The model's weight files, in the order given to mb_tensors_model_new():
+ * the i-th file's index (mb_tensor_file_count / _info / _path list its
+ * tensors), owned by the model; NULL when i is out of range. Immutable, so
+ * safe to read from any thread while the model exists.
+ */
+MB_EXTERN size_t mb_tensors_file_count(const mb_tensors_model *m);
+MB_EXTERN const mb_tensor_file *mb_tensors_file(const mb_tensors_model *m, size_t i);
+
+/*
+ * Copies n bytes of tensor name, starting offset bytes into it, from the
+ * model's device memory into dst (host memory): a memcpy on the host device,
+ * a device-to-host copy on CUDA. Hold a lease (mb_acquire) for the duration;
+ * several threads may read at once. Errors: MB_EINVAL (NULL arguments, or
+ * the range runs past the tensor), MB_ENOENT (no such tensor), MB_ESTATE
+ * (the model is not on its device now), MB_EIO (the copy failed); a message
+ * is in err.
+ */
+MB_EXTERN int mb_tensors_read(mb_tensors_model *m, const char *name, uint64_t offset, void *dst,
+                              size_t n, char *err, size_t err_len) MB_WUR;
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,56 @@
+/*
+ * tensors.h - tensors models in modelbufd (backend: tensors): weight files
+ * that libmodelbuf's tensor engine keeps in device memory, and the routes
+ * that serve them, GET /m/{name}/tensors (the list) and
+ * GET /m/{name}/tensors/{tensor} (one tensor's bytes, read from the device).
+ */
+#ifndef MBD_TENSORS_H
+#define MBD_TENSORS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "http.h"
+
+/* One tensors model: its files, loader knobs and the library's model. */
+typedef struct mbd_tensors mbd_tensors;
+
+/*
+ * A tensors model for mc (files, loader knobs). The files' headers are read
+ * now when they can be, and *footprint_bytes is then the exact size of the
+ * device arena. A file that is missing or malformed does not stop the
+ * model from being made: each load reads the headers again and fails with
+ * the file's fault until it is fixed, and *footprint_bytes is mc's
+ * declared vram, else the files' sizes. The fault ("PATH: what is wrong")
+ * is written to warn (empty when none). Free with mbd_tensors_backend()'s
+ * destroy (the core does, once the model is added). Errors: MB_ENOMEM.
+ */
+int mbd_tensors_new(const mbd_model_config *mc, mbd_tensors **out, uint64_t *footprint_bytes,
+                    char *warn, size_t warn_len) MB_WUR;
+
+/*
+ * Reads the headers of mc's weight files as a start would, and writes one
+ * warning line to f per file that is missing or malformed
+ * ("warning: CFG:LINE:COL: models.NAME.files: PATH: fault ..."). Returns
+ * how many. For --check-config: such a file does not stop the daemon, but
+ * the model cannot load until it is fixed.
+ */
+size_t mbd_tensors_check_files(const mbd_model_config *mc, const char *cfg_file, FILE *f);
+
+/*
+ * The backend for mb_model_add (user: an mbd_tensors). It runs the
+ * library's tensors backend; a load first reads the headers again when a
+ * file changed on disk (size, mtime, inode) or could not be read before, so
+ * a weight file replaced or repaired is picked up by the next cold load.
+ */
+const mb_backend *mbd_tensors_backend(void);
+
+/*
+ * Answers a request to tensors model m; path is what follows /m/{name}.
+ * Unknown paths get 404 (naming the routes), other methods than GET and
+ * HEAD 405, both without loading the model; the routes take a lease.
+ */
+MHD_RESULT mbd_tensors_serve(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
+                             const char *path);
+
+#endif /* MBD_TENSORS_H */
