@@ -11,7 +11,9 @@
  *
  * lifecycle.c turns the cycles into figures, a leak verdict and advice.
  * Backends: process (the worker started and stopped as modelbufd does it),
- * plugin and tensors (both in this process).
+ * plugin and tensors (both in this process). With --url the model is
+ * measured in a running modelbufd instead, through its HTTP API
+ * (lifecycle_url.c); the two drivers fill the same lc_cycle records.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +27,9 @@
 #include "modelbuf/plugin.h"
 #include "modelbuf/tensors.h"
 #include "cli.h"
+#ifdef MB_CLI_CLIENT
+#include "client.h"
+#endif
 #include "config.h"
 #include "device.h"
 #include "lifecycle.h"
@@ -374,11 +379,17 @@ static void usage(void) {
           "lifecycle options:\n"
           "  --config FILE   the daemon configuration naming MODEL (default: $MODELBUF_CONFIG,\n"
           "                  else ./modelbuf.yaml); the model runs in this process\n"
+          "  --url URL       measure the model in a running modelbufd instead, through its\n"
+          "                  HTTP API (also MODELBUF_URL when neither --config nor\n"
+          "                  MODELBUF_CONFIG is given); --config then only supplies its\n"
+          "                  probe and files\n"
+          "  --api-key KEY   the daemon's API key (default: $MODELBUF_API_KEY)\n"
           "  --cycles N      load/offload/restore/unload cycles (default 5)\n"
           "  --probes K      probe requests after each load (default 5)\n"
           "  --restores R    offload/restore rounds per cycle (default 2)\n"
           "  --probe-method M, --probe-path P, --probe-body B\n"
           "                  the probe request, instead of the configuration's `probe`\n"
+          "                  (with --url and neither: GET of the model's health path)\n"
           "  --no-cold       keep the files in the page cache for the first load\n"
           "  --json          one JSON object instead of the report\n"
           "  --chart FILE    also draw memory per tier across the cycles (PNG, gnuplot)\n");
@@ -526,6 +537,14 @@ int cmd_bench_lifecycle(int argc, char **argv) {
   o.probes = 5;
   o.restores = 2;
   o.cold = 1;
+  int url = 0;
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--url") == 0)
+      url = 1;
+#ifdef MB_CLI_CLIENT
+  cli_client client;
+  cli_client_init(&client, &argc, argv); /* takes --url and --api-key out of argv */
+#endif
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--config") == 0 && i + 1 < argc) {
@@ -570,13 +589,25 @@ int cmd_bench_lifecycle(int argc, char **argv) {
     return CLI_EXIT_USAGE;
   }
   o.model = model;
+  /* The daemon's address from MODELBUF_URL only when no configuration is
+   * named either way: a configuration file means "run it here". */
+  const char *env_url = getenv("MODELBUF_URL");
+  if (!url && config == NULL && env_url && env_url[0] && !getenv("MODELBUF_CONFIG"))
+    url = 1;
+#ifndef MB_CLI_CLIENT
+  if (url) {
+    fprintf(stderr, "modelbuf: bench lifecycle: --url needs a build with libcurl and jansson\n");
+    return CLI_EXIT_USAGE;
+  }
+#endif
+
   /* Large buffers straight from the OS and back on free, as in modelbufd:
    * what stays after an unload is then what the model kept, not what the
    * allocator cached. */
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
   mbd_config *cfg = NULL;
   const mbd_model_config *mc = NULL;
-  {
+  if (!url || config != NULL) {
     const char *path = mbd_config_path(config, NULL);
     mbd_diag diag;
     mbd_diag_init(&diag);
@@ -593,7 +624,8 @@ int cmd_bench_lifecycle(int argc, char **argv) {
       return CLI_EXIT_FAIL;
     }
   }
-  /* The probe: the flags, else the configuration's. */
+  /* The probe: the flags, else the configuration's, else (against the
+   * daemon) a GET of the health path, which every worker answers. */
   if (probe_path) {
     o.probe_path = probe_path;
     o.probe_body = probe_body;
@@ -602,12 +634,21 @@ int cmd_bench_lifecycle(int argc, char **argv) {
     o.probe_path = mc->probe.path;
     o.probe_body = mc->probe.body;
     o.probe_method = mc->probe.method ? mc->probe.method : mc->probe.body ? "POST" : "GET";
+  } else if (url) {
+    o.probe_path = mc && mc->health ? mc->health : "/health";
+    o.probe_method = "GET";
   }
   if (mc) {
     o.files = (const char *const *)mc->files;
     o.n_files = mc->n_files;
   }
-  int status = bench_here(cfg, mc, &o);
+  int status;
+#ifdef MB_CLI_CLIENT
+  if (url)
+    status = lc_bench_daemon(&o, &client);
+  else
+#endif
+    status = bench_here(cfg, mc, &o);
   mbd_config_free(cfg);
   return status;
 }

@@ -133,6 +133,16 @@ typedef struct lc_opts {
   size_t n_files;
 } lc_opts;
 
+struct cli_client;
+
+/*
+ * `bench lifecycle MODEL --url URL`: the model served by a running
+ * modelbufd, measured through its HTTP API only (lifecycle_url.c). Returns
+ * the exit status (as lc_output, or 1 when a step fails, 3 when the daemon
+ * cannot be reached).
+ */
+int lc_bench_daemon(const lc_opts *o, const struct cli_client *c);
+
 /*
  * Writes a PNG chart of memory per tier across the cycles with gnuplot
  * (Debian: gnuplot-nox). 0, or -1 with a message (gnuplot missing or failed).
