@@ -307,7 +307,8 @@ void lc_print(FILE *f, const lc_input *in, const lc_report *r) {
   fprintf(f, "  %-22s %s\n", "unload", secs(r->unload_ms, a, sizeof(a)));
   fprintf(f, "  %-22s peak %s, steady %s\n", "device memory",
           cli_fmt_bytes(r->dev_peak, a, sizeof(a)), cli_fmt_bytes(r->dev_steady, b, sizeof(b)));
-  fprintf(f, "  %-22s peak %s, steady %s\n", "host memory (RSS)",
+  /* Through a daemon the host figure is its host_bytes (the host tier). */
+  fprintf(f, "  %-22s peak %s, steady %s\n", in->source ? "host memory" : "host memory (RSS)",
           cli_fmt_bytes(r->host_peak, c, sizeof(c)), cli_fmt_bytes(r->host_steady, d, sizeof(d)));
   fprintf(f, "  %-22s device %.0f%%, OS %.0f%%\n", "reclaimed by unload", r->reclaimed_dev_pct,
           r->reclaimed_os_pct);

@@ -272,6 +272,7 @@ static int cycle(run *r, lc_cycle *c) {
   st = NULL;
   CHECK(action(r, "load", FOREVER, &st, &c->load_ms));
   r->device[0] = '\0';
+  r->free_before = 0; /* no free-memory fallback until the device is known */
   uint64_t dev_now, host_now;
   memory(r, st, &dev_now, &host_now); /* learns the device */
   const devmem *mine = model_device(r, before, n_before);
