@@ -124,6 +124,46 @@ int cli_request(const cli_client *c, const char *method, const char *path, const
   return 0;
 }
 
+static size_t drop(char *p, size_t size, size_t n, void *arg) {
+  (void)p;
+  (void)arg;
+  return size * n;
+}
+
+int cli_call(const cli_client *c, const char *method, const char *path, const char *body,
+             const char *const *headers, long *status) {
+  struct curl_slist *hdrs = NULL;
+  CURL *h = prepare(c, path, &hdrs);
+  *status = 0;
+  if (h == NULL)
+    return 1;
+  for (size_t i = 0; headers && headers[i]; i++) {
+    struct curl_slist *more = curl_slist_append(hdrs, headers[i]);
+    if (more == NULL) {
+      curl_easy_cleanup(h);
+      curl_slist_free_all(hdrs);
+      return 1;
+    }
+    hdrs = more;
+  }
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, drop);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, 600L);
+  if (body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? body : "");
+  CURLcode rc = curl_easy_perform(h);
+  if (rc == CURLE_OK)
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+  curl_easy_cleanup(h);
+  curl_slist_free_all(hdrs);
+  if (rc != CURLE_OK) {
+    down(c, rc);
+    return CLI_EXIT_DOWN;
+  }
+  return 0;
+}
+
 typedef struct stream_ctx {
   int (*on_data)(const char *p, size_t n, void *arg);
   void *arg;

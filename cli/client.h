@@ -35,6 +35,15 @@ int cli_request(const cli_client *c, const char *method, const char *path, const
                 long *status, json_t **doc, char **text);
 
 /*
+ * A request whose answer is not the daemon's own (a model's, through the
+ * proxy): headers is a NULL-terminated list of extra "Name: value" lines
+ * (may be NULL), the body is read and dropped, *status gets the HTTP
+ * status. Returns 0, or CLI_EXIT_DOWN after printing why.
+ */
+int cli_call(const cli_client *c, const char *method, const char *path, const char *body,
+             const char *const *headers, long *status);
+
+/*
  * Streams a response: each chunk of the body goes to on_data (return 0 to
  * stop). Returns 0, or CLI_EXIT_DOWN after printing why.
  */

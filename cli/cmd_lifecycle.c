@@ -10,8 +10,10 @@
  *   the device's own figure (free memory) and the OS's (RSS).
  *
  * lifecycle.c turns the cycles into figures, a leak verdict and advice.
- * Backends: plugin (in this process). Process workers and the tensors
- * backend join as the daemon's and the tensor engine's backends do.
+ * Backends: process (the worker started and stopped as modelbufd does it),
+ * plugin and tensors (both in this process). With --url the model is
+ * measured in a running modelbufd instead, through its HTTP API
+ * (lifecycle_url.c); the two drivers fill the same lc_cycle records.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,7 +25,11 @@
 
 #include "modelbuf/modelbuf.h"
 #include "modelbuf/plugin.h"
+#include "modelbuf/tensors.h"
 #include "cli.h"
+#ifdef MB_CLI_CLIENT
+#include "client.h"
+#endif
 #include "config.h"
 #include "device.h"
 #include "lifecycle.h"
@@ -36,8 +42,16 @@
 typedef struct target {
   mb_ctx *ctx;
   const mbd_model_config *mc;
+  mbd_probe probe;     /* the probe: the configuration's, or the flags' (not owned) */
   void *inst;          /* plugin instance */
   mbd_worker *worker;  /* process backend */
+  mb_tensors_model *tm; /* tensors backend (owned by the core) */
+  mb_tensor_file **tfiles; /* its files' indexes: the names the probe looks up */
+  size_t n_tfiles;
+  mb__dev *tdev;       /* tensors off the host device: read back through it */
+  void *tbounce;       /* pinned bounce buffer of TENSOR_BOUNCE bytes on tdev */
+  uint64_t tsum;       /* checksum of every tensor's bytes after the first load */
+  int tsum_set;
   mb_device_kind kind;
   int ordinal;
   const char *device_name;
@@ -76,25 +90,88 @@ static uint64_t device_free(const target *t) {
   return free_b;
 }
 
-/* Drops the model's files from the page cache (clean pages; no root needed). */
-static int drop_cache(const mbd_model_config *mc, char *msg, size_t len) {
-  int dropped = 0;
-  for (size_t i = 0; i < mc->n_files; i++) {
-    int fd = open(mc->files[i], O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      snprintf(msg, len, "%s: %s", mc->files[i], strerror(errno));
-      return -1;
-    }
-    if (posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0)
-      dropped++;
-    close(fd);
+#define TENSOR_BOUNCE (8u << 20)
+
+/* FNV-1a over 8-byte words in four independent lanes, so that reading many
+ * MiB costs the memory traffic rather than a chain of multiplications. */
+static uint64_t checksum(uint64_t h, const uint8_t *p, uint64_t n) {
+  const uint64_t prime = 0x100000001b3ull;
+  uint64_t lane[4] = {h, h ^ 1, h ^ 2, h ^ 3};
+  uint64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    uint64_t w[4];
+    memcpy(w, p + i, sizeof(w));
+    for (int k = 0; k < 4; k++)
+      lane[k] = (lane[k] ^ w[k]) * prime;
   }
-  return dropped;
+  for (; i < n; i++)
+    lane[0] = (lane[0] ^ p[i]) * prime;
+  for (int k = 1; k < 4; k++)
+    lane[0] = (lane[0] ^ lane[k]) * prime;
+  return lane[0];
+}
+
+/*
+ * The "inference" of a tensors model, which has no request handler: every
+ * tensor of every file looked up by name (mb_tensors_find, as user code
+ * does) and all its bytes read into a checksum -- on the host device
+ * straight from the arena, on another device copied back through a pinned
+ * bounce buffer. It measures what a first pass over the weights costs after
+ * a load or a restore (lookups, page faults of a fresh arena, memory
+ * bandwidth), and the checksum must stay the one of the first load: a
+ * restore that brought back other bytes fails the probe.
+ */
+static double probe_tensors(target *t, char *err, size_t len) {
+  double t0 = now_ms();
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t f = 0; f < t->n_tfiles; f++) {
+    size_t n = mb_tensor_file_count(t->tfiles[f]);
+    for (size_t k = 0; k < n; k++) {
+      mb_tensor_info ti;
+      mb_tensor_ref ref;
+      int rc = mb_tensor_file_info(t->tfiles[f], k, &ti);
+      if (rc == 0)
+        rc = mb_tensors_find(t->tm, ti.name, &ref);
+      if (rc != 0) {
+        snprintf(err, len, "tensor %zu of %s: %s", k, mb_tensor_file_path(t->tfiles[f]),
+                 mb_strerror(rc));
+        return -2.0;
+      }
+      if (t->kind == MB_DEVICE_HOST) {
+        h = checksum(h, (const uint8_t *)(uintptr_t)ref.device_ptr, ref.size_bytes);
+        continue;
+      }
+      if (t->tdev == NULL &&
+          (mb__dev_open(t->kind, t->ordinal, &t->tdev, err, len) != 0 ||
+           mb__dev_host_alloc(t->tdev, TENSOR_BOUNCE, &t->tbounce, err, len) != 0))
+        return -2.0;
+      for (uint64_t off = 0; off < ref.size_bytes; off += TENSOR_BOUNCE) {
+        size_t part = ref.size_bytes - off < TENSOR_BOUNCE ? (size_t)(ref.size_bytes - off)
+                                                           : TENSOR_BOUNCE;
+        if (mb__dev_d2h(t->tdev, t->tbounce, ref.device_ptr + off, part, 0, err, len) != 0)
+          return -2.0;
+        h = checksum(h, t->tbounce, part);
+      }
+    }
+  }
+  double took = now_ms() - t0;
+  if (!t->tsum_set) {
+    t->tsum = h;
+    t->tsum_set = 1;
+  } else if (h != t->tsum) {
+    snprintf(err, len, "the tensors' bytes differ from those of the first load "
+                       "(checksum %016llx, was %016llx)",
+             (unsigned long long)h, (unsigned long long)t->tsum);
+    return -2.0;
+  }
+  return took;
 }
 
 /* One probe request; its time in ms, or LC_NONE without a probe. */
-static double probe(const target *t, char *err, size_t len) {
-  const mbd_probe *p = &t->mc->probe;
+static double probe(target *t, char *err, size_t len) {
+  const mbd_probe *p = &t->probe;
+  if (t->tm)
+    return probe_tensors(t, err, len);
   if (p->path == NULL)
     return LC_NONE;
   mb_plugin_request req = {p->method ? p->method : (p->body ? "POST" : "GET"),
@@ -137,11 +214,6 @@ static double probe(const target *t, char *err, size_t len) {
     return -2.0;
   }
   return took;
-}
-
-static int cmp_d(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
 }
 
 /* Host memory held by the model: the RSS of its worker's process group,
@@ -211,10 +283,8 @@ static int probes_once(target *t, int probes, double *first, double *steady_ms, 
   }
   if (mb_release(t->ctx, lease) != 0)
     return -1;
-  if (n > 0 && steady_ms) {
-    qsort(times, (size_t)n, sizeof(times[0]), cmp_d);
-    *steady_ms = n % 2 ? times[n / 2] : (times[n / 2 - 1] + times[n / 2]) / 2;
-  }
+  if (n > 0 && steady_ms)
+    *steady_ms = lc_median(times, n);
   return 0;
 }
 
@@ -233,7 +303,8 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
   uint64_t free_before = device_free(t), rss_before = rss_self();
   if (i == 0 && t->rss_start == 0)
     t->rss_start = rss_before;
-  if (cold && drop_cache(t->mc, err, sizeof(err)) < 0) {
+  if (cold && lc_drop_page_cache((const char *const *)t->mc->files, t->mc->n_files, err,
+                                 sizeof(err)) < 0) {
     fprintf(stderr, "modelbuf: bench lifecycle: %s\n", err);
     return -1;
   }
@@ -278,12 +349,10 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
                    (t->kind == MB_DEVICE_HOST ? 0.0 : (double)dev);
   }
   if (nr > 0) {
-    qsort(off, (size_t)nr, sizeof(off[0]), cmp_d);
-    qsort(res, (size_t)nr, sizeof(res[0]), cmp_d);
-    c->offload_ms = off[nr / 2];
-    c->restore_ms = res[nr / 2];
+    c->offload_ms = lc_median(off, nr);
+    c->restore_ms = lc_median(res, nr);
   }
-  c->restore_growth = lc_slope(series, ns);
+  c->restore_growth = lc_restore_growth(series, ns);
   STEP(steady(t, &c->dev_steady, &c->host_steady), "status");
   sample(t, c);
 
@@ -309,10 +378,18 @@ static void usage(void) {
   fprintf(stderr,
           "lifecycle options:\n"
           "  --config FILE   the daemon configuration naming MODEL (default: $MODELBUF_CONFIG,\n"
-          "                  else ./modelbuf.yaml)\n"
+          "                  else ./modelbuf.yaml); the model runs in this process\n"
+          "  --url URL       measure the model in a running modelbufd instead, through its\n"
+          "                  HTTP API (also MODELBUF_URL when neither --config nor\n"
+          "                  MODELBUF_CONFIG is given); --config then only supplies its\n"
+          "                  probe and files\n"
+          "  --api-key KEY   the daemon's API key (default: $MODELBUF_API_KEY)\n"
           "  --cycles N      load/offload/restore/unload cycles (default 5)\n"
           "  --probes K      probe requests after each load (default 5)\n"
           "  --restores R    offload/restore rounds per cycle (default 2)\n"
+          "  --probe-method M, --probe-path P, --probe-body B\n"
+          "                  the probe request, instead of the configuration's `probe`\n"
+          "                  (with --url and neither: GET of the model's health path)\n"
           "  --no-cold       keep the files in the page cache for the first load\n"
           "  --json          one JSON object instead of the report\n"
           "  --chart FILE    also draw memory per tier across the cycles (PNG, gnuplot)\n");
@@ -372,6 +449,29 @@ static int setup(const mbd_config *cfg, const mbd_model_config *mc, target *t) {
     }
     break;
   }
+  case MBD_BACKEND_TENSORS: {
+    /* The files' indexes for the probe's lookups (headers only). */
+    t->tfiles = calloc(mc->n_files ? mc->n_files : 1, sizeof(*t->tfiles));
+    if (t->tfiles == NULL) {
+      snprintf(err, sizeof(err), "out of memory");
+      goto fail;
+    }
+    for (; t->n_tfiles < mc->n_files; t->n_tfiles++)
+      if (mb_tensor_file_open(mc->files[t->n_tfiles], &t->tfiles[t->n_tfiles], err,
+                              sizeof(err)) != 0)
+        goto fail;
+    if (mb_tensors_model_new((const char *const *)mc->files, mc->n_files, NULL, &t->tm, err,
+                             sizeof(err)) != 0)
+      goto fail;
+    if (mo.footprint_bytes == 0)
+      mo.footprint_bytes = mb_tensors_model_bytes(t->tm);
+    if (mb_model_add(t->ctx, mc->name, mb_tensors_backend(), t->tm, &mo, err, sizeof(err)) !=
+        0) {
+      t->tm = NULL; /* freed by the core */
+      goto fail;
+    }
+    break;
+  }
   default:
     snprintf(err, sizeof(err), "model '%s' uses the %s backend, which this build cannot run",
              mc->name, mbd_backend_name(mc->backend));
@@ -384,25 +484,89 @@ fail:
   return -1;
 }
 
+/* Runs the cycles in this process and reports them. */
+static int bench_here(const mbd_config *cfg, const mbd_model_config *mc, const lc_opts *o) {
+  target t;
+  memset(&t, 0, sizeof(t));
+  int status = CLI_EXIT_FAIL;
+  if (setup(cfg, mc, &t) != 0)
+    goto done;
+  t.probe.method = (char *)o->probe_method;
+  t.probe.path = (char *)o->probe_path;
+  t.probe.body = (char *)o->probe_body;
+  lc_cycle *cy = calloc((size_t)o->cycles, sizeof(*cy));
+  int rc = cy ? 0 : -1;
+  for (int i = 0; rc == 0 && i < o->cycles; i++) {
+    rc = cycle(&t, i, o->cold && i == 0, o->probes, o->restores, &cy[i]);
+    if (rc == 0 && !o->json)
+      fprintf(stderr, "cycle %d: load %.1f ms, unload %.1f ms\n", i, cy[i].load_ms,
+              cy[i].unload_ms);
+  }
+  if (rc == 0) {
+    mb_device_info di;
+    uint64_t host_budget = 0, host_used = 0;
+    mb_host_tier(t.ctx, &host_budget, &host_used);
+    lc_input in = {mc->name, "host", o->cold, 0, host_budget, cy, o->cycles, NULL,
+                   o->cold ? NULL : "--no-cold"};
+    if (mb_device_info_get(t.ctx, 0, &di) == 0) {
+      in.device_usable = di.usable_bytes;
+      in.device = di.name;
+    }
+    status = lc_output(&in, o->json, o->chart);
+  }
+  free(cy);
+done:
+  if (t.ctx && mb_ctx_free(t.ctx) != 0)
+    fprintf(stderr, "modelbuf: bench lifecycle: context still busy\n");
+  if (t.tdev) {
+    mb__dev_host_free(t.tdev, t.tbounce);
+    mb__dev_close(t.tdev);
+  }
+  for (size_t i = 0; i < t.n_tfiles; i++)
+    mb_tensor_file_close(t.tfiles[i]);
+  free(t.tfiles);
+  return status;
+}
+
 int cmd_bench_lifecycle(int argc, char **argv) {
-  const char *model = NULL, *config = NULL, *chart = NULL;
-  int cycles = 5, probes = 5, restores = 2, cold = 1, json = 0;
+  const char *model = NULL, *config = NULL;
+  const char *probe_method = NULL, *probe_path = NULL, *probe_body = NULL;
+  lc_opts o;
+  memset(&o, 0, sizeof(o));
+  o.cycles = 5;
+  o.probes = 5;
+  o.restores = 2;
+  o.cold = 1;
+  int url = 0;
+  for (int i = 1; i < argc; i++)
+    if (strcmp(argv[i], "--url") == 0)
+      url = 1;
+#ifdef MB_CLI_CLIENT
+  cli_client client;
+  cli_client_init(&client, &argc, argv); /* takes --url and --api-key out of argv */
+#endif
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--config") == 0 && i + 1 < argc) {
       config = argv[++i];
     } else if (strcmp(a, "--cycles") == 0 && i + 1 < argc) {
-      cycles = atoi(argv[++i]);
+      o.cycles = atoi(argv[++i]);
     } else if (strcmp(a, "--probes") == 0 && i + 1 < argc) {
-      probes = atoi(argv[++i]);
+      o.probes = atoi(argv[++i]);
     } else if (strcmp(a, "--restores") == 0 && i + 1 < argc) {
-      restores = atoi(argv[++i]);
+      o.restores = atoi(argv[++i]);
     } else if (strcmp(a, "--chart") == 0 && i + 1 < argc) {
-      chart = argv[++i];
+      o.chart = argv[++i];
+    } else if (strcmp(a, "--probe-method") == 0 && i + 1 < argc) {
+      probe_method = argv[++i];
+    } else if (strcmp(a, "--probe-path") == 0 && i + 1 < argc) {
+      probe_path = argv[++i];
+    } else if (strcmp(a, "--probe-body") == 0 && i + 1 < argc) {
+      probe_body = argv[++i];
     } else if (strcmp(a, "--no-cold") == 0) {
-      cold = 0;
+      o.cold = 0;
     } else if (strcmp(a, "--json") == 0) {
-      json = 1;
+      o.json = 1;
     } else if (a[0] == '-' || model != NULL) {
       fprintf(stderr, "modelbuf: bench lifecycle: unexpected argument '%s'\n", a);
       usage();
@@ -411,89 +575,80 @@ int cmd_bench_lifecycle(int argc, char **argv) {
       model = a;
     }
   }
-  if (model == NULL || cycles < 1 || cycles > MAX_CYCLES || probes < 0 || probes > MAX_PROBES ||
-      restores < 0 || restores > MAX_RESTORES) {
+  if (model == NULL || o.cycles < 1 || o.cycles > MAX_CYCLES || o.probes < 0 ||
+      o.probes > MAX_PROBES || o.restores < 0 || o.restores > MAX_RESTORES) {
     fprintf(stderr,
             "modelbuf: bench lifecycle: a MODEL, 1..%d cycles, 0..%d probes, 0..%d restores\n",
             MAX_CYCLES, MAX_PROBES, MAX_RESTORES);
     usage();
     return CLI_EXIT_USAGE;
   }
+  if ((probe_method || probe_body) && probe_path == NULL) {
+    fprintf(stderr, "modelbuf: bench lifecycle: --probe-method and --probe-body need "
+                    "--probe-path\n");
+    return CLI_EXIT_USAGE;
+  }
+  o.model = model;
+  /* The daemon's address from MODELBUF_URL only when no configuration is
+   * named either way: a configuration file means "run it here". */
+  const char *env_url = getenv("MODELBUF_URL");
+  if (!url && config == NULL && env_url && env_url[0] && !getenv("MODELBUF_CONFIG"))
+    url = 1;
+#ifndef MB_CLI_CLIENT
+  if (url) {
+    fprintf(stderr, "modelbuf: bench lifecycle: --url needs a build with libcurl and jansson\n");
+    return CLI_EXIT_USAGE;
+  }
+#endif
 
   /* Large buffers straight from the OS and back on free, as in modelbufd:
    * what stays after an unload is then what the model kept, not what the
    * allocator cached. */
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
-  const char *path = mbd_config_path(config, NULL);
   mbd_config *cfg = NULL;
-  mbd_diag diag;
-  mbd_diag_init(&diag);
-  if (mbd_config_load_file(path, NULL, &cfg, &diag) != 0) {
-    mbd_diag_print(&diag, stderr);
+  const mbd_model_config *mc = NULL;
+  if (!url || config != NULL) {
+    const char *path = mbd_config_path(config, NULL);
+    mbd_diag diag;
+    mbd_diag_init(&diag);
+    if (mbd_config_load_file(path, NULL, &cfg, &diag) != 0) {
+      mbd_diag_print(&diag, stderr);
+      mbd_diag_free(&diag);
+      return CLI_EXIT_FAIL;
+    }
     mbd_diag_free(&diag);
-    return CLI_EXIT_FAIL;
-  }
-  mbd_diag_free(&diag);
-  const mbd_model_config *mc = mbd_config_find_model(cfg, model);
-  if (mc == NULL) {
-    fprintf(stderr, "modelbuf: bench lifecycle: %s has no model '%s'\n", path, model);
-    mbd_config_free(cfg);
-    return CLI_EXIT_FAIL;
-  }
-
-  target t;
-  memset(&t, 0, sizeof(t));
-  if (setup(cfg, mc, &t) != 0) {
-    if (t.ctx && mb_ctx_free(t.ctx) != 0)
-      fprintf(stderr, "modelbuf: bench lifecycle: context still busy\n");
-    mbd_config_free(cfg);
-    return CLI_EXIT_FAIL;
-  }
-  lc_cycle *cy = calloc((size_t)cycles, sizeof(*cy));
-  int rc = cy ? 0 : -1;
-  for (int i = 0; rc == 0 && i < cycles; i++) {
-    rc = cycle(&t, i, cold && i == 0, probes, restores, &cy[i]);
-    if (rc == 0 && !json)
-      fprintf(stderr, "cycle %d: load %.1f ms, unload %.1f ms\n", i, cy[i].load_ms,
-              cy[i].unload_ms);
-  }
-  int status = CLI_EXIT_FAIL;
-  if (rc == 0) {
-    mb_device_info di;
-    uint64_t host_budget = 0, host_used = 0;
-    mb_host_tier(t.ctx, &host_budget, &host_used);
-    lc_input in = {mc->name, "host", cold, 0, host_budget, cy, cycles};
-    if (mb_device_info_get(t.ctx, 0, &di) == 0) {
-      in.device_usable = di.usable_bytes;
-      in.device = di.name;
+    mc = mbd_config_find_model(cfg, model);
+    if (mc == NULL) {
+      fprintf(stderr, "modelbuf: bench lifecycle: %s has no model '%s'\n", path, model);
+      mbd_config_free(cfg);
+      return CLI_EXIT_FAIL;
     }
-    lc_report r;
-    lc_analyse(&in, &r);
-    if (json) {
-      char *j = lc_json(&in, &r);
-      if (j) {
-        printf("%s\n", j);
-        free(j);
-      }
-    } else {
-      lc_print(stdout, &in, &r);
-    }
-    status = CLI_EXIT_OK;
-    if (chart) {
-      char err[256];
-      if (lc_chart(chart, &in, err, sizeof(err)) != 0) {
-        fprintf(stderr, "modelbuf: bench lifecycle: chart: %s\n", err);
-        status = CLI_EXIT_FAIL;
-      } else if (!json) {
-        printf("\nchart: %s\n", chart);
-      }
-    }
-    if (r.leaks == 1 && status == CLI_EXIT_OK)
-      status = 4; /* a leak is a failing verdict: scripts can tell it apart */
   }
-  free(cy);
-  if (mb_ctx_free(t.ctx) != 0)
-    fprintf(stderr, "modelbuf: bench lifecycle: context still busy\n");
+  /* The probe: the flags, else the configuration's, else (against the
+   * daemon) a GET of the health path, which every worker answers. */
+  if (probe_path) {
+    o.probe_path = probe_path;
+    o.probe_body = probe_body;
+    o.probe_method = probe_method ? probe_method : probe_body ? "POST" : "GET";
+  } else if (mc && mc->probe.path) {
+    o.probe_path = mc->probe.path;
+    o.probe_body = mc->probe.body;
+    o.probe_method = mc->probe.method ? mc->probe.method : mc->probe.body ? "POST" : "GET";
+  } else if (url) {
+    o.probe_path = mc && mc->health ? mc->health : "/health";
+    o.probe_method = "GET";
+  }
+  if (mc) {
+    o.files = (const char *const *)mc->files;
+    o.n_files = mc->n_files;
+  }
+  int status;
+#ifdef MB_CLI_CLIENT
+  if (url)
+    status = lc_bench_daemon(&o, &client);
+  else
+#endif
+    status = bench_here(cfg, mc, &o);
   mbd_config_free(cfg);
   return status;
 }

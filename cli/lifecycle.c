@@ -15,6 +15,7 @@
  *    unload in place, run the model as a worker process;
  *  - a memory reservation of 1.5x the peak.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -42,9 +43,35 @@ double lc_slope(const double *y, int n) {
   return sxx > 0.0 ? sxy / sxx : 0.0;
 }
 
+double lc_restore_growth(const double *y, int n) {
+  return n >= 3 ? lc_slope(y + 1, n - 1) : lc_slope(y, n);
+}
+
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
+}
+
+double lc_median(double *v, int n) {
+  if (n <= 0)
+    return LC_NONE;
+  qsort(v, (size_t)n, sizeof(v[0]), cmp_double);
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
+}
+
+int lc_drop_page_cache(const char *const *files, size_t n, char *msg, size_t len) {
+  int dropped = 0;
+  for (size_t i = 0; i < n; i++) {
+    int fd = open(files[i], O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      snprintf(msg, len, "%s: %s", files[i], strerror(errno));
+      return -1;
+    }
+    if (posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0)
+      dropped++;
+    close(fd);
+  }
+  return dropped;
 }
 
 /* Median of the measured values of one field over cycles [from, n). */
@@ -56,10 +83,7 @@ static double median_of(const lc_input *in, size_t off, int from) {
     if (x >= 0.0)
       v[k++] = x;
   }
-  if (k == 0)
-    return LC_NONE;
-  qsort(v, (size_t)k, sizeof(v[0]), cmp_double);
-  return k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2.0;
+  return lc_median(v, k);
 }
 
 #define MEDIAN(in, field, from) median_of(in, offsetof(lc_cycle, field), from)
@@ -214,8 +238,12 @@ void lc_analyse(const lc_input *in, lc_report *r) {
     r->dev_steady = in->cycles[n - 1].dev_steady;
     r->host_steady = in->cycles[n - 1].host_steady;
   }
-  r->footprint = host_dev ? (r->dev_peak > r->host_peak ? r->dev_peak : r->host_peak)
-                          : r->dev_peak;
+  /* What the model holds on its device, by the backend's own measure; on
+   * the host device, when the backend measures nothing, the RSS. Not the
+   * RSS when there is a device figure: in a process that holds both tiers
+   * in host RAM (a tensors model keeps its offload copy while resident) the
+   * RSS counts the host tier as well. */
+  r->footprint = r->dev_peak > 0 || !host_dev ? r->dev_peak : r->host_peak;
   if (n > 0) {
     const lc_cycle *last = &in->cycles[n - 1];
     r->reclaimed_dev_pct = pct_back(r->dev_peak, last->dev_residue);
@@ -262,9 +290,14 @@ void lc_analyse(const lc_input *in, lc_report *r) {
 
 void lc_print(FILE *f, const lc_input *in, const lc_report *r) {
   char a[32], b[32], c[32], d[32];
-  fprintf(f, "model %s on %s, %d cycle%s%s\n\n", in->model, in->device ? in->device : "?", in->n,
-          in->n == 1 ? "" : "s", in->cold ? " (first load cold: files dropped from the page cache)"
-                                          : "");
+  fprintf(f, "model %s on %s%s%s, %d cycle%s", in->model, in->device ? in->device : "?",
+          in->source ? " through " : "", in->source ? in->source : "", in->n,
+          in->n == 1 ? "" : "s");
+  if (in->cold)
+    fprintf(f, " (first load cold: files dropped from the page cache)");
+  else if (in->cold_note)
+    fprintf(f, " (first load not cold: %s)", in->cold_note);
+  fprintf(f, "\n\n");
   fprintf(f, "  %-22s %s\n", "cold load", secs(r->cold_load_ms, a, sizeof(a)));
   fprintf(f, "  %-22s %s\n", "warm load", secs(r->warm_load_ms, a, sizeof(a)));
   fprintf(f, "  %-22s %s\n", "first inference", secs(r->first_ms, a, sizeof(a)));
@@ -274,7 +307,8 @@ void lc_print(FILE *f, const lc_input *in, const lc_report *r) {
   fprintf(f, "  %-22s %s\n", "unload", secs(r->unload_ms, a, sizeof(a)));
   fprintf(f, "  %-22s peak %s, steady %s\n", "device memory",
           cli_fmt_bytes(r->dev_peak, a, sizeof(a)), cli_fmt_bytes(r->dev_steady, b, sizeof(b)));
-  fprintf(f, "  %-22s peak %s, steady %s\n", "host memory (RSS)",
+  /* Through a daemon the host figure is its host_bytes (the host tier). */
+  fprintf(f, "  %-22s peak %s, steady %s\n", in->source ? "host memory" : "host memory (RSS)",
           cli_fmt_bytes(r->host_peak, c, sizeof(c)), cli_fmt_bytes(r->host_steady, d, sizeof(d)));
   fprintf(f, "  %-22s device %.0f%%, OS %.0f%%\n", "reclaimed by unload", r->reclaimed_dev_pct,
           r->reclaimed_os_pct);
@@ -330,7 +364,17 @@ char *lc_json(const lc_input *in, const lc_report *r) {
   json_str(f, in->model);
   fputs(",\"device\":", f);
   json_str(f, in->device);
-  fprintf(f, ",\"cycles\":%d,\"cold\":%s,", in->n, in->cold ? "true" : "false");
+  fputs(",\"source\":", f);
+  if (in->source)
+    json_str(f, in->source);
+  else
+    fputs("null", f);
+  fprintf(f, ",\"cycles\":%d,\"cold\":%s,\"cold_note\":", in->n, in->cold ? "true" : "false");
+  if (!in->cold && in->cold_note)
+    json_str(f, in->cold_note);
+  else
+    fputs("null", f);
+  fputc(',', f);
   json_ms(f, "cold_load_ms", r->cold_load_ms, 1);
   json_ms(f, "load_ms", r->warm_load_ms, 1);
   json_ms(f, "first_inference_ms", r->first_ms, 1);
@@ -383,6 +427,34 @@ char *lc_json(const lc_input *in, const lc_report *r) {
     return NULL;
   }
   return buf;
+}
+
+int lc_output(const lc_input *in, int json, const char *chart) {
+  lc_report r;
+  lc_analyse(in, &r);
+  if (json) {
+    char *j = lc_json(in, &r);
+    if (j) {
+      printf("%s\n", j);
+      free(j);
+    }
+  } else {
+    lc_print(stdout, in, &r);
+  }
+  int status = CLI_EXIT_OK;
+  if (chart) {
+    char err[256];
+    if (lc_chart(chart, in, err, sizeof(err)) != 0) {
+      fprintf(stderr, "modelbuf: bench lifecycle: chart: %s\n", err);
+      status = CLI_EXIT_FAIL;
+    } else if (!json) {
+      printf("\nchart: %s\n", chart);
+    }
+  }
+  fflush(stdout);
+  if (r.leaks == 1 && status == CLI_EXIT_OK)
+    status = 4; /* a leak is a failing verdict: scripts can tell it apart */
+  return status;
 }
 
 int lc_chart(const char *png, const lc_input *in, char *err, size_t err_len) {

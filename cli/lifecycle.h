@@ -33,7 +33,7 @@ typedef struct lc_cycle {
   int64_t dev_residue;
   int64_t os_residue;
   /* Growth of the steady footprint per restore within this residency
-   * (least-squares slope over the samples after the load and each restore). */
+   * (lc_restore_growth of the samples after the load and each restore). */
   double restore_growth;
 } lc_cycle;
 
@@ -45,6 +45,11 @@ typedef struct lc_input {
   uint64_t host_budget;    /* host tier budget, 0 unknown */
   const lc_cycle *cycles;
   int n;
+  /* Where it was measured: NULL in this process, else e.g. "modelbufd at
+   * http://127.0.0.1:8686" (the header of the report and "source" in JSON). */
+  const char *source;
+  /* Why the first load is not cold, when cold is 0 (NULL: --no-cold). */
+  const char *cold_note;
 } lc_input;
 
 #define LC_MAX_ADVICE 6
@@ -55,7 +60,7 @@ typedef struct lc_report {
   double first_ms, steady_ms;
   double offload_ms, restore_ms, unload_ms; /* medians; LC_NONE when not measured */
   uint64_t dev_peak, dev_steady, host_peak, host_steady;
-  uint64_t footprint;      /* dev_peak + host_peak on the host device's terms */
+  uint64_t footprint;      /* device bytes at the peak (host device without one: the RSS) */
   double reclaimed_dev_pct;  /* of the device footprint, after the last unload */
   double reclaimed_os_pct;   /* of the host footprint, by the OS's figure */
   double slope_bytes;      /* growth of the steady footprint per cycle (least squares) */
@@ -77,6 +82,17 @@ typedef struct lc_report {
 /* Least-squares slope of y over 0..n-1; 0 when n < 2. */
 double lc_slope(const double *y, int n);
 
+/*
+ * Growth per restore within one residency from the steady footprint after
+ * the load and after each restore (y[0], y[1..n)): the least-squares slope
+ * from restore to restore when there are two restores or more, else from
+ * the load to the restore. The step from the load to the first restore is
+ * left out when it can be: a backend that allocates its host copy at the
+ * first offload and reuses it (the tensors backend) holds more from then
+ * on, once, which is not growth.
+ */
+double lc_restore_growth(const double *y, int n);
+
 /* Fills out from the cycles. */
 void lc_analyse(const lc_input *in, lc_report *out);
 
@@ -85,6 +101,47 @@ void lc_print(FILE *f, const lc_input *in, const lc_report *r);
 
 /* The same as one JSON object (malloc'd, NUL-terminated), NULL on ENOMEM. */
 char *lc_json(const lc_input *in, const lc_report *r);
+
+/*
+ * The report of one run: analyses in, prints the table (or the JSON with
+ * json), draws the chart when chart is not NULL, and returns the exit
+ * status: 0 clean, 4 the leak check failed, 1 the chart failed.
+ */
+int lc_output(const lc_input *in, int json, const char *chart);
+
+/* Median of v[0..n) (sorts v); LC_NONE when n is 0. */
+double lc_median(double *v, int n);
+
+/*
+ * Drops files from the page cache (posix_fadvise DONTNEED: clean pages, no
+ * root needed). The number of files dropped, or -1 with "PATH: reason" in
+ * msg when one cannot be opened.
+ */
+int lc_drop_page_cache(const char *const *files, size_t n, char *msg, size_t len);
+
+/* What both drivers of `bench lifecycle` are asked to do. */
+typedef struct lc_opts {
+  const char *model;
+  int cycles, probes, restores;
+  int cold;                 /* drop the files from the page cache before cycle 0 */
+  int json;
+  const char *chart;        /* PNG to draw, or NULL */
+  /* The probe request; no probe when path is NULL. */
+  const char *probe_method, *probe_path, *probe_body;
+  /* The model's weight files from the configuration (may be none). */
+  const char *const *files;
+  size_t n_files;
+} lc_opts;
+
+struct cli_client;
+
+/*
+ * `bench lifecycle MODEL --url URL`: the model served by a running
+ * modelbufd, measured through its HTTP API only (lifecycle_url.c). Returns
+ * the exit status (as lc_output, or 1 when a step fails, 3 when the daemon
+ * cannot be reached).
+ */
+int lc_bench_daemon(const lc_opts *o, const struct cli_client *c);
 
 /*
  * Writes a PNG chart of memory per tier across the cycles with gnuplot

@@ -6,6 +6,7 @@ model is known to hold (the bytes of its files)."""
 import json
 import os
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -161,3 +162,174 @@ def test_worker_process_clean_and_leaking(workdir):
         # At least what it keeps; Python's allocator adds a little on top
         # (the offload and restore copies of its weights are heap-allocated).
         assert 14 * MiB <= r["growth_bytes_per_restore"] <= 28 * MiB, r["growth_bytes_per_restore"]
+
+
+def mkmodel(path, size):
+    p = subprocess.run([TOOL, "mkmodel", "--format", "safetensors", "--size", size, path],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run([TOOL, "inspect", path, "--json"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)["data_bytes"]
+
+
+def test_tensors_model(workdir):
+    # The tensors backend in this process: a real safetensors file loaded
+    # into the host device's arena, offloaded to its host copy, restored,
+    # unloaded; the probe looks every tensor up and reads all its bytes.
+    path = os.path.join(workdir, "t.safetensors")
+    data = mkmodel(path, "8MiB" if SANITIZED else "64MiB")
+    arena = (data + 4095) // 4096 * 4096  # the arena is allocated in 4 KiB pages
+    cfg = os.path.join(workdir, "tensors.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""devices: [{{host: true, budget: 1GiB}}]
+models:
+  t:
+    backend: tensors
+    files: [{path}]
+""")
+    n = 3 if SANITIZED else 5
+    p = subprocess.run([TOOL, "bench", "lifecycle", "t", "--config", cfg, "--cycles", str(n),
+                        "--json"], capture_output=True, text=True,
+                       timeout=600 if SANITIZED else 120)
+    r = json.loads(p.stdout)
+    assert r["cold"] is True and r["cold_load_ms"] is not None
+    # Its footprint is its file's data, on the device and in the host copy.
+    assert r["footprint_bytes"] == arena and r["device_peak_bytes"] == arena, r
+    for c in r["per_cycle"]:
+        assert c["host_offloaded_bytes"] == arena
+        assert c["first_inference_ms"] is not None and c["restore_ms"] is not None
+    if SANITIZED:
+        assert p.returncode in (0, 4), p.stderr
+        return
+    assert p.returncode == 0, p.stderr
+    assert r["leak"] is False, r["verdict"]
+    assert r["reclaimed_device_pct"] >= 90 and r["reclaimed_os_pct"] >= 90, r
+    # In this process the RSS holds the arena, and from the first offload on
+    # the host copy as well (kept for the next offload): not growth.
+    assert arena <= r["host_peak_bytes"] <= 2 * arena + 8 * MiB, r["host_peak_bytes"]
+    assert abs(r["growth_bytes_per_restore"]) < 1 * MiB
+    assert r["reserve_bytes"] == arena * 3 // 2
+
+
+# ---------------------------------------------------------------------------
+# Against a running modelbufd (--url): the same figures through its HTTP API.
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_daemon import DAEMON, Daemon, worker  # noqa: E402
+
+KEY = "lifecycle-key"
+
+
+@pytest.fixture(scope="module")
+def daemon(workdir):
+    if not os.path.exists(DAEMON):
+        pytest.skip("modelbufd is not in this build")
+    d = Daemon(f"""api_keys: ["{KEY}"]
+devices: [{{host: true, budget: 2GiB}}]
+defaults: {{keep_alive: 30s}}
+models:
+  clean:
+    cmd: {worker("--alloc-mb", "48")}
+    hooks: {{offload: {{path: /offload}}, restore: {{path: /restore}}}}
+    files: [{workdir}/w.bin]
+    probe: {{method: POST, path: /infer, body: '{{"q": 1}}'}}
+  leaky:
+    cmd: {worker("--alloc-mb", "8", "--grow-mb", "16")}
+    hooks: {{offload: {{path: /offload}}, restore: {{path: /restore}}}}
+""")
+    yield d
+    assert d.stop() == 0, d.logs()[-3000:]
+
+
+def api(d, method, path, body=None):
+    return d.request(method, path, body=body,
+                     headers={"Authorization": "Bearer " + KEY})[:2]
+
+
+def bench_url(d, model, *args, env_key=True):
+    env = dict(os.environ)
+    env.pop("MODELBUF_URL", None)
+    env.pop("MODELBUF_CONFIG", None)
+    if env_key:
+        env["MODELBUF_API_KEY"] = KEY
+    p = subprocess.run([TOOL, "bench", "lifecycle", model, "--url", f"127.0.0.1:{d.port}",
+                        "--json", *args], capture_output=True, text=True, env=env,
+                       timeout=600 if SANITIZED else 240)
+    return p.returncode, json.loads(p.stdout) if p.stdout.strip() else None, p.stderr
+
+
+def test_daemon_clean_worker_passes(daemon):
+    d = daemon
+    # Found ready with a keep-alive of its own: measured, then put back so.
+    code, st = api(d, "POST", "/api/models/clean/load", {"keep_alive": "10m"})
+    assert code == 200 and st["state"] == "ready", st
+    # --config names its files (dropped from the page cache first) and its probe.
+    rc, r, err = bench_url(d, "clean", "--config", d.cfg, "--cycles", "4", "--restores", "3")
+    assert r is not None, err
+    assert rc == 0, err
+    assert r["source"] == f"modelbufd at http://127.0.0.1:{d.port}" and r["device"] == "host"
+    assert r["cold"] is True and r["cold_load_ms"] is not None
+    assert r["leak"] is False, r["verdict"]
+    # The worker's 48 MiB, as the daemon measures it (RSS of its processes).
+    assert r["device_peak_bytes"] >= 48 * MiB and r["footprint_bytes"] >= 48 * MiB
+    assert r["first_inference_ms"] is not None and r["restore_ms"] is not None
+    # Nothing of it is left after each unload, by the model's and the device's figures.
+    assert r["reclaimed_device_pct"] == 100 and r["reclaimed_os_pct"] == 100
+    for c in r["per_cycle"]:
+        assert c["os_residue_bytes"] == 0 and c["device_residue_bytes"] == 0, c
+        assert c["host_offloaded_bytes"] >= 48 * MiB
+    assert abs(r["growth_bytes_per_restore"]) < 2 * MiB
+    code, st = api(d, "GET", "/api/models/clean")
+    assert st["state"] == "ready" and st["keep_alive_s"] == 600, st
+    # Its own load, four cycles, and the load that put it back.
+    assert st["stats"]["loads"] == 6 and st["stats"]["restores"] == 12, st["stats"]
+    api(d, "POST", "/api/models/clean/unload")
+
+
+def test_daemon_leaky_worker_fails_with_its_slope(daemon):
+    # The worker keeping 16 MiB more after every restore; the probe from the
+    # flags, the key from --api-key, no files known: the first load is warm.
+    rc, r, err = bench_url(daemon, "leaky", "--cycles", "4", "--restores", "3",
+                           "--probe-method", "POST", "--probe-path", "/infer",
+                           "--probe-body", '{"q": 2}', "--api-key", KEY, env_key=False)
+    assert r is not None, err
+    assert rc == 4, err
+    assert r["leak"] is True and "per restore" in r["verdict"], r["verdict"]
+    assert 14 * MiB <= r["growth_bytes_per_restore"] <= 28 * MiB, r["growth_bytes_per_restore"]
+    assert any("leaks" in a for a in r["advice"])
+    assert r["cold"] is False and "files" in r["cold_note"]
+    assert r["first_inference_ms"] is not None
+    code, st = api(daemon, "GET", "/api/models/leaky")
+    assert st["state"] == "unloaded", st  # as it was found
+
+
+def test_daemon_report_and_errors(daemon):
+    d = daemon
+    # One cycle, no restores, the default probe (GET of the health path):
+    # no verdict, and the report says where it was measured.
+    env = dict(os.environ, MODELBUF_API_KEY=KEY)
+    env.pop("MODELBUF_CONFIG", None)
+    p = subprocess.run([TOOL, "bench", "lifecycle", "leaky", "--url", f"127.0.0.1:{d.port}",
+                        "--cycles", "1", "--restores", "0"], capture_output=True, text=True,
+                       env=env, timeout=600 if SANITIZED else 120)
+    assert p.returncode == 0, p.stderr
+    assert f"model leaky on host through modelbufd at http://127.0.0.1:{d.port}" in p.stdout
+    assert "first load not cold" in p.stdout and "leak check" in p.stdout
+    # MODELBUF_URL alone (no configuration named) picks the daemon too.
+    env["MODELBUF_URL"] = f"127.0.0.1:{d.port}"
+    p = subprocess.run([TOOL, "bench", "lifecycle", "nope"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert p.returncode == 1 and "not_found" in p.stderr, p.stderr
+    del env["MODELBUF_API_KEY"]
+    p = subprocess.run([TOOL, "bench", "lifecycle", "leaky"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert p.returncode == 1 and "unauthorized" in p.stderr, p.stderr
+    p = subprocess.run([TOOL, "bench", "lifecycle", "leaky", "--url", "127.0.0.1:1"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 3 and "cannot reach modelbufd" in p.stderr, p.stderr
+    p = subprocess.run([TOOL, "bench", "lifecycle", "leaky", "--url", "127.0.0.1:1",
+                        "--probe-body", "{}"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert p.returncode == 2

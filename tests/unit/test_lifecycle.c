@@ -41,7 +41,7 @@ static lc_input make(int n, uint64_t bytes, uint64_t grow, double load_ms, doubl
     c->dev_residue = (int64_t)(i % 2 ? 200000 : -100000); /* noise, no trend */
     c->os_residue = 0;
   }
-  lc_input in = {"m", "cuda:0", 1, 80 * GiB, 32 * GiB, cyc, n};
+  lc_input in = {"m", "cuda:0", 1, 80 * GiB, 32 * GiB, cyc, n, NULL, NULL};
   return in;
 }
 
@@ -61,6 +61,44 @@ static void test_slope(void **state) {
   assert_true(lc_slope(line, 5) > 1.999 && lc_slope(line, 5) < 2.001);
   assert_true(lc_slope(noisy, 6) < 0.5);
   assert_true(lc_slope(line, 1) == 0.0);
+}
+
+static void test_restore_growth(void **state) {
+  (void)state;
+  /* A host copy allocated at the first offload and kept: one step from the
+   * load to the first restore, then flat. Not growth. */
+  double step[] = {64, 128, 128, 128};
+  assert_true(lc_restore_growth(step, 4) == 0.0);
+  /* 16 more at every restore: the slope from restore to restore. */
+  double leak[] = {64, 80, 96, 112};
+  assert_true(lc_restore_growth(leak, 4) > 15.999 && lc_restore_growth(leak, 4) < 16.001);
+  /* One restore: the load to the restore is all there is. */
+  double one[] = {64, 80};
+  assert_true(lc_restore_growth(one, 2) > 15.999 && lc_restore_growth(one, 2) < 16.001);
+  assert_true(lc_restore_growth(one, 1) == 0.0);
+}
+
+/* On the host device, a model in process whose RSS holds its host copy as
+ * well as its arena: the footprint is the device figure, not the RSS. */
+static void test_footprint_on_the_host_device(void **state) {
+  (void)state;
+  lc_input in = make(4, 64 * MiB, 0, 100, 200);
+  in.device = "host";
+  for (int i = 0; i < 4; i++) {
+    cyc[i].dev_peak = cyc[i].dev_steady = 64 * MiB;
+    cyc[i].host_peak = cyc[i].host_steady = 128 * MiB + 300 * 1024;
+    cyc[i].os_residue = cyc[i].dev_residue = 0;
+  }
+  lc_report r;
+  lc_analyse(&in, &r);
+  assert_int_equal(r.footprint, 64 * MiB);
+  assert_int_equal(r.reserve_bytes, 96 * MiB);
+  assert_true(r.reclaimed_os_pct == 100.0);
+  /* Without a device figure, the RSS is the footprint. */
+  for (int i = 0; i < 4; i++)
+    cyc[i].dev_peak = cyc[i].dev_steady = 0;
+  lc_analyse(&in, &r);
+  assert_int_equal(r.footprint, 128 * MiB + 300 * 1024);
 }
 
 static void test_clean_model_passes(void **state) {
@@ -196,7 +234,31 @@ static void test_json_and_chart(void **state) {
   assert_non_null(strstr(j, "\"leak\":true"));
   assert_non_null(strstr(j, "\"cold_load_ms\":9000.000"));
   assert_non_null(strstr(j, "\"per_cycle\":[{"));
+  assert_non_null(strstr(j, "\"source\":null"));
+  assert_non_null(strstr(j, "\"cold_note\":null"));
   free(j);
+
+  /* Measured through a daemon, first load not cold: said in both outputs. */
+  lc_input via = in;
+  via.source = "modelbufd at http://127.0.0.1:1";
+  via.cold = 0;
+  via.cold_note = "no files";
+  lc_analyse(&via, &r);
+  j = lc_json(&via, &r);
+  assert_non_null(j);
+  assert_non_null(strstr(j, "\"source\":\"modelbufd at http://127.0.0.1:1\""));
+  assert_non_null(strstr(j, "\"cold\":false,\"cold_note\":\"no files\""));
+  assert_non_null(strstr(j, "\"cold_load_ms\":null"));
+  free(j);
+  char *text = NULL;
+  size_t text_len = 0;
+  FILE *mf = open_memstream(&text, &text_len);
+  assert_non_null(mf);
+  lc_print(mf, &via, &r);
+  fclose(mf);
+  assert_non_null(strstr(text, "model quote\"d on cuda:0 through modelbufd at "
+                               "http://127.0.0.1:1, 5 cycles (first load not cold: no files)"));
+  free(text);
 
   char png[] = "/tmp/mb-lc-XXXXXX.png";
   int fd = mkstemps(png, 4);
@@ -221,6 +283,8 @@ static void test_json_and_chart(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_slope),
+      cmocka_unit_test(test_restore_growth),
+      cmocka_unit_test(test_footprint_on_the_host_device),
       cmocka_unit_test(test_clean_model_passes),
       cmocka_unit_test(test_leak_is_flagged),
       cmocka_unit_test(test_load_time_lines),
