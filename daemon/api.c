@@ -98,6 +98,10 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
   json_object_set_new(o, "warnings", warn);
   json_object_set_new(o, "pinned", json_boolean(st.pinned));
   json_object_set_new(o, "aliases", aliases);
+  json_t *files = json_array();
+  for (size_t i = 0; i < m->mc->n_files; i++)
+    json_array_append_new(files, json_string(m->mc->files[i]));
+  json_object_set_new(o, "files", files);
   if (st.state == MB_STATE_LOADING || st.state == MB_STATE_RESTORING)
     json_object_set_new(o, "progress",
                         json_pack("{s:I,s:I}", "done_bytes", (json_int_t)st.progress_done,

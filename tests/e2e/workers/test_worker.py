@@ -52,6 +52,10 @@ for i in range(0, len(state["weights"]), 4096):
 
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle's algorithm the
+    # body waits for the ACK of the headers, which the daemon's side delays
+    # (up to 40 ms) on a reused keep-alive connection.
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         print("request: " + fmt % args, flush=True)
