@@ -2,9 +2,12 @@
  * cmd_bench.c - `modelbuf bench load|offload|restore FILE`: the tensor
  * engine measured against baselines taken in the same run on the same file
  * (docs/TENSORS.md): direct-I/O sequential read (cold), buffered read of the
- * cached file (warm), memcpy bandwidth of the host device, and a naive loader
- * (whole file into malloc, then one copy). Prints GB/s for each and the
- * ratios; --json prints one object with a top-level "ratio".
+ * cached file (warm) into memory of the model's size, the same into one
+ * reused 8 MiB buffer (a destination that stays in the CPU cache: no loader
+ * can land a model there), memcpy bandwidth of the host device, a naive
+ * loader (whole file into malloc, then one copy), and io_uring reads of the
+ * file (cold and warm) to see whether the loader should use it. Prints GB/s
+ * for each and the ratios; --json prints one object with a top-level "ratio".
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -14,12 +17,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef MB_HAVE_LIBURING
+#include <liburing.h>
+#endif
+
 #include "modelbuf/tensors.h"
 #include "cli.h"
 #include "device.h"
 #include "tensor/loader.h"
 
 #define BLOCK (8u << 20)
+#define URING_DEPTH 8u
 
 static double now_s(void) {
   struct timespec ts;
@@ -36,8 +44,10 @@ static void drop_cache(const char *path) {
   close(fd);
 }
 
-/* Sequential read of the whole file in BLOCK pieces; bytes read or -1. */
-static long long read_file(const char *path, int direct, void *buf) {
+/* Sequential read of the whole file in BLOCK pieces, into buf again and
+ * again (cap 0) or one after the other through buf[0, cap); bytes read or
+ * -1. */
+static long long read_file(const char *path, int direct, void *buf, size_t cap) {
   int fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
   if (fd < 0 && direct)
     fd = open(path, O_RDONLY | O_CLOEXEC); /* no O_DIRECT here (tmpfs) */
@@ -45,7 +55,8 @@ static long long read_file(const char *path, int direct, void *buf) {
     return -1;
   long long total = 0;
   for (;;) {
-    ssize_t r = read(fd, buf, BLOCK);
+    size_t at = cap >= (size_t)total + BLOCK ? (size_t)total : 0;
+    ssize_t r = read(fd, (char *)buf + at, BLOCK);
     if (r < 0 && errno == EINTR)
       continue;
     if (r <= 0)
@@ -55,6 +66,60 @@ static long long read_file(const char *path, int direct, void *buf) {
   close(fd);
   return total;
 }
+
+#ifdef MB_HAVE_LIBURING
+/*
+ * The whole file read with io_uring from one thread, depth reads of BLOCK
+ * in flight, into buf[0, cap) (cap >= the file rounded up to BLOCK); bytes
+ * read or -1. For the comparison with the loader's reader threads.
+ */
+static long long uring_read_file(const char *path, int direct, void *buf, size_t cap,
+                                 unsigned depth) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+  if (fd < 0 && direct)
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  struct io_uring ring;
+  if (io_uring_queue_init(depth, &ring, 0) < 0) {
+    close(fd);
+    return -1;
+  }
+  off_t size = lseek(fd, 0, SEEK_END);
+  long long total = 0;
+  off_t next = 0;
+  unsigned inflight = 0;
+  int bad = 0;
+  while (!bad && (next < size || inflight > 0)) {
+    while (next < size && inflight < depth && (size_t)next + BLOCK <= cap) {
+      struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+      if (sqe == NULL)
+        break;
+      io_uring_prep_read(sqe, fd, (char *)buf + next, BLOCK, (uint64_t)next);
+      next += BLOCK;
+      inflight++;
+    }
+    if (io_uring_submit_and_wait(&ring, 1) < 0) {
+      bad = 1;
+      break;
+    }
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(&ring, head, cqe) {
+      if (cqe->res < 0)
+        bad = 1;
+      else
+        total += cqe->res;
+      seen++;
+    }
+    io_uring_cq_advance(&ring, seen);
+    inflight -= seen;
+  }
+  io_uring_queue_exit(&ring);
+  close(fd);
+  return bad ? -1 : total;
+}
+#endif
 
 static double gbps(double bytes, double secs) { return secs > 0 ? bytes / secs / 1e9 : 0; }
 
@@ -101,7 +166,8 @@ int cmd_bench_tensors(int argc, char **argv) {
   mb_tensor_file *f = NULL;
   mb__layout l = {0};
   uint64_t arena = 0;
-  void *host = NULL, *buf = NULL, *naive = NULL;
+  void *host = NULL, *buf = NULL, *naive = NULL, *whole = NULL;
+  size_t whole_len = 0;
   int rc = CLI_EXIT_FAIL;
   if (mb__dev_open_fallback(dk, ordinal, &d, err, sizeof(err)) != 0 ||
       mb_tensor_file_open(path, &f, err, sizeof(err)) != 0) {
@@ -116,11 +182,15 @@ int cmd_bench_tensors(int argc, char **argv) {
       mb__dev_alloc(d, (size_t)l.arena_bytes, &arena, err, sizeof(err)) != 0 ||
       mb__dev_host_alloc(d, (size_t)l.arena_bytes, &host, err, sizeof(err)) != 0 ||
       mb__dev_host_alloc(d, BLOCK, &buf, err, sizeof(err)) != 0 ||
+      mb__dev_host_alloc(d, whole_len = ((size_t)mb_tensor_file_size(f) + BLOCK - 1) / BLOCK * BLOCK,
+                         &whole, err, sizeof(err)) != 0 ||
       (naive = malloc((size_t)mb_tensor_file_size(f))) == NULL) {
     fprintf(stderr, "modelbuf: bench %s: cannot allocate: %s\n", kind, err);
     goto out;
   }
+  memset(whole, 0, whole_len); /* a destination already in memory, as the arena is */
   double file_bytes = (double)mb_tensor_file_size(f), data = (double)l.data_bytes;
+  double best_cached = 0, best_uring_warm = 0, best_uring_cold = 0;
   double best_direct = 0, best_buffered = 0, best_memcpy_h2d = 0, best_memcpy_d2h = 0,
          best_naive = 0, best_cold = 0, best_warm = 0, best_off = 0, best_res = 0;
   mb__load_opts lo = {.chunk_bytes = (size_t)chunk, .threads = threads};
@@ -129,27 +199,54 @@ int cmd_bench_tensors(int argc, char **argv) {
     /* baseline: cold direct-I/O read */
     drop_cache(path);
     t0 = now_s();
-    if (read_file(path, 1, buf) < 0)
+    if (read_file(path, 1, buf, 0) < 0)
       goto io_fail;
     t = gbps(file_bytes, now_s() - t0);
     best_direct = t > best_direct ? t : best_direct;
-    /* modelbuf cold load */
+    /* modelbuf cold load, into a fresh arena as the backend's load */
     drop_cache(path);
+    mb__dev_free(d, arena);
+    arena = 0;
     t0 = now_s();
-    if (mb__load_files(d, &f, &l, arena, &lo, NULL, err, sizeof(err)) != 0)
+    if (mb__dev_alloc(d, (size_t)l.arena_bytes, &arena, err, sizeof(err)) != 0 ||
+        mb__load_files(d, &f, &l, arena, &lo, NULL, err, sizeof(err)) != 0)
       goto load_fail;
     t = gbps(data, now_s() - t0);
     best_cold = t > best_cold ? t : best_cold;
-    /* baseline: buffered read of the cached file */
-    read_file(path, 0, buf);
+    /* baselines: buffered read of the cached file into memory of its size,
+     * and into one reused 8 MiB buffer */
+    read_file(path, 0, buf, 0);
     t0 = now_s();
-    if (read_file(path, 0, buf) < 0)
+    if (read_file(path, 0, whole, whole_len) < 0)
       goto io_fail;
     t = gbps(file_bytes, now_s() - t0);
     best_buffered = t > best_buffered ? t : best_buffered;
-    /* modelbuf warm load */
     t0 = now_s();
-    if (mb__load_files(d, &f, &l, arena, &lo, NULL, err, sizeof(err)) != 0)
+    if (read_file(path, 0, buf, 0) < 0)
+      goto io_fail;
+    t = gbps(file_bytes, now_s() - t0);
+    best_cached = t > best_cached ? t : best_cached;
+#ifdef MB_HAVE_LIBURING
+    /* io_uring, one thread, URING_DEPTH reads in flight: warm, then cold */
+    t0 = now_s();
+    if (uring_read_file(path, 0, whole, whole_len, URING_DEPTH) > 0) {
+      t = gbps(file_bytes, now_s() - t0);
+      best_uring_warm = t > best_uring_warm ? t : best_uring_warm;
+    }
+    drop_cache(path);
+    t0 = now_s();
+    if (uring_read_file(path, 1, whole, whole_len, URING_DEPTH) > 0) {
+      t = gbps(file_bytes, now_s() - t0);
+      best_uring_cold = t > best_uring_cold ? t : best_uring_cold;
+    }
+    read_file(path, 0, buf, 0);
+#endif
+    /* modelbuf warm load, again into a fresh arena */
+    mb__dev_free(d, arena);
+    arena = 0;
+    t0 = now_s();
+    if (mb__dev_alloc(d, (size_t)l.arena_bytes, &arena, err, sizeof(err)) != 0 ||
+        mb__load_files(d, &f, &l, arena, &lo, NULL, err, sizeof(err)) != 0)
       goto load_fail;
     t = gbps(data, now_s() - t0);
     best_warm = t > best_warm ? t : best_warm;
@@ -202,6 +299,7 @@ int cmd_bench_tensors(int argc, char **argv) {
   double r_cold = best_direct > 0 ? best_cold / best_direct : 0;
   double r_warm = best_buffered > 0 ? best_warm / best_buffered : 0;
   double r_naive = best_naive > 0 ? best_warm / best_naive : 0;
+  double r_cached = best_cached > 0 ? best_warm / best_cached : 0;
   double r_off = best_memcpy_d2h > 0 ? best_off / best_memcpy_d2h : 0;
   double r_res = best_memcpy_h2d > 0 ? best_res / best_memcpy_h2d : 0;
   double ratio = strcmp(kind, "load") == 0 ? (r_cold < r_warm ? r_cold : r_warm)
@@ -213,22 +311,32 @@ int cmd_bench_tensors(int argc, char **argv) {
            "\"memcpy_h2d\":%.3f,\"memcpy_d2h\":%.3f,\"naive_load\":%.3f,\"load_cold\":%.3f,"
            "\"load_warm\":%.3f,\"offload\":%.3f,\"restore\":%.3f},"
            "\"ratios\":{\"load_cold_vs_direct\":%.3f,\"load_warm_vs_buffered\":%.3f,"
-           "\"load_warm_vs_naive\":%.3f,\"offload_vs_memcpy\":%.3f,\"restore_vs_memcpy\":%.3f}}\n",
+           "\"load_warm_vs_naive\":%.3f,\"offload_vs_memcpy\":%.3f,\"restore_vs_memcpy\":%.3f,"
+           "\"load_warm_vs_cached_read\":%.3f},"
+           "\"extra_gbps\":{\"buffered_read_cached_dest\":%.3f,\"uring_read_warm\":%.3f,"
+           "\"uring_read_cold\":%.3f}}\n",
            kind, path, device, data, cycles, ratio, best_direct, best_buffered, best_memcpy_h2d,
            best_memcpy_d2h, best_naive, best_cold, best_warm, best_off, best_res, r_cold, r_warm,
-           r_naive, r_off, r_res);
+           r_naive, r_off, r_res, r_cached, best_cached, best_uring_warm, best_uring_cold);
   } else {
     printf("bench %s: %s, %.1f MiB of tensor data, device %s, best of %d\n", kind, path,
            data / 1048576.0, device, cycles);
     printf("  baseline direct-I/O read (cold)   %7.2f GB/s\n", best_direct);
-    printf("  baseline buffered read (warm)     %7.2f GB/s\n", best_buffered);
+    printf("  baseline buffered read (warm)     %7.2f GB/s  into memory of the file's size\n",
+           best_buffered);
+    printf("  buffered read, cached destination %7.2f GB/s  one reused 8 MiB buffer\n",
+           best_cached);
+#ifdef MB_HAVE_LIBURING
+    printf("  io_uring read warm / cold         %7.2f / %.2f GB/s  one thread, %u in flight\n",
+           best_uring_warm, best_uring_cold, URING_DEPTH);
+#endif
     printf("  baseline memcpy h2d / d2h         %7.2f / %.2f GB/s\n", best_memcpy_h2d,
            best_memcpy_d2h);
     printf("  baseline naive loader (warm)      %7.2f GB/s\n", best_naive);
     printf("  modelbuf load cold                %7.2f GB/s  ratio %.2f vs direct read\n",
            best_cold, r_cold);
     printf("  modelbuf load warm                %7.2f GB/s  ratio %.2f vs buffered read, "
-           "%.2f vs naive\n", best_warm, r_warm, r_naive);
+           "%.2f vs naive, %.2f vs cached destination\n", best_warm, r_warm, r_naive, r_cached);
     printf("  modelbuf offload                  %7.2f GB/s  ratio %.2f vs memcpy\n", best_off,
            r_off);
     printf("  modelbuf restore                  %7.2f GB/s  ratio %.2f vs memcpy\n", best_res,
@@ -246,6 +354,7 @@ out:
   free(naive);
   if (d != NULL) {
     mb__dev_host_free(d, buf);
+    mb__dev_host_free(d, whole);
     mb__dev_host_free(d, host);
     mb__dev_free(d, arena);
     mb__dev_close(d);

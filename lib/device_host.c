@@ -238,10 +238,30 @@ int mb__dev_mem_info(mb__dev *d, uint64_t *total, uint64_t *free_bytes, char *er
   return mb__device_mem_info(d->kind, d->ordinal, total, free_bytes, err, err_len);
 }
 
+/*
+ * Host memory for a model's bytes. Large ones are aligned to 2 MiB and
+ * marked for transparent huge pages: a fresh arena is filled by the loader
+ * page by page, and one fault per 2 MiB instead of per 4 KiB is most of the
+ * difference between a load of the page cache at a few GB/s and one at
+ * memory speed (docs/PERFORMANCE.md). A kernel without THP ignores it.
+ */
+#define HUGE_ALIGN ((size_t)2 << 20)
+
+static void *host_big_alloc(size_t bytes) {
+  if (bytes < 2 * HUGE_ALIGN)
+    return mb__aligned_alloc(MB_DEV_ALIGN, bytes);
+  void *p = mb__aligned_alloc(HUGE_ALIGN, bytes);
+#ifdef MADV_HUGEPAGE
+  if (p != NULL)
+    (void)madvise(p, bytes & ~(HUGE_ALIGN - 1), MADV_HUGEPAGE);
+#endif
+  return p;
+}
+
 int mb__dev_alloc(mb__dev *d, size_t bytes, uint64_t *dptr, char *err, size_t err_len) {
   CUDA_OR(d, mb__cuda_alloc(d->cuda, bytes, dptr, err, err_len));
   *dptr = 0;
-  void *p = bytes > 0 ? mb__aligned_alloc(MB_DEV_ALIGN, bytes) : NULL;
+  void *p = bytes > 0 ? host_big_alloc(bytes) : NULL;
   if (p == NULL) {
     mb__set_err(err, err_len, "host device: cannot allocate %zu bytes", bytes);
     return MB_ENOMEM;
@@ -264,7 +284,7 @@ void mb__dev_free(mb__dev *d, uint64_t dptr) {
 
 int mb__dev_host_alloc(mb__dev *d, size_t bytes, void **out, char *err, size_t err_len) {
   CUDA_OR(d, mb__cuda_host_alloc(d->cuda, bytes, out, err, err_len));
-  *out = bytes > 0 ? mb__aligned_alloc(MB_DEV_ALIGN, bytes) : NULL;
+  *out = bytes > 0 ? host_big_alloc(bytes) : NULL;
   if (*out == NULL) {
     mb__set_err(err, err_len, "cannot allocate %zu bytes of staging memory", bytes);
     return MB_ENOMEM;
@@ -437,7 +457,9 @@ int mb__dev_pinned_alloc(mb__dev *d, size_t bytes, int threads, void **out, char
   *out = NULL;
   size_t want = bytes;
   bytes = pin_bytes(bytes);
-  char *base = bytes > 0 ? mb__aligned_alloc(pin_page(), bytes) : NULL;
+  char *base = bytes >= 2 * HUGE_ALIGN ? host_big_alloc(bytes)
+               : bytes > 0            ? mb__aligned_alloc(pin_page(), bytes)
+                                      : NULL;
   if (base == NULL) {
     mb__set_err(err, err_len, "cannot allocate %zu bytes of host memory", want);
     return MB_ENOMEM;
@@ -572,6 +594,13 @@ int mb__dev_vrange_map(mb__dev *d, mb__dev_vrange *r, char *err, size_t err_len)
                 strerror(errno));
     return MB_ENOMEM;
   }
+#ifdef MADV_HUGEPAGE
+  /* as host_big_alloc: huge pages where the range allows */
+  uintptr_t lo = ((uintptr_t)p + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1);
+  uintptr_t hi = ((uintptr_t)p + r->bytes) & ~(uintptr_t)(HUGE_ALIGN - 1);
+  if (hi > lo)
+    (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#endif
   r->mapped = 1;
   return 0;
 }
