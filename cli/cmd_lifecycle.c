@@ -637,6 +637,7 @@ int cmd_bench_lifecycle(int argc, char **argv) {
   } else if (url) {
     o.probe_path = mc && mc->health ? mc->health : "/health";
     o.probe_method = "GET";
+    o.probe_default = 1;
   }
   if (mc) {
     o.files = (const char *const *)mc->files;

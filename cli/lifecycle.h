@@ -128,6 +128,7 @@ typedef struct lc_opts {
   const char *chart;        /* PNG to draw, or NULL */
   /* The probe request; no probe when path is NULL. */
   const char *probe_method, *probe_path, *probe_body;
+  int probe_default;        /* the probe was not asked for: the driver may pick */
   /* The model's weight files from the configuration (may be none). */
   const char *const *files;
   size_t n_files;

@@ -387,6 +387,10 @@ int lc_bench_daemon(const lc_opts *o, const cli_client *c) {
   int rc = status_of(&r, &st0);
   if (rc != 0)
     return rc;
+  /* A tensors model has no worker to answer a health path: its default
+   * probe lists its tensors (loading them first, under a lease). */
+  if (o->probe_default && strcmp(jstr(st0, "backend"), "tensors") == 0)
+    snprintf(r.probe_path, sizeof(r.probe_path), "/m/%s/tensors", o->model);
   char state0[32];
   snprintf(state0, sizeof(state0), "%s", jstr(st0, "state"));
   json_t *ka0 = json_incref(json_object_get(st0, "keep_alive_s"));

@@ -226,6 +226,7 @@ KEY = "lifecycle-key"
 def daemon(workdir):
     if not os.path.exists(DAEMON):
         pytest.skip("modelbufd is not in this build")
+    mkmodel(os.path.join(workdir, "served.safetensors"), "8MiB" if SANITIZED else "32MiB")
     d = Daemon(f"""api_keys: ["{KEY}"]
 devices: [{{host: true, budget: 2GiB}}]
 defaults: {{keep_alive: 30s}}
@@ -238,6 +239,9 @@ models:
   leaky:
     cmd: {worker("--alloc-mb", "8", "--grow-mb", "16")}
     hooks: {{offload: {{path: /offload}}, restore: {{path: /restore}}}}
+  weights:
+    backend: tensors
+    files: [{workdir}/served.safetensors]
 """)
     yield d
     assert d.stop() == 0, d.logs()[-3000:]
@@ -333,3 +337,23 @@ def test_daemon_report_and_errors(daemon):
                         "--probe-body", "{}"], capture_output=True, text=True, env=env,
                        timeout=60)
     assert p.returncode == 2
+
+
+def test_daemon_tensors_model(daemon, workdir):
+    # A tensors model held by the daemon itself: no --config (its files come
+    # from its status, so the first load is cold), the default probe lists
+    # its tensors; its arena is its footprint, all of it back after unload.
+    data = json.loads(subprocess.run(
+        [TOOL, "inspect", os.path.join(workdir, "served.safetensors"), "--json"], capture_output=True, text=True, timeout=60).stdout)["data_bytes"]
+    arena = (data + 4095) // 4096 * 4096
+    rc, r, err = bench_url(daemon, "weights", "--cycles", "3", "--restores", "2")
+    assert r is not None, err
+    assert rc == 0 or (SANITIZED and rc == 4), err
+    assert r["cold"] is True and r["cold_load_ms"] is not None, r.get("cold_note")
+    assert r["first_inference_ms"] is not None and r["restore_ms"] is not None
+    assert r["footprint_bytes"] == arena and r["device_peak_bytes"] == arena, r
+    for c in r["per_cycle"]:
+        assert c["device_residue_bytes"] == 0 and c["host_offloaded_bytes"] == arena, c
+    assert r["reclaimed_device_pct"] == 100
+    code, st = api(daemon, "GET", "/api/models/weights")
+    assert st["state"] == "unloaded" and st["stats"]["restores"] == 6, st
