@@ -275,6 +275,67 @@ static void test_auto_placement(void **state) {
   h_release(&H, &x);
 }
 
+/*
+ * Admission across devices, oldest first: a model that may go on any
+ * device and fits on none waits; a model bound to one device behind it
+ * starts as soon as its device can take it; the first one gets its turn
+ * (evicting) once a resident model is no longer in use.
+ */
+static void test_admission_many_devices(void **state) {
+  start(MB_EVICT_LRU, 0);
+  h_device(&H, 300);
+  h_device(&H, 300);
+  mb_model_opts o;
+  mb_model_opts_init(&o);
+  o.device = MB_DEVICE_AUTO;
+  o.footprint_bytes = 200;
+  o.keep_alive_ms = MB_FOREVER;
+  h_model(&H, "x1", &o);
+  h_model(&H, "x2", &o);
+  h_model(&H, "x3", &o);
+  o.device = 1;
+  o.footprint_bytes = 50;
+  h_model(&H, "p", &o);
+
+  h_answer x1, x2, x3, p;
+  h_acquire(&H, "x1", NULL, &x1);
+  assert_int_equal(mb_job_device(h_job(&H, "x1")), 0);
+  h_acquire(&H, "x2", NULL, &x2); /* device 0 is busy loading: the other */
+  assert_int_equal(mb_job_device(h_job(&H, "x2")), 1);
+  h_acquire(&H, "x3", NULL, &x3); /* 100 bytes free on each: waits */
+  h_acquire(&H, "p", NULL, &p);   /* fits on device 1, which is loading */
+  assert_int_equal(h_state(&H, "x3"), MB_STATE_UNLOADED);
+  assert_int_equal(h_state(&H, "p"), MB_STATE_UNLOADED);
+
+  h_complete(&H, "x2", 0); /* device 1 can load again: p, not x3 */
+  assert_true(x2.done);
+  assert_int_equal(h_state(&H, "p"), MB_STATE_LOADING);
+  assert_int_equal(mb_job_device(h_job(&H, "p")), 1);
+  assert_int_equal(h_state(&H, "x3"), MB_STATE_UNLOADED);
+  h_complete(&H, "p", 0);
+  h_complete(&H, "x1", 0);
+  assert_true(x1.done && p.done);
+  assert_false(x3.done); /* everything resident is in use */
+  assert_int_equal(h_state(&H, "x3"), MB_STATE_UNLOADED);
+
+  h_release(&H, &x1); /* x1 may go: x3 takes its place on device 0 */
+  mb_state s = h_state(&H, "x1");
+  assert_true(s == MB_STATE_OFFLOADING || s == MB_STATE_UNLOADING);
+  assert_int_equal(h_state(&H, "x2"), MB_STATE_READY);
+  assert_int_equal(h_state(&H, "p"), MB_STATE_READY);
+  h_complete(&H, "x1", 0);
+  assert_int_equal(h_state(&H, "x3"), MB_STATE_LOADING);
+  assert_int_equal(mb_job_device(h_job(&H, "x3")), 0);
+  h_complete(&H, "x3", 0);
+  assert_true(x3.done);
+  assert_int_equal(x3.rc, 0);
+  assert_within_budget(0);
+  assert_within_budget(1);
+  h_release(&H, &x2);
+  h_release(&H, &x3);
+  h_release(&H, &p);
+}
+
 /* Pinned models are never evicted. */
 static void test_pinned(void **state) {
   start(MB_EVICT_LRU, 0);
@@ -375,6 +436,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_too_large_fails_at_once, setup, teardown),
       cmocka_unit_test_setup_teardown(test_max_loaded, setup, teardown),
       cmocka_unit_test_setup_teardown(test_auto_placement, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_admission_many_devices, setup, teardown),
       cmocka_unit_test_setup_teardown(test_pinned, setup, teardown),
       cmocka_unit_test_setup_teardown(test_host_budget, setup, teardown),
       cmocka_unit_test_setup_teardown(test_measured_over_budget_evicts, setup, teardown),
