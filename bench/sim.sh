@@ -16,3 +16,14 @@ for f in bench/scenarios/*.scn; do
     /tmp/mb-sim.$$.json | awk -F'\t' '{printf "%-18s %10.3f %12.3f %12.2f\n", $1, $2, $3, $4}'
 done
 rm -f /tmp/mb-sim.$$.json
+# Scale: 10,000 generated models (256 MiB-16 GiB) on 64 GPUs of 80 GiB,
+# 100,000 Zipf requests at 200/s (more than the fleet can load: most wait,
+# many time out), every policy. Wall time and core events/s.
+printf '\nscale: 10000 models x 64 devices, 100000 requests\n'
+printf '%-8s %10s %10s %10s\n' policy wall_s events Mev/s
+"$B/cli/modelbuf" sim --gen-models 10000,min=256MiB,max=16GiB \
+  --gen zipf:n=100000,rate=200 --devices 64 --capacity 80GiB --keep-alive 30m \
+  --policy all --json >/tmp/mb-sim.$$.json
+jq -r '.results[] | [.policy, .wall_s, .core_events, .events_per_s/1e6] | @tsv' /tmp/mb-sim.$$.json |
+  awk -F'\t' '{printf "%-8s %10.2f %10d %10.2f\n", $1, $2, $3, $4}'
+rm -f /tmp/mb-sim.$$.json

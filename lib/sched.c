@@ -672,15 +672,22 @@ static int evictions_cost(mb_ctx *ctx);
  */
 static int evictions_cost(mb_ctx *ctx) {
   if (ctx->auto_cost_gen != ctx->plan_gen) {
+    /* Every candidate costing more than 0 is enough (a plan sums them);
+     * the candidates need not be sorted for that. */
     ctx->auto_cost_gen = ctx->plan_gen;
     ctx->auto_min_cost = 1;
-    for (int i = 0; i < ctx->ndev; i++) {
-      int n;
-      const mb__plan_ent *p = plan_get(ctx, i, &n);
-      for (int k = 0; k < n; k++)
-        if (p[k].cost_sum < ctx->auto_min_cost)
-          ctx->auto_min_cost = p[k].cost_sum;
-    }
+    for (int i = 0; i < ctx->ndev && ctx->auto_min_cost > 0; i++)
+      for (const mb__model *m = ctx->devs[i].res_head; m; m = m->dev_next) {
+        if (!evictable(m, i))
+          continue;
+        /* what plan_get() sums for it */
+        double c = ctx->opts.eviction == MB_EVICT_COST ? evict_rank(ctx, m, i)
+                                                       : reload_cost_ms(m, 0);
+        if (c <= 0) {
+          ctx->auto_min_cost = c;
+          break;
+        }
+      }
   }
   return ctx->auto_min_cost > 0;
 }
