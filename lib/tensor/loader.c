@@ -163,18 +163,62 @@ static int read_full(int fd, void *buf, size_t n, uint64_t off, size_t *got) {
   return done == n ? 0 : -1;
 }
 
+/*
+ * A reader thread: takes the next chunk, reads it into a staging buffer and
+ * copies it to the device. On a GPU each thread has two staging buffers and
+ * copies asynchronously: while one chunk's copy is in flight the next one is
+ * read into the other buffer, and a buffer is reused only once its copy's
+ * event has completed. On the host device the copy is done at once (and a
+ * buffered read lands in the arena directly), so one buffer is enough.
+ */
+typedef struct rstage {
+  void *buf;
+  mb__dev_event *ev; /* the copy from buf still in flight, or NULL */
+  size_t pending;    /* its bytes, counted as done when it completes */
+} rstage;
+
+static void add_done(lstate *s, size_t n) {
+  if (n == 0)
+    return;
+  pthread_mutex_lock(&s->mu);
+  s->done_bytes += n; /* under the lock so progress only ever grows */
+  if (s->opts->progress != NULL)
+    s->opts->progress(s->opts->progress_user, s->done_bytes, s->total_bytes);
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* Waits for the copy out of st, if any; 0 or MB_EIO (after fail()). */
+static int stage_drain(lstate *s, rstage *st) {
+  char e2[256];
+  if (st->ev == NULL)
+    return 0;
+  int rc = mb__dev_event_wait(s->dev, st->ev, e2, sizeof(e2));
+  st->ev = NULL;
+  if (rc != 0) {
+    fail(s, MB_EIO, "loader: copy to the device failed: %s", e2);
+    st->pending = 0;
+    return MB_EIO;
+  }
+  add_done(s, st->pending);
+  st->pending = 0;
+  return 0;
+}
+
 static void *reader(void *arg) {
   lstate *s = arg;
-  void *stage = NULL;
   int host = mb__dev_kind(s->dev) == MB_DEVICE_HOST;
   char e2[256];
   size_t stage_len = s->chunk + 2 * MB_DEV_ALIGN;
-  if (mb__dev_host_alloc(s->dev, stage_len, &stage, e2, sizeof(e2)) != 0) {
-    fail(s, MB_ENOMEM, "loader: cannot allocate a %zu-byte staging buffer", stage_len);
-    return NULL;
-  }
+  rstage st[2];
+  int nst = host ? 1 : 2;
+  memset(st, 0, sizeof(st));
+  for (int k = 0; k < nst; k++)
+    if (mb__dev_host_alloc(s->dev, stage_len, &st[k].buf, e2, sizeof(e2)) != 0) {
+      fail(s, MB_ENOMEM, "loader: cannot allocate a %zu-byte staging buffer", stage_len);
+      goto out;
+    }
   size_t fi = 0;
-  for (;;) {
+  for (unsigned it = 0;; it++) {
     if (failed(s))
       break;
     uint64_t c = atomic_fetch_add(&s->next, 1);
@@ -189,25 +233,25 @@ static void *reader(void *arg) {
     size_t n = (size_t)(f->bytes - rel < s->chunk ? f->bytes - rel : s->chunk);
     uint64_t off = f->start + rel;
     uint64_t dst = s->dptr + f->base + rel;
+    rstage *b = &st[it % (unsigned)nst];
+    if (stage_drain(s, b) != 0)
+      break;
     int r;
+    const char *from = NULL; /* what to copy to the device, if anything */
     if (f->dfd >= 0) {
       uint64_t a_off = off & ~(uint64_t)(MB_DEV_ALIGN - 1);
       size_t lead = (size_t)(off - a_off);
       size_t a_len = (size_t)ALIGN_UP(lead + n, MB_DEV_ALIGN);
       size_t got = 0;
-      r = read_full(f->dfd, stage, a_len, a_off, &got);
+      r = read_full(f->dfd, b->buf, a_len, a_off, &got);
       if (r == -1 && got >= lead + n)
         r = 0; /* the aligned read ran into the end of the file */
-      if (r == 0)
-        r = mb__dev_h2d(s->dev, dst, (char *)stage + lead, n, (int)(c % 4), e2, sizeof(e2)) == 0
-                ? 0
-                : EIO;
+      from = (const char *)b->buf + lead;
     } else if (host) {
       r = read_full(f->fd, (void *)(uintptr_t)dst, n, off, NULL);
     } else {
-      r = read_full(f->fd, stage, n, off, NULL);
-      if (r == 0)
-        r = mb__dev_h2d(s->dev, dst, stage, n, (int)(c % 4), e2, sizeof(e2)) == 0 ? 0 : EIO;
+      r = read_full(f->fd, b->buf, n, off, NULL);
+      from = b->buf;
     }
     if (r == -1) {
       fail(s, MB_EIO, "%s: file is shorter than its header says (truncated or changed)", f->path);
@@ -217,13 +261,27 @@ static void *reader(void *arg) {
       fail(s, MB_EIO, "%s: read failed: %s", f->path, strerror(r));
       break;
     }
-    pthread_mutex_lock(&s->mu);
-    s->done_bytes += n; /* under the lock so progress only ever grows */
-    if (s->opts->progress != NULL)
-      s->opts->progress(s->opts->progress_user, s->done_bytes, s->total_bytes);
-    pthread_mutex_unlock(&s->mu);
+    if (from == NULL) {
+      add_done(s, n);
+      continue;
+    }
+    if (mb__dev_h2d_async(s->dev, dst, from, n, (int)(c % 4), &b->ev, e2, sizeof(e2)) != 0) {
+      fail(s, MB_EIO, "loader: copy to the device failed: %s", e2);
+      break;
+    }
+    if (b->ev != NULL)
+      b->pending = n;
+    else
+      add_done(s, n); /* done already (host device) */
   }
-  mb__dev_host_free(s->dev, stage);
+out:
+  /* Every copy in flight completes before its buffer is freed, also after
+   * a failure. */
+  for (int k = 0; k < nst; k++) {
+    (void)stage_drain(s, &st[k]);
+    if (st[k].buf != NULL)
+      mb__dev_host_free(s->dev, st[k].buf);
+  }
   return NULL;
 }
 
