@@ -166,6 +166,7 @@ int cli_call(const cli_client *c, const char *method, const char *path, const ch
 
 typedef struct stream_ctx {
   int (*on_data)(const char *p, size_t n, void *arg);
+  int (*on_tick)(void *arg);
   void *arg;
 } stream_ctx;
 
@@ -174,23 +175,40 @@ static size_t stream_cb(char *p, size_t size, size_t n, void *arg) {
   return s->on_data(p, size * n, s->arg) ? size * n : 0;
 }
 
-int cli_stream(const cli_client *c, const char *path,
-               int (*on_data)(const char *p, size_t n, void *arg), void *arg) {
+static int tick_cb(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un) {
+  (void)dt, (void)dn, (void)ut, (void)un;
+  stream_ctx *s = arg;
+  return s->on_tick(s->arg) ? 0 : 1; /* non-zero aborts the transfer */
+}
+
+int cli_stream_tick(const cli_client *c, const char *path,
+                    int (*on_data)(const char *p, size_t n, void *arg),
+                    int (*on_tick)(void *arg), void *arg) {
   struct curl_slist *hdrs = NULL;
   CURL *h = prepare(c, path, &hdrs);
   if (h == NULL)
     return 1;
-  stream_ctx s = {on_data, arg};
+  stream_ctx s = {on_data, on_tick, arg};
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, stream_cb);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &s);
+  if (on_tick != NULL) {
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, tick_cb);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, &s);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+  }
   CURLcode rc = curl_easy_perform(h);
   curl_easy_cleanup(h);
   curl_slist_free_all(hdrs);
-  if (rc != CURLE_OK && rc != CURLE_WRITE_ERROR) {
+  if (rc != CURLE_OK && rc != CURLE_WRITE_ERROR && rc != CURLE_ABORTED_BY_CALLBACK) {
     down(c, rc);
     return CLI_EXIT_DOWN;
   }
   return 0;
+}
+
+int cli_stream(const cli_client *c, const char *path,
+               int (*on_data)(const char *p, size_t n, void *arg), void *arg) {
+  return cli_stream_tick(c, path, on_data, NULL, arg);
 }
 
 int cli_print_error(const char *what, long status, json_t *doc) {

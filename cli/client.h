@@ -50,6 +50,12 @@ int cli_call(const cli_client *c, const char *method, const char *path, const ch
 int cli_stream(const cli_client *c, const char *path,
                int (*on_data)(const char *p, size_t n, void *arg), void *arg);
 
+/* The same, and on_tick (may be NULL) is called at least once a second
+ * while the stream is open, data or not (return 0 to stop). */
+int cli_stream_tick(const cli_client *c, const char *path,
+                    int (*on_data)(const char *p, size_t n, void *arg),
+                    int (*on_tick)(void *arg), void *arg);
+
 /* Prints the daemon's error ("modelbuf: CODE: message") and returns 1. */
 int cli_print_error(const char *what, long status, json_t *doc);
 

@@ -5,10 +5,12 @@
  * Exit status: 0 ok, 1 the daemon answered an error (its code and message
  * are printed), 2 bad usage, 3 the daemon cannot be reached.
  */
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -407,6 +409,8 @@ int cmd_logs(int argc, char **argv) {
 typedef struct top_ctx {
   const cli_client *c;
   int tty;
+  int keys;        /* stdin is a terminal in raw mode: `q` quits */
+  time_t drawn;    /* when the screen was last drawn */
   char line[8192];
   size_t len;
   char recent[8][200];
@@ -421,7 +425,8 @@ static void top_draw(top_ctx *t) {
   printf("\033[H\033[2J");
   ps_table(stdout, json_object_get(doc, "models"));
   json_decref(doc);
-  printf("\nrecent events (Ctrl-C quits):\n");
+  printf("\nrecent events (q or Ctrl-C quits):\n");
+  t->drawn = time(NULL);
   for (int i = 0; i < t->nrecent; i++)
     printf("  %s\n", t->recent[i]);
   fflush(stdout);
@@ -472,6 +477,51 @@ static int top_data(const char *p, size_t n, void *arg) {
   return 1;
 }
 
+/* The terminal as it was, put back however top ends. */
+static struct termios top_tio;
+static int top_tio_saved;
+
+static void top_restore(void) {
+  if (top_tio_saved)
+    tcsetattr(0, TCSANOW, &top_tio);
+  top_tio_saved = 0;
+}
+
+static void top_signal(int sig) {
+  top_restore();
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+/* Keys without Enter and without echo; reads from stdin never block. */
+static int top_raw_keys(void) {
+  if (!isatty(0) || tcgetattr(0, &top_tio) != 0)
+    return 0;
+  struct termios raw = top_tio;
+  raw.c_lflag &= ~(tcflag_t)(ICANON | ECHO);
+  raw.c_cc[VMIN] = 0;
+  raw.c_cc[VTIME] = 0;
+  if (tcsetattr(0, TCSANOW, &raw) != 0)
+    return 0;
+  top_tio_saved = 1;
+  atexit(top_restore);
+  signal(SIGINT, top_signal);
+  signal(SIGTERM, top_signal);
+  return 1;
+}
+
+/* Between events: `q` quits; the table is redrawn every 2 s (idle times). */
+static int top_tick(void *arg) {
+  top_ctx *t = arg;
+  char k;
+  while (t->keys && read(0, &k, 1) == 1)
+    if (k == 'q' || k == 'Q')
+      return 0;
+  if (t->tty && time(NULL) - t->drawn >= 2)
+    top_draw(t);
+  return 1;
+}
+
 int cmd_top(int argc, char **argv) {
   cli_client c;
   cli_client_init(&c, &argc, argv);
@@ -481,7 +531,10 @@ int cmd_top(int argc, char **argv) {
   memset(&t, 0, sizeof(t));
   t.c = &c;
   t.tty = isatty(1);
+  t.keys = t.tty && top_raw_keys();
   if (t.tty)
     top_draw(&t);
-  return cli_stream(&c, "/api/events", top_data, &t);
+  int rc = cli_stream_tick(&c, "/api/events", top_data, top_tick, &t);
+  top_restore();
+  return rc;
 }

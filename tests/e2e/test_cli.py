@@ -98,6 +98,34 @@ def test_top_prints_events_when_not_a_tty(d):
     assert any("beta" in s and "loading -> ready (loaded)" in s for s in seen), seen
 
 
+def test_top_on_a_terminal_quits_with_q(d):
+    # On a terminal: the table (redrawn between events), then `q` quits and
+    # the terminal gets its settings back.
+    import pty
+    import termios
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    env = dict(os.environ, MODELBUF_URL=f"127.0.0.1:{d.port}", TERM="xterm")
+    top = subprocess.Popen([TOOL, "top"], stdin=slave, stdout=slave, stderr=slave, env=env)
+    out = b""
+    deadline = time.time() + 20 * SLOW
+    while time.time() < deadline and b"q or Ctrl-C quits" not in out:
+        import select
+        if select.select([master], [], [], 0.2)[0]:
+            out += os.read(master, 65536)
+    assert b"q or Ctrl-C quits" in out and b"beta" in out, out[-2000:]
+    os.write(master, b"q")
+    try:
+        rc = top.wait(timeout=10 * SLOW)
+    finally:
+        if top.poll() is None:
+            top.kill()
+    assert rc == 0
+    assert termios.tcgetattr(slave) == before
+    os.close(master)
+    os.close(slave)
+
+
 def test_errors_and_exit_codes(d):
     p = run(d, "status", "nope")
     assert p.returncode == 1 and "not_found" in p.stderr and "nope" in p.stderr
