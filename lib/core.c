@@ -363,6 +363,14 @@ static int step(mb_ctx *ctx) {
   mb__req *reqs = ctx->post_head;
   mb__lease *rels = ctx->rel_head;
   struct mb_job *done = ctx->done_head;
+  /* Leases renewed to an earlier deadline: their timers move now (a lease
+   * is freed only by this thread, after this, so each is still here). */
+  for (mb__lease *l = ctx->renew_head; l != NULL; l = l->rnext) {
+    l->renewed = 0;
+    if (!l->released)
+      mb__heap_arm(&ctx->heap, &l->timer, l->ttl_deadline);
+  }
+  ctx->renew_head = NULL;
   ctx->post_head = ctx->post_tail = NULL;
   ctx->rel_head = NULL;
   ctx->done_head = ctx->done_tail = NULL;
@@ -1001,8 +1009,17 @@ int mb_lease_renew(mb_ctx *ctx, mb_lease lease, int64_t ttl_ms) {
       if (l->ttl_deadline == 0) {
         rc = MB_EINVAL; /* a lease without TTL has nothing to renew */
       } else {
+        uint64_t was = l->ttl_deadline;
         l->ttl_deadline = now + mb__ms_to_ns(ttl_ms);
         rc = 0;
+        /* A later deadline is seen when the armed timer fires; an earlier
+         * one needs the core to move the timer. */
+        if (l->ttl_deadline < was && !l->renewed) {
+          l->renewed = 1;
+          l->rnext = ctx->renew_head;
+          ctx->renew_head = l;
+          wake_locked(ctx);
+        }
       }
     }
   }

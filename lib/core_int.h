@@ -82,6 +82,10 @@ typedef struct mb__lease {
   mb__timer timer;      /* TTL check, core-owned */
   struct mb__lease *hnext;  /* lease table chain */
   struct mb__lease *pnext;  /* release list (post queue of releases) */
+  /* In the list of leases renewed to an earlier deadline than the armed
+   * timer's (under post_lock): the core re-arms their timers. */
+  int renewed;
+  struct mb__lease *rnext;
 } mb__lease;
 
 /* A backend job; one per model at most, so it lives inside the model. */
@@ -219,6 +223,7 @@ struct mb_ctx {
   /* Under post_lock. */
   mb__req *post_head, *post_tail;
   mb__lease *rel_head;        /* released leases */
+  mb__lease *renew_head;      /* leases whose deadline moved earlier */
   struct mb_job *done_head, *done_tail;
   mb__lease **lease_tab;
   size_t lease_tab_cap, lease_count;

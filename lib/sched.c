@@ -1628,6 +1628,13 @@ static void fire_timer(mb_ctx *ctx, mb__timer *t) {
       l->released = 1;
       mb__lease_take_locked(ctx, l->id);
       expire = 1;
+      if (l->renewed) { /* renewed meanwhile to a deadline now past */
+        mb__lease **pp = &ctx->renew_head;
+        while (*pp != l)
+          pp = &(*pp)->rnext;
+        *pp = l->rnext;
+        l->renewed = 0;
+      }
     }
     pthread_mutex_unlock(&ctx->post_lock);
     if (expire)

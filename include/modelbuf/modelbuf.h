@@ -552,7 +552,9 @@ MB_EXTERN int mb_cancel(mb_ctx *ctx, uint64_t req_id);
  */
 MB_EXTERN int mb_release(mb_ctx *ctx, mb_lease lease) MB_WUR;
 
-/* Extends a lease with a TTL to now + ttl_ms. Errors: MB_EINVAL (unknown lease). */
+/* Sets the deadline of a lease with a TTL to now + ttl_ms, later or earlier
+ * than before (an earlier one takes effect at once). Errors: MB_EINVAL
+ * (unknown or released lease, a lease without TTL, ttl_ms <= 0). */
 MB_EXTERN int mb_lease_renew(mb_ctx *ctx, mb_lease lease, int64_t ttl_ms) MB_WUR;
 
 /* ------------------------------------------------------------------------ */

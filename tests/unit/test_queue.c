@@ -259,6 +259,28 @@ static void test_lease_ttl(void **state) {
   h_advance(&H, 100000 * MS);
   assert_int_equal(h_status(&H, "a").inflight, 1);
   h_release(&H, &l);
+
+  /* Renewed to a shorter TTL: it expires at the new deadline, not when
+   * the first one would have. */
+  o.ttl_ms = 10000;
+  h_acquire(&H, "a", &o, &l);
+  assert_int_equal(l.rc, 0);
+  h_advance(&H, 100 * MS);
+  assert_int_equal(mb_lease_renew(H.ctx, l.lease, 500), 0);
+  h_advance(&H, 499 * MS);
+  assert_int_equal(h_status(&H, "a").inflight, 1);
+  h_advance(&H, 1 * MS);
+  assert_int_equal(h_status(&H, "a").inflight, 0);
+  assert_int_equal(mb_release(H.ctx, l.lease), MB_EINVAL);
+  /* Renewed shorter, then longer again before the core ran: the later
+   * deadline holds. */
+  h_acquire(&H, "a", &o, &l);
+  assert_int_equal(mb_lease_renew(H.ctx, l.lease, 200), 0);
+  assert_int_equal(mb_lease_renew(H.ctx, l.lease, 3000), 0);
+  h_advance(&H, 2999 * MS);
+  assert_int_equal(h_status(&H, "a").inflight, 1);
+  h_advance(&H, 1 * MS);
+  assert_int_equal(h_status(&H, "a").inflight, 0);
 }
 
 int main(void) {
