@@ -866,11 +866,15 @@ static int any_blocked(mb_ctx *ctx) {
       return 0;
     waits = ctx->auto_t1;
   }
-  /* Footprints above waits fit nowhere without evicting: the largest that
-   * fits somewhere once every candidate there is gone. */
-  uint64_t evict_max = 0;
+  /* Footprints above waits fit nowhere without evicting: does one of the
+   * waiting ones fit somewhere once every candidate there is gone? */
+  uint64_t from = waits + 1 > lo ? waits + 1 : lo;
+  if (from > hi)
+    return 1;
   for (int i = 0; i < ctx->ndev; i++) {
     const mb__device *d = &ctx->devs[i];
+    if (d->usable < from)
+      continue;
     uint64_t cand = 0;
     int ncand = 0;
     for (const mb__model *m = d->res_head; m; m = m->dev_next)
@@ -881,12 +885,10 @@ static int any_blocked(mb_ctx *ctx) {
     uint64_t staying = d->used - d->leaving_bytes - cand;
     int ml = d->opts.max_loaded;
     if (staying < d->usable && (ml == 0 || d->resident - d->leaving - ncand < ml) &&
-        d->usable - staying > evict_max)
-      evict_max = d->usable - staying;
+        d->usable - staying >= from)
+      return 0;
   }
-  uint64_t from = waits + 1 > lo ? waits + 1 : lo;
-  uint64_t to = evict_max < hi ? evict_max : hi;
-  return from > to;
+  return 1;
 }
 
 /*
