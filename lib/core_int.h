@@ -188,7 +188,7 @@ struct mb__model {
   uint64_t freq;              /* acquires during the current residency */
   double gdsf_h;              /* cost policy priority */
   double hits;                /* acquires, decayed (cost policy) */
-  uint64_t hits_t;            /* when hits was last brought up to date */
+  uint64_t hits_t;            /* the last counted acquire, when hits was brought up to date */
   /* Failure. */
   char error[256];
   int fail_count;

@@ -290,16 +290,41 @@ static void gdsf_touch(mb_ctx *ctx, mb__model *m) {
               (double)m->freq * reload_cost_ms(m, m->opts.offload && can_offload(m)) / gib;
 }
 
-/* Cost policy: acquires are counted with an exponential decay of this time
- * constant, so the count tracks the recent use rate (the simulator's
- * diurnal and burst scenarios were tried with 15, 30 and 60 min). */
-#define COST_TAU_NS 3.6e12
+/*
+ * Cost policy: the use rate of a model is estimated from its acquires,
+ * counted with an exponential decay of time constant COST_TAU_NS (hits,
+ * brought up to date at hits_t, the last counted acquire). Long, because
+ * a model used a few times an hour needs hours of history for a rate that
+ * is not mostly noise; the two rules below keep the long memory from going
+ * stale (docs/PERFORMANCE.md has what else was measured):
+ *   - a drop: an acquire that comes after a gap of more than COST_DROP
+ *     times the mean gap the count implies shows the model is no longer
+ *     used at that rate, so the count restarts from the rate this gap
+ *     implies (1 / gap);
+ *   - a burst: an acquire that finds others of the same model already
+ *     waiting is not counted. It adds no residency of its own, and a burst
+ *     of them would make a rarely used model look hot for hours.
+ */
+#define COST_TAU_NS 1.44e13
+#define COST_DROP 10.0
 /* Share of a full reload charged to a device candidate that would be
  * offloaded: pushing it to the host tier may push another one out. */
-#define COST_HOST_SPILL 0.3
+#define COST_HOST_SPILL 0.15
 
 static double use_rate(const mb_ctx *ctx, const mb__model *m) {
   return m->hits * exp(-(double)(ctx->now - m->hits_t) / COST_TAU_NS);
+}
+
+/* Counts an acquire of m into its use rate (the rules above). */
+static void note_use(mb_ctx *ctx, mb__model *m) {
+  if (m->nwait > 0)
+    return;
+  double hits = use_rate(ctx, m);
+  double gap_ns = (double)(ctx->now - m->hits_t);
+  if (m->hits_t != 0 && gap_ns > 0 && hits / COST_TAU_NS * gap_ns > COST_DROP)
+    hits = COST_TAU_NS / gap_ns;
+  m->hits = hits + 1;
+  m->hits_t = ctx->now;
 }
 
 /*
@@ -1376,8 +1401,7 @@ static void req_acquire(mb_ctx *ctx, mb__model *m, mb__req *r) {
   if (to >= 0 && reserve_timer(ctx, r) != 0)
     return;
   m->freq++;
-  m->hits = use_rate(ctx, m) + 1;
-  m->hits_t = ctx->now;
+  note_use(ctx, m);
   gdsf_touch(ctx, m);
   wq_insert(m, r);
   if (to >= 0 && r->has_timer_slot)

@@ -607,6 +607,86 @@ static void test_growth_warning(void **state) {
   assert_non_null(strstr(st.warning_text, "grew"));
 }
 
+/* Cost policy: a context with room for two models of 100 bytes that
+ * cannot offload, so every eviction is a full unload. */
+static int cost_setup(void **state) {
+  mb_ctx_opts o;
+  h_init_opts(&H, &o);
+  o.eviction = MB_EVICT_COST;
+  h_start(&H, &o);
+  h_device(&H, 200);
+  mb_model_opts m;
+  mb_model_opts_init(&m);
+  m.footprint_bytes = 100;
+  m.keep_alive_ms = MB_FOREVER;
+  m.offload = 0;
+  h_model(&H, "a", &m);
+  h_model(&H, "b", &m);
+  h_model(&H, "c", &m);
+  *state = &H;
+  return 0;
+}
+
+/* Uses a model once, each load taking 1 s, and lets 10 s pass. */
+static void use_1s(const char *name) {
+  h_answer a;
+  h_acquire(&H, name, NULL, &a);
+  if (!a.done)
+    h_complete_after(&H, name, 0, 1000, NULL);
+  assert_int_equal(a.rc, 0);
+  h_release(&H, &a);
+  h_advance(&H, 10000 * MS);
+}
+
+/* a was used 60 times, then not for 3 hours: its next use comes after a
+ * gap far longer than its count implies, so the count restarts from that
+ * gap, and a goes before b (10 uses, 3 hours ago too) although a is the
+ * more recent. On the old count (about 28) b would have gone. */
+static void test_cost_count_restarts_after_drop(void **state) {
+  (void)state;
+  for (int i = 0; i < 60; i++)
+    use_1s("a");
+  for (int i = 0; i < 10; i++)
+    use_1s("b");
+  h_advance(&H, 3ull * 3600 * 1000 * MS);
+  use_1s("a");
+  h_answer c;
+  h_acquire(&H, "c", NULL, &c);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_UNLOADING);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_READY);
+  h_complete_all(&H);
+  assert_int_equal(c.rc, 0);
+  h_release(&H, &c);
+}
+
+/* A burst: ten acquires of b while the first holds its only slot. Those
+ * that find others already waiting are not counted, so b counts 2 uses
+ * and goes before a (4 uses), the older. Counting all ten, a would go. */
+static void test_cost_burst_counts_once(void **state) {
+  (void)state;
+  for (int i = 0; i < 4; i++)
+    use_1s("a");
+  h_answer burst[10];
+  h_acquire(&H, "b", NULL, &burst[0]);
+  h_complete_after(&H, "b", 0, 1000, NULL);
+  assert_true(burst[0].done);
+  for (int i = 1; i < 10; i++)
+    h_acquire(&H, "b", NULL, &burst[i]);
+  assert_int_equal(h_status(&H, "b").queued, 9);
+  for (int i = 0; i < 10; i++) {
+    assert_true(burst[i].done);
+    h_release(&H, &burst[i]);
+  }
+  h_advance(&H, 10000 * MS);
+  h_answer c;
+  h_acquire(&H, "c", NULL, &c);
+  assert_int_equal(h_state(&H, "b"), MB_STATE_UNLOADING);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_READY);
+  h_complete_all(&H);
+  assert_int_equal(c.rc, 0);
+  h_release(&H, &c);
+}
+
 /* Error names and text come from one list. */
 static void test_error_text(void **state) {
   assert_string_equal(mb_err_name(MB_EQUEUEFULL), "MB_EQUEUEFULL");
@@ -638,6 +718,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_stats_and_slow_load, setup, teardown),
       cmocka_unit_test_setup_teardown(test_measured_footprint_and_growth, setup, teardown),
       cmocka_unit_test_setup_teardown(test_growth_warning, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cost_count_restarts_after_drop, cost_setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cost_burst_counts_once, cost_setup, teardown),
       cmocka_unit_test(test_error_text),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
