@@ -176,10 +176,8 @@ static MHD_RESULT handler(void *cls, struct MHD_Connection *c, const char *url,
     if (r == NULL)
       return MHD_NO;
     *con_cls = r;
-    pthread_mutex_lock(&d->mu);
-    d->active++;
+    __atomic_add_fetch(&d->active, 1, __ATOMIC_RELAXED);
     r->counted = 1;
-    pthread_mutex_unlock(&d->mu);
     /* A body for a worker streams to it as it arrives: take the lease and
      * start the transfer now, before any of the body is read. */
     if (strncmp(url, "/m/", 3) == 0) {
@@ -271,11 +269,8 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
   if (r == NULL)
     return;
   mbd_proxy_stream_abort(r); /* a client gone before the body ended */
-  if (r->counted) {
-    pthread_mutex_lock(&d->mu);
-    d->active--;
-    pthread_mutex_unlock(&d->mu);
-  }
+  if (r->counted)
+    __atomic_sub_fetch(&d->active, 1, __ATOMIC_RELEASE);
   free(r->body);
   free(r);
   *con_cls = NULL;
@@ -297,7 +292,7 @@ static struct MHD_Daemon *start_on(mbd *d, int fd, int port, int flags) {
   unsigned mem = (unsigned)(d->cfg->max_header_bytes > 0 ? d->cfg->max_header_bytes * 2
                                                           : 128 * 1024);
   return MHD_start_daemon(
-      (unsigned)flags | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+      (unsigned)flags | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD |
           MHD_USE_ITC | MHD_USE_ERROR_LOG,
       (uint16_t)port, NULL, NULL, handler, d, MHD_OPTION_LISTEN_SOCKET, fd,
       MHD_OPTION_NOTIFY_COMPLETED, completed, d, MHD_OPTION_CONNECTION_MEMORY_LIMIT,

@@ -154,6 +154,8 @@ typedef struct pxy {
   char *body;        /* a buffered request body, owned */
   size_t body_len;
   int added;         /* curl is in multi */
+  int head;          /* a HEAD request: no body, whatever the length says */
+  int streamed;      /* the answer streams from the session (pxy_read) */
   int busy;          /* counted by mbd_worker_busy_begin */
   int headers_done;  /* the final status and headers have come */
   int done;          /* the transfer ended, with cres */
@@ -552,6 +554,8 @@ static int forward_start(mbd *d, struct MHD_Connection *c, mbd_model *m, const c
   x->req_headers = NULL;
   x->body = NULL;
   x->body_len = 0;
+  x->head = strcmp(method, "HEAD") == 0;
+  x->streamed = 0;
   x->added = x->headers_done = x->done = x->write_paused = x->read_paused = x->oom = 0;
   x->status = 0;
   x->cres = CURLE_OK;
@@ -603,7 +607,7 @@ static int forward_start(mbd *d, struct MHD_Connection *c, mbd_model *m, const c
   curl_easy_setopt(cu, CURLOPT_ERRORBUFFER, x->errbuf);
   curl_easy_setopt(cu, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
   curl_easy_setopt(cu, CURLOPT_TCP_NODELAY, 1L);
-  if (strcmp(method, "HEAD") == 0)
+  if (x->head)
     curl_easy_setopt(cu, CURLOPT_NOBODY, 1L);
   if (streaming) {
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
@@ -648,14 +652,26 @@ static MHD_RESULT forward_finish(mbd *d, struct MHD_Connection *c, mbd_model *m,
                                   : why,
                            0);
   }
-  /* The worker's Content-Length goes on to the client (no chunked framing)
-   * when the answer has one. */
-  curl_off_t cl = -1;
-  if (curl_easy_getinfo(x->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) != CURLE_OK)
-    cl = -1;
   long status = x->status;
-  struct MHD_Response *resp = MHD_create_response_from_callback(
-      cl >= 0 ? (uint64_t)cl : MHD_SIZE_UNKNOWN, 16 * 1024, pxy_read, x, pxy_free);
+  int sized = status >= 200 && status != 204 && status != 304; /* may have a length */
+  int plain = sized && !x->head;
+  struct MHD_Response *resp;
+  if (plain && x->done && x->cres == CURLE_OK) {
+    /* The whole answer is here already: answer from a copy, which
+     * libmicrohttpd sends with the headers in one write, and end the
+     * transfer (lease, session) now. */
+    resp = MHD_create_response_from_buffer(x->spill_len - x->spill_off, x->spill + x->spill_off,
+                                           MHD_RESPMEM_MUST_COPY);
+  } else {
+    /* The worker's Content-Length goes on to the client (no chunked
+     * framing) when the answer has one. */
+    curl_off_t cl = -1;
+    if (!sized || curl_easy_getinfo(x->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) != CURLE_OK)
+      cl = -1;
+    resp = MHD_create_response_from_callback(cl >= 0 ? (uint64_t)cl : MHD_SIZE_UNKNOWN,
+                                             16 * 1024, pxy_read, x, pxy_free);
+    x->streamed = resp != NULL;
+  }
   if (resp == NULL) {
     pxy_free(x);
     return MHD_NO;
@@ -680,6 +696,8 @@ static MHD_RESULT forward_finish(mbd *d, struct MHD_Connection *c, mbd_model *m,
   snprintf(ms, sizeof(ms), "%.1f", (double)granted->load_ns / 1e6);
   MHD_add_response_header(resp, "X-Modelbuf-Load-Ms", ms);
   mbd_count_code(d, m, (int)status);
+  if (!x->streamed)
+    pxy_free(x); /* after its headers were copied; granted is gone with it */
   MHD_RESULT res = MHD_queue_response(c, (unsigned)status, resp);
   MHD_destroy_response(resp);
   return res;
