@@ -26,6 +26,7 @@
  * lock.
  */
 #include <curl/curl.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,23 +64,21 @@ void mbd_proxy_trace(mbd *d, const char *model, const mb_result *g, double grant
 /* ------------------------------------------------------------------------ */
 /* Leases with their queue and load times                                    */
 
+/* A request waiting for its lease. A semaphore, not a mutex and a
+ * condition: the core thread posts without taking a lock that the woken
+ * request would then wait for. */
 typedef struct waiter {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int done;
+  sem_t sem;
   mb_result res;
   char msg[256];
 } waiter;
 
 static void waiter_done(const mb_result *res, void *arg) {
   waiter *w = arg;
-  pthread_mutex_lock(&w->mu);
   w->res = *res;
   snprintf(w->msg, sizeof(w->msg), "%s", res->message ? res->message : "");
   w->res.message = w->msg;
-  w->done = 1;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&w->mu);
+  sem_post(&w->sem);
 }
 
 /* Reads X-Modelbuf-Priority / -Keep-Alive / -Queue-Timeout. */
@@ -107,21 +106,17 @@ static int acquire_opts(struct MHD_Connection *c, mb_acquire_opts *o, char *err,
 static int acquire(mbd *d, const char *name, const mb_acquire_opts *o, mb_result *out,
                    char *err, size_t len) {
   waiter w;
-  memset(&w, 0, sizeof(w));
-  pthread_mutex_init(&w.mu, NULL);
-  pthread_cond_init(&w.cv, NULL);
+  if (sem_init(&w.sem, 0, 0) != 0)
+    return MB_ENOMEM;
   int rc = mb_acquire_async(d->ctx, name, o, waiter_done, &w, NULL);
   if (rc == 0) {
-    pthread_mutex_lock(&w.mu);
-    while (!w.done)
-      pthread_cond_wait(&w.cv, &w.mu);
-    pthread_mutex_unlock(&w.mu);
+    while (sem_wait(&w.sem) != 0) /* EINTR */
+      ;
     rc = w.res.rc;
     *out = w.res;
     snprintf(err, len, "%s", w.msg);
   }
-  pthread_mutex_destroy(&w.mu);
-  pthread_cond_destroy(&w.cv);
+  sem_destroy(&w.sem);
   return rc;
 }
 
