@@ -103,21 +103,59 @@ static int acquire_opts(struct MHD_Connection *c, mb_acquire_opts *o, char *err,
   return 0;
 }
 
-static int acquire(mbd *d, const char *name, const mb_acquire_opts *o, mb_result *out,
-                   char *err, size_t len) {
-  waiter w;
-  if (sem_init(&w.sem, 0, 0) != 0)
-    return MB_ENOMEM;
-  int rc = mb_acquire_async(d->ctx, name, o, waiter_done, &w, NULL);
-  if (rc == 0) {
-    while (sem_wait(&w.sem) != 0) /* EINTR */
-      ;
-    rc = w.res.rc;
-    *out = w.res;
-    snprintf(err, len, "%s", w.msg);
+/*
+ * A lease in two steps, so that a request can get its transfer ready while
+ * the core thread decides: lease_post asks (0, or -1 with the answer queued
+ * in *res), lease_wait waits for the grant and the model's current entry
+ * (0 with *got and *cur, or -1 with the answer queued). Every successful
+ * lease_post is followed by one lease_wait.
+ */
+static int lease_post(mbd *d, struct MHD_Connection *c, mbd_model *m, waiter *w,
+                      MHD_RESULT *res) {
+  char err[256] = "";
+  mb_acquire_opts ao;
+  if (acquire_opts(c, &ao, err, sizeof(err)) != 0) {
+    *res = mbd_reply_error(c, 400, "bad_request", err, 0);
+    return -1;
   }
-  sem_destroy(&w.sem);
-  return rc;
+  if (sem_init(&w->sem, 0, 0) != 0) {
+    *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
+    return -1;
+  }
+  int rc = mb_acquire_async(d->ctx, m->name, &ao, waiter_done, w, NULL);
+  if (rc != 0) { /* answered now, as the core would have */
+    w->res.rc = rc;
+    w->msg[0] = '\0';
+    sem_post(&w->sem);
+  }
+  return 0;
+}
+
+static int lease_wait(mbd *d, struct MHD_Connection *c, mbd_model *m, waiter *w,
+                      mb_result *got, mbd_model **cur, MHD_RESULT *res) {
+  while (sem_wait(&w->sem) != 0) /* EINTR */
+    ;
+  sem_destroy(&w->sem);
+  int rc = w->res.rc;
+  if (rc != 0) {
+    const char *code;
+    int status = mbd_http_status(rc, &code);
+    mbd_count_code(d, m, status);
+    *res = mbd_reply_error(c, status, code, w->msg[0] ? w->msg : mb_strerror(rc),
+                           status == 503 ? 1 : 0);
+    return -1;
+  }
+  *got = w->res;
+  got->message = NULL; /* w->msg does not outlive w */
+  /* The lease keeps the model from a reload; use its current entry. */
+  *cur = mbd_current(d, m);
+  if (*cur == NULL) {
+    if (mb_release(d->ctx, got->lease) != 0)
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
+    *res = mbd_reply_error(c, 404, "not_found", "the model was removed by a reload", 0);
+    return -1;
+  }
+  return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -150,6 +188,8 @@ typedef struct pxy {
   size_t body_len;
   int added;         /* curl is in multi */
   int head;          /* a HEAD request: no body, whatever the length says */
+  int streaming;     /* the request body streams (mbd_proxy_stream_feed) */
+  int post_like;     /* POST, PUT or PATCH: sends a body, if empty */
   int streamed;      /* the answer streams from the session (pxy_read) */
   int busy;          /* counted by mbd_worker_busy_begin */
   int headers_done;  /* the final status and headers have come */
@@ -158,7 +198,6 @@ typedef struct pxy {
   int oom;           /* a buffer could not grow: the transfer is aborted */
   long status;
   CURLcode cres;
-  curl_off_t content_length; /* of the worker's answer, -1 unknown */
   char errbuf[CURL_ERROR_SIZE];
   /* A request body streamed to the worker as it arrives: the piece the
    * client has just sent (libmicrohttpd's buffer, valid during feed). */
@@ -508,10 +547,16 @@ static MHD_RESULT add_arg(void *cls, enum MHD_ValueKind kind, const char *key, c
   return ok ? MHD_YES : MHD_NO;
 }
 
-/* The worker's URL for path and the client's query string into x->url. */
-static int build_url(pxy *x, struct MHD_Connection *c, const char *base, const char *path) {
-  url_ctx u = {x, 0, 0};
-  if (url_add(&u, base) != 0 || url_add(&u, path) != 0)
+/* Room left in front of the path in x->url for the worker's base URL
+ * ("http://127.0.0.1:PORT"), which is known only once the lease is held. */
+#define URL_BASE_ROOM 128
+
+/* The path and the client's query string into x->url at URL_BASE_ROOM. */
+static int build_path(pxy *x, struct MHD_Connection *c, const char *path) {
+  if (grow(&x->url, &x->url_cap, 0, URL_BASE_ROOM + 1) != 0)
+    return -1;
+  url_ctx u = {x, URL_BASE_ROOM, 0};
+  if (url_add(&u, path) != 0)
     return -1;
   size_t before = u.len;
   if (url_add(&u, "?") != 0)
@@ -525,50 +570,38 @@ static int build_url(pxy *x, struct MHD_Connection *c, const char *base, const c
 }
 
 /*
- * Sets up and starts the transfer to the worker. With streaming, the body
- * comes later through mbd_proxy_stream_feed; else it is r's buffered body.
- * 0 and *out, or an answer already queued in *res (the lease released).
+ * Gets a transfer ready while its lease is being decided: a session, the
+ * request's headers, path and query, curl's options. Nothing in it depends
+ * on the model (a reload may change which entry the lease is for). With
+ * streaming, the body comes later through mbd_proxy_stream_feed; else it is
+ * r's buffered body, taken at launch. NULL when out of memory.
  */
-static int forward_start(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
-                         const char *path, mbd_req *r, const mb_result *granted, int streaming,
-                         pxy **out, MHD_RESULT *res) {
-  char base[128];
+static pxy *forward_prepare(mbd *d, struct MHD_Connection *c, const char *method,
+                            const char *path, int streaming) {
   pxy *x = session_take();
-  if (x == NULL) {
-    if (mb_release(d->ctx, granted->lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-    *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
-    return -1;
-  }
+  if (x == NULL)
+    return NULL;
   x->d = d;
-  x->m = m;
+  x->m = NULL;
   x->busy = 0;
-  x->lease = granted->lease;
-  x->granted = *granted;
+  x->lease.id = 0;
   x->granted_at = 0;
   x->req_headers = NULL;
   x->body = NULL;
   x->body_len = 0;
   x->head = strcmp(method, "HEAD") == 0;
+  x->streaming = streaming;
+  x->post_like = strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+                 strcmp(method, "PATCH") == 0;
   x->streamed = 0;
   x->added = x->headers_done = x->done = x->write_paused = x->read_paused = x->oom = 0;
   x->status = 0;
   x->cres = CURLE_OK;
-  x->content_length = -1;
   x->errbuf[0] = '\0';
   x->spill_len = x->spill_off = x->hdrs_len = 0;
   x->in = NULL;
   x->in_len = x->in_off = 0;
   x->in_eof = 0;
-  if (mbd_worker_url(m->worker, base, sizeof(base)) != 0) {
-    pxy_free(x);
-    mbd_count_code(d, m, 502);
-    *res = mbd_reply_error(c, 502, "worker_failed", "the worker is not running", 0);
-    return -1;
-  }
-  mbd_worker_busy_begin(m->worker);
-  x->busy = 1;
-  x->granted_at = wall_s();
   hdr_ctx h = {NULL, 0};
   MHD_get_connection_values(c, MHD_HEADER_KIND, copy_header, &h);
   if (!h.oom && !add_line(&h, "Expect:"))
@@ -578,19 +611,13 @@ static int forward_start(mbd *d, struct MHD_Connection *c, mbd_model *m, const c
       !add_line(&h, "Transfer-Encoding: chunked"))
     h.oom = 1;
   x->req_headers = h.list;
-  if (h.oom || build_url(x, c, base, path) != 0) {
+  if (h.oom || build_path(x, c, path) != 0) {
     pxy_free(x);
-    *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
-    return -1;
+    return NULL;
   }
-  x->body = r->body;
-  x->body_len = r->len;
-  r->body = NULL; /* the transfer owns it now */
-  r->len = r->cap = 0;
 
   CURL *cu = x->curl;
   curl_easy_reset(cu); /* the connections stay in the session's multi */
-  curl_easy_setopt(cu, CURLOPT_URL, x->url);
   curl_easy_setopt(cu, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(cu, CURLOPT_PROXY, "");
   curl_easy_setopt(cu, CURLOPT_CUSTOMREQUEST, method);
@@ -611,10 +638,44 @@ static int forward_start(mbd *d, struct MHD_Connection *c, mbd_model *m, const c
     curl_easy_setopt(cu, CURLOPT_READDATA, x);
     if (cl)
       curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strtoll(cl, NULL, 10));
-  } else if (x->body_len > 0 || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
-             strcmp(method, "PATCH") == 0) {
-    curl_easy_setopt(cu, CURLOPT_POSTFIELDS, x->body ? x->body : "");
-    curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
+  }
+  return x;
+}
+
+/*
+ * Starts a prepared transfer (taken over) to m's worker under the lease
+ * granted (taken over too): 0, or -1 with the answer queued in *res, the
+ * lease released and x freed.
+ */
+static int forward_launch(pxy *x, struct MHD_Connection *c, mbd_model *m, mbd_req *r,
+                          const mb_result *granted, MHD_RESULT *res) {
+  mbd *d = x->d;
+  char base[URL_BASE_ROOM];
+  x->m = m;
+  x->lease = granted->lease;
+  x->granted = *granted;
+  if (mbd_worker_url(m->worker, base, sizeof(base)) != 0) {
+    pxy_free(x);
+    mbd_count_code(d, m, 502);
+    *res = mbd_reply_error(c, 502, "worker_failed", "the worker is not running", 0);
+    return -1;
+  }
+  mbd_worker_busy_begin(m->worker);
+  x->busy = 1;
+  x->granted_at = wall_s();
+  size_t n = strlen(base); /* < URL_BASE_ROOM: it ends where the path starts */
+  memcpy(x->url + URL_BASE_ROOM - n, base, n);
+  CURL *cu = x->curl;
+  curl_easy_setopt(cu, CURLOPT_URL, x->url + URL_BASE_ROOM - n);
+  if (!x->streaming) {
+    x->body = r->body;
+    x->body_len = r->len;
+    r->body = NULL; /* the transfer owns it now */
+    r->len = r->cap = 0;
+    if (x->body_len > 0 || x->post_like) {
+      curl_easy_setopt(cu, CURLOPT_POSTFIELDS, x->body ? x->body : "");
+      curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
+    }
   }
   if (curl_multi_add_handle(x->multi, cu) != CURLM_OK) {
     pxy_free(x);
@@ -622,7 +683,6 @@ static int forward_start(mbd *d, struct MHD_Connection *c, mbd_model *m, const c
     return -1;
   }
   x->added = 1;
-  *out = x;
   return 0;
 }
 
@@ -699,15 +759,6 @@ static MHD_RESULT forward_finish(mbd *d, struct MHD_Connection *c, mbd_model *m,
 }
 
 
-static MHD_RESULT forward(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
-                          const char *path, mbd_req *r, const mb_result *granted) {
-  pxy *x;
-  MHD_RESULT res;
-  if (forward_start(d, c, m, method, path, r, granted, 0, &x, &res) != 0)
-    return res;
-  return forward_finish(d, c, m, x);
-}
-
 /* ------------------------------------------------------------------------ */
 /* Serving a plugin model in process                                         */
 
@@ -766,30 +817,10 @@ static MHD_RESULT serve_plugin(mbd *d, struct MHD_Connection *c, mbd_model *m,
 
 int mbd_proxy_lease(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_result *got,
                     mbd_model **cur, MHD_RESULT *res) {
-  char err[256] = "";
-  mb_acquire_opts ao;
-  if (acquire_opts(c, &ao, err, sizeof(err)) != 0) {
-    *res = mbd_reply_error(c, 400, "bad_request", err, 0);
+  waiter w;
+  if (lease_post(d, c, m, &w, res) != 0)
     return -1;
-  }
-  int rc = acquire(d, m->name, &ao, got, err, sizeof(err));
-  if (rc != 0) {
-    const char *code;
-    int status = mbd_http_status(rc, &code);
-    mbd_count_code(d, m, status);
-    *res = mbd_reply_error(c, status, code, err[0] ? err : mb_strerror(rc),
-                           status == 503 ? 1 : 0);
-    return -1;
-  }
-  /* The lease keeps the model from a reload; use its current entry. */
-  *cur = mbd_current(d, m);
-  if (*cur == NULL) {
-    if (mb_release(d->ctx, got->lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-    *res = mbd_reply_error(c, 404, "not_found", "the model was removed by a reload", 0);
-    return -1;
-  }
-  return 0;
+  return lease_wait(d, c, m, &w, got, cur, res);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -815,17 +846,28 @@ int mbd_proxy_stream_begin(mbd *d, struct MHD_Connection *c, const char *method,
     return 0; /* unknown (404 later) or a plugin: buffered */
   mb_result got;
   mbd_model *cur;
-  if (mbd_proxy_lease(d, c, m, &got, &cur, res) != 0)
+  waiter w;
+  if (lease_post(d, c, m, &w, res) != 0)
     return -1;
-  if (cur->worker == NULL) { /* a reload gave it another backend: serve it buffered */
-    if (mb_release(d->ctx, got.lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", cur->name);
-    *res = mbd_reply_error(c, 409, "state_conflict",
-                           "the model changed backend during a reload; send it again", 0);
+  /* The transfer gets ready while the core decides on the lease. */
+  pxy *x = forward_prepare(d, c, method, slash ? slash : "/", 1);
+  if (lease_wait(d, c, m, &w, &got, &cur, res) != 0) {
+    if (x)
+      pxy_free(x);
     return -1;
   }
-  pxy *x;
-  if (forward_start(d, c, cur, method, slash ? slash : "/", r, &got, 1, &x, res) != 0)
+  if (x == NULL || cur->worker == NULL) { /* out of memory, or a reload changed the backend */
+    int oom = x == NULL;
+    if (x)
+      pxy_free(x);
+    if (mb_release(d->ctx, got.lease) != 0)
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", cur->name);
+    *res = oom ? mbd_reply_error(c, 500, "internal", "out of memory", 0)
+               : mbd_reply_error(c, 409, "state_conflict",
+                                 "the model changed backend during a reload; send it again", 0);
+    return -1;
+  }
+  if (forward_launch(x, c, cur, r, &got, res) != 0)
     return -1;
   r->px = x;
   r->pm = cur;
@@ -867,17 +909,40 @@ static MHD_RESULT to_model(mbd *d, struct MHD_Connection *c, mbd_model *m, const
   MHD_RESULT res;
   if (m->kind == MBD_BACKEND_TENSORS) /* routes checked before the lease */
     return mbd_tensors_serve(d, c, m, method, path);
-  if (mbd_proxy_lease(d, c, m, &got, &m, &res) != 0)
+  waiter w;
+  if (lease_post(d, c, m, &w, &res) != 0)
     return res;
-  if (m->kind == MBD_BACKEND_TENSORS) { /* a reload gave it another backend */
+  /* A worker's transfer gets ready while the core decides on the lease. */
+  pxy *x = m->worker ? forward_prepare(d, c, method, path, 0) : NULL;
+  if (lease_wait(d, c, m, &w, &got, &m, &res) != 0) {
+    if (x)
+      pxy_free(x);
+    return res;
+  }
+  if (m->kind == MBD_BACKEND_TENSORS || (m->plugin == NULL && m->worker == NULL)) {
+    /* a reload gave it another backend */
+    if (x)
+      pxy_free(x);
     if (mb_release(d->ctx, got.lease) != 0)
       mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
     return mbd_reply_error(c, 409, "state_conflict",
                            "the model changed backend during a reload; send it again", 0);
   }
-  if (m->plugin)
+  if (m->plugin) {
+    if (x)
+      pxy_free(x);
     return serve_plugin(d, c, m, method, path, r, &got);
-  return forward(d, c, m, method, path, r, &got);
+  }
+  if (x == NULL)
+    x = forward_prepare(d, c, method, path, 0);
+  if (x == NULL) {
+    if (mb_release(d->ctx, got.lease) != 0)
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
+    return mbd_reply_error(c, 500, "internal", "out of memory", 0);
+  }
+  if (forward_launch(x, c, m, r, &got, &res) != 0)
+    return res;
+  return forward_finish(d, c, m, x);
 }
 
 /* The "model" of an OpenAI request: JSON body field, or multipart field. */
