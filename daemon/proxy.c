@@ -163,8 +163,9 @@ static int lease_wait(mbd *d, struct MHD_Connection *c, mbd_model *m, waiter *w,
 
 /*
  * A session, and while it is taken, the one forwarded request it carries.
- * The buffers and the handles live as long as the session; the fields
- * under "per request" are set up again by forward_start.
+ * The handles live as long as the session, and so do the buffers unless
+ * one grew large; the fields under "per request" are set up again by
+ * forward_prepare and forward_launch.
  */
 typedef struct pxy {
   struct pxy *next;  /* in the pool's free list */
@@ -247,7 +248,19 @@ static pxy *session_take(void) {
   return x;
 }
 
+/* Frees *buf when it grew over max bytes: an idle session keeps little. */
+static void trim(char **buf, size_t *cap, size_t max) {
+  if (*cap > max) {
+    free(*buf);
+    *buf = NULL;
+    *cap = 0;
+  }
+}
+
 static void session_give_back(pxy *x) {
+  trim(&x->spill, &x->spill_cap, 64 * 1024);
+  trim(&x->hdrs, &x->hdrs_cap, 16 * 1024);
+  trim(&x->url, &x->url_cap, 16 * 1024);
   pthread_mutex_lock(&pool.mu);
   if (pool.n_free < POOL_MAX) {
     x->next = pool.free;
@@ -260,6 +273,7 @@ static void session_give_back(pxy *x) {
     session_destroy(x);
 }
 
+/* The pool needs no set-up; d->curl_share is no longer used. */
 int mbd_proxy_init(mbd *d) {
   (void)d;
   return 0;
