@@ -7,7 +7,9 @@
 # The upstream is an nginx answering a small fixed body (fast, so that the
 # proxies' cost shows). Load: bench/httpload.c, closed loop, keep-alive.
 # Without nginx installed the nginx row is skipped and ratios are to direct.
-# Env: CONNS (64), SECS (5).
+# Env: CONNS (64), SECS (5), PERF (a file: `perf record -g` of modelbufd
+# while it is measured, for `perf report -i FILE`; build with
+# -Dbuildtype=debugoptimized for symbols).
 set -eu
 build=${1:-${MODELBUF_BUILD:-build}}
 conns=${CONNS:-64}
@@ -70,7 +72,8 @@ models:
     vram: 64MiB
 CONF
 "$build/daemon/modelbufd" --config "$dir/mb.yaml" 2>"$dir/mb.log" &
-pids="$pids $!"
+mbpid=$!
+pids="$pids $mbpid"
 wait_up "http://127.0.0.1:$mb/health"
 curl -s -X POST "http://127.0.0.1:$mb/api/models/up/load" >/dev/null
 wait_up "http://127.0.0.1:$up/health"
@@ -91,7 +94,12 @@ n=""
 if [ -n "$nginx" ]; then
   n=$(run nginx "http://127.0.0.1:$px/x")
 fi
+if [ -n "${PERF:-}" ]; then
+  perf record -g -o "$PERF" -p "$mbpid" -- sleep "$secs" >/dev/null 2>&1 &
+  perfpid=$!
+fi
 m=$(run modelbufd "http://127.0.0.1:$mb/m/up/x")
+[ -z "${PERF:-}" ] || wait "$perfpid" || true
 base=${n:-$d}
 name=$([ -n "$nginx" ] && echo nginx || echo direct)
 echo "$m $base $d" | awk -v name="$name" '{

@@ -4,14 +4,29 @@
  * under a lease, or served in process by its plugin (or, for a tensors
  * model, by tensors.c).
  *
- * A forwarded request runs on its own thread with libcurl (connections to
- * workers are shared and reused); the response streams back through a
- * bounded buffer: the client gets each chunk as soon as the worker sends
- * it (server-sent token streams arrive token by token), and a slow client
- * holds the worker back instead of filling memory. When the client goes
- * away, the transfer is aborted and the lease released.
+ * A forwarded request runs on its client connection's own thread (the
+ * server has one per connection, http.c): it takes a session - a curl multi
+ * handle with one easy handle and the multi's cache of open connections to
+ * workers - from a pool, and drives the transfer itself with
+ * curl_multi_perform/curl_multi_poll whenever libmicrohttpd asks for more:
+ * the request body is handed on piece by piece as the client sends it, and
+ * each piece of the worker's answer goes to the client as soon as it comes
+ * (server-sent token streams arrive token by token). Only what one step of
+ * curl delivers is buffered: a slow worker holds the client back and a slow
+ * client holds the worker back (curl's pause), instead of filling memory.
+ * When the client goes away, the handle leaves its multi (which aborts the
+ * transfer), the lease is released and the session goes back to the pool.
+ *
+ * No thread is started and, once the pool is warm, nothing is allocated per
+ * request but curl's header lists; connections to a worker stay open in the
+ * sessions' caches and are reused by later requests.
+ *
+ * Locks: pool.mu guards the pool's free list only. A session is used by one
+ * thread at a time (whoever took it from the pool), so its fields need no
+ * lock.
  */
 #include <curl/curl.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +39,13 @@
 #include "tensors.h"
 #include "units.h"
 
+/* How much of a worker's answer waits for a slow client before curl is
+ * paused; one step of curl hands over at most about this much. */
 #define PROXY_BUF (256 * 1024)
+/* Idle sessions kept for later requests; more are closed when they end. */
+#define POOL_MAX 256
+/* Idle connections each session keeps open (to several workers, say). */
+#define SESSION_MAXCONNECTS 4L
 
 static double wall_s(void) {
   struct timespec ts;
@@ -41,65 +62,23 @@ void mbd_proxy_trace(mbd *d, const char *model, const mb_result *g, double grant
 }
 
 /* ------------------------------------------------------------------------ */
-/* Connection sharing                                                        */
-
-static void share_lock(CURL *h, curl_lock_data data, curl_lock_access a, void *arg) {
-  mbd *d = arg;
-  (void)h;
-  (void)a;
-  pthread_mutex_lock(&d->share_mu[(unsigned)data % 4]);
-}
-
-static void share_unlock(CURL *h, curl_lock_data data, void *arg) {
-  mbd *d = arg;
-  (void)h;
-  pthread_mutex_unlock(&d->share_mu[(unsigned)data % 4]);
-}
-
-int mbd_proxy_init(mbd *d) {
-  for (int i = 0; i < 4; i++)
-    pthread_mutex_init(&d->share_mu[i], NULL);
-  CURLSH *sh = curl_share_init();
-  if (sh == NULL)
-    return -1;
-  curl_share_setopt(sh, CURLSHOPT_LOCKFUNC, share_lock);
-  curl_share_setopt(sh, CURLSHOPT_UNLOCKFUNC, share_unlock);
-  curl_share_setopt(sh, CURLSHOPT_USERDATA, d);
-  curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
-  curl_share_setopt(sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-  d->curl_share = sh;
-  return 0;
-}
-
-void mbd_proxy_fini(mbd *d) {
-  if (d->curl_share) {
-    curl_share_cleanup(d->curl_share);
-    d->curl_share = NULL;
-    for (int i = 0; i < 4; i++)
-      pthread_mutex_destroy(&d->share_mu[i]);
-  }
-}
-
-/* ------------------------------------------------------------------------ */
 /* Leases with their queue and load times                                    */
 
+/* A request waiting for its lease. A semaphore, not a mutex and a
+ * condition: the core thread posts without taking a lock that the woken
+ * request would then wait for. */
 typedef struct waiter {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int done;
+  sem_t sem;
   mb_result res;
   char msg[256];
 } waiter;
 
 static void waiter_done(const mb_result *res, void *arg) {
   waiter *w = arg;
-  pthread_mutex_lock(&w->mu);
   w->res = *res;
   snprintf(w->msg, sizeof(w->msg), "%s", res->message ? res->message : "");
   w->res.message = w->msg;
-  w->done = 1;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&w->mu);
+  sem_post(&w->sem);
 }
 
 /* Reads X-Modelbuf-Priority / -Keep-Alive / -Queue-Timeout. */
@@ -124,58 +103,213 @@ static int acquire_opts(struct MHD_Connection *c, mb_acquire_opts *o, char *err,
   return 0;
 }
 
-static int acquire(mbd *d, const char *name, const mb_acquire_opts *o, mb_result *out,
-                   char *err, size_t len) {
-  waiter w;
-  memset(&w, 0, sizeof(w));
-  pthread_mutex_init(&w.mu, NULL);
-  pthread_cond_init(&w.cv, NULL);
-  int rc = mb_acquire_async(d->ctx, name, o, waiter_done, &w, NULL);
-  if (rc == 0) {
-    pthread_mutex_lock(&w.mu);
-    while (!w.done)
-      pthread_cond_wait(&w.cv, &w.mu);
-    pthread_mutex_unlock(&w.mu);
-    rc = w.res.rc;
-    *out = w.res;
-    snprintf(err, len, "%s", w.msg);
+/*
+ * A lease in two steps, so that a request can get its transfer ready while
+ * the core thread decides: lease_post asks (0, or -1 with the answer queued
+ * in *res), lease_wait waits for the grant and the model's current entry
+ * (0 with *got and *cur, or -1 with the answer queued). Every successful
+ * lease_post is followed by one lease_wait.
+ */
+static int lease_post(mbd *d, struct MHD_Connection *c, mbd_model *m, waiter *w,
+                      MHD_RESULT *res) {
+  char err[256] = "";
+  mb_acquire_opts ao;
+  if (acquire_opts(c, &ao, err, sizeof(err)) != 0) {
+    *res = mbd_reply_error(c, 400, "bad_request", err, 0);
+    return -1;
   }
-  pthread_mutex_destroy(&w.mu);
-  pthread_cond_destroy(&w.cv);
-  return rc;
+  if (sem_init(&w->sem, 0, 0) != 0) {
+    *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
+    return -1;
+  }
+  int rc = mb_acquire_async(d->ctx, m->name, &ao, waiter_done, w, NULL);
+  if (rc != 0) { /* answered now, as the core would have */
+    w->res.rc = rc;
+    w->msg[0] = '\0';
+    sem_post(&w->sem);
+  }
+  return 0;
+}
+
+static int lease_wait(mbd *d, struct MHD_Connection *c, mbd_model *m, waiter *w,
+                      mb_result *got, mbd_model **cur, MHD_RESULT *res) {
+  while (sem_wait(&w->sem) != 0) /* EINTR */
+    ;
+  sem_destroy(&w->sem);
+  int rc = w->res.rc;
+  if (rc != 0) {
+    const char *code;
+    int status = mbd_http_status(rc, &code);
+    mbd_count_code(d, m, status);
+    *res = mbd_reply_error(c, status, code, w->msg[0] ? w->msg : mb_strerror(rc),
+                           status == 503 ? 1 : 0);
+    return -1;
+  }
+  *got = w->res;
+  got->message = NULL; /* w->msg does not outlive w */
+  /* The lease keeps the model from a reload; use its current entry. */
+  *cur = mbd_current(d, m);
+  if (*cur == NULL) {
+    if (mb_release(d->ctx, got->lease) != 0)
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
+    *res = mbd_reply_error(c, 404, "not_found", "the model was removed by a reload", 0);
+    return -1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sessions: a curl multi and easy handle pair, pooled                       */
+
+/*
+ * A session, and while it is taken, the one forwarded request it carries.
+ * The handles live as long as the session, and so do the buffers unless
+ * one grew large; the fields under "per request" are set up again by
+ * forward_prepare and forward_launch.
+ */
+typedef struct pxy {
+  struct pxy *next;  /* in the pool's free list */
+  CURLM *multi;      /* its connection cache keeps workers' connections open */
+  CURL *curl;
+  char *spill;       /* the worker's answer not yet taken by the client */
+  size_t spill_len, spill_off, spill_cap;
+  char *hdrs;        /* the worker's response headers, "Name: value\0"... */
+  size_t hdrs_len, hdrs_cap;
+  char *url;
+  size_t url_cap;
+
+  /* per request */
+  mbd *d;
+  mbd_model *m;
+  mb_lease lease;
+  mb_result granted;
+  double granted_at; /* Unix seconds, for the request trace */
+  struct curl_slist *req_headers;
+  char *body;        /* a buffered request body, owned */
+  size_t body_len;
+  int added;         /* curl is in multi */
+  int head;          /* a HEAD request: no body, whatever the length says */
+  int streaming;     /* the request body streams (mbd_proxy_stream_feed) */
+  int post_like;     /* POST, PUT or PATCH: sends a body, if empty */
+  int streamed;      /* the answer streams from the session (pxy_read) */
+  int busy;          /* counted by mbd_worker_busy_begin */
+  int headers_done;  /* the final status and headers have come */
+  int done;          /* the transfer ended, with cres */
+  int write_paused, read_paused;
+  int oom;           /* a buffer could not grow: the transfer is aborted */
+  long status;
+  CURLcode cres;
+  char errbuf[CURL_ERROR_SIZE];
+  /* A request body streamed to the worker as it arrives: the piece the
+   * client has just sent (libmicrohttpd's buffer, valid during feed). */
+  const char *in;
+  size_t in_len, in_off;
+  int in_eof;
+} pxy;
+
+static struct {
+  pthread_mutex_t mu;
+  pxy *free;
+  size_t n_free;
+} pool = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
+
+static void session_destroy(pxy *x) {
+  if (x->multi)
+    curl_multi_cleanup(x->multi); /* closes its connections */
+  if (x->curl)
+    curl_easy_cleanup(x->curl);
+  free(x->spill);
+  free(x->hdrs);
+  free(x->url);
+  free(x);
+}
+
+/* A session from the pool, or a new one; NULL when out of memory. */
+static pxy *session_take(void) {
+  pthread_mutex_lock(&pool.mu);
+  pxy *x = pool.free;
+  if (x) {
+    pool.free = x->next;
+    pool.n_free--;
+  }
+  pthread_mutex_unlock(&pool.mu);
+  if (x)
+    return x;
+  x = calloc(1, sizeof(*x));
+  if (x == NULL)
+    return NULL;
+  x->multi = curl_multi_init();
+  x->curl = curl_easy_init();
+  if (x->multi == NULL || x->curl == NULL) {
+    session_destroy(x);
+    return NULL;
+  }
+  curl_multi_setopt(x->multi, CURLMOPT_MAXCONNECTS, SESSION_MAXCONNECTS);
+  return x;
+}
+
+/* Frees *buf when it grew over max bytes: an idle session keeps little. */
+static void trim(char **buf, size_t *cap, size_t max) {
+  if (*cap > max) {
+    free(*buf);
+    *buf = NULL;
+    *cap = 0;
+  }
+}
+
+static void session_give_back(pxy *x) {
+  trim(&x->spill, &x->spill_cap, 64 * 1024);
+  trim(&x->hdrs, &x->hdrs_cap, 16 * 1024);
+  trim(&x->url, &x->url_cap, 16 * 1024);
+  pthread_mutex_lock(&pool.mu);
+  if (pool.n_free < POOL_MAX) {
+    x->next = pool.free;
+    pool.free = x;
+    pool.n_free++;
+    x = NULL;
+  }
+  pthread_mutex_unlock(&pool.mu);
+  if (x)
+    session_destroy(x);
+}
+
+/* The pool needs no set-up; d->curl_share is no longer used. */
+int mbd_proxy_init(mbd *d) {
+  (void)d;
+  return 0;
+}
+
+void mbd_proxy_fini(mbd *d) {
+  (void)d;
+  pthread_mutex_lock(&pool.mu);
+  pxy *x = pool.free;
+  pool.free = NULL;
+  pool.n_free = 0;
+  pthread_mutex_unlock(&pool.mu);
+  while (x) {
+    pxy *next = x->next;
+    session_destroy(x);
+    x = next;
+  }
+}
+
+/* Makes room for n more bytes in *buf (len used of *cap); 0 or -1. */
+static int grow(char **buf, size_t *cap, size_t len, size_t n) {
+  if (len + n <= *cap)
+    return 0;
+  size_t c = *cap ? *cap : 4096;
+  while (c < len + n)
+    c *= 2;
+  char *b = realloc(*buf, c);
+  if (b == NULL)
+    return -1;
+  *buf = b;
+  *cap = c;
+  return 0;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Forwarding to a worker                                                    */
-
-typedef struct pxy {
-  mbd *d;
-  mbd_model *m;
-  mb_lease lease;
-  CURL *curl;
-  struct curl_slist *req_headers;
-  char *body;           /* request body, owned */
-  size_t body_len;
-  pthread_t th;
-  int th_on;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  long status;
-  int headers_done, done, aborted;
-  CURLcode cres;
-  char errbuf[CURL_ERROR_SIZE];
-  struct curl_slist *resp_headers;
-  char *buf;
-  size_t len, off;
-  /* A request body streamed to the worker as it arrives (see
-   * mbd_proxy_stream_begin): filled by the connection, drained by curl. */
-  int streaming;
-  char *in;
-  size_t in_len, in_off;
-  int in_eof;
-  mb_result granted;
-  double granted_at; /* Unix seconds, for the request trace */
-} pxy;
 
 static int hop_by_hop(const char *name, size_t n) {
   static const char *const h[] = {"connection", "keep-alive",        "proxy-authenticate",
@@ -191,166 +325,185 @@ static int hop_by_hop(const char *name, size_t n) {
 static size_t on_header(char *p, size_t size, size_t n, void *arg) {
   pxy *x = arg;
   size_t len = size * n;
-  pthread_mutex_lock(&x->mu);
   if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) {
     /* A new response (after a 100 Continue, say): start over. */
-    curl_slist_free_all(x->resp_headers);
-    x->resp_headers = NULL;
+    x->hdrs_len = 0;
     const char *sp = memchr(p, ' ', len);
     x->status = sp ? strtol(sp + 1, NULL, 10) : 0;
   } else if (len <= 2) {
     if (x->status >= 200)
       x->headers_done = 1;
-    pthread_cond_broadcast(&x->cv);
   } else {
     const char *colon = memchr(p, ':', len);
     if (colon && !hop_by_hop(p, (size_t)(colon - p))) {
-      char line[1024];
-      size_t k = len < sizeof(line) ? len : sizeof(line) - 1;
-      memcpy(line, p, k);
-      while (k > 0 && (line[k - 1] == '\r' || line[k - 1] == '\n'))
+      size_t k = len;
+      while (k > 0 && (p[k - 1] == '\r' || p[k - 1] == '\n'))
         k--;
-      line[k] = '\0';
-      x->resp_headers = curl_slist_append(x->resp_headers, line);
+      if (grow(&x->hdrs, &x->hdrs_cap, x->hdrs_len, k + 1) != 0) {
+        x->oom = 1;
+        return 0; /* aborts the transfer */
+      }
+      memcpy(x->hdrs + x->hdrs_len, p, k);
+      x->hdrs[x->hdrs_len + k] = '\0';
+      x->hdrs_len += k + 1;
     }
   }
-  pthread_mutex_unlock(&x->mu);
   return len;
 }
 
 static size_t on_data(char *p, size_t size, size_t n, void *arg) {
   pxy *x = arg;
   size_t len = size * n;
-  pthread_mutex_lock(&x->mu);
+  size_t held = x->spill_len - x->spill_off;
   x->headers_done = 1;
-  pthread_cond_broadcast(&x->cv);
-  while (!x->aborted && x->len + len > PROXY_BUF && x->len > 0)
-    pthread_cond_wait(&x->cv, &x->mu);
-  if (x->aborted) {
-    pthread_mutex_unlock(&x->mu);
+  if (held > 0 && held + len > PROXY_BUF) {
+    x->write_paused = 1; /* the client is slower: curl keeps this piece */
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  if (held == 0)
+    x->spill_off = x->spill_len = 0;
+  if (grow(&x->spill, &x->spill_cap, x->spill_len, len) != 0) {
+    x->oom = 1;
     return 0; /* aborts the transfer */
   }
-  if (x->len + len > PROXY_BUF) { /* one chunk larger than the buffer */
-    char *b = realloc(x->buf, x->len + len);
-    if (b == NULL) {
-      pthread_mutex_unlock(&x->mu);
-      return 0;
-    }
-    x->buf = b;
-  }
-  memcpy(x->buf + x->len, p, len);
-  x->len += len;
-  pthread_cond_broadcast(&x->cv);
-  pthread_mutex_unlock(&x->mu);
+  memcpy(x->spill + x->spill_len, p, len);
+  x->spill_len += len;
   return len;
 }
 
-/* curl asks for request body: give what the client has sent so far, wait
- * for more, 0 at its end. */
+/* curl asks for request body: what the client has sent so far, a pause
+ * when that is all taken, 0 at its end. */
 static size_t on_read(char *out, size_t size, size_t n, void *arg) {
   pxy *x = arg;
   size_t max = size * n;
-  pthread_mutex_lock(&x->mu);
-  while (x->in_off == x->in_len && !x->in_eof && !x->aborted)
-    pthread_cond_wait(&x->cv, &x->mu);
-  if (x->aborted) {
-    pthread_mutex_unlock(&x->mu);
-    return CURL_READFUNC_ABORT;
+  if (x->in_off == x->in_len) {
+    if (x->in_eof)
+      return 0;
+    x->read_paused = 1;
+    return CURL_READFUNC_PAUSE;
   }
   size_t k = x->in_len - x->in_off;
   if (k > max)
     k = max;
   memcpy(out, x->in + x->in_off, k);
   x->in_off += k;
-  if (x->in_off == x->in_len)
-    x->in_off = x->in_len = 0;
-  pthread_cond_broadcast(&x->cv);
-  pthread_mutex_unlock(&x->mu);
   return k;
 }
 
-static int on_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t e) {
-  pxy *x = arg;
-  (void)a, (void)b, (void)c, (void)e;
-  pthread_mutex_lock(&x->mu);
-  int stop = x->aborted;
-  pthread_mutex_unlock(&x->mu);
-  return stop;
+/* Tells curl which directions are paused now. */
+static void set_pause(pxy *x) {
+  curl_easy_pause(x->curl, (x->write_paused ? CURLPAUSE_RECV : 0) |
+                               (x->read_paused ? CURLPAUSE_SEND : 0));
 }
 
-static void *transfer(void *arg) {
-  pxy *x = arg;
-  CURLcode rc = curl_easy_perform(x->curl);
-  pthread_mutex_lock(&x->mu);
-  x->cres = rc;
-  x->done = 1;
-  x->headers_done = 1;
-  pthread_cond_broadcast(&x->cv);
-  pthread_mutex_unlock(&x->mu);
-  return NULL;
+/* Goals of drive(). */
+enum { UNTIL_HEADERS, UNTIL_DATA, UNTIL_SENT };
+
+static int reached(const pxy *x, int until) {
+  switch (until) {
+  case UNTIL_HEADERS: return x->headers_done;
+  case UNTIL_DATA: return x->spill_len > x->spill_off;
+  default: return x->in_off == x->in_len;
+  }
+}
+
+/*
+ * Runs the transfer on this thread until the goal is reached or it ends.
+ * 0, or -1 when stop_on_shutdown is set and the daemon began to stop.
+ */
+static int drive(pxy *x, int until, int stop_on_shutdown) {
+  if (x->write_paused && until == UNTIL_DATA && !reached(x, until)) {
+    x->write_paused = 0;
+    set_pause(x); /* may hand over the kept piece at once */
+  }
+  if (x->read_paused && (x->in_off < x->in_len || x->in_eof)) {
+    x->read_paused = 0;
+    set_pause(x);
+  }
+  while (!x->done && !reached(x, until)) {
+    int running;
+    CURLMcode mc = curl_multi_perform(x->multi, &running);
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(x->multi, &left)) != NULL)
+      if (msg->msg == CURLMSG_DONE && msg->easy_handle == x->curl) {
+        x->done = 1;
+        x->cres = msg->data.result;
+      }
+    if (mc != CURLM_OK && !x->done) {
+      x->done = 1;
+      x->cres = CURLE_FAILED_INIT;
+      snprintf(x->errbuf, sizeof(x->errbuf), "%s", curl_multi_strerror(mc));
+    }
+    if (x->done || reached(x, until))
+      break;
+    if (x->write_paused && until != UNTIL_DATA)
+      break; /* an answer bigger than PROXY_BUF came before the request body
+              * was all sent: it waits for the client, and the rest of the
+              * body is dropped (the worker has answered already) */
+    int nfds;
+    curl_multi_poll(x->multi, NULL, 0, 1000, &nfds);
+    if (stop_on_shutdown && __atomic_load_n(&x->d->stopping, __ATOMIC_ACQUIRE))
+      return -1;
+  }
+  if (x->done) {
+    x->headers_done = 1;
+    if (x->oom && x->cres == CURLE_OK)
+      x->cres = CURLE_OUT_OF_MEMORY;
+  }
+  return 0;
 }
 
 static ssize_t pxy_read(void *cls, uint64_t pos, char *out, size_t max) {
   pxy *x = cls;
   (void)pos;
-  pthread_mutex_lock(&x->mu);
-  while (x->off == x->len && !x->done) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 1;
-    pthread_cond_timedwait(&x->cv, &x->mu, &ts);
-    if (__atomic_load_n(&x->d->stopping, __ATOMIC_ACQUIRE) && x->off == x->len && !x->done) {
-      pthread_mutex_unlock(&x->mu);
-      return MHD_CONTENT_READER_END_WITH_ERROR; /* the daemon is stopping */
-    }
-  }
-  if (x->off < x->len) {
-    size_t n = x->len - x->off;
+  if (x->spill_len == x->spill_off && !x->done && drive(x, UNTIL_DATA, 1) != 0)
+    return MHD_CONTENT_READER_END_WITH_ERROR; /* the daemon is stopping */
+  if (x->spill_len > x->spill_off) {
+    size_t n = x->spill_len - x->spill_off;
     if (n > max)
       n = max;
-    memcpy(out, x->buf + x->off, n);
-    x->off += n;
-    if (x->off == x->len)
-      x->off = x->len = 0;
-    pthread_cond_broadcast(&x->cv);
-    pthread_mutex_unlock(&x->mu);
+    memcpy(out, x->spill + x->spill_off, n);
+    x->spill_off += n;
     return (ssize_t)n;
   }
-  CURLcode rc = x->cres;
-  pthread_mutex_unlock(&x->mu);
-  return rc == CURLE_OK ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+  return x->cres == CURLE_OK ? MHD_CONTENT_READER_END_OF_STREAM
+                             : MHD_CONTENT_READER_END_WITH_ERROR;
 }
 
-/* The end of a forwarded request, whoever ends it (done, or the client). */
+/* The end of a forwarded request, whoever ends it (done, or the client):
+ * the transfer aborted if still running, the lease released, the session
+ * back to the pool. */
 static void pxy_free(void *cls) {
   pxy *x = cls;
-  pthread_mutex_lock(&x->mu);
-  x->aborted = 1;
-  pthread_cond_broadcast(&x->cv);
-  pthread_mutex_unlock(&x->mu);
-  if (x->th_on)
-    pthread_join(x->th, NULL);
-  if (x->curl)
-    curl_easy_cleanup(x->curl);
+  if (x->added)
+    curl_multi_remove_handle(x->multi, x->curl);
   curl_slist_free_all(x->req_headers);
-  curl_slist_free_all(x->resp_headers);
-  if (x->m && x->m->worker)
+  x->req_headers = NULL;
+  if (x->busy)
     mbd_worker_busy_end(x->m->worker);
-  if (x->m && x->granted_at > 0)
+  if (x->granted_at > 0)
     mbd_proxy_trace(x->d, x->m->name, &x->granted, x->granted_at);
   if (x->lease.id && mb_release(x->d->ctx, x->lease) != 0)
     mbd_log(x->d, MBD_LOG_WARN, "lease already released", "model=%s", x->m->name);
-  free(x->buf);
   free(x->body);
-  free(x->in);
-  pthread_mutex_destroy(&x->mu);
-  pthread_cond_destroy(&x->cv);
-  free(x);
+  x->body = NULL;
+  session_give_back(x);
 }
 
 typedef struct hdr_ctx {
   struct curl_slist *list;
+  int oom;
 } hdr_ctx;
+
+/* Appends a header line (copied); 1, or 0 when out of memory. */
+static int add_line(hdr_ctx *h, const char *line) {
+  struct curl_slist *l = curl_slist_append(h->list, line);
+  if (l == NULL)
+    return 0;
+  h->list = l;
+  return 1;
+}
 
 static MHD_RESULT copy_header(void *cls, enum MHD_ValueKind kind, const char *key,
                               const char *value) {
@@ -360,93 +513,125 @@ static MHD_RESULT copy_header(void *cls, enum MHD_ValueKind kind, const char *ke
   if (hop_by_hop(key, n) || strcasecmp(key, "Authorization") == 0 ||
       strncasecmp(key, "X-Modelbuf-", 11) == 0)
     return MHD_YES;
+  char small[512];
   size_t len = n + strlen(value ? value : "") + 3;
-  char *line = malloc(len);
-  if (line) {
-    snprintf(line, len, "%s: %s", key, value ? value : "");
-    h->list = curl_slist_append(h->list, line);
-    free(line);
+  char *line = len <= sizeof(small) ? small : malloc(len);
+  if (line == NULL) {
+    h->oom = 1;
+    return MHD_NO;
   }
-  return MHD_YES;
+  snprintf(line, len, "%s: %s", key, value ? value : "");
+  int ok = add_line(h, line);
+  if (line != small)
+    free(line);
+  if (!ok)
+    h->oom = 1;
+  return ok ? MHD_YES : MHD_NO;
 }
 
-typedef struct query_ctx {
-  char *q;
+typedef struct url_ctx {
+  pxy *x;
   size_t len;
-  CURL *curl;
-} query_ctx;
+  int oom;
+} url_ctx;
+
+/* Appends the string s to the session's URL. */
+static int url_add(url_ctx *u, const char *s) {
+  size_t n = strlen(s);
+  if (grow(&u->x->url, &u->x->url_cap, u->len, n + 1) != 0) {
+    u->oom = 1;
+    return -1;
+  }
+  memcpy(u->x->url + u->len, s, n + 1);
+  u->len += n;
+  return 0;
+}
 
 static MHD_RESULT add_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
-  query_ctx *q = cls;
+  url_ctx *u = cls;
   (void)kind;
-  char *k = curl_easy_escape(q->curl, key, 0);
-  char *v = value ? curl_easy_escape(q->curl, value, 0) : NULL;
-  size_t add = strlen(k ? k : "") + (v ? strlen(v) + 1 : 0) + 2;
-  char *nq = realloc(q->q, q->len + add + 1);
-  if (nq) {
-    q->q = nq;
-    q->len += (size_t)snprintf(q->q + q->len, add + 1, "%s%s%s%s", q->len ? "&" : "?",
-                               k ? k : "", v ? "=" : "", v ? v : "");
-  }
+  char *k = curl_easy_escape(u->x->curl, key, 0);
+  char *v = value ? curl_easy_escape(u->x->curl, value, 0) : NULL;
+  int ok = k && (value == NULL || v) && url_add(u, u->x->url[u->len - 1] == '?' ? "" : "&") == 0 &&
+           url_add(u, k) == 0 && (v == NULL || (url_add(u, "=") == 0 && url_add(u, v) == 0));
+  if (!ok)
+    u->oom = 1;
   curl_free(k);
   curl_free(v);
-  return MHD_YES;
+  return ok ? MHD_YES : MHD_NO;
+}
+
+/* Room left in front of the path in x->url for the worker's base URL
+ * ("http://127.0.0.1:PORT"), which is known only once the lease is held. */
+#define URL_BASE_ROOM 128
+
+/* The path and the client's query string into x->url at URL_BASE_ROOM. */
+static int build_path(pxy *x, struct MHD_Connection *c, const char *path) {
+  if (grow(&x->url, &x->url_cap, 0, URL_BASE_ROOM + 1) != 0)
+    return -1;
+  url_ctx u = {x, URL_BASE_ROOM, 0};
+  if (url_add(&u, path) != 0)
+    return -1;
+  size_t before = u.len;
+  if (url_add(&u, "?") != 0)
+    return -1;
+  MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, add_arg, &u);
+  if (u.oom)
+    return -1;
+  if (u.len == before + 1) /* no arguments */
+    x->url[before] = '\0';
+  return 0;
 }
 
 /*
- * Sets up and starts the transfer to the worker. With streaming, the body
- * comes later through mbd_proxy_stream_feed; else it is r's buffered body.
- * 0 and *out, or an answer already queued in *res (the lease released).
+ * Gets a transfer ready while its lease is being decided: a session, the
+ * request's headers, path and query, curl's options. Nothing in it depends
+ * on the model (a reload may change which entry the lease is for). With
+ * streaming, the body comes later through mbd_proxy_stream_feed; else it is
+ * r's buffered body, taken at launch. NULL when out of memory.
  */
-static int forward_start(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
-                         const char *path, mbd_req *r, const mb_result *granted, int streaming,
-                         pxy **out, MHD_RESULT *res) {
-  char base[128];
-  pxy *x = calloc(1, sizeof(*x));
-  if (x == NULL) {
-    if (mb_release(d->ctx, granted->lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-    *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
-    return -1;
-  }
+static pxy *forward_prepare(mbd *d, struct MHD_Connection *c, const char *method,
+                            const char *path, int streaming) {
+  pxy *x = session_take();
+  if (x == NULL)
+    return NULL;
   x->d = d;
-  x->m = m;
-  x->lease = granted->lease;
-  pthread_mutex_init(&x->mu, NULL);
-  pthread_cond_init(&x->cv, NULL);
-  x->buf = malloc(PROXY_BUF);
-  x->curl = curl_easy_init();
-  if (x->buf == NULL || x->curl == NULL || mbd_worker_url(m->worker, base, sizeof(base)) != 0) {
-    pxy_free(x);
-    mbd_count_code(d, m, 502);
-    *res = mbd_reply_error(c, 502, "worker_failed", "the worker is not running", 0);
-    return -1;
-  }
-  mbd_worker_busy_begin(m->worker);
-  query_ctx q = {NULL, 0, x->curl};
-  MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, add_arg, &q);
-  size_t ulen = strlen(base) + strlen(path) + q.len + 1;
-  char *url = malloc(ulen);
-  if (url == NULL) {
-    free(q.q);
-    pxy_free(x);
-    *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
-    return -1;
-  }
-  snprintf(url, ulen, "%s%s%s", base, path, q.q ? q.q : "");
-  free(q.q);
-  hdr_ctx h = {NULL};
+  x->m = NULL;
+  x->busy = 0;
+  x->lease.id = 0;
+  x->granted_at = 0;
+  x->req_headers = NULL;
+  x->body = NULL;
+  x->body_len = 0;
+  x->head = strcmp(method, "HEAD") == 0;
+  x->streaming = streaming;
+  x->post_like = strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+                 strcmp(method, "PATCH") == 0;
+  x->streamed = 0;
+  x->added = x->headers_done = x->done = x->write_paused = x->read_paused = x->oom = 0;
+  x->status = 0;
+  x->cres = CURLE_OK;
+  x->errbuf[0] = '\0';
+  x->spill_len = x->spill_off = x->hdrs_len = 0;
+  x->in = NULL;
+  x->in_len = x->in_off = 0;
+  x->in_eof = 0;
+  hdr_ctx h = {NULL, 0};
   MHD_get_connection_values(c, MHD_HEADER_KIND, copy_header, &h);
-  h.list = curl_slist_append(h.list, "Expect:");
+  if (!h.oom && !add_line(&h, "Expect:"))
+    h.oom = 1;
+  if (!h.oom && streaming &&
+      MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length") == NULL &&
+      !add_line(&h, "Transfer-Encoding: chunked"))
+    h.oom = 1;
   x->req_headers = h.list;
-  x->body = r->body;
-  x->body_len = r->len;
-  r->body = NULL; /* the transfer owns it now */
-  r->len = r->cap = 0;
+  if (h.oom || build_path(x, c, path) != 0) {
+    pxy_free(x);
+    return NULL;
+  }
 
   CURL *cu = x->curl;
-  curl_easy_setopt(cu, CURLOPT_URL, url);
-  curl_easy_setopt(cu, CURLOPT_SHARE, (CURLSH *)d->curl_share);
+  curl_easy_reset(cu); /* the connections stay in the session's multi */
   curl_easy_setopt(cu, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(cu, CURLOPT_PROXY, "");
   curl_easy_setopt(cu, CURLOPT_CUSTOMREQUEST, method);
@@ -455,48 +640,63 @@ static int forward_start(mbd *d, struct MHD_Connection *c, mbd_model *m, const c
   curl_easy_setopt(cu, CURLOPT_HEADERDATA, x);
   curl_easy_setopt(cu, CURLOPT_WRITEFUNCTION, on_data);
   curl_easy_setopt(cu, CURLOPT_WRITEDATA, x);
-  curl_easy_setopt(cu, CURLOPT_NOPROGRESS, 0L);
-  curl_easy_setopt(cu, CURLOPT_XFERINFOFUNCTION, on_progress);
-  curl_easy_setopt(cu, CURLOPT_XFERINFODATA, x);
   curl_easy_setopt(cu, CURLOPT_ERRORBUFFER, x->errbuf);
   curl_easy_setopt(cu, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
   curl_easy_setopt(cu, CURLOPT_TCP_NODELAY, 1L);
-  if (strcmp(method, "HEAD") == 0)
+  if (x->head)
     curl_easy_setopt(cu, CURLOPT_NOBODY, 1L);
-  x->granted = *granted;
-  x->granted_at = wall_s();
-  x->streaming = streaming;
   if (streaming) {
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-    x->in = malloc(PROXY_BUF);
-    if (x->in == NULL) {
-      free(url);
-      pxy_free(x);
-      *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
-      return -1;
-    }
     curl_easy_setopt(cu, CURLOPT_POST, 1L);
-    curl_easy_setopt(cu, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(cu, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(cu, CURLOPT_READDATA, x);
     if (cl)
       curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strtoll(cl, NULL, 10));
-    else
-      x->req_headers = curl_slist_append(x->req_headers, "Transfer-Encoding: chunked");
-    curl_easy_setopt(cu, CURLOPT_HTTPHEADER, x->req_headers);
-  } else if (x->body_len > 0 || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
-             strcmp(method, "PATCH") == 0) {
-    curl_easy_setopt(cu, CURLOPT_POSTFIELDS, x->body ? x->body : "");
-    curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
   }
-  free(url);
-  if (pthread_create(&x->th, NULL, transfer, x) != 0) {
+  return x;
+}
+
+/*
+ * Starts a prepared transfer (taken over) to m's worker under the lease
+ * granted (taken over too): 0, or -1 with the answer queued in *res, the
+ * lease released and x freed.
+ */
+static int forward_launch(pxy *x, struct MHD_Connection *c, mbd_model *m, mbd_req *r,
+                          const mb_result *granted, MHD_RESULT *res) {
+  mbd *d = x->d;
+  char base[URL_BASE_ROOM];
+  x->m = m;
+  x->lease = granted->lease;
+  x->granted = *granted;
+  if (mbd_worker_url(m->worker, base, sizeof(base)) != 0) {
+    pxy_free(x);
+    mbd_count_code(d, m, 502);
+    *res = mbd_reply_error(c, 502, "worker_failed", "the worker is not running", 0);
+    return -1;
+  }
+  mbd_worker_busy_begin(m->worker);
+  x->busy = 1;
+  x->granted_at = wall_s();
+  size_t n = strlen(base); /* < URL_BASE_ROOM: it ends where the path starts */
+  memcpy(x->url + URL_BASE_ROOM - n, base, n);
+  CURL *cu = x->curl;
+  curl_easy_setopt(cu, CURLOPT_URL, x->url + URL_BASE_ROOM - n);
+  if (!x->streaming) {
+    x->body = r->body;
+    x->body_len = r->len;
+    r->body = NULL; /* the transfer owns it now */
+    r->len = r->cap = 0;
+    if (x->body_len > 0 || x->post_like) {
+      curl_easy_setopt(cu, CURLOPT_POSTFIELDS, x->body ? x->body : "");
+      curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
+    }
+  }
+  if (curl_multi_add_handle(x->multi, cu) != CURLM_OK) {
     pxy_free(x);
     *res = mbd_reply_error(c, 500, "internal", "cannot start the transfer", 0);
     return -1;
   }
-  x->th_on = 1;
-  *out = x;
+  x->added = 1;
   return 0;
 }
 
@@ -505,16 +705,11 @@ static MHD_RESULT forward_finish(mbd *d, struct MHD_Connection *c, mbd_model *m,
   const mb_result *granted = &x->granted;
 
   /* The status and headers come first. */
-  pthread_mutex_lock(&x->mu);
-  while (!x->headers_done)
-    pthread_cond_wait(&x->cv, &x->mu);
-  int failed = x->done && x->cres != CURLE_OK && x->status == 0;
-  char why[CURL_ERROR_SIZE + 64];
-  snprintf(why, sizeof(why), "worker failed: %s",
-           x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->cres));
-  long status = x->status;
-  pthread_mutex_unlock(&x->mu);
-  if (failed) {
+  drive(x, UNTIL_HEADERS, 0);
+  if (x->done && x->cres != CURLE_OK && x->status == 0) {
+    char why[CURL_ERROR_SIZE + 64];
+    snprintf(why, sizeof(why), "worker failed: %s",
+             x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->cres));
     int killed = mbd_worker_busy_end(m->worker);
     mbd_worker_busy_begin(m->worker); /* pxy_free ends it again */
     pxy_free(x);
@@ -526,45 +721,57 @@ static MHD_RESULT forward_finish(mbd *d, struct MHD_Connection *c, mbd_model *m,
                                   : why,
                            0);
   }
-  struct MHD_Response *resp =
-      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, pxy_read, x, pxy_free);
+  long status = x->status;
+  int sized = status >= 200 && status != 204 && status != 304; /* may have a length */
+  int plain = sized && !x->head;
+  struct MHD_Response *resp;
+  if (plain && x->done && x->cres == CURLE_OK) {
+    /* The whole answer is here already: answer from a copy, which
+     * libmicrohttpd sends with the headers in one write, and end the
+     * transfer (lease, session) now. */
+    resp = MHD_create_response_from_buffer(x->spill_len - x->spill_off, x->spill + x->spill_off,
+                                           MHD_RESPMEM_MUST_COPY);
+  } else {
+    /* The worker's Content-Length goes on to the client (no chunked
+     * framing) when the answer has one. */
+    curl_off_t cl = -1;
+    if (!sized || curl_easy_getinfo(x->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) != CURLE_OK)
+      cl = -1;
+    resp = MHD_create_response_from_callback(cl >= 0 ? (uint64_t)cl : MHD_SIZE_UNKNOWN,
+                                             16 * 1024, pxy_read, x, pxy_free);
+    x->streamed = resp != NULL;
+  }
   if (resp == NULL) {
     pxy_free(x);
     return MHD_NO;
   }
-  pthread_mutex_lock(&x->mu);
-  for (struct curl_slist *s = x->resp_headers; s; s = s->next) {
-    char *colon = strchr(s->data, ':');
+  for (size_t off = 0; off < x->hdrs_len;) {
+    char *line = x->hdrs + off;
+    size_t n = strlen(line);
+    off += n + 1;
+    char *colon = strchr(line, ':');
     if (colon == NULL)
       continue;
     *colon = '\0';
     const char *v = colon + 1;
     while (*v == ' ')
       v++;
-    MHD_add_response_header(resp, s->data, v);
+    MHD_add_response_header(resp, line, v);
     *colon = ':';
   }
-  pthread_mutex_unlock(&x->mu);
   char ms[32];
   snprintf(ms, sizeof(ms), "%.1f", (double)granted->queue_ns / 1e6);
   MHD_add_response_header(resp, "X-Modelbuf-Queue-Ms", ms);
   snprintf(ms, sizeof(ms), "%.1f", (double)granted->load_ns / 1e6);
   MHD_add_response_header(resp, "X-Modelbuf-Load-Ms", ms);
   mbd_count_code(d, m, (int)status);
+  if (!x->streamed)
+    pxy_free(x); /* after its headers were copied; granted is gone with it */
   MHD_RESULT res = MHD_queue_response(c, (unsigned)status, resp);
   MHD_destroy_response(resp);
   return res;
 }
 
-
-static MHD_RESULT forward(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
-                          const char *path, mbd_req *r, const mb_result *granted) {
-  pxy *x;
-  MHD_RESULT res;
-  if (forward_start(d, c, m, method, path, r, granted, 0, &x, &res) != 0)
-    return res;
-  return forward_finish(d, c, m, x);
-}
 
 /* ------------------------------------------------------------------------ */
 /* Serving a plugin model in process                                         */
@@ -624,30 +831,10 @@ static MHD_RESULT serve_plugin(mbd *d, struct MHD_Connection *c, mbd_model *m,
 
 int mbd_proxy_lease(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_result *got,
                     mbd_model **cur, MHD_RESULT *res) {
-  char err[256] = "";
-  mb_acquire_opts ao;
-  if (acquire_opts(c, &ao, err, sizeof(err)) != 0) {
-    *res = mbd_reply_error(c, 400, "bad_request", err, 0);
+  waiter w;
+  if (lease_post(d, c, m, &w, res) != 0)
     return -1;
-  }
-  int rc = acquire(d, m->name, &ao, got, err, sizeof(err));
-  if (rc != 0) {
-    const char *code;
-    int status = mbd_http_status(rc, &code);
-    mbd_count_code(d, m, status);
-    *res = mbd_reply_error(c, status, code, err[0] ? err : mb_strerror(rc),
-                           status == 503 ? 1 : 0);
-    return -1;
-  }
-  /* The lease keeps the model from a reload; use its current entry. */
-  *cur = mbd_current(d, m);
-  if (*cur == NULL) {
-    if (mb_release(d->ctx, got->lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-    *res = mbd_reply_error(c, 404, "not_found", "the model was removed by a reload", 0);
-    return -1;
-  }
-  return 0;
+  return lease_wait(d, c, m, &w, got, cur, res);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -673,17 +860,28 @@ int mbd_proxy_stream_begin(mbd *d, struct MHD_Connection *c, const char *method,
     return 0; /* unknown (404 later) or a plugin: buffered */
   mb_result got;
   mbd_model *cur;
-  if (mbd_proxy_lease(d, c, m, &got, &cur, res) != 0)
+  waiter w;
+  if (lease_post(d, c, m, &w, res) != 0)
     return -1;
-  if (cur->worker == NULL) { /* a reload gave it another backend: serve it buffered */
-    if (mb_release(d->ctx, got.lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", cur->name);
-    *res = mbd_reply_error(c, 409, "state_conflict",
-                           "the model changed backend during a reload; send it again", 0);
+  /* The transfer gets ready while the core decides on the lease. */
+  pxy *x = forward_prepare(d, c, method, slash ? slash : "/", 1);
+  if (lease_wait(d, c, m, &w, &got, &cur, res) != 0) {
+    if (x)
+      pxy_free(x);
     return -1;
   }
-  pxy *x;
-  if (forward_start(d, c, cur, method, slash ? slash : "/", r, &got, 1, &x, res) != 0)
+  if (x == NULL || cur->worker == NULL) { /* out of memory, or a reload changed the backend */
+    int oom = x == NULL;
+    if (x)
+      pxy_free(x);
+    if (mb_release(d->ctx, got.lease) != 0)
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", cur->name);
+    *res = oom ? mbd_reply_error(c, 500, "internal", "out of memory", 0)
+               : mbd_reply_error(c, 409, "state_conflict",
+                                 "the model changed backend during a reload; send it again", 0);
+    return -1;
+  }
+  if (forward_launch(x, c, cur, r, &got, res) != 0)
     return -1;
   r->px = x;
   r->pm = cur;
@@ -692,31 +890,20 @@ int mbd_proxy_stream_begin(mbd *d, struct MHD_Connection *c, const char *method,
 
 void mbd_proxy_stream_feed(mbd_req *r, const char *data, size_t n) {
   pxy *x = r->px;
-  pthread_mutex_lock(&x->mu);
-  while (n > 0 && !x->done && !x->aborted) {
-    if (x->in_len == PROXY_BUF) {
-      pthread_cond_wait(&x->cv, &x->mu); /* the worker is slower than the client */
-      continue;
-    }
-    size_t k = PROXY_BUF - x->in_len;
-    if (k > n)
-      k = n;
-    memcpy(x->in + x->in_len, data, k);
-    x->in_len += k;
-    data += k;
-    n -= k;
-    pthread_cond_broadcast(&x->cv);
-  }
-  pthread_mutex_unlock(&x->mu); /* a finished transfer takes no more: the rest is dropped */
+  if (x->done)
+    return; /* a finished transfer takes no more: the rest is dropped */
+  x->in = data;
+  x->in_len = n;
+  x->in_off = 0;
+  drive(x, UNTIL_SENT, 0); /* waits while the worker is slower than the client */
+  x->in = NULL;
+  x->in_len = x->in_off = 0;
 }
 
 MHD_RESULT mbd_proxy_stream_end(mbd *d, struct MHD_Connection *c, mbd_req *r) {
   pxy *x = r->px;
   r->px = NULL;
-  pthread_mutex_lock(&x->mu);
-  x->in_eof = 1;
-  pthread_cond_broadcast(&x->cv);
-  pthread_mutex_unlock(&x->mu);
+  x->in_eof = 1; /* drive() lets curl ask for the end */
   return forward_finish(d, c, r->pm, x);
 }
 
@@ -736,17 +923,40 @@ static MHD_RESULT to_model(mbd *d, struct MHD_Connection *c, mbd_model *m, const
   MHD_RESULT res;
   if (m->kind == MBD_BACKEND_TENSORS) /* routes checked before the lease */
     return mbd_tensors_serve(d, c, m, method, path);
-  if (mbd_proxy_lease(d, c, m, &got, &m, &res) != 0)
+  waiter w;
+  if (lease_post(d, c, m, &w, &res) != 0)
     return res;
-  if (m->kind == MBD_BACKEND_TENSORS) { /* a reload gave it another backend */
+  /* A worker's transfer gets ready while the core decides on the lease. */
+  pxy *x = m->worker ? forward_prepare(d, c, method, path, 0) : NULL;
+  if (lease_wait(d, c, m, &w, &got, &m, &res) != 0) {
+    if (x)
+      pxy_free(x);
+    return res;
+  }
+  if (m->kind == MBD_BACKEND_TENSORS || (m->plugin == NULL && m->worker == NULL)) {
+    /* a reload gave it another backend */
+    if (x)
+      pxy_free(x);
     if (mb_release(d->ctx, got.lease) != 0)
       mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
     return mbd_reply_error(c, 409, "state_conflict",
                            "the model changed backend during a reload; send it again", 0);
   }
-  if (m->plugin)
+  if (m->plugin) {
+    if (x)
+      pxy_free(x);
     return serve_plugin(d, c, m, method, path, r, &got);
-  return forward(d, c, m, method, path, r, &got);
+  }
+  if (x == NULL)
+    x = forward_prepare(d, c, method, path, 0);
+  if (x == NULL) {
+    if (mb_release(d->ctx, got.lease) != 0)
+      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
+    return mbd_reply_error(c, 500, "internal", "out of memory", 0);
+  }
+  if (forward_launch(x, c, m, r, &got, &res) != 0)
+    return res;
+  return forward_finish(d, c, m, x);
 }
 
 /* The "model" of an OpenAI request: JSON body field, or multipart field. */
