@@ -86,8 +86,6 @@ typedef struct mbd {
   int active;               /* HTTP requests being answered */
   struct MHD_Daemon *mhd;
   struct MHD_Daemon *mhd_unix;
-  void *curl_share;         /* upstream connections shared by the proxy */
-  pthread_mutex_t share_mu[4];
 } mbd;
 
 /* Builds the daemon from a validated configuration (taken over). */

@@ -273,7 +273,7 @@ static void session_give_back(pxy *x) {
     session_destroy(x);
 }
 
-/* The pool needs no set-up; d->curl_share is no longer used. */
+/* The session pool needs no set-up. */
 int mbd_proxy_init(mbd *d) {
   (void)d;
   return 0;
