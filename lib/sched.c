@@ -696,6 +696,9 @@ static int evictions_cost(mb_ctx *ctx);
  * The answers are exactly what the full planning would decide.
  */
 static int evictions_cost(mb_ctx *ctx) {
+  /* Other policies sum reload times, which are never 0. */
+  if (ctx->opts.eviction != MB_EVICT_COST)
+    return 1;
   if (ctx->auto_cost_gen != ctx->plan_gen) {
     /* Every candidate costing more than 0 is enough (a plan sums them);
      * the candidates need not be sorted for that. */
@@ -705,9 +708,7 @@ static int evictions_cost(mb_ctx *ctx) {
       for (const mb__model *m = ctx->devs[i].res_head; m; m = m->dev_next) {
         if (!evictable(m, i))
           continue;
-        /* what plan_get() sums for it */
-        double c = ctx->opts.eviction == MB_EVICT_COST ? evict_rank(ctx, m, i)
-                                                       : reload_cost_ms(m, 0);
+        double c = evict_rank(ctx, m, i); /* what plan_get() sums for it */
         if (c <= 0) {
           ctx->auto_min_cost = c;
           break;
