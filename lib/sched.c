@@ -1054,6 +1054,8 @@ static void answer_op_waiters(mb_ctx *ctx, mb__model *m, int rc, const char *msg
 }
 
 static void answer_load_waiters(mb_ctx *ctx, mb__model *m) {
+  if (m->lw_head) /* the model's keep-alive, unless a load asked for one */
+    m->ka_current = m->opts.keep_alive_ms;
   while (m->lw_head) {
     mb__req *r = m->lw_head;
     m->lw_head = r->qnext;
@@ -1323,6 +1325,9 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
     m->usage.device_bytes = m->usage.host_bytes = 0;
     m->unload_pending = 0;
     m->offload_pending = 0;
+    /* A keep-alive asked for by a request lasts while the model is in
+     * memory; the next residency starts from the model's own. */
+    m->ka_current = m->opts.keep_alive_ms;
     if (j->rc == 0) {
       m->stats.unloads++;
       if (from_host)
@@ -1420,8 +1425,8 @@ static void req_load(mb_ctx *ctx, mb__model *m, mb__req *r) {
     return;
   }
   if (m->state == MB_STATE_READY && !m->unload_pending && !m->offload_pending) {
-    if (r->keep_alive_ms != MB_DEFAULT)
-      m->ka_current = r->keep_alive_ms;
+    /* As an acquire: without a keep-alive of its own, the model's. */
+    m->ka_current = r->keep_alive_ms != MB_DEFAULT ? r->keep_alive_ms : m->opts.keep_alive_ms;
     if (m->inflight == 0) {
       m->idle_since = ctx->now;
       mb__heap_cancel(&ctx->heap, &m->timer);

@@ -172,6 +172,8 @@ static void test_keep_alive_zero_and_forever(void **state) {
 }
 
 /* A per-acquire keep-alive overrides the model's for that use. */
+static void h_simple_done(const mb_result *res, void *arg);
+
 static void test_keep_alive_override(void **state) {
   h_model_fp(&H, "a", 10, 60000);
   mb_acquire_opts o;
@@ -188,6 +190,29 @@ static void test_keep_alive_override(void **state) {
   h_acquire(&H, "a", NULL, &a);
   h_release(&H, &a);
   assert_int_equal(h_status(&H, "a").keep_alive_ms, 60000);
+
+  /* So does a plain load, and a keep-alive asked for lasts one residency. */
+  int r = 0;
+  assert_int_equal(mb_load_async(H.ctx, "a", MB_FOREVER, h_simple_done, &r), 0);
+  h_settle(&H);
+  assert_int_equal(r, 1000);
+  assert_int_equal(h_status(&H, "a").keep_alive_ms, MB_FOREVER);
+  assert_int_equal(mb_load_async(H.ctx, "a", MB_DEFAULT, h_simple_done, &r), 0);
+  h_settle(&H);
+  assert_int_equal(h_status(&H, "a").keep_alive_ms, 60000);
+  assert_int_equal(mb_load_async(H.ctx, "a", MB_FOREVER, h_simple_done, &r), 0);
+  h_settle(&H);
+  assert_int_equal(mb_unload_async(H.ctx, "a", h_simple_done, &r), 0);
+  h_settle(&H);
+  h_complete(&H, "a", 0);
+  assert_int_equal(h_state(&H, "a"), MB_STATE_UNLOADED);
+  assert_int_equal(h_status(&H, "a").keep_alive_ms, 60000);
+  assert_int_equal(mb_load_async(H.ctx, "a", MB_DEFAULT, h_simple_done, &r), 0);
+  h_settle(&H);
+  h_complete(&H, "a", 0);
+  assert_int_equal(r, 1000);
+  assert_int_equal(h_status(&H, "a").keep_alive_ms, 60000);
+  assert_true(h_status(&H, "a").timer_active);
 }
 
 static void h_simple_done(const mb_result *res, void *arg) {
