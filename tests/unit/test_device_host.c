@@ -20,6 +20,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "files.h"
+
 #include "modelbuf/modelbuf.h"
 #include "modelbuf/tensors.h"
 #include "device.h"
@@ -423,20 +425,6 @@ static int remove_files(void **state) {
   unlink(g_path);
   rmdir(g_dir);
   return 0;
-}
-
-static unsigned char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char *buf = malloc((size_t)n + 1);
-  assert_non_null(buf);
-  assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-  fclose(f);
-  *len = (size_t)n;
-  return buf;
 }
 
 /* Every tensor found and equal to the file; its pointer into ptrs[k] (or,

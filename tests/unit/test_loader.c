@@ -15,6 +15,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "files.h"
+
 #include "modelbuf/tensors.h"
 #include "alloc.h"
 #include "device.h"
@@ -31,20 +33,6 @@ static void mkfile(const char *name, mb_tensor_format fmt, uint64_t bytes, uint6
   int rc = mb__mkmodel_write(&o, NULL, err, sizeof(err));
   if (rc != 0)
     fail_msg("mkmodel %s: %s", path, err);
-}
-
-static unsigned char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char *buf = malloc((size_t)n + 1);
-  assert_non_null(buf);
-  assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-  fclose(f);
-  *len = (size_t)n;
-  return buf;
 }
 
 typedef struct prog {

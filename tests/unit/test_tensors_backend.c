@@ -18,6 +18,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "files.h"
+
 #include "modelbuf/modelbuf.h"
 #include "modelbuf/tensors.h"
 #include "tensor/mkmodel.h"
@@ -77,20 +79,6 @@ static void c_free(void *p) {
       atomic_fetch_sub(&big_live, 1);
     free(p);
   }
-}
-
-static unsigned char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char *buf = malloc((size_t)n + 1);
-  assert_non_null(buf);
-  assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-  fclose(f);
-  *len = (size_t)n;
-  return buf;
 }
 
 /* Every tensor of every file, found by name and compared byte for byte. */
