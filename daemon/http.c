@@ -50,8 +50,8 @@ MHD_RESULT mbd_reply_json(struct MHD_Connection *c, int status, json_t *doc) {
   return r;
 }
 
-MHD_RESULT mbd_reply_error(struct MHD_Connection *c, int status, const char *code,
-                           const char *message, int retry_s) {
+MHD_RESULT mbd_reply_error_hdr(struct MHD_Connection *c, int status, const char *code,
+                               const char *message, const char *header, const char *value) {
   json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
   char *s = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
   json_decref(doc);
@@ -64,14 +64,18 @@ MHD_RESULT mbd_reply_error(struct MHD_Connection *c, int status, const char *cod
     return MHD_NO;
   }
   MHD_add_response_header(resp, "Content-Type", "application/json");
-  if (retry_s > 0) {
-    char v[16];
-    snprintf(v, sizeof(v), "%d", retry_s);
-    MHD_add_response_header(resp, "Retry-After", v);
-  }
+  if (header != NULL)
+    MHD_add_response_header(resp, header, value);
   MHD_RESULT r = MHD_queue_response(c, (unsigned)status, resp);
   MHD_destroy_response(resp);
   return r;
+}
+
+MHD_RESULT mbd_reply_error(struct MHD_Connection *c, int status, const char *code,
+                           const char *message, int retry_s) {
+  char v[16];
+  snprintf(v, sizeof(v), "%d", retry_s);
+  return mbd_reply_error_hdr(c, status, code, message, retry_s > 0 ? "Retry-After" : NULL, v);
 }
 
 int mbd_path_model(const char *p, char name[MBD_MODEL_NAME_MAX + 1], const char **rest) {

@@ -34,6 +34,9 @@ MHD_RESULT mbd_reply_json(struct MHD_Connection *c, int status, json_t *doc);
 /* Answers {"error": {"code", "message"}}; Retry-After when retry_s > 0. */
 MHD_RESULT mbd_reply_error(struct MHD_Connection *c, int status, const char *code,
                            const char *message, int retry_s);
+/* The same with one more header (none when header is NULL). */
+MHD_RESULT mbd_reply_error_hdr(struct MHD_Connection *c, int status, const char *code,
+                               const char *message, const char *header, const char *value);
 /* Answers with text of a content type (copied). */
 MHD_RESULT mbd_reply_text(struct MHD_Connection *c, int status, const char *type,
                           const char *text, size_t len);

@@ -443,22 +443,9 @@ static MHD_RESULT fetch(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_tenso
     mbd_count_code(d, m, 416);
     snprintf(v, sizeof(v), "the range is outside tensor '%.100s' of %" PRIu64 " bytes", name,
              ti.size_bytes);
-    json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", "range_not_satisfiable", "message",
-                            v);
-    char *s = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-    json_decref(doc);
-    struct MHD_Response *resp =
-        s ? MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE) : NULL;
-    if (resp == NULL) {
-      free(s);
-      return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Content-Type", "application/json");
-    snprintf(v, sizeof(v), "bytes */%" PRIu64, ti.size_bytes);
-    MHD_add_response_header(resp, "Content-Range", v);
-    MHD_RESULT r = MHD_queue_response(c, 416, resp);
-    MHD_destroy_response(resp);
-    return r;
+    char range[64];
+    snprintf(range, sizeof(range), "bytes */%" PRIu64, ti.size_bytes);
+    return mbd_reply_error_hdr(c, 416, "range_not_satisfiable", v, "Content-Range", range);
   }
   tx *x = calloc(1, sizeof(*x));
   if (x == NULL || (x->name = strdup(name)) == NULL) {
@@ -533,22 +520,8 @@ MHD_RESULT mbd_tensors_serve(mbd *d, struct MHD_Connection *c, mbd_model *m, con
   if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
     snprintf(msg, sizeof(msg), "%s is not allowed on %.200s of tensors model '%s' (GET or HEAD)",
              method, path, m->name);
-    json_t *doc =
-        json_pack("{s:{s:s,s:s}}", "error", "code", "method_not_allowed", "message", msg);
-    char *s = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-    json_decref(doc);
-    struct MHD_Response *resp =
-        s ? MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE) : NULL;
-    if (resp == NULL) {
-      free(s);
-      return MHD_NO;
-    }
-    MHD_add_response_header(resp, "Content-Type", "application/json");
-    MHD_add_response_header(resp, "Allow", "GET, HEAD");
     mbd_count_code(d, m, 405);
-    MHD_RESULT r = MHD_queue_response(c, 405, resp);
-    MHD_destroy_response(resp);
-    return r;
+    return mbd_reply_error_hdr(c, 405, "method_not_allowed", msg, "Allow", "GET, HEAD");
   }
   if (name != NULL && surely_unknown(d, m, name)) {
     snprintf(msg, sizeof(msg), "no tensor '%.200s' in model '%s' (GET /m/%s/tensors lists them)",
