@@ -708,6 +708,10 @@ static int evictions_cost(mb_ctx *ctx) {
       for (const mb__model *m = ctx->devs[i].res_head; m; m = m->dev_next) {
         if (!evictable(m, i))
           continue;
+        /* cost_rank() = use rate x a positive cost: surely above 0 while
+         * the decayed count is not vanishing (no exp() needed). */
+        if (m->hits >= 1e-6 && (double)(ctx->now - m->hits_t) < 600 * COST_TAU_NS)
+          continue;
         double c = evict_rank(ctx, m, i); /* what plan_get() sums for it */
         if (c <= 0) {
           ctx->auto_min_cost = c;
