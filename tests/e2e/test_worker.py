@@ -193,6 +193,20 @@ def test_rss_of_a_worker_holding_a_known_amount(d):
     # 64 MiB of touched pages more than the same worker holding nothing.
     assert fat - small >= 60 * MiB, (fat, small)
     assert fat - small <= 80 * MiB, (fat, small)
+    # rss_bytes (one model's status only) is measured now: memory the
+    # worker takes while serving shows at once, vram_bytes at the next load.
+    code, st = d.request("GET", "/api/models/fat")[:2]
+    before = st["rss_bytes"]
+    assert code == 200 and before >= 60 * MiB, st
+    code, _ = d.request("POST", "/m/fat/alloc?mb=48")[:2]
+    assert code == 200
+    code, st = d.request("GET", "/api/models/fat")[:2]
+    assert 44 * MiB <= st["rss_bytes"] - before <= 64 * MiB, (st["rss_bytes"], before)
+    assert st["vram_bytes"] == fat
+    code, doc = d.request("GET", "/api/models")[:2]
+    assert all("rss_bytes" not in m for m in doc["models"])
+    code, st = d.request("POST", "/api/models/fat/unload")[:2]
+    assert code == 200 and st["rss_bytes"] is None, st
 
 
 # --------------------------------------------------------------------------

@@ -13,7 +13,8 @@ to start). It holds a block of real memory as its "weights" and answers:
 
 Fault modes (flags): --exit-early (prints and exits 3), --never-healthy,
 --ignore-term (ignores SIGTERM), --slow-start MS, --alloc-mb N (weights),
---grow-mb N (keeps N MiB more after every restore).
+--grow-mb N (keeps N MiB more after every restore); POST /alloc?mb=N keeps N MiB
+more at once.
 """
 import argparse
 import json
@@ -139,6 +140,13 @@ class H(BaseHTTPRequestHandler):
                     blk[i] = 1
                 state["kept"].append(blk)
             return self.send_json(200, {"location": "device"})
+        if u.path == "/alloc":  # keeps ?mb=N MiB more while serving
+            q = parse_qs(u.query)
+            blk = bytearray(int(q.get("mb", ["0"])[0]) * MiB)
+            for i in range(0, len(blk), 4096):
+                blk[i] = 1
+            state["kept"].append(blk)
+            return self.send_json(200, {"kept_mb": sum(len(k) for k in state["kept"]) // MiB})
         if u.path == "/cleanup":
             return self.send_json(200, {"freed": 0})
         return self.send_json(404, {"error": "no route " + u.path})
