@@ -7,10 +7,11 @@
  *                           timed by this client (each answers when done);
  *   probes                  through the proxy, /m/NAME/PATH, under the
  *                           daemon's own leases;
- *   memory                  the model's status (vram_bytes, host_bytes, as
- *                           the daemon measures them when a load or restore
- *                           completes) and /api/devices (used and free per
- *                           device);
+ *   memory                  the model's status (vram_bytes and host_bytes,
+ *                           as the daemon measures them when a load or
+ *                           restore completes; rss_bytes of a running
+ *                           worker, measured at the request) and
+ *                           /api/devices (used and free per device);
  *   host budget             modelbuf_host_tier_bytes{kind="budget"} of /metrics.
  *
  * Each cycle fills the lc_cycle that lifecycle.c analyses, as the in-process
@@ -207,6 +208,19 @@ static void memory(run *r, json_t *st, uint64_t *dev, uint64_t *host) {
   const char *device = json_string_value(json_object_get(st, "device"));
   if (device && !r->device[0])
     snprintf(r->device, sizeof(r->device), "%s", device);
+  /* A running worker's resident memory measured now (vram_bytes and
+   * host_bytes date from the last load or restore): on the host device it
+   * is the model's while resident; elsewhere, or offloaded by its hooks,
+   * it is host memory. */
+  json_t *rss = json_object_get(st, "rss_bytes");
+  if (json_is_integer(rss)) {
+    uint64_t now = (uint64_t)json_integer_value(rss);
+    const char *loc = jstr(st, "location");
+    if (strcmp(loc, "gpu") == 0 && strcmp(r->device, "host") == 0)
+      *dev = now;
+    else if (strcmp(loc, "gpu") == 0 || strcmp(loc, "cpu") == 0)
+      *host = now;
+  }
   if (*dev == 0 && strcmp(jstr(st, "location"), "gpu") == 0) {
     devmem d[MAX_DEVICES];
     int n;
