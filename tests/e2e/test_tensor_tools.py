@@ -77,9 +77,12 @@ def test_bench_load_offload_restore(workdir):
               "load_cold", "load_warm", "offload", "restore"):
         assert g[k] > 0, k
     q = r["ratios"]
-    assert q["load_cold_vs_direct"] == pytest.approx(g["load_cold"] / g["direct_read"], rel=0.01)
+    # Ratios and figures are printed with 3 decimals: compare within that
+    # (figures of a few hundredths of a GB/s under a sanitizer: 5 %).
+    assert q["load_cold_vs_direct"] == pytest.approx(g["load_cold"] / g["direct_read"],
+                                                     rel=0.05, abs=0.002)
     assert q["load_warm_vs_buffered"] == pytest.approx(g["load_warm"] / g["buffered_read"],
-                                                       rel=0.01)
+                                                       rel=0.05, abs=0.002)
     # The headline ratio of `load` is the worse of its two.
     assert r["ratio"] == pytest.approx(min(q["load_cold_vs_direct"], q["load_warm_vs_buffered"]),
                                        abs=0.002)
