@@ -281,7 +281,9 @@ static void test_errors(void **state) {
   mb_tensors_model_free(m);
   unlink(tpath);
 
-  /* a CUDA placement: without a driver or GPU, MB_ENODEV naming the device */
+  /* a CUDA placement loads: on the GPU, or without a driver or GPU on the
+   * host device (test_device_host checks the fallback and its one line);
+   * a failure can only be MB_ENODEV naming the device */
   m = new_model();
   op.user = m;
   op.device_kind = MB_DEVICE_CUDA;
