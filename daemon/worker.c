@@ -28,6 +28,7 @@
 #include <dirent.h>
 
 #include "expand.h"
+#include "gpu_checkpoint.h"
 #include "nvml.h"
 #include "worker.h"
 #include "alloc.h"
@@ -85,6 +86,10 @@ struct mbd_worker {
   size_t n_pins;
   int offloaded_by_stop; /* offloaded by stopping it (no hooks) */
   int offloaded_by_hook; /* its offload hook moved it to host memory */
+  /* Without hooks, on a GPU: the driver's checkpoint API moves the
+   * worker's GPU state to host memory and back (lib/gpu_checkpoint.c). */
+  int ckpt;              /* the driver has the API (checked at creation) */
+  int offloaded_by_ckpt; /* suspended by a checkpoint, still running */
 };
 
 static uint64_t now_ms(void) {
@@ -178,6 +183,8 @@ int mbd_worker_new(const mbd_worker_opts *o, mbd_worker **out, char *err, size_t
   w->ring_cap = o->log_bytes ? o->log_bytes : DEFAULT_LOG_BYTES;
   w->ring = malloc(w->ring_cap);
   w->gpu = -1;
+  char why[200];
+  w->ckpt = !(w->offload.path && w->restore.path) && mb__ckpt_available(why, sizeof(why));
   int ok = w->name && w->cmd && w->health && w->ring && w->env_names && w->env_values &&
            (mc->n_files == 0 || w->files);
   for (size_t i = 0; ok && i < mc->n_env; i++)
@@ -735,7 +742,7 @@ static int w_load(mb_op *op) {
 
 static int w_load_locked(mbd_worker *w, mb_op *op) {
   unpin_files(w);
-  w->offloaded_by_stop = w->offloaded_by_hook = 0;
+  w->offloaded_by_stop = w->offloaded_by_hook = w->offloaded_by_ckpt = 0;
   return start_process(w, op);
 }
 
@@ -750,9 +757,9 @@ static int w_unload(mb_op *op) {
 }
 
 static int w_unload_locked(mbd_worker *w, mb_op *op) {
-  stop_process(w);
+  stop_process(w); /* a suspended worker too: SIGKILL after stop_timeout */
   unpin_files(w);
-  w->offloaded_by_stop = w->offloaded_by_hook = 0;
+  w->offloaded_by_stop = w->offloaded_by_hook = w->offloaded_by_ckpt = 0;
   return 0;
 }
 
@@ -772,7 +779,32 @@ static int w_offload_locked(mbd_worker *w, mb_op *op) {
     w->offloaded_by_hook = rc == 0;
     return rc;
   }
-  /* No hook: stop it and keep its files in RAM for the next start. */
+  /* No hook, on a GPU whose driver can checkpoint a process: the driver
+   * copies the worker's device memory to host memory and releases the
+   * device; the worker stays, suspended, and resumes at the same addresses. */
+  pid_t pid = mbd_worker_pid(w);
+  if (w->ckpt && w->gpu >= 0 && pid > 0) {
+    char why[300];
+    unsigned lock_ms = w->stop_timeout_ms > 0 ? (unsigned)w->stop_timeout_ms : 10000;
+    if (mb__ckpt_suspend((int)pid, lock_ms, why, sizeof(why)) == 0) {
+      w->offloaded_by_ckpt = 1;
+      return 0;
+    }
+    if (w->on_line) {
+      char line[400];
+      snprintf(line, sizeof(line), "modelbufd: CUDA checkpoint failed (%.300s); %s", why,
+               w->n_files > 0 ? "stopping the worker, its files kept in RAM" : "unloading");
+      w->on_line(w->line_arg, w->name, line);
+    }
+  }
+  if (w->n_files == 0) {
+    mb__set_err(op->err, op->err_len,
+                "model %s has no offload hook, no files to keep in RAM, and no CUDA "
+                "checkpoint on its device",
+                w->name);
+    return MB_ENOTSUP;
+  }
+  /* Else: stop it and keep its files in RAM for the next start. */
   stop_process(w);
   pin_files(w);
   w->offloaded_by_stop = 1;
@@ -790,6 +822,21 @@ static int w_restore(mb_op *op) {
 }
 
 static int w_restore_locked(mbd_worker *w, mb_op *op) {
+  if (w->offloaded_by_ckpt) {
+    char why[300];
+    w->offloaded_by_ckpt = 0;
+    if (mb__ckpt_resume((int)mbd_worker_pid(w), why, sizeof(why)) == 0)
+      return 0;
+    /* The driver could not bring it back: a fresh start loads it again. */
+    if (w->on_line) {
+      char line[400];
+      snprintf(line, sizeof(line),
+               "modelbufd: CUDA checkpoint restore failed (%.300s); restarting", why);
+      w->on_line(w->line_arg, w->name, line);
+    }
+    stop_process(w);
+    return start_process(w, op);
+  }
   if (!w->offloaded_by_stop) {
     int rc = call_hook(w, &w->restore, "restore", op->err, op->err_len);
     if (rc == 0)
@@ -821,7 +868,7 @@ static int w_usage(mb_op *op, mb_usage *u) {
       held += w->pins[i].len;
     u->device_bytes = 0;
     u->host_bytes = held;
-  } else if (w->offloaded_by_hook) {
+  } else if (w->offloaded_by_hook || w->offloaded_by_ckpt) {
     /* The worker keeps running with its weights in host memory. */
     u->device_bytes = 0;
     u->host_bytes = rss;
@@ -862,7 +909,7 @@ static const mb_backend process_plain = {
 };
 
 const mb_backend *mbd_worker_backend(const mbd_worker *w) {
-  int offloadable = (w->offload.path && w->restore.path) || w->n_files > 0;
+  int offloadable = (w->offload.path && w->restore.path) || w->n_files > 0 || w->ckpt;
   return offloadable ? &process_full : &process_plain;
 }
 
@@ -891,7 +938,7 @@ static int restart_if_dead(mbd_worker *w) {
   if (!worker_dead(w))
     return 0;
   stop_process(w);
-  if (w->offloaded_by_hook || w->offloaded_by_stop)
+  if (w->offloaded_by_hook || w->offloaded_by_stop || w->offloaded_by_ckpt)
     return MB_ESTATE;
   char err[512];
   mb_op op;
