@@ -86,6 +86,32 @@ static void down(const cli_client *c, CURLcode rc) {
           c->unix_path[0] ? "unix:" : c->url, c->unix_path, "", curl_easy_strerror(rc));
 }
 
+/*
+ * Sends method with body (an empty_body for a POST or PUT without one),
+ * the answer going to write(data); frees h and hdrs. 0 with *status, or
+ * CLI_EXIT_DOWN after printing why.
+ */
+static int perform(const cli_client *c, CURL *h, struct curl_slist *hdrs, const char *method,
+                   const char *body, const char *empty_body, curl_write_callback write,
+                   void *data, long *status) {
+  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, data);
+  curl_easy_setopt(h, CURLOPT_TIMEOUT, 600L);
+  if (body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? body : empty_body);
+  CURLcode rc = curl_easy_perform(h);
+  if (rc == CURLE_OK)
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+  curl_easy_cleanup(h);
+  curl_slist_free_all(hdrs);
+  if (rc != CURLE_OK) {
+    down(c, rc);
+    return CLI_EXIT_DOWN;
+  }
+  return 0;
+}
+
 int cli_request(const cli_client *c, const char *method, const char *path, const char *body,
                 long *status, json_t **doc, char **text) {
   struct curl_slist *hdrs = NULL;
@@ -97,21 +123,10 @@ int cli_request(const cli_client *c, const char *method, const char *path, const
     *text = NULL;
   if (h == NULL)
     return 1;
-  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
-  curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, 600L);
-  if (body || strcmp(method, "POST") == 0)
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? body : "{}");
-  CURLcode rc = curl_easy_perform(h);
-  if (rc == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
-  curl_easy_cleanup(h);
-  curl_slist_free_all(hdrs);
-  if (rc != CURLE_OK) {
-    down(c, rc);
+  int rc = perform(c, h, hdrs, method, body, "{}", collect, &b, status);
+  if (rc != 0) {
     free(b.p);
-    return CLI_EXIT_DOWN;
+    return rc;
   }
   if (b.p) {
     *doc = json_loadb(b.p, b.n, 0, NULL);
@@ -147,21 +162,7 @@ int cli_call(const cli_client *c, const char *method, const char *path, const ch
     hdrs = more;
   }
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-  curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, drop);
-  curl_easy_setopt(h, CURLOPT_TIMEOUT, 600L);
-  if (body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0)
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, body ? body : "");
-  CURLcode rc = curl_easy_perform(h);
-  if (rc == CURLE_OK)
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
-  curl_easy_cleanup(h);
-  curl_slist_free_all(hdrs);
-  if (rc != CURLE_OK) {
-    down(c, rc);
-    return CLI_EXIT_DOWN;
-  }
-  return 0;
+  return perform(c, h, hdrs, method, body, "", drop, NULL, status);
 }
 
 typedef struct stream_ctx {

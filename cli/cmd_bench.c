@@ -90,8 +90,10 @@ static long long uring_read_file(const char *path, int direct, void *buf, size_t
   off_t next = 0;
   unsigned inflight = 0;
   int bad = 0;
-  while (!bad && (next < size || inflight > 0)) {
-    while (next < size && inflight < depth && (size_t)next + BLOCK <= cap) {
+  /* After an error no more reads start, but those in flight are waited
+   * for: the kernel may still be writing into buf. */
+  while ((!bad && next < size) || inflight > 0) {
+    while (!bad && next < size && inflight < depth && (size_t)next + BLOCK <= cap) {
       struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
       if (sqe == NULL)
         break;
@@ -99,9 +101,14 @@ static long long uring_read_file(const char *path, int direct, void *buf, size_t
       next += BLOCK;
       inflight++;
     }
-    if (io_uring_submit_and_wait(&ring, 1) < 0) {
+    if (inflight == 0)
+      break; /* nothing could start (the buffer is full) */
+    int w = io_uring_submit_and_wait(&ring, 1);
+    if (w == -EINTR)
+      continue;
+    if (w < 0) {
       bad = 1;
-      break;
+      break; /* the ring itself failed */
     }
     struct io_uring_cqe *cqe;
     unsigned head, seen = 0;
@@ -117,9 +124,19 @@ static long long uring_read_file(const char *path, int direct, void *buf, size_t
   }
   io_uring_queue_exit(&ring);
   close(fd);
-  return bad ? -1 : total;
+  return bad || next < size ? -1 : total;
 }
 #endif
+
+/* A load as the backend does it: a fresh arena (the last one freed), then
+ * the loader. */
+static int fresh_load(mb__dev *d, mb_tensor_file *f, const mb__layout *l, uint64_t *arena,
+                      const mb__load_opts *lo, char *err, size_t err_len) {
+  mb__dev_free(d, *arena);
+  *arena = 0;
+  int rc = mb__dev_alloc(d, (size_t)l->arena_bytes, arena, err, err_len);
+  return rc != 0 ? rc : mb__load_files(d, &f, l, *arena, lo, NULL, err, err_len);
+}
 
 static double gbps(double bytes, double secs) { return secs > 0 ? bytes / secs / 1e9 : 0; }
 
@@ -203,13 +220,10 @@ int cmd_bench_tensors(int argc, char **argv) {
       goto io_fail;
     t = gbps(file_bytes, now_s() - t0);
     best_direct = t > best_direct ? t : best_direct;
-    /* modelbuf cold load, into a fresh arena as the backend's load */
+    /* modelbuf cold load */
     drop_cache(path);
-    mb__dev_free(d, arena);
-    arena = 0;
     t0 = now_s();
-    if (mb__dev_alloc(d, (size_t)l.arena_bytes, &arena, err, sizeof(err)) != 0 ||
-        mb__load_files(d, &f, &l, arena, &lo, NULL, err, sizeof(err)) != 0)
+    if (fresh_load(d, f, &l, &arena, &lo, err, sizeof(err)) != 0)
       goto load_fail;
     t = gbps(data, now_s() - t0);
     best_cold = t > best_cold ? t : best_cold;
@@ -241,12 +255,9 @@ int cmd_bench_tensors(int argc, char **argv) {
     }
     read_file(path, 0, buf, 0);
 #endif
-    /* modelbuf warm load, again into a fresh arena */
-    mb__dev_free(d, arena);
-    arena = 0;
+    /* modelbuf warm load */
     t0 = now_s();
-    if (mb__dev_alloc(d, (size_t)l.arena_bytes, &arena, err, sizeof(err)) != 0 ||
-        mb__load_files(d, &f, &l, arena, &lo, NULL, err, sizeof(err)) != 0)
+    if (fresh_load(d, f, &l, &arena, &lo, err, sizeof(err)) != 0)
       goto load_fail;
     t = gbps(data, now_s() - t0);
     best_warm = t > best_warm ? t : best_warm;

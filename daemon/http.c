@@ -31,7 +31,9 @@ MHD_RESULT mbd_reply_text(struct MHD_Connection *c, int status, const char *type
   return r;
 }
 
-MHD_RESULT mbd_reply_json(struct MHD_Connection *c, int status, json_t *doc) {
+/* A JSON document (taken over) with one more header (none when NULL). */
+static MHD_RESULT reply_doc(struct MHD_Connection *c, int status, json_t *doc,
+                            const char *header, const char *value) {
   char *s = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
   json_decref(doc);
   if (s == NULL)
@@ -45,30 +47,21 @@ MHD_RESULT mbd_reply_json(struct MHD_Connection *c, int status, json_t *doc) {
     return MHD_NO;
   }
   MHD_add_response_header(resp, "Content-Type", "application/json");
-  MHD_RESULT r = MHD_queue_response(c, (unsigned)status, resp);
-  MHD_destroy_response(resp);
-  return r;
-}
-
-MHD_RESULT mbd_reply_error_hdr(struct MHD_Connection *c, int status, const char *code,
-                               const char *message, const char *header, const char *value) {
-  json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
-  char *s = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-  json_decref(doc);
-  if (s == NULL)
-    return MHD_NO;
-  struct MHD_Response *resp =
-      MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
-  if (resp == NULL) {
-    free(s);
-    return MHD_NO;
-  }
-  MHD_add_response_header(resp, "Content-Type", "application/json");
   if (header != NULL)
     MHD_add_response_header(resp, header, value);
   MHD_RESULT r = MHD_queue_response(c, (unsigned)status, resp);
   MHD_destroy_response(resp);
   return r;
+}
+
+MHD_RESULT mbd_reply_json(struct MHD_Connection *c, int status, json_t *doc) {
+  return reply_doc(c, status, doc, NULL, NULL);
+}
+
+MHD_RESULT mbd_reply_error_hdr(struct MHD_Connection *c, int status, const char *code,
+                               const char *message, const char *header, const char *value) {
+  json_t *doc = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
+  return reply_doc(c, status, doc, header, value);
 }
 
 MHD_RESULT mbd_reply_error(struct MHD_Connection *c, int status, const char *code,
