@@ -520,7 +520,7 @@ int lc_chart(const char *png, const lc_input *in, char *err, size_t err_len) {
   if (pid < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     snprintf(err, err_len, "%s",
              pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 127
-                 ? "gnuplot is not installed (Debian: gnuplot-nox; scripts/deps.sh --bench)"
+                 ? "gnuplot is not installed (Debian: gnuplot-nox; scripts/deps.sh)"
                  : "gnuplot failed to draw the chart");
     return -1;
   }

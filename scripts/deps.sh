@@ -3,7 +3,7 @@
 # Idempotent: when everything is present it only checks and exits.
 # Usage: scripts/deps.sh            (as root, or with sudo available)
 #        scripts/deps.sh --bench    also what the benchmarks compare against
-#                                   (nginx as a plain reverse proxy) and plot with
+#                                   (nginx as a plain reverse proxy)
 set -eu
 
 PKGS="
@@ -23,9 +23,10 @@ libsystemd-dev
 python3-pytest
 python3-torch
 curl
+gnuplot-nox
 "
 if [ "${1:-}" = "--bench" ]; then
-  PKGS="$PKGS nginx-light gnuplot-nox"
+  PKGS="$PKGS nginx-light"
 fi
 
 missing=""
