@@ -133,6 +133,7 @@ int mb_tensors_find(mb_tensors_model *m, const char *name, mb_tensor_ref *out) {
       continue;
     pthread_mutex_lock(&m->mu);
     uint64_t arena = m->arena;
+    mb_device_kind kind = m->dev != NULL ? mb__dev_kind(m->dev) : MB_DEVICE_HOST;
     pthread_mutex_unlock(&m->mu);
     if (arena == 0)
       return MB_ESTATE;
@@ -141,7 +142,7 @@ int mb_tensors_find(mb_tensors_model *m, const char *name, mb_tensor_ref *out) {
     out->dtype = ti.dtype;
     out->ndim = ti.ndim;
     memcpy(out->shape, ti.shape, sizeof(out->shape));
-    out->device_ptr = arena + m->layout.base[i] + (ti.offset - m->layout.span_start[i]);
+    out->device_ptr = arena + mb__layout_at(&m->layout, i, kind, ti.offset);
     out->size_bytes = ti.size_bytes;
     return 0;
   }
@@ -180,7 +181,7 @@ int mb_tensors_read(mb_tensors_model *m, const char *name, uint64_t offset, void
     }
     if (n == 0)
       return 0;
-    uint64_t src = arena + m->layout.base[i] + (ti.offset - m->layout.span_start[i]) + offset;
+    uint64_t src = arena + mb__layout_at(&m->layout, i, mb__dev_kind(d), ti.offset) + offset;
     return mb__dev_d2h(d, dst, src, n, 0, err, err_len);
   }
   mb__set_err(err, err_len, "tensors: no tensor '%s'", name);

@@ -79,6 +79,12 @@ int mb__dev_mem_info(mb__dev *d, uint64_t *total, uint64_t *free_bytes, char *er
 int mb__dev_alloc(mb__dev *d, size_t bytes, uint64_t *dptr, char *err, size_t err_len);
 void mb__dev_free(mb__dev *d, uint64_t dptr);
 
+/* Faults in [dptr, dptr + bytes) of a host-device allocation (page-aligned)
+ * ahead of its use, as writable memory; pages already present are left as
+ * they are, so it may run while other threads write to the range.
+ * MB_ENOTSUP on CUDA and where the kernel lacks MADV_POPULATE_WRITE. */
+int mb__dev_populate(mb__dev *d, uint64_t dptr, size_t bytes);
+
 /* Pinned host memory (host device: aligned memory) of bytes, aligned to
  * MB_DEV_ALIGN, suitable for O_DIRECT reads and fast copies. */
 int mb__dev_host_alloc(mb__dev *d, size_t bytes, void **out, char *err, size_t err_len);

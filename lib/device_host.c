@@ -282,6 +282,20 @@ void mb__dev_free(mb__dev *d, uint64_t dptr) {
   mb__aligned_free((void *)(uintptr_t)dptr);
 }
 
+int mb__dev_populate(mb__dev *d, uint64_t dptr, size_t bytes) {
+#ifdef MB_HAVE_CUDA_H
+  if (d->cuda != NULL)
+    return MB_ENOTSUP;
+#endif
+  (void)d;
+#ifdef MADV_POPULATE_WRITE
+  return madvise((void *)(uintptr_t)dptr, bytes, MADV_POPULATE_WRITE) == 0 ? 0 : MB_ENOTSUP;
+#else
+  (void)dptr, (void)bytes;
+  return MB_ENOTSUP;
+#endif
+}
+
 int mb__dev_host_alloc(mb__dev *d, size_t bytes, void **out, char *err, size_t err_len) {
   CUDA_OR(d, mb__cuda_host_alloc(d->cuda, bytes, out, err, err_len));
   *out = bytes > 0 ? host_big_alloc(bytes) : NULL;

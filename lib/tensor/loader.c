@@ -48,10 +48,15 @@ int mb__layout_make(mb_tensor_file *const *files, size_t nfiles, mb__layout *out
     out->span_start[i] = lo;
     out->span_bytes[i] = hi - lo;
     out->data_bytes += hi - lo;
-    at = ALIGN_UP(at + (hi - lo), MB_DEV_ALIGN);
+    /* room for the span shifted by its offset in its first page (host) */
+    at = ALIGN_UP(at + lo % MB_DEV_ALIGN + (hi - lo), MB_DEV_ALIGN);
   }
   out->arena_bytes = at;
   return 0;
+}
+
+uint64_t mb__layout_span_at(const mb__layout *l, size_t i, mb_device_kind k) {
+  return l->base[i] + (k == MB_DEVICE_HOST ? l->span_start[i] % MB_DEV_ALIGN : 0);
 }
 
 void mb__layout_free(mb__layout *l) {
@@ -99,7 +104,8 @@ typedef struct lfile {
   const char *path;
   int fd;        /* buffered */
   int dfd;       /* O_DIRECT, or -1 */
-  uint64_t start, bytes, base;
+  uint64_t start, bytes; /* the span in the file */
+  uint64_t at;   /* arena offset of the span's first byte on this device */
   struct stat st;
 } lfile;
 
@@ -114,6 +120,7 @@ typedef struct lstate {
   uint64_t *first_chunk;   /* per file: index of its first chunk */
   uint64_t done_bytes;      /* under mu */
   uint64_t total_bytes;
+  int host;                /* the host device: reads land in the arena */
   const mb__load_opts *opts;
   const volatile int *cancel;
   pthread_mutex_t mu;      /* guards rc/err and serializes progress */
@@ -164,12 +171,70 @@ static int read_full(int fd, void *buf, size_t n, uint64_t off, size_t *got) {
 }
 
 /*
+ * Chunk c: its file (*fi, a hint kept between calls of one thread), the
+ * file offset and length of its tensor bytes, and their arena address.
+ * Chunks are cut at multiples of the chunk size in the file, so only a
+ * file's first chunk starts inside a page and only its last ends inside one.
+ */
+static lfile *chunk_at(const lstate *s, uint64_t c, size_t *fi, uint64_t *off, size_t *n,
+                       uint64_t *dst) {
+  while (*fi + 1 < s->nfiles && s->first_chunk[*fi + 1] <= c)
+    (*fi)++;
+  while (*fi > 0 && s->first_chunk[*fi] > c)
+    (*fi)--;
+  lfile *f = &s->files[*fi];
+  uint64_t a0 = f->start - f->start % MB_DEV_ALIGN; /* the span's first page */
+  uint64_t lo = a0 + (c - s->first_chunk[*fi]) * s->chunk;
+  uint64_t hi = lo + s->chunk;
+  if (lo < f->start)
+    lo = f->start;
+  if (hi > f->start + f->bytes)
+    hi = f->start + f->bytes;
+  *off = lo;
+  *n = (size_t)(hi - lo);
+  *dst = s->dptr + f->at + (lo - f->start);
+  return f;
+}
+
+/*
+ * The populator (host device, direct reads): faults in the arena pages of
+ * the chunks the readers have not taken yet, one chunk ahead of them and
+ * further as it can, so the kernel zeroes fresh memory while the readers
+ * wait for the disk. Chunks a reader has taken are skipped: their reads
+ * fault their own pages. MADV_POPULATE_WRITE never changes a page that is
+ * present, so it cannot disturb a read in flight. It stops at the first
+ * error (a kernel without MADV_POPULATE_WRITE): the readers then fault.
+ */
+static void *populator(void *arg) {
+  lstate *s = arg;
+  size_t fi = 0;
+  for (uint64_t c = 0; !failed(s); c++) {
+    uint64_t taken = atomic_load(&s->next);
+    if (c < taken)
+      c = taken;
+    if (c >= s->total_chunks)
+      break;
+    uint64_t off, dst;
+    size_t n;
+    lfile *f = chunk_at(s, c, &fi, &off, &n, &dst);
+    if (f->dfd < 0)
+      continue; /* a cached file: its buffered reads are faster alone */
+    uint64_t lo = dst & ~(uint64_t)(MB_DEV_ALIGN - 1);
+    if (mb__dev_populate(s->dev, lo, (size_t)(ALIGN_UP(dst + n, MB_DEV_ALIGN) - lo)) != 0)
+      break;
+  }
+  return NULL;
+}
+
+/*
  * A reader thread: takes the next chunk, reads it into a staging buffer and
  * copies it to the device. On a GPU each thread has two staging buffers and
  * copies asynchronously: while one chunk's copy is in flight the next one is
  * read into the other buffer, and a buffer is reused only once its copy's
- * event has completed. On the host device the copy is done at once (and a
- * buffered read lands in the arena directly), so one buffer is enough.
+ * event has completed. On the host device every read lands in the arena
+ * directly and there is no staging buffer: a direct read of chunk c covers
+ * whole pages, the part before the span's first byte and after its last
+ * falls in the padding of the file's region (loader.h).
  */
 typedef struct rstage {
   void *buf;
@@ -206,11 +271,10 @@ static int stage_drain(lstate *s, rstage *st) {
 
 static void *reader(void *arg) {
   lstate *s = arg;
-  int host = mb__dev_kind(s->dev) == MB_DEVICE_HOST;
   char e2[256];
   size_t stage_len = s->chunk + 2 * MB_DEV_ALIGN;
   rstage st[2];
-  int nst = host ? 1 : 2;
+  int nst = s->host ? 0 : 2;
   memset(st, 0, sizeof(st));
   for (int k = 0; k < nst; k++)
     if (mb__dev_host_alloc(s->dev, stage_len, &st[k].buf, e2, sizeof(e2)) != 0) {
@@ -224,17 +288,11 @@ static void *reader(void *arg) {
     uint64_t c = atomic_fetch_add(&s->next, 1);
     if (c >= s->total_chunks)
       break;
-    while (fi + 1 < s->nfiles && s->first_chunk[fi + 1] <= c)
-      fi++;
-    while (fi > 0 && s->first_chunk[fi] > c)
-      fi--;
-    lfile *f = &s->files[fi];
-    uint64_t rel = (c - s->first_chunk[fi]) * s->chunk;
-    size_t n = (size_t)(f->bytes - rel < s->chunk ? f->bytes - rel : s->chunk);
-    uint64_t off = f->start + rel;
-    uint64_t dst = s->dptr + f->base + rel;
-    rstage *b = &st[it % (unsigned)nst];
-    if (stage_drain(s, b) != 0)
+    uint64_t off, dst;
+    size_t n;
+    lfile *f = chunk_at(s, c, &fi, &off, &n, &dst);
+    rstage *b = s->host ? NULL : &st[it % (unsigned)nst];
+    if (b != NULL && stage_drain(s, b) != 0)
       break;
     int r;
     const char *from = NULL; /* what to copy to the device, if anything */
@@ -243,11 +301,14 @@ static void *reader(void *arg) {
       size_t lead = (size_t)(off - a_off);
       size_t a_len = (size_t)ALIGN_UP(lead + n, MB_DEV_ALIGN);
       size_t got = 0;
-      r = read_full(f->dfd, b->buf, a_len, a_off, &got);
+      /* host: dst - lead is page-aligned, as the file offset a_off is */
+      char *into = s->host ? (char *)(uintptr_t)(dst - lead) : b->buf;
+      r = read_full(f->dfd, into, a_len, a_off, &got);
       if (r == -1 && got >= lead + n)
         r = 0; /* the aligned read ran into the end of the file */
-      from = (const char *)b->buf + lead;
-    } else if (host) {
+      if (!s->host)
+        from = (const char *)b->buf + lead;
+    } else if (s->host) {
       r = read_full(f->fd, (void *)(uintptr_t)dst, n, off, NULL);
     } else {
       r = read_full(f->fd, b->buf, n, off, NULL);
@@ -305,6 +366,7 @@ int mb__load_files(mb__dev *d, mb_tensor_file *const *files, const mb__layout *l
   lstate s;
   memset(&s, 0, sizeof(s));
   s.dev = d;
+  s.host = mb__dev_kind(d) == MB_DEVICE_HOST;
   s.nfiles = l->nfiles;
   s.dptr = dptr;
   s.chunk = chunk;
@@ -329,9 +391,10 @@ int mb__load_files(mb__dev *d, mb_tensor_file *const *files, const mb__layout *l
     f->path = mb_tensor_file_path(files[i]);
     f->start = l->span_start[i];
     f->bytes = l->span_bytes[i];
-    f->base = l->base[i];
+    f->at = mb__layout_span_at(l, i, mb__dev_kind(d));
     s.first_chunk[i] = s.total_chunks;
-    s.total_chunks += (f->bytes + chunk - 1) / chunk;
+    if (f->bytes > 0)
+      s.total_chunks += (f->start % MB_DEV_ALIGN + f->bytes + chunk - 1) / chunk;
     f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
     if (f->fd < 0) {
       mb__set_err(err, err_len, "%s: cannot open: %s", f->path, strerror(errno));
@@ -356,7 +419,7 @@ int mb__load_files(mb__dev *d, mb_tensor_file *const *files, const mb__layout *l
       /* file systems without O_DIRECT (tmpfs): buffered reads */
     }
   }
-  pthread_t tids[MB_LOAD_MAX_THREADS];
+  pthread_t tids[MB_LOAD_MAX_THREADS + 1];
   int started = 0;
   if ((uint64_t)threads > s.total_chunks)
     threads = (int)(s.total_chunks > 0 ? s.total_chunks : 0);
@@ -367,6 +430,13 @@ int mb__load_files(mb__dev *d, mb_tensor_file *const *files, const mb__layout *l
     }
     started++;
   }
+  int direct = 0;
+  for (size_t i = 0; i < l->nfiles; i++)
+    direct |= s.files[i].dfd >= 0;
+  /* No populator is not an error: the readers fault their own pages. */
+  if (s.host && direct && started == threads && s.total_chunks > (uint64_t)threads &&
+      pthread_create(&tids[started], NULL, populator, &s) == 0)
+    started++;
   for (int t = 0; t < started; t++)
     pthread_join(tids[t], NULL);
   rc = s.rc;

@@ -87,6 +87,10 @@ def test_bench_load_offload_restore(workdir):
     assert r["ratio"] == pytest.approx(min(q["load_cold_vs_direct"], q["load_warm_vs_buffered"]),
                                        abs=0.002)
     assert r["extra_gbps"]["buffered_read_cached_dest"] > 0
+    x = r["extra_gbps"]["direct_read_cached_dest"]
+    assert x > 0
+    assert q["load_cold_vs_direct_cached_dest"] == pytest.approx(g["load_cold"] / x,
+                                                                 rel=0.05, abs=0.002)
     o, _ = bench("offload", path)
     assert o["ratio"] == pytest.approx(o["ratios"]["offload_vs_memcpy"], abs=0.002)
     s, _ = bench("restore", path)

@@ -83,8 +83,13 @@ static void load_and_compare(char paths[][512], size_t n, size_t chunk, int thre
       mb_tensor_info ti;
       assert_int_equal(mb_tensor_file_info(files[i], k, &ti), 0);
       const unsigned char *got =
-          (const unsigned char *)(uintptr_t)(arena + l.base[i] + (ti.offset - l.span_start[i]));
+          (const unsigned char *)(uintptr_t)(arena +
+                                             mb__layout_at(&l, i, MB_DEVICE_HOST, ti.offset));
       assert_true(ti.offset + ti.size_bytes <= len);
+      /* on the host device a tensor keeps its offset in its page, so a
+       * direct read of the file's pages lands in the arena's */
+      assert_int_equal((uintptr_t)got % MB_DEV_ALIGN, ti.offset % MB_DEV_ALIGN);
+      assert_true((uint64_t)(uintptr_t)got + ti.size_bytes <= arena + l.arena_bytes);
       assert_memory_equal(got, want + ti.offset, ti.size_bytes);
       sum += ti.size_bytes;
     }
