@@ -24,7 +24,16 @@ typedef struct nvml_memory { /* nvmlMemory_t */
   unsigned long long total, free, used;
 } nvml_memory;
 
-typedef struct nvml_proc { /* nvmlProcessInfo_t (v2/v3 calls) */
+/*
+ * nvmlProcessInfo_v2_t: the 24-byte entries nvmlDeviceGetComputeRunningProcesses_v2
+ * writes. The _v3 call is only a fallback for a driver without _v2: its
+ * entry changed under the same name (the 535 drivers from 535.43 to 535.86
+ * write 32-byte nvmlProcessInfo_v3_t entries, with usedGpuCcProtectedMemory;
+ * those before and after, 24-byte ones): 32-byte entries would be read at
+ * the wrong offsets (wrong pids and byte counts), and with more than 48
+ * processes listed they would be written past the end of the array.
+ */
+typedef struct nvml_proc {
   unsigned int pid;
   unsigned long long used_gpu_memory;
   unsigned int gpu_instance_id, compute_instance_id;
@@ -51,10 +60,10 @@ static void load_nvml(void) {
       dl, "nvmlDeviceGetHandleByIndex_v2");
   nv.memory_info = (nvml_ret(*)(nvml_device, nvml_memory *))dlsym(dl, "nvmlDeviceGetMemoryInfo");
   nv.procs = (nvml_ret(*)(nvml_device, unsigned int *, nvml_proc *))dlsym(
-      dl, "nvmlDeviceGetComputeRunningProcesses_v3");
+      dl, "nvmlDeviceGetComputeRunningProcesses_v2");
   if (nv.procs == NULL)
     nv.procs = (nvml_ret(*)(nvml_device, unsigned int *, nvml_proc *))dlsym(
-        dl, "nvmlDeviceGetComputeRunningProcesses_v2");
+        dl, "nvmlDeviceGetComputeRunningProcesses_v3");
   nv.error_string = (const char *(*)(nvml_ret))dlsym(dl, "nvmlErrorString");
   if (init == NULL || nv.device_by_index == NULL || nv.memory_info == NULL || nv.procs == NULL) {
     snprintf(nv.why, sizeof(nv.why), "no NVML: libnvidia-ml.so.1 lacks the calls needed");
