@@ -73,7 +73,7 @@ static void load_driver(void) {
   for (int i = 0; i < 7; i++) {
     if (p[i] == NULL) {
       snprintf(drv.why, sizeof(drv.why),
-               "the CUDA driver has no checkpoint API (driver 550 or later needed)");
+               "the CUDA driver has no checkpoint API (CUDA 12.8, driver 570 or later, needed)");
       dlclose(dl);
       return;
     }
@@ -108,7 +108,8 @@ static int fail(cu_result r, const char *what, int pid, char *err, size_t err_le
   if (drv.get_error_name == NULL || drv.get_error_name(r, &name) != CU_SUCCESS || name == NULL)
     name = "unknown error";
   mb__set_err(err, err_len, "%s of process %d failed: %s (%d)", what, pid, name, r);
-  return r == CU_ERROR_TIMEOUT ? MB_ETIMEDOUT : MB_EBACKEND;
+  /* A lock that ran out of its timeout answers NOT_READY (cuda.h) */
+  return r == CU_ERROR_TIMEOUT || r == CU_ERROR_NOT_READY ? MB_ETIMEDOUT : MB_EBACKEND;
 }
 
 const char *mb__ckpt_state_name(int state) {

@@ -2,7 +2,7 @@
  * gpu_checkpoint.h - private to modelbuf: moving the whole GPU state of
  * another process to host memory and back, through the CUDA driver's
  * checkpoint API (cuCheckpointProcessLock / Checkpoint / Restore / Unlock,
- * driver 550 and later), loaded at run time with dlopen("libcuda.so.1").
+ * CUDA 12.8: driver 570 and later), loaded at run time with dlopen("libcuda.so.1").
  *
  * This is how modelbufd offloads a worker that has no offload hook of its
  * own (llama-server, a plain PyTorch API): the worker keeps running, its
