@@ -381,6 +381,33 @@ static int free_port(void) {
   return port;
 }
 
+int mbd_cuda_visible_for(const char *parent, int ordinal, char *out, size_t len) {
+  if (len == 0)
+    return -1;
+  out[0] = '\0';
+  if (ordinal < 0)
+    return 0;
+  if (parent == NULL || *parent == '\0')
+    return snprintf(out, len, "%d", ordinal) < (int)len ? 0 : -1;
+  const char *p = parent;
+  for (int k = 0; k < ordinal; k++) {
+    p = strchr(p, ',');
+    if (p == NULL)
+      return -1;
+    p++;
+  }
+  size_t n = strcspn(p, ",");
+  while (n > 0 && p[n - 1] == ' ')
+    n--;
+  while (n > 0 && *p == ' ')
+    p++, n--;
+  if (n == 0 || n >= len)
+    return -1;
+  memcpy(out, p, n);
+  out[n] = '\0';
+  return 0;
+}
+
 /* The worker's environment: the daemon's, less what the model sets, plus
  * the model's env and CUDA_VISIBLE_DEVICES. NULL on ENOMEM. */
 static char **build_env(mbd_worker *w, const char *cuda_visible) {
@@ -510,9 +537,9 @@ static int start_once(mbd_worker *w, mb_op *op) {
       free_list(argv, i);
       return MB_ENOMEM;
     }
-  char gpu[16] = "";
-  if (w->gpu >= 0)
-    snprintf(gpu, sizeof(gpu), "%d", w->gpu);
+  char gpu[256];
+  if (mbd_cuda_visible_for(getenv("CUDA_VISIBLE_DEVICES"), w->gpu, gpu, sizeof(gpu)) != 0)
+    snprintf(gpu, sizeof(gpu), "%d", w->gpu); /* not in the daemon's list: as is */
   char **envp = build_env(w, gpu);
   if (envp == NULL) {
     free_list(argv, w->n_cmd);

@@ -94,6 +94,16 @@ int mbd_worker_cleanup(mbd_worker *w, char *err, size_t err_len);
 void mbd_worker_busy_begin(mbd_worker *w);
 int mbd_worker_busy_end(mbd_worker *w);
 
+/*
+ * CUDA_VISIBLE_DEVICES for a worker placed on the daemon's CUDA ordinal
+ * (-1: the host device, ""). The daemon's driver numbers only the GPUs its
+ * own CUDA_VISIBLE_DEVICES lists, in that order, so with a list (parent,
+ * NULL or "" when unset) ordinal k is its k-th entry (an index, a UUID or a
+ * MIG name, passed on as written); without one, k itself. Writes out;
+ * -1 when it does not fit or k is not in the list.
+ */
+int mbd_cuda_visible_for(const char *parent, int ordinal, char *out, size_t len);
+
 /* Sends an HTTP request to 127.0.0.1:port (method, path, optional body),
  * waiting at most timeout_ms; *status gets the HTTP status (0 when none).
  * For health checks and hooks. 0 or MB_EBACKEND with a message. */
