@@ -482,10 +482,10 @@ static mb_ctx *tensors_ctx(mb_device_kind kind) {
   return ctx;
 }
 
-static mb_tensors_model *tensors_model(mb_ctx *ctx, int stable, int no_fallback) {
+static mb_tensors_model *tensors_model_io(mb_ctx *ctx, int stable, int no_fallback, int io) {
   const char *paths[1] = {g_path};
   mb_tensors_opts to = {.chunk_bytes = 1 * MiB, .threads = 3, .stable_addresses = stable,
-                        .no_fallback = no_fallback};
+                        .no_fallback = no_fallback, .io = io};
   mb_tensors_model *m = NULL;
   char err[256] = "";
   if (mb_tensors_model_new(paths, 1, &to, &m, err, sizeof(err)) != 0)
@@ -497,6 +497,10 @@ static mb_tensors_model *tensors_model(mb_ctx *ctx, int stable, int no_fallback)
   if (mb_model_add(ctx, "m", mb_tensors_backend(), m, &mo, err, sizeof(err)) != 0)
     fail_msg("mb_model_add: %s", err);
   return m;
+}
+
+static mb_tensors_model *tensors_model(mb_ctx *ctx, int stable, int no_fallback) {
+  return tensors_model_io(ctx, stable, no_fallback, 0);
 }
 
 static void acquire_check(mb_ctx *ctx, mb_tensors_model *m, uint64_t *ptrs, size_t max,
@@ -553,6 +557,16 @@ static void test_stable_addresses(void **state) {
   assert_int_equal(st.vram_bytes, 0);
   assert_int_equal(st.host_bytes, 0);
   assert_int_equal(resident_pages(ptrs[0] & ~(uint64_t)4095, (size_t)bytes / 2), 0);
+  acquire_check(ctx, m, ptrs, MAX_TENSORS, 1);
+  assert_int_equal(mb_model_remove(ctx, "m"), 0);
+  assert_int_equal(mb_ctx_free(ctx), 0);
+
+  /* Direct reads (io 2) land in the stable mapping itself, while the
+   * populator faults its pages in: the same bytes, load after load. */
+  ctx = tensors_ctx(MB_DEVICE_HOST);
+  m = tensors_model_io(ctx, 1, 0, 2);
+  acquire_check(ctx, m, ptrs, MAX_TENSORS, 0);
+  assert_int_equal(mb_unload(ctx, "m", err, sizeof(err)), 0);
   acquire_check(ctx, m, ptrs, MAX_TENSORS, 1);
   assert_int_equal(mb_model_remove(ctx, "m"), 0);
   assert_int_equal(mb_ctx_free(ctx), 0);
