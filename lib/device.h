@@ -23,6 +23,11 @@
 int mb__device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total, uint64_t *free_bytes,
                         char *err, size_t err_len);
 
+/* The PCI bus id ("0000:65:00.0") of CUDA ordinal as this process's driver
+ * numbers GPUs (after CUDA_VISIBLE_DEVICES), into buf (16 to 256 bytes):
+ * how NVML finds the same GPU. MB_ENODEV without a driver or CUDA build. */
+int mb__device_pci_bus_id(int ordinal, char *buf, size_t len);
+
 /* Host device: memory from /proc/meminfo (sysinfo as a fallback). */
 int mb__host_mem_info(uint64_t *total, uint64_t *free_bytes);
 

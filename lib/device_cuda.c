@@ -55,6 +55,7 @@ static struct {
   __typeof__(&cuMemGetInfo) mem_info;
   __typeof__(&cuDeviceGetCount) device_count;
   __typeof__(&cuDeviceGetAttribute) device_attr;
+  __typeof__(&cuDeviceGetPCIBusId) pci_bus_id; /* optional */
   __typeof__(&cuEventCreate) event_create;
   __typeof__(&cuEventRecord) event_record;
   __typeof__(&cuEventSynchronize) event_sync;
@@ -136,6 +137,7 @@ static void load_driver(void) {
   LOAD(event_destroy, "cuEventDestroy_v2");
   LOAD(host_register, "cuMemHostRegister_v2");
   LOAD(host_unregister, "cuMemHostUnregister");
+  LOAD_OPT(pci_bus_id, "cuDeviceGetPCIBusId");
   LOAD_OPT(va_granularity, "cuMemGetAllocationGranularity");
   LOAD_OPT(va_reserve, "cuMemAddressReserve");
   LOAD_OPT(va_free, "cuMemAddressFree");
@@ -172,6 +174,18 @@ int mb__cuda_usable(char *why, size_t why_len) {
   if (!drv.ok && why != NULL && why_len > 0)
     snprintf(why, why_len, "%s", drv.why);
   return drv.ok;
+}
+
+int mb__cuda_pci_bus_id(int ordinal, char *buf, size_t len) {
+  pthread_once(&drv.once, load_driver);
+  if (!drv.ok || drv.pci_bus_id == NULL || ordinal < 0 || ordinal >= drv.n_gpus || len < 16 ||
+      len > 256)
+    return MB_ENODEV;
+  CUdevice dev;
+  if (drv.device_get(&dev, ordinal) != CUDA_SUCCESS ||
+      drv.pci_bus_id(buf, (int)len, dev) != CUDA_SUCCESS)
+    return MB_ENODEV;
+  return 0;
 }
 
 int mb__cuda_open(int ordinal, mb__cuda **out, char *err, size_t err_len) {

@@ -65,6 +65,15 @@ int mb__host_mem_info(uint64_t *total, uint64_t *free_bytes) {
   return 0;
 }
 
+int mb__device_pci_bus_id(int ordinal, char *buf, size_t len) {
+#ifdef MB_HAVE_CUDA_H
+  return mb__cuda_pci_bus_id(ordinal, buf, len);
+#else
+  (void)ordinal, (void)buf, (void)len;
+  return MB_ENODEV;
+#endif
+}
+
 int mb__device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total, uint64_t *free_bytes,
                         char *err, size_t err_len) {
   if (kind == MB_DEVICE_HOST) {

@@ -15,6 +15,7 @@
 
 #include "modelbuf/modelbuf.h"
 #include "alloc.h"
+#include "device.h"
 
 typedef int nvml_ret;       /* nvmlReturn_t: 0 = NVML_SUCCESS */
 typedef void *nvml_device;  /* nvmlDevice_t */
@@ -44,10 +45,11 @@ static struct {
   int ok;
   char why[160];
   nvml_ret (*device_by_index)(unsigned int, nvml_device *);
+  nvml_ret (*device_by_pci)(const char *, nvml_device *); /* optional */
   nvml_ret (*memory_info)(nvml_device, nvml_memory *);
   nvml_ret (*procs)(nvml_device, unsigned int *, nvml_proc *);
   const char *(*error_string)(nvml_ret);
-} nv = {PTHREAD_ONCE_INIT, 0, "", NULL, NULL, NULL, NULL};
+} nv = {PTHREAD_ONCE_INIT, 0, "", NULL, NULL, NULL, NULL, NULL};
 
 static void load_nvml(void) {
   void *dl = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -58,6 +60,8 @@ static void load_nvml(void) {
   nvml_ret (*init)(void) = (nvml_ret(*)(void))dlsym(dl, "nvmlInit_v2");
   nv.device_by_index = (nvml_ret(*)(unsigned int, nvml_device *))dlsym(
       dl, "nvmlDeviceGetHandleByIndex_v2");
+  nv.device_by_pci = (nvml_ret(*)(const char *, nvml_device *))dlsym(
+      dl, "nvmlDeviceGetHandleByPciBusId_v2");
   nv.memory_info = (nvml_ret(*)(nvml_device, nvml_memory *))dlsym(dl, "nvmlDeviceGetMemoryInfo");
   nv.procs = (nvml_ret(*)(nvml_device, unsigned int *, nvml_proc *))dlsym(
       dl, "nvmlDeviceGetComputeRunningProcesses_v2");
@@ -87,9 +91,20 @@ int mb__nvml_available(char *why, size_t why_len) {
   return nv.ok;
 }
 
+/*
+ * The NVML handle of CUDA ordinal. NVML numbers every GPU of the machine in
+ * PCI order, while the driver numbers those CUDA_VISIBLE_DEVICES lets it
+ * see, fastest first: the two agree only on a machine of identical GPUs
+ * with nothing hidden. So the GPU is found by its PCI bus id, which the
+ * driver gives; by index only where that cannot be had.
+ */
 static int device(int ordinal, nvml_device *d, char *err, size_t err_len) {
   if (!mb__nvml_available(err, err_len))
     return MB_ENODEV;
+  char bus[32];
+  if (ordinal >= 0 && nv.device_by_pci != NULL &&
+      mb__device_pci_bus_id(ordinal, bus, sizeof(bus)) == 0 && nv.device_by_pci(bus, d) == 0)
+    return 0;
   nvml_ret r = ordinal < 0 ? 1 : nv.device_by_index((unsigned)ordinal, d);
   if (r != 0) {
     mb__set_err(err, err_len, "NVML: no GPU %d (%s)", ordinal,

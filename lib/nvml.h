@@ -20,7 +20,8 @@
 /* 1 when NVML is usable, else 0 with the reason in why (may be NULL). */
 int mb__nvml_available(char *why, size_t why_len);
 
-/* Total and used memory of GPU ordinal (NVML's index). 0, MB_ENODEV,
+/* Total and used memory of CUDA ordinal (the GPU with its PCI bus id; NVML's
+ * index where the driver cannot tell it). 0, MB_ENODEV,
  * MB_EBACKEND with a message. */
 int mb__nvml_device_memory(int ordinal, uint64_t *total, uint64_t *used, char *err,
                            size_t err_len);

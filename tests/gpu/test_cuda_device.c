@@ -324,12 +324,14 @@ static void test_nvml(mb__dev *d) {
   CHECK(mb__dev_mem_info(d, &cu_total, NULL, err, sizeof(err)) == 0);
   CHECK(mb__nvml_device_memory(0, &nv_total, &nv_used, err, sizeof(err)) == 0);
   /* NVML counts memory the driver reserves; the two agree within 5%
-   * (NVML's index 0 is CUDA's ordinal 0 on a one-GPU machine). */
+   * (NVML finds cuda:0 by the PCI bus id the driver gives). */
+  char bus[32] = "";
+  CHECK(mb__device_pci_bus_id(0, bus, sizeof(bus)) == 0 && strchr(bus, ':') != NULL);
   CHECK(nv_total > 0 && nv_used <= nv_total);
   uint64_t diff = nv_total > cu_total ? nv_total - cu_total : cu_total - nv_total;
   CHECK(diff <= nv_total / 20);
-  printf("ok: NVML total %.0f MiB, cuMemGetInfo total %.0f MiB, NVML used %.0f MiB\n",
-         (double)nv_total / MiB, (double)cu_total / MiB, (double)nv_used / MiB);
+  printf("ok: cuda:0 is %s; NVML total %.0f MiB, cuMemGetInfo total %.0f MiB, NVML used %.0f MiB\n",
+         bus, (double)nv_total / MiB, (double)cu_total / MiB, (double)nv_used / MiB);
 }
 
 int main(void) {
