@@ -6,8 +6,8 @@
  * (include/modelbuf/tensors.h).
  *
  * Offload and restore copy the arena in chunks on several streams with
- * several chunks in flight (asynchronous copies with events), and wait for
- * every one before the device memory is freed or the model declared READY.
+ * several chunks in flight (mb__dev_copy_pinned), and wait for every one
+ * before the device memory is freed or the model declared READY.
  *
  * With stable_addresses the arena is a reserved address range (device.h,
  * mb__dev_vrange) mapped at load/restore and unmapped at offload/unload;
@@ -286,59 +286,12 @@ static void release_all(mb_tensors_model *m) {
     drop_dev(m);
 }
 
-/* Chunks of an offload/restore copy and how many are in flight at once:
- * each chunk lies inside one slice of the pinned host buffer. */
-#define COPY_CHUNK (MB_DEV_PIN_SLICE / 4)
-#define COPY_IN_FLIGHT 8
-#define COPY_STREAMS 4
-
-/*
- * Copies the whole arena between the device and the host buffer, up to
- * COPY_IN_FLIGHT chunks in flight on COPY_STREAMS streams; returns only once
- * every copy it started is complete, also on error (the caller frees one of
- * the two buffers next). Restore reports progress as chunks complete.
- */
+/* Offload (to_device 0) or restore (1) of the whole arena through the
+ * model's pinned host buffer; restore reports progress as chunks complete. */
 static int copy_arena(mb_tensors_model *m, mb_op *op, int to_device, uint64_t arena,
                       size_t bytes) {
-  mb__dev_event *ev[COPY_IN_FLIGHT];
-  size_t end[COPY_IN_FLIGHT]; /* arena offset where each chunk in flight ends */
-  size_t issued = 0, waited = 0, off = 0;
-  char *host = m->host;
-  int rc = 0;
-  while (off < bytes && rc == 0) {
-    if (issued - waited == COPY_IN_FLIGHT) {
-      size_t w = waited++ % COPY_IN_FLIGHT;
-      rc = mb__dev_event_wait(m->dev, ev[w], op->err, op->err_len);
-      if (rc == 0 && to_device)
-        mb_op_progress(op, end[w], bytes);
-      continue;
-    }
-    size_t n = bytes - off < COPY_CHUNK ? bytes - off : COPY_CHUNK;
-    size_t k = issued % COPY_IN_FLIGHT;
-    int stream = (int)(issued % COPY_STREAMS);
-    rc = to_device ? mb__dev_h2d_async(m->dev, arena + off, host + off, n, stream, &ev[k],
-                                       op->err, op->err_len)
-                   : mb__dev_d2h_async(m->dev, host + off, arena + off, n, stream, &ev[k],
-                                       op->err, op->err_len);
-    if (rc != 0)
-      break;
-    off += n;
-    end[k] = off;
-    issued++;
-  }
-  /* Every copy started is waited for, whatever failed. */
-  while (waited < issued) {
-    size_t w = waited++ % COPY_IN_FLIGHT;
-    char e2[256];
-    int r = mb__dev_event_wait(m->dev, ev[w], e2, sizeof(e2));
-    if (r != 0 && rc == 0) {
-      rc = r;
-      mb__set_err(op->err, op->err_len, "%s", e2);
-    }
-    if (rc == 0 && to_device)
-      mb_op_progress(op, end[w], bytes);
-  }
-  return rc;
+  return mb__dev_copy_pinned(m->dev, to_device, arena, m->host, bytes,
+                             to_device ? on_progress : NULL, op, op->err, op->err_len);
 }
 
 static int t_load(mb_op *op) {

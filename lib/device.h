@@ -142,6 +142,23 @@ int mb__dev_pinned_alloc(mb__dev *d, size_t bytes, int threads, void **out, char
 void mb__dev_pinned_free(mb__dev *d, void *p, size_t bytes);
 
 /*
+ * Copies bytes between device memory at dptr and a buffer from
+ * mb__dev_pinned_alloc (host, the same bytes), to the device when
+ * to_device, in chunks of MB_DEV_COPY_CHUNK (each inside one pinned slice)
+ * on MB_DEV_COPY_STREAMS streams, up to MB_DEV_COPY_IN_FLIGHT in flight:
+ * the offload and restore of a model. Returns only once every copy it
+ * started is complete, also on error (the caller frees one of the two
+ * buffers next). progress (may be NULL) gets (user, bytes done, bytes) as
+ * chunks complete, in order. MB_EIO with a message.
+ */
+#define MB_DEV_COPY_CHUNK (MB_DEV_PIN_SLICE / 4)
+#define MB_DEV_COPY_IN_FLIGHT 8
+#define MB_DEV_COPY_STREAMS 4
+int mb__dev_copy_pinned(mb__dev *d, int to_device, uint64_t dptr, void *host, size_t bytes,
+                        void (*progress)(void *user, uint64_t done, uint64_t total), void *user,
+                        char *err, size_t err_len);
+
+/*
  * A stable device address range (the tensors backend's stable_addresses
  * option): a virtual range reserved once, backed by device memory while
  * mapped and released while not, so the address stays the same across

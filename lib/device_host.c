@@ -540,6 +540,48 @@ void mb__dev_pinned_free(mb__dev *d, void *p, size_t bytes) {
   mb__aligned_free(p);
 }
 
+int mb__dev_copy_pinned(mb__dev *d, int to_device, uint64_t dptr, void *host, size_t bytes,
+                        void (*progress)(void *user, uint64_t done, uint64_t total), void *user,
+                        char *err, size_t err_len) {
+  mb__dev_event *ev[MB_DEV_COPY_IN_FLIGHT];
+  size_t end[MB_DEV_COPY_IN_FLIGHT]; /* where each chunk in flight ends */
+  size_t issued = 0, waited = 0, off = 0;
+  char *h = host;
+  int rc = 0;
+  while (off < bytes && rc == 0) {
+    if (issued - waited == MB_DEV_COPY_IN_FLIGHT) {
+      size_t w = waited++ % MB_DEV_COPY_IN_FLIGHT;
+      rc = mb__dev_event_wait(d, ev[w], err, err_len);
+      if (rc == 0 && progress != NULL)
+        progress(user, end[w], bytes);
+      continue;
+    }
+    size_t n = bytes - off < MB_DEV_COPY_CHUNK ? bytes - off : MB_DEV_COPY_CHUNK;
+    size_t k = issued % MB_DEV_COPY_IN_FLIGHT;
+    int stream = (int)(issued % MB_DEV_COPY_STREAMS);
+    rc = to_device ? mb__dev_h2d_async(d, dptr + off, h + off, n, stream, &ev[k], err, err_len)
+                   : mb__dev_d2h_async(d, h + off, dptr + off, n, stream, &ev[k], err, err_len);
+    if (rc != 0)
+      break;
+    off += n;
+    end[k] = off;
+    issued++;
+  }
+  /* Every copy started is waited for, whatever failed. */
+  while (waited < issued) {
+    size_t w = waited++ % MB_DEV_COPY_IN_FLIGHT;
+    char e2[256];
+    int r = mb__dev_event_wait(d, ev[w], e2, sizeof(e2));
+    if (r != 0 && rc == 0) {
+      rc = r;
+      mb__set_err(err, err_len, "%s", e2);
+    }
+    if (rc == 0 && progress != NULL)
+      progress(user, end[w], bytes);
+  }
+  return rc;
+}
+
 /* ---- stable address ranges ---------------------------------------------- */
 
 struct mb__dev_vrange {
