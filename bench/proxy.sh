@@ -58,8 +58,10 @@ http { access_log off;
 CONF
   upcmd="[$nginx, -e, $dir/up.err, -p, $dir, -c, $dir/up.conf]"
 else
-  upcmd="[/usr/bin/python3, $(pwd)/tests/e2e/workers/mini_worker.py, \"$up\", up]"
+  upcmd="[/usr/bin/python3, $(pwd)/tests/e2e/workers/test_worker.py, --port, \"$up\", --model, up]"
 fi
+# The path asked: nginx answers any; the test worker answers GET /health.
+upath=$([ -n "$nginx" ] && echo /x || echo /health)
 cat > "$dir/mb.yaml" <<CONF
 listen: 127.0.0.1:$mb
 devices: [{host: true}]
@@ -89,7 +91,7 @@ run() {
   printf '%-10s %s\n' "$1" "$r" >&2
   echo "$r" | sed 's/.*rps=\([0-9]*\).*p50_us=\([0-9]*\).*/\1 \2/'
 }
-d=$(run direct "http://127.0.0.1:$up/x")
+d=$(run direct "http://127.0.0.1:$up$upath")
 n=""
 if [ -n "$nginx" ]; then
   n=$(run nginx "http://127.0.0.1:$px/x")
@@ -98,7 +100,7 @@ if [ -n "${PERF:-}" ]; then
   perf record -g -o "$PERF" -p "$mbpid" -- sleep "$secs" >/dev/null 2>&1 &
   perfpid=$!
 fi
-m=$(run modelbufd "http://127.0.0.1:$mb/m/up/x")
+m=$(run modelbufd "http://127.0.0.1:$mb/m/up$upath")
 [ -z "${PERF:-}" ] || wait "$perfpid" || true
 base=${n:-$d}
 name=$([ -n "$nginx" ] && echo nginx || echo direct)
