@@ -55,6 +55,7 @@ static struct {
   __typeof__(&cuMemGetInfo) mem_info;
   __typeof__(&cuDeviceGetCount) device_count;
   __typeof__(&cuDeviceGetAttribute) device_attr;
+  __typeof__(&cuDeviceTotalMem) total_mem;     /* optional */
   __typeof__(&cuDeviceGetPCIBusId) pci_bus_id; /* optional */
   __typeof__(&cuEventCreate) event_create;
   __typeof__(&cuEventRecord) event_record;
@@ -138,6 +139,7 @@ static void load_driver(void) {
   LOAD(host_register, "cuMemHostRegister_v2");
   LOAD(host_unregister, "cuMemHostUnregister");
   LOAD_OPT(pci_bus_id, "cuDeviceGetPCIBusId");
+  LOAD_OPT(total_mem, "cuDeviceTotalMem_v2");
   LOAD_OPT(va_granularity, "cuMemGetAllocationGranularity");
   LOAD_OPT(va_reserve, "cuMemAddressReserve");
   LOAD_OPT(va_free, "cuMemAddressFree");
@@ -188,6 +190,31 @@ int mb__cuda_pci_bus_id(int ordinal, char *buf, size_t len) {
   return 0;
 }
 
+int mb__cuda_total_mem(int ordinal, uint64_t *total, char *err, size_t err_len) {
+  pthread_once(&drv.once, load_driver);
+  if (!drv.ok) {
+    mb__set_err(err, err_len, "cuda:%d: %s", ordinal, drv.why);
+    return MB_ENODEV;
+  }
+  if (ordinal < 0 || ordinal >= drv.n_gpus) {
+    mb__set_err(err, err_len, "cuda:%d: no such GPU (the driver sees %d)", ordinal, drv.n_gpus);
+    return MB_ENODEV;
+  }
+  if (drv.total_mem == NULL)
+    return MB_ENOTSUP;
+  CUdevice dev;
+  CUresult r = drv.device_get(&dev, ordinal);
+  if (r != CUDA_SUCCESS)
+    return cu_fail(r, "cuDeviceGet", MB_ENODEV, err, err_len);
+  size_t t = 0;
+  r = drv.total_mem(&t, dev);
+  if (r != CUDA_SUCCESS)
+    return cu_fail(r, "cuDeviceTotalMem", MB_EIO, err, err_len);
+  if (total)
+    *total = t;
+  return 0;
+}
+
 int mb__cuda_open(int ordinal, mb__cuda **out, char *err, size_t err_len) {
   *out = NULL;
   pthread_once(&drv.once, load_driver);
@@ -220,7 +247,13 @@ int mb__cuda_open(int ordinal, mb__cuda **out, char *err, size_t err_len) {
     mb__free(c);
     return cu_fail(r, "cuDevicePrimaryCtxRetain", MB_ENODEV, err, err_len);
   }
-  drv.ctx_set(c->ctx);
+  r = drv.ctx_set(c->ctx);
+  if (r != CUDA_SUCCESS) {
+    drv.ctx_release(c->dev);
+    pthread_mutex_destroy(&c->ev_mu);
+    mb__free(c);
+    return cu_fail(r, "cuCtxSetCurrent", MB_ENODEV, err, err_len);
+  }
   for (int i = 0; i < N_STREAMS; i++) {
     r = drv.stream_create(&c->streams[i], CU_STREAM_NON_BLOCKING);
     if (r != CUDA_SUCCESS) {
@@ -294,9 +327,16 @@ void mb__cuda_host_free(mb__cuda *c, void *p) {
   drv.host_free(p);
 }
 
+/* The copy stream for a caller's stream number (any int; -INT_MIN is not
+ * representable, so the index is taken in unsigned arithmetic). */
+static CUstream pick_stream(const mb__cuda *c, int stream) {
+  unsigned u = stream < 0 ? 0u - (unsigned)stream : (unsigned)stream;
+  return c->streams[u % N_STREAMS];
+}
+
 int mb__cuda_copy(mb__cuda *c, int to_device, uint64_t dptr, void *host, size_t n, int stream,
                   char *err, size_t err_len) {
-  CUstream s = c->streams[(stream < 0 ? -stream : stream) % N_STREAMS];
+  CUstream s = pick_stream(c, stream);
   drv.ctx_set(c->ctx);
   CUresult r = to_device ? drv.h2d((CUdeviceptr)dptr, host, n, s)
                          : drv.d2h(host, (CUdeviceptr)dptr, n, s);
@@ -333,7 +373,7 @@ static void give_event(mb__cuda *c, CUevent e) {
 
 int mb__cuda_copy_async(mb__cuda *c, int to_device, uint64_t dptr, void *host, size_t n,
                         int stream, void **ev, char *err, size_t err_len) {
-  CUstream s = c->streams[(stream < 0 ? -stream : stream) % N_STREAMS];
+  CUstream s = pick_stream(c, stream);
   CUevent e = NULL;
   *ev = NULL;
   drv.ctx_set(c->ctx);

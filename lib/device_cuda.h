@@ -15,6 +15,9 @@ typedef struct mb__cuda mb__cuda;
  * a message when there is no driver or no such device. */
 int mb__cuda_open(int ordinal, mb__cuda **out, char *err, size_t err_len);
 void mb__cuda_close(mb__cuda *c);
+/* Total memory of CUDA ordinal (cuDeviceTotalMem: no context is created).
+ * MB_ENODEV as mb__cuda_open; MB_ENOTSUP when the driver lacks the call. */
+int mb__cuda_total_mem(int ordinal, uint64_t *total, char *err, size_t err_len);
 int mb__cuda_mem_info(mb__cuda *c, uint64_t *total, uint64_t *free_bytes, char *err,
                       size_t err_len);
 int mb__cuda_alloc(mb__cuda *c, size_t bytes, uint64_t *dptr, char *err, size_t err_len);

@@ -83,6 +83,15 @@ int mb__device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total, uint6
     return rc;
   }
 #ifdef MB_HAVE_CUDA_H
+  /* The total alone needs no context: retaining the primary context only
+   * to read it would create one on the GPU (time and device memory, and a
+   * refusal on an exclusive-process GPU that a worker holds) and destroy
+   * it again when nothing else holds it. */
+  if (free_bytes == NULL) {
+    int rc = mb__cuda_total_mem(ordinal, total, err, err_len);
+    if (rc != MB_ENOTSUP)
+      return rc;
+  }
   mb__cuda *c = NULL;
   int rc = mb__cuda_open(ordinal, &c, err, err_len);
   if (rc != 0)
@@ -112,7 +121,7 @@ struct mb__dev {
   if ((d)->cuda != NULL) \
   return call
 #else
-#define CUDA_OR(d, call) (void)0
+#define CUDA_OR(d, call) (void)(d)
 #endif
 
 void *mb__aligned_alloc(size_t align, size_t bytes) {
@@ -244,6 +253,9 @@ int mb__dev_shared(mb_device_kind kind, int ordinal, mb__dev **out, char *err, s
 
 int mb__dev_mem_info(mb__dev *d, uint64_t *total, uint64_t *free_bytes, char *err,
                      size_t err_len) {
+  /* An open CUDA handle asks its own context (no second open of the device,
+   * with its streams, for each figure). */
+  CUDA_OR(d, mb__cuda_mem_info(d->cuda, total, free_bytes, err, err_len));
   return mb__device_mem_info(d->kind, d->ordinal, total, free_bytes, err, err_len);
 }
 
@@ -288,6 +300,7 @@ void mb__dev_free(mb__dev *d, uint64_t dptr) {
     return;
   }
 #endif
+  (void)d;
   mb__aligned_free((void *)(uintptr_t)dptr);
 }
 
@@ -322,6 +335,7 @@ void mb__dev_host_free(mb__dev *d, void *p) {
     return;
   }
 #endif
+  (void)d;
   mb__aligned_free(p);
 }
 
@@ -458,6 +472,7 @@ static void unpin(mb__dev *d, char *base, size_t bytes, const unsigned char *don
       continue;
     }
 #endif
+    (void)d;
     size_t off = i * (size_t)MB_DEV_PIN_SLICE;
     munlock(p, bytes - off < MB_DEV_PIN_SLICE ? bytes - off : MB_DEV_PIN_SLICE);
   }

@@ -88,8 +88,7 @@ static void load_driver(void) {
   cu_result r = drv.init(0);
   if (r != CU_SUCCESS) {
     snprintf(drv.why, sizeof(drv.why), "cuInit failed (CUDA error %d): no usable GPU", r);
-    dlclose(dl);
-    return;
+    return; /* the library stays loaded: cuInit ran in it (as device_cuda.c) */
   }
   drv.ok = 1; /* the library stays loaded for the life of the process */
 }

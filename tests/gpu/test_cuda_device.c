@@ -344,6 +344,10 @@ int main(void) {
   CHECK(rc == 0);
   uint64_t total = 0, free0 = 0, free1 = 0;
   CHECK(mb__dev_mem_info(d, &total, &free0, err, sizeof(err)) == 0 && total > 0);
+  /* the total alone comes without a context (cuDeviceTotalMem): the same GPU */
+  uint64_t total_nc = 0;
+  CHECK(mb__device_mem_info(MB_DEVICE_CUDA, 0, &total_nc, NULL, err, sizeof(err)) == 0);
+  CHECK(total_nc + total / 20 >= total && total_nc <= total + total / 20);
   CHECK(mkdtemp(dir) != NULL);
   test_round_trip(d);
   test_async(d);
