@@ -156,7 +156,7 @@ static void on_event(const mb_event *ev, void *arg) {
   }
   if (ev->device >= 0)
     json_object_set_new(o, "device", json_integer(ev->device));
-  char *s = json_dumps(o, JSON_COMPACT);
+  char *s = json_dumps(o, MBD_JSON_FLAGS);
   json_decref(o);
 
   pthread_mutex_lock(&d->mu);

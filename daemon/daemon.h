@@ -15,6 +15,9 @@
 #include "worker.h"
 
 #define MBD_EVENT_RING 1024
+/* How every JSON answer and event is written: compact, and reals with 12
+ * significant digits (0.25, not 0.25000000000000001). Needs jansson.h. */
+#define MBD_JSON_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(12))
 #define MBD_LOAD_BUCKETS 10
 
 typedef struct mbd_model {

@@ -34,7 +34,7 @@ MHD_RESULT mbd_reply_text(struct MHD_Connection *c, int status, const char *type
 /* A JSON document (taken over) with one more header (none when NULL). */
 static MHD_RESULT reply_doc(struct MHD_Connection *c, int status, json_t *doc,
                             const char *header, const char *value) {
-  char *s = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  char *s = doc ? json_dumps(doc, MBD_JSON_FLAGS) : NULL;
   json_decref(doc);
   if (s == NULL)
     return mbd_reply_text(c, 500, "application/json",
@@ -311,13 +311,14 @@ static void log_mhd(void *arg, const char *fmt, va_list ap) {
 static struct MHD_Daemon *start_on(mbd *d, int fd, int port, int flags) {
   unsigned mem = (unsigned)(d->cfg->max_header_bytes > 0 ? d->cfg->max_header_bytes * 2
                                                           : 128 * 1024);
+  /* The logger first: libmicrohttpd warns (on its own logger) otherwise. */
   return MHD_start_daemon(
       (unsigned)flags | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD |
           MHD_USE_ITC | MHD_USE_ERROR_LOG,
-      (uint16_t)port, NULL, NULL, handler, d, MHD_OPTION_LISTEN_SOCKET, fd,
-      MHD_OPTION_NOTIFY_COMPLETED, completed, d, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-      (size_t)mem, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0, MHD_OPTION_EXTERNAL_LOGGER,
-      log_mhd, d, MHD_OPTION_END);
+      (uint16_t)port, NULL, NULL, handler, d, MHD_OPTION_EXTERNAL_LOGGER, log_mhd, d,
+      MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_NOTIFY_COMPLETED, completed, d,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)mem, MHD_OPTION_CONNECTION_TIMEOUT,
+      (unsigned)0, MHD_OPTION_END);
 }
 
 /* A listening TCP socket on host:port (numeric or "localhost"). */

@@ -327,7 +327,7 @@ static MHD_RESULT list(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_tensor
                           "arena_bytes", (json_int_t)mb_tensors_model_bytes(tm), "files", files,
                           "tensors", tensors);
   release(d, m, g, granted_at);
-  char *s = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+  char *s = doc ? json_dumps(doc, MBD_JSON_FLAGS) : NULL;
   json_decref(doc);
   struct MHD_Response *resp =
       s ? MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE) : NULL;
