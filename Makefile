@@ -66,8 +66,12 @@ bench: build
 	bench/run $(BUILD)
 
 # GPU tests (tests/gpu): need a CUDA driver and a GPU; exit 77 without one.
+# The device layer, loader and tensors backend on cuda:0, then modelbufd end
+# to end (PyTorch workers with and without hooks, a tensors model) against
+# nvidia-smi's figures.
 test-gpu: build
 	$(BUILD)/tests/gpu/test_cuda_device
+	python3 tests/gpu/daemon_gpu.py --build $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)
