@@ -9,7 +9,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "expand.h"
 #include "http.h"
+#include "tensors.h"
 #include "units.h"
 
 /* ------------------------------------------------------------------------ */
@@ -33,6 +35,32 @@ static json_t *device_name(mbd *d, int dev) {
   if (dev < 0 || mb_device_info_get(d->ctx, dev, &di) != 0)
     return json_null();
   return json_string(di.name);
+}
+
+/* The weight files of m: a tensors model's as last opened; else its
+ * files: entries expanded now (folders, indexes, patterns), or as written
+ * when they cannot be. */
+static json_t *files_json(mbd *d, mbd_model *m) {
+  json_t *files = NULL;
+  pthread_rwlock_rdlock(&d->reload_rw);
+  if (m->tensors != NULL)
+    files = mbd_tensors_files(m->tensors);
+  pthread_rwlock_unlock(&d->reload_rw);
+  if (files != NULL)
+    return files;
+  files = json_array();
+  char **paths = NULL, err[256];
+  size_t n = 0;
+  if (m->mc->n_files > 0 &&
+      mbd_files_expand(m->mc->files, m->mc->n_files, m->name, &paths, &n, err, sizeof(err)) == 0) {
+    for (size_t i = 0; i < n; i++)
+      json_array_append_new(files, json_string(paths[i]));
+    mb_tensors_paths_free(paths, n);
+  } else {
+    for (size_t i = 0; i < m->mc->n_files; i++)
+      json_array_append_new(files, json_string(m->mc->files[i]));
+  }
+  return files;
 }
 
 static json_t *secs_or_forever(int64_t ms) {
@@ -98,10 +126,7 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
   json_object_set_new(o, "warnings", warn);
   json_object_set_new(o, "pinned", json_boolean(st.pinned));
   json_object_set_new(o, "aliases", aliases);
-  json_t *files = json_array();
-  for (size_t i = 0; i < m->mc->n_files; i++)
-    json_array_append_new(files, json_string(m->mc->files[i]));
-  json_object_set_new(o, "files", files);
+  json_object_set_new(o, "files", files_json(d, m));
   if (st.state == MB_STATE_LOADING || st.state == MB_STATE_RESTORING)
     json_object_set_new(o, "progress",
                         json_pack("{s:I,s:I}", "done_bytes", (json_int_t)st.progress_done,

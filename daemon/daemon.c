@@ -14,6 +14,7 @@
 
 #include "daemon.h"
 #include "device.h"
+#include "expand.h"
 #include "modelbuf/plugin.h"
 #include "tensors.h"
 
@@ -263,8 +264,16 @@ static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, siz
     rc = mb_plugin_open(m->mc->plugin, &lib, err, err_len);
     if (rc != 0)
       return rc;
-    rc = mb_model_add_plugin(d->ctx, m->name, lib, (const char *const *)m->mc->files,
-                             m->mc->n_files, NULL, &mo, &m->plugin, err, err_len);
+    /* Its files: entries as a tensors model's (folders, indexes, patterns). */
+    char **paths = NULL;
+    size_t n = 0;
+    rc = m->mc->n_files > 0 ? mbd_files_expand(m->mc->files, m->mc->n_files, m->name, &paths,
+                                                &n, err, err_len)
+                            : 0;
+    if (rc == 0)
+      rc = mb_model_add_plugin(d->ctx, m->name, lib, (const char *const *)paths, n, NULL, &mo,
+                               &m->plugin, err, err_len);
+    mb_tensors_paths_free(paths, n);
     mb_plugin_close(lib);
     return rc;
   }

@@ -218,3 +218,21 @@ int mbd_subst_worker(const char *tmpl, int port, const char *model, int gpu, cha
   *out = b.p;
   return 0;
 }
+
+int mbd_files_expand(char *const *files, size_t n, const char *model, char ***paths,
+                     size_t *n_paths, char *err, size_t err_len) {
+  *paths = NULL;
+  *n_paths = 0;
+  char **specs = calloc(n ? n : 1, sizeof(*specs));
+  int rc = specs == NULL ? MB_ENOMEM : 0;
+  for (size_t i = 0; i < n && rc == 0; i++)
+    rc = mbd_subst_worker(files[i], 0, model, -1, &specs[i]);
+  if (rc == 0)
+    rc = mb_tensors_expand((const char *const *)specs, n, paths, n_paths, err, err_len);
+  else
+    snprintf(err, err_len, "out of memory");
+  for (size_t i = 0; specs != NULL && i < n; i++)
+    free(specs[i]);
+  free(specs);
+  return rc;
+}

@@ -21,6 +21,7 @@
 #include <stddef.h>
 
 #include "modelbuf/modelbuf.h"
+#include "modelbuf/tensors.h" /* mb_tensors_paths_free */
 
 /*
  * Where ${NAME} values come from. get returns the value or NULL when unset;
@@ -58,5 +59,16 @@ int mbd_expand_env(const char *in, unsigned flags, const mbd_env *env, char **ou
  * caller frees. Errors: MB_EINVAL (NULL tmpl, model or out), MB_ENOMEM.
  */
 int mbd_subst_worker(const char *tmpl, int port, const char *model, int gpu, char **out) MB_WUR;
+
+/*
+ * The weight files a model's `files:` entries name: ${MODEL} and "$$"
+ * substituted in each (pass 2, as in a worker's values), then each entry
+ * expanded by mb_tensors_expand (a file; a folder: its Hugging Face index,
+ * else its .safetensors, else its .gguf files; an index.json; a glob
+ * pattern), each file once. Free *paths with mb_tensors_paths_free. Errors
+ * are mb_tensors_expand's, with its message in err.
+ */
+int mbd_files_expand(char *const *files, size_t n, const char *model, char ***paths,
+                     size_t *n_paths, char *err, size_t err_len) MB_WUR;
 
 #endif /* MBD_EXPAND_H */

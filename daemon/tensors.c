@@ -3,13 +3,16 @@
  * memory by libmodelbuf's tensors backend, served over HTTP.
  *
  * The backend here is a thin layer over mb_tensors_backend(): it keeps the
- * file paths and loader knobs, and before a load (from UNLOADED or FAILED)
- * it reads the files' headers again when a file changed on disk or could
- * not be read before. So a daemon whose weight file is missing or broken at
- * start still starts, the model fails each load with the file's fault (and
- * the core's back-off), and a repaired or replaced file is picked up by the
- * next cold load without a restart. Every other operation (load, offload,
- * restore, unload, usage) is the library's, on the same mb_op.
+ * configured `files:` entries and loader knobs, and before a load (from
+ * UNLOADED or FAILED) it expands the entries again (a folder, a Hugging
+ * Face index, a glob pattern: mbd_files_expand) and reads the files'
+ * headers again when the list of files differs, a file changed on disk or
+ * could not be read before. So a daemon whose weight file is missing or
+ * broken at start still starts, the model fails each load with the file's
+ * fault (and the core's back-off), and a repaired or replaced file, or a
+ * snapshot folder whose shards changed, is picked up by the next cold load
+ * without a restart. Every other operation (load, offload, restore,
+ * unload, usage) is the library's, on the same mb_op.
  *
  * Requests: GET /m/{name}/tensors lists the tensors; GET
  * /m/{name}/tensors/{tensor} streams one tensor's bytes, copied from the
@@ -17,7 +20,8 @@
  * with Range support. Routes and methods are checked before the lease, so
  * a typo never loads a model.
  *
- * Locking: mbd_tensors.mu guards tm and ids. tm is replaced only by a load,
+ * Locking: mbd_tensors.mu guards tm, ids, paths and n. They are replaced
+ * only by a load (on a loader thread, which reads them without the lock),
  * which the core never runs while a lease is out; so a request holding a
  * lease may use the tm it read under mu without holding mu. Requests that
  * read a model's tensors pointer without a lease (the route pre-check) hold
@@ -47,10 +51,13 @@ typedef struct file_id {
 } file_id;
 
 struct mbd_tensors {
-  char **paths;         /* the files, ${MODEL} and $$ substituted */
-  size_t n;
+  char *name;           /* the model's (for ${MODEL} in files) */
+  char **specs;         /* the configured files: entries */
+  size_t n_specs;
   mb_tensors_opts opts;
-  pthread_mutex_t mu;   /* guards tm and ids */
+  pthread_mutex_t mu;   /* guards tm, ids, paths and n */
+  char **paths;         /* the files of tm (mb_tensors_paths_free) */
+  size_t n;
   mb_tensors_model *tm; /* NULL until the headers could be read */
   file_id *ids;         /* each file as it was when tm was opened */
 };
@@ -58,11 +65,11 @@ struct mbd_tensors {
 /* ------------------------------------------------------------------------ */
 /* The model and its backend                                                 */
 
-static void ids_take(mbd_tensors *t, file_id *ids) {
-  for (size_t i = 0; i < t->n; i++) {
+static void ids_take(char *const *paths, size_t n, file_id *ids) {
+  for (size_t i = 0; i < n; i++) {
     struct stat st;
     memset(&ids[i], 0, sizeof(ids[i]));
-    if (stat(t->paths[i], &st) != 0)
+    if (stat(paths[i], &st) != 0)
       continue;
     ids[i].ok = 1;
     ids[i].dev = st.st_dev;
@@ -86,28 +93,51 @@ static int files_changed(mbd_tensors *t) {
   return 0;
 }
 
-/* Reads the headers into a new library model; replaces tm (not loaded). */
-static int reopen(mbd_tensors *t, char *err, size_t err_len) {
-  file_id *ids = calloc(t->n, sizeof(*ids));
+/* The files the configured entries name now (mbd_files_expand). */
+static int expand(mbd_tensors *t, char ***paths, size_t *n, char *err, size_t err_len) {
+  return mbd_files_expand(t->specs, t->n_specs, t->name, paths, n, err, err_len);
+}
+
+/* 1 when paths (n) is not the list tm was opened from. */
+static int list_differs(const mbd_tensors *t, char *const *paths, size_t n) {
+  if (n != t->n)
+    return 1;
+  for (size_t i = 0; i < n; i++)
+    if (strcmp(paths[i], t->paths[i]) != 0)
+      return 1;
+  return 0;
+}
+
+/* Reads the headers of paths (taken over) into a new library model, which
+ * replaces tm (not loaded). */
+static int reopen(mbd_tensors *t, char **paths, size_t n, char *err, size_t err_len) {
+  file_id *ids = calloc(n ? n : 1, sizeof(*ids));
   if (ids == NULL) {
+    mb_tensors_paths_free(paths, n);
     snprintf(err, err_len, "out of memory");
     return MB_ENOMEM;
   }
-  ids_take(t, ids); /* before the open: a change in between shows next time */
+  ids_take(paths, n, ids); /* before the open: a change in between shows next time */
   mb_tensors_model *tm;
-  int rc = mb_tensors_model_new((const char *const *)t->paths, t->n, &t->opts, &tm, err, err_len);
+  int rc = mb_tensors_model_new((const char *const *)paths, n, &t->opts, &tm, err, err_len);
   if (rc != 0) {
     free(ids);
+    mb_tensors_paths_free(paths, n);
     return rc;
   }
   pthread_mutex_lock(&t->mu);
   mb_tensors_model *old = t->tm;
   file_id *old_ids = t->ids;
+  char **old_paths = t->paths;
+  size_t old_n = t->n;
   t->tm = tm;
   t->ids = ids;
+  t->paths = paths;
+  t->n = n;
   pthread_mutex_unlock(&t->mu);
   mb_tensors_model_free(old); /* holds nothing: the model was unloaded */
   free(old_ids);
+  mb_tensors_paths_free(old_paths, old_n);
   return 0;
 }
 
@@ -115,9 +145,11 @@ static void tensors_free(mbd_tensors *t) {
   if (t == NULL)
     return;
   mb_tensors_model_free(t->tm);
-  for (size_t i = 0; i < t->n; i++)
-    free(t->paths[i]);
-  free(t->paths);
+  mb_tensors_paths_free(t->paths, t->n);
+  for (size_t i = 0; i < t->n_specs; i++)
+    free(t->specs[i]);
+  free(t->specs);
+  free(t->name);
   free(t->ids);
   pthread_mutex_destroy(&t->mu);
   free(t);
@@ -136,34 +168,36 @@ int mbd_tensors_new(const mbd_model_config *mc, mbd_tensors **out, uint64_t *foo
   t->opts.chunk_bytes = (size_t)mc->loader.chunk_bytes;
   t->opts.threads = mc->loader.threads;
   t->opts.io = mc->loader.io;
-  t->paths = calloc(mc->n_files, sizeof(*t->paths));
-  if (t->paths == NULL) {
+  t->name = strdup(mc->name);
+  t->specs = calloc(mc->n_files, sizeof(*t->specs));
+  if (t->name == NULL || t->specs == NULL) {
     tensors_free(t);
     return MB_ENOMEM;
   }
-  for (; t->n < mc->n_files; t->n++) {
-    /* Files are worker templates: ${MODEL} and $$ mean something here too. */
-    if (mbd_subst_worker(mc->files[t->n], 0, mc->name, -1, &t->paths[t->n]) != 0) {
+  for (; t->n_specs < mc->n_files; t->n_specs++)
+    if ((t->specs[t->n_specs] = strdup(mc->files[t->n_specs])) == NULL) {
       tensors_free(t);
       return MB_ENOMEM;
     }
+  char **paths = NULL;
+  size_t n = 0;
+  int rc = expand(t, &paths, &n, warn, warn_len);
+  uint64_t sum = 0; /* the files' sizes, while their headers cannot be read */
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    struct stat st;
+    if (stat(paths[i], &st) == 0 && st.st_size > 0)
+      sum += (uint64_t)st.st_size;
   }
-  int rc = reopen(t, warn, warn_len);
+  if (rc == 0)
+    rc = reopen(t, paths, n, warn, warn_len);
   if (rc == MB_ENOMEM) {
     tensors_free(t);
     return rc;
   }
-  if (rc == 0) {
+  if (rc == 0)
     *footprint_bytes = mb_tensors_model_bytes(t->tm);
-  } else if (mc->vram_bytes == 0) {
-    uint64_t sum = 0;
-    for (size_t i = 0; i < t->n; i++) {
-      struct stat st;
-      if (stat(t->paths[i], &st) == 0 && st.st_size > 0)
-        sum += (uint64_t)st.st_size;
-    }
+  else if (mc->vram_bytes == 0)
     *footprint_bytes = sum;
-  }
   if (rc == 0)
     warn[0] = '\0';
   *out = t;
@@ -171,23 +205,35 @@ int mbd_tensors_new(const mbd_model_config *mc, mbd_tensors **out, uint64_t *foo
 }
 
 size_t mbd_tensors_check_files(const mbd_model_config *mc, const char *cfg_file, FILE *f) {
-  size_t bad = 0;
-  for (size_t i = 0; i < mc->n_files; i++) {
-    char *path = NULL, err[512] = "";
+  char **paths = NULL, err[512] = "";
+  size_t n = 0, bad = 0;
+  static const char tail[] =
+      "(modelbufd starts, but the model cannot load until the file is fixed)";
+  if (mbd_files_expand(mc->files, mc->n_files, mc->name, &paths, &n, err, sizeof(err)) != 0) {
+    fprintf(f, "warning: %s:%d:%d: models.%s.files: %s %s\n", cfg_file, mc->line, mc->col,
+            mc->name, err, tail);
+    return 1;
+  }
+  for (size_t i = 0; i < n; i++) {
     mb_tensor_file *tf = NULL;
-    if (mbd_subst_worker(mc->files[i], 0, mc->name, -1, &path) != 0)
-      continue;
-    if (mb_tensor_file_open(path, &tf, err, sizeof(err)) != 0) {
-      fprintf(f,
-              "warning: %s:%d:%d: models.%s.files: %s (modelbufd starts, but the model "
-              "cannot load until the file is fixed)\n",
-              cfg_file, mc->line, mc->col, mc->name, err);
+    if (mb_tensor_file_open(paths[i], &tf, err, sizeof(err)) != 0) {
+      fprintf(f, "warning: %s:%d:%d: models.%s.files: %s %s\n", cfg_file, mc->line, mc->col,
+              mc->name, err, tail);
       bad++;
     }
     mb_tensor_file_close(tf);
-    free(path);
   }
+  mb_tensors_paths_free(paths, n);
   return bad;
+}
+
+json_t *mbd_tensors_files(mbd_tensors *t) {
+  json_t *a = json_array();
+  pthread_mutex_lock(&t->mu);
+  for (size_t i = 0; a != NULL && i < t->n; i++)
+    json_array_append_new(a, json_string(t->paths[i]));
+  pthread_mutex_unlock(&t->mu);
+  return a;
 }
 
 /* Runs the library's operation fn on op with the library's model. */
@@ -201,10 +247,17 @@ static int call(int (*fn)(mb_op *), mbd_tensors *t, mb_op *op) {
 
 static int w_load(mb_op *op) {
   mbd_tensors *t = op->user;
-  if (t->tm == NULL || files_changed(t)) {
-    int rc = reopen(t, op->err, op->err_len);
+  char **paths = NULL;
+  size_t n = 0;
+  int rc = expand(t, &paths, &n, op->err, op->err_len);
+  if (rc != 0)
+    return rc;
+  if (t->tm == NULL || list_differs(t, paths, n) || files_changed(t)) {
+    rc = reopen(t, paths, n, op->err, op->err_len);
     if (rc != 0)
       return rc;
+  } else {
+    mb_tensors_paths_free(paths, n);
   }
   return call(mb_tensors_backend()->load, t, op);
 }

@@ -16,7 +16,9 @@
 typedef struct mbd_tensors mbd_tensors;
 
 /*
- * A tensors model for mc (files, loader knobs). The files' headers are read
+ * A tensors model for mc (files, loader knobs). The files: entries are
+ * expanded (mbd_files_expand: folders, Hugging Face indexes, patterns) and
+ * the files' headers are read
  * now when they can be, and *footprint_bytes is then the exact size of the
  * device arena. A file that is missing or malformed does not stop the
  * model from being made: each load reads the headers again and fails with
@@ -37,11 +39,17 @@ int mbd_tensors_new(const mbd_model_config *mc, mbd_tensors **out, uint64_t *foo
  */
 size_t mbd_tensors_check_files(const mbd_model_config *mc, const char *cfg_file, FILE *f);
 
+/* The weight files of t's model now (its files: entries expanded when it
+ * was last opened), as a JSON array of paths. */
+json_t *mbd_tensors_files(mbd_tensors *t);
+
 /*
  * The backend for mb_model_add (user: an mbd_tensors). It runs the
- * library's tensors backend; a load first reads the headers again when a
- * file changed on disk (size, mtime, inode) or could not be read before, so
- * a weight file replaced or repaired is picked up by the next cold load.
+ * library's tensors backend; a load first expands the files: entries again
+ * and reads the headers again when the files are not the same list, a file
+ * changed on disk (size, mtime, inode) or could not be read before, so a
+ * weight file replaced or repaired, or a shard added to a folder, is picked
+ * up by the next cold load.
  */
 const mb_backend *mbd_tensors_backend(void);
 

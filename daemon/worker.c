@@ -676,16 +676,29 @@ static void unpin_files(mbd_worker *w) {
   w->n_pins = 0;
 }
 
-/* Maps every weight file, populated, and locks it when RLIMIT_MEMLOCK
- * allows; returns the bytes held. */
+/* Maps every weight file (the files: entries expanded now: folders,
+ * indexes, patterns), populated, and locks it when RLIMIT_MEMLOCK allows;
+ * returns the bytes held. */
 static uint64_t pin_files(mbd_worker *w) {
   uint64_t held = 0;
-  w->pins = calloc(w->n_files ? w->n_files : 1, sizeof(*w->pins));
-  if (w->pins == NULL)
+  char **paths = NULL, err[256];
+  size_t n = 0;
+  if (mbd_files_expand(w->files, w->n_files, w->name, &paths, &n, err, sizeof(err)) != 0) {
+    if (w->on_line) {
+      char line[400];
+      snprintf(line, sizeof(line), "modelbufd: files not kept in RAM: %.300s", err);
+      w->on_line(w->line_arg, w->name, line);
+    }
     return 0;
-  w->n_pins = w->n_files;
-  for (size_t i = 0; i < w->n_files; i++) {
-    int fd = open(w->files[i], O_RDONLY | O_CLOEXEC);
+  }
+  w->pins = calloc(n ? n : 1, sizeof(*w->pins));
+  if (w->pins == NULL) {
+    mb_tensors_paths_free(paths, n);
+    return 0;
+  }
+  w->n_pins = n;
+  for (size_t i = 0; i < n; i++) {
+    int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (fd < 0)
       continue;
@@ -700,6 +713,7 @@ static uint64_t pin_files(mbd_worker *w) {
     }
     close(fd);
   }
+  mb_tensors_paths_free(paths, n);
   return held;
 }
 

@@ -219,6 +219,45 @@ MB_EXTERN int mb_tensor_file_metadata(const mb_tensor_file *f, size_t index,
 
 
 /* ------------------------------------------------------------------------ */
+/* Which files make a model                                                  */
+
+/*
+ * Expands what a user names into the weight files of one model, in order,
+ * each file once:
+ *   - a file: itself (a missing one too: opening it names the fault);
+ *   - a folder: its model.safetensors.index.json, else its only
+ *     *.safetensors.index.json, else its *.safetensors files, else its
+ *     *.gguf files (sorted by name): a Hugging Face snapshot, or a model
+ *     split by llama.cpp's gguf-split;
+ *   - a Hugging Face index (a file named *.index.json): the shard files its
+ *     "weight_map" names, sorted, in the index's folder;
+ *   - a pattern with '*', '?' or '[' that is not itself a file name: the
+ *     files it matches (glob(3)), sorted.
+ * On success *paths is an array of *n_paths strings; free it with
+ * mb_tensors_paths_free(). Errors, with a message naming the entry:
+ * MB_ENOENT (a pattern that matches no file, a folder without weight
+ * files), MB_EFORMAT (a malformed index), MB_EIO, MB_EINVAL, MB_ENOMEM.
+ */
+MB_EXTERN int mb_tensors_expand(const char *const *specs, size_t n, char ***paths,
+                                size_t *n_paths, char *err, size_t err_len) MB_WUR;
+MB_EXTERN void mb_tensors_paths_free(char **paths, size_t n);
+
+/* Largest index file mb_tensors_expand reads, in bytes (64 MiB). */
+#define MB_TENSORS_INDEX_MAX (64u << 20)
+
+/*
+ * The shard file names of a Hugging Face index held in memory (name is
+ * used in messages): the distinct values of its "weight_map", sorted; each
+ * must be a plain file name (no '/', not "." or ".."). The strict JSON
+ * parser of the safetensors headers reads it. Free *shards with
+ * mb_tensors_paths_free(). Errors: MB_EFORMAT with the fault, MB_EINVAL,
+ * MB_ENOMEM. The fuzz target and tests use it.
+ */
+MB_EXTERN int mb_tensors_index_parse(const void *buf, size_t len, const char *name,
+                                     char ***shards, size_t *n_shards, char *err,
+                                     size_t err_len) MB_WUR;
+
+/* ------------------------------------------------------------------------ */
 /* The tensors backend                                                       */
 
 /*

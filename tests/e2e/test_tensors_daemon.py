@@ -317,3 +317,76 @@ def test_config_errors_for_tensors_models():
     assert "unknown io mode 'fast'" in out
     assert "models.b.loader.threads" in out
     assert "models.c: loader is only for backend tensors" in out
+
+
+def write_shard(path, tensors, seed):
+    """A safetensors file of F32 tensors {name: [rows, cols]}, contents from seed."""
+    header, blobs, off = {}, [], 0
+    for i, (name, shape) in enumerate(tensors.items()):
+        n = shape[0] * shape[1] * 4
+        blobs.append(bytes((seed * 31 + i * 7 + k) % 251 for k in range(n)))
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + n]}
+        off += n
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def test_hugging_face_snapshot_folder():
+    """files: [FOLDER] takes the shards its model.safetensors.index.json
+    names (not a stray consolidated file beside them), follows symbolic
+    links as the Hugging Face cache has them, lists them in the status, and
+    picks up a changed set of shards at the next cold load; a pattern and
+    a broken index fail only that model's loads, with the fault."""
+    snap = os.path.join(DATA, "snapshot")
+    blobs = os.path.join(DATA, "blobs")
+    os.makedirs(snap)
+    os.makedirs(blobs)
+    shards = {"model-00001-of-00002.safetensors": {"a.0": [16, 64], "a.1": [8, 64]},
+              "model-00002-of-00002.safetensors": {"b.0": [32, 64]}}
+    for i, (name, tensors) in enumerate(shards.items()):
+        write_shard(os.path.join(blobs, str(i)), tensors, seed=i + 1)
+        os.symlink(os.path.join(blobs, str(i)), os.path.join(snap, name))
+    write_shard(os.path.join(snap, "consolidated.safetensors"), {"x.0": [4, 64]}, seed=9)
+    weight_map = {t: f for f, ts in shards.items() for t in ts}
+    with open(os.path.join(snap, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f)
+    pattern = os.path.join(snap, "model-*-of-00002.safetensors")
+    broken = os.path.join(DATA, "broken-index")
+    os.makedirs(broken)
+    with open(os.path.join(broken, "model.safetensors.index.json"), "w") as f:
+        f.write('{"weight_map": {"a.0": "../snapshot/model-00001-of-00002.safetensors"}}')
+    d = Daemon("devices: [{host: true, budget: 256MiB}]\n"
+               "defaults: {keep_alive: 10m}\nmodels:\n" +
+               tensors_model("hf", snap) + tensors_model("glob", '"' + pattern + '"') +
+               tensors_model("bad", broken))
+    try:
+        paths = [os.path.join(snap, n) for n in shards]
+        assert d.status("hf")["files"] == paths
+        assert d.status("glob")["files"] == paths
+        code, doc, _ = d.get("/m/hf/tensors")
+        assert code == 200, doc
+        assert [f["path"] for f in doc["files"]] == paths
+        assert sorted(t["name"] for t in doc["tensors"]) == ["a.0", "a.1", "b.0"]
+        for path in paths:
+            for name, (_, _, offset, nbytes) in safetensors_index(path).items():
+                code, _, body = raw(d, "GET", tensor_url("hf", name))
+                assert code == 200 and body == file_bytes(path, offset, nbytes), name
+        assert d.get("/m/glob/tensors")[0] == 200
+        # The broken index fails the model's loads, naming the fault.
+        code, doc, _ = d.get("/m/bad/tensors")
+        assert code == 502, doc
+        assert "not a plain file name" in doc["error"]["message"], doc
+        assert "model.safetensors.index.json" in doc["error"]["message"], doc
+        # A third shard appears; the next cold load takes it.
+        write_shard(os.path.join(snap, "model-00003-of-00003.safetensors"), {"c.0": [4, 64]}, 3)
+        weight_map["c.0"] = "model-00003-of-00003.safetensors"
+        with open(os.path.join(snap, "model.safetensors.index.json"), "w") as f:
+            json.dump({"weight_map": weight_map}, f)
+        assert d.post("/api/models/hf/unload")[0] == 200
+        code, doc, _ = d.get("/m/hf/tensors")
+        assert code == 200 and doc["count"] == 4, doc
+        assert d.status("hf")["files"][-1].endswith("model-00003-of-00003.safetensors")
+    finally:
+        assert d.stop() == 0
