@@ -1,6 +1,8 @@
 /*
  * cmd_bench.c - `modelbuf bench load|offload|restore FILE`: the tensor
- * engine measured against baselines taken in the same run on the same file
+ * engine measured against baselines taken in the same run on the same files
+ * (FILE may be a folder, a Hugging Face index or a pattern: every file of
+ * the model, as mb_tensors_expand names them, read one after the other)
  * (docs/TENSORS.md): direct-I/O sequential read of the uncached file (cold)
  * and buffered read of the cached file (warm), each into memory of the
  * file's size already faulted in, each also into one reused 8 MiB buffer (a
@@ -42,6 +44,13 @@ static double now_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The model's files. */
+typedef struct files {
+  char **paths;
+  mb_tensor_file **f;
+  size_t n;
+} files;
+
 static void drop_cache(const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
@@ -49,6 +58,11 @@ static void drop_cache(const char *path) {
   fdatasync(fd);
   posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
   close(fd);
+}
+
+static void drop_caches(const files *fs) {
+  for (size_t i = 0; i < fs->n; i++)
+    drop_cache(fs->paths[i]);
 }
 
 /* Sequential read of the whole file in BLOCK pieces, into buf again and
@@ -71,6 +85,27 @@ static long long read_file(const char *path, int direct, void *buf, size_t cap) 
     total += r;
   }
   close(fd);
+  return total;
+}
+
+/* Bytes of a file laid out in a buffer of consecutive files: its size
+ * rounded up to BLOCK (direct reads stay aligned). */
+static size_t slot(const mb_tensor_file *f) {
+  return ((size_t)mb_tensor_file_size(f) + BLOCK - 1) / BLOCK * BLOCK;
+}
+
+/* Every file read in turn: into consecutive slots of buf[0, cap) (cap 0:
+ * each into buf again and again). Bytes read or -1. */
+static long long read_files(const files *fs, int direct, char *buf, size_t cap) {
+  long long total = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < fs->n; i++) {
+    long long r = read_file(fs->paths[i], direct, buf + (cap ? at : 0), cap ? slot(fs->f[i]) : 0);
+    if (r < 0)
+      return -1;
+    total += r;
+    at += slot(fs->f[i]);
+  }
   return total;
 }
 
@@ -137,12 +172,35 @@ static long long uring_read_file(const char *path, int direct, void *buf, size_t
 
 /* A load as the backend does it: a fresh arena (the last one freed), then
  * the loader. */
-static int fresh_load(mb__dev *d, mb_tensor_file *f, const mb__layout *l, uint64_t *arena,
+static int fresh_load(mb__dev *d, const files *fs, const mb__layout *l, uint64_t *arena,
                       const mb__load_opts *lo, char *err, size_t err_len) {
   mb__dev_free(d, *arena);
   *arena = 0;
   int rc = mb__dev_alloc(d, (size_t)l->arena_bytes, arena, err, err_len);
-  return rc != 0 ? rc : mb__load_files(d, &f, l, *arena, lo, NULL, err, err_len);
+  return rc != 0 ? rc : mb__load_files(d, fs->f, l, *arena, lo, NULL, err, err_len);
+}
+
+/* The naive loader: each file read whole into malloc'd memory, then one
+ * pageable copy of its tensor data to the device. 0, or -1 (errno). */
+static int naive_load(mb__dev *d, const files *fs, const mb__layout *l, uint64_t arena,
+                      char *mem, mb_device_kind dk, char *err, size_t err_len) {
+  for (size_t i = 0; i < fs->n; i++) {
+    int fd = open(fs->paths[i], O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+      return -1;
+    size_t got = 0, want = (size_t)mb_tensor_file_size(fs->f[i]);
+    while (got < want) {
+      ssize_t r = read(fd, mem + got, want - got);
+      if (r <= 0)
+        break;
+      got += (size_t)r;
+    }
+    close(fd);
+    if (mb__dev_h2d(d, arena + mb__layout_span_at(l, i, dk), mem + l->span_start[i],
+                    (size_t)l->span_bytes[i], 0, err, err_len) != 0)
+      return -1;
+  }
+  return 0;
 }
 
 static double gbps(double bytes, double secs) { return secs > 0 ? bytes / secs / 1e9 : 0; }
@@ -187,34 +245,46 @@ int cmd_bench_tensors(int argc, char **argv) {
 
   char err[512] = "";
   mb__dev *d = NULL;
-  mb_tensor_file *f = NULL;
+  files fs = {0};
   mb__layout l = {0};
   uint64_t arena = 0;
   void *host = NULL, *pinned = NULL, *buf = NULL, *naive = NULL, *whole = NULL;
-  size_t whole_len = 0;
+  size_t whole_len = 0, largest = 0;
   int rc = CLI_EXIT_FAIL;
+  const char *specs[1] = {path};
   if (mb__dev_open_fallback(dk, ordinal, &d, err, sizeof(err)) != 0 ||
-      mb_tensor_file_open(path, &f, err, sizeof(err)) != 0) {
-    fprintf(stderr, "modelbuf: bench %s: %s\n", kind, err);
+      mb_tensors_expand(specs, 1, &fs.paths, &fs.n, err, sizeof(err)) != 0 ||
+      (fs.f = calloc(fs.n, sizeof(*fs.f))) == NULL) {
+    fprintf(stderr, "modelbuf: bench %s: %s\n", kind, err[0] ? err : "out of memory");
     goto out;
+  }
+  for (size_t i = 0; i < fs.n; i++) {
+    if (mb_tensor_file_open(fs.paths[i], &fs.f[i], err, sizeof(err)) != 0) {
+      fprintf(stderr, "modelbuf: bench %s: %s\n", kind, err);
+      goto out;
+    }
+    whole_len += slot(fs.f[i]);
+    if ((size_t)mb_tensor_file_size(fs.f[i]) > largest)
+      largest = (size_t)mb_tensor_file_size(fs.f[i]);
   }
   if (mb__dev_kind(d) != dk) { /* no CUDA driver or GPU: measured on the host */
     dk = mb__dev_kind(d);
     device = "host";
   }
-  if (mb__layout_make(&f, 1, &l) != 0 || l.arena_bytes == 0 ||
+  if (mb__layout_make(fs.f, fs.n, &l) != 0 || l.arena_bytes == 0 ||
       mb__dev_alloc(d, (size_t)l.arena_bytes, &arena, err, sizeof(err)) != 0 ||
       mb__dev_host_alloc(d, (size_t)l.arena_bytes, &host, err, sizeof(err)) != 0 ||
       mb__dev_pinned_alloc(d, (size_t)l.arena_bytes, threads, &pinned, err, sizeof(err)) != 0 ||
       mb__dev_host_alloc(d, BLOCK, &buf, err, sizeof(err)) != 0 ||
-      mb__dev_host_alloc(d, whole_len = ((size_t)mb_tensor_file_size(f) + BLOCK - 1) / BLOCK * BLOCK,
-                         &whole, err, sizeof(err)) != 0 ||
-      (naive = malloc((size_t)mb_tensor_file_size(f))) == NULL) {
+      mb__dev_host_alloc(d, whole_len, &whole, err, sizeof(err)) != 0 ||
+      (naive = malloc(largest ? largest : 1)) == NULL) {
     fprintf(stderr, "modelbuf: bench %s: cannot allocate: %s\n", kind, err);
     goto out;
   }
   memset(whole, 0, whole_len); /* a destination already in memory, as the arena is */
-  double file_bytes = (double)mb_tensor_file_size(f), data = (double)l.data_bytes;
+  double file_bytes = 0, data = (double)l.data_bytes;
+  for (size_t i = 0; i < fs.n; i++)
+    file_bytes += (double)mb_tensor_file_size(fs.f[i]);
   double best_cached = 0, best_direct_cached = 0, best_uring_warm = 0, best_uring_cold = 0;
   double best_direct = 0, best_buffered = 0, best_memcpy_h2d = 0, best_memcpy_d2h = 0,
          best_naive = 0, best_cold = 0, best_warm = 0, best_off = 0, best_res = 0;
@@ -223,74 +293,64 @@ int cmd_bench_tensors(int argc, char **argv) {
     double t0, t;
     /* baselines: cold direct-I/O read into memory of the file's size, and
      * into one reused 8 MiB buffer */
-    drop_cache(path);
+    drop_caches(&fs);
     t0 = now_s();
-    if (read_file(path, 1, whole, whole_len) < 0)
+    if (read_files(&fs, 1, whole, whole_len) < 0)
       goto io_fail;
     t = gbps(file_bytes, now_s() - t0);
     best_direct = t > best_direct ? t : best_direct;
-    drop_cache(path);
+    drop_caches(&fs);
     t0 = now_s();
-    if (read_file(path, 1, buf, 0) < 0)
+    if (read_files(&fs, 1, buf, 0) < 0)
       goto io_fail;
     t = gbps(file_bytes, now_s() - t0);
     best_direct_cached = t > best_direct_cached ? t : best_direct_cached;
     /* modelbuf cold load */
-    drop_cache(path);
+    drop_caches(&fs);
     t0 = now_s();
-    if (fresh_load(d, f, &l, &arena, &lo, err, sizeof(err)) != 0)
+    if (fresh_load(d, &fs, &l, &arena, &lo, err, sizeof(err)) != 0)
       goto load_fail;
     t = gbps(data, now_s() - t0);
     best_cold = t > best_cold ? t : best_cold;
     /* baselines: buffered read of the cached file into memory of its size,
      * and into one reused 8 MiB buffer */
-    read_file(path, 0, buf, 0);
+    read_files(&fs, 0, buf, 0);
     t0 = now_s();
-    if (read_file(path, 0, whole, whole_len) < 0)
+    if (read_files(&fs, 0, whole, whole_len) < 0)
       goto io_fail;
     t = gbps(file_bytes, now_s() - t0);
     best_buffered = t > best_buffered ? t : best_buffered;
     t0 = now_s();
-    if (read_file(path, 0, buf, 0) < 0)
+    if (read_files(&fs, 0, buf, 0) < 0)
       goto io_fail;
     t = gbps(file_bytes, now_s() - t0);
     best_cached = t > best_cached ? t : best_cached;
 #ifdef MB_HAVE_LIBURING
     /* io_uring, one thread, URING_DEPTH reads in flight: warm, then cold */
-    t0 = now_s();
-    if (uring_read_file(path, 0, whole, whole_len, URING_DEPTH) > 0) {
-      t = gbps(file_bytes, now_s() - t0);
-      best_uring_warm = t > best_uring_warm ? t : best_uring_warm;
+    for (int direct = 0; direct < 2; direct++) {
+      if (direct)
+        drop_caches(&fs);
+      t0 = now_s();
+      int ok = 1;
+      for (size_t i = 0, at = 0; ok && i < fs.n; at += slot(fs.f[i]), i++)
+        ok = uring_read_file(fs.paths[i], direct, (char *)whole + at, slot(fs.f[i]),
+                             URING_DEPTH) >= 0;
+      t = ok ? gbps(file_bytes, now_s() - t0) : 0;
+      double *best = direct ? &best_uring_cold : &best_uring_warm;
+      *best = t > *best ? t : *best;
     }
-    drop_cache(path);
-    t0 = now_s();
-    if (uring_read_file(path, 1, whole, whole_len, URING_DEPTH) > 0) {
-      t = gbps(file_bytes, now_s() - t0);
-      best_uring_cold = t > best_uring_cold ? t : best_uring_cold;
-    }
-    read_file(path, 0, buf, 0);
+    read_files(&fs, 0, buf, 0);
 #endif
     /* modelbuf warm load */
     t0 = now_s();
-    if (fresh_load(d, f, &l, &arena, &lo, err, sizeof(err)) != 0)
+    if (fresh_load(d, &fs, &l, &arena, &lo, err, sizeof(err)) != 0)
       goto load_fail;
     t = gbps(data, now_s() - t0);
     best_warm = t > best_warm ? t : best_warm;
-    /* baseline: naive loader (whole file into malloc, then one copy) */
+    /* baseline: naive loader (each file into malloc, then one copy) */
     t0 = now_s();
-    int nfd = open(path, O_RDONLY | O_CLOEXEC);
-    if (nfd < 0)
+    if (naive_load(d, &fs, &l, arena, naive, dk, err, sizeof(err)) != 0)
       goto io_fail;
-    size_t got = 0, want = (size_t)file_bytes;
-    while (got < want) {
-      ssize_t r = read(nfd, (char *)naive + got, want - got);
-      if (r <= 0)
-        break;
-      got += (size_t)r;
-    }
-    close(nfd);
-    mb__dev_h2d(d, arena + mb__layout_span_at(&l, 0, dk), (char *)naive + l.span_start[0],
-                (size_t)l.span_bytes[0], 0, err, sizeof(err));
     t = gbps(data, now_s() - t0);
     best_naive = t > best_naive ? t : best_naive;
     /* modelbuf offload and restore: the backend's copies, through the
@@ -343,7 +403,8 @@ int cmd_bench_tensors(int argc, char **argv) {
                  : strcmp(kind, "offload") == 0 ? r_off
                                                 : r_res;
   if (json) {
-    printf("{\"bench\":\"%s\",\"file\":\"%s\",\"device\":\"%s\",\"bytes\":%.0f,\"cycles\":%d,"
+    printf("{\"bench\":\"%s\",\"file\":\"%s\",\"files\":%zu,\"device\":\"%s\",\"bytes\":%.0f,"
+           "\"cycles\":%d,"
            "\"ratio\":%.3f,\"gbps\":{\"direct_read\":%.3f,\"buffered_read\":%.3f,"
            "\"memcpy_h2d\":%.3f,\"memcpy_d2h\":%.3f,\"naive_load\":%.3f,\"load_cold\":%.3f,"
            "\"load_warm\":%.3f,\"offload\":%.3f,\"restore\":%.3f},"
@@ -354,13 +415,15 @@ int cmd_bench_tensors(int argc, char **argv) {
            "\"extra_gbps\":{\"buffered_read_cached_dest\":%.3f,"
            "\"direct_read_cached_dest\":%.3f,\"uring_read_warm\":%.3f,"
            "\"uring_read_cold\":%.3f}}\n",
-           kind, path, device, data, cycles, ratio, best_direct, best_buffered, best_memcpy_h2d,
+           kind, path, fs.n, device, data, cycles, ratio, best_direct, best_buffered, best_memcpy_h2d,
            best_memcpy_d2h, best_naive, best_cold, best_warm, best_off, best_res, r_cold, r_warm,
            r_warm_target, r_naive, r_off, r_res, r_cached, r_direct_cached, best_cached, best_direct_cached,
            best_uring_warm, best_uring_cold);
   } else {
-    printf("bench %s: %s, %.1f MiB of tensor data, device %s, best of %d\n", kind, path,
-           data / 1048576.0, device, cycles);
+    printf("bench %s: %s, %.1f MiB of tensor data", kind, path, data / 1048576.0);
+    if (fs.n > 1)
+      printf(" in %zu files", fs.n);
+    printf(", device %s, best of %d\n", device, cycles);
     printf("  baseline direct-I/O read (cold)   %7.2f GB/s  into memory of the file's size\n",
            best_direct);
     printf("  baseline buffered read (warm)     %7.2f GB/s  into memory of the file's size\n",
@@ -392,7 +455,8 @@ int cmd_bench_tensors(int argc, char **argv) {
   rc = CLI_EXIT_OK;
   goto out;
 io_fail:
-  fprintf(stderr, "modelbuf: bench %s: cannot read %s: %s\n", kind, path, strerror(errno));
+  fprintf(stderr, "modelbuf: bench %s: cannot read %s: %s\n", kind, path,
+          err[0] ? err : strerror(errno));
   goto out;
 load_fail:
   fprintf(stderr, "modelbuf: bench %s: %s\n", kind, err);
@@ -407,6 +471,9 @@ out:
     mb__dev_close(d);
   }
   mb__layout_free(&l);
-  mb_tensor_file_close(f);
+  for (size_t i = 0; fs.f != NULL && i < fs.n; i++)
+    mb_tensor_file_close(fs.f[i]);
+  free(fs.f);
+  mb_tensors_paths_free(fs.paths, fs.n);
   return rc;
 }

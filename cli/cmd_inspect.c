@@ -2,7 +2,10 @@
  * cmd_inspect.c - `modelbuf inspect FILE [--json] [--meta]`: opens a
  * safetensors or GGUF file through the library's strict parser and lists
  * its tensors (name, dtype, shape, bytes) and a total line, or prints the
- * fault ("modelbuf: FILE: fault") and exits 1.
+ * fault ("modelbuf: FILE: fault") and exits 1. FILE may also be a folder,
+ * a Hugging Face index or a pattern (mb_tensors_expand): each of the
+ * model's files is listed in turn, then the model's total; with --json,
+ * {"files": [one object per file], "tensor_count", "total_bytes"}.
  */
 #include <stdio.h>
 #include <string.h>
@@ -125,7 +128,7 @@ static void print_json(FILE *out, const mb_tensor_file *f) {
             t.dtype_name, shape, (unsigned long long)t.offset,
             (unsigned long long)t.size_bytes);
   }
-  fprintf(out, "%s],\n \"total_bytes\": %llu}\n", n ? "\n " : "",
+  fprintf(out, "%s],\n \"total_bytes\": %llu}", n ? "\n " : "",
           (unsigned long long)mb_tensor_file_data_bytes(f));
 }
 
@@ -206,16 +209,48 @@ int cmd_inspect(int argc, char **argv) {
     cli_command_usage(stderr, "inspect");
     return CLI_EXIT_USAGE;
   }
-  int rc = mb_tensor_file_open(path, &f, err, sizeof err);
+  const char *specs[1] = {path};
+  char **paths = NULL;
+  size_t n = 0;
+  int rc = mb_tensors_expand(specs, 1, &paths, &n, err, sizeof err);
   if (rc != 0) {
     fprintf(stderr, "modelbuf: %s\n", err[0] ? err : mb_strerror(rc));
     return CLI_EXIT_FAIL;
   }
+  /* A file named as it is: its listing alone, as always. */
+  int model = n != 1 || strcmp(paths[0], path) != 0;
+  size_t tensors = 0;
+  unsigned long long bytes = 0;
+  if (model && json)
+    fputs("{\"files\": [\n", stdout);
+  for (size_t i = 0; i < n; i++) {
+    rc = mb_tensor_file_open(paths[i], &f, err, sizeof err);
+    if (rc != 0) {
+      fprintf(stderr, "modelbuf: %s\n", err[0] ? err : mb_strerror(rc));
+      mb_tensors_paths_free(paths, n);
+      return CLI_EXIT_FAIL;
+    }
+    tensors += mb_tensor_file_count(f);
+    bytes += mb_tensor_file_data_bytes(f);
+    if (json) {
+      fputs(i ? ",\n" : "", stdout);
+      print_json(stdout, f);
+    } else {
+      fputs(i ? "\n" : "", stdout);
+      print_text(stdout, f, meta);
+    }
+    mb_tensor_file_close(f);
+  }
+  mb_tensors_paths_free(paths, n);
   if (json)
-    print_json(stdout, f);
-  else
-    print_text(stdout, f, meta);
-  mb_tensor_file_close(f);
+    fputs(model ? "" : "\n", stdout);
+  if (model && json) {
+    printf("],\n \"tensor_count\": %zu, \"total_bytes\": %llu}\n", tensors, bytes);
+  } else if (model) {
+    char hb[32];
+    printf("\nmodel: %zu files, %zu tensors, %llu bytes (%s)\n", n, tensors, bytes,
+           cli_fmt_bytes(bytes, hb, sizeof hb));
+  }
   if (fflush(stdout) != 0 || ferror(stdout)) {
     fprintf(stderr, "modelbuf: cannot write the listing\n");
     return CLI_EXIT_FAIL;

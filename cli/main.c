@@ -24,12 +24,15 @@ static const cli_command commands[] = {
   {"logs", "NAME [-n N] [-f]", "the tail of a worker's output; -f follows it", cmd_logs},
   {"top", "", "a live view of the models over the daemon's event stream", cmd_top},
 #endif
-  {"inspect", "FILE [--json] [--meta]",
-   "list the tensors of a safetensors or GGUF file (name, dtype, shape, bytes)", cmd_inspect},
+  {"inspect", "FILE|FOLDER|INDEX|PATTERN [--json] [--meta]",
+   "list the tensors of a safetensors or GGUF file, or of every file of a model "
+   "(name, dtype, shape, bytes)",
+   cmd_inspect},
   {"mkmodel", "--format safetensors|gguf --size SIZE [--tensors N] [--seed S] OUT",
    "write a valid synthetic weight file of about SIZE bytes", cmd_mkmodel},
   {"bench", "lifecycle MODEL [--config FILE] [--cycles N] [--probes K] [--no-cold] [--json] "
-            "[--chart FILE] | load|offload|restore FILE [--device host|cuda:N] [--json] [--cycles N]",
+            "[--chart FILE] | load|offload|restore FILE|FOLDER|INDEX|PATTERN [--device host|cuda:N] "
+            "[--json] [--cycles N]",
    "measure a model's lifecycle, or the tensor engine against read/memcpy baselines",
    cmd_bench},
 #ifdef MB_CLI_SIM

@@ -116,3 +116,48 @@ def test_bench_bad_input(workdir):
     assert tool("bench", "load", "x", "--cycles", "0").returncode == 2
     p = tool("bench", "load", os.path.join(workdir, "missing.safetensors"))
     assert p.returncode == 1 and "missing.safetensors" in p.stderr, p.stderr
+
+
+def write_shard(path, tensors):
+    """A safetensors file of F32 tensors {name: [rows, cols]} (random bytes)."""
+    header, off = {}, 0
+    for name, (r, c) in tensors.items():
+        header[name] = {"dtype": "F32", "shape": [r, c], "data_offsets": [off, off + r * c * 4]}
+        off += r * c * 4
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + os.urandom(off))
+
+
+def test_a_sharded_model_folder(workdir):
+    """inspect and bench take a model's folder (its index's shards), its
+    index, or a pattern; a folder without weight files is an error."""
+    folder = os.path.join(workdir, "sharded")
+    os.makedirs(folder)
+    weight_map = {}
+    for k in range(3):
+        name = f"model-{k + 1:05d}-of-00003.safetensors"
+        tensors = {f"layer{k}.{j}": (256, 512) for j in range(4)}
+        write_shard(os.path.join(folder, name), tensors)
+        weight_map.update({t: name for t in tensors})
+    write_shard(os.path.join(folder, "consolidated.safetensors"), {"x": (8, 8)})
+    index = os.path.join(folder, "model.safetensors.index.json")
+    with open(index, "w") as f:
+        json.dump({"weight_map": weight_map}, f)
+    for spec in (folder, index, os.path.join(folder, "model-*.safetensors")):
+        doc = json.loads(tool("inspect", "--json", spec).stdout)
+        assert [os.path.basename(f["file"]) for f in doc["files"]] == sorted(set(weight_map.values()))
+        assert doc["tensor_count"] == 12 and doc["total_bytes"] == 12 * 256 * 512 * 4
+    text = tool("inspect", folder)
+    assert text.returncode == 0
+    assert "model: 3 files, 12 tensors, 6291456 bytes (6.00 MiB)" in text.stdout
+    assert "consolidated" not in text.stdout
+    r, _ = bench("load", folder)
+    assert r["files"] == 3 and r["bytes"] == 12 * 256 * 512 * 4
+    assert r["gbps"]["load_cold"] > 0 and r["gbps"]["naive_load"] > 0
+    empty = os.path.join(workdir, "empty-model")
+    os.makedirs(empty)
+    for args in (("inspect", empty), ("bench", "load", empty, "--cycles", "1")):
+        p = tool(*args)
+        assert p.returncode == 1 and "no .safetensors or .gguf file" in p.stderr, p.stderr
