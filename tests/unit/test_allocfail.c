@@ -12,15 +12,12 @@
  * every allocation the library made has been freed (ASan would also report
  * a leak), as has every buffer of the test's backend.
  */
+#include "alloc_count.h"
 #include "harness.h"
 
 /* ------------------------------------------------------------------------ */
 /* The failing allocator                                                     */
 
-static long alloc_calls; /* allocation attempts so far in this run */
-static long fail_at;     /* the attempt that fails (0: none) */
-static int injected;     /* that attempt happened */
-static long live;        /* allocations not yet freed */
 static int cur_n;
 
 #define CHECK(cond)                                                                   \
@@ -28,48 +25,6 @@ static int cur_n;
     if (!(cond))                                                                      \
       fail_msg("failing allocation %d: %s (line %d)", cur_n, #cond, __LINE__);        \
   } while (0)
-
-static int should_fail(void) {
-  if (++alloc_calls == fail_at) {
-    injected = 1;
-    return 1;
-  }
-  return 0;
-}
-
-static void *fa_malloc(size_t n) {
-  if (should_fail())
-    return NULL;
-  void *p = malloc(n);
-  if (p)
-    live++;
-  return p;
-}
-
-static void *fa_calloc(size_t c, size_t n) {
-  if (should_fail())
-    return NULL;
-  void *p = calloc(c, n);
-  if (p)
-    live++;
-  return p;
-}
-
-static void *fa_realloc(void *p, size_t n) {
-  if (should_fail())
-    return NULL;
-  void *q = realloc(p, n);
-  if (q && p == NULL)
-    live++;
-  return q;
-}
-
-static void fa_free(void *p) {
-  if (p) {
-    live--;
-    free(p);
-  }
-}
 
 /* ------------------------------------------------------------------------ */
 /* The test's backend: real (libc) buffers, counted                          */
@@ -362,28 +317,25 @@ static void scenario(void) {
 
 static void test_fail_every_allocation(void **state) {
   (void)state;
-  static const mb_allocator fa = {fa_malloc, fa_realloc, fa_calloc, fa_free};
-  assert_int_equal(mb_set_allocator(&fa), 0);
+  assert_int_equal(mb_set_allocator(&ac_allocator), 0);
   long clean_allocs = 0;
   int runs = 0;
   for (cur_n = 1; cur_n < 100000; cur_n++) {
-    alloc_calls = 0;
-    fail_at = cur_n;
-    injected = 0;
-    live = 0;
+    ac_fail(cur_n);
+    atomic_store(&ac_live, 0);
     backend_live = 0;
     scenario();
     runs++;
-    if (live != 0)
-      fail_msg("failing allocation %d: %ld allocations not freed", cur_n, live);
+    if (atomic_load(&ac_live) != 0)
+      fail_msg("failing allocation %d: %ld allocations not freed", cur_n, atomic_load(&ac_live));
     CHECK(backend_live == 0);
     CHECK(ma.dev == NULL && ma.host == NULL && mb_.dev == NULL && mb_.host == NULL);
-    if (!injected) {
-      clean_allocs = alloc_calls;
+    if (!atomic_load(&ac_injected)) {
+      clean_allocs = atomic_load(&ac_calls);
       break;
     }
   }
-  assert_true(!injected);
+  assert_true(!atomic_load(&ac_injected));
   assert_true(clean_allocs > 10);
   assert_int_equal(runs, clean_allocs + 1);
   /* Every failure was seen by someone. */

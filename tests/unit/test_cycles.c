@@ -27,6 +27,7 @@
 #include <cmocka.h>
 
 #include "modelbuf/modelbuf.h"
+#include "alloc_count.h"
 
 #define MiB (1024ull * 1024ull)
 #define WEIGHTS (48 * MiB)
@@ -41,39 +42,6 @@
 #define TSAN 1
 #endif
 #endif
-
-/* ------------------------------------------------------------------------ */
-/* Counting allocator                                                        */
-
-static atomic_long live_allocs;
-
-static void *c_malloc(size_t n) {
-  void *p = malloc(n);
-  if (p)
-    atomic_fetch_add(&live_allocs, 1);
-  return p;
-}
-
-static void *c_calloc(size_t k, size_t n) {
-  void *p = calloc(k, n);
-  if (p)
-    atomic_fetch_add(&live_allocs, 1);
-  return p;
-}
-
-static void *c_realloc(void *old, size_t n) {
-  void *p = realloc(old, n);
-  if (old == NULL && p)
-    atomic_fetch_add(&live_allocs, 1);
-  return p;
-}
-
-static void c_free(void *p) {
-  if (p) {
-    atomic_fetch_sub(&live_allocs, 1);
-    free(p);
-  }
-}
 
 /* ------------------------------------------------------------------------ */
 /* A backend whose weights are real, touched, mapped memory                  */
@@ -196,7 +164,7 @@ static void cycle(mb_ctx *ctx, weights *w) {
 
 static void test_cycles_return_to_baseline(void **state) {
   (void)state;
-  long before_ctx = atomic_load(&live_allocs);
+  long before_ctx = atomic_load(&ac_live);
   char err[256];
   mb_ctx *ctx;
   mb_ctx_opts co;
@@ -215,13 +183,13 @@ static void test_cycles_return_to_baseline(void **state) {
   assert_int_equal(mb_model_add_callbacks(ctx, "m", &cb, &mo, err, sizeof(err)), 0);
 
   cycle(ctx, &w); /* warm-up: thread stacks, statistics, caches */
-  long base_allocs = atomic_load(&live_allocs);
+  long base_allocs = atomic_load(&ac_live);
   uint64_t base_rss = rss_bytes();
   assert_true(base_rss > 0);
   uint64_t max_rss = base_rss;
   for (int i = 0; i < CYCLES; i++) {
     cycle(ctx, &w);
-    long now = atomic_load(&live_allocs);
+    long now = atomic_load(&ac_live);
     assert_true(now <= base_allocs + IN_FLIGHT_BLOCKS);
     assert_true(now >= base_allocs - IN_FLIGHT_BLOCKS);
     uint64_t r = rss_bytes();
@@ -241,12 +209,11 @@ static void test_cycles_return_to_baseline(void **state) {
   assert_true(max_rss <= base_rss + RSS_SLACK);
 #endif
   assert_int_equal(mb_ctx_free(ctx), 0);
-  assert_int_equal(atomic_load(&live_allocs), before_ctx);
+  assert_int_equal(atomic_load(&ac_live), before_ctx);
 }
 
 int main(void) {
-  static const mb_allocator counting = {c_malloc, c_realloc, c_calloc, c_free};
-  if (mb_set_allocator(&counting) != 0)
+  if (mb_set_allocator(&ac_allocator) != 0)
     return 1;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cycles_return_to_baseline),

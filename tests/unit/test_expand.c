@@ -9,7 +9,6 @@
  * Failing each allocation in turn gives MB_ENOMEM and leaks nothing.
  */
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,6 +19,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "alloc_count.h"
 #include "files.h"
 
 #include "modelbuf/modelbuf.h"
@@ -27,43 +27,6 @@
 #include "tensor/mkmodel.h"
 
 static char g_dir[256];
-
-/* Counting allocator that can fail the Nth allocation. */
-static atomic_long live, calls, fail_at;
-static int should_fail(void) {
-  long n = atomic_fetch_add(&calls, 1) + 1;
-  return n == atomic_load(&fail_at);
-}
-static void *c_malloc(size_t n) {
-  if (should_fail())
-    return NULL;
-  void *p = malloc(n);
-  if (p)
-    atomic_fetch_add(&live, 1);
-  return p;
-}
-static void *c_calloc(size_t c, size_t n) {
-  if (should_fail())
-    return NULL;
-  void *p = calloc(c, n);
-  if (p)
-    atomic_fetch_add(&live, 1);
-  return p;
-}
-static void *c_realloc(void *p, size_t n) {
-  if (should_fail())
-    return NULL;
-  void *q = realloc(p, n);
-  if (q && p == NULL)
-    atomic_fetch_add(&live, 1);
-  return q;
-}
-static void c_free(void *p) {
-  if (p) {
-    atomic_fetch_sub(&live, 1);
-    free(p);
-  }
-}
 
 static void path_of(char *out, size_t len, const char *rel) {
   snprintf(out, len, "%s/%s", g_dir, rel);
@@ -321,31 +284,29 @@ static void test_allocfail(void **state) {
   const char *specs[2] = {spec, spec2};
   int failures = 0;
   for (long k = 1; k < 500; k++) {
-    long before = atomic_load(&live);
+    long before = atomic_load(&ac_live);
     char **paths = NULL;
     size_t n = 0;
-    atomic_store(&calls, 0);
-    atomic_store(&fail_at, k);
+    ac_fail(k);
     int rc = mb_tensors_expand(specs, 2, &paths, &n, err, sizeof(err));
-    atomic_store(&fail_at, 0);
+    ac_fail(0);
     if (rc == 0) {
       assert_int_equal(n, 5);
       mb_tensors_paths_free(paths, n);
-      assert_int_equal(atomic_load(&live), before);
+      assert_int_equal(atomic_load(&ac_live), before);
       break;
     }
     failures++;
     assert_int_equal(rc, MB_ENOMEM);
     assert_null(paths);
-    assert_int_equal(atomic_load(&live), before);
+    assert_int_equal(atomic_load(&ac_live), before);
   }
   assert_true(failures >= 5);
 }
 
 static int setup(void **state) {
   (void)state;
-  mb_allocator a = {c_malloc, c_realloc, c_calloc, c_free};
-  if (mb_set_allocator(&a) != 0)
+  if (mb_set_allocator(&ac_allocator) != 0)
     return -1;
   const char *base = access("/var/tmp", W_OK) == 0 ? "/var/tmp" : "/tmp";
   snprintf(g_dir, sizeof(g_dir), "%s/mb_expand_XXXXXX", base);

@@ -7,17 +7,16 @@
  * duplicate names, missing and truncated files fail with clear messages.
  */
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <setjmp.h>
-#include <malloc.h>
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "alloc_count.h"
 #include "files.h"
 
 #include "modelbuf/modelbuf.h"
@@ -28,58 +27,6 @@
 
 static char g_dir[256];
 static char g_paths[2][512];
-
-/* Counting allocator (the library allocates from loader threads). big_live
- * counts live blocks of at least BIG bytes: only the tensor engine's arena,
- * host copy and staging buffers are that large. */
-#define BIG (64 * 1024)
-static atomic_long live, big_live, calls, fail_at;
-
-static void *counted(void *p) {
-  if (p) {
-    atomic_fetch_add(&live, 1);
-    if (malloc_usable_size(p) >= BIG)
-      atomic_fetch_add(&big_live, 1);
-  }
-  return p;
-}
-
-static int should_fail(void) {
-  long n = atomic_fetch_add(&calls, 1) + 1;
-  return n == atomic_load(&fail_at);
-}
-static void *c_malloc(size_t n) {
-  if (should_fail())
-    return NULL;
-  return counted(malloc(n));
-}
-static void *c_calloc(size_t c, size_t n) {
-  if (should_fail())
-    return NULL;
-  return counted(calloc(c, n));
-}
-static void *c_realloc(void *p, size_t n) {
-  if (should_fail())
-    return NULL;
-  if (p != NULL && malloc_usable_size(p) >= BIG)
-    atomic_fetch_sub(&big_live, 1);
-  void *q = realloc(p, n);
-  if (q == NULL && p != NULL && malloc_usable_size(p) >= BIG)
-    atomic_fetch_add(&big_live, 1);
-  if (q != NULL && malloc_usable_size(q) >= BIG)
-    atomic_fetch_add(&big_live, 1);
-  if (q && p == NULL)
-    atomic_fetch_add(&live, 1);
-  return q;
-}
-static void c_free(void *p) {
-  if (p) {
-    atomic_fetch_sub(&live, 1);
-    if (malloc_usable_size(p) >= BIG)
-      atomic_fetch_sub(&big_live, 1);
-    free(p);
-  }
-}
 
 /* Every tensor of every file, found by name and compared byte for byte. */
 static void check_all(mb_tensors_model *m) {
@@ -151,7 +98,7 @@ static void test_cycles(void **state) {
   char err[256] = "";
   assert_int_equal(mb_model_add(ctx, "m", mb_tensors_backend(), m, &mo, err, sizeof(err)), 0);
   /* The core's own small allocations come and go on its threads; the
-   * tensor engine's buffers (big_live) must all be gone after each unload. */
+   * tensor engine's buffers (ac_big) must all be gone after each unload. */
   for (int cycle = 0; cycle < 6; cycle++) {
     mb_lease l;
     int rc = mb_acquire(ctx, "m", NULL, &l, err, sizeof(err));
@@ -168,7 +115,7 @@ static void test_cycles(void **state) {
     assert_int_equal(st.state, MB_STATE_OFFLOADED);
     assert_int_equal(st.vram_bytes, 0);
     assert_int_equal(st.host_bytes, bytes);
-    assert_int_equal(atomic_load(&big_live), 1); /* the host copy only */
+    assert_int_equal(atomic_load(&ac_big), 1); /* the host copy only */
     mb_tensor_ref r;
     assert_int_equal(mb_tensors_find(m, "no such tensor", &r), MB_ENOENT);
 
@@ -183,7 +130,7 @@ static void test_cycles(void **state) {
       assert_int_equal(mb_model_status(ctx, "m", &st), 0);
       assert_int_equal(st.vram_bytes, 0);
       assert_int_equal(st.host_bytes, 0);
-      assert_int_equal(atomic_load(&big_live), 0); /* arena and host copy freed */
+      assert_int_equal(atomic_load(&ac_big), 0); /* arena and host copy freed */
       mb_tensor_ref r2;
       assert_int_equal(mb_tensors_find(m, "model.norm.weight", &r2), MB_ESTATE);
     }
@@ -199,7 +146,7 @@ static void test_allocfail(void **state) {
   int failures = 0;
   for (long n = 1; n < 200; n++) {
     mb_tensors_model *m = new_model();
-    long before = atomic_load(&live);
+    long before = atomic_load(&ac_live);
     char err[256] = "";
     mb_op op;
     memset(&op, 0, sizeof(op));
@@ -208,10 +155,9 @@ static void test_allocfail(void **state) {
     op.device_kind = MB_DEVICE_HOST;
     op.err = err;
     op.err_len = sizeof(err);
-    atomic_store(&calls, 0);
-    atomic_store(&fail_at, n);
+    ac_fail(n);
     int rc = b->load(&op);
-    atomic_store(&fail_at, 0);
+    ac_fail(0);
     if (rc == 0) {
       mb_usage u;
       uint64_t bytes = mb_tensors_model_bytes(m);
@@ -228,14 +174,14 @@ static void test_allocfail(void **state) {
       assert_int_equal(u.host_bytes, bytes); /* the host buffer is kept for the next offload */
       check_all(m);
       assert_int_equal(b->unload(&op), 0);
-      assert_int_equal(atomic_load(&live), before);
+      assert_int_equal(atomic_load(&ac_live), before);
       mb_tensors_model_free(m);
       break;
     }
     failures++;
     assert_int_equal(rc, MB_ENOMEM);
     assert_true(err[0] != '\0');
-    assert_int_equal(atomic_load(&live), before);
+    assert_int_equal(atomic_load(&ac_live), before);
     mb_tensors_model_free(m);
   }
   assert_true(failures >= 3); /* layout, device arena, staging, ... */
@@ -266,7 +212,7 @@ static void test_errors(void **state) {
   const char *tp[1] = {tpath};
   assert_int_equal(mb_tensors_model_new(tp, 1, NULL, &m, err, sizeof(err)), 0);
   assert_int_equal(truncate(tpath, 4096), 0);
-  long before = atomic_load(&live);
+  long before = atomic_load(&ac_live);
   mb_op op;
   memset(&op, 0, sizeof(op));
   op.user = m;
@@ -275,7 +221,7 @@ static void test_errors(void **state) {
   op.err_len = sizeof(err);
   assert_int_equal(mb_tensors_backend()->load(&op), MB_EIO);
   assert_non_null(strstr(err, "trunc.gguf"));
-  assert_int_equal(atomic_load(&live), before);
+  assert_int_equal(atomic_load(&ac_live), before);
   mb_tensor_ref r;
   assert_int_equal(mb_tensors_find(m, "output.weight", &r), MB_ESTATE);
   mb_tensors_model_free(m);
@@ -299,8 +245,7 @@ static void test_errors(void **state) {
 
 static int setup(void **state) {
   (void)state;
-  mb_allocator a = {c_malloc, c_realloc, c_calloc, c_free};
-  if (mb_set_allocator(&a) != 0)
+  if (mb_set_allocator(&ac_allocator) != 0)
     return -1;
   const char *base = access("/var/tmp", W_OK) == 0 ? "/var/tmp" : "/tmp";
   snprintf(g_dir, sizeof(g_dir), "%s/mb_tbackend_XXXXXX", base);
