@@ -4,7 +4,9 @@
  *
  * The table is the tensor named by the environment variable EMBED_TENSOR,
  * else the first of "model.embed_tokens.weight", "token_embd.weight",
- * "embed.weight", else the file's first 2-D tensor; F32, F16 or BF16, shape
+ * "embed.weight", else the first 2-D tensor, looked for in each of the
+ * model's files in turn (a sharded model's folder gives several); F32,
+ * F16 or BF16, shape
  * [vocab, dim]. Load reads it from the file into the model's device memory
  * (GPU memory on a CUDA device, host RAM on the host device), offload keeps
  * a host copy, restore puts it back.
@@ -36,7 +38,9 @@
 
 typedef struct embed {
   char *model;
-  char *path;
+  char **files;    /* the model's weight files */
+  size_t n_files;
+  const char *path; /* the one holding the table (found at load) */
   const mb_plugin_host *host;
   char tensor[128];
   mb_dtype dtype;
@@ -47,53 +51,83 @@ typedef struct embed {
   int ordinal;
 } embed;
 
+static void e_destroy(void *p) {
+  embed *e = p;
+  free(e->host_copy);
+  for (size_t i = 0; e->files != NULL && i < e->n_files; i++)
+    free(e->files[i]);
+  free(e->files);
+  free(e->model);
+  free(e);
+}
+
 static int e_create(const mb_plugin_args *a, void **out, char *err, size_t len) {
-  if (a->n_files != 1) {
-    snprintf(err, len, "the embed plugin needs exactly one weight file, got %zu", a->n_files);
+  if (a->n_files == 0) {
+    snprintf(err, len, "the embed plugin needs a weight file (files: [...])");
     return MB_EINVAL;
   }
   embed *e = calloc(1, sizeof(*e));
   if (e == NULL || (e->model = strdup(a->model)) == NULL ||
-      (e->path = strdup(a->files[0])) == NULL) {
+      (e->files = calloc(a->n_files, sizeof(*e->files))) == NULL) {
     if (e)
-      free(e->model);
-    free(e);
+      e_destroy(e);
     return MB_ENOMEM;
   }
+  for (; e->n_files < a->n_files; e->n_files++)
+    if ((e->files[e->n_files] = strdup(a->files[e->n_files])) == NULL) {
+      e_destroy(e);
+      return MB_ENOMEM;
+    }
   e->host = a->host;
   *out = e;
   return 0;
 }
 
-static void e_destroy(void *p) {
-  embed *e = p;
-  free(e->host_copy);
-  free(e->path);
-  free(e->model);
-  free(e);
+/* Looks for tensor name (NULL: the first 2-D one) in each file in turn;
+ * 1 with the file open in *f and the tensor in *t, 0 when no file has it,
+ * or an error. */
+static int lookup(embed *e, const char *name, mb_tensor_file **f, mb_tensor_info *t, char *err,
+                  size_t len) {
+  for (size_t k = 0; k < e->n_files; k++) {
+    int rc = mb_tensor_file_open(e->files[k], f, err, len);
+    if (rc != 0)
+      return rc;
+    if (name != NULL && mb_tensor_file_find(*f, name, t, NULL) == 0) {
+      e->path = e->files[k];
+      return 1;
+    }
+    for (size_t i = 0; name == NULL && i < mb_tensor_file_count(*f); i++)
+      if (mb_tensor_file_info(*f, i, t) == 0 && t->ndim == 2) {
+        e->path = e->files[k];
+        return 1;
+      }
+    mb_tensor_file_close(*f);
+    *f = NULL;
+  }
+  return 0;
 }
 
-/* Finds the table in the file's header; fills tensor, dtype, shape, range. */
+/* Finds the table in the files' headers; fills path, tensor, dtype, shape,
+ * range. */
 static int find_table(embed *e, char *err, size_t len) {
-  mb_tensor_file *f;
-  int rc = mb_tensor_file_open(e->path, &f, err, len);
-  if (rc != 0)
-    return rc;
+  mb_tensor_file *f = NULL;
   static const char *names[] = {"model.embed_tokens.weight", "token_embd.weight",
                                 "embed.weight"};
   mb_tensor_info t;
   int found = 0;
   const char *want = getenv("EMBED_TENSOR");
   if (want)
-    found = mb_tensor_file_find(f, want, &t, NULL) == 0;
-  for (size_t i = 0; !want && !found && i < sizeof(names) / sizeof(names[0]); i++)
-    found = mb_tensor_file_find(f, names[i], &t, NULL) == 0;
-  for (size_t i = 0; !want && !found && i < mb_tensor_file_count(f); i++)
-    found = mb_tensor_file_info(f, i, &t) == 0 && t.ndim == 2;
+    found = lookup(e, want, &f, &t, err, len);
+  for (size_t i = 0; !want && found == 0 && i < sizeof(names) / sizeof(names[0]); i++)
+    found = lookup(e, names[i], &f, &t, err, len);
+  if (!want && found == 0)
+    found = lookup(e, NULL, &f, &t, err, len);
+  if (found < 0)
+    return found;
   if (!found) {
-    snprintf(err, len, "%s: no embedding table (%s)", e->path,
+    snprintf(err, len, "%s%s: no embedding table (%s)", e->files[0],
+             e->n_files > 1 ? " and the model's other files" : "",
              want ? want : "no 2-D tensor");
-    mb_tensor_file_close(f);
     return MB_EFORMAT;
   }
   if (t.ndim != 2 || (t.dtype != MB_DTYPE_F32 && t.dtype != MB_DTYPE_F16 &&

@@ -3,7 +3,8 @@
  * end to end on the host device: real synthetic weight files in both
  * formats, the real plugin .so, the real core. Every row it returns is
  * compared with the table read straight from the file and converted here;
- * offload and restore keep the answers; bad requests get 400/404.
+ * offload and restore keep the answers; a model of two files finds its
+ * table in the second; bad requests get 400/404.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -128,8 +129,10 @@ static void check_rows(void *inst, mb_tensor_format fmt) {
   json_decref(call(inst, "GET", "/nowhere", NULL, 404));
 }
 
-static void run_format(mb_tensor_format fmt) {
-  char err[256];
+/* With shard, the model's first file holds only a norm (no 2-D tensor) and
+ * the table is found in its second file, as in a sharded checkpoint. */
+static void run_format(mb_tensor_format fmt, int shard) {
+  char err[256], first[96] = "";
   snprintf(path, sizeof(path), "/tmp/mb-embed-XXXXXX");
   int fd = mkstemp(path);
   assert_true(fd >= 0);
@@ -145,10 +148,18 @@ static void run_format(mb_tensor_format fmt) {
   co.keep_alive_ms = MB_FOREVER;
   assert_int_equal(mb_ctx_new(&co, &ctx, err, sizeof(err)), 0);
   assert_int_equal(mb_device_add(ctx, NULL, NULL, err, sizeof(err)), 0);
-  const char *files[] = {path};
+  if (shard) {
+    snprintf(first, sizeof(first), "/tmp/mb-embed-XXXXXX");
+    fd = mkstemp(first);
+    assert_true(fd >= 0);
+    close(fd);
+    mb__mk_tensor t = {"model.norm.weight", MB_DTYPE_F32, 1, {64, 0, 0, 0}};
+    assert_int_equal(mb__mkmodel_write_tensors(first, fmt, &t, 1, 1, NULL, err, sizeof(err)), 0);
+  }
+  const char *files[] = {shard ? first : path, path};
   void *inst;
-  assert_int_equal(mb_model_add_plugin(ctx, "e", lib, files, 1, NULL, NULL, &inst, err,
-                                       sizeof(err)),
+  assert_int_equal(mb_model_add_plugin(ctx, "e", lib, files, shard ? 2 : 1, NULL, NULL, &inst,
+                                       err, sizeof(err)),
                    0);
   mb_plugin_close(lib);
 
@@ -166,16 +177,24 @@ static void run_format(mb_tensor_format fmt) {
   assert_int_equal(mb_release(ctx, l), 0);
   assert_int_equal(mb_ctx_free(ctx), 0);
   unlink(path);
+  if (shard)
+    unlink(first);
 }
 
 static void test_safetensors(void **state) {
   (void)state;
-  run_format(MB_TENSOR_FORMAT_SAFETENSORS);
+  run_format(MB_TENSOR_FORMAT_SAFETENSORS, 0);
 }
 
 static void test_gguf(void **state) {
   (void)state;
-  run_format(MB_TENSOR_FORMAT_GGUF);
+  run_format(MB_TENSOR_FORMAT_GGUF, 0);
+}
+
+static void test_sharded(void **state) {
+  (void)state;
+  run_format(MB_TENSOR_FORMAT_SAFETENSORS, 1);
+  run_format(MB_TENSOR_FORMAT_GGUF, 1);
 }
 
 /* A file with no embedding table: the load fails naming the file. */
@@ -211,6 +230,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_safetensors),
       cmocka_unit_test(test_gguf),
+      cmocka_unit_test(test_sharded),
       cmocka_unit_test(test_no_table),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
