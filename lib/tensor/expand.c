@@ -28,14 +28,19 @@ typedef struct strv {
   size_t n, cap;
 } strv;
 
+/* dir/name, with one '/' between them ("models/" + "a" is "models/a"). */
 static char *join(const char *dir, const char *name) {
   size_t a = strlen(dir), b = strlen(name);
+  while (a > 1 && dir[a - 1] == '/')
+    a--;
   char *p = mb__malloc(a + b + 2);
   if (p == NULL)
     return NULL;
   memcpy(p, dir, a);
-  p[a] = '/';
-  memcpy(p + a + 1, name, b + 1);
+  size_t at = a;
+  if (a == 0 || dir[a - 1] != '/')
+    p[at++] = '/';
+  memcpy(p + at, name, b + 1);
   return p;
 }
 

@@ -181,6 +181,7 @@ static void test_folders_and_patterns(void **state) {
   mkdir_rel("plain/sub.safetensors"); /* a folder, not a file */
   const char *plain[] = {"plain/a.safetensors", "plain/b.safetensors"};
   expect("plain", plain, 2);
+  expect("plain//", plain, 2); /* trailing slashes: the same paths */
   /* GGUF splits */
   mkdir_rel("gguf");
   write_text("gguf/m-00002-of-00002.gguf", "x");
