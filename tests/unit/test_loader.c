@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -173,6 +174,60 @@ static void test_truncated_and_changed(void **state) {
   unlink(path);
 }
 
+/* Rewrites one byte of the file while it loads (from the first progress
+ * callback, on a reader thread). */
+typedef struct scribble {
+  const char *path;
+  int done;
+} scribble;
+
+static void scribble_once(void *user, uint64_t done, uint64_t total) {
+  scribble *s = user;
+  (void)done;
+  (void)total;
+  if (__atomic_exchange_n(&s->done, 1, __ATOMIC_ACQ_REL))
+    return;
+  int fd = open(s->path, O_WRONLY);
+  if (fd >= 0) {
+    /* a later mtime even on a coarse clock */
+    struct timespec ts[2] = {{0, UTIME_OMIT}, {time(NULL) + 10, 0}};
+    if (pwrite(fd, "x", 1, 9) == 1)
+      futimens(fd, ts);
+    close(fd);
+  }
+}
+
+/* A file written to while it loads: the load fails (MB_EIO, "changed while
+ * it was loaded", naming the file), with either I/O mode. */
+static void test_changed_during_load(void **state) {
+  (void)state;
+  for (int io = MB_IO_BUFFERED; io <= MB_IO_DIRECT; io++) {
+    char path[512], err[256] = "";
+    mkfile("during.safetensors", MB_TENSOR_FORMAT_SAFETENSORS, 4u << 20, 8, path, sizeof(path));
+    mb__dev *d = NULL;
+    assert_int_equal(mb__dev_open(MB_DEVICE_HOST, 0, &d, err, sizeof(err)), 0);
+    mb_tensor_file *f = NULL;
+    assert_int_equal(mb_tensor_file_open(path, &f, err, sizeof(err)), 0);
+    mb__layout l;
+    assert_int_equal(mb__layout_make(&f, 1, &l), 0);
+    uint64_t arena = 0;
+    assert_int_equal(mb__dev_alloc(d, l.arena_bytes, &arena, err, sizeof(err)), 0);
+    scribble sc = {path, 0};
+    mb__load_opts o = {.chunk_bytes = 65536, .threads = 2, .io = (mb__io_mode)io,
+                       .progress = scribble_once, .progress_user = &sc};
+    int rc = mb__load_files(d, &f, &l, arena, &o, NULL, err, sizeof(err));
+    assert_int_equal(sc.done, 1);
+    assert_int_equal(rc, MB_EIO);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "changed while it was loaded"));
+    mb__dev_free(d, arena);
+    mb__layout_free(&l);
+    mb_tensor_file_close(f);
+    mb__dev_close(d);
+    unlink(path);
+  }
+}
+
 int main(void) {
   const char *base = access("/var/tmp", W_OK) == 0 ? "/var/tmp" : "/tmp";
   snprintf(g_dir, sizeof(g_dir), "%s/mb_loader_XXXXXX", base);
@@ -182,6 +237,7 @@ int main(void) {
       cmocka_unit_test(test_every_byte),
       cmocka_unit_test(test_cached_fraction),
       cmocka_unit_test(test_truncated_and_changed),
+      cmocka_unit_test(test_changed_during_load),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   rmdir(g_dir);
