@@ -28,6 +28,7 @@
 
 #include "modelbuf/modelbuf.h"
 #include "alloc_count.h"
+#include "rss.h"
 
 #define MiB (1024ull * 1024ull)
 #define WEIGHTS (48 * MiB)
@@ -117,17 +118,6 @@ static void w_footprint(void *user, uint64_t *device_bytes, uint64_t *host_bytes
   weights *w = user;
   *device_bytes = w->dev ? WEIGHTS : 0;
   *host_bytes = w->host ? WEIGHTS : 0;
-}
-
-static uint64_t rss_bytes(void) {
-  FILE *f = fopen("/proc/self/statm", "r");
-  unsigned long long size = 0, resident = 0;
-  if (f == NULL)
-    return 0;
-  if (fscanf(f, "%llu %llu", &size, &resident) != 2)
-    resident = 0;
-  fclose(f);
-  return resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
 /* One whole residency: lease (load), release, offload, lease (restore),

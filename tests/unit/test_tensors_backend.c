@@ -2,7 +2,8 @@
  * test_tensors_backend.c - the tensors backend through the real core in
  * threaded mode on the host device: load / offload / restore / unload over
  * several cycles with every tensor byte checked against the files, exact
- * usage per tier, lookups refused while offloaded, memory back at baseline;
+ * usage per tier, lookups refused while offloaded, memory back at baseline
+ * (the library's allocations, and the process's resident memory);
  * failing each allocation of a load in turn leaves nothing allocated;
  * duplicate names, missing and truncated files fail with clear messages.
  */
@@ -17,6 +18,7 @@
 #include <cmocka.h>
 
 #include "alloc_count.h"
+#include "rss.h"
 #include "files.h"
 
 #include "modelbuf/modelbuf.h"
@@ -136,6 +138,56 @@ static void test_cycles(void **state) {
     }
   }
   assert_int_equal(mb_ctx_free(ctx), 0); /* frees the model (destroy) */
+}
+
+/*
+ * The process's resident memory (the host device's own figure) after each
+ * unload is back where it was before the first load, over load / offload /
+ * restore / unload cycles of a 48 MiB model, and while the model is held it
+ * is up by the arena and the host copy (so the figure does see them). Not
+ * under a sanitizer, which keeps freed memory.
+ */
+static void test_rss_back_at_baseline(void **state) {
+  (void)state;
+  if (RSS_SANITIZED)
+    skip();
+  char path[600], err[256] = "";
+  snprintf(path, sizeof(path), "%s/rss.safetensors", g_dir);
+  mb__mkmodel_opts o = {.path = path, .format = MB_TENSOR_FORMAT_SAFETENSORS,
+                        .size_bytes = 48 * MiB, .seed = 11};
+  assert_int_equal(mb__mkmodel_write(&o, NULL, err, sizeof(err)), 0);
+  const char *one[1] = {path};
+  mb_tensors_model *m = NULL;
+  assert_int_equal(mb_tensors_model_new(one, 1, NULL, &m, err, sizeof(err)), 0);
+  uint64_t bytes = mb_tensors_model_bytes(m);
+  mb_ctx *ctx = new_ctx();
+  mb_model_opts mo;
+  mb_model_opts_init(&mo);
+  mo.footprint_bytes = bytes;
+  mo.keep_alive_ms = 60000;
+  assert_int_equal(mb_model_add(ctx, "r", mb_tensors_backend(), m, &mo, err, sizeof(err)), 0);
+  uint64_t base = rss_bytes(), high = 0, worst = 0;
+  assert_true(base > 0);
+  for (int cycle = 0; cycle < 4; cycle++) {
+    mb_lease l;
+    assert_int_equal(mb_acquire(ctx, "r", NULL, &l, err, sizeof(err)), 0);
+    assert_int_equal(mb_release(ctx, l), 0);
+    assert_int_equal(mb_offload(ctx, "r", err, sizeof(err)), 0);
+    assert_int_equal(mb_acquire(ctx, "r", NULL, &l, err, sizeof(err)), 0); /* restore */
+    uint64_t held = rss_bytes();
+    high = held > high ? held : high;
+    assert_int_equal(mb_release(ctx, l), 0);
+    assert_int_equal(mb_unload(ctx, "r", err, sizeof(err)), 0);
+    uint64_t after = rss_bytes();
+    worst = after > worst ? after : worst;
+  }
+  print_message("rss: baseline %.1f MiB, held (arena + host copy) %.1f MiB, highest after an "
+                "unload %.1f MiB\n",
+                (double)base / MiB, (double)high / MiB, (double)worst / MiB);
+  assert_true(high >= base + 2 * bytes - 8 * MiB);
+  assert_true(worst <= base + 8 * MiB);
+  assert_int_equal(mb_ctx_free(ctx), 0);
+  unlink(path);
 }
 
 /* Fails allocation n, n = 1, 2, ... of a load until one succeeds: each
@@ -275,6 +327,7 @@ static int teardown(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_cycles),
+      cmocka_unit_test(test_rss_back_at_baseline),
       cmocka_unit_test(test_allocfail),
       cmocka_unit_test(test_errors),
   };
