@@ -264,15 +264,19 @@ static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, siz
     rc = mb_plugin_open(m->mc->plugin, &lib, err, err_len);
     if (rc != 0)
       return rc;
-    /* Its files: entries as a tensors model's (folders, indexes, patterns). */
-    char **paths = NULL;
+    /* Its files: entries as a tensors model's (folders, indexes, patterns).
+     * Entries that name no file yet do not stop the start: the plugin gets
+     * them as written, and its loads fail on them until they are fixed. */
+    char **paths = NULL, why[512] = "";
     size_t n = 0;
-    rc = m->mc->n_files > 0 ? mbd_files_expand(m->mc->files, m->mc->n_files, m->name, &paths,
-                                                &n, err, err_len)
-                            : 0;
-    if (rc == 0)
-      rc = mb_model_add_plugin(d->ctx, m->name, lib, (const char *const *)paths, n, NULL, &mo,
-                               &m->plugin, err, err_len);
+    if (m->mc->n_files > 0 &&
+        mbd_files_expand(m->mc->files, m->mc->n_files, m->name, &paths, &n, why,
+                         sizeof(why)) != 0)
+      mbd_log(d, MBD_LOG_WARN, "plugin: weight files not usable; loads will fail until they are",
+              "model=%s why=\"%s\"", m->name, why);
+    rc = mb_model_add_plugin(d->ctx, m->name, lib,
+                             (const char *const *)(paths ? paths : m->mc->files),
+                             paths ? n : m->mc->n_files, NULL, &mo, &m->plugin, err, err_len);
     mb_tensors_paths_free(paths, n);
     mb_plugin_close(lib);
     return rc;

@@ -390,3 +390,17 @@ def test_hugging_face_snapshot_folder():
         assert d.status("hf")["files"][-1].endswith("model-00003-of-00003.safetensors")
     finally:
         assert d.stop() == 0
+
+
+def test_plugin_files_that_name_nothing_yet():
+    """A plugin model whose files: pattern matches nothing does not stop the
+    daemon: it warns, and the model's loads fail naming the entry."""
+    plugin = os.path.join(BUILD, "examples", "plugins", "libmodelbuf_embed.so")
+    pattern = os.path.join(DATA, "no-such-shards", "*.safetensors")
+    d = Daemon(f"models:\n  emb: {{backend: plugin, plugin: {plugin}, files: [\"{pattern}\"]}}\n")
+    try:
+        assert "the pattern matches no file" in d.logs(), d.logs()
+        code, doc, _ = d.post("/m/emb/embed", {"input": [1]})
+        assert code == 502 and pattern in doc["error"]["message"], doc
+    finally:
+        assert d.stop() == 0

@@ -66,15 +66,23 @@ static void mkdir_rel(const char *rel) {
   assert_int_equal(mkdir(p, 0755), 0);
 }
 
+/* Expands one spec relative to g_dir. */
+static int expand_rel(const char *spec_rel, char ***paths, size_t *n, char *err, size_t len) {
+  char spec[512];
+  path_of(spec, sizeof(spec), spec_rel);
+  const char *specs[1] = {spec};
+  *paths = NULL;
+  *n = 0;
+  return mb_tensors_expand(specs, 1, paths, n, err, len);
+}
+
 /* Expands one spec (relative to g_dir) and checks the result is exactly
  * want[] (relative to g_dir), in order. */
 static void expect(const char *spec_rel, const char *const *want, size_t n_want) {
-  char spec[512], err[256] = "";
-  path_of(spec, sizeof(spec), spec_rel);
-  const char *specs[1] = {spec};
-  char **paths = NULL;
-  size_t n = 0;
-  int rc = mb_tensors_expand(specs, 1, &paths, &n, err, sizeof(err));
+  char err[256] = "";
+  char **paths;
+  size_t n;
+  int rc = expand_rel(spec_rel, &paths, &n, err, sizeof(err));
   if (rc != 0)
     fail_msg("expand %s: %s: %s", spec_rel, mb_err_name(rc), err);
   if (n != n_want) {
@@ -90,19 +98,16 @@ static void expect(const char *spec_rel, const char *const *want, size_t n_want)
   mb_tensors_paths_free(paths, n);
 }
 
-static int expect_error(const char *spec_rel, int want_rc, const char *needle) {
-  char spec[512], err[256] = "";
-  path_of(spec, sizeof(spec), spec_rel);
-  const char *specs[1] = {spec};
-  char **paths = NULL;
-  size_t n = 0;
-  int rc = mb_tensors_expand(specs, 1, &paths, &n, err, sizeof(err));
+static void expect_error(const char *spec_rel, int want_rc, const char *needle) {
+  char err[256] = "";
+  char **paths;
+  size_t n;
+  int rc = expand_rel(spec_rel, &paths, &n, err, sizeof(err));
   assert_int_equal(rc, want_rc);
   assert_null(paths);
   assert_int_equal(n, 0);
   if (strstr(err, needle) == NULL)
     fail_msg("expand %s: message '%s' lacks '%s'", spec_rel, err, needle);
-  return rc;
 }
 
 static const char *index_text =
@@ -127,12 +132,10 @@ static void test_hf_folder(void **state) {
   expect("hf", want, 3);
   expect("hf/model.safetensors.index.json", want, 3);
   /* The snapshot loads as one model: every tensor equals its shard's bytes. */
-  char spec[512], err[256] = "";
-  path_of(spec, sizeof(spec), "hf");
-  const char *specs[1] = {spec};
+  char err[256] = "";
   char **paths;
   size_t n;
-  assert_int_equal(mb_tensors_expand(specs, 1, &paths, &n, err, sizeof(err)), 0);
+  assert_int_equal(expand_rel("hf", &paths, &n, err, sizeof(err)), 0);
   mb_tensors_model *m = NULL;
   if (mb_tensors_model_new((const char *const *)paths, n, NULL, &m, err, sizeof(err)) != 0)
     fail_msg("model: %s", err);
