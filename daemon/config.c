@@ -217,27 +217,15 @@ const char *mbd_config_path(const char *flag, const mbd_env *env) {
 /* Defaults and freeing                                                      */
 
 static void tuning_defaults(mbd_tuning *t) {
-  t->keep_alive_ms = MBD_DEFAULT_KEEP_ALIVE_MS;
-  t->offload = 1;
-  t->host_keep_alive_ms = MBD_DEFAULT_HOST_KEEP_ALIVE_MS;
-  t->max_concurrency = MBD_DEFAULT_MAX_CONCURRENCY;
-  t->max_queue = MBD_DEFAULT_MAX_QUEUE;
-  t->queue_timeout_ms = MBD_DEFAULT_QUEUE_TIMEOUT_MS;
-  t->start_timeout_ms = MBD_DEFAULT_START_TIMEOUT_MS;
-  t->stop_timeout_ms = MBD_DEFAULT_STOP_TIMEOUT_MS;
-  t->busy_timeout_ms = MBD_DEFAULT_BUSY_TIMEOUT_MS;
+#define DEFAULT(field, key, kind, def, min, max) t->field = (def);
+  MBD_TUNING_MAP(DEFAULT)
+#undef DEFAULT
 }
 
 void mbd__tuning_unset(mbd_tuning *t) {
-  t->keep_alive_ms = MBD_UNSET;
-  t->offload = MBD_UNSET;
-  t->host_keep_alive_ms = MBD_UNSET;
-  t->max_concurrency = MBD_UNSET;
-  t->max_queue = MBD_UNSET;
-  t->queue_timeout_ms = MBD_UNSET;
-  t->start_timeout_ms = MBD_UNSET;
-  t->stop_timeout_ms = MBD_UNSET;
-  t->busy_timeout_ms = MBD_UNSET;
+#define UNSET(field, key, kind, def, min, max) t->field = MBD_UNSET;
+  MBD_TUNING_MAP(UNSET)
+#undef UNSET
 }
 
 void mbd__config_resolve(mbd_config *cfg) {
@@ -245,16 +233,8 @@ void mbd__config_resolve(mbd_config *cfg) {
   for (size_t i = 0; i < cfg->n_models; i++) {
     const mbd_tuning *s = &cfg->models[i].set;
     mbd_tuning *t = &cfg->models[i].tuning;
-#define PICK(f) t->f = s->f != MBD_UNSET ? s->f : d->f
-    PICK(keep_alive_ms);
-    PICK(offload);
-    PICK(host_keep_alive_ms);
-    PICK(max_concurrency);
-    PICK(max_queue);
-    PICK(queue_timeout_ms);
-    PICK(start_timeout_ms);
-    PICK(stop_timeout_ms);
-    PICK(busy_timeout_ms);
+#define PICK(field, key, kind, def, min, max) t->field = s->field != MBD_UNSET ? s->field : d->field;
+    MBD_TUNING_MAP(PICK)
 #undef PICK
   }
 }
@@ -288,6 +268,7 @@ static void model_free(mbd_model_config *m) {
   hook_free(&m->hook_offload);
   hook_free(&m->hook_restore);
   hook_free(&m->hook_cleanup);
+  hook_free(&m->hook_unload);
   free(m->probe.method);
   free(m->probe.path);
   free(m->probe.body);
@@ -302,6 +283,9 @@ void mbd_config_free(mbd_config *cfg) {
   free(cfg->unix_socket);
   mbd__strv_free(cfg->api_keys, cfg->n_api_keys);
   free(cfg->devices);
+  free(cfg->temp_dir);
+  free(cfg->state_file);
+  mbd__strv_free(cfg->openai_routes, cfg->n_openai_routes);
   for (size_t i = 0; i < cfg->n_models; i++)
     model_free(&cfg->models[i]);
   free(cfg->models);
@@ -326,6 +310,13 @@ mbd_config *mbd__config_alloc(const char *name) {
   tuning_defaults(&cfg->defaults);
   cfg->max_body_bytes = MBD_DEFAULT_MAX_BODY_BYTES;
   cfg->max_header_bytes = MBD_DEFAULT_MAX_HEADER_BYTES;
+  cfg->max_connections = MBD_DEFAULT_MAX_CONNECTIONS;
+  cfg->header_timeout_ms = MBD_DEFAULT_HEADER_TIMEOUT_MS;
+  cfg->idle_timeout_ms = MBD_DEFAULT_IDLE_TIMEOUT_MS;
+  cfg->body_timeout_ms = MBD_DEFAULT_BODY_TIMEOUT_MS;
+  cfg->send_timeout_ms = MBD_DEFAULT_SEND_TIMEOUT_MS;
+  cfg->min_body_rate = MBD_DEFAULT_MIN_BODY_RATE;
+  cfg->body_buffer_bytes = MBD_DEFAULT_BODY_BUFFER_BYTES;
   return cfg;
 }
 

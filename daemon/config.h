@@ -46,6 +46,16 @@
 #define MBD_DEFAULT_MAX_BODY_BYTES (64ULL << 20)
 #define MBD_DEFAULT_MAX_HEADER_BYTES (64ULL << 10)
 #define MBD_DEFAULT_HEALTH "/health"
+#define MBD_DEFAULT_HEALTH_INTERVAL_MS 0 /* off */
+#define MBD_DEFAULT_HEALTH_FAILURES 3
+/* The front door (limits:, DESIGN §5), in the spirit of nginx's defaults. */
+#define MBD_DEFAULT_MAX_CONNECTIONS 10000
+#define MBD_DEFAULT_HEADER_TIMEOUT_MS (30 * 1000)
+#define MBD_DEFAULT_IDLE_TIMEOUT_MS (75 * 1000)
+#define MBD_DEFAULT_BODY_TIMEOUT_MS (60 * 1000)
+#define MBD_DEFAULT_SEND_TIMEOUT_MS (60 * 1000)
+#define MBD_DEFAULT_MIN_BODY_RATE 1024 /* bytes per second, over 10 s windows */
+#define MBD_DEFAULT_BODY_BUFFER_BYTES (1ULL << 20)
 #define MBD_MODEL_NAME_MAX 64
 
 /* A per-model value not set in the model's section: take it from defaults. */
@@ -100,19 +110,49 @@ void mbd_listen_clear(mbd_listen *l);
 
 /*
  * Policy values a model inherits from the defaults section unless it sets
- * them. In mbd_config.defaults every field holds a value; in
- * mbd_model_config.set a field is MBD_UNSET when the model left it out.
+ * them. One list gives the struct, the schema of `defaults:` and of each
+ * model, the built-in defaults and the resolution (config.c,
+ * config_parse.c): XX(field, key, kind, default, min, max), kind DUR
+ * (int64_t ms; min -1 allows "forever", max 0 means none), INT (int within
+ * [min, max]) or BOOL (int 0/1).
+ *
+ *   keep_alive         READY after last use; 0 = unload at once; forever
+ *   offload            idle expiry offloads to host RAM when possible
+ *   host_keep_alive    OFFLOADED before full release; forever
+ *   max_concurrency    requests at once
+ *   max_queue          waiters beyond which requests get 503
+ *   queue_timeout      bound on a request's wait for a slot; forever
+ *   start_timeout      the worker must answer its health check within
+ *   stop_timeout       SIGTERM to SIGKILL
+ *   busy_timeout       a request in flight longer kills the worker; 0 = off
+ *   request_buffering  1: a request body is received whole before the lease
+ *                      is asked for; 0: it streams to the worker
+ *   health_interval    health check of a READY worker every ...; 0 = off
+ *   health_failures    failed checks in a row that make the worker lost
  */
+#define MBD_TUNING_MAP(XX)                                                                 \
+  XX(keep_alive_ms, "keep_alive", DUR, MBD_DEFAULT_KEEP_ALIVE_MS, -1, 0)                   \
+  XX(offload, "offload", BOOL, 1, 0, 1)                                                    \
+  XX(host_keep_alive_ms, "host_keep_alive", DUR, MBD_DEFAULT_HOST_KEEP_ALIVE_MS, -1, 0)    \
+  XX(max_concurrency, "max_concurrency", INT, MBD_DEFAULT_MAX_CONCURRENCY, 1, 100000)      \
+  XX(max_queue, "max_queue", INT, MBD_DEFAULT_MAX_QUEUE, 0, 10000000)                      \
+  XX(queue_timeout_ms, "queue_timeout", DUR, MBD_DEFAULT_QUEUE_TIMEOUT_MS, -1, 0)          \
+  XX(start_timeout_ms, "start_timeout", DUR, MBD_DEFAULT_START_TIMEOUT_MS, 1, 0)           \
+  XX(stop_timeout_ms, "stop_timeout", DUR, MBD_DEFAULT_STOP_TIMEOUT_MS, 0, 0)              \
+  XX(busy_timeout_ms, "busy_timeout", DUR, MBD_DEFAULT_BUSY_TIMEOUT_MS, 0, 0)              \
+  XX(request_buffering, "request_buffering", BOOL, 1, 0, 1)                                \
+  XX(health_interval_ms, "health_interval", DUR, MBD_DEFAULT_HEALTH_INTERVAL_MS, 0, 0)     \
+  XX(health_failures, "health_failures", INT, MBD_DEFAULT_HEALTH_FAILURES, 1, 1000)
+
+#define MBD__TUNING_CTYPE_DUR int64_t
+#define MBD__TUNING_CTYPE_INT int
+#define MBD__TUNING_CTYPE_BOOL int
+#define MBD__TUNING_FIELD(field, key, kind, def, min, max) MBD__TUNING_CTYPE_##kind field;
+
+/* In mbd_config.defaults every field holds a value; in mbd_model_config.set
+ * a field is MBD_UNSET when the model left it out. */
 typedef struct mbd_tuning {
-  int64_t keep_alive_ms;      /* READY after last use; 0 = unload at once; MB_FOREVER */
-  int offload;                /* 1: idle expiry offloads to host RAM when possible */
-  int64_t host_keep_alive_ms; /* OFFLOADED before full release; MB_FOREVER */
-  int max_concurrency;        /* requests at once, >= 1 */
-  int max_queue;              /* waiters beyond which requests get 503, >= 0 */
-  int64_t queue_timeout_ms;   /* bound on a request's wait; MB_FOREVER */
-  int64_t start_timeout_ms;   /* worker must answer its health check within, > 0 */
-  int64_t stop_timeout_ms;    /* SIGTERM to SIGKILL, >= 0 */
-  int64_t busy_timeout_ms;    /* a request in flight longer kills the worker; 0 = off */
+  MBD_TUNING_MAP(MBD__TUNING_FIELD)
 } mbd_tuning;
 
 typedef enum mbd_backend_kind {
@@ -173,6 +213,8 @@ typedef struct mbd_model_config {
   mbd_tuning set;            /* as written in the model's section (MBD_UNSET: not) */
   mbd_tuning tuning;         /* effective: set, else the configuration's defaults */
   mbd_hook hook_offload, hook_restore, hook_cleanup;
+  mbd_hook hook_unload;      /* called before the worker is stopped (custom cleanup) */
+  uint64_t memory_limit_bytes; /* the worker is stopped and FAILS past it; 0 = none */
   mbd_probe probe;
   mbd_loader loader;         /* tensors: how its files are read */
 } mbd_model_config;
@@ -203,8 +245,21 @@ typedef struct mbd_config {
   mb_eviction eviction;      /* default MB_EVICT_LRU */
   mbd_log_level log_level;   /* default MBD_LOG_INFO */
   mbd_tuning defaults;
-  uint64_t max_body_bytes;   /* limits.max_body_size */
-  uint64_t max_header_bytes; /* limits.max_header_size */
+  /* The front door (limits:). */
+  uint64_t max_body_bytes;   /* limits.max_body_size: a request body at most */
+  uint64_t max_header_bytes; /* limits.max_header_size: request line + headers at most */
+  int max_connections;       /* limits.max_connections: client connections at once */
+  int64_t header_timeout_ms; /* limits.header_timeout: the whole header block within */
+  int64_t idle_timeout_ms;   /* limits.idle_timeout: a keep-alive connection idle at most */
+  int64_t body_timeout_ms;   /* limits.body_timeout: between two reads of a body */
+  int64_t send_timeout_ms;   /* limits.send_timeout: a client that takes nothing that long */
+  uint64_t min_body_rate;    /* limits.min_body_rate: bytes/s over 10 s windows; 0 = off */
+  uint64_t body_buffer_bytes;/* limits.body_buffer_size: in memory, then a temp file */
+  int http_threads;          /* event-loop threads; 0 = one per CPU (at most 16) */
+  char *temp_dir;            /* request bodies spooled here; NULL = $TMPDIR, else /tmp */
+  char *state_file;          /* worker pids kept for the next start; NULL = derived */
+  char **openai_routes;      /* more POST paths routed by the body's "model" */
+  size_t n_openai_routes;
   mbd_model_config *models;  /* in file order */
   size_t n_models;
 } mbd_config;

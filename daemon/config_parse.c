@@ -261,7 +261,9 @@ static void apply_field(pctx *c, const mbd_ynode *v, void *obj, const field *f) 
     if (mbd_parse_duration_ms(s, f->min < 0 ? MBD_DUR_FOREVER : 0, &ms, err, sizeof(err)) != 0)
       perr(c, v, "%s", err);
     else if (ms != MB_FOREVER && ms < f->min)
-      perr(c, v, "must be more than 0");
+      perr(c, v, f->min > 0 ? "must be more than 0" : "must not be negative");
+    else if (f->max > 0 && (ms == MB_FOREVER || ms > f->max))
+      perr(c, v, "must be at most %lld s", (long long)(f->max / 1000));
     else
       *(int64_t *)(void *)p = ms;
     break;
@@ -274,6 +276,8 @@ static void apply_field(pctx *c, const mbd_ynode *v, void *obj, const field *f) 
       perr(c, v, "%s", err);
     else if (b < (uint64_t)f->min)
       perr(c, v, "must be at least %lld bytes", (long long)f->min);
+    else if (f->max > 0 && b > (uint64_t)f->max)
+      perr(c, v, "must be at most %lld bytes", (long long)f->max);
     else
       *(uint64_t *)(void *)p = b;
     break;
@@ -435,6 +439,7 @@ static const field hooks_fields[] = {
     {"offload", F_FN, offsetof(mbd_model_config, hook_offload), 0, 0, 0, fn_hook},
     {"restore", F_FN, offsetof(mbd_model_config, hook_restore), 0, 0, 0, fn_hook},
     {"cleanup", F_FN, offsetof(mbd_model_config, hook_cleanup), 0, 0, 0, fn_hook},
+    {"unload", F_FN, offsetof(mbd_model_config, hook_unload), 0, 0, 0, fn_hook},
 };
 
 static void fn_hooks(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
@@ -685,20 +690,12 @@ static void fn_aliases(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   }
 }
 
-#define TUNING_FIELDS(base)                                                                \
-  {"keep_alive", F_DUR, (base) + offsetof(mbd_tuning, keep_alive_ms), 0, -1, 0, NULL},     \
-  {"offload", F_BOOL, (base) + offsetof(mbd_tuning, offload), 0, 0, 0, NULL},              \
-  {"host_keep_alive", F_DUR, (base) + offsetof(mbd_tuning, host_keep_alive_ms), 0, -1, 0,  \
-   NULL},                                                                                  \
-  {"max_concurrency", F_INT, (base) + offsetof(mbd_tuning, max_concurrency), 0, 1, 100000, \
-   NULL},                                                                                  \
-  {"max_queue", F_INT, (base) + offsetof(mbd_tuning, max_queue), 0, 0, 10000000, NULL},    \
-  {"queue_timeout", F_DUR, (base) + offsetof(mbd_tuning, queue_timeout_ms), 0, -1, 0,      \
-   NULL},                                                                                  \
-  {"start_timeout", F_DUR, (base) + offsetof(mbd_tuning, start_timeout_ms), 0, 1, 0,       \
-   NULL},                                                                                  \
-  {"stop_timeout", F_DUR, (base) + offsetof(mbd_tuning, stop_timeout_ms), 0, 0, 0, NULL},  \
-  {"busy_timeout", F_DUR, (base) + offsetof(mbd_tuning, busy_timeout_ms), 0, 0, 0, NULL}
+/* The fields of mbd_tuning (MBD_TUNING_MAP): in a model's section (its
+ * `set`) and in `defaults:`. */
+#define MODEL_TUNING_FIELD(field, key, kind, def, min, max) \
+  {key, F_##kind, offsetof(mbd_model_config, set) + offsetof(mbd_tuning, field), 0, min, max, NULL},
+#define DEFAULTS_TUNING_FIELD(field, key, kind, def, min, max) \
+  {key, F_##kind, offsetof(mbd_tuning, field), 0, min, max, NULL},
 
 static const field model_fields[] = {
     {"cmd", F_FN, 0, 0, 0, 0, fn_cmd},
@@ -715,17 +712,28 @@ static const field model_fields[] = {
     {"pinned", F_BOOL, offsetof(mbd_model_config, pinned), 0, 0, 0, NULL},
     {"priority", F_INT, offsetof(mbd_model_config, priority), 0, -1000000, 1000000, NULL},
     {"aliases", F_FN, 0, 0, 0, 0, fn_aliases},
-    TUNING_FIELDS(offsetof(mbd_model_config, set)),
+    MBD_TUNING_MAP(MODEL_TUNING_FIELD)
+    {"memory_limit", F_SIZE, offsetof(mbd_model_config, memory_limit_bytes), 0, 1, 0, NULL},
     {"hooks", F_FN, 0, 0, 0, 0, fn_hooks},
     {"probe", F_FN, offsetof(mbd_model_config, probe), 0, 0, 0, fn_probe},
     {"loader", F_FN, 0, 0, 0, 0, fn_loader},
 };
 
-static const field defaults_fields[] = {TUNING_FIELDS(0)};
+static const field defaults_fields[] = {MBD_TUNING_MAP(DEFAULTS_TUNING_FIELD)};
 
 static const field limits_fields[] = {
     {"max_body_size", F_SIZE, offsetof(mbd_config, max_body_bytes), 0, 1, 0, NULL},
-    {"max_header_size", F_SIZE, offsetof(mbd_config, max_header_bytes), 0, 1024, 0, NULL},
+    {"max_header_size", F_SIZE, offsetof(mbd_config, max_header_bytes), 0, 1024, 16 << 20,
+     NULL},
+    {"max_connections", F_INT, offsetof(mbd_config, max_connections), 0, 1, 1000000, NULL},
+    {"header_timeout", F_DUR, offsetof(mbd_config, header_timeout_ms), 0, 1, 24 * 3600 * 1000,
+     NULL},
+    {"idle_timeout", F_DUR, offsetof(mbd_config, idle_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
+    {"body_timeout", F_DUR, offsetof(mbd_config, body_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
+    {"send_timeout", F_DUR, offsetof(mbd_config, send_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
+    {"min_body_rate", F_SIZE, offsetof(mbd_config, min_body_rate), 0, 0, 0, NULL},
+    {"body_buffer_size", F_SIZE, offsetof(mbd_config, body_buffer_bytes), 0, 4096, 1 << 30,
+     NULL},
 };
 
 static void fn_defaults(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
@@ -929,6 +937,30 @@ static void fn_models_later(pctx *c, const mbd_ynode *v, void *obj, const field 
   (void)c, (void)v, (void)obj, (void)f; /* walked after everything else: see walk_models */
 }
 
+/* More POST routes for the body's "model": plain absolute paths, each a
+ * route of its own (matched exactly, without query). */
+static void fn_openai_routes(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_config *cfg = obj;
+
+  (void)f;
+  set_strlist(c, v, &cfg->openai_routes, &cfg->n_openai_routes, 0);
+  for (size_t i = 0; i < cfg->n_openai_routes; i++) {
+    const char *r = cfg->openai_routes[i];
+    int ok = r[0] == '/' && strlen(r) <= 256 && strstr(r, "//") == NULL &&
+             strstr(r, "/./") == NULL && strstr(r, "/../") == NULL;
+    for (const char *p = r; ok && *p; p++)
+      ok = isalnum((unsigned char)*p) || strchr("/-._~", *p) != NULL;
+    size_t n = strlen(r);
+    if (ok && (n >= 2 && strcmp(r + n - 2, "/.") == 0))
+      ok = 0;
+    if (ok && (n >= 3 && strcmp(r + n - 3, "/..") == 0))
+      ok = 0;
+    if (!ok)
+      perr(c, v, "openai_routes[%zu]: '%s' is not a plain path (/[A-Za-z0-9-._~/]..., no dot segments)",
+           i, r);
+  }
+}
+
 static const field top_fields[] = {
     {"listen", F_FN, 0, 0, 0, 0, fn_listen},
     {"unix_socket", F_FN, 0, 0, 0, 0, fn_unix_socket},
@@ -939,6 +971,10 @@ static const field top_fields[] = {
     {"log_level", F_FN, 0, 0, 0, 0, fn_log_level},
     {"defaults", F_FN, 0, 0, 0, 0, fn_defaults},
     {"limits", F_FN, 0, 0, 0, 0, fn_limits},
+    {"http_threads", F_INT, offsetof(mbd_config, http_threads), 0, 0, 64, NULL},
+    {"temp_dir", F_STR, offsetof(mbd_config, temp_dir), 0, 0, 0, NULL},
+    {"state_file", F_STR, offsetof(mbd_config, state_file), 0, 0, 0, NULL},
+    {"openai_routes", F_FN, 0, 0, 0, 0, fn_openai_routes},
     {"models", F_FN, 0, 0, 0, 0, fn_models_later},
 };
 
