@@ -1,18 +1,34 @@
 /*
  * api.c - modelbufd's management routes (DESIGN §5): health, model status,
  * load/offload/unload/keep-alive, leases over HTTP, devices, cleanup, logs,
- * the event stream, Prometheus metrics, and the routes of the common Python
- * GPU-manager APIs.
+ * the event stream, Prometheus metrics, the request trace, and the routes
+ * of the common Python GPU-manager APIs.
+ *
+ * Handlers run on a loop thread of the front door and never block it: the
+ * core's operations are asked for with its async calls and answered when
+ * their done is posted back (op), and what must block (a worker's cleanup
+ * hook, several models offloaded in a row) runs on the task pool. Every
+ * value a client sends is range-checked (400 naming the field).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "daemon.h"
 #include "expand.h"
-#include "http.h"
+#include "front.h"
+#include "front_int.h"
+#include "leases.h"
+#include "proxy.h"
+#include "tasks.h"
 #include "tensors.h"
 #include "units.h"
+#include "api.h"
+
+/* The TTL of a lease taken over HTTP without one. */
+#define DEFAULT_LEASE_TTL_MS 60000
 
 /* ------------------------------------------------------------------------ */
 /* Status documents                                                          */
@@ -42,10 +58,8 @@ static json_t *device_name(mbd *d, int dev) {
  * when they cannot be. */
 static json_t *files_json(mbd *d, mbd_model *m) {
   json_t *files = NULL;
-  pthread_rwlock_rdlock(&d->reload_rw);
   if (m->tensors != NULL)
     files = mbd_tensors_files(m->tensors);
-  pthread_rwlock_unlock(&d->reload_rw);
   if (files != NULL)
     return files;
   files = json_array();
@@ -97,9 +111,7 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
       "last_load_ms", st.stats.last_load_ms, "avg_load_ms", st.stats.avg_load_ms,
       "last_restore_ms", st.stats.last_restore_ms, "last_offload_ms", st.stats.last_offload_ms,
       "queue_wait_ms_buckets", buckets);
-  pthread_rwlock_rdlock(&d->reload_rw);
   pid_t pid = m->worker ? mbd_worker_pid(m->worker) : 0;
-  pthread_rwlock_unlock(&d->reload_rw);
   json_t *aliases = json_array();
   for (size_t i = 0; i < m->mc->n_aliases; i++)
     json_array_append_new(aliases, json_string(m->mc->aliases[i]));
@@ -167,10 +179,16 @@ static json_t *devices_json(mbd *d) {
 
 /* The body as a JSON object; an empty body is {}. NULL with a message. */
 static json_t *body_json(mbd_req *r, char *err, size_t len) {
-  if (r->len == 0)
+  const char *b;
+  size_t n;
+  if (mbd_req_body(r, &b, &n) != 0) {
+    snprintf(err, len, "cannot read the request body");
+    return NULL;
+  }
+  if (n == 0)
     return json_object();
   json_error_t je;
-  json_t *doc = json_loadb(r->body, r->len, 0, &je);
+  json_t *doc = json_loadb(b, n, JSON_REJECT_DUPLICATES, &je);
   if (doc == NULL) {
     snprintf(err, len, "malformed JSON: %s (line %d, column %d)", je.text, je.line, je.column);
     return NULL;
@@ -183,31 +201,44 @@ static json_t *body_json(mbd_req *r, char *err, size_t len) {
   return doc;
 }
 
-/* A keep-alive value: "10m", 600, 0, -1, "forever". */
-static int keep_alive_of(json_t *v, int64_t *ms, char *err, size_t len) {
-  if (json_is_integer(v)) {
-    json_int_t s = json_integer_value(v);
-    *ms = s < 0 ? MB_FOREVER : (int64_t)s * 1000;
-    return 0;
+/* Refuses fields a route does not know (a misspelt key must not act on
+ * something else). 0, or -1 with the message. */
+static int known_fields(json_t *body, const char *const *names, char *err, size_t len) {
+  const char *k;
+  json_t *v;
+  json_object_foreach(body, k, v) {
+    int ok = 0;
+    for (const char *const *n = names; *n; n++)
+      ok |= strcmp(*n, k) == 0;
+    if (!ok) {
+      char list[200] = "";
+      for (const char *const *n = names; *n; n++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+                 n == names ? "" : ", ", *n);
+      snprintf(err, len, "unknown field '%.60s' (this route takes: %s)", k, list);
+      return -1;
+    }
   }
-  if (json_is_real(v)) {
-    double s = json_real_value(v);
-    *ms = s < 0 ? MB_FOREVER : (int64_t)(s * 1000.0);
-    return 0;
-  }
+  return 0;
+}
+
+/* A duration field: "10m", seconds (a number), -1 / "forever" where
+ * allowed. */
+static int duration_of(const char *name, json_t *v, unsigned flags, int64_t *ms, char *err,
+                       size_t len) {
+  if (json_is_integer(v) || json_is_real(v))
+    return mbd_client_seconds_ms(name, json_number_value(v), flags, ms, err, len);
   if (json_is_string(v))
-    return mbd_parse_duration_ms(json_string_value(v), MBD_DUR_FOREVER, ms, err, len);
-  snprintf(err, len, "keep_alive must be a duration (\"10m\"), seconds, 0 or -1");
+    return mbd_client_duration_ms(name, json_string_value(v), flags, ms, err, len);
+  snprintf(err, len, "%s must be a duration (\"10m\") or a number of seconds", name);
   return MB_EINVAL;
 }
 
-static MHD_RESULT lib_error(struct MHD_Connection *c, mbd *d, mbd_model *m, int rc,
-                            const char *msg) {
+static void lib_error(mbd_req *r, mbd_model *m, int rc, const char *msg) {
   const char *code;
   int status = mbd_http_status(rc, &code);
-  mbd_count_code(d, m, status);
-  return mbd_reply_error(c, status, code, msg && msg[0] ? msg : mb_strerror(rc),
-                         status == 503 ? 1 : 0);
+  mbd_count_code(r->d, m, status);
+  mbd_reply_error(r, status, code, msg && msg[0] ? msg : mb_strerror(rc), status == 503 ? 1 : 0);
 }
 
 /*
@@ -216,16 +247,130 @@ static MHD_RESULT lib_error(struct MHD_Connection *c, mbd *d, mbd_model *m, int 
  * process group measured now (vram_bytes and host_bytes are measured when
  * a load, offload or restore completes).
  */
-static MHD_RESULT model_status(struct MHD_Connection *c, mbd *d, mbd_model *m, int status) {
-  json_t *o = mbd_model_json(d, m);
-  if (o == NULL)
-    return mbd_reply_error(c, 404, "not_found", "unknown model", 0);
-  pthread_rwlock_rdlock(&d->reload_rw);
+static void model_status(mbd_req *r, mbd_model *m, int status) {
+  json_t *o = mbd_model_json(r->d, m);
+  if (o == NULL) {
+    mbd_reply_error(r, 404, "not_found", "unknown model", 0);
+    return;
+  }
   pid_t pid = m->worker ? mbd_worker_pid(m->worker) : 0;
   uint64_t rss = pid > 0 ? mbd_worker_rss(m->worker) : 0;
-  pthread_rwlock_unlock(&d->reload_rw);
   json_object_set_new(o, "rss_bytes", pid > 0 ? json_integer((json_int_t)rss) : json_null());
-  return mbd_reply_json(c, status, o);
+  mbd_reply_json(r, status, o);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The core's operations, answered on the loop                               */
+
+/*
+ * An operation asked of the core for a request (load, offload, unload,
+ * keep-alive, acquire). The core answers on its thread; the answer is
+ * posted to the request's loop. If the client left meanwhile, op frees
+ * itself there (an acquire's lease granted anyway is released).
+ */
+typedef struct op {
+  mbd_post post;
+  mbd *d;
+  mbd_req *r;          /* NULL once the client left */
+  mbd_loop *loop;
+  mbd_model *m;
+  int kind;            /* OP_* */
+  uint64_t req_id;     /* acquire: for mb_cancel */
+  int64_t ttl_ms;      /* acquire */
+  mb_result res;
+  char msg[256];
+} op;
+
+enum { OP_LOAD, OP_OFFLOAD, OP_UNLOAD, OP_KEEPALIVE, OP_ACQUIRE };
+
+static void op_gone(mbd_req *r) {
+  op *o = r->ctx;
+  o->r = NULL;
+  if (o->kind == OP_ACQUIRE && mb_cancel(o->d->ctx, o->req_id) != 0) {
+    /* answered already: the post frees o */
+  }
+}
+
+static void op_answer(mbd_post *p) {
+  op *o = (op *)p;
+  mbd *d = o->d;
+  mbd_req *r = o->r;
+  if (r == NULL) {
+    if (o->kind == OP_ACQUIRE && o->res.rc == 0 && mb_release(d->ctx, o->res.lease) != 0) {
+      /* expired already */
+    }
+    free(o);
+    return;
+  }
+  r->ctx = NULL;
+  r->on_gone = NULL;
+  if (o->res.rc != 0) {
+    lib_error(r, o->m, o->res.rc, o->msg);
+    free(o);
+    return;
+  }
+  if (o->kind != OP_ACQUIRE) {
+    mbd_count_code(d, o->m, 200);
+    model_status(r, o->m, 200);
+    free(o);
+    return;
+  }
+  char token[MBD_LEASE_TOKEN_LEN + 1];
+  int rc = mbd_leases_add(d->leases, o->res.lease, o->m->name, o->ttl_ms, mbd_now_ms(), token);
+  if (rc != 0) {
+    if (mb_release(d->ctx, o->res.lease) != 0) {
+      /* expired already */
+    }
+    mbd_reply_error(r, 500, "internal", mb_strerror(rc), 0);
+    free(o);
+    return;
+  }
+  char url[128] = "";
+  mbd_model *cur = mbd_current(d, o->m); /* the lease keeps it from a reload */
+  if (cur != NULL && cur->worker && mbd_worker_url(cur->worker, url, sizeof(url)) != 0)
+    url[0] = '\0';
+  json_t *doc = json_pack("{s:s,s:s,s:s,s:o,s:f}", "lease", token, "model", o->m->name, "url", url,
+                          "expires_at",
+                          time_or_null(d, mb_ctx_now(d->ctx) + (uint64_t)o->ttl_ms * 1000000u),
+                          "ttl_s", (double)o->ttl_ms / 1000.0);
+  mbd_count_code(d, o->m, 200);
+  mbd_reply_json(r, 200, doc);
+  free(o);
+}
+
+static void op_done(const mb_result *res, void *arg) {
+  op *o = arg;
+  o->res = *res;
+  snprintf(o->msg, sizeof(o->msg), "%s", res->message ? res->message : "");
+  o->res.message = o->msg;
+  o->post.fn = op_answer;
+  mbd_loop_post(o->loop, &o->post);
+}
+
+static op *op_new(mbd_req *r, mbd_model *m, int kind) {
+  op *o = calloc(1, sizeof(*o));
+  if (o == NULL) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    return NULL;
+  }
+  o->d = r->d;
+  o->r = r;
+  o->loop = mbd_req_loop(r);
+  o->m = m;
+  o->kind = kind;
+  r->ctx = o;
+  r->on_gone = op_gone;
+  return o;
+}
+
+/* Asked or failed to ask: on failure the request is answered and o freed. */
+static void op_asked(mbd_req *r, op *o, int rc) {
+  if (rc == 0)
+    return;
+  r->ctx = NULL;
+  r->on_gone = NULL;
+  lib_error(r, o->m, rc, NULL);
+  free(o);
 }
 
 static void ignore_done(const mb_result *res, void *arg) {
@@ -236,261 +381,285 @@ static void ignore_done(const mb_result *res, void *arg) {
 /* ------------------------------------------------------------------------ */
 /* /api/models/{name}/...                                                    */
 
-static MHD_RESULT model_action(mbd *d, struct MHD_Connection *c, mbd_model *m,
-                               const char *action, mbd_req *r) {
+static const char *const no_fields[] = {NULL};
+static const char *const load_fields[] = {"keep_alive", "wait", NULL};
+static const char *const ka_fields[] = {"keep_alive", NULL};
+static const char *const acquire_fields[] = {"ttl", "priority", "timeout", "keep_alive", NULL};
+
+static void model_action(mbd_req *r) {
+  mbd *d = r->d;
+  mbd_model *m = r->route.m;
+  const char *action = r->route.arg;
   char err[512] = "";
   json_t *body = body_json(r, err, sizeof(err));
-  if (body == NULL)
-    return mbd_reply_error(c, 400, "bad_request", err, 0);
-  int rc = 0;
+  if (body == NULL) {
+    mbd_reply_error(r, 400, "bad_request", err, 0);
+    return;
+  }
+  const char *const *fields = strcmp(action, "load") == 0         ? load_fields
+                              : strcmp(action, "keep-alive") == 0 ? ka_fields
+                              : strcmp(action, "acquire") == 0    ? acquire_fields
+                                                                  : no_fields;
+  if (known_fields(body, fields, err, sizeof(err)) != 0) {
+    json_decref(body);
+    mbd_reply_error(r, 400, "bad_request", err, 0);
+    return;
+  }
+  json_t *v;
+  op *o;
   if (strcmp(action, "load") == 0) {
     int64_t ka = MB_DEFAULT;
-    json_t *v = json_object_get(body, "keep_alive");
-    if (v && keep_alive_of(v, &ka, err, sizeof(err)) != 0) {
-      json_decref(body);
-      return mbd_reply_error(c, 400, "bad_request", err, 0);
-    }
-    json_t *wait = json_object_get(body, "wait");
-    if (wait && json_is_false(wait)) {
-      rc = mb_load_async(d->ctx, m->name, ka, ignore_done, NULL);
-      json_decref(body);
-      if (rc != 0)
-        return lib_error(c, d, m, rc, NULL);
-      return model_status(c, d, m, 202);
-    }
-    rc = mb_load(d->ctx, m->name, ka, err, sizeof(err));
-  } else if (strcmp(action, "offload") == 0) {
-    rc = mb_offload(d->ctx, m->name, err, sizeof(err));
-  } else if (strcmp(action, "unload") == 0) {
-    rc = mb_unload(d->ctx, m->name, err, sizeof(err));
-  } else if (strcmp(action, "keep-alive") == 0) {
-    json_t *v = json_object_get(body, "keep_alive");
-    int64_t ka;
-    if (v == NULL || keep_alive_of(v, &ka, err, sizeof(err)) != 0) {
-      json_decref(body);
-      return mbd_reply_error(c, 400, "bad_request",
-                             err[0] ? err : "missing keep_alive (\"10m\", seconds, 0 or -1)", 0);
-    }
-    rc = mb_keep_alive(d->ctx, m->name, ka);
-  } else if (strcmp(action, "acquire") == 0) {
-    mb_acquire_opts ao;
-    mb_acquire_opts_init(&ao);
-    int64_t ttl = 60000;
-    json_t *v;
-    if ((v = json_object_get(body, "ttl")) && keep_alive_of(v, &ttl, err, sizeof(err)) != 0) {
-      json_decref(body);
-      return mbd_reply_error(c, 400, "bad_request", err, 0);
-    }
-    if ((v = json_object_get(body, "priority")) && json_is_integer(v))
-      ao.priority = (int)json_integer_value(v);
-    if ((v = json_object_get(body, "timeout")) &&
-        keep_alive_of(v, &ao.timeout_ms, err, sizeof(err)) != 0) {
-      json_decref(body);
-      return mbd_reply_error(c, 400, "bad_request", err, 0);
-    }
     if ((v = json_object_get(body, "keep_alive")) &&
-        keep_alive_of(v, &ao.keep_alive_ms, err, sizeof(err)) != 0) {
-      json_decref(body);
-      return mbd_reply_error(c, 400, "bad_request", err, 0);
+        duration_of("keep_alive", v, MBD_CD_ZERO | MBD_CD_FOREVER, &ka, err, sizeof(err)) != 0)
+      goto bad;
+    json_t *wait = json_object_get(body, "wait");
+    if (wait && !json_is_boolean(wait)) {
+      snprintf(err, sizeof(err), "wait must be true or false");
+      goto bad;
     }
-    ao.ttl_ms = ttl == MB_FOREVER ? 0 : ttl;
-    mb_lease l;
-    rc = mb_acquire(d->ctx, m->name, &ao, &l, err, sizeof(err));
     json_decref(body);
-    if (rc != 0)
-      return lib_error(c, d, m, rc, err);
-    mbd_leases_track(d, l.id);
-    char url[128] = "";
-    char lease[32];
-    snprintf(lease, sizeof(lease), "%llu", (unsigned long long)l.id);
-    mbd_model *cur = mbd_current(d, m); /* the lease keeps it from a reload */
-    if (cur != NULL && cur->worker && mbd_worker_url(cur->worker, url, sizeof(url)) != 0)
-      url[0] = '\0';
-    json_t *o = json_pack("{s:s,s:s,s:s}", "lease", lease, "model", m->name, "url",
-                          url[0] ? url : "");
-    if (ao.ttl_ms > 0)
-      json_object_set_new(o, "expires_at",
-                          time_or_null(d, mb_ctx_now(d->ctx) + (uint64_t)ao.ttl_ms * 1000000u));
-    else
-      json_object_set_new(o, "expires_at", json_null());
-    mbd_count_code(d, m, 200);
-    return mbd_reply_json(c, 200, o);
-  } else {
-    json_decref(body);
-    return mbd_reply_error(c, 404, "not_found", "no such action", 0);
+    if (wait && json_is_false(wait)) {
+      int rc = mb_load_async(d->ctx, m->name, ka, ignore_done, NULL);
+      if (rc != 0)
+        lib_error(r, m, rc, NULL);
+      else
+        model_status(r, m, 202);
+      return;
+    }
+    if ((o = op_new(r, m, OP_LOAD)) != NULL)
+      op_asked(r, o, mb_load_async(d->ctx, m->name, ka, op_done, o));
+    return;
   }
+  if (strcmp(action, "offload") == 0 || strcmp(action, "unload") == 0) {
+    int off = action[0] == 'o';
+    json_decref(body);
+    if ((o = op_new(r, m, off ? OP_OFFLOAD : OP_UNLOAD)) != NULL)
+      op_asked(r, o, off ? mb_offload_async(d->ctx, m->name, op_done, o)
+                         : mb_unload_async(d->ctx, m->name, op_done, o));
+    return;
+  }
+  if (strcmp(action, "keep-alive") == 0) {
+    int64_t ka;
+    v = json_object_get(body, "keep_alive");
+    if (v == NULL) {
+      snprintf(err, sizeof(err), "missing keep_alive (\"10m\", seconds, 0 or -1)");
+      goto bad;
+    }
+    if (duration_of("keep_alive", v, MBD_CD_ZERO | MBD_CD_FOREVER, &ka, err, sizeof(err)) != 0)
+      goto bad;
+    json_decref(body);
+    if ((o = op_new(r, m, OP_KEEPALIVE)) != NULL)
+      op_asked(r, o, mb_keep_alive_async(d->ctx, m->name, ka, op_done, o));
+    return;
+  }
+  /* acquire */
+  mb_acquire_opts ao;
+  mb_acquire_opts_init(&ao);
+  int64_t ttl = DEFAULT_LEASE_TTL_MS;
+  if ((v = json_object_get(body, "ttl")) &&
+      duration_of("ttl", v, 0, &ttl, err, sizeof(err)) != 0)
+    goto bad;
+  if ((v = json_object_get(body, "priority")) != NULL) {
+    if (!json_is_integer(v) || json_integer_value(v) < MBD_PRIORITY_MIN ||
+        json_integer_value(v) > MBD_PRIORITY_MAX) {
+      snprintf(err, sizeof(err), "priority must be an integer from %d to %d", MBD_PRIORITY_MIN,
+               MBD_PRIORITY_MAX);
+      goto bad;
+    }
+    ao.priority = (int)json_integer_value(v);
+  }
+  if ((v = json_object_get(body, "timeout")) &&
+      duration_of("timeout", v, MBD_CD_FOREVER, &ao.timeout_ms, err, sizeof(err)) != 0)
+    goto bad;
+  if ((v = json_object_get(body, "keep_alive")) &&
+      duration_of("keep_alive", v, MBD_CD_ZERO | MBD_CD_FOREVER, &ao.keep_alive_ms, err,
+                  sizeof(err)) != 0)
+    goto bad;
   json_decref(body);
-  if (rc != 0)
-    return lib_error(c, d, m, rc, err);
-  mbd_count_code(d, m, 200);
-  return model_status(c, d, m, 200);
+  ao.ttl_ms = ttl;
+  if ((o = op_new(r, m, OP_ACQUIRE)) != NULL) {
+    o->ttl_ms = ttl;
+    op_asked(r, o, mb_acquire_async(d->ctx, m->name, &ao, op_done, o, &o->req_id));
+  }
+  return;
+bad:
+  json_decref(body);
+  mbd_reply_error(r, 400, "bad_request", err, 0);
 }
 
-static MHD_RESULT logs(mbd *d, struct MHD_Connection *c, mbd_model *m) {
+static void model_get(mbd_req *r) { model_status(r, r->route.m, 200); }
+
+static void logs(mbd_req *r) {
+  mbd_model *m = r->route.m;
+  char tail[32];
+  long want = -1;
+  int q = mbd_req_query(r, "tail", tail, sizeof(tail));
+  if (q != 0) {
+    char *end;
+    want = q > 0 ? strtol(tail, &end, 10) : -1;
+    if (q < 0 || end == tail || *end || want < 0 || want > 1000000) {
+      mbd_reply_error(r, 400, "bad_request", "tail must be a number of lines (0 to 1000000)", 0);
+      return;
+    }
+  }
   size_t cap = 256 * 1024, n = 0;
   char *buf = malloc(cap);
-  if (buf == NULL)
-    return MHD_NO;
-  pthread_rwlock_rdlock(&d->reload_rw);
+  if (buf == NULL) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    return;
+  }
   if (m->worker != NULL)
     n = mbd_worker_logs(m->worker, buf, cap);
-  pthread_rwlock_unlock(&d->reload_rw);
-  if (n == 0) {
-    free(buf);
-    return mbd_reply_text(c, 200, "text/plain; charset=utf-8", "", 0);
-  }
-  const char *tail = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "tail");
   char *start = buf;
-  if (tail) {
-    long want = strtol(tail, NULL, 10);
+  if (want >= 0) { /* the last `want` lines */
+    size_t i = n;
     long lines = 0;
-    for (char *p = buf + n; p > buf && want > 0; p--)
-      if (p[-1] == '\n' && p != buf + n && ++lines >= want) {
-        start = p;
-        break;
-      }
+    if (i > 0 && buf[i - 1] == '\n')
+      i--;
+    while (i > 0 && (buf[i - 1] != '\n' || ++lines < want))
+      i--;
+    start = want == 0 ? buf + n : buf + i;
   }
-  MHD_RESULT r = mbd_reply_text(c, 200, "text/plain; charset=utf-8", start,
-                                n - (size_t)(start - buf));
+  mbd_reply_text(r, 200, "text/plain; charset=utf-8", start, n - (size_t)(start - buf));
   free(buf);
-  return r;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Leases                                                                    */
 
-static MHD_RESULT lease_route(mbd *d, struct MHD_Connection *c, const char *method,
-                              const char *rest, mbd_req *r) {
-  char *end;
-  unsigned long long id = strtoull(rest, &end, 10);
-  if (id == 0 || (*end != '\0' && strcmp(end, "/renew") != 0))
-    return mbd_reply_error(c, 404, "not_found", "no such lease route", 0);
-  mb_lease l = {id, 0};
-  if (strcmp(end, "/renew") == 0 && strcmp(method, "POST") == 0) {
-    char err[256] = "";
-    json_t *body = body_json(r, err, sizeof(err));
-    if (body == NULL)
-      return mbd_reply_error(c, 400, "bad_request", err, 0);
-    int64_t ttl = 60000;
-    json_t *v = json_object_get(body, "ttl");
-    int bad = v && keep_alive_of(v, &ttl, err, sizeof(err)) != 0;
-    json_decref(body);
-    if (bad || ttl <= 0)
-      return mbd_reply_error(c, 400, "bad_request", err[0] ? err : "ttl must be positive", 0);
-    if (mb_lease_renew(d->ctx, l, ttl) != 0)
-      return mbd_reply_error(c, 404, "not_found", "no such lease (released or expired)", 0);
-    json_t *o = json_pack("{s:s,s:o}", "lease", rest, "expires_at",
-                          time_or_null(d, mb_ctx_now(d->ctx) + (uint64_t)ttl * 1000000u));
-    return mbd_reply_json(c, 200, o);
+static void lease_renew(mbd_req *r) {
+  mbd *d = r->d;
+  char token[MBD_LEASE_TOKEN_LEN + 2], err[256] = "", model[MBD_MODEL_NAME_MAX + 1];
+  snprintf(token, sizeof(token), "%.*s", (int)r->route.arg_len, r->path + r->route.arg_off);
+  json_t *body = body_json(r, err, sizeof(err));
+  if (body == NULL) {
+    mbd_reply_error(r, 400, "bad_request", err, 0);
+    return;
   }
-  if (*end == '\0' && strcmp(method, "DELETE") == 0) {
-    if (mb_release(d->ctx, l) != 0)
-      return mbd_reply_error(c, 404, "not_found", "no such lease (released or expired)", 0);
-    mbd_leases_forget(d, id);
-    return mbd_reply_json(c, 200, json_pack("{s:s,s:b}", "lease", rest, "released", 1));
+  static const char *const fields[] = {"ttl", NULL};
+  int64_t ttl = DEFAULT_LEASE_TTL_MS;
+  json_t *v = json_object_get(body, "ttl");
+  int bad = known_fields(body, fields, err, sizeof(err)) != 0 ||
+            (v && duration_of("ttl", v, 0, &ttl, err, sizeof(err)) != 0);
+  json_decref(body);
+  if (bad) {
+    mbd_reply_error(r, 400, "bad_request", err, 0);
+    return;
   }
-  return mbd_reply_error(c, 405, "method_not_allowed", "POST .../renew or DELETE a lease", 0);
+  uint64_t expires;
+  int rc = mbd_leases_renew(d->leases, d->ctx, token, ttl, mbd_now_ms(), model, &expires);
+  if (rc != 0) {
+    mbd_reply_error(r, 404, "not_found", "no such lease (released, expired or never made)", 0);
+    return;
+  }
+  mbd_reply_json(r, 200,
+                 json_pack("{s:s,s:s,s:o,s:f}", "lease", token, "model", model, "expires_at",
+                           time_or_null(d, mb_ctx_now(d->ctx) + (uint64_t)ttl * 1000000u),
+                           "ttl_s", (double)ttl / 1000.0));
+}
+
+static void lease_release(mbd_req *r) {
+  mbd *d = r->d;
+  char token[MBD_LEASE_TOKEN_LEN + 2], model[MBD_MODEL_NAME_MAX + 1];
+  snprintf(token, sizeof(token), "%.*s", (int)r->route.arg_len, r->path + r->route.arg_off);
+  mb_lease l;
+  if (mbd_leases_take(d->leases, token, mbd_now_ms(), &l, model) != 0) {
+    mbd_reply_error(r, 404, "not_found", "no such lease (released, expired or never made)", 0);
+    return;
+  }
+  int rc = mb_release(d->ctx, l);
+  if (rc != 0 && rc != MB_EINVAL) {
+    lib_error(r, NULL, rc, NULL);
+    return;
+  }
+  mbd_reply_json(r, 200,
+                 json_pack("{s:s,s:s,s:b}", "lease", token, "model", model, "released", 1));
 }
 
 /* ------------------------------------------------------------------------ */
 /* Events (server-sent)                                                      */
 
 typedef struct sse {
-  mbd *d;
   uint64_t next; /* seq of the next event to send */
-  char *pending;
-  size_t pending_len, pending_off;
 } sse;
 
-static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max) {
-  sse *s = cls;
-  mbd *d = s->d;
-  (void)pos;
-  if (s->pending == NULL) {
-    pthread_mutex_lock(&d->mu);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 15;
-    while (!d->stopping && s->next >= d->ev_next)
-      if (pthread_cond_timedwait(&d->ev_cv, &d->mu, &ts) != 0)
-        break;
-    if (d->stopping) {
-      pthread_mutex_unlock(&d->mu);
-      return MHD_CONTENT_READER_END_OF_STREAM;
+/* Writes what the ring holds from s->next on, while the client keeps up. */
+static void sse_fill(mbd_req *r) {
+  sse *s = r->ctx;
+  mbd *d = r->d;
+  char *items[64];
+  while (mbd_resp_pending(r) < 64 * 1024) {
+    uint64_t next, oldest;
+    size_t n = mbd_events_since(d, s->next, items, 64, &next, &oldest);
+    if (s->next < oldest) {
+      /* The client fell more than the ring behind: it skips ahead, told so. */
+      char line[96];
+      int k = snprintf(line, sizeof(line), "event: dropped\ndata: {\"dropped\":%llu}\n\n",
+                       (unsigned long long)(oldest - s->next));
+      mbd_resp_write(r, line, (size_t)k);
     }
-    if (s->next < d->ev_next) {
-      /* A client that fell more than the ring behind skips ahead, told so. */
-      if (d->ev_next - s->next > MBD_EVENT_RING) {
-        uint64_t lost = d->ev_next - MBD_EVENT_RING - s->next;
-        s->next = d->ev_next - MBD_EVENT_RING;
-        size_t n = (size_t)snprintf(NULL, 0, "event: dropped\ndata: {\"dropped\":%llu}\n\n",
-                                    (unsigned long long)lost);
-        s->pending = malloc(n + 1);
-        if (s->pending)
-          snprintf(s->pending, n + 1, "event: dropped\ndata: {\"dropped\":%llu}\n\n",
-                   (unsigned long long)lost);
-        s->pending_len = n;
-      } else {
-        const mbd_event_entry *e = &d->ring[s->next % MBD_EVENT_RING];
-        size_t n = strlen(e->json) + 32;
-        s->pending = malloc(n);
-        if (s->pending)
-          s->pending_len = (size_t)snprintf(s->pending, n, "id: %llu\ndata: %s\n\n",
-                                            (unsigned long long)e->seq, e->json);
-        s->next++;
-      }
-    } else {
-      s->pending = strdup(": keep-alive\n\n");
-      s->pending_len = s->pending ? strlen(s->pending) : 0;
+    for (size_t i = 0; i < n; i++) {
+      char idl[40];
+      int k = snprintf(idl, sizeof(idl), "id: %llu\ndata: ",
+                       (unsigned long long)(next - n + i));
+      mbd_resp_write(r, idl, (size_t)k);
+      mbd_resp_write(r, items[i], strlen(items[i]));
+      mbd_resp_write(r, "\n\n", 2);
+      free(items[i]);
     }
-    s->pending_off = 0;
-    pthread_mutex_unlock(&d->mu);
-    if (s->pending == NULL)
-      return MHD_CONTENT_READER_END_WITH_ERROR;
+    s->next = next;
+    if (n < 64)
+      break;
   }
-  size_t n = s->pending_len - s->pending_off;
-  if (n > max)
-    n = max;
-  memcpy(buf, s->pending + s->pending_off, n);
-  s->pending_off += n;
-  if (s->pending_off == s->pending_len) {
-    free(s->pending);
-    s->pending = NULL;
-  }
-  return (ssize_t)n;
 }
 
-static void sse_free(void *cls) {
-  sse *s = cls;
-  free(s->pending);
-  free(s);
+static void sse_gone(mbd_req *r) {
+  free(r->ctx);
+  r->ctx = NULL;
 }
 
-static MHD_RESULT events(mbd *d, struct MHD_Connection *c) {
+static void events(mbd_req *r) {
+  mbd *d = r->d;
   sse *s = calloc(1, sizeof(*s));
-  if (s == NULL)
-    return MHD_NO;
-  s->d = d;
-  pthread_mutex_lock(&d->mu);
-  s->next = d->ev_next; /* from now on; Last-Event-ID resumes */
-  const char *last = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Last-Event-ID");
-  if (last) {
-    unsigned long long id = strtoull(last, NULL, 10);
-    if (id + 1 < d->ev_next)
+  if (s == NULL) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    return;
+  }
+  char *items[1];
+  uint64_t next, oldest;
+  mbd_events_since(d, UINT64_MAX, items, 0, &next, &oldest);
+  s->next = next; /* from now on; Last-Event-ID resumes after the one it names */
+  char last[32];
+  if (mbd_req_header(r, "Last-Event-ID", last, sizeof(last))) {
+    char *end;
+    unsigned long long id = strtoull(last, &end, 10);
+    if (last[0] < '0' || last[0] > '9' || *end != '\0' || strlen(last) > 20) {
+      free(s);
+      mbd_reply_error(r, 400, "bad_request", "Last-Event-ID must be an event id (a number)", 0);
+      return;
+    }
+    /* An id from the past resumes after it (sse_fill tells what the ring
+     * lost since); the current one, one from the future or a restarted
+     * daemon's starts from now. */
+    if (next > 0 && id < next - 1)
       s->next = id + 1;
   }
-  pthread_mutex_unlock(&d->mu);
-  struct MHD_Response *resp =
-      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_read, s, sse_free);
-  if (resp == NULL) {
-    free(s);
-    return MHD_NO;
+  r->ctx = s;
+  r->on_gone = sse_gone;
+  r->on_drain = sse_fill;
+  mbd_resp_start(r, 200);
+  mbd_resp_header(r, "Cache-Control", "no-cache");
+  mbd_resp_header(r, "X-Accel-Buffering", "no");
+  mbd_resp_stream(r, "text/event-stream", -1);
+  if (r->is_head) {
+    sse_gone(r);
+    r->on_gone = NULL;
+    r->on_drain = NULL;
+    mbd_resp_end(r);
+    return;
   }
-  MHD_add_response_header(resp, "Content-Type", "text/event-stream");
-  MHD_add_response_header(resp, "Cache-Control", "no-cache");
-  MHD_RESULT r = MHD_queue_response(c, 200, resp);
-  MHD_destroy_response(resp);
-  return r;
+  mbd_req_subscribe(r);
+  sse_fill(r);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -500,13 +669,16 @@ static void metric_head(FILE *f, const char *name, const char *type, const char 
   fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
+static void metrics(mbd_req *r) {
+  mbd *d = r->d;
   const mbd_models *ms = mbd_models_get(d);
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);
-  if (f == NULL)
-    return MHD_NO;
+  if (f == NULL) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    return;
+  }
   static const mb_state states[] = {MB_STATE_UNLOADED,  MB_STATE_LOADING,   MB_STATE_READY,
                                     MB_STATE_OFFLOADING, MB_STATE_OFFLOADED, MB_STATE_RESTORING,
                                     MB_STATE_UNLOADING, MB_STATE_FAILED};
@@ -540,11 +712,12 @@ static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
                                                       counters[k].off));
   }
   metric_head(f, "modelbuf_requests_total", "counter", "HTTP requests answered, by status class");
-  pthread_mutex_lock(&d->mu);
   for (size_t i = 0; i < ms->n; i++)
     for (int k = 1; k <= 5; k++)
       fprintf(f, "modelbuf_requests_total{model=\"%s\",code=\"%dxx\"} %llu\n",
-              ms->m[i]->name, k, (unsigned long long)ms->m[i]->http_codes[k]);
+              ms->m[i]->name, k,
+              (unsigned long long)__atomic_load_n(&ms->m[i]->http_codes[k], __ATOMIC_RELAXED));
+  pthread_mutex_lock(&d->ev_mu);
   metric_head(f, "modelbuf_load_seconds", "histogram", "time to load or restore a model");
   for (size_t i = 0; i < ms->n; i++) {
     const mbd_model *m = ms->m[i];
@@ -562,7 +735,7 @@ static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
     fprintf(f, "modelbuf_load_seconds_count{model=\"%s\"} %llu\n", m->name,
             (unsigned long long)m->load_count);
   }
-  pthread_mutex_unlock(&d->mu);
+  pthread_mutex_unlock(&d->ev_mu);
   metric_head(f, "modelbuf_queue_wait_seconds", "histogram", "time requests waited for a lease");
   for (size_t i = 0; st && i < ms->n; i++) {
     uint64_t cum = 0;
@@ -616,16 +789,19 @@ static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
   metric_head(f, "modelbuf_host_tier_bytes", "gauge", "host RAM of offloaded models");
   fprintf(f, "modelbuf_host_tier_bytes{kind=\"budget\"} %llu\n", (unsigned long long)hb);
   fprintf(f, "modelbuf_host_tier_bytes{kind=\"used\"} %llu\n", (unsigned long long)hu);
+  fprintf(f, "# HELP modelbuf_http_connections client connections open\n"
+             "# TYPE modelbuf_http_connections gauge\nmodelbuf_http_connections %d\n",
+          mbd_front_connections(d));
   fclose(f);
-  MHD_RESULT r = mbd_reply_text(c, 200, "text/plain; version=0.0.4; charset=utf-8", buf, len);
+  mbd_reply_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", buf, len);
   free(buf);
-  return r;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Health, devices, cleanup, compatibility                                   */
 
-static MHD_RESULT health(mbd *d, struct MHD_Connection *c) {
+static void health(mbd_req *r) {
+  mbd *d = r->d;
   const mbd_models *ms = mbd_models_get(d);
   int active = 0, queued = 0, gpu = 0;
   for (size_t i = 0; i < ms->n; i++) {
@@ -645,25 +821,80 @@ static MHD_RESULT health(mbd *d, struct MHD_Connection *c) {
   clock_gettime(CLOCK_REALTIME, &now);
   int64_t up_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - d->started_ms;
   const char *state = __atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) ? "stopping" : "ok";
-  return mbd_reply_json(
-      c, 200,
-      json_pack("{s:s,s:s,s:f,s:i,s:i,s:b,s:o}", "status", state,
-                "version", mb_version(), "uptime_s", (double)up_ms / 1000.0, "active_jobs",
-                active, "queued", queued, "gpu_available", gpu, "devices", devices_json(d)));
+  mbd_reply_json(r, 200,
+                 json_pack("{s:s,s:s,s:f,s:i,s:i,s:b,s:o}", "status", state, "version",
+                           mb_version(), "uptime_s", (double)up_ms / 1000.0, "active_jobs", active,
+                           "queued", queued, "gpu_available", gpu, "devices", devices_json(d)));
 }
 
-static MHD_RESULT cleanup(mbd *d, struct MHD_Connection *c) {
+static void devices(mbd_req *r) {
+  mbd_reply_json(r, 200, json_pack("{s:o}", "devices", devices_json(r->d)));
+}
+
+/* A job on the task pool that answers with a JSON document. */
+typedef struct job {
+  mbd_task task;
+  mbd *d;
+  mbd_req *r;       /* NULL once the client left */
+  json_t *body;     /* the request's, taken over */
+  int release;      /* compatibility: release (1) or offload (0) */
+  const char *only; /* compatibility: one model */
+  int status;
+  json_t *doc;      /* the answer */
+} job;
+
+static void job_gone(mbd_req *r) {
+  job *j = r->ctx;
+  j->r = NULL; /* the task's end frees it */
+}
+
+static void job_done(mbd_task *t) {
+  job *j = (job *)t;
+  if (j->r != NULL) {
+    j->r->ctx = NULL;
+    j->r->on_gone = NULL;
+    mbd_reply_json(j->r, j->status, j->doc);
+  } else {
+    json_decref(j->doc);
+  }
+  json_decref(j->body);
+  free(j);
+}
+
+static job *job_start(mbd_req *r, void (*run)(mbd_task *)) {
+  job *j = calloc(1, sizeof(*j));
+  if (j == NULL) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    return NULL;
+  }
+  j->d = r->d;
+  j->r = r;
+  j->task.loop = mbd_req_loop(r);
+  j->task.run = run;
+  j->task.done = job_done;
+  r->ctx = j;
+  r->on_gone = job_gone;
+  return j;
+}
+
+static void cleanup_run(mbd_task *t) {
+  job *j = (job *)t;
+  mbd *d = j->d;
   const mbd_models *ms = mbd_models_get(d);
   json_t *done = json_array();
-  pthread_rwlock_rdlock(&d->reload_rw);
   for (size_t i = 0; i < ms->n; i++) {
     char err[256];
     if (ms->m[i]->worker && mbd_worker_cleanup(ms->m[i]->worker, err, sizeof(err)) == 0)
       json_array_append_new(done, json_string(ms->m[i]->name));
   }
-  pthread_rwlock_unlock(&d->reload_rw);
-  return mbd_reply_json(c, 200,
-                        json_pack("{s:o,s:o}", "cleaned", done, "devices", devices_json(d)));
+  j->status = 200;
+  j->doc = json_pack("{s:o,s:o}", "cleaned", done, "devices", devices_json(d));
+}
+
+static void cleanup(mbd_req *r) {
+  job *j = job_start(r, cleanup_run);
+  if (j != NULL)
+    mbd_tasks_submit(r->d, &j->task);
 }
 
 /* The fields of the common Python GPU-manager APIs, per model. */
@@ -681,47 +912,91 @@ static json_t *compat_status(mbd *d, mbd_model *m) {
                    "full_releases", (json_int_t)st.stats.full_releases);
 }
 
-/* POST /api/gpu/offload | /api/gpu/release: {"model": NAME} or every model. */
-static MHD_RESULT compat_action(mbd *d, struct MHD_Connection *c, mbd_req *r, int release) {
+static void compat_status_all(mbd_req *r) {
+  mbd *d = r->d;
   const mbd_models *ms = mbd_models_get(d);
-  char err[256] = "";
-  json_t *body = body_json(r, err, sizeof(err));
-  if (body == NULL)
-    return mbd_reply_error(c, 400, "bad_request", err, 0);
-  const char *only = json_string_value(json_object_get(body, "model"));
-  if (only && mbd_find(d, only) == NULL) {
-    json_decref(body);
-    return mbd_reply_error(c, 404, "not_found", "unknown model", 0);
-  }
+  json_t *o = json_object();
+  for (size_t i = 0; i < ms->n; i++)
+    json_object_set_new(o, ms->m[i]->name, compat_status(d, ms->m[i]));
+  mbd_reply_json(r, 200,
+                 json_pack("{s:s,s:o,s:o}", "status", "ok", "models", o, "devices", devices_json(d)));
+}
+
+/* POST /api/gpu/offload | /api/gpu/release on the task pool (the core's
+ * blocking calls, one model after another). */
+static void compat_run(mbd_task *t) {
+  job *j = (job *)t;
+  mbd *d = j->d;
+  const mbd_models *ms = mbd_models_get(d);
   json_t *out = json_object();
+  int failed = 0;
   for (size_t i = 0; i < ms->n; i++) {
     mbd_model *m = ms->m[i];
-    if (only && m != mbd_find(d, only))
+    char err[256] = "";
+    if (j->only && m != mbd_find(d, j->only))
       continue;
     mb_status st;
     if (mb_model_status(d->ctx, m->name, &st) != 0 || st.state == MB_STATE_UNLOADED)
       continue;
-    int rc = release ? mb_unload(d->ctx, m->name, err, sizeof(err))
-                     : mb_offload(d->ctx, m->name, err, sizeof(err));
-    json_object_set_new(out, m->name, rc == 0 ? json_string("ok") : json_string(err));
+    int rc = j->release ? mb_unload(d->ctx, m->name, err, sizeof(err))
+                        : mb_offload(d->ctx, m->name, err, sizeof(err));
+    failed |= rc != 0;
+    json_object_set_new(out, m->name, rc == 0 ? json_string("ok")
+                                              : json_string(err[0] ? err : mb_strerror(rc)));
   }
-  json_decref(body);
-  return mbd_reply_json(c, 200, json_pack("{s:s,s:o}", "status", "ok", "models", out));
+  /* A model named that cannot do it is an error, never a 200. */
+  j->status = failed && j->only ? 409 : 200;
+  j->doc = json_pack("{s:s,s:o}", "status", failed ? "error" : "ok", "models", out);
 }
 
-/* ------------------------------------------------------------------------ */
-/* Routing                                                                   */
+static void compat_action(mbd_req *r) {
+  mbd *d = r->d;
+  char err[256] = "";
+  json_t *body = body_json(r, err, sizeof(err));
+  static const char *const fields[] = {"model", NULL};
+  if (body == NULL || known_fields(body, fields, err, sizeof(err)) != 0) {
+    json_decref(body);
+    mbd_reply_error(r, 400, "bad_request", err, 0);
+    return;
+  }
+  json_t *v = json_object_get(body, "model");
+  if (v != NULL && !json_is_string(v)) {
+    json_decref(body);
+    mbd_reply_error(r, 400, "bad_request", "model must be a model's name (a string)", 0);
+    return;
+  }
+  const char *only = v ? json_string_value(v) : NULL;
+  if (only && mbd_find(d, only) == NULL) {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "unknown model '%.100s'", only);
+    json_decref(body);
+    mbd_reply_error(r, 404, "not_found", msg, 0);
+    return;
+  }
+  job *j = job_start(r, compat_run);
+  if (j == NULL) {
+    json_decref(body);
+    return;
+  }
+  j->body = body;
+  j->only = only;
+  j->release = r->route.arg != NULL && strcmp(r->route.arg, "release") == 0;
+  mbd_tasks_submit(d, &j->task);
+}
 
 /* GET /api/trace: the requests served, as the simulator's CSV trace
  * (t,model,duration; t in seconds from the first request kept). */
-static MHD_RESULT trace(mbd *d, struct MHD_Connection *c) {
+static void trace(mbd_req *r) {
+  mbd *d = r->d;
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);
-  if (f == NULL)
-    return MHD_NO;
+  if (f == NULL) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    return;
+  }
   fprintf(f, "t,model,duration\n");
-  pthread_mutex_lock(&d->mu);
+  pthread_mutex_lock(&d->trace_mu);
   uint64_t n = d->trace_n < MBD_TRACE_RING ? d->trace_n : MBD_TRACE_RING;
   uint64_t first = d->trace_n - n;
   double t0 = -1;
@@ -734,7 +1009,7 @@ static MHD_RESULT trace(mbd *d, struct MHD_Connection *c) {
   mbd_trace_entry *sorted = n ? malloc(n * sizeof(*sorted)) : NULL;
   for (uint64_t i = 0; sorted && i < n; i++)
     sorted[i] = d->trace[(first + i) % MBD_TRACE_RING];
-  pthread_mutex_unlock(&d->mu);
+  pthread_mutex_unlock(&d->trace_mu);
   if (sorted) {
     for (uint64_t i = 1; i < n; i++) /* insertion sort: nearly in order already */
       for (uint64_t k = i; k > 0 && sorted[k].t < sorted[k - 1].t; k--) {
@@ -747,85 +1022,132 @@ static MHD_RESULT trace(mbd *d, struct MHD_Connection *c) {
     free(sorted);
   }
   fclose(f);
-  MHD_RESULT r = mbd_reply_text(c, 200, "text/csv", buf, len);
+  mbd_reply_text(r, 200, "text/csv", buf, len);
   free(buf);
-  return r;
 }
 
-int mbd_api_route(mbd *d, struct MHD_Connection *c, const char *method, const char *url,
-                  mbd_req *r, MHD_RESULT *res) {
+static void models_list(mbd_req *r) {
+  mbd *d = r->d;
   const mbd_models *ms = mbd_models_get(d);
-  int get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
-  if (strcmp(url, "/health") == 0 && get) {
-    *res = health(d, c);
+  json_t *a = json_array();
+  for (size_t i = 0; i < ms->n; i++)
+    json_array_append_new(a, mbd_model_json(d, ms->m[i]));
+  mbd_reply_json(r, 200, json_pack("{s:o}", "models", a));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Routing                                                                   */
+
+/* The fixed routes: path, methods and handler. GET routes answer HEAD. */
+typedef struct fixed_route {
+  const char *path;
+  const char *method; /* "GET" or "POST" */
+  void (*handle)(mbd_req *r);
+  const char *arg;
+} fixed_route;
+
+static const fixed_route fixed[] = {
+    {"/health", "GET", health, NULL},
+    {"/metrics", "GET", metrics, NULL},
+    {"/api/events", "GET", events, NULL},
+    {"/api/trace", "GET", trace, NULL},
+    {"/api/devices", "GET", devices, NULL},
+    {"/api/models", "GET", models_list, NULL},
+    {"/api/cleanup", "POST", cleanup, NULL},
+    {"/cleanup-memory", "POST", cleanup, NULL},
+    {"/api/gpu/status", "GET", compat_status_all, NULL},
+    {"/api/gpu/offload", "POST", compat_action, "offload"},
+    {"/api/gpu/release", "POST", compat_action, "release"},
+};
+
+static int path_is(const mbd_req *r, const char *p) {
+  size_t n = strlen(p);
+  return r->path_len == n && memcmp(r->path, p, n) == 0;
+}
+
+/* method matches want (HEAD answers GET routes); else a 405 is answered. */
+static int method_ok(mbd_req *r, const char *want, const char *allow) {
+  if (strcmp(r->method, want) == 0 || (strcmp(want, "GET") == 0 && r->is_head))
+    return 1;
+  char msg[128];
+  snprintf(msg, sizeof(msg), "%s is not allowed here (%s)", r->method, allow);
+  mbd_reply_error_hdr(r, 405, "method_not_allowed", msg, "Allow", allow);
+  return 0;
+}
+
+static int set(mbd_req *r, void (*fn)(mbd_req *), const char *arg) {
+  r->route.handle = fn;
+  r->route.arg = arg;
+  r->route.body = MBD_BODY_BUFFER;
+  return 1;
+}
+
+int mbd_api_resolve(mbd *d, mbd_req *r) {
+  for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+    if (path_is(r, fixed[i].path)) {
+      if (method_ok(r, fixed[i].method, strcmp(fixed[i].method, "GET") == 0 ? "GET, HEAD" : "POST"))
+        set(r, fixed[i].handle, fixed[i].arg);
+      return 1;
+    }
+  const char *p = r->path;
+  size_t n = r->path_len;
+  if (n > 12 && memcmp(p, "/api/leases/", 12) == 0) {
+    size_t id = 12, k = id;
+    while (k < n && p[k] != '/')
+      k++;
+    r->route.arg_off = id;
+    r->route.arg_len = k - id;
+    if (k == n) {
+      if (method_ok(r, "DELETE", "DELETE"))
+        set(r, lease_release, NULL);
+      return 1;
+    }
+    if (n - k == 6 && memcmp(p + k, "/renew", 6) == 0) {
+      if (method_ok(r, "POST", "POST"))
+        set(r, lease_renew, NULL);
+      return 1;
+    }
+    mbd_reply_error(r, 404, "not_found", "no such lease route (DELETE /api/leases/ID, "
+                    "POST /api/leases/ID/renew)", 0);
     return 1;
   }
-  if (strcmp(url, "/metrics") == 0 && get) {
-    *res = metrics(d, c);
-    return 1;
-  }
-  if (strcmp(url, "/api/events") == 0 && get) {
-    *res = events(d, c);
-    return 1;
-  }
-  if (strcmp(url, "/api/trace") == 0 && get) {
-    *res = trace(d, c);
-    return 1;
-  }
-  if (strcmp(url, "/api/devices") == 0 && get) {
-    *res = mbd_reply_json(c, 200, json_pack("{s:o}", "devices", devices_json(d)));
-    return 1;
-  }
-  if ((strcmp(url, "/api/cleanup") == 0 || strcmp(url, "/cleanup-memory") == 0) && post) {
-    *res = cleanup(d, c);
-    return 1;
-  }
-  if (strcmp(url, "/api/models") == 0 && get) {
-    json_t *a = json_array();
-    for (size_t i = 0; i < ms->n; i++)
-      json_array_append_new(a, mbd_model_json(d, ms->m[i]));
-    *res = mbd_reply_json(c, 200, json_pack("{s:o}", "models", a));
-    return 1;
-  }
-  if (strcmp(url, "/api/gpu/status") == 0 && get) {
-    json_t *o = json_object();
-    for (size_t i = 0; i < ms->n; i++)
-      json_object_set_new(o, ms->m[i]->name, compat_status(d, ms->m[i]));
-    *res = mbd_reply_json(c, 200, json_pack("{s:s,s:o,s:o}", "status", "ok", "models", o,
-                                            "devices", devices_json(d)));
-    return 1;
-  }
-  if ((strcmp(url, "/api/gpu/offload") == 0 || strcmp(url, "/api/gpu/release") == 0) && post) {
-    *res = compat_action(d, c, r, strcmp(url, "/api/gpu/release") == 0);
-    return 1;
-  }
-  if (strncmp(url, "/api/leases/", 12) == 0) {
-    *res = lease_route(d, c, method, url + 12, r);
-    return 1;
-  }
-  if (strncmp(url, "/api/models/", 12) == 0) {
+  if (n > 12 && memcmp(p, "/api/models/", 12) == 0) {
     char name[MBD_MODEL_NAME_MAX + 1];
-    const char *slash;
-    if (mbd_path_model(url + 12, name, &slash) != 0) {
-      *res = mbd_reply_error(c, 404, "not_found", "unknown model", 0);
+    size_t rest;
+    if (mbd_path_model(p + 12, n - 12, name, &rest) != 0) {
+      mbd_reply_error(r, 404, "not_found", "unknown model", 0);
       return 1;
     }
     mbd_model *m = mbd_find_name(d, name);
     if (m == NULL) {
       char msg[160];
       snprintf(msg, sizeof(msg), "unknown model '%s'", name);
-      *res = mbd_reply_error(c, 404, "not_found", msg, 0);
+      mbd_reply_error(r, 404, "not_found", msg, 0);
       return 1;
     }
-    if (slash == NULL && get) {
-      *res = model_status(c, d, m, 200);
-    } else if (slash && strcmp(slash, "/logs") == 0 && get) {
-      *res = logs(d, c, m);
-    } else if (slash && post) {
-      *res = model_action(d, c, m, slash + 1, r);
-    } else {
-      *res = mbd_reply_error(c, 405, "method_not_allowed", "see GET/POST /api/models/{name}", 0);
+    r->route.m = m;
+    const char *a = p + 12 + rest;
+    size_t an = n - 12 - rest;
+    if (an == 0) {
+      if (method_ok(r, "GET", "GET, HEAD"))
+        set(r, model_get, NULL);
+      return 1;
     }
+    if (an == 5 && memcmp(a, "/logs", 5) == 0) {
+      if (method_ok(r, "GET", "GET, HEAD"))
+        set(r, logs, NULL);
+      return 1;
+    }
+    static const char *const actions[] = {"load", "offload", "unload", "keep-alive", "acquire"};
+    for (size_t i = 0; i < sizeof(actions) / sizeof(actions[0]); i++)
+      if (an == strlen(actions[i]) + 1 && a[0] == '/' && memcmp(a + 1, actions[i], an - 1) == 0) {
+        if (method_ok(r, "POST", "POST"))
+          set(r, model_action, actions[i]);
+        return 1;
+      }
+    mbd_reply_error(r, 404, "not_found",
+                    "no such model route (GET /api/models/NAME, .../logs; POST .../load, "
+                    "offload, unload, keep-alive, acquire)", 0);
     return 1;
   }
   return 0;

@@ -19,11 +19,65 @@ static const char *find_mem(const char *h, size_t hl, const char *n, size_t nl) 
   return NULL;
 }
 
+/* 1 when the part headers hdr[0..n) say Content-Disposition: form-data
+ * with the parameter name="model" (not filename="model", not name="models"). */
+static int part_is_model(const char *hdr, size_t n) {
+  const char *end = hdr + n, *line = hdr;
+  while (line < end) {
+    const char *le = find_mem(line, (size_t)(end - line), "\r\n", 2);
+    if (le == NULL)
+      le = end;
+    if ((size_t)(le - line) > 20 && strncasecmp(line, "content-disposition:", 20) == 0) {
+      const char *p = line + 20;
+      /* disposition type, then ; key=value parameters */
+      while (p < le && *p != ';')
+        p++;
+      while (p < le) {
+        p++; /* the ';' */
+        while (p < le && (*p == ' ' || *p == '\t'))
+          p++;
+        const char *k = p;
+        while (p < le && *p != '=' && *p != ';')
+          p++;
+        const char *ke = p;
+        while (ke > k && (ke[-1] == ' ' || ke[-1] == '\t'))
+          ke--;
+        const char *v = NULL, *ve = NULL;
+        if (p < le && *p == '=') {
+          p++;
+          while (p < le && (*p == ' ' || *p == '\t'))
+            p++;
+          if (p < le && *p == '"') {
+            v = ++p;
+            while (p < le && *p != '"')
+              p += *p == '\\' && p + 1 < le ? 2 : 1;
+            ve = p < le ? p : le;
+            if (p < le)
+              p++;
+          } else {
+            v = p;
+            while (p < le && *p != ';' && *p != ' ' && *p != '\t')
+              p++;
+            ve = p;
+          }
+          while (p < le && *p != ';')
+            p++;
+        }
+        if (ke - k == 4 && strncasecmp(k, "name", 4) == 0 && v != NULL && ve - v == 5 &&
+            memcmp(v, "model", 5) == 0)
+          return 1;
+      }
+    }
+    line = le + 2;
+  }
+  return 0;
+}
+
 static int multipart_model(const char *ct, const char *body, size_t len, char *out, size_t out_len,
                            char *err, size_t err_len) {
-  const char *b = strstr(ct, "boundary=");
+  const char *b = strcasestr(ct, "boundary=");
   char delim[128];
-  size_t bl;
+  size_t bl, dl;
   const char *p, *end = body + len;
 
   if (b == NULL) {
@@ -34,25 +88,34 @@ static int multipart_model(const char *ct, const char *body, size_t len, char *o
   if (*b == '"')
     b++;
   bl = strcspn(b, "\";, ");
-  if (bl == 0 || bl > 100) {
+  if (bl == 0 || bl > 70) {
     snprintf(err, err_len, "bad multipart boundary");
     return MB_EINVAL;
   }
-  snprintf(delim, sizeof(delim), "--%.*s", (int)bl, b);
-  p = body;
-  while ((p = find_mem(p, (size_t)(end - p), delim, strlen(delim))) != NULL) {
-    const char *hdr = p + strlen(delim), *hend, *vend;
-    hend = find_mem(hdr, (size_t)(end - hdr), "\r\n\r\n", 4);
+  /* A delimiter is "--boundary" at the start of the body or of a line. */
+  dl = (size_t)snprintf(delim, sizeof(delim), "\r\n--%.*s", (int)bl, b);
+  if (len >= dl - 2 && memcmp(body, delim + 2, dl - 2) == 0)
+    p = body + dl - 2;
+  else if ((p = find_mem(body, len, delim, dl)) != NULL)
+    p += dl;
+  while (p != NULL && p < end) {
+    /* p: just after a delimiter; "--" ends the body, else CRLF, headers. */
+    if (end - p >= 2 && p[0] == '-' && p[1] == '-')
+      break;
+    const char *hdr = find_mem(p, (size_t)(end - p), "\r\n", 2);
+    if (hdr == NULL)
+      break;
+    hdr += 2;
+    const char *hend = find_mem(hdr, (size_t)(end - hdr), "\r\n\r\n", 4);
     if (hend == NULL)
       break;
-    const char *nm = find_mem(hdr, (size_t)(hend - hdr), "name=\"model\"", 12);
-    if (nm != NULL) {
-      const char *v = hend + 4;
-      vend = find_mem(v, (size_t)(end - v), "\r\n", 2);
-      if (vend == NULL)
-        vend = end;
+    const char *v = hend + 4;
+    const char *next = find_mem(v, (size_t)(end - v), delim, dl);
+    if (part_is_model(hdr, (size_t)(hend - hdr) + 2)) {
+      const char *vend = next ? next : end;
       size_t vl = (size_t)(vend - v);
-      if (vl == 0 || vl >= out_len || memchr(v, '\0', vl) != NULL) {
+      if (vl == 0 || vl >= out_len || memchr(v, '\0', vl) != NULL || memchr(v, '\r', vl) ||
+          memchr(v, '\n', vl)) {
         snprintf(err, err_len, "bad \"model\" field");
         return MB_EINVAL;
       }
@@ -60,7 +123,7 @@ static int multipart_model(const char *ct, const char *body, size_t len, char *o
       out[vl] = '\0';
       return 0;
     }
-    p = hend;
+    p = next ? next + dl : NULL;
   }
   snprintf(err, err_len, "multipart body has no \"model\" field");
   return MB_EINVAL;

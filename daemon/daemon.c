@@ -15,7 +15,11 @@
 #include "daemon.h"
 #include "device.h"
 #include "expand.h"
+#include "front.h"
+#include "front_int.h"
+#include "leases.h"
 #include "modelbuf/plugin.h"
+#include "tasks.h"
 #include "tensors.h"
 
 const double mbd_load_bucket_s[MBD_LOAD_BUCKETS - 1] = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
@@ -107,8 +111,39 @@ static mbd_models *set_new(mbd *d, size_t cap) {
   return ms;
 }
 
+void mbd_log_limited(mbd *d, mbd_ratelimit *rl, int level, const char *msg, const char *fmt, ...) {
+  if (d && level < (int)d->log_level)
+    return;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  uint64_t now = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+  uint64_t last = __atomic_load_n(&rl->last_ms, __ATOMIC_ACQUIRE);
+  if (last != 0 && now < last + 10000) {
+    __atomic_add_fetch(&rl->suppressed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  if (!__atomic_compare_exchange_n(&rl->last_ms, &last, now ? now : 1, 0, __ATOMIC_ACQ_REL,
+                                   __ATOMIC_ACQUIRE)) {
+    __atomic_add_fetch(&rl->suppressed, 1, __ATOMIC_RELAXED);
+    return;
+  }
+  uint64_t left_out = __atomic_exchange_n(&rl->suppressed, 0, __ATOMIC_ACQ_REL);
+  char extra[900] = "";
+  if (fmt) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(extra, sizeof(extra), fmt, ap);
+    va_end(ap);
+  }
+  if (left_out > 0)
+    mbd_log(d, (mbd_log_level)level, msg, "%s%ssuppressed=%llu", extra, extra[0] ? " " : "",
+            (unsigned long long)left_out);
+  else
+    mbd_log(d, (mbd_log_level)level, msg, "%s", extra);
+}
+
 void mbd_trace_add(mbd *d, const char *model, double t, double duration) {
-  pthread_mutex_lock(&d->mu);
+  pthread_mutex_lock(&d->trace_mu);
   if (d->trace == NULL)
     d->trace = calloc(MBD_TRACE_RING, sizeof(*d->trace));
   if (d->trace) {
@@ -118,15 +153,39 @@ void mbd_trace_add(mbd *d, const char *model, double t, double duration) {
     snprintf(e->model, sizeof(e->model), "%s", model);
     d->trace_n++;
   }
-  pthread_mutex_unlock(&d->mu);
+  pthread_mutex_unlock(&d->trace_mu);
 }
 
 void mbd_count_code(mbd *d, mbd_model *m, int code) {
+  (void)d;
   if (m == NULL || code < 100 || code > 599)
     return;
-  pthread_mutex_lock(&d->mu);
-  m->http_codes[code / 100]++;
-  pthread_mutex_unlock(&d->mu);
+  __atomic_add_fetch(&m->http_codes[code / 100], 1, __ATOMIC_RELAXED);
+}
+
+size_t mbd_events_since(mbd *d, uint64_t from, char **out, size_t max, uint64_t *next,
+                        uint64_t *oldest) {
+  size_t n = 0;
+  pthread_mutex_lock(&d->ev_mu);
+  uint64_t first = d->ev_next > MBD_EVENT_RING ? d->ev_next - MBD_EVENT_RING : 1;
+  *oldest = first;
+  if (from > d->ev_next)
+    from = d->ev_next;
+  if (from < first)
+    from = first;
+  while (from < d->ev_next && n < max) {
+    const mbd_event_entry *e = &d->ring[from % MBD_EVENT_RING];
+    if (e->json == NULL || e->seq != from)
+      break;
+    out[n] = strdup(e->json);
+    if (out[n] == NULL)
+      break;
+    n++;
+    from++;
+  }
+  pthread_mutex_unlock(&d->ev_mu);
+  *next = from;
+  return n;
 }
 
 static const char *event_type_name(mb_event_type t) {
@@ -160,7 +219,7 @@ static void on_event(const mb_event *ev, void *arg) {
   char *s = json_dumps(o, MBD_JSON_FLAGS);
   json_decref(o);
 
-  pthread_mutex_lock(&d->mu);
+  pthread_mutex_lock(&d->ev_mu);
   mbd_model *m = mbd_find_name(d, ev->model);
   if (m && ev->type == MB_EVENT_STATE) {
     if (ev->to == MB_STATE_LOADING || ev->to == MB_STATE_RESTORING) {
@@ -181,9 +240,10 @@ static void on_event(const mb_event *ev, void *arg) {
     free(e->json);
     e->json = s;
     e->seq = d->ev_next++;
-    pthread_cond_broadcast(&d->ev_cv);
   }
-  pthread_mutex_unlock(&d->mu);
+  pthread_mutex_unlock(&d->ev_mu);
+  if (s)
+    mbd_front_wake_streams(d);
 
   if (ev->type == MB_EVENT_STATE)
     mbd_log(d, MBD_LOG_INFO, "state", "model=%s from=%s to=%s reason=\"%s\"", ev->model,
@@ -195,6 +255,7 @@ static void on_event(const mb_event *ev, void *arg) {
 
 static void on_worker_line(void *arg, const char *model, const char *line) {
   mbd *d = arg;
+  mbd_front_wake_streams(d); /* followers of the worker's log */
   if (d->log_level > MBD_LOG_DEBUG)
     return;
   char clean[600];
@@ -242,6 +303,15 @@ static int add_devices(mbd *d, char *err, size_t err_len) {
   return mb_device_add(d->ctx, &o, NULL, err, err_len);
 }
 
+/* The model's backend argument stays the daemon's (freed at stop, see
+ * mbd_model): the core gets the vtable without destroy. */
+static void keep_user(mbd_model *m, const mb_backend *be, void *user) {
+  m->be = *be;
+  m->destroy = be->destroy;
+  m->be.destroy = NULL;
+  m->user = user;
+}
+
 static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, size_t err_len) {
   mb_model_opts mo;
   int rc = mbd_config_model_opts(cfg, m->mc, &mo, err, err_len);
@@ -255,9 +325,8 @@ static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, siz
     rc = mbd_worker_new(&wo, &m->worker, err, err_len);
     if (rc != 0)
       return rc;
-    /* The core owns the worker from here (destroy frees it). */
-    return mb_model_add(d->ctx, m->name, mbd_worker_backend(m->worker), m->worker, &mo, err,
-                        err_len);
+    keep_user(m, mbd_worker_backend(m->worker), m->worker);
+    return mb_model_add(d->ctx, m->name, &m->be, m->user, &mo, err, err_len);
   }
   case MBD_BACKEND_PLUGIN: {
     mb_plugin_lib *lib;
@@ -292,11 +361,9 @@ static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, siz
     if (warn[0])
       mbd_log(d, MBD_LOG_WARN, "tensors: weight file not usable; loads will fail until it is",
               "model=%s why=\"%s\"", m->name, warn);
-    /* The core owns t from here (destroy frees it, also when the add fails). */
-    rc = mb_model_add(d->ctx, m->name, mbd_tensors_backend(), t, &mo, err, err_len);
-    if (rc == 0)
-      m->tensors = t;
-    return rc;
+    m->tensors = t;
+    keep_user(m, mbd_tensors_backend(), t);
+    return mb_model_add(d->ctx, m->name, &m->be, m->user, &mo, err, err_len);
   }
   }
   return MB_EINVAL;
@@ -311,9 +378,8 @@ int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) {
   d->cfg = cfg;
   d->log_level = cfg->log_level;
   d->started_ms = wall_ms();
-  pthread_mutex_init(&d->mu, NULL);
-  pthread_rwlock_init(&d->reload_rw, NULL);
-  pthread_cond_init(&d->ev_cv, NULL);
+  pthread_mutex_init(&d->ev_mu, NULL);
+  pthread_mutex_init(&d->trace_mu, NULL);
   d->ev_next = 1;
 
   mb_ctx_opts co;
@@ -399,8 +465,8 @@ void mbd_reload(mbd *d, mbd_config *cfg) {
     free(busy);
     return;
   }
-  /* Models gone or changed leave the core first (after their work drains). */
-  pthread_rwlock_wrlock(&d->reload_rw);
+  /* Models gone or changed leave the core first (after their work drains);
+   * their backends stay allocated until stop (stopped). */
   for (size_t i = 0; i < old->n; i++) {
     mbd_model *om = old->m[i];
     const mbd_model_config *nmc = NULL;
@@ -417,9 +483,7 @@ void mbd_reload(mbd *d, mbd_config *cfg) {
               mb_strerror(rc));
       continue;
     }
-    om->worker = NULL; /* the core destroyed it */
-    om->plugin = NULL;
-    om->tensors = NULL;
+    om->plugin = NULL; /* the core freed the plugin instance */
     busy[i] = 2; /* removed */
     if (nmc != NULL)
       changed++;
@@ -428,7 +492,6 @@ void mbd_reload(mbd *d, mbd_config *cfg) {
     mbd_log(d, MBD_LOG_INFO, nmc != NULL ? "reload: model changed" : "reload: model removed",
             "model=%s", om->name);
   }
-  pthread_rwlock_unlock(&d->reload_rw);
   /* The new set in the new file's order; unchanged models carry over. */
   for (size_t j = 0; j < cfg->n_models; j++) {
     mbd_model *keepm = NULL;
@@ -453,32 +516,62 @@ void mbd_reload(mbd *d, mbd_config *cfg) {
   for (size_t i = 0; i < old->n; i++)
     if (busy[i] == 1 && find_in(ms, old->m[i]->name) == NULL)
       ms->m[ms->n++] = old->m[i];
-  pthread_mutex_lock(&d->mu);
   atomic_store_explicit(&d->models, ms, memory_order_release);
-  pthread_mutex_unlock(&d->mu);
   free(busy);
   mbd_log(d, MBD_LOG_INFO, "reloaded", "models=%zu added=%zu removed=%zu changed=%zu kept_busy=%zu",
           ms->n, added - changed, removed, changed, kept);
 }
 
+int mbd_serve_start(mbd *d, char *err, size_t err_len) {
+  int rc = mbd_leases_new(&d->leases);
+  if (rc == 0)
+    rc = mbd_tasks_start(d, MBD_TASK_THREADS);
+  if (rc != 0) {
+    snprintf(err, err_len, "cannot start: %s", mb_strerror(rc));
+    return rc;
+  }
+  return mbd_front_start(d, err, err_len);
+}
+
+void mbd_serve_quiesce(mbd *d) { mbd_front_quiesce(d); }
+
+int mbd_serve_active(mbd *d) { return mbd_front_active(d); }
+
 void mbd_stop(mbd *d) {
   if (d == NULL)
     return;
-  pthread_mutex_lock(&d->mu);
-  __atomic_store_n(&d->stopping, 1, __ATOMIC_RELEASE); /* read without d->mu too */
-  pthread_cond_broadcast(&d->ev_cv);
-  pthread_mutex_unlock(&d->mu);
+  __atomic_store_n(&d->stopping, 1, __ATOMIC_RELEASE);
+  /* The HTTP side first: its connections end (their work is cancelled,
+   * their leases released), then what its threads left posted runs here. */
+  mbd_front_stop(d);
+  mbd_tasks_stop(d);
+  mbd_front_drain(d);
+  if (d->leases && d->ctx)
+    mbd_leases_release_all(d->leases, d->ctx);
   if (d->ctx) {
-    /* Leases over HTTP that were never released are the clients' to lose. */
     int rc;
     for (int tries = 0; (rc = mb_ctx_free(d->ctx)) == MB_EBUSY && tries < 200; tries++) {
       struct timespec ts = {0, 25 * 1000 * 1000};
+      mbd_front_drain(d); /* a lease granted to a request that is gone */
       nanosleep(&ts, NULL);
     }
     if (rc != 0)
       mbd_log(d, MBD_LOG_ERROR, "leases still out at exit; workers left running", NULL);
-    d->ctx = NULL;
+    else
+      d->ctx = NULL;
   }
+  mbd_front_drain(d); /* requests the core failed at shutdown */
+  mbd_front_free(d);
+  mbd_tasks_free(d);
+  mbd_leases_free(d->leases);
+  d->leases = NULL;
+  if (d->ctx == NULL)
+    for (size_t i = 0; i < d->n_all_models; i++) {
+      mbd_model *m = d->all_models[i];
+      if (m->user && m->destroy)
+        m->destroy(m->user);
+      m->user = NULL;
+    }
   for (size_t i = 0; i < MBD_EVENT_RING; i++)
     free(d->ring[i].json);
   for (size_t i = 0; i < d->n_old_sets; i++) {
@@ -494,8 +587,7 @@ void mbd_stop(mbd *d) {
   free(d->old_cfgs);
   free(d->trace);
   mbd_config_free(d->cfg);
-  pthread_mutex_destroy(&d->mu);
-  pthread_rwlock_destroy(&d->reload_rw);
-  pthread_cond_destroy(&d->ev_cv);
+  pthread_mutex_destroy(&d->ev_mu);
+  pthread_mutex_destroy(&d->trace_mu);
   free(d);
 }

@@ -1,8 +1,23 @@
 /*
  * daemon.h - the running modelbufd: the core context built from the
  * configuration, the models and their backends (worker processes,
- * plugins), aliases, the event ring behind GET /api/events, counters for
- * /metrics, structured logs, and the HTTP server (http.c, proxy.c).
+ * plugins, tensors), aliases, the event ring behind GET /api/events,
+ * counters for /metrics, structured logs, and the parts that serve HTTP:
+ * the front door (front.h), the task pool (tasks.h), the leases taken over
+ * HTTP (leases.h).
+ *
+ * Threads: the signal thread (main.c: start, SIGHUP reload, stop), the
+ * core's threads (its step thread calls on_event and every done callback),
+ * the front door's loop threads, the task pool, the process backend's
+ * threads (worker.c).
+ *
+ * Lock order (a thread holding one may take those to its right only):
+ *   worker locks (worker.c)  ->  the core's locks (lib/)
+ *   ev_mu, trace_mu, leases->mu: leaves; nothing is called under them
+ * ev_mu guards the event ring and the load histograms; trace_mu the
+ * request trace; the HTTP counters are atomics; the models snapshot is an
+ * atomic pointer published by the signal thread. Nothing of the daemon is
+ * held while calling the core, a backend or a worker.
  */
 #ifndef MBD_DAEMON_H
 #define MBD_DAEMON_H
@@ -14,6 +29,10 @@
 #include "modelbuf/modelbuf.h"
 #include "worker.h"
 
+typedef struct mbd_front mbd_front;
+typedef struct mbd_tasks mbd_tasks;
+typedef struct mbd_leases mbd_leases;
+
 #define MBD_EVENT_RING 1024
 /* How every JSON answer and event is written: compact, and reals with 12
  * significant digits (0.25, not 0.25000000000000001). Needs jansson.h. */
@@ -24,12 +43,19 @@ typedef struct mbd_model {
   char *name;
   mbd_model_config *mc;     /* a copy owned by the daemon's current config */
   mbd_backend_kind kind;
-  mbd_worker *worker;       /* process backend; owned by the core (destroy) */
+  /* The backend argument is the daemon's until it stops, not the core's:
+   * the core gets a copy of the vtable without destroy (be), and the
+   * daemon frees user with destroy at stop. So a model that a reload
+   * removed keeps a valid (stopped) worker for whoever still reads it. */
+  mbd_worker *worker;       /* process backend */
   void *plugin;             /* plugin instance; owned by the core */
-  void *tensors;            /* tensors model (mbd_tensors); owned by the core */
+  void *tensors;            /* tensors model (mbd_tensors) */
+  mb_backend be;
+  void *user;
+  void (*destroy)(void *user);
   /* Counters the core does not keep. */
-  uint64_t http_codes[6];   /* requests answered 1xx..5xx, index code/100 */
-  uint64_t load_buckets[MBD_LOAD_BUCKETS]; /* load/restore durations, see mbd_load_bucket_s */
+  uint64_t http_codes[6];   /* atomics: requests answered 1xx..5xx, index code/100 */
+  uint64_t load_buckets[MBD_LOAD_BUCKETS]; /* ev_mu: load/restore durations, see mbd_load_bucket_s */
   uint64_t load_count;
   double load_sum_s;
   uint64_t load_started_ns; /* clock time it entered LOADING/RESTORING */
@@ -64,7 +90,8 @@ typedef struct mbd {
   mbd_config *cfg;          /* as started: listen, keys, limits (reload keeps these) */
   mb_ctx *ctx;
   mbd_models *_Atomic models; /* read with mbd_models_get */
-  /* Kept until stop: every snapshot, model and configuration ever served. */
+  /* Kept until stop (signal thread only): every snapshot, model and
+   * configuration ever served. */
   mbd_models **old_sets;
   size_t n_old_sets;
   mbd_model **all_models;
@@ -73,22 +100,19 @@ typedef struct mbd {
   size_t n_old_cfgs;
   int64_t started_ms;       /* wall clock */
   mbd_log_level log_level;
+  int stopping;             /* atomic */
 
-  /* Held for writing while a reload removes models (their workers are
-   * destroyed), for reading by whoever uses a model's worker without holding
-   * a lease on it. */
-  pthread_rwlock_t reload_rw;
-  pthread_mutex_t mu;       /* models' counters, the event ring, leases */
+  pthread_mutex_t trace_mu;
   mbd_trace_entry *trace;   /* ring of MBD_TRACE_RING served requests */
   uint64_t trace_n;         /* requests recorded so far */
-  pthread_cond_t ev_cv;
+
+  pthread_mutex_t ev_mu;
   mbd_event_entry ring[MBD_EVENT_RING];
   uint64_t ev_next;         /* seq of the next event */
-  int stopping;
 
-  int active;               /* HTTP requests being answered */
-  struct MHD_Daemon *mhd;
-  struct MHD_Daemon *mhd_unix;
+  mbd_front *front;
+  mbd_tasks *tasks;
+  mbd_leases *leases;
 } mbd;
 
 /* Builds the daemon from a validated configuration (taken over). */
@@ -126,9 +150,18 @@ void mbd_trace_add(mbd *d, const char *model, double t, double duration);
 /* Counts an answered HTTP request of a model (NULL: not model-specific). */
 void mbd_count_code(mbd *d, mbd_model *m, int code);
 
-/* HTTP server (http.c): listens as the configuration says. */
-int mbd_http_start(mbd *d, char *err, size_t err_len) MB_WUR;
-void mbd_http_quiesce(mbd *d);
-void mbd_http_stop(mbd *d);
+/* Copies the events with seq >= from (at most max) into out as JSON texts
+ * (caller frees each); *next gets the seq after the last copied, and
+ * *oldest the oldest still in the ring. Returns the count. */
+size_t mbd_events_since(mbd *d, uint64_t from, char **out, size_t max, uint64_t *next,
+                        uint64_t *oldest);
+
+/* The HTTP side (front.c, tasks.c, leases.c): started after the models,
+ * stopped before them. */
+int mbd_serve_start(mbd *d, char *err, size_t err_len) MB_WUR;
+/* Stops accepting; requests in flight go on. */
+void mbd_serve_quiesce(mbd *d);
+/* Requests in flight. */
+int mbd_serve_active(mbd *d);
 
 #endif /* MBD_DAEMON_H */

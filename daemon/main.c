@@ -24,7 +24,6 @@
 
 #include "config.h"
 #include "daemon.h"
-#include "http.h"
 #include "modelbuf/modelbuf.h"
 #include "tensors.h"
 #include "units.h"
@@ -88,9 +87,8 @@ static int serve(mbd_config *cfg, const char *path, const mbd_flags *flags) {
     curl_global_cleanup();
     return EXIT_SERVE;
   }
-  if (mbd_http_start(d, err, sizeof(err)) != 0) {
+  if (mbd_serve_start(d, err, sizeof(err)) != 0) {
     fprintf(stderr, "modelbufd: %s\n", err);
-    mbd_http_stop(d);
     mbd_stop(d);
     curl_global_cleanup();
     return EXIT_SERVE;
@@ -117,20 +115,15 @@ static int serve(mbd_config *cfg, const char *path, const mbd_flags *flags) {
     break;
   }
   notify("STOPPING=1");
-  pthread_mutex_lock(&d->mu);
-  __atomic_store_n(&d->stopping, 1, __ATOMIC_RELEASE); /* read without d->mu too */
-  pthread_cond_broadcast(&d->ev_cv);
-  pthread_mutex_unlock(&d->mu);
-  mbd_http_quiesce(d);
+  __atomic_store_n(&d->stopping, 1, __ATOMIC_RELEASE);
+  mbd_serve_quiesce(d);
   /* Drain: requests in flight finish, up to a bound. */
   struct timespec tick = {0, 50 * 1000 * 1000};
   for (int waited = 0; waited < DRAIN_MS; waited += 50) {
-    if (__atomic_load_n(&d->active, __ATOMIC_ACQUIRE) == 0) /* counted without d->mu */
+    if (mbd_serve_active(d) == 0)
       break;
     nanosleep(&tick, NULL);
   }
-  mbd_http_stop(d);
-  mbd_leases_release_all(d);
   mbd_stop(d);
   curl_global_cleanup();
   return 0;

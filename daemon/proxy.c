@@ -1,32 +1,28 @@
 /*
  * proxy.c - requests to models: ANY /m/{name}/{path} and the OpenAI routes
- * (/v1/..., routed by the body's "model"), forwarded to the model's worker
- * under a lease, or served in process by its plugin (or, for a tensors
- * model, by tensors.c).
+ * (POST /v1/..., routed by the body's "model"), forwarded to the model's
+ * worker under a lease, or served in process by its plugin (a tensors
+ * model's routes are tensors.c's, through the same lease).
  *
- * A forwarded request runs on its client connection's own thread (the
- * server has one per connection, http.c): it takes a session - a curl multi
- * handle with one easy handle and the multi's cache of open connections to
- * workers - from a pool, and drives the transfer itself with
- * curl_multi_perform/curl_multi_poll whenever libmicrohttpd asks for more:
- * the request body is handed on piece by piece as the client sends it, and
- * each piece of the worker's answer goes to the client as soon as it comes
- * (server-sent token streams arrive token by token). Only what one step of
- * curl delivers is buffered: a slow worker holds the client back and a slow
- * client holds the worker back (curl's pause), instead of filling memory.
- * When the client goes away, the handle leaves its multi (which aborts the
- * transfer), the lease is released and the session goes back to the pool.
+ * A request here is a transaction (px) that outlives its client if it
+ * must: the lease is asked for once the body is whole (request_buffering,
+ * the default: a slow client never holds a model), the core answers on its
+ * own thread and the answer is posted back to the request's loop thread;
+ * if the client left meanwhile, the wait is cancelled (mb_cancel) and a
+ * lease granted anyway is released at once, and nothing reaches the
+ * worker. Granted, the request goes to the worker on a connection of the
+ * thread's pool (upstream.c): the path and query exactly as the client
+ * sent them, the client's headers but the hop-by-hop ones and the
+ * daemon's own, and a body the daemon frames itself from what it
+ * received. The worker's answer streams back as it comes, under the
+ * client's pace (the worker's connection is paused while the client is
+ * slower). A failure before the answer started is a 502 (504 when
+ * busy_timeout killed the worker); after, the client's connection is cut
+ * so that no cut answer looks whole.
  *
- * No thread is started and, once the pool is warm, nothing is allocated per
- * request but curl's header lists; connections to a worker stay open in the
- * sessions' caches and are reused by later requests.
- *
- * Locks: pool.mu guards the pool's free list only. A session is used by one
- * thread at a time (whoever took it from the pool), so its fields need no
- * lock.
+ * Loop threads only, but for lease_done (the core's thread) and the
+ * plugin task's run (the task pool), which touch only their px fields.
  */
-#include <curl/curl.h>
-#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,18 +30,22 @@
 #include <time.h>
 
 #include "api_body.h"
-#include "http.h"
+#include "daemon.h"
+#include "forward.h"
+#include "front.h"
+#include "front_int.h"
 #include "modelbuf/plugin.h"
+#include "proxy.h"
+#include "tasks.h"
 #include "tensors.h"
 #include "units.h"
+#include "upstream.h"
 
-/* How much of a worker's answer waits for a slow client before curl is
- * paused; one step of curl hands over at most about this much. */
-#define PROXY_BUF (256 * 1024)
-/* Idle sessions kept for later requests; more are closed when they end. */
-#define POOL_MAX 256
-/* Idle connections each session keeps open (to several workers, say). */
-#define SESSION_MAXCONNECTS 4L
+/* Client output above which the worker's connection is paused. */
+#define PROXY_HIGH (256 * 1024)
+/* Streamed request body waiting for the worker above which the client's
+ * body stops being read. */
+#define STREAM_HIGH (256 * 1024)
 
 static double wall_s(void) {
   struct timespec ts;
@@ -53,8 +53,6 @@ static double wall_s(void) {
   return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Records a request served under a lease granted at granted_at (Unix
- * seconds): it arrived queue + load time earlier. */
 void mbd_proxy_trace(mbd *d, const char *model, const mb_result *g, double granted_at) {
   double arrived = granted_at - (double)(g->queue_ns + g->load_ns) / 1e9;
   double held = wall_s() - granted_at;
@@ -62,915 +60,590 @@ void mbd_proxy_trace(mbd *d, const char *model, const mb_result *g, double grant
 }
 
 /* ------------------------------------------------------------------------ */
-/* Leases with their queue and load times                                    */
+/* Leases for requests                                                       */
 
-/* A request waiting for its lease. A semaphore, not a mutex and a
- * condition: the core thread posts without taking a lock that the woken
- * request would then wait for. */
-typedef struct waiter {
-  sem_t sem;
+/*
+ * A request's transaction. Owned by the request while the client is there
+ * (r->ctx), by itself once it left: then it lives until the core's answer
+ * comes (to release a lease granted anyway) and frees itself.
+ */
+struct mbd_px {
+  mbd_post post;          /* the core's answer, and the plugin task's end */
+  mbd_task task;
+  mbd *d;
+  mbd_req *r;             /* NULL once the client left */
+  mbd_loop *loop;
+  mbd_fthread *t;
+  mbd_model *m;           /* as resolved; cur: its entry when granted */
+  mbd_model *cur;
+  mbd_px_granted_fn granted_fn;
+  void *granted_arg;
+  void *user;
+  uint64_t req_id;
+  int waiting;            /* asked, not answered yet */
   mb_result res;
   char msg[256];
-} waiter;
+  int held;               /* the lease is ours */
+  double granted_at;
+  /* Forwarding to a worker. */
+  mbd_up *up;
+  int busy;               /* bracketed by mbd_worker_busy_begin */
+  int streaming;          /* the body streams to the worker */
+  int body_ended;
+  char *fwd;              /* the request head for the worker */
+  size_t fwd_len;
+  int is_openai;
+  /* A plugin's request and answer, made on the task pool: everything it
+   * reads is the transaction's own, so the client may leave meanwhile. */
+  mb_plugin_response presp;
+  int prc;
+  char perr[256];
+  mb_plugin_header *phdrs;
+  size_t n_phdrs;
+  char *phbuf;
+  char *ppath, *pquery;
+  char pmethod[33];
+  mbd_spool pbody;
+};
 
-static void waiter_done(const mb_result *res, void *arg) {
-  waiter *w = arg;
-  w->res = *res;
-  snprintf(w->msg, sizeof(w->msg), "%s", res->message ? res->message : "");
-  w->res.message = w->msg;
-  sem_post(&w->sem);
-}
-
-/* Reads X-Modelbuf-Priority / -Keep-Alive / -Queue-Timeout. */
-static int acquire_opts(struct MHD_Connection *c, mb_acquire_opts *o, char *err, size_t len) {
+/* Reads X-Modelbuf-Priority / -Keep-Alive / -Queue-Timeout, range-checked. */
+static int acquire_opts(mbd_req *r, mb_acquire_opts *o, char *err, size_t len) {
+  char v[64];
   mb_acquire_opts_init(o);
-  const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Modelbuf-Priority");
-  if (v) {
+  if (mbd_req_header(r, "X-Modelbuf-Priority", v, sizeof(v))) {
     char *end;
-    long p = strtol(v, &end, 10);
-    if (*end || end == v) {
-      snprintf(err, len, "X-Modelbuf-Priority must be an integer");
+    long long p = strtoll(v, &end, 10);
+    if (end == v || *end || p < MBD_PRIORITY_MIN || p > MBD_PRIORITY_MAX) {
+      snprintf(err, len, "X-Modelbuf-Priority must be an integer from %d to %d", MBD_PRIORITY_MIN,
+               MBD_PRIORITY_MAX);
       return MB_EINVAL;
     }
     o->priority = (int)p;
   }
-  v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Modelbuf-Keep-Alive");
-  if (v && mbd_parse_duration_ms(v, MBD_DUR_FOREVER, &o->keep_alive_ms, err, len) != 0)
+  if (mbd_req_header(r, "X-Modelbuf-Keep-Alive", v, sizeof(v)) &&
+      mbd_client_duration_ms("X-Modelbuf-Keep-Alive", v, MBD_CD_ZERO | MBD_CD_FOREVER,
+                             &o->keep_alive_ms, err, len) != 0)
     return MB_EINVAL;
-  v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Modelbuf-Queue-Timeout");
-  if (v && mbd_parse_duration_ms(v, MBD_DUR_FOREVER, &o->timeout_ms, err, len) != 0)
+  if (mbd_req_header(r, "X-Modelbuf-Queue-Timeout", v, sizeof(v)) &&
+      mbd_client_duration_ms("X-Modelbuf-Queue-Timeout", v, MBD_CD_FOREVER, &o->timeout_ms, err,
+                             len) != 0)
     return MB_EINVAL;
   return 0;
 }
 
-/*
- * A lease in two steps, so that a request can get its transfer ready while
- * the core thread decides: lease_post asks (0, or -1 with the answer queued
- * in *res), lease_wait waits for the grant and the model's current entry
- * (0 with *got and *cur, or -1 with the answer queued). Every successful
- * lease_post is followed by one lease_wait.
- */
-static int lease_post(mbd *d, struct MHD_Connection *c, mbd_model *m, waiter *w,
-                      MHD_RESULT *res) {
-  char err[256] = "";
-  mb_acquire_opts ao;
-  if (acquire_opts(c, &ao, err, sizeof(err)) != 0) {
-    *res = mbd_reply_error(c, 400, "bad_request", err, 0);
-    return -1;
-  }
-  if (sem_init(&w->sem, 0, 0) != 0) {
-    *res = mbd_reply_error(c, 500, "internal", "out of memory", 0);
-    return -1;
-  }
-  int rc = mb_acquire_async(d->ctx, m->name, &ao, waiter_done, w, NULL);
-  if (rc != 0) { /* answered now, as the core would have */
-    w->res.rc = rc;
-    w->msg[0] = '\0';
-    sem_post(&w->sem);
-  }
-  return 0;
-}
-
-static int lease_wait(mbd *d, struct MHD_Connection *c, mbd_model *m, waiter *w,
-                      mb_result *got, mbd_model **cur, MHD_RESULT *res) {
-  while (sem_wait(&w->sem) != 0) /* EINTR */
-    ;
-  sem_destroy(&w->sem);
-  int rc = w->res.rc;
-  if (rc != 0) {
-    const char *code;
-    int status = mbd_http_status(rc, &code);
-    mbd_count_code(d, m, status);
-    *res = mbd_reply_error(c, status, code, w->msg[0] ? w->msg : mb_strerror(rc),
-                           status == 503 ? 1 : 0);
-    return -1;
-  }
-  *got = w->res;
-  got->message = NULL; /* w->msg does not outlive w */
-  /* The lease keeps the model from a reload; use its current entry. */
-  *cur = mbd_current(d, m);
-  if (*cur == NULL) {
-    if (mb_release(d->ctx, got->lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-    *res = mbd_reply_error(c, 404, "not_found", "the model was removed by a reload", 0);
-    return -1;
-  }
-  return 0;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Sessions: a curl multi and easy handle pair, pooled                       */
-
-/*
- * A session, and while it is taken, the one forwarded request it carries.
- * The handles live as long as the session, and so do the buffers unless
- * one grew large; the fields under "per request" are set up again by
- * forward_prepare and forward_launch.
- */
-typedef struct pxy {
-  struct pxy *next;  /* in the pool's free list */
-  CURLM *multi;      /* its connection cache keeps workers' connections open */
-  CURL *curl;
-  char *spill;       /* the worker's answer not yet taken by the client */
-  size_t spill_len, spill_off, spill_cap;
-  char *hdrs;        /* the worker's response headers, "Name: value\0"... */
-  size_t hdrs_len, hdrs_cap;
-  char *url;
-  size_t url_cap;
-
-  /* per request */
-  mbd *d;
-  mbd_model *m;
-  mb_lease lease;
-  mb_result granted;
-  double granted_at; /* Unix seconds, for the request trace */
-  struct curl_slist *req_headers;
-  char *body;        /* a buffered request body, owned */
-  size_t body_len;
-  int added;         /* curl is in multi */
-  int head;          /* a HEAD request: no body, whatever the length says */
-  int streaming;     /* the request body streams (mbd_proxy_stream_feed) */
-  int post_like;     /* POST, PUT or PATCH: sends a body, if empty */
-  int streamed;      /* the answer streams from the session (pxy_read) */
-  int busy;          /* counted by mbd_worker_busy_begin */
-  int headers_done;  /* the final status and headers have come */
-  int done;          /* the transfer ended, with cres */
-  int write_paused, read_paused;
-  int oom;           /* a buffer could not grow: the transfer is aborted */
-  long status;
-  CURLcode cres;
-  char errbuf[CURL_ERROR_SIZE];
-  /* A request body streamed to the worker as it arrives: the piece the
-   * client has just sent (libmicrohttpd's buffer, valid during feed). */
-  const char *in;
-  size_t in_len, in_off;
-  int in_eof;
-} pxy;
-
-static struct {
-  pthread_mutex_t mu;
-  pxy *free;
-  size_t n_free;
-} pool = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
-
-static void session_destroy(pxy *x) {
-  if (x->multi)
-    curl_multi_cleanup(x->multi); /* closes its connections */
-  if (x->curl)
-    curl_easy_cleanup(x->curl);
-  free(x->spill);
-  free(x->hdrs);
-  free(x->url);
+static void px_free(mbd_px *x) {
+  if (x->up)
+    mbd_up_abort(x->up);
+  if (x->busy && x->cur && x->cur->worker)
+    mbd_worker_busy_end(x->cur->worker);
+  mb_plugin_response_free(x->cur ? x->cur->plugin : NULL, &x->presp);
+  free(x->phdrs);
+  free(x->phbuf);
+  mbd_spool_free(&x->pbody);
+  free(x->ppath);
+  free(x->pquery);
+  free(x->fwd);
   free(x);
 }
 
-/* A session from the pool, or a new one; NULL when out of memory. */
-static pxy *session_take(void) {
-  pthread_mutex_lock(&pool.mu);
-  pxy *x = pool.free;
-  if (x) {
-    pool.free = x->next;
-    pool.n_free--;
+/* Ends the transaction: the lease released (the request traced), the
+ * request let go. */
+static void px_finish(mbd_px *x) {
+  mbd *d = x->d;
+  if (x->up) {
+    mbd_up_abort(x->up);
+    x->up = NULL;
   }
-  pthread_mutex_unlock(&pool.mu);
-  if (x)
-    return x;
-  x = calloc(1, sizeof(*x));
-  if (x == NULL)
-    return NULL;
-  x->multi = curl_multi_init();
-  x->curl = curl_easy_init();
-  if (x->multi == NULL || x->curl == NULL) {
-    session_destroy(x);
-    return NULL;
+  if (x->busy && x->cur && x->cur->worker)
+    mbd_worker_busy_end(x->cur->worker);
+  x->busy = 0;
+  if (x->held) {
+    mbd_proxy_trace(d, x->cur ? x->cur->name : x->m->name, &x->res, x->granted_at);
+    int rc = mb_release(d->ctx, x->res.lease);
+    if (rc != 0 && rc != MB_EINVAL)
+      mbd_log(d, MBD_LOG_WARN, "lease not released", "model=%s why=\"%s\"", x->m->name,
+              mb_strerror(rc));
+    x->held = 0;
   }
-  curl_multi_setopt(x->multi, CURLMOPT_MAXCONNECTS, SESSION_MAXCONNECTS);
-  return x;
+  if (x->r) {
+    x->r->ctx = NULL;
+    x->r->on_gone = NULL;
+    x->r->on_drain = NULL;
+    x->r->on_body = NULL;
+    x->r->on_body_end = NULL;
+    x->r = NULL;
+  }
+  px_free(x);
 }
 
-/* Frees *buf when it grew over max bytes: an idle session keeps little. */
-static void trim(char **buf, size_t *cap, size_t max) {
-  if (*cap > max) {
-    free(*buf);
-    *buf = NULL;
-    *cap = 0;
+/* The client left. */
+static void px_gone(mbd_req *r) {
+  mbd_px *x = r->ctx;
+  x->r = NULL;
+  if (x->waiting) {
+    /* Out of the queue at once; the answer still comes (done is called
+     * exactly once) and frees x, releasing a lease granted meanwhile. */
+    if (mb_cancel(x->d->ctx, x->req_id) != 0) {
+      /* answered already: the post on its way frees x */
+    }
+    return;
   }
+  px_finish(x);
 }
 
-static void session_give_back(pxy *x) {
-  trim(&x->spill, &x->spill_cap, 64 * 1024);
-  trim(&x->hdrs, &x->hdrs_cap, 16 * 1024);
-  trim(&x->url, &x->url_cap, 16 * 1024);
-  pthread_mutex_lock(&pool.mu);
-  if (pool.n_free < POOL_MAX) {
-    x->next = pool.free;
-    pool.free = x;
-    pool.n_free++;
-    x = NULL;
+static void on_answer(mbd_post *p);
+
+/* The core's answer to the acquire (the core's thread). */
+static void lease_done(const mb_result *res, void *arg) {
+  mbd_px *x = arg;
+  x->res = *res;
+  snprintf(x->msg, sizeof(x->msg), "%s", res->message ? res->message : "");
+  x->res.message = x->msg;
+  x->post.fn = on_answer;
+  mbd_loop_post(x->loop, &x->post);
+}
+
+static void on_answer(mbd_post *p) {
+  mbd_px *x = (mbd_px *)p;
+  mbd *d = x->d;
+  x->waiting = 0;
+  if (x->res.rc == 0) {
+    x->held = 1;
+    x->granted_at = wall_s();
   }
-  pthread_mutex_unlock(&pool.mu);
-  if (x)
-    session_destroy(x);
-}
-
-/* The session pool needs no set-up. */
-int mbd_proxy_init(mbd *d) {
-  (void)d;
-  return 0;
-}
-
-void mbd_proxy_fini(mbd *d) {
-  (void)d;
-  pthread_mutex_lock(&pool.mu);
-  pxy *x = pool.free;
-  pool.free = NULL;
-  pool.n_free = 0;
-  pthread_mutex_unlock(&pool.mu);
-  while (x) {
-    pxy *next = x->next;
-    session_destroy(x);
-    x = next;
+  if (x->r == NULL) { /* the client left while it waited */
+    px_finish(x);
+    return;
   }
+  if (x->res.rc != 0) {
+    const char *code;
+    int status = mbd_http_status(x->res.rc, &code);
+    mbd_count_code(d, x->m, status);
+    mbd_reply_error(x->r, status, code, x->msg[0] ? x->msg : mb_strerror(x->res.rc),
+                    status == 503 ? 1 : 0);
+    px_finish(x);
+    return;
+  }
+  /* The lease keeps the model from a reload; use its current entry. */
+  x->cur = mbd_current(d, x->m);
+  if (x->cur == NULL) {
+    mbd_reply_error(x->r, 404, "not_found", "the model was removed by a reload", 0);
+    px_finish(x);
+    return;
+  }
+  x->granted_fn(x, x->r, x->granted_arg);
 }
 
-/* Makes room for n more bytes in *buf (len used of *cap); 0 or -1. */
-static int grow(char **buf, size_t *cap, size_t len, size_t n) {
-  if (len + n <= *cap)
-    return 0;
-  size_t c = *cap ? *cap : 4096;
-  while (c < len + n)
-    c *= 2;
-  char *b = realloc(*buf, c);
-  if (b == NULL)
+int mbd_px_lease(mbd_req *r, mbd_model *m, mbd_px_granted_fn fn, void *arg) {
+  mbd *d = r->d;
+  char err[256] = "";
+  mb_acquire_opts ao;
+  if (acquire_opts(r, &ao, err, sizeof(err)) != 0) {
+    mbd_reply_error(r, 400, "bad_request", err, 0);
     return -1;
-  *buf = b;
-  *cap = c;
+  }
+  mbd_px *x = calloc(1, sizeof(*x));
+  if (x == NULL) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    return -1;
+  }
+  x->d = d;
+  x->r = r;
+  x->t = r->t;
+  mbd_spool_init(&x->pbody, 0, NULL);
+  x->loop = mbd_req_loop(r);
+  x->m = m;
+  x->granted_fn = fn;
+  x->granted_arg = arg;
+  r->ctx = x;
+  r->on_gone = px_gone;
+  x->waiting = 1;
+  int rc = mb_acquire_async(d->ctx, m->name, &ao, lease_done, x, &x->req_id);
+  if (rc != 0) {
+    x->waiting = 0;
+    r->ctx = NULL;
+    r->on_gone = NULL;
+    free(x);
+    const char *code;
+    int status = mbd_http_status(rc, &code);
+    mbd_count_code(d, m, status);
+    mbd_reply_error(r, status, code, mb_strerror(rc), status == 503 ? 1 : 0);
+    return -1;
+  }
   return 0;
+}
+
+const mb_result *mbd_px_result(const mbd_px *x) { return &x->res; }
+mbd_model *mbd_px_model(const mbd_px *x) { return x->cur; }
+void mbd_px_done(mbd_px *x) { px_finish(x); }
+mbd_px *mbd_px_of(mbd_req *r) { return r->ctx; }
+void mbd_px_set_user(mbd_px *x, void *user) { x->user = user; }
+void *mbd_px_user(const mbd_px *x) { return x->user; }
+void mbd_px_set_on_gone(mbd_px *x, void (*fn)(mbd_req *r)) {
+  if (x->r)
+    x->r->on_gone = fn;
+}
+
+void mbd_px_timing_headers(mbd_req *r, const mb_result *g) {
+  char ms[32];
+  snprintf(ms, sizeof(ms), "%.1f", (double)g->queue_ns / 1e6);
+  mbd_resp_header(r, "X-Modelbuf-Queue-Ms", ms);
+  snprintf(ms, sizeof(ms), "%.1f", (double)g->load_ns / 1e6);
+  mbd_resp_header(r, "X-Modelbuf-Load-Ms", ms);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Forwarding to a worker                                                    */
 
-static int hop_by_hop(const char *name, size_t n) {
-  static const char *const h[] = {"connection", "keep-alive",        "proxy-authenticate",
-                                  "proxy-authorization", "te",       "trailer",
-                                  "transfer-encoding", "upgrade",    "content-length",
-                                  "host",       "expect"};
-  for (size_t i = 0; i < sizeof(h) / sizeof(h[0]); i++)
-    if (strlen(h[i]) == n && strncasecmp(name, h[i], n) == 0)
-      return 1;
-  return 0;
+/* The request head for the worker at port (forward.h). 0 or -1. */
+static int build_head(mbd_px *x, mbd_req *r, int port) {
+  mbd_fwd f;
+  memset(&f, 0, sizeof(f));
+  f.buf = r->buf;
+  f.h = &r->h;
+  f.target_skip = x->is_openai ? 0 : r->route.arg_off;
+  f.port = port;
+  f.drop_keys = r->d->cfg->n_api_keys > 0;
+  if (x->streaming) {
+    f.body = r->h.framing == MBD_BODY_LENGTH ? MBD_FWD_LENGTH : MBD_FWD_CHUNKED;
+    f.body_len = r->h.content_length;
+  } else if (r->body.total > 0) {
+    f.body = MBD_FWD_LENGTH;
+    f.body_len = r->body.total;
+  }
+  free(x->fwd);
+  x->fwd = NULL;
+  return mbd_forward_head(&f, &x->fwd, &x->fwd_len) == 0 ? 0 : -1;
 }
 
-static size_t on_header(char *p, size_t size, size_t n, void *arg) {
-  pxy *x = arg;
-  size_t len = size * n;
-  if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) {
-    /* A new response (after a 100 Continue, say): start over. */
-    x->hdrs_len = 0;
-    const char *sp = memchr(p, ' ', len);
-    x->status = sp ? strtol(sp + 1, NULL, 10) : 0;
-  } else if (len <= 2) {
-    if (x->status >= 200)
-      x->headers_done = 1;
-  } else {
-    const char *colon = memchr(p, ':', len);
-    if (colon && !hop_by_hop(p, (size_t)(colon - p))) {
-      size_t k = len;
-      while (k > 0 && (p[k - 1] == '\r' || p[k - 1] == '\n'))
-        k--;
-      if (grow(&x->hdrs, &x->hdrs_cap, x->hdrs_len, k + 1) != 0) {
-        x->oom = 1;
-        return 0; /* aborts the transfer */
-      }
-      memcpy(x->hdrs + x->hdrs_len, p, k);
-      x->hdrs[x->hdrs_len + k] = '\0';
-      x->hdrs_len += k + 1;
+static void up_head(void *arg, const char *buf, const mbd_http_head *h) {
+  mbd_px *x = arg;
+  mbd_req *r = x->r;
+  mbd_count_code(x->d, x->cur, h->status);
+  if (r == NULL)
+    return;
+  mbd_resp_start(r, h->status);
+  int64_t length = -1;
+  for (int i = 0; i < h->n_fields; i++) {
+    const mbd_http_field *f = &h->fields[i];
+    const char *n = buf + f->name.off;
+    size_t nl = f->name.len;
+    if (mbd_http_eq(n, nl, "content-length")) {
+      char v[24];
+      size_t vl = f->value.len < sizeof(v) - 1 ? f->value.len : sizeof(v) - 1;
+      memcpy(v, buf + f->value.off, vl);
+      v[vl] = '\0';
+      length = strtoll(v, NULL, 10);
+      continue;
     }
+    if (mbd_http_field_hop(buf, h, i) || mbd_http_eq(n, nl, "date"))
+      continue;
+    mbd_resp_header_n(r, n, nl, buf + f->value.off, f->value.len);
   }
-  return len;
+  mbd_px_timing_headers(r, &x->res);
+  if (h->framing == MBD_BODY_CHUNKED || h->framing == MBD_BODY_CLOSE)
+    length = -1;
+  else if (h->framing == MBD_BODY_NONE && !r->is_head)
+    length = h->status == 204 || h->status == 304 || h->status < 200 ? -1 : 0;
+  mbd_resp_stream(r, NULL, length);
+  if (h->framing == MBD_BODY_NONE ||
+      (h->framing == MBD_BODY_LENGTH && h->content_length == 0))
+    return; /* on_end comes next */
 }
 
-static size_t on_data(char *p, size_t size, size_t n, void *arg) {
-  pxy *x = arg;
-  size_t len = size * n;
-  size_t held = x->spill_len - x->spill_off;
-  x->headers_done = 1;
-  if (held > 0 && held + len > PROXY_BUF) {
-    x->write_paused = 1; /* the client is slower: curl keeps this piece */
-    return CURL_WRITEFUNC_PAUSE;
-  }
-  if (held == 0)
-    x->spill_off = x->spill_len = 0;
-  if (grow(&x->spill, &x->spill_cap, x->spill_len, len) != 0) {
-    x->oom = 1;
-    return 0; /* aborts the transfer */
-  }
-  memcpy(x->spill + x->spill_len, p, len);
-  x->spill_len += len;
-  return len;
+static void up_data(void *arg, const char *p, size_t n) {
+  mbd_px *x = arg;
+  if (x->r == NULL)
+    return;
+  mbd_resp_write(x->r, p, n);
+  if (x->r && mbd_resp_pending(x->r) > PROXY_HIGH && x->up)
+    mbd_up_pause(x->up, 1);
 }
 
-/* curl asks for request body: what the client has sent so far, a pause
- * when that is all taken, 0 at its end. */
-static size_t on_read(char *out, size_t size, size_t n, void *arg) {
-  pxy *x = arg;
-  size_t max = size * n;
-  if (x->in_off == x->in_len) {
-    if (x->in_eof)
-      return 0;
-    x->read_paused = 1;
-    return CURL_READFUNC_PAUSE;
-  }
-  size_t k = x->in_len - x->in_off;
-  if (k > max)
-    k = max;
-  memcpy(out, x->in + x->in_off, k);
-  x->in_off += k;
-  return k;
+static void px_drain(mbd_req *r) {
+  mbd_px *x = r->ctx;
+  if (x && x->up)
+    mbd_up_pause(x->up, 0);
 }
 
-/* Tells curl which directions are paused now. */
-static void set_pause(pxy *x) {
-  curl_easy_pause(x->curl, (x->write_paused ? CURLPAUSE_RECV : 0) |
-                               (x->read_paused ? CURLPAUSE_SEND : 0));
+static void up_end(void *arg) {
+  mbd_px *x = arg;
+  x->up = NULL;
+  if (x->r)
+    mbd_resp_end(x->r);
+  px_finish(x);
 }
 
-/* Goals of drive(). */
-enum { UNTIL_HEADERS, UNTIL_DATA, UNTIL_SENT };
-
-static int reached(const pxy *x, int until) {
-  switch (until) {
-  case UNTIL_HEADERS: return x->headers_done;
-  case UNTIL_DATA: return x->spill_len > x->spill_off;
-  default: return x->in_off == x->in_len;
-  }
-}
-
-/*
- * Runs the transfer on this thread until the goal is reached or it ends.
- * 0, or -1 when stop_on_shutdown is set and the daemon began to stop.
- */
-static int drive(pxy *x, int until, int stop_on_shutdown) {
-  if (x->write_paused && until == UNTIL_DATA && !reached(x, until)) {
-    x->write_paused = 0;
-    set_pause(x); /* may hand over the kept piece at once */
-  }
-  if (x->read_paused && (x->in_off < x->in_len || x->in_eof)) {
-    x->read_paused = 0;
-    set_pause(x);
-  }
-  while (!x->done && !reached(x, until)) {
-    int running;
-    CURLMcode mc = curl_multi_perform(x->multi, &running);
-    CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(x->multi, &left)) != NULL)
-      if (msg->msg == CURLMSG_DONE && msg->easy_handle == x->curl) {
-        x->done = 1;
-        x->cres = msg->data.result;
-      }
-    if (mc != CURLM_OK && !x->done) {
-      x->done = 1;
-      x->cres = CURLE_FAILED_INIT;
-      snprintf(x->errbuf, sizeof(x->errbuf), "%s", curl_multi_strerror(mc));
-    }
-    if (x->done || reached(x, until))
-      break;
-    if (x->write_paused && until != UNTIL_DATA)
-      break; /* an answer bigger than PROXY_BUF came before the request body
-              * was all sent: it waits for the client, and the rest of the
-              * body is dropped (the worker has answered already) */
-    int nfds;
-    curl_multi_poll(x->multi, NULL, 0, 1000, &nfds);
-    if (stop_on_shutdown && __atomic_load_n(&x->d->stopping, __ATOMIC_ACQUIRE))
-      return -1;
-  }
-  if (x->done) {
-    x->headers_done = 1;
-    if (x->oom && x->cres == CURLE_OK)
-      x->cres = CURLE_OUT_OF_MEMORY;
-  }
-  return 0;
-}
-
-static ssize_t pxy_read(void *cls, uint64_t pos, char *out, size_t max) {
-  pxy *x = cls;
-  (void)pos;
-  if (x->spill_len == x->spill_off && !x->done && drive(x, UNTIL_DATA, 1) != 0)
-    return MHD_CONTENT_READER_END_WITH_ERROR; /* the daemon is stopping */
-  if (x->spill_len > x->spill_off) {
-    size_t n = x->spill_len - x->spill_off;
-    if (n > max)
-      n = max;
-    memcpy(out, x->spill + x->spill_off, n);
-    x->spill_off += n;
-    return (ssize_t)n;
-  }
-  return x->cres == CURLE_OK ? MHD_CONTENT_READER_END_OF_STREAM
-                             : MHD_CONTENT_READER_END_WITH_ERROR;
-}
-
-/* The end of a forwarded request, whoever ends it (done, or the client):
- * the transfer aborted if still running, the lease released, the session
- * back to the pool. */
-static void pxy_free(void *cls) {
-  pxy *x = cls;
-  if (x->added)
-    curl_multi_remove_handle(x->multi, x->curl);
-  curl_slist_free_all(x->req_headers);
-  x->req_headers = NULL;
-  if (x->busy)
-    mbd_worker_busy_end(x->m->worker);
-  if (x->granted_at > 0)
-    mbd_proxy_trace(x->d, x->m->name, &x->granted, x->granted_at);
-  if (x->lease.id && mb_release(x->d->ctx, x->lease) != 0)
-    mbd_log(x->d, MBD_LOG_WARN, "lease already released", "model=%s", x->m->name);
-  free(x->body);
-  x->body = NULL;
-  session_give_back(x);
-}
-
-typedef struct hdr_ctx {
-  struct curl_slist *list;
-  int oom;
-} hdr_ctx;
-
-/* Appends a header line (copied); 1, or 0 when out of memory. */
-static int add_line(hdr_ctx *h, const char *line) {
-  struct curl_slist *l = curl_slist_append(h->list, line);
-  if (l == NULL)
-    return 0;
-  h->list = l;
-  return 1;
-}
-
-static MHD_RESULT copy_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                              const char *value) {
-  hdr_ctx *h = cls;
-  (void)kind;
-  size_t n = strlen(key);
-  if (hop_by_hop(key, n) || strcasecmp(key, "Authorization") == 0 ||
-      strncasecmp(key, "X-Modelbuf-", 11) == 0)
-    return MHD_YES;
-  char small[512];
-  size_t len = n + strlen(value ? value : "") + 3;
-  char *line = len <= sizeof(small) ? small : malloc(len);
-  if (line == NULL) {
-    h->oom = 1;
-    return MHD_NO;
-  }
-  snprintf(line, len, "%s: %s", key, value ? value : "");
-  int ok = add_line(h, line);
-  if (line != small)
-    free(line);
-  if (!ok)
-    h->oom = 1;
-  return ok ? MHD_YES : MHD_NO;
-}
-
-typedef struct url_ctx {
-  pxy *x;
-  size_t len;
-  int oom;
-} url_ctx;
-
-/* Appends the string s to the session's URL. */
-static int url_add(url_ctx *u, const char *s) {
-  size_t n = strlen(s);
-  if (grow(&u->x->url, &u->x->url_cap, u->len, n + 1) != 0) {
-    u->oom = 1;
-    return -1;
-  }
-  memcpy(u->x->url + u->len, s, n + 1);
-  u->len += n;
-  return 0;
-}
-
-static MHD_RESULT add_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
-  url_ctx *u = cls;
-  (void)kind;
-  char *k = curl_easy_escape(u->x->curl, key, 0);
-  char *v = value ? curl_easy_escape(u->x->curl, value, 0) : NULL;
-  int ok = k && (value == NULL || v) && url_add(u, u->x->url[u->len - 1] == '?' ? "" : "&") == 0 &&
-           url_add(u, k) == 0 && (v == NULL || (url_add(u, "=") == 0 && url_add(u, v) == 0));
-  if (!ok)
-    u->oom = 1;
-  curl_free(k);
-  curl_free(v);
-  return ok ? MHD_YES : MHD_NO;
-}
-
-/* Room left in front of the path in x->url for the worker's base URL
- * ("http://127.0.0.1:PORT"), which is known only once the lease is held. */
-#define URL_BASE_ROOM 128
-
-/* The path and the client's query string into x->url at URL_BASE_ROOM. */
-static int build_path(pxy *x, struct MHD_Connection *c, const char *path) {
-  if (grow(&x->url, &x->url_cap, 0, URL_BASE_ROOM + 1) != 0)
-    return -1;
-  url_ctx u = {x, URL_BASE_ROOM, 0};
-  if (url_add(&u, path) != 0)
-    return -1;
-  size_t before = u.len;
-  if (url_add(&u, "?") != 0)
-    return -1;
-  MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, add_arg, &u);
-  if (u.oom)
-    return -1;
-  if (u.len == before + 1) /* no arguments */
-    x->url[before] = '\0';
-  return 0;
-}
-
-/*
- * Gets a transfer ready while its lease is being decided: a session, the
- * request's headers, path and query, curl's options. Nothing in it depends
- * on the model (a reload may change which entry the lease is for). With
- * streaming, the body comes later through mbd_proxy_stream_feed; else it is
- * r's buffered body, taken at launch. NULL when out of memory.
- */
-static pxy *forward_prepare(mbd *d, struct MHD_Connection *c, const char *method,
-                            const char *path, int streaming) {
-  pxy *x = session_take();
-  if (x == NULL)
-    return NULL;
-  x->d = d;
-  x->m = NULL;
-  x->busy = 0;
-  x->lease.id = 0;
-  x->granted_at = 0;
-  x->req_headers = NULL;
-  x->body = NULL;
-  x->body_len = 0;
-  x->head = strcmp(method, "HEAD") == 0;
-  x->streaming = streaming;
-  x->post_like = strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
-                 strcmp(method, "PATCH") == 0;
-  x->streamed = 0;
-  x->added = x->headers_done = x->done = x->write_paused = x->read_paused = x->oom = 0;
-  x->status = 0;
-  x->cres = CURLE_OK;
-  x->errbuf[0] = '\0';
-  x->spill_len = x->spill_off = x->hdrs_len = 0;
-  x->in = NULL;
-  x->in_len = x->in_off = 0;
-  x->in_eof = 0;
-  hdr_ctx h = {NULL, 0};
-  MHD_get_connection_values(c, MHD_HEADER_KIND, copy_header, &h);
-  if (!h.oom && !add_line(&h, "Expect:"))
-    h.oom = 1;
-  if (!h.oom && streaming &&
-      MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length") == NULL &&
-      !add_line(&h, "Transfer-Encoding: chunked"))
-    h.oom = 1;
-  x->req_headers = h.list;
-  if (h.oom || build_path(x, c, path) != 0) {
-    pxy_free(x);
-    return NULL;
-  }
-
-  CURL *cu = x->curl;
-  curl_easy_reset(cu); /* the connections stay in the session's multi */
-  curl_easy_setopt(cu, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(cu, CURLOPT_PROXY, "");
-  curl_easy_setopt(cu, CURLOPT_CUSTOMREQUEST, method);
-  curl_easy_setopt(cu, CURLOPT_HTTPHEADER, x->req_headers);
-  curl_easy_setopt(cu, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(cu, CURLOPT_HEADERDATA, x);
-  curl_easy_setopt(cu, CURLOPT_WRITEFUNCTION, on_data);
-  curl_easy_setopt(cu, CURLOPT_WRITEDATA, x);
-  curl_easy_setopt(cu, CURLOPT_ERRORBUFFER, x->errbuf);
-  curl_easy_setopt(cu, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
-  curl_easy_setopt(cu, CURLOPT_TCP_NODELAY, 1L);
-  if (x->head)
-    curl_easy_setopt(cu, CURLOPT_NOBODY, 1L);
-  if (streaming) {
-    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-    curl_easy_setopt(cu, CURLOPT_POST, 1L);
-    curl_easy_setopt(cu, CURLOPT_READFUNCTION, on_read);
-    curl_easy_setopt(cu, CURLOPT_READDATA, x);
-    if (cl)
-      curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strtoll(cl, NULL, 10));
-  }
-  return x;
-}
-
-/*
- * Starts a prepared transfer (taken over) to m's worker under the lease
- * granted (taken over too): 0, or -1 with the answer queued in *res, the
- * lease released and x freed.
- */
-static int forward_launch(pxy *x, struct MHD_Connection *c, mbd_model *m, mbd_req *r,
-                          const mb_result *granted, MHD_RESULT *res) {
+static void up_error(void *arg, int started, const char *why) {
+  mbd_px *x = arg;
   mbd *d = x->d;
-  char base[URL_BASE_ROOM];
-  x->m = m;
-  x->lease = granted->lease;
-  x->granted = *granted;
-  if (mbd_worker_url(m->worker, base, sizeof(base)) != 0) {
-    pxy_free(x);
-    mbd_count_code(d, m, 502);
-    *res = mbd_reply_error(c, 502, "worker_failed", "the worker is not running", 0);
-    return -1;
+  x->up = NULL;
+  int killed = 0;
+  if (x->busy && x->cur->worker) {
+    killed = mbd_worker_busy_end(x->cur->worker);
+    x->busy = 0;
   }
+  mbd_log(d, MBD_LOG_WARN, "proxy: worker failed", "model=%s started=%d why=\"%s\"",
+          x->cur->name, started, why);
+  if (x->r != NULL) {
+    if (started) {
+      mbd_resp_abort(x->r); /* the client must not take a cut answer for a whole one */
+    } else {
+      char msg[400];
+      int code = killed ? 504 : 502;
+      if (killed)
+        snprintf(msg, sizeof(msg),
+                 "the worker was busy longer than busy_timeout and was stopped");
+      else
+        snprintf(msg, sizeof(msg), "worker failed: %s", why);
+      mbd_count_code(d, x->cur, code);
+      mbd_reply_error(x->r, code, killed ? "timeout" : "worker_failed", msg, 0);
+    }
+  }
+  px_finish(x);
+}
+
+static void up_writable(void *arg) {
+  mbd_px *x = arg;
+  if (x->r && x->streaming && !x->body_ended)
+    mbd_req_resume_body(x->r);
+}
+
+static const mbd_up_cbs up_cbs = {up_head, up_data, up_end, up_error, up_writable};
+
+/* A streamed body: each piece goes on as it comes. */
+static void px_body(mbd_req *r, const char *p, size_t n) {
+  mbd_px *x = r->ctx;
+  if (x->up == NULL)
+    return;
+  mbd_up_body(x->up, p, n);
+  if (x->up && mbd_up_body_pending(x->up) > STREAM_HIGH)
+    mbd_req_pause_body(r);
+}
+
+static void px_body_end(mbd_req *r) {
+  mbd_px *x = r->ctx;
+  x->body_ended = 1;
+  if (x->up)
+    mbd_up_body_end(x->up);
+}
+
+/* The worker's port and an instance that changes with each process. */
+static int worker_endpoint(mbd_worker *w, int *port, uint64_t *instance) {
+  char url[128];
+  if (mbd_worker_url(w, url, sizeof(url)) != 0)
+    return MB_ESTATE;
+  const char *colon = strrchr(url, ':');
+  *port = colon ? atoi(colon + 1) : 0;
+  *instance = (uint64_t)mbd_worker_pid(w);
+  return *port > 0 ? 0 : MB_ESTATE;
+}
+
+static void to_worker(mbd_px *x, mbd_req *r) {
+  mbd *d = x->d;
+  mbd_model *m = x->cur;
+  int port;
+  uint64_t instance;
+  if (worker_endpoint(m->worker, &port, &instance) != 0) {
+    mbd_count_code(d, m, 502);
+    mbd_reply_error(r, 502, "worker_failed", "the worker is not running", 0);
+    px_finish(x);
+    return;
+  }
+  if (build_head(x, r, port) != 0) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    px_finish(x);
+    return;
+  }
+  mbd_up_req ur;
+  memset(&ur, 0, sizeof(ur));
+  ur.head = x->fwd;
+  ur.head_len = x->fwd_len;
+  ur.body = x->streaming || r->body.total == 0 ? NULL : &r->body;
+  ur.streamed = x->streaming;
+  ur.chunked = x->streaming && r->h.framing == MBD_BODY_CHUNKED;
+  ur.head_request = r->is_head;
+  ur.port = port;
+  ur.instance = instance;
+  ur.max_head_bytes = d->cfg->max_header_bytes;
   mbd_worker_busy_begin(m->worker);
   x->busy = 1;
-  x->granted_at = wall_s();
-  size_t n = strlen(base); /* < URL_BASE_ROOM: it ends where the path starts */
-  memcpy(x->url + URL_BASE_ROOM - n, base, n);
-  CURL *cu = x->curl;
-  curl_easy_setopt(cu, CURLOPT_URL, x->url + URL_BASE_ROOM - n);
-  if (!x->streaming) {
-    x->body = r->body;
-    x->body_len = r->len;
-    r->body = NULL; /* the transfer owns it now */
-    r->len = r->cap = 0;
-    if (x->body_len > 0 || x->post_like) {
-      curl_easy_setopt(cu, CURLOPT_POSTFIELDS, x->body ? x->body : "");
-      curl_easy_setopt(cu, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
-    }
-  }
-  if (curl_multi_add_handle(x->multi, cu) != CURLM_OK) {
-    pxy_free(x);
-    *res = mbd_reply_error(c, 500, "internal", "cannot start the transfer", 0);
-    return -1;
-  }
-  x->added = 1;
-  return 0;
-}
-
-/* Waits for the worker's status and headers and answers with its stream. */
-static MHD_RESULT forward_finish(mbd *d, struct MHD_Connection *c, mbd_model *m, pxy *x) {
-  const mb_result *granted = &x->granted;
-
-  /* The status and headers come first. */
-  drive(x, UNTIL_HEADERS, 0);
-  if (x->done && x->cres != CURLE_OK && x->status == 0) {
-    char why[CURL_ERROR_SIZE + 64];
-    snprintf(why, sizeof(why), "worker failed: %s",
-             x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->cres));
-    int killed = mbd_worker_busy_end(m->worker);
-    mbd_worker_busy_begin(m->worker); /* pxy_free ends it again */
-    pxy_free(x);
-    int code = killed ? 504 : 502;
-    mbd_count_code(d, m, code);
-    return mbd_reply_error(c, code, killed ? "timeout" : "worker_failed",
-                           killed ? "the worker was busy longer than busy_timeout and was "
-                                    "stopped"
-                                  : why,
-                           0);
-  }
-  long status = x->status;
-  int sized = status >= 200 && status != 204 && status != 304; /* may have a length */
-  int plain = sized && !x->head;
-  struct MHD_Response *resp;
-  if (plain && x->done && x->cres == CURLE_OK) {
-    /* The whole answer is here already: answer from a copy, which
-     * libmicrohttpd sends with the headers in one write, and end the
-     * transfer (lease, session) now. */
-    resp = MHD_create_response_from_buffer(x->spill_len - x->spill_off, x->spill + x->spill_off,
-                                           MHD_RESPMEM_MUST_COPY);
-  } else {
-    /* The worker's Content-Length goes on to the client (no chunked
-     * framing) when the answer has one. */
-    curl_off_t cl = -1;
-    if (!sized || curl_easy_getinfo(x->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) != CURLE_OK)
-      cl = -1;
-    resp = MHD_create_response_from_callback(cl >= 0 ? (uint64_t)cl : MHD_SIZE_UNKNOWN,
-                                             16 * 1024, pxy_read, x, pxy_free);
-    x->streamed = resp != NULL;
-  }
-  if (resp == NULL) {
-    pxy_free(x);
-    return MHD_NO;
-  }
-  for (size_t off = 0; off < x->hdrs_len;) {
-    char *line = x->hdrs + off;
-    size_t n = strlen(line);
-    off += n + 1;
-    char *colon = strchr(line, ':');
-    if (colon == NULL)
-      continue;
-    *colon = '\0';
-    const char *v = colon + 1;
-    while (*v == ' ')
-      v++;
-    MHD_add_response_header(resp, line, v);
-    *colon = ':';
-  }
-  char ms[32];
-  snprintf(ms, sizeof(ms), "%.1f", (double)granted->queue_ns / 1e6);
-  MHD_add_response_header(resp, "X-Modelbuf-Queue-Ms", ms);
-  snprintf(ms, sizeof(ms), "%.1f", (double)granted->load_ns / 1e6);
-  MHD_add_response_header(resp, "X-Modelbuf-Load-Ms", ms);
-  mbd_count_code(d, m, (int)status);
-  if (!x->streamed)
-    pxy_free(x); /* after its headers were copied; granted is gone with it */
-  MHD_RESULT res = MHD_queue_response(c, (unsigned)status, resp);
-  MHD_destroy_response(resp);
-  return res;
-}
-
-
-/* ------------------------------------------------------------------------ */
-/* Serving a plugin model in process                                         */
-
-typedef struct hdr_list {
-  mb_plugin_header h[64];
-  size_t n;
-} hdr_list;
-
-static MHD_RESULT collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                 const char *value) {
-  hdr_list *l = cls;
-  (void)kind;
-  if (l->n < 64) {
-    l->h[l->n].name = key;
-    l->h[l->n].value = value ? value : "";
-    l->n++;
-  }
-  return MHD_YES;
-}
-
-static MHD_RESULT serve_plugin(mbd *d, struct MHD_Connection *c, mbd_model *m,
-                               const char *method, const char *path, mbd_req *r,
-                               const mb_result *granted) {
-  hdr_list hl;
-  hl.n = 0;
-  MHD_get_connection_values(c, MHD_HEADER_KIND, collect_header, &hl);
-  mb_plugin_request req = {method, path, "", hl.h, hl.n, (const uint8_t *)r->body, r->len};
-  mb_plugin_response resp;
-  char err[256] = "";
-  double t0 = wall_s();
-  int rc = mb_plugin_handle(m->plugin, &req, &resp, err, sizeof(err));
-  mbd_proxy_trace(d, m->name, granted, t0);
-  if (mb_release(d->ctx, granted->lease) != 0)
-    mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
+  r->on_drain = px_drain;
+  int rc = mbd_up_start(x->t, &ur, &up_cbs, x, &x->up);
   if (rc != 0) {
-    mbd_count_code(d, m, 500);
-    return mbd_reply_error(c, 500, "plugin_failed", err, 0);
+    x->up = NULL;
+    mbd_count_code(d, m, 502);
+    mbd_reply_error(r, 502, "worker_failed", "cannot connect to the worker", 0);
+    px_finish(x);
+    return;
   }
-  struct MHD_Response *mr = MHD_create_response_from_buffer(
-      resp.body_len, resp.body ? resp.body : (void *)"", MHD_RESPMEM_MUST_COPY);
-  mb_plugin_response_free(m->plugin, &resp);
-  if (mr == NULL)
-    return MHD_NO;
-  MHD_add_response_header(mr, "Content-Type", resp.content_type);
-  char ms[32];
-  snprintf(ms, sizeof(ms), "%.1f", (double)granted->queue_ns / 1e6);
-  MHD_add_response_header(mr, "X-Modelbuf-Queue-Ms", ms);
-  snprintf(ms, sizeof(ms), "%.1f", (double)granted->load_ns / 1e6);
-  MHD_add_response_header(mr, "X-Modelbuf-Load-Ms", ms);
-  mbd_count_code(d, m, resp.status);
-  MHD_RESULT res = MHD_queue_response(c, (unsigned)resp.status, mr);
-  MHD_destroy_response(mr);
-  return res;
-}
-
-
-int mbd_proxy_lease(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_result *got,
-                    mbd_model **cur, MHD_RESULT *res) {
-  waiter w;
-  if (lease_post(d, c, m, &w, res) != 0)
-    return -1;
-  return lease_wait(d, c, m, &w, got, cur, res);
+  if (x->streaming) {
+    r->on_body = px_body;
+    r->on_body_end = px_body_end;
+    mbd_req_resume_body(r);
+  }
 }
 
 /* ------------------------------------------------------------------------ */
-/* Request bodies streamed to the worker                                     */
+/* Serving a plugin model in process (on the task pool)                      */
 
-/* Whether a request to url will bring a body worth streaming. */
-static int has_body(struct MHD_Connection *c) {
-  const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
-  const char *te = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Transfer-Encoding");
-  return (cl && strtoll(cl, NULL, 10) > 0) || (te && strcasestr(te, "chunked"));
-}
-
-int mbd_proxy_stream_begin(mbd *d, struct MHD_Connection *c, const char *method,
-                           const char *url, mbd_req *r, MHD_RESULT *res) {
-  if (strncmp(url, "/m/", 3) != 0 || !has_body(c))
-    return 0;
-  char name[MBD_MODEL_NAME_MAX + 1];
-  const char *slash;
-  if (mbd_path_model(url + 3, name, &slash) != 0)
-    return 0; /* the ordinary route answers 404 */
-  mbd_model *m = mbd_find(d, name);
-  if (m == NULL || m->worker == NULL)
-    return 0; /* unknown (404 later) or a plugin: buffered */
-  mb_result got;
-  mbd_model *cur;
-  waiter w;
-  if (lease_post(d, c, m, &w, res) != 0)
-    return -1;
-  /* The transfer gets ready while the core decides on the lease. */
-  pxy *x = forward_prepare(d, c, method, slash ? slash : "/", 1);
-  if (lease_wait(d, c, m, &w, &got, &cur, res) != 0) {
-    if (x)
-      pxy_free(x);
-    return -1;
+static void plugin_run(mbd_task *t) {
+  mbd_px *x = (mbd_px *)((char *)t - offsetof(mbd_px, task));
+  const char *body = "";
+  size_t len = 0;
+  if (mbd_spool_view(&x->pbody, &body, &len) != 0) {
+    x->prc = MB_EIO;
+    snprintf(x->perr, sizeof(x->perr), "cannot read the request body");
+    return;
   }
-  if (x == NULL || cur->worker == NULL) { /* out of memory, or a reload changed the backend */
-    int oom = x == NULL;
-    if (x)
-      pxy_free(x);
-    if (mb_release(d->ctx, got.lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", cur->name);
-    *res = oom ? mbd_reply_error(c, 500, "internal", "out of memory", 0)
-               : mbd_reply_error(c, 409, "state_conflict",
-                                 "the model changed backend during a reload; send it again", 0);
-    return -1;
+  mb_plugin_request req = {x->pmethod, x->ppath, x->pquery, x->phdrs, x->n_phdrs,
+                           (const uint8_t *)body, len};
+  x->prc = mb_plugin_handle(x->cur->plugin, &req, &x->presp, x->perr, sizeof(x->perr));
+}
+
+static void plugin_done(mbd_task *t) {
+  mbd_px *x = (mbd_px *)((char *)t - offsetof(mbd_px, task));
+  mbd *d = x->d;
+  mbd_req *r = x->r;
+  if (r == NULL) {
+    px_finish(x);
+    return;
   }
-  if (forward_launch(x, c, cur, r, &got, res) != 0)
-    return -1;
-  r->px = x;
-  r->pm = cur;
-  return 1;
-}
-
-void mbd_proxy_stream_feed(mbd_req *r, const char *data, size_t n) {
-  pxy *x = r->px;
-  if (x->done)
-    return; /* a finished transfer takes no more: the rest is dropped */
-  x->in = data;
-  x->in_len = n;
-  x->in_off = 0;
-  drive(x, UNTIL_SENT, 0); /* waits while the worker is slower than the client */
-  x->in = NULL;
-  x->in_len = x->in_off = 0;
-}
-
-MHD_RESULT mbd_proxy_stream_end(mbd *d, struct MHD_Connection *c, mbd_req *r) {
-  pxy *x = r->px;
-  r->px = NULL;
-  x->in_eof = 1; /* drive() lets curl ask for the end */
-  return forward_finish(d, c, r->pm, x);
-}
-
-void mbd_proxy_stream_abort(mbd_req *r) {
-  if (r->px) {
-    pxy_free(r->px); /* aborts the transfer, releases the lease */
-    r->px = NULL;
+  if (x->prc != 0) {
+    mbd_count_code(d, x->cur, 500);
+    mbd_reply_error(r, 500, "plugin_failed", x->perr, 0);
+  } else {
+    mbd_count_code(d, x->cur, x->presp.status);
+    mbd_resp_start(r, x->presp.status);
+    mbd_px_timing_headers(r, &x->res);
+    mbd_resp_body(r, x->presp.content_type, x->presp.body ? x->presp.body : "",
+                  x->presp.body_len);
   }
+  px_finish(x);
+}
+
+static void plugin_gone(mbd_req *r) {
+  mbd_px *x = r->ctx;
+  x->r = NULL; /* the task's end frees x */
+}
+
+static void to_plugin(mbd_px *x, mbd_req *r) {
+  size_t rest = r->route.arg_off;
+  const char *p = r->path + rest;
+  size_t pn = r->path_len > rest ? r->path_len - rest : 0;
+  x->ppath = malloc(pn + 2);
+  x->pquery = strndup(r->query, r->query_len);
+  x->phdrs = calloc((size_t)r->h.n_fields + 1, sizeof(*x->phdrs));
+  char *hbuf = NULL;
+  size_t hlen = 0;
+  for (int i = 0; i < r->h.n_fields; i++)
+    hlen += r->h.fields[i].name.len + r->h.fields[i].value.len + 2;
+  hbuf = malloc(hlen + 1);
+  mbd_spool_init(&x->pbody, 0, NULL);
+  if (x->ppath == NULL || x->pquery == NULL || x->phdrs == NULL || hbuf == NULL) {
+    free(hbuf);
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    px_finish(x);
+    return;
+  }
+  if (pn == 0) {
+    strcpy(x->ppath, "/");
+  } else {
+    memcpy(x->ppath, p, pn);
+    x->ppath[pn] = '\0';
+  }
+  char *q = hbuf;
+  for (int i = 0; i < r->h.n_fields; i++) {
+    const mbd_http_field *f = &r->h.fields[i];
+    memcpy(q, r->buf + f->name.off, f->name.len);
+    q[f->name.len] = '\0';
+    x->phdrs[i].name = q;
+    q += f->name.len + 1;
+    memcpy(q, r->buf + f->value.off, f->value.len);
+    q[f->value.len] = '\0';
+    x->phdrs[i].value = q;
+    q += f->value.len + 1;
+  }
+  x->n_phdrs = (size_t)r->h.n_fields;
+  x->phbuf = hbuf;
+  snprintf(x->pmethod, sizeof(x->pmethod), "%s", r->method);
+  x->pbody = r->body; /* the transaction's now */
+  mbd_spool_init(&r->body, 0, NULL);
+  x->task.loop = mbd_req_loop(r);
+  x->task.run = plugin_run;
+  x->task.done = plugin_done;
+  x->prc = 1; /* running */
+  r->on_gone = plugin_gone;
+  mbd_tasks_submit(x->d, &x->task);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Routing                                                                   */
 
-static MHD_RESULT to_model(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
-                           const char *path, mbd_req *r) {
-  mb_result got;
-  MHD_RESULT res;
-  if (m->kind == MBD_BACKEND_TENSORS) /* routes checked before the lease */
-    return mbd_tensors_serve(d, c, m, method, path);
-  waiter w;
-  if (lease_post(d, c, m, &w, &res) != 0)
-    return res;
-  /* A worker's transfer gets ready while the core decides on the lease. */
-  pxy *x = m->worker ? forward_prepare(d, c, method, path, 0) : NULL;
-  if (lease_wait(d, c, m, &w, &got, &m, &res) != 0) {
-    if (x)
-      pxy_free(x);
-    return res;
+static void on_granted(mbd_px *x, mbd_req *r, void *arg) {
+  (void)arg;
+  mbd_model *m = x->cur;
+  if (m->worker != NULL && m->kind == MBD_BACKEND_PROCESS) {
+    to_worker(x, r);
+  } else if (m->plugin != NULL && m->kind == MBD_BACKEND_PLUGIN && !x->streaming) {
+    to_plugin(x, r);
+  } else { /* a reload gave it another backend meanwhile */
+    mbd_reply_error(r, 409, "state_conflict",
+                    "the model changed backend during a reload; send it again", 0);
+    px_finish(x);
   }
-  if (m->kind == MBD_BACKEND_TENSORS || (m->plugin == NULL && m->worker == NULL)) {
-    /* a reload gave it another backend */
-    if (x)
-      pxy_free(x);
-    if (mb_release(d->ctx, got.lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-    return mbd_reply_error(c, 409, "state_conflict",
-                           "the model changed backend during a reload; send it again", 0);
-  }
-  if (m->plugin) {
-    if (x)
-      pxy_free(x);
-    return serve_plugin(d, c, m, method, path, r, &got);
-  }
-  if (x == NULL)
-    x = forward_prepare(d, c, method, path, 0);
-  if (x == NULL) {
-    if (mb_release(d->ctx, got.lease) != 0)
-      mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-    return mbd_reply_error(c, 500, "internal", "out of memory", 0);
-  }
-  if (forward_launch(x, c, m, r, &got, &res) != 0)
-    return res;
-  return forward_finish(d, c, m, x);
 }
 
-/* The "model" of an OpenAI request: JSON body field, or multipart field. */
-static int model_of(struct MHD_Connection *c, mbd_req *r, char *out, size_t len) {
-  const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
-  char err[256];
-  return r->len > 0 && mbd_body_model(ct, r->body, r->len, out, len, err, sizeof(err)) == 0;
+/* ANY /m/{name}/... of a worker or plugin model. */
+static void handle_model(mbd_req *r) {
+  mbd_model *m = r->route.m;
+  if (mbd_px_lease(r, m, on_granted, NULL) != 0)
+    return;
+  mbd_px *x = r->ctx;
+  x->streaming = r->route.body == MBD_BODY_STREAM;
+  if (x->streaming)
+    mbd_req_pause_body(r); /* until the worker's connection is there */
 }
 
-static MHD_RESULT v1_models(mbd *d, struct MHD_Connection *c) {
+/* The OpenAI routes: routed by the body's "model". */
+static void handle_openai(mbd_req *r) {
+  mbd *d = r->d;
+  char name[MBD_MODEL_NAME_MAX + 64], ct[256], err[256];
+  const char *body;
+  size_t len;
+  if (mbd_req_body(r, &body, &len) != 0) {
+    mbd_reply_error(r, 500, "internal", "cannot read the request body", 0);
+    return;
+  }
+  mbd_req_header(r, "Content-Type", ct, sizeof(ct));
+  if (len == 0 || mbd_body_model(ct[0] ? ct : NULL, body, len, name, sizeof(name), err,
+                                 sizeof(err)) != 0) {
+    char msg[400];
+    snprintf(msg, sizeof(msg), "the request names no \"model\" (JSON body, or multipart field)%s%s",
+             len ? ": " : "", len ? err : "");
+    mbd_reply_error(r, 400, "bad_request", msg, 0);
+    return;
+  }
+  mbd_model *m = mbd_find(d, name);
+  if (m == NULL || m->kind == MBD_BACKEND_TENSORS) {
+    char msg[256];
+    snprintf(msg, sizeof(msg), "unknown model '%.100s' (GET /v1/models lists them)", name);
+    mbd_reply_error(r, 404, "not_found", msg, 0);
+    return;
+  }
+  if (mbd_px_lease(r, m, on_granted, NULL) != 0)
+    return;
+  ((mbd_px *)r->ctx)->is_openai = 1;
+}
+
+static void handle_v1_models(mbd_req *r) {
+  mbd *d = r->d;
   const mbd_models *ms = mbd_models_get(d);
   json_t *a = json_array();
   for (size_t i = 0; i < ms->n; i++) {
     mbd_model *m = ms->m[i];
+    if (m->kind == MBD_BACKEND_TENSORS)
+      continue;
     json_array_append_new(a, json_pack("{s:s,s:s,s:I,s:s}", "id", m->name, "object", "model",
                                        "created", (json_int_t)(d->started_ms / 1000), "owned_by",
                                        "modelbuf"));
@@ -979,47 +652,71 @@ static MHD_RESULT v1_models(mbd *d, struct MHD_Connection *c) {
                                          "model", "created", (json_int_t)(d->started_ms / 1000),
                                          "owned_by", "modelbuf"));
   }
-  return mbd_reply_json(c, 200, json_pack("{s:s,s:o}", "object", "list", "data", a));
+  mbd_reply_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", a));
 }
 
-int mbd_proxy_route(mbd *d, struct MHD_Connection *c, const char *method, const char *url,
-                    mbd_req *r, MHD_RESULT *res) {
-  if (strncmp(url, "/m/", 3) == 0) {
+/* The OpenAI routes routed by the body's "model" (DESIGN §5). */
+static const char *const openai_routes[] = {
+    "/v1/chat/completions",    "/v1/completions",          "/v1/embeddings",
+    "/v1/responses",           "/v1/moderations",          "/v1/rerank",
+    "/v1/images/generations",  "/v1/images/edits",         "/v1/images/variations",
+    "/v1/audio/transcriptions", "/v1/audio/translations",  "/v1/audio/speech",
+};
+
+static int is_openai_route(const mbd *d, const char *p, size_t n) {
+  for (size_t i = 0; i < sizeof(openai_routes) / sizeof(openai_routes[0]); i++)
+    if (strlen(openai_routes[i]) == n && memcmp(openai_routes[i], p, n) == 0)
+      return 1;
+  for (size_t i = 0; i < d->cfg->n_openai_routes; i++)
+    if (strlen(d->cfg->openai_routes[i]) == n && memcmp(d->cfg->openai_routes[i], p, n) == 0)
+      return 1;
+  return 0;
+}
+
+int mbd_proxy_resolve(mbd *d, mbd_req *r) {
+  const char *p = r->path;
+  size_t n = r->path_len;
+  if (n >= 3 && memcmp(p, "/m/", 3) == 0) {
     char name[MBD_MODEL_NAME_MAX + 1];
-    const char *slash;
-    if (mbd_path_model(url + 3, name, &slash) != 0) {
-      *res = mbd_reply_error(c, 404, "not_found", "unknown model", 0);
+    size_t rest;
+    /* The name is matched as sent, never decoded: names have no escapes. */
+    if (mbd_path_model(r->target + 3, r->target_len - 3, name, &rest) != 0) {
+      mbd_reply_error(r, 404, "not_found", "unknown model (a model name is /m/NAME/...)", 0);
       return 1;
     }
     mbd_model *m = mbd_find(d, name);
     if (m == NULL) {
       char msg[160];
       snprintf(msg, sizeof(msg), "unknown model '%s'", name);
-      *res = mbd_reply_error(c, 404, "not_found", msg, 0);
+      mbd_reply_error(r, 404, "not_found", msg, 0);
       return 1;
     }
-    *res = to_model(d, c, m, method, slash ? slash : "/", r);
+    r->route.m = m;
+    r->route.arg_off = 3 + rest; /* what follows /m/{name} in the target */
+    if (m->kind == MBD_BACKEND_TENSORS)
+      return mbd_tensors_resolve(d, r);
+    r->route.handle = handle_model;
+    r->route.body = m->kind == MBD_BACKEND_PROCESS && !m->mc->tuning.request_buffering
+                        ? MBD_BODY_STREAM
+                        : MBD_BODY_BUFFER;
     return 1;
   }
-  if (strcmp(url, "/v1/models") == 0 && strcmp(method, "GET") == 0) {
-    *res = v1_models(d, c);
+  if (n == 10 && memcmp(p, "/v1/models", 10) == 0) {
+    if (strcmp(r->method, "GET") != 0 && !r->is_head) {
+      mbd_reply_error_hdr(r, 405, "method_not_allowed", "GET /v1/models", "Allow", "GET, HEAD");
+      return 1;
+    }
+    r->route.handle = handle_v1_models;
     return 1;
   }
-  if (strncmp(url, "/v1/", 4) == 0 && strcmp(method, "POST") == 0) {
-    char name[MBD_MODEL_NAME_MAX + 64];
-    if (!model_of(c, r, name, sizeof(name))) {
-      *res = mbd_reply_error(c, 400, "bad_request",
-                             "the request names no \"model\" (JSON body, or multipart field)", 0);
+  if (is_openai_route(d, p, n)) {
+    if (strcmp(r->method, "POST") != 0) {
+      mbd_reply_error_hdr(r, 405, "method_not_allowed", "the OpenAI routes take POST", "Allow",
+                          "POST");
       return 1;
     }
-    mbd_model *m = mbd_find(d, name);
-    if (m == NULL) {
-      char msg[200];
-      snprintf(msg, sizeof(msg), "unknown model '%s' (GET /v1/models lists them)", name);
-      *res = mbd_reply_error(c, 404, "not_found", msg, 0);
-      return 1;
-    }
-    *res = to_model(d, c, m, method, url, r);
+    r->route.handle = handle_openai;
+    r->route.body = MBD_BODY_BUFFER;
     return 1;
   }
   return 0;

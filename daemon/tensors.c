@@ -23,9 +23,13 @@
  * Locking: mbd_tensors.mu guards tm, ids, paths and n. They are replaced
  * only by a load (on a loader thread, which reads them without the lock),
  * which the core never runs while a lease is out; so a request holding a
- * lease may use the tm it read under mu without holding mu. Requests that
- * read a model's tensors pointer without a lease (the route pre-check) hold
- * d->reload_rw for reading, as reload frees removed models under it.
+ * lease may use the tm it read under mu without holding mu. An mbd_tensors
+ * lives until the daemon stops (daemon.h), so the route pre-check may read
+ * it without a lease.
+ *
+ * Requests run on the front door's loop threads: the lease is asked with
+ * mbd_px_lease, and a tensor's bytes are copied from the device one block
+ * at a time as the client takes them (on_drain).
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -35,7 +39,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "front.h"
 #include "modelbuf/tensors.h"
+#include "proxy.h"
 #include "tensors.h"
 
 /* Bytes copied from the device per read of a streamed answer. */
@@ -302,13 +308,6 @@ const mb_backend *mbd_tensors_backend(void) { return &backend; }
 /* ------------------------------------------------------------------------ */
 /* Requests                                                                  */
 
-static double wall_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* A tensor of tm by name: its info and the path of its file. */
 static int find_tensor(const mb_tensors_model *tm, const char *name, mb_tensor_info *ti,
                        const char **path) {
   for (size_t i = 0; i < mb_tensors_file_count(tm); i++) {
@@ -337,23 +336,9 @@ static json_t *shape_json(const mb_tensor_info *ti) {
   return a;
 }
 
-static void timing_headers(struct MHD_Response *resp, const mb_result *g) {
-  char ms[32];
-  snprintf(ms, sizeof(ms), "%.1f", (double)g->queue_ns / 1e6);
-  MHD_add_response_header(resp, "X-Modelbuf-Queue-Ms", ms);
-  snprintf(ms, sizeof(ms), "%.1f", (double)g->load_ns / 1e6);
-  MHD_add_response_header(resp, "X-Modelbuf-Load-Ms", ms);
-}
-
-static void release(mbd *d, mbd_model *m, const mb_result *g, double granted_at) {
-  mbd_proxy_trace(d, m->name, g, granted_at);
-  if (mb_release(d->ctx, g->lease) != 0)
-    mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
-}
-
-/* GET /m/{name}/tensors, under the lease g. */
-static MHD_RESULT list(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_tensors_model *tm,
-                       const mb_result *g, double granted_at) {
+/* GET /m/{name}/tensors, under the lease of x. */
+static void list(mbd_px *x, mbd_req *r, mbd_model *m, mb_tensors_model *tm) {
+  mbd *d = r->d;
   json_t *files = json_array(), *tensors = json_array();
   uint64_t total = 0;
   for (size_t i = 0; i < mb_tensors_file_count(tm); i++) {
@@ -379,54 +364,61 @@ static MHD_RESULT list(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_tensor
                           (json_int_t)json_array_size(tensors), "bytes", (json_int_t)total,
                           "arena_bytes", (json_int_t)mb_tensors_model_bytes(tm), "files", files,
                           "tensors", tensors);
-  release(d, m, g, granted_at);
   char *s = doc ? json_dumps(doc, MBD_JSON_FLAGS) : NULL;
   json_decref(doc);
-  struct MHD_Response *resp =
-      s ? MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE) : NULL;
-  if (resp == NULL) {
+  if (s == NULL) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+  } else {
+    mbd_count_code(d, m, 200);
+    mbd_resp_start(r, 200);
+    mbd_px_timing_headers(r, mbd_px_result(x));
+    mbd_resp_body(r, "application/json", s, strlen(s));
     free(s);
-    return mbd_reply_error(c, 500, "internal", "out of memory", 0);
   }
-  MHD_add_response_header(resp, "Content-Type", "application/json");
-  timing_headers(resp, g);
-  mbd_count_code(d, m, 200);
-  MHD_RESULT r = MHD_queue_response(c, 200, resp);
-  MHD_destroy_response(resp);
-  return r;
+  mbd_px_done(x);
 }
 
 /* One tensor's bytes streamed to a client; the lease is held until the
- * answer ends (tx_free). */
+ * answer ends. */
 typedef struct tx {
-  mbd *d;
+  mbd_px *x;
   mbd_model *m;
   mb_tensors_model *tm;
   char *name;
-  uint64_t start, len; /* the range sent */
-  mb_result granted;
-  double granted_at;
+  uint64_t start, len, sent; /* the range sent, and how much of it so far */
 } tx;
 
-static ssize_t tx_read(void *cls, uint64_t pos, char *buf, size_t max) {
-  tx *x = cls;
-  if (pos >= x->len)
-    return MHD_CONTENT_READER_END_OF_STREAM;
-  size_t n = x->len - pos < max ? (size_t)(x->len - pos) : max;
-  char err[256];
-  if (mb_tensors_read(x->tm, x->name, x->start + pos, buf, n, err, sizeof(err)) != 0) {
-    mbd_log(x->d, MBD_LOG_ERROR, "tensors: read failed", "model=%s tensor=\"%s\" why=\"%s\"",
-            x->m->name, x->name, err);
-    return MHD_CONTENT_READER_END_WITH_ERROR;
-  }
-  return (ssize_t)n;
+static void tx_end(mbd_req *r, tx *t) {
+  mbd_px *x = t->x;
+  free(t->name);
+  free(t);
+  r->on_drain = NULL;
+  mbd_px_done(x); /* releases the lease */
 }
 
-static void tx_free(void *cls) {
-  tx *x = cls;
-  release(x->d, x->m, &x->granted, x->granted_at);
-  free(x->name);
-  free(x);
+static void tx_gone(mbd_req *r) { tx_end(r, mbd_px_user(mbd_px_of(r))); }
+
+/* Copies the next blocks from the device while the client keeps up. */
+static void tx_fill(mbd_req *r) {
+  tx *t = mbd_px_user(mbd_px_of(r));
+  char buf[TENSOR_BLOCK];
+  while (t->sent < t->len && mbd_resp_pending(r) < 4 * TENSOR_BLOCK) {
+    size_t n = t->len - t->sent < sizeof(buf) ? (size_t)(t->len - t->sent) : sizeof(buf);
+    char err[256];
+    if (mb_tensors_read(t->tm, t->name, t->start + t->sent, buf, n, err, sizeof(err)) != 0) {
+      mbd_log(r->d, MBD_LOG_ERROR, "tensors: read failed", "model=%s tensor=\"%s\" why=\"%s\"",
+              t->m->name, t->name, err);
+      mbd_resp_abort(r); /* the client must see the answer is cut */
+      tx_end(r, t);
+      return;
+    }
+    t->sent += n;
+    mbd_resp_write(r, buf, n);
+  }
+  if (t->sent == t->len) {
+    mbd_resp_end(r);
+    tx_end(r, t);
+  }
 }
 
 /*
@@ -474,75 +466,82 @@ static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *
   return 1;
 }
 
-/* GET /m/{name}/tensors/{tensor}, under the lease g (taken over). */
-static MHD_RESULT fetch(mbd *d, struct MHD_Connection *c, mbd_model *m, mb_tensors_model *tm,
-                        const char *name, const mb_result *g, double granted_at) {
+
+/* GET /m/{name}/tensors/{tensor}, under the lease of x. */
+static void fetch(mbd_px *x, mbd_req *r, mbd_model *m, mb_tensors_model *tm, const char *name) {
+  mbd *d = r->d;
   mb_tensor_info ti;
   const char *path;
   if (find_tensor(tm, name, &ti, &path) != 0) {
-    release(d, m, g, granted_at);
     char msg[400];
     snprintf(msg, sizeof(msg), "no tensor '%.200s' in model '%s' (GET /m/%s/tensors lists them)",
              name, m->name, m->name);
     mbd_count_code(d, m, 404);
-    return mbd_reply_error(c, 404, "not_found", msg, 0);
+    mbd_reply_error(r, 404, "not_found", msg, 0);
+    mbd_px_done(x);
+    return;
   }
   uint64_t start = 0, len = ti.size_bytes;
-  int ranged = parse_range(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Range"),
-                           ti.size_bytes, &start, &len);
+  char range[128];
+  int ranged = mbd_req_header(r, "Range", range, sizeof(range))
+                   ? parse_range(range, ti.size_bytes, &start, &len)
+                   : 0;
   char v[160];
   if (ranged < 0) {
-    release(d, m, g, granted_at);
     mbd_count_code(d, m, 416);
     snprintf(v, sizeof(v), "the range is outside tensor '%.100s' of %" PRIu64 " bytes", name,
              ti.size_bytes);
-    char range[64];
-    snprintf(range, sizeof(range), "bytes */%" PRIu64, ti.size_bytes);
-    return mbd_reply_error_hdr(c, 416, "range_not_satisfiable", v, "Content-Range", range);
+    char cr[64];
+    snprintf(cr, sizeof(cr), "bytes */%" PRIu64, ti.size_bytes);
+    mbd_reply_error_hdr(r, 416, "range_not_satisfiable", v, "Content-Range", cr);
+    mbd_px_done(x);
+    return;
   }
-  tx *x = calloc(1, sizeof(*x));
-  if (x == NULL || (x->name = strdup(name)) == NULL) {
-    free(x);
-    release(d, m, g, granted_at);
-    return mbd_reply_error(c, 500, "internal", "out of memory", 0);
+  tx *t = calloc(1, sizeof(*t));
+  if (t == NULL || (t->name = strdup(name)) == NULL) {
+    free(t);
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    mbd_px_done(x);
+    return;
   }
-  x->d = d;
-  x->m = m;
-  x->tm = tm;
-  x->start = start;
-  x->len = len;
-  x->granted = *g;
-  x->granted_at = granted_at;
-  struct MHD_Response *resp =
-      MHD_create_response_from_callback(len, TENSOR_BLOCK, tx_read, x, tx_free);
-  if (resp == NULL) {
-    tx_free(x);
-    return MHD_NO;
-  }
-  MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
-  MHD_add_response_header(resp, "Accept-Ranges", "bytes");
-  MHD_add_response_header(resp, "X-Modelbuf-Tensor-Dtype", ti.dtype_name);
+  t->x = x;
+  t->m = m;
+  t->tm = tm;
+  t->start = start;
+  t->len = len;
+  int status = ranged ? 206 : 200;
+  mbd_count_code(d, m, status);
+  mbd_resp_start(r, status);
+  mbd_resp_header(r, "Accept-Ranges", "bytes");
+  mbd_resp_header(r, "X-Modelbuf-Tensor-Dtype", ti.dtype_name);
   shape_text(&ti, v, sizeof(v));
-  MHD_add_response_header(resp, "X-Modelbuf-Tensor-Shape", v);
+  mbd_resp_header(r, "X-Modelbuf-Tensor-Shape", v);
   snprintf(v, sizeof(v), "%" PRIu64, ti.size_bytes);
-  MHD_add_response_header(resp, "X-Modelbuf-Tensor-Bytes", v);
+  mbd_resp_header(r, "X-Modelbuf-Tensor-Bytes", v);
   if (ranged) {
     snprintf(v, sizeof(v), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, start, start + len - 1,
              ti.size_bytes);
-    MHD_add_response_header(resp, "Content-Range", v);
+    mbd_resp_header(r, "Content-Range", v);
   }
-  timing_headers(resp, g);
-  int status = ranged ? 206 : 200;
-  mbd_count_code(d, m, status);
-  MHD_RESULT r = MHD_queue_response(c, (unsigned)status, resp);
-  MHD_destroy_response(resp);
-  return r;
+  mbd_px_timing_headers(r, mbd_px_result(x));
+  mbd_resp_stream(r, "application/octet-stream", (int64_t)len);
+  if (r->is_head) {
+    t->sent = t->len;
+    mbd_resp_end(r);
+    free(t->name);
+    free(t);
+    mbd_px_done(x);
+    return;
+  }
+  mbd_px_set_user(x, t);
+  mbd_px_set_on_gone(x, tx_gone);
+  r->on_drain = tx_fill;
+  tx_fill(r);
 }
 
 /* 1 when the model's headers are known and have no tensor called name. */
-static int surely_unknown(mbd *d, mbd_model *m, const char *name) {
+static int surely_unknown(mbd_model *m, const char *name) {
   int unknown = 0;
-  pthread_rwlock_rdlock(&d->reload_rw);
   mbd_tensors *t = m->tensors;
   if (t != NULL) {
     pthread_mutex_lock(&t->mu);
@@ -551,45 +550,41 @@ static int surely_unknown(mbd *d, mbd_model *m, const char *name) {
     unknown = t->tm != NULL && find_tensor(t->tm, name, &ti, &path) != 0;
     pthread_mutex_unlock(&t->mu);
   }
-  pthread_rwlock_unlock(&d->reload_rw);
   return unknown;
 }
 
-MHD_RESULT mbd_tensors_serve(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
-                             const char *path) {
+/* The tensor a route names (decoded), or "" for the list. 0, or -1 with r
+ * answered. */
+static int route_tensor(mbd_req *r, char *name, size_t cap) {
+  mbd_model *m = r->route.m;
+  const char *p = r->path + r->route.arg_off;
+  size_t n = r->path_len - r->route.arg_off;
+  if ((n == 8 && memcmp(p, "/tensors", 8) == 0) || (n == 9 && memcmp(p, "/tensors/", 9) == 0)) {
+    name[0] = '\0';
+    return 0;
+  }
+  if (n > 9 && memcmp(p, "/tensors/", 9) == 0) {
+    if (mbd_pct_decode(p + 9, n - 9, name, cap) != 0) {
+      mbd_reply_error(r, 400, "bad_request", "bad tensor name in the path", 0);
+      return -1;
+    }
+    return 0;
+  }
   char msg[512];
-  const char *name = NULL;
-  int is_list = strcmp(path, "/tensors") == 0 || strcmp(path, "/tensors/") == 0;
-  if (!is_list && strncmp(path, "/tensors/", 9) == 0)
-    name = path + 9;
-  if (!is_list && name == NULL) {
-    snprintf(msg, sizeof(msg),
-             "no route %.200s for tensors model '%s'; its routes: GET /m/%s/tensors (the list), "
-             "GET /m/%s/tensors/{tensor} (a tensor's bytes)",
-             path, m->name, m->name, m->name);
-    mbd_count_code(d, m, 404);
-    return mbd_reply_error(c, 404, "not_found", msg, 0);
-  }
-  if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
-    snprintf(msg, sizeof(msg), "%s is not allowed on %.200s of tensors model '%s' (GET or HEAD)",
-             method, path, m->name);
-    mbd_count_code(d, m, 405);
-    return mbd_reply_error_hdr(c, 405, "method_not_allowed", msg, "Allow", "GET, HEAD");
-  }
-  if (name != NULL && surely_unknown(d, m, name)) {
-    snprintf(msg, sizeof(msg), "no tensor '%.200s' in model '%s' (GET /m/%s/tensors lists them)",
-             name, m->name, m->name);
-    mbd_count_code(d, m, 404);
-    return mbd_reply_error(c, 404, "not_found", msg, 0);
-  }
+  snprintf(msg, sizeof(msg),
+           "no route %.*s for tensors model '%s'; its routes: GET /m/%s/tensors (the list), "
+           "GET /m/%s/tensors/{tensor} (a tensor's bytes)",
+           (int)(n > 200 ? 200 : n), p, m->name, m->name, m->name);
+  mbd_count_code(r->d, m, 404);
+  mbd_reply_error(r, 404, "not_found", msg, 0);
+  return -1;
+}
 
-  mb_result got;
-  mbd_model *cur;
-  MHD_RESULT res;
-  if (mbd_proxy_lease(d, c, m, &got, &cur, &res) != 0)
-    return res;
-  double granted_at = wall_s();
-  mbd_tensors *t = cur->tensors;
+static void granted(mbd_px *x, mbd_req *r, void *arg) {
+  (void)arg;
+  mbd_model *cur = mbd_px_model(x);
+  char name[1024];
+  mbd_tensors *t = cur->kind == MBD_BACKEND_TENSORS ? cur->tensors : NULL;
   mb_tensors_model *tm = NULL;
   if (t != NULL) {
     pthread_mutex_lock(&t->mu);
@@ -597,11 +592,44 @@ MHD_RESULT mbd_tensors_serve(mbd *d, struct MHD_Connection *c, mbd_model *m, con
     pthread_mutex_unlock(&t->mu);
   }
   if (tm == NULL) { /* a reload gave the name another backend meanwhile */
-    release(d, cur, &got, granted_at);
-    return mbd_reply_error(c, 409, "state_conflict",
-                           "the model changed backend during a reload; send it again", 0);
+    mbd_reply_error(r, 409, "state_conflict",
+                    "the model changed backend during a reload; send it again", 0);
+    mbd_px_done(x);
+    return;
   }
-  if (is_list)
-    return list(d, c, cur, tm, &got, granted_at);
-  return fetch(d, c, cur, tm, name, &got, granted_at);
+  if (route_tensor(r, name, sizeof(name)) != 0) {
+    mbd_px_done(x);
+    return;
+  }
+  if (name[0] == '\0')
+    list(x, r, cur, tm);
+  else
+    fetch(x, r, cur, tm, name);
+}
+
+static void handle(mbd_req *r) { mbd_px_lease(r, r->route.m, granted, NULL); }
+
+int mbd_tensors_resolve(mbd *d, mbd_req *r) {
+  mbd_model *m = r->route.m;
+  char name[1024], msg[512];
+  (void)d;
+  if (route_tensor(r, name, sizeof(name)) != 0)
+    return 1;
+  if (strcmp(r->method, "GET") != 0 && !r->is_head) {
+    snprintf(msg, sizeof(msg), "%s is not allowed on the tensors of model '%s' (GET or HEAD)",
+             r->method, m->name);
+    mbd_count_code(r->d, m, 405);
+    mbd_reply_error_hdr(r, 405, "method_not_allowed", msg, "Allow", "GET, HEAD");
+    return 1;
+  }
+  if (name[0] != '\0' && surely_unknown(m, name)) {
+    snprintf(msg, sizeof(msg), "no tensor '%.200s' in model '%s' (GET /m/%s/tensors lists them)",
+             name, m->name, m->name);
+    mbd_count_code(r->d, m, 404);
+    mbd_reply_error(r, 404, "not_found", msg, 0);
+    return 1;
+  }
+  r->route.handle = handle;
+  r->route.body = MBD_BODY_BUFFER;
+  return 1;
 }

@@ -10,7 +10,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "http.h"
+#include <jansson.h>
+
+#include "daemon.h"
+#include "front.h"
 
 /* One tensors model: its files, loader knobs and the library's model. */
 typedef struct mbd_tensors mbd_tensors;
@@ -54,11 +57,11 @@ json_t *mbd_tensors_files(mbd_tensors *t);
 const mb_backend *mbd_tensors_backend(void);
 
 /*
- * Answers a request to tensors model m; path is what follows /m/{name}.
- * Unknown paths get 404 (naming the routes), other methods than GET and
- * HEAD 405, both without loading the model; the routes take a lease.
+ * Resolves a request to tensors model r->route.m (what follows /m/{name}
+ * starts at r->route.arg_off of the path): unknown paths get 404 (naming
+ * the routes), other methods than GET and HEAD 405, an unknown tensor 404,
+ * all without loading the model; else the route takes a lease. Returns 1.
  */
-MHD_RESULT mbd_tensors_serve(mbd *d, struct MHD_Connection *c, mbd_model *m, const char *method,
-                             const char *path);
+int mbd_tensors_resolve(mbd *d, mbd_req *r);
 
 #endif /* MBD_TENSORS_H */

@@ -324,3 +324,56 @@ const char *mbd_format_size(uint64_t bytes, char *buf, size_t len) {
   snprintf(buf, len, "%" PRIu64, bytes);
   return buf;
 }
+
+static int client_range(const char *name, int64_t ms, unsigned flags, int64_t *out_ms, char *err,
+                        size_t err_len) {
+  if (ms == MB_FOREVER) {
+    if (!(flags & MBD_CD_FOREVER)) {
+      snprintf(err, err_len, "%s cannot be forever (-1)", name);
+      return MB_EINVAL;
+    }
+  } else if (ms < 0) {
+    snprintf(err, err_len, "%s must not be negative%s", name,
+             flags & MBD_CD_FOREVER ? " (-1 means forever)" : "");
+    return MB_EINVAL;
+  } else if (ms == 0 && !(flags & MBD_CD_ZERO)) {
+    snprintf(err, err_len, "%s must be more than 0", name);
+    return MB_EINVAL;
+  } else if (ms > MBD_CLIENT_DURATION_MAX_MS) {
+    snprintf(err, err_len, "%s must be at most a year", name);
+    return MB_EINVAL;
+  }
+  *out_ms = ms;
+  return 0;
+}
+
+int mbd_client_duration_ms(const char *name, const char *s, unsigned flags, int64_t *out_ms,
+                           char *err, size_t err_len) {
+  char why[200];
+  int64_t ms;
+  if (mbd_parse_duration_ms(s, MBD_DUR_FOREVER, &ms, why, sizeof(why)) != 0) {
+    snprintf(err, err_len, "%s: %s", name, why);
+    return MB_EINVAL;
+  }
+  return client_range(name, ms, flags, out_ms, err, err_len);
+}
+
+int mbd_client_seconds_ms(const char *name, double seconds, unsigned flags, int64_t *out_ms,
+                          char *err, size_t err_len) {
+  if (seconds != seconds) { /* NaN */
+    snprintf(err, err_len, "%s must be a number of seconds", name);
+    return MB_EINVAL;
+  }
+  if (seconds == -1.0)
+    return client_range(name, MB_FOREVER, flags, out_ms, err, err_len);
+  if (seconds < 0)
+    return client_range(name, -2, flags, out_ms, err, err_len);
+  if (seconds > (double)MBD_CLIENT_DURATION_MAX_MS / 1000.0)
+    return client_range(name, MBD_CLIENT_DURATION_MAX_MS + 1, flags, out_ms, err, err_len);
+  double ms = seconds * 1000.0;
+  if (seconds > 0 && ms < 1.0) {
+    snprintf(err, err_len, "%s must be at least 1 ms", name);
+    return MB_EINVAL;
+  }
+  return client_range(name, (int64_t)(ms + 0.5), flags, out_ms, err, err_len);
+}

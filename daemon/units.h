@@ -56,4 +56,24 @@ const char *mbd_format_duration(int64_t ms, char *buf, size_t len);
  */
 const char *mbd_format_size(uint64_t bytes, char *buf, size_t len);
 
+/* Flags for mbd_client_duration_ms. */
+#define MBD_CD_ZERO 0x1    /* 0 is allowed */
+#define MBD_CD_FOREVER 0x2 /* -1 / forever is allowed: MB_FOREVER */
+/* The longest duration a client may ask for (a year). */
+#define MBD_CLIENT_DURATION_MAX_MS (365LL * 24 * 3600 * 1000)
+
+/*
+ * A duration a client sent (a header, a JSON field called name): as
+ * mbd_parse_duration_ms, then range-checked: more than 0 (or 0 with
+ * MBD_CD_ZERO), at most a year, forever only with MBD_CD_FOREVER. Errors:
+ * MB_EINVAL with a message that names name.
+ */
+int mbd_client_duration_ms(const char *name, const char *s, unsigned flags, int64_t *out_ms,
+                           char *err, size_t err_len) MB_WUR;
+
+/* The same for a number of seconds (a JSON number): a fraction of a
+ * millisecond is refused rather than rounded to 0 or to forever. */
+int mbd_client_seconds_ms(const char *name, double seconds, unsigned flags, int64_t *out_ms,
+                          char *err, size_t err_len) MB_WUR;
+
 #endif /* MBD_UNITS_H */

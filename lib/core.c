@@ -65,7 +65,7 @@ void mb_model_opts_init(mb_model_opts *o) {
 }
 
 void mb_acquire_opts_init(mb_acquire_opts *o) {
-  o->priority = MB_DEFAULT;
+  o->priority = MB_PRIORITY_DEFAULT;
   o->timeout_ms = MB_DEFAULT;
   o->keep_alive_ms = MB_DEFAULT;
   o->ttl_ms = 0;
@@ -929,7 +929,7 @@ static mb__req *req_new(mb_ctx *ctx, mb__req_type type, const char *name, mb_don
   r->type = type;
   r->done = done;
   r->arg = arg;
-  r->priority = MB_DEFAULT;
+  r->priority = MB_PRIORITY_DEFAULT;
   r->timeout_ms = MB_DEFAULT;
   r->keep_alive_ms = MB_DEFAULT;
   mb__timer_init(&r->timer, MB__T_WAIT);

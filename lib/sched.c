@@ -1404,7 +1404,7 @@ static void req_acquire(mb_ctx *ctx, mb__model *m, mb__req *r) {
            m->nwait, m->opts.max_queue);
     return;
   }
-  if (r->priority == MB_DEFAULT)
+  if (r->priority == MB_PRIORITY_DEFAULT)
     r->priority = m->opts.priority;
   int64_t to = r->timeout_ms == MB_DEFAULT ? m->opts.queue_timeout_ms : r->timeout_ms;
   r->timeout_ms = to;

@@ -13,7 +13,6 @@ ninja-build
 pkg-config
 clang
 libclang-rt-14-dev
-libmicrohttpd-dev
 libcurl4-openssl-dev
 libjansson-dev
 libyaml-dev

@@ -492,8 +492,12 @@ typedef struct mb_lease {
   int device;     /* where the model is */
 } mb_lease;
 
+/* mb_acquire_opts.priority: the model's own (every int is a priority, so
+ * this sentinel is not MB_DEFAULT, which is -2). */
+#define MB_PRIORITY_DEFAULT (-2147483647 - 1)
+
 typedef struct mb_acquire_opts {
-  int priority;           /* MB_DEFAULT: the model's */
+  int priority;           /* MB_PRIORITY_DEFAULT: the model's */
   int64_t timeout_ms;     /* bound on the wait; MB_DEFAULT: the model's queue_timeout */
   int64_t keep_alive_ms;  /* keep-alive after this use; MB_DEFAULT: the model's */
   int64_t ttl_ms;         /* lease expires unless renewed (0 or MB_DEFAULT: never) */

@@ -150,6 +150,9 @@ models:
     start_timeout: 10s
   nocmd:
     cmd: ["/nonexistent/worker-binary", "--port", "${{PORT}}"]
+  s:
+    cmd: {worker()}
+    request_buffering: false
 """
 
 
@@ -233,21 +236,20 @@ def test_streaming_arrives_chunk_by_chunk(d):
     assert t_first < total - 0.8
 
 
-def test_request_body_streams_to_the_worker(d):
-    # 32 KiB sent in 16 pieces, 100 ms apart: the worker starts reading long
-    # before the client has finished sending, and gets every byte.
-    piece = bytes(range(256)) * 8
-    pieces = 16
+def upload_slowly(d, model, piece, pieces):
+    """Sends pieces of a body 100 ms apart; the worker's answer, and when
+    the client finished sending."""
     sent = {}
 
     def body():
         for i in range(pieces):
+            if i:
+                time.sleep(0.1)
             yield piece
-            time.sleep(0.1)
-        sent["end"] = time.time()
+        sent["end"] = time.time()  # the last piece is written
 
     c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60 * SLOW)
-    c.request("POST", "/m/a/upload", body=body(),
+    c.request("POST", f"/m/{model}/upload", body=body(),
               headers={"Content-Length": str(len(piece) * pieces)})
     r = c.getresponse()
     doc = json.loads(r.read())
@@ -255,10 +257,23 @@ def test_request_body_streams_to_the_worker(d):
     assert r.status == 200, doc
     assert doc["bytes"] == len(piece) * pieces
     assert doc["sum"] == (sum(piece) * pieces) % (1 << 32)
-    assert doc["started"] < sent["end"] - 0.5  # streamed, not buffered first
+    return doc, sent["end"]
+
+
+def test_request_body_streams_to_the_worker(d):
+    # 32 KiB sent in 16 pieces, 100 ms apart. With request_buffering: false
+    # the worker starts reading long before the client has finished sending,
+    # and gets every byte.
+    piece = bytes(range(256)) * 8
+    doc, end = upload_slowly(d, "s", piece, 16)
+    assert doc["started"] < end - 0.5  # streamed, not buffered first
+    # Buffered (the default): the worker sees the request only once the
+    # whole body is in, so a slow client never holds the model.
+    doc, end = upload_slowly(d, "a", piece, 16)
+    assert doc["started"] >= end - 0.05
     # Over the body limit (64 KiB here) while streaming: 413, the worker unharmed.
     big = b"x" * (200 * 1024)
-    code, err, _ = d.request("POST", "/m/a/upload", body=big)
+    code, err, _ = d.request("POST", "/m/s/upload", body=big)
     assert code == 413 and err["error"]["code"] == "too_large"
     assert d.post("/m/a/infer", {"after": 1})[0] == 200
 
@@ -414,7 +429,7 @@ def test_trace_export_replays_in_the_simulator(d):
     rows = [l.split(",") for l in lines[1:]]
     ts = [float(r[0]) for r in rows]
     assert ts == sorted(ts) and ts[0] == 0.0
-    assert all(r[1] in ("a", "q", "beta") for r in rows) and all(float(r[2]) >= 0 for r in rows)
+    assert all(r[1] in ("a", "q", "s", "beta") for r in rows) and all(float(r[2]) >= 0 for r in rows)
     # The simulator replays it with a model table for these models.
     trace = os.path.join(d.dir, "trace.csv")
     with open(trace, "w") as f:
@@ -423,7 +438,7 @@ def test_trace_export_replays_in_the_simulator(d):
     with open(table, "w") as f:
         json.dump({"format": "modelbuf-models/1", "models": [
             {"name": n, "footprint_bytes": 64 << 20, "load_ms": 300, "restore_ms": 30,
-             "offload_ms": 30, "unload_ms": 10} for n in ("a", "q", "bad", "nocmd")]}, f)
+             "offload_ms": 30, "unload_ms": 10} for n in ("a", "q", "bad", "nocmd", "s")]}, f)
     tool = os.path.join(BUILD, "cli", "modelbuf")
     p = subprocess.run([tool, "sim", "--models", table, "--trace", trace, "--policy", "all",
                         "--devices", "1", "--capacity", "1GiB", "--json"],
