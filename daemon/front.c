@@ -105,7 +105,8 @@ struct mbd_conn {
   uint64_t body_got;
   mbd_chunked ck;
   unsigned requests;
-  mbd_req req;
+  mbd_req *req;            /* while has_req: allocated per request */
+  mbd_post req_free_post;
   char peer[64];
 };
 
@@ -361,7 +362,7 @@ void mbd_resp_header(mbd_req *r, const char *name, const char *value) {
 
 /* Ends the head: framing and connection headers, the empty line. */
 static void end_head(mbd_conn *c, const char *type, int64_t length) {
-  mbd_req *r = &c->req;
+  mbd_req *r = c->req;
   if (type != NULL)
     out_printf(c, "Content-Type: %s\r\n", type);
   int no_body = r->status == 204 || r->status == 304 || r->status < 200;
@@ -648,10 +649,30 @@ static void conn_free_deferred(mbd_post *p) {
   free(c);
 }
 
+static void req_free_deferred(mbd_post *p) {
+  free((char *)p - offsetof(mbd_req, free_post));
+}
+
+/* A new request on c (zeroed). 0, or -1 when out of memory. */
+static int req_new(mbd_conn *c) {
+  mbd_req *r = calloc(1, sizeof(*r));
+  if (r == NULL)
+    return -1;
+  r->d = c->t->d;
+  r->t = c->t;
+  r->c = c;
+  mbd_spool_init(&r->body, 0, NULL);
+  c->req = r;
+  c->has_req = 1;
+  c->resp = R_NONE;
+  __atomic_add_fetch(&c->t->f->active, 1, __ATOMIC_RELAXED);
+  return 0;
+}
+
 /* Ends the request in progress (its answer is complete, or the client
  * left): the handler is told if it still owns it. */
 static void req_end(mbd_conn *c, int gone) {
-  mbd_req *r = &c->req;
+  mbd_req *r = c->req;
   if (!c->has_req)
     return;
   unsubscribe(r);
@@ -666,6 +687,11 @@ static void req_end(mbd_conn *c, int gone) {
   r->c = NULL;
   mbd_spool_free(&r->body);
   c->has_req = 0;
+  c->req = NULL;
+  /* Freed after this turn: whoever called into the end of the request
+   * (a handler that cut its answer) may still read it until it returns. */
+  r->free_post.fn = req_free_deferred;
+  mbd_loop_defer(c->t->loop, &r->free_post);
   __atomic_sub_fetch(&c->t->f->active, 1, __ATOMIC_RELEASE);
 }
 
@@ -694,20 +720,16 @@ static void conn_close(mbd_conn *c) {
  * timeout, a body over the limit). A handler that owned the request is
  * told first (on_gone) and forgets it; an answer already started is cut. */
 static void conn_fail(mbd_conn *c, int status, const char *code, const char *msg) {
-  mbd_req *r = &c->req;
   if (!c->has_req) {
-    memset(r, 0, sizeof(*r));
-    r->d = c->t->d;
-    r->t = c->t;
-    r->c = c;
-    r->buf = c->in ? c->in : "";
-    r->h.version = 11;
-    mbd_spool_init(&r->body, 0, NULL);
-    c->has_req = 1;
-    c->resp = R_NONE;
+    if (req_new(c) != 0) {
+      conn_close(c);
+      return;
+    }
+    c->req->buf = c->in ? c->in : "";
+    c->req->h.version = 11;
     c->body_done = 1;
-    __atomic_add_fetch(&c->t->f->active, 1, __ATOMIC_RELAXED);
   }
+  mbd_req *r = c->req;
   unsubscribe(r);
   if (r->on_gone) {
     void (*fn)(mbd_req *) = r->on_gone;
@@ -781,7 +803,7 @@ static void start_body(mbd_conn *c);
 static void feed_body(mbd_conn *c);
 
 static void call_handler(mbd_conn *c) {
-  mbd_req *r = &c->req;
+  mbd_req *r = c->req;
   c->handled = 1;
   r->route.handle(r);
 }
@@ -796,24 +818,21 @@ static void head_complete(mbd_conn *c) {
     conn_fail(c, 500, "internal", "out of memory");
     return;
   }
-  mbd_req *r = &c->req;
-  memset(r, 0, sizeof(*r));
-  r->d = d;
-  r->c = c;
-  r->t = t;
+  if (req_new(c) != 0) {
+    conn_close(c);
+    return;
+  }
+  mbd_req *r = c->req;
   r->buf = c->in;
   r->started_ms = mbd_loop_now(t->loop);
   mbd_spool_init(&r->body, (size_t)cfg->body_buffer_bytes, cfg->temp_dir);
-  c->has_req = 1;
   c->handled = 0;
-  c->resp = R_NONE;
   c->close_after = 0;
   c->must_linger = 0;
   c->expect_sent = 0;
   c->body_reading = c->body_done = c->body_paused = c->body_error = 0;
   c->body_left = c->body_got = 0;
   c->requests++;
-  __atomic_add_fetch(&t->f->active, 1, __ATOMIC_RELAXED);
 
   const char *why;
   int st = mbd_http_parse_request(c->in, c->head_len, &r->h, &why);
@@ -895,7 +914,7 @@ static void head_complete(mbd_conn *c) {
 /* Bodies                                                                    */
 
 static void start_body(mbd_conn *c) {
-  mbd_req *r = &c->req;
+  mbd_req *r = c->req;
   if (!r->has_body)
     return;
   c->body_reading = 1;
@@ -909,7 +928,7 @@ static void start_body(mbd_conn *c) {
 
 /* The body is whole: buffered routes run their handler now. */
 static void body_complete(mbd_conn *c) {
-  mbd_req *r = &c->req;
+  mbd_req *r = c->req;
   c->body_reading = 0;
   c->body_done = 1;
   if (c->state == C_BODY) {
@@ -922,7 +941,7 @@ static void body_complete(mbd_conn *c) {
 
 /* One piece of decoded body. 0, or -1 when the request ended on it. */
 static int body_data(mbd_conn *c, const char *p, size_t n) {
-  mbd_req *r = &c->req;
+  mbd_req *r = c->req;
   const mbd_config *cfg = c->t->d->cfg;
   if (n == 0)
     return 0;
@@ -953,7 +972,7 @@ static int body_data(mbd_conn *c, const char *p, size_t n) {
 
 /* Takes body bytes from c->in[head_len..in_len) while the body reads. */
 static void feed_body(mbd_conn *c) {
-  mbd_req *r = &c->req;
+  mbd_req *r = c->req;
   size_t off = c->head_len;
   while (c->body_reading && !c->body_paused && off < c->in_len && !c->dead) {
     const char *p = c->in + off;
@@ -1081,6 +1100,11 @@ static void next_request(mbd_conn *c) {
     c->in = NULL;
     c->in_cap = 0;
   }
+  if (c->out_len == c->out_off && c->out_cap > 0) {
+    free(c->out);
+    c->out = NULL;
+    c->out_cap = c->out_len = c->out_off = 0;
+  }
 }
 
 /* Looks for a complete head in c->in; handles it. */
@@ -1127,7 +1151,7 @@ static int wants_read(const mbd_conn *c) {
   case C_BODY:
     return 1;
   case C_HANDLE:
-    return c->body_reading && !c->body_paused && mbd_resp_pending(&c->req) < OUT_HIGH;
+    return c->body_reading && !c->body_paused && mbd_resp_pending(c->req) < OUT_HIGH;
   default:
     return 1; /* C_LINGER */
   }
@@ -1159,7 +1183,7 @@ static void arm_timer(mbd_conn *c) {
       if (cfg->min_body_rate > 0 && c->win_start_ms + RATE_WINDOW_MS < due)
         due = c->win_start_ms + RATE_WINDOW_MS;
     }
-    if (c->req.subscribed && c->ping_ms < due)
+    if (c->req && c->req->subscribed && c->ping_ms < due)
       due = c->ping_ms;
     break;
   case C_LINGER: {
@@ -1206,7 +1230,7 @@ static void answer_sent(mbd_conn *c) {
 }
 
 static void step(mbd_conn *c) {
-  mbd_req *r = &c->req;
+  mbd_req *r = c->req;
   switch (c->state) {
   case C_HEAD:
     try_head(c);
@@ -1355,9 +1379,9 @@ static void on_conn_timer(mbd_timer *tm) {
         c->win_bytes = 0;
       }
     }
-    if (c->req.subscribed && now >= c->ping_ms) {
+    if (c->req && c->req->subscribed && now >= c->ping_ms) {
       c->ping_ms = now + STREAM_PING_MS;
-      mbd_resp_write(&c->req, ": keep-alive\n\n", 14);
+      mbd_resp_write(c->req, ": keep-alive\n\n", 14);
     }
     break;
   case C_LINGER:

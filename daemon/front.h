@@ -93,6 +93,7 @@ struct mbd_req {
    * list of streams woken by mbd_front_wake_streams. */
   mbd_req *sub_prev, *sub_next;
   int subscribed;
+  mbd_post free_post;
 };
 
 /* ------------------------------------------------------------------------ */
