@@ -46,6 +46,10 @@
 /* Streamed request body waiting for the worker above which the client's
  * body stops being read. */
 #define STREAM_HIGH (256 * 1024)
+/* A worker's answer kept for a slow client: in memory up to RESP_MEM,
+ * then in a temporary file, up to RESP_MAX; beyond, the worker waits. */
+#define RESP_MEM (1 << 20)
+#define RESP_MAX (1ULL << 30)
 
 static double wall_s(void) {
   struct timespec ts;
@@ -87,6 +91,13 @@ struct mbd_px {
   double granted_at;
   /* Forwarding to a worker. */
   mbd_up *up;
+  /* The worker's answer that the client has not taken yet (as nginx's
+   * proxy_buffering): memory, then a temporary file, so that a slow
+   * client does not hold the worker or the lease; rsp_off is what went
+   * to the client. up_ended: the worker's answer is whole. */
+  mbd_spool rsp;
+  uint64_t rsp_off;
+  int up_ended;
   int busy;               /* bracketed by mbd_worker_busy_begin */
   int streaming;          /* the body streams to the worker */
   int body_ended;
@@ -137,6 +148,7 @@ static void px_free(mbd_px *x) {
   if (x->busy && x->cur && x->cur->worker)
     mbd_worker_busy_end(x->cur->worker);
   mb_plugin_response_free(x->cur ? x->cur->plugin : NULL, &x->presp);
+  mbd_spool_free(&x->rsp);
   free(x->phdrs);
   free(x->phbuf);
   mbd_spool_free(&x->pbody);
@@ -148,7 +160,9 @@ static void px_free(mbd_px *x) {
 
 /* Ends the transaction: the lease released (the request traced), the
  * request let go. */
-static void px_finish(mbd_px *x) {
+/* The worker is done with the request: its connection, its busy slot
+ * and the lease go back (the client may still be taking the answer). */
+static void px_release(mbd_px *x) {
   mbd *d = x->d;
   if (x->up) {
     mbd_up_abort(x->up);
@@ -165,6 +179,10 @@ static void px_finish(mbd_px *x) {
               mb_strerror(rc));
     x->held = 0;
   }
+}
+
+static void px_finish(mbd_px *x) {
+  px_release(x);
   if (x->r) {
     x->r->ctx = NULL;
     x->r->on_gone = NULL;
@@ -251,6 +269,7 @@ int mbd_px_lease(mbd_req *r, mbd_model *m, mbd_px_granted_fn fn, void *arg) {
   x->r = r;
   x->t = r->t;
   mbd_spool_init(&x->pbody, 0, NULL);
+  mbd_spool_init(&x->rsp, RESP_MEM, d->cfg->temp_dir);
   x->loop = mbd_req_loop(r);
   x->m = m;
   x->granted_fn = fn;
@@ -355,20 +374,63 @@ static void up_data(void *arg, const char *p, size_t n) {
   mbd_px *x = arg;
   if (x->r == NULL)
     return;
-  mbd_resp_write(x->r, p, n);
-  if (x->r && mbd_resp_pending(x->r) > PROXY_HIGH && x->up)
+  if (x->rsp.total == x->rsp_off && mbd_resp_pending(x->r) < PROXY_HIGH) {
+    mbd_resp_write(x->r, p, n);
+    return;
+  }
+  /* The client is slower than the worker: keep the rest for it. */
+  if (mbd_spool_append(&x->rsp, p, n) != 0) {
+    mbd_resp_write(x->r, p, n); /* no room to keep it: the worker waits instead */
+    if (x->up)
+      mbd_up_pause(x->up, 1);
+    return;
+  }
+  if (x->rsp.total - x->rsp_off > RESP_MAX && x->up)
     mbd_up_pause(x->up, 1);
 }
 
+/* The client took some of its answer: more from what was kept, then the
+ * worker goes on (or, its answer whole, the answer ends). */
 static void px_drain(mbd_req *r) {
   mbd_px *x = r->ctx;
-  if (x && x->up)
+  if (x == NULL)
+    return;
+  char buf[64 * 1024];
+  while (x->rsp_off < x->rsp.total && mbd_resp_pending(r) < PROXY_HIGH) {
+    ssize_t k = mbd_spool_read(&x->rsp, x->rsp_off, buf, sizeof(buf));
+    if (k <= 0) {
+      mbd_log(x->d, MBD_LOG_ERROR, "proxy: cannot read a kept answer back", "model=%s",
+              x->m->name);
+      mbd_resp_abort(r);
+      px_finish(x);
+      return;
+    }
+    x->rsp_off += (uint64_t)k;
+    mbd_resp_write(r, buf, (size_t)k);
+  }
+  if (x->rsp_off < x->rsp.total)
+    return;
+  if (x->rsp.total > 0) { /* all taken: start over in memory */
+    mbd_spool_free(&x->rsp);
+    x->rsp_off = 0;
+  }
+  if (x->up_ended) {
+    mbd_resp_end(r);
+    px_finish(x);
+  } else if (x->up) {
     mbd_up_pause(x->up, 0);
+  }
 }
 
 static void up_end(void *arg) {
   mbd_px *x = arg;
   x->up = NULL;
+  if (x->r && x->rsp_off < x->rsp.total) {
+    /* The rest waits for the client; the worker and the lease are free now. */
+    x->up_ended = 1;
+    px_release(x);
+    return;
+  }
   if (x->r)
     mbd_resp_end(x->r);
   px_finish(x);

@@ -278,6 +278,33 @@ def test_request_body_streams_to_the_worker(d):
     assert d.post("/m/a/infer", {"after": 1})[0] == 200
 
 
+def test_slow_reader_does_not_hold_the_model(d):
+    # 48 MiB answered to a client that reads nothing for a while: the
+    # daemon keeps what the client has not taken (memory, then a temporary
+    # file), so the worker finishes and the lease is released at once; the
+    # client then gets every byte.
+    assert d.post("/api/models/a/load")[0] == 200
+    before = d.status("a")["stats"]["requests"]
+    s = socket.create_connection(("127.0.0.1", d.port))
+    s.sendall(b"GET /m/a/big?mb=48 HTTP/1.1\r\nHost: x\r\n\r\n")
+    d.wait_until("a", lambda st: st["stats"]["requests"] > before)
+    st = d.wait_until("a", lambda st: st["inflight"] == 0, timeout=20)
+    assert st["state"] == "ready"
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(65536)
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 50331648" in head
+    n = len(body)
+    sample = body[:256]
+    while n < 48 << 20:
+        b = s.recv(1 << 20)
+        assert b, "the answer was cut"
+        n += len(b)
+    s.close()
+    assert n == 48 << 20 and sample == bytes(range(256))[:len(sample)]
+
+
 def test_offload_restore_unload_keep_alive(d):
     d.post("/m/a/infer", {})
     code, st, _ = d.post("/api/models/a/offload")

@@ -6,6 +6,7 @@ to start). It holds a block of real memory as its "weights" and answers:
   POST /infer           {"model", "echo": <request body>, "pid"}
   GET  /stream?n=N&ms=M N server-sent events, M ms apart
   GET  /slow?ms=M       answers after M ms
+  GET  /big?mb=N        N MiB (bytes 0..255 repeated)
   GET  /env?name=NAME   {"value": os.environ.get(NAME)}
   GET  /cwd             {"cwd": os.getcwd()}
   POST /upload          reads the body as it arrives: {"bytes", "sum", "started", "ended"}
@@ -98,6 +99,16 @@ class H(BaseHTTPRequestHandler):
         if u.path == "/slow":
             time.sleep(int(q.get("ms", ["1000"])[0]) / 1000.0)
             return self.send_json(200, {"slept_ms": int(q.get("ms", ["1000"])[0])})
+        if u.path == "/big":  # ?mb=N: N MiB of a known pattern
+            n = int(q.get("mb", ["1"])[0]) * MiB
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            block = bytes(range(256)) * 4096
+            for i in range(0, n, len(block)):
+                self.wfile.write(block[:min(len(block), n - i)])
+            return
         if u.path == "/env":
             return self.send_json(200, {"value": os.environ.get(q.get("name", [""])[0])})
         if u.path == "/cwd":
