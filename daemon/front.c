@@ -1151,7 +1151,12 @@ static int wants_read(const mbd_conn *c) {
   case C_BODY:
     return 1;
   case C_HANDLE:
-    return c->body_reading && !c->body_paused && mbd_resp_pending(c->req) < OUT_HIGH;
+    if (c->body_reading)
+      return !c->body_paused && mbd_resp_pending(c->req) < OUT_HIGH;
+    /* The next pipelined request may come meanwhile: it is read into the
+     * room after the head (the interest stays as it is, one system call
+     * less per request) until that is full. */
+    return c->in_len < c->in_cap;
   default:
     return 1; /* C_LINGER */
   }
