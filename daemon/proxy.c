@@ -758,7 +758,8 @@ int mbd_proxy_resolve(mbd *d, mbd_req *r) {
     if (m->kind == MBD_BACKEND_TENSORS)
       return mbd_tensors_resolve(d, r);
     r->route.handle = handle_model;
-    r->route.body = m->kind == MBD_BACKEND_PROCESS && !m->mc->tuning.request_buffering
+    r->route.body = m->kind == MBD_BACKEND_PROCESS && !m->mc->tuning.request_buffering &&
+                            r->has_body
                         ? MBD_BODY_STREAM
                         : MBD_BODY_BUFFER;
     return 1;
