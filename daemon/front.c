@@ -1465,6 +1465,39 @@ static void conn_new(mbd_fthread *t, int fd, const struct sockaddr_storage *sa) 
   arm_timer(c);
 }
 
+typedef struct adopt {
+  mbd_post post;
+  mbd_fthread *t;
+  int fd;
+} adopt;
+
+static void on_adopt(mbd_post *p) {
+  adopt *a = (adopt *)p;
+  struct sockaddr_storage sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.ss_family = AF_UNIX;
+  int fl = fcntl(a->fd, F_GETFL);
+  fcntl(a->fd, F_SETFL, fl | O_NONBLOCK);
+  conn_new(a->t, a->fd, &sa);
+  free(a);
+}
+
+int mbd_front_adopt(mbd *d, int fd) {
+  mbd_front *f = d->front;
+  adopt *a = calloc(1, sizeof(*a));
+  if (a == NULL || f == NULL || f->nthreads == 0) {
+    free(a);
+    close(fd);
+    return MB_ENOMEM;
+  }
+  unsigned k = __atomic_fetch_add(&f->adopted, 1, __ATOMIC_RELAXED);
+  a->t = &f->threads[k % (unsigned)f->nthreads];
+  a->fd = fd;
+  a->post.fn = on_adopt;
+  mbd_loop_post(a->t->loop, &a->post);
+  return 0;
+}
+
 static void on_accept_resume(mbd_timer *tm) {
   mbd_fthread *t = (mbd_fthread *)((char *)tm - offsetof(mbd_fthread, accept_timer));
   if (t->accept_paused && !__atomic_load_n(&t->f->quiescing, __ATOMIC_ACQUIRE)) {

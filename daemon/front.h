@@ -110,6 +110,10 @@ int mbd_front_active(mbd *d);
 int mbd_front_connections(mbd *d);
 /* Stops every thread and closes every connection. */
 void mbd_front_stop(mbd *d);
+/* Serves a connected socket (taken over) as a client connection, as if it
+ * had been accepted: for tests and the fuzz target, which feed the front
+ * door through a socketpair. 0 or MB_ENOMEM. Any thread. */
+int mbd_front_adopt(mbd *d, int fd);
 /* Wakes every subscribed stream (a new event, a worker's new output line):
  * their on_drain runs soon on their loop threads. Any thread. */
 void mbd_front_wake_streams(mbd *d);

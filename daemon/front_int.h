@@ -50,6 +50,7 @@ struct mbd_front {
   pthread_mutex_t reserve_mu;
   int conns;                 /* atomic: client connections open */
   int active;                /* atomic: requests in flight */
+  unsigned adopted;          /* atomic: connections handed in (mbd_front_adopt) */
   int quiescing;             /* atomic */
   pthread_mutex_t ack_mu;    /* threads acknowledging the quiesce */
   pthread_cond_t ack_cv;
