@@ -135,6 +135,7 @@ static const char *event_type_name(mb_event_type t) {
   case MB_EVENT_EVICT: return "evict";
   case MB_EVENT_WARNING: return "warning";
   case MB_EVENT_PROGRESS: return "progress";
+  case MB_EVENT_LOST: return "lost";
   }
   return "event";
 }

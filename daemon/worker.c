@@ -942,11 +942,11 @@ static void w_destroy(void *user) {
 }
 
 static const mb_backend process_full = {
-    "process", w_load, w_offload, w_restore, w_unload, w_usage, w_health, w_destroy,
+    "process", w_load, w_offload, w_restore, w_unload, w_usage, w_health, w_destroy, NULL,
 };
 
 static const mb_backend process_plain = {
-    "process", w_load, NULL, NULL, w_unload, w_usage, w_health, w_destroy,
+    "process", w_load, NULL, NULL, w_unload, w_usage, w_health, w_destroy, NULL,
 };
 
 const mb_backend *mbd_worker_backend(const mbd_worker *w) {
