@@ -76,6 +76,17 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
     json_array_append_new(warn, json_string("slow_load"));
   if (st.warnings & MB_WARN_MEMORY_GROWTH)
     json_array_append_new(warn, json_string("memory_growth"));
+  /* A worker's own figures: its footprint as last measured, against what it
+   * declared (worker.h). */
+  uint64_t measured = 0, declared = 0;
+  int overrun = 0;
+  pthread_rwlock_rdlock(&d->reload_rw);
+  int worker = m->worker != NULL;
+  if (worker)
+    mbd_worker_footprint(m->worker, &measured, &declared, &overrun);
+  pthread_rwlock_unlock(&d->reload_rw);
+  if (overrun)
+    json_array_append_new(warn, json_string("footprint_overrun"));
   json_t *buckets = json_object();
   uint64_t cum = 0;
   for (int i = 0; i < MB_WAIT_BUCKETS; i++) {
@@ -97,6 +108,7 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
       "last_load_ms", st.stats.last_load_ms, "avg_load_ms", st.stats.avg_load_ms,
       "last_restore_ms", st.stats.last_restore_ms, "last_offload_ms", st.stats.last_offload_ms,
       "queue_wait_ms_buckets", buckets);
+  json_object_set_new(stats, "crashes", json_integer((json_int_t)st.stats.crashes));
   pthread_rwlock_rdlock(&d->reload_rw);
   pid_t pid = m->worker ? mbd_worker_pid(m->worker) : 0;
   pthread_rwlock_unlock(&d->reload_rw);
@@ -124,6 +136,14 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
   json_object_set_new(o, "pid", pid > 0 ? json_integer(pid) : json_null());
   json_object_set_new(o, "error", st.error[0] ? json_string(st.error) : json_null());
   json_object_set_new(o, "warnings", warn);
+  if (worker) {
+    json_object_set_new(o, "measured_bytes", json_integer((json_int_t)measured));
+    json_object_set_new(o, "declared_bytes", json_integer((json_int_t)declared));
+  }
+  json_object_set_new(o, "last_crash",
+                      st.lost_at ? json_pack("{s:o,s:s}", "time", time_or_null(d, st.lost_at),
+                                             "reason", st.lost_reason)
+                                 : json_null());
   json_object_set_new(o, "pinned", json_boolean(st.pinned));
   json_object_set_new(o, "aliases", aliases);
   json_object_set_new(o, "files", files_json(d, m));
@@ -326,7 +346,150 @@ static MHD_RESULT model_action(mbd *d, struct MHD_Connection *c, mbd_model *m,
   return model_status(c, d, m, 200);
 }
 
+/* GET /api/models/{name}/logs?follow=1: the worker's log as server-sent
+ * events, one per line: "id: SEQ\ndata: LINE\n\n", the marker of a new
+ * process as "event: restart"; resumes after Last-Event-ID or ?since=SEQ,
+ * else starts with the last ?tail=N lines (default 10). */
+typedef struct follow {
+  mbd *d;
+  mbd_model *m;
+  uint64_t next;  /* the number of the next line to send */
+  char *pending;
+  size_t pending_len, pending_off;
+} follow;
+
+#define FOLLOW_CHUNK (64 * 1024)
+
+static ssize_t follow_read(void *cls, uint64_t pos, char *buf, size_t max) {
+  follow *f = cls;
+  mbd *d = f->d;
+  (void)pos;
+  while (f->pending == NULL) {
+    pthread_mutex_lock(&d->mu);
+    uint64_t gen = d->log_gen;
+    int stopping = d->stopping;
+    pthread_mutex_unlock(&d->mu);
+    if (stopping)
+      return MHD_CONTENT_READER_END_OF_STREAM;
+    char *lines = malloc(FOLLOW_CHUNK);
+    if (lines == NULL)
+      return MHD_CONTENT_READER_END_WITH_ERROR;
+    size_t n = 0;
+    int gone = 0;
+    pthread_rwlock_rdlock(&d->reload_rw);
+    if (f->m->worker)
+      n = mbd_worker_logs_since(f->m->worker, f->next, lines, FOLLOW_CHUNK, &f->next);
+    else
+      gone = 1; /* removed by a reload */
+    pthread_rwlock_unlock(&d->reload_rw);
+    if (gone) {
+      free(lines);
+      return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    if (n > 0) {
+      /* "SEQ KIND TEXT\n" each: one event per line. */
+      size_t cap = n * 2 + 64, w = 0;
+      f->pending = malloc(cap);
+      for (char *p = lines; f->pending && p < lines + n;) {
+        char *nl = memchr(p, '\n', (size_t)(lines + n - p));
+        if (nl == NULL)
+          break;
+        char *sp = strchr(p, ' ');
+        if (sp == NULL || sp + 2 >= nl)
+          break;
+        int restart = sp[1] == 'r';
+        w += (size_t)snprintf(f->pending + w, cap - w, "%s%.*s\ndata: %.*s\n\n",
+                              restart ? "event: restart\nid: " : "id: ", (int)(sp - p), p,
+                              (int)(nl - sp - 3), sp + 3);
+        p = nl + 1;
+      }
+      f->pending_len = w;
+      f->pending_off = 0;
+      free(lines);
+      if (f->pending == NULL)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+      break;
+    }
+    free(lines);
+    /* Nothing new: wait for a line of any worker, a comment every 15 s. */
+    pthread_mutex_lock(&d->mu);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 15;
+    int timed_out = 0;
+    while (!d->stopping && d->log_gen == gen && !timed_out)
+      timed_out = pthread_cond_timedwait(&d->log_cv, &d->mu, &ts) != 0;
+    pthread_mutex_unlock(&d->mu);
+    if (timed_out) {
+      f->pending = strdup(": keep-alive\n\n");
+      if (f->pending == NULL)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+      f->pending_len = strlen(f->pending);
+      f->pending_off = 0;
+    }
+  }
+  size_t n = f->pending_len - f->pending_off;
+  if (n > max)
+    n = max;
+  memcpy(buf, f->pending + f->pending_off, n);
+  f->pending_off += n;
+  if (f->pending_off == f->pending_len) {
+    free(f->pending);
+    f->pending = NULL;
+  }
+  return (ssize_t)n;
+}
+
+static void follow_free(void *cls) {
+  follow *f = cls;
+  free(f->pending);
+  free(f);
+}
+
+static MHD_RESULT logs_follow(mbd *d, struct MHD_Connection *c, mbd_model *m) {
+  const char *last = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Last-Event-ID");
+  const char *since = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "since");
+  const char *tail = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "tail");
+  const char *from = last ? last : since;
+  char *end = NULL;
+  unsigned long long after = 0, want = 10;
+  if (from && ((after = strtoull(from, &end, 10)), end == from || *end != '\0'))
+    return mbd_reply_error(c, 400, "bad_request", "since / Last-Event-ID must be a line number", 0);
+  if (tail && ((want = strtoull(tail, &end, 10)), end == tail || *end != '\0' || want > 100000))
+    return mbd_reply_error(c, 400, "bad_request", "tail must be a number of lines (0..100000)", 0);
+  follow *f = calloc(1, sizeof(*f));
+  if (f == NULL)
+    return MHD_NO;
+  f->d = d;
+  f->m = m;
+  if (from) {
+    f->next = after + 1;
+  } else {
+    uint64_t next = 1;
+    char one[1];
+    pthread_rwlock_rdlock(&d->reload_rw);
+    if (m->worker) /* asks past the end: learns the next number */
+      (void)mbd_worker_logs_since(m->worker, UINT64_MAX, one, sizeof(one), &next);
+    pthread_rwlock_unlock(&d->reload_rw);
+    f->next = next > want ? next - want : 1;
+  }
+  struct MHD_Response *resp =
+      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, follow_read, f, follow_free);
+  if (resp == NULL) {
+    free(f);
+    return MHD_NO;
+  }
+  MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+  MHD_add_response_header(resp, "Cache-Control", "no-cache");
+  MHD_RESULT r = MHD_queue_response(c, 200, resp);
+  MHD_destroy_response(resp);
+  return r;
+}
+
 static MHD_RESULT logs(mbd *d, struct MHD_Connection *c, mbd_model *m) {
+  const char *fl = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "follow");
+  if (fl && strcmp(fl, "0") != 0 && strcmp(fl, "false") != 0)
+    return logs_follow(d, c, m);
   size_t cap = 256 * 1024, n = 0;
   char *buf = malloc(cap);
   if (buf == NULL)
@@ -377,14 +540,24 @@ static MHD_RESULT lease_route(mbd *d, struct MHD_Connection *c, const char *meth
     json_decref(body);
     if (bad || ttl <= 0)
       return mbd_reply_error(c, 400, "bad_request", err[0] ? err : "ttl must be positive", 0);
-    if (mb_lease_renew(d->ctx, l, ttl) != 0)
+    int rc = mb_lease_renew(d->ctx, l, ttl);
+    if (rc == MB_ELOST)
+      return mbd_reply_error(c, 410, "lease_lost",
+                             "the model was lost while the lease was held; release it", 0);
+    if (rc != 0)
       return mbd_reply_error(c, 404, "not_found", "no such lease (released or expired)", 0);
     json_t *o = json_pack("{s:s,s:o}", "lease", rest, "expires_at",
                           time_or_null(d, mb_ctx_now(d->ctx) + (uint64_t)ttl * 1000000u));
     return mbd_reply_json(c, 200, o);
   }
   if (*end == '\0' && strcmp(method, "DELETE") == 0) {
-    if (mb_release(d->ctx, l) != 0)
+    int rc = mb_release(d->ctx, l);
+    if (rc == MB_ELOST) { /* released; its holder learns its work ran on a lost model */
+      mbd_leases_forget(d, id);
+      return mbd_reply_error(c, 410, "lease_lost",
+                             "the model was lost while the lease was held; the lease ended", 0);
+    }
+    if (rc != 0)
       return mbd_reply_error(c, 404, "not_found", "no such lease (released or expired)", 0);
     mbd_leases_forget(d, id);
     return mbd_reply_json(c, 200, json_pack("{s:s,s:b}", "lease", rest, "released", 1));
@@ -531,6 +704,8 @@ static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
       {"modelbuf_evictions_total", "evictions", offsetof(mb_stats, evictions)},
       {"modelbuf_rejected_total", "requests refused (queue full)", offsetof(mb_stats, rejected)},
       {"modelbuf_timeouts_total", "requests that timed out waiting", offsetof(mb_stats, timeouts)},
+      {"modelbuf_crashes_total", "losses of a resident model (worker exit, kill, failed health "
+                                 "checks, memory_limit)", offsetof(mb_stats, crashes)},
   };
   for (size_t k = 0; k < sizeof(counters) / sizeof(counters[0]); k++) {
     metric_head(f, counters[k].name, "counter", counters[k].help);
@@ -594,6 +769,28 @@ static MHD_RESULT metrics(mbd *d, struct MHD_Connection *c) {
             (unsigned long long)st[i].host_bytes);
   }
   free(st);
+  /* Workers: the footprint measured, and whether it overran its declaration. */
+  metric_head(f, "modelbuf_worker_measured_bytes", "gauge",
+              "a worker's footprint as last measured (RSS of its tree, or GPU memory by NVML)");
+  pthread_rwlock_rdlock(&d->reload_rw);
+  for (size_t i = 0; i < ms->n; i++) {
+    uint64_t meas = 0;
+    if (ms->m[i]->worker) {
+      mbd_worker_footprint(ms->m[i]->worker, &meas, NULL, NULL);
+      fprintf(f, "modelbuf_worker_measured_bytes{model=\"%s\"} %llu\n", ms->m[i]->name,
+              (unsigned long long)meas);
+    }
+  }
+  metric_head(f, "modelbuf_footprint_overrun", "gauge",
+              "1 while a worker's measured footprint is over 110% of its declared vram");
+  for (size_t i = 0; i < ms->n; i++) {
+    int over = 0;
+    if (ms->m[i]->worker) {
+      mbd_worker_footprint(ms->m[i]->worker, NULL, NULL, &over);
+      fprintf(f, "modelbuf_footprint_overrun{model=\"%s\"} %d\n", ms->m[i]->name, over);
+    }
+  }
+  pthread_rwlock_unlock(&d->reload_rw);
   int nd = mb_device_count(d->ctx);
   const char *dev_metrics[][2] = {{"modelbuf_device_total_bytes", "device capacity"},
                                   {"modelbuf_device_used_bytes", "used by models"},

@@ -2,7 +2,8 @@
  * daemon.h - the running modelbufd: the core context built from the
  * configuration, the models and their backends (worker processes,
  * plugins), aliases, the event ring behind GET /api/events, counters for
- * /metrics, structured logs, and the HTTP server (http.c, proxy.c).
+ * /metrics, structured logs, the process supervisor of its workers
+ * (supervisor.h), and the HTTP server (http.c, proxy.c).
  */
 #ifndef MBD_DAEMON_H
 #define MBD_DAEMON_H
@@ -12,6 +13,7 @@
 
 #include "config.h"
 #include "modelbuf/modelbuf.h"
+#include "supervisor.h"
 #include "worker.h"
 
 #define MBD_EVENT_RING 1024
@@ -63,6 +65,7 @@ typedef struct mbd_event_entry {
 typedef struct mbd {
   mbd_config *cfg;          /* as started: listen, keys, limits (reload keeps these) */
   mb_ctx *ctx;
+  mbd_sup *sup;             /* starts, watches and reaps every worker process */
   mbd_models *_Atomic models; /* read with mbd_models_get */
   /* Kept until stop: every snapshot, model and configuration ever served. */
   mbd_models **old_sets;
@@ -82,6 +85,10 @@ typedef struct mbd {
   mbd_trace_entry *trace;   /* ring of MBD_TRACE_RING served requests */
   uint64_t trace_n;         /* requests recorded so far */
   pthread_cond_t ev_cv;
+  /* Log followers (GET .../logs?follow=1) wait on log_cv for log_gen to
+   * move: it moves with every new line of any worker. Under mu. */
+  pthread_cond_t log_cv;
+  uint64_t log_gen;
   mbd_event_entry ring[MBD_EVENT_RING];
   uint64_t ev_next;         /* seq of the next event */
   int stopping;
@@ -90,6 +97,14 @@ typedef struct mbd {
   struct MHD_Daemon *mhd;
   struct MHD_Daemon *mhd_unix;
 } mbd;
+
+/* The state file the daemon uses when the configuration names none: in
+ * $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), else
+ * $XDG_RUNTIME_DIR/modelbuf, else /tmp/modelbufd-UID (made 0700, used only
+ * when it is the daemon user's own and no one else can write it), named
+ * after the listen address, so daemons on other addresses never share
+ * one. 0, or -1 when no such folder can be used (no state file then). */
+int mbd_default_state_file(const mbd_config *cfg, char *out, size_t len);
 
 /* Builds the daemon from a validated configuration (taken over). */
 int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) MB_WUR;

@@ -79,8 +79,11 @@ static int serve(mbd_config *cfg, const char *path, const mbd_flags *flags) {
   sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGPIPE);
   /* Every thread started from here on inherits the mask; signals are taken
-   * synchronously below. */
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
+   * synchronously below. SIGCHLD is blocked too: the process supervisor
+   * takes it through its signalfd (supervisor.h), so no thread consumes it. */
+  sigset_t blocked = set;
+  sigaddset(&blocked, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &blocked, NULL);
   curl_global_init(CURL_GLOBAL_DEFAULT);
   mbd *d;
   if (mbd_start(cfg, &d, err, sizeof(err)) != 0) {
@@ -120,6 +123,7 @@ static int serve(mbd_config *cfg, const char *path, const mbd_flags *flags) {
   pthread_mutex_lock(&d->mu);
   __atomic_store_n(&d->stopping, 1, __ATOMIC_RELEASE); /* read without d->mu too */
   pthread_cond_broadcast(&d->ev_cv);
+  pthread_cond_broadcast(&d->log_cv); /* log followers end too */
   pthread_mutex_unlock(&d->mu);
   mbd_http_quiesce(d);
   /* Drain: requests in flight finish, up to a bound. */

@@ -484,11 +484,18 @@ static void pxy_free(void *cls) {
     mbd_worker_busy_end(x->m->worker);
   if (x->granted_at > 0)
     mbd_proxy_trace(x->d, x->m->name, &x->granted, x->granted_at);
-  if (x->lease.id && mb_release(x->d->ctx, x->lease) != 0)
+  int rel = x->lease.id ? mb_release(x->d->ctx, x->lease) : 0;
+  if (rel != 0 && rel != MB_ELOST) /* ELOST: the worker was lost; the lease ended with it */
     mbd_log(x->d, MBD_LOG_WARN, "lease already released", "model=%s", x->m->name);
   free(x->body);
   x->body = NULL;
-  session_give_back(x);
+  /* A transfer that failed leaves state in its easy handle that a reset
+   * keeps (curl 7.88: a rewind pending before the next send, after a
+   * reused connection died): such a session is not used again. */
+  if (x->added && (!x->done || x->cres != CURLE_OK))
+    session_destroy(x);
+  else
+    session_give_back(x);
 }
 
 typedef struct hdr_ctx {
@@ -710,6 +717,7 @@ static MHD_RESULT forward_finish(mbd *d, struct MHD_Connection *c, mbd_model *m,
     char why[CURL_ERROR_SIZE + 64];
     snprintf(why, sizeof(why), "worker failed: %s",
              x->errbuf[0] ? x->errbuf : curl_easy_strerror(x->cres));
+    mbd_worker_failed(m->worker); /* its loss reaches the core before the client hears */
     int killed = mbd_worker_busy_end(m->worker);
     mbd_worker_busy_begin(m->worker); /* pxy_free ends it again */
     pxy_free(x);
@@ -805,7 +813,8 @@ static MHD_RESULT serve_plugin(mbd *d, struct MHD_Connection *c, mbd_model *m,
   double t0 = wall_s();
   int rc = mb_plugin_handle(m->plugin, &req, &resp, err, sizeof(err));
   mbd_proxy_trace(d, m->name, granted, t0);
-  if (mb_release(d->ctx, granted->lease) != 0)
+  int rel = mb_release(d->ctx, granted->lease);
+  if (rel != 0 && rel != MB_ELOST) /* ELOST: the plugin reported its model lost meanwhile */
     mbd_log(d, MBD_LOG_WARN, "lease already released", "model=%s", m->name);
   if (rc != 0) {
     mbd_count_code(d, m, 500);
