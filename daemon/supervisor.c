@@ -106,7 +106,13 @@ struct mbd_sup {
   mbd_proc_table table;
 };
 
+/* One supervisor per process; a child made by fork has none (its
+ * supervisor thread stayed in the parent), so it may start its own. */
 static atomic_int sup_exists;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_child(void) { atomic_store(&sup_exists, 0); }
+static void atfork_register(void) { pthread_atfork(NULL, NULL, atfork_child); }
 
 static uint64_t now_ms(void) {
   struct timespec ts;
@@ -777,6 +783,7 @@ static int post_wait(mbd_sup *s, cmd *c) {
 }
 
 int mbd_sup_start(const mbd_sup_opts *o, mbd_sup **out, char *err, size_t err_len) {
+  pthread_once(&atfork_once, atfork_register);
   int expected = 0;
   if (!atomic_compare_exchange_strong(&sup_exists, &expected, 1)) {
     mb__set_err(err, err_len, "a process supervisor runs already in this process");

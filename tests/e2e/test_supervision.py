@@ -75,6 +75,8 @@ def log_lines(d, needle):
     return [l for l in d.logs().splitlines() if needle in l]
 
 
+MARK = os.path.join(tempfile.mkdtemp(prefix="mb-supervision-"), "unload-hook-called")
+
 CONFIG = f"""
 devices: [{{host: true, budget: 2GiB}}]
 defaults: {{keep_alive: 5m, start_timeout: 20s}}
@@ -113,6 +115,9 @@ models:
   limited:
     cmd: {worker("--alloc-mb", "8")}
     memory_limit: 96MiB
+  hooked:
+    cmd: {worker("--unload-mark", MARK)}
+    hooks: {{unload: {{path: /unload-hook}}}}
 """
 
 
@@ -207,6 +212,21 @@ def test_hung_worker_caught_by_the_health_check(d):
     st = d.wait_state("hung", ["unloaded"], timeout=20)
     assert st["stats"]["crashes"] == 1
     wait_for(lambda: workers_alive([pid]) == [], 10, "the hung worker to be stopped")
+
+
+def test_unload_hook_runs_before_the_stop(d):
+    pid = load(d, "hooked")["pid"]
+    assert not os.path.exists(MARK)
+    code, st, _ = d.post("/api/models/hooked/unload")
+    assert code == 200 and st["state"] == "unloaded"
+    with open(MARK) as f:
+        assert f.read() == str(pid)  # the worker itself answered it, still running
+    os.unlink(MARK)
+    # A lost worker has no one to answer it: the unload after a loss skips it.
+    pid = load(d, "hooked")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    d.wait_state("hooked", ["unloaded"])
+    assert not os.path.exists(MARK)
 
 
 # --------------------------------------------------------------------------
