@@ -690,11 +690,20 @@ int mb_ctx_free(mb_ctx *ctx) {
     deliver(ctx, &ev, answered, NULL, NULL, NULL);
     unload_all_direct(ctx);
   }
-  /* Whatever may still be posted gets answered and freed. */
+  /* Whatever may still be posted gets answered and freed; leases released
+   * after the last step (manual mode) are freed. */
   pthread_mutex_lock(&ctx->post_lock);
   mb__req *reqs = ctx->post_head;
   ctx->post_head = ctx->post_tail = NULL;
+  mb__lease *rels = ctx->rel_head;
+  ctx->rel_head = NULL;
+  ctx->renew_head = NULL;
   pthread_mutex_unlock(&ctx->post_lock);
+  while (rels) {
+    mb__lease *next = rels->pnext;
+    mb__free(rels);
+    rels = next;
+  }
   while (reqs) {
     mb__req *next = reqs->next;
     if (reqs->done) {
