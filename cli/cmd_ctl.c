@@ -190,6 +190,10 @@ int cmd_status(int argc, char **argv) {
          "%.0f unloads\n",
          jnum(st, "loads"), jnum(st, "avg_load_ms"), jnum(st, "offloads"), jnum(st, "restores"),
          jnum(st, "evictions"), jnum(st, "unloads"));
+  json_t *crash = json_object_get(m, "last_crash");
+  if (jnum(st, "crashes") > 0 && json_is_object(crash))
+    printf("  crashes     %.0f, the last %s: %s\n", jnum(st, "crashes"), jstr(crash, "time"),
+           jstr(crash, "reason"));
   if (json_is_string(json_object_get(m, "error")))
     printf("  error       %s\n", jstr(m, "error"));
   json_t *w = json_object_get(m, "warnings");
