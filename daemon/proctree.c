@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "proctree.h"
@@ -220,6 +221,31 @@ size_t mbd_proc_tree(const mbd_proc_table *t, pid_t leader, pid_t adopter, const
   return count;
 }
 
+int mbd_proc_signal(const mbd_proc *p, const char *entry, int sig) {
+  int fd = -1;
+#ifdef SYS_pidfd_open
+  /* A pidfd pins the process: checked through /proc, then signaled through
+   * the pidfd, it cannot have been replaced in between. */
+  long f = syscall(SYS_pidfd_open, p->pid, 0);
+  fd = f < 0 ? -1 : (int)f;
+#endif
+  mbd_proc now;
+  int same = mbd_proc_stat(p->pid, &now) == 0 && now.start == p->start && now.state != 'Z' &&
+             (entry == NULL || mbd_proc_has_env(p->pid, entry) == 1);
+  int ok = 0;
+  if (same) {
+#ifdef SYS_pidfd_send_signal
+    if (fd >= 0)
+      ok = syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0) == 0;
+    else
+#endif
+      ok = kill(p->pid, sig) == 0;
+  }
+  if (fd >= 0)
+    close(fd);
+  return ok;
+}
+
 size_t mbd_proc_signal_tagged(const mbd_proc_table *t, const char *tag, uint64_t since, int sig) {
   size_t n = 0;
   pid_t self = getpid();
@@ -227,7 +253,7 @@ size_t mbd_proc_signal_tagged(const mbd_proc_table *t, const char *tag, uint64_t
     const mbd_proc *p = &t->p[i];
     if (p->pid == self || p->start < since || p->state == 'Z')
       continue;
-    if (mbd_proc_has_env(p->pid, tag) == 1 && kill(p->pid, sig) == 0)
+    if (mbd_proc_has_env(p->pid, tag) == 1 && mbd_proc_signal(p, tag, sig))
       n++;
   }
   return n;

@@ -72,9 +72,17 @@ size_t mbd_proc_tree(const mbd_proc_table *t, pid_t leader, pid_t adopter, const
                      uint64_t since, unsigned char *member);
 
 /*
+ * Sends sig to the process p describes, if it is still that process: the
+ * same pid with the same start time (through a pidfd where the kernel has
+ * them, so a pid reused meanwhile is never signaled); with entry (may be
+ * NULL), only if its environment holds it. 1 when signaled.
+ */
+int mbd_proc_signal(const mbd_proc *p, const char *entry, int sig);
+
+/*
  * Sends sig to every process that carries tag and started at or after
  * since, anywhere in t (a deep sweep: reads the environment of each
- * candidate). Returns how many were signaled.
+ * candidate; each signaled through mbd_proc_signal). Returns how many.
  */
 size_t mbd_proc_signal_tagged(const mbd_proc_table *t, const char *tag, uint64_t since, int sig);
 

@@ -291,11 +291,14 @@ static void cleanup_previous(mbd_sup *s, const char *text, size_t len) {
       killed += mbd_cgroup_signal(lo[i].cgroup, 0);
       mbd_cgroup_kill(lo[i].cgroup);
     }
+    /* The first process, if it is still it (start time and tag): its group
+     * (whose id is taken while it lives) first, then it. */
     mbd_proc p;
     if (mbd_proc_stat(lo[i].pid, &p) == 0 && p.start == lo[i].start && p.state != 'Z' &&
         mbd_proc_has_env(lo[i].pid, lo[i].entry) == 1) {
-      kill(-lo[i].pid, SIGKILL);
-      kill(lo[i].pid, SIGKILL);
+      if (p.pgrp == lo[i].pid)
+        kill(-lo[i].pid, SIGKILL);
+      (void)mbd_proc_signal(&p, lo[i].entry, SIGKILL);
       killed++;
     }
   }
@@ -418,11 +421,11 @@ static void read_output(mbd_sup *s, mbd_run *r, int max) {
   }
 }
 
-static mbd_run *run_by_pid(mbd_sup *s, pid_t pid) {
-  for (mbd_run *r = s->runs; r; r = r->next)
-    if (r->pid == pid && !r->exited)
-      return r;
-  return NULL;
+/* Reaps a run's first process (once its tree is dealt with). */
+static void reap_leader(mbd_run *r) {
+  siginfo_t si;
+  memset(&si, 0, sizeof(si));
+  (void)waitid(P_PID, (id_t)r->pid, &si, WEXITED | WNOHANG);
 }
 
 static void run_unlink_free(mbd_sup *s, mbd_run *r) {
@@ -443,13 +446,19 @@ static void run_unlink_free(mbd_sup *s, mbd_run *r) {
   free(r);
 }
 
+/*
+ * A run's first process exited (seen with WNOWAIT: it stays a zombie). It
+ * is reaped only when the run is finished: until then its pid and its
+ * process group id cannot be given to another process, so every signal to
+ * them reaches this run and nothing else.
+ */
 static void run_exited(mbd_sup *s, mbd_run *r, const siginfo_t *si) {
   int code = 0, sig = 0;
   if (si->si_code == CLD_EXITED)
     code = si->si_status;
   else
     sig = si->si_status;
-  if (r->pidfd >= 0) {
+  if (r->pidfd >= 0) { /* readable from now on: out of the set */
     epoll_ctl(s->epfd, EPOLL_CTL_DEL, r->pidfd, NULL);
     close(r->pidfd);
     r->pidfd = -1;
@@ -457,54 +466,56 @@ static void run_exited(mbd_sup *s, mbd_run *r, const siginfo_t *si) {
   pthread_mutex_lock(&s->mu);
   int finished = r->finished;
   pthread_mutex_unlock(&s->mu);
-  if (finished) {
-    pthread_mutex_lock(&s->mu);
-    r->exited = 1;
-    r->code = code;
-    r->sig = sig;
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-    run_unlink_free(s, r);
-    return;
+  if (!finished) {
+    /* What it printed before it went comes first. */
+    read_output(s, r, 64);
+    if (r->ll > 0)
+      emit_line(r);
   }
-  /* What it printed before it went comes first. */
-  read_output(s, r, 64);
-  if (r->ll > 0)
-    emit_line(r);
   pthread_mutex_lock(&s->mu);
   r->exited = 1;
   r->code = code;
   r->sig = sig;
   pthread_cond_broadcast(&s->cv);
   pthread_mutex_unlock(&s->mu);
-  if (r->hooks.on_exit)
+  if (finished) {
+    reap_leader(r);
+    run_unlink_free(s, r);
+  } else if (r->hooks.on_exit) {
     r->hooks.on_exit(r->hooks.arg, code, sig);
+  }
 }
 
-/* The one reaper: every child of a subreaper (runs, and the orphans
- * reparented to it), else the runs' first processes. */
-static void reap(mbd_sup *s) {
-  if (s->subreaper) {
-    for (;;) {
-      siginfo_t si;
-      memset(&si, 0, sizeof(si));
-      if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG) != 0 || si.si_pid == 0)
-        break;
-      mbd_run *r = run_by_pid(s, si.si_pid);
-      if (r != NULL)
-        run_exited(s, r, &si);
-      /* else an orphan a worker left: reaped, nothing more to do */
-    }
-    return;
-  }
+/*
+ * The one reaper. A run's first process is watched without being reaped
+ * (above); in a subreaper, every other child (an orphan a worker left,
+ * reparented here) is reaped as soon as it is a zombie. orphans: look for
+ * those now (after a SIGCHLD, or once a second).
+ */
+static void reap(mbd_sup *s, int orphans) {
   for (mbd_run *r = s->runs, *next; r; r = next) {
     next = r->next;
     if (r->exited)
       continue;
     siginfo_t si;
     memset(&si, 0, sizeof(si));
-    if (waitid(P_PID, (id_t)r->pid, &si, WEXITED | WNOHANG) == 0 && si.si_pid == r->pid)
+    if (waitid(P_PID, (id_t)r->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == r->pid)
       run_exited(s, r, &si);
+  }
+  if (!s->subreaper || !orphans || mbd_proc_scan(&s->table) != 0)
+    return;
+  for (size_t i = 0; i < s->table.n; i++) {
+    const mbd_proc *p = &s->table.p[i];
+    if (p->ppid != s->self || p->state != 'Z')
+      continue;
+    int leader = 0;
+    for (mbd_run *r = s->runs; r && !leader; r = r->next)
+      leader = r->pid == p->pid;
+    if (!leader) {
+      siginfo_t si;
+      memset(&si, 0, sizeof(si));
+      (void)waitid(P_PID, (id_t)p->pid, &si, WEXITED | WNOHANG);
+    }
   }
 }
 
@@ -628,9 +639,11 @@ static void do_finish(mbd_sup *s, mbd_run *r) {
   int exited = r->exited;
   pthread_mutex_unlock(&s->mu);
   state_write(s);
-  if (exited)
+  if (exited) {
+    reap_leader(r);
     run_unlink_free(s, r);
-  /* else freed when it is reaped */
+  }
+  /* else reaped and freed when it exits */
 }
 
 /* ------------------------------------------------------------------------ */
@@ -681,8 +694,9 @@ static void *loop(void *arg) {
   sigaddset(&chld, SIGCHLD);
   pthread_sigmask(SIG_BLOCK, &chld, NULL);
   uint64_t next_tick = now_ms() + TICK_MS, next_sample = now_ms() + SAMPLE_MS;
-  uint64_t stop_deadline = 0;
+  uint64_t stop_deadline = 0, next_orphans = now_ms() + SAMPLE_MS;
   for (;;) {
+    int orphans = 0;
     uint64_t now = now_ms();
     uint64_t due = next_tick < next_sample ? next_tick : next_sample;
     int timeout = due > now ? (int)(due - now) : 0;
@@ -696,13 +710,18 @@ static void *loop(void *arg) {
       } else if (d == 1) {
         struct signalfd_siginfo si[8];
         (void)!read(s->sigfd, si, sizeof(si));
+        orphans = 1;
       } else if ((d & 3u) == 1u) {
         mbd_run *r = (mbd_run *)(uintptr_t)(d & ~(uint64_t)3u);
         read_output(s, r, READS_PER_WAKE);
       }
       /* (d & 3) == 2: a pidfd: its process exited; reap() below sees it */
     }
-    reap(s);
+    if (now_ms() >= next_orphans) {
+      orphans = 1;
+      next_orphans = now_ms() + SAMPLE_MS;
+    }
+    reap(s, orphans);
     /* Commands. */
     pthread_mutex_lock(&s->mu);
     cmd *c = s->cmd_head;
@@ -736,7 +755,7 @@ static void *loop(void *arg) {
       sample_runs(s);
     }
     if (stop_deadline) {
-      reap(s);
+      reap(s, 1);
       int left = 0;
       for (mbd_run *r = s->runs; r; r = r->next)
         left += !r->exited;
@@ -745,10 +764,13 @@ static void *loop(void *arg) {
       sleep_ms(5);
     }
   }
-  /* Runs never reaped (stuck in the kernel) are left to the process's end. */
+  /* Runs whose first process never ended (stuck in the kernel) are left to
+   * the process's end; the others are reaped. */
   while (s->runs) {
     mbd_run *r = s->runs;
     s->runs = r->next;
+    if (r->exited)
+      reap_leader(r);
     if (r->out_fd >= 0)
       close(r->out_fd);
     if (r->pidfd >= 0)
@@ -998,7 +1020,7 @@ void mbd_run_signal(mbd_run *r, int sig, int tree) {
       mbd_proc_tree(&t, r->pid, r->s->subreaper ? r->s->self : 0, r->tag, r->start, member);
       for (size_t i = 0; i < t.n; i++)
         if (member[i] && t.p[i].pgrp != r->pid && t.p[i].state != 'Z' && t.p[i].pid != r->s->self)
-          kill(t.p[i].pid, sig);
+          (void)mbd_proc_signal(&t.p[i], NULL, sig);
       free(member);
     }
   }
@@ -1025,7 +1047,7 @@ void mbd_run_kill(mbd_run *r) {
     mbd_proc_tree(&t, r->pid, s->subreaper ? s->self : 0, r->tag, r->start, member);
     for (size_t i = 0; i < t.n; i++)
       if (member[i] && t.p[i].state != 'Z' && t.p[i].pid != s->self &&
-          kill(t.p[i].pid, SIGKILL) == 0)
+          mbd_proc_signal(&t.p[i], NULL, SIGKILL))
         hit++;
     hit += mbd_proc_signal_tagged(&t, r->tag, r->start, SIGKILL);
     if (r->cgroup[0] && mbd_cgroup_populated(r->cgroup) == 1) {

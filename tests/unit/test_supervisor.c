@@ -1,7 +1,9 @@
 /*
  * test_supervisor.c - the process supervisor (daemon/supervisor.c) with
  * real processes (/bin/sh, sleep): output line by line, exits and signals
- * seen as they happen, a command that cannot run, the environment tag,
+ * seen as they happen (the first process kept a zombie until the run is
+ * finished, so its pid is never reused under it), a command that cannot
+ * run, the environment tag,
  * closed file descriptors, a whole tree killed (a child in the group and
  * one that escaped with setsid), and a state file: what a supervisor in a
  * process that was killed left is stopped by the next one, a process that
@@ -179,7 +181,13 @@ static void test_output_exit_and_environment(void **state) {
   assert_true(has_line(s, "fds=0 1 2 3 "));
   assert_true(has_line(s, "no newline")); /* its last line, read before the exit */
   assert_true(s->ticks >= 1);
+  /* Seen, not reaped: until the run is finished its pid (and group id)
+   * cannot go to another process, so no signal of the run reaches one. */
+  mbd_proc zp;
+  assert_int_equal(mbd_proc_stat(pid, &zp), 0);
+  assert_int_equal(zp.state, 'Z');
   mbd_run_finish(r);
+  WAIT_FOR(mbd_proc_stat(pid, &zp) != 0); /* reaped now */
   close(keep);
   /* A command that cannot run: exit 127 and a line that says why. */
   seen *s2 = new_seen();
