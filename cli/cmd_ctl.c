@@ -190,6 +190,10 @@ int cmd_status(int argc, char **argv) {
          "%.0f unloads\n",
          jnum(st, "loads"), jnum(st, "avg_load_ms"), jnum(st, "offloads"), jnum(st, "restores"),
          jnum(st, "evictions"), jnum(st, "unloads"));
+  json_t *crash = json_object_get(m, "last_crash");
+  if (jnum(st, "crashes") > 0 && json_is_object(crash))
+    printf("  crashes     %.0f, the last %s: %s\n", jnum(st, "crashes"), jstr(crash, "time"),
+           jstr(crash, "reason"));
   if (json_is_string(json_object_get(m, "error")))
     printf("  error       %s\n", jstr(m, "error"));
   json_t *w = json_object_get(m, "warnings");
@@ -341,6 +345,76 @@ int cmd_keep_alive(int argc, char **argv) {
   return CLI_EXIT_OK;
 }
 
+/*
+ * logs -f: the daemon's follow stream of the model's log (server-sent
+ * events, one per line, numbered). Each line is printed once: when the
+ * stream ends (the daemon restarted, the connection broke) it is opened
+ * again from the last number printed. The marker of a new worker process
+ * shows as "--- restart: ... ---".
+ */
+typedef struct follow_ctx {
+  char buf[16384];
+  size_t len;
+  unsigned long long last; /* the last line printed, 0 none */
+  int printed;
+} follow_ctx;
+
+/* One event: its fields, then the line it carries. */
+static void follow_event(follow_ctx *f, char *ev) {
+  const char *data = NULL, *event = NULL;
+  unsigned long long id = 0;
+  int has_id = 0;
+  for (char *line = ev, *next; line && *line; line = next) {
+    next = strchr(line, '\n');
+    if (next)
+      *next++ = '\0';
+    if (strncmp(line, "data: ", 6) == 0)
+      data = line + 6;
+    else if (strncmp(line, "event: ", 7) == 0)
+      event = line + 7;
+    else if (strncmp(line, "id: ", 4) == 0) {
+      id = strtoull(line + 4, NULL, 10);
+      has_id = 1;
+    }
+  }
+  if (data == NULL || !has_id || (f->printed && id <= f->last))
+    return; /* a comment, or a line printed already */
+  if (event && strcmp(event, "restart") == 0)
+    printf("--- restart: %s ---\n", data);
+  else
+    printf("%s\n", data);
+  fflush(stdout);
+  f->last = id;
+  f->printed = 1;
+}
+
+static int follow_data(const char *p, size_t n, void *arg) {
+  follow_ctx *f = arg;
+  while (n > 0) {
+    size_t k = sizeof(f->buf) - 1 - f->len;
+    if (k == 0) { /* an event longer than the buffer: not from a daemon */
+      f->len = 0;
+      continue;
+    }
+    if (k > n)
+      k = n;
+    memcpy(f->buf + f->len, p, k);
+    f->len += k;
+    p += k;
+    n -= k;
+    f->buf[f->len] = '\0';
+    char *end;
+    while ((end = strstr(f->buf, "\n\n")) != NULL) {
+      *end = '\0';
+      follow_event(f, f->buf);
+      size_t used = (size_t)(end + 2 - f->buf);
+      memmove(f->buf, end + 2, f->len - used + 1);
+      f->len -= used;
+    }
+  }
+  return 1;
+}
+
 /* logs NAME [-n N] [-f] */
 int cmd_logs(int argc, char **argv) {
   cli_client c;
@@ -360,12 +434,11 @@ int cmd_logs(int argc, char **argv) {
   if (name == NULL || n < 0)
     return usage_of("logs");
   char path[256];
-  snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d", name, n);
-  char *seen = NULL;
-  for (;;) {
-    long status;
-    json_t *doc;
-    char *text = NULL;
+  long status;
+  json_t *doc;
+  char *text = NULL;
+  if (!follow) {
+    snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d", name, n);
     int rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
     if (rc != 0)
       return rc;
@@ -373,34 +446,48 @@ int cmd_logs(int argc, char **argv) {
       cli_print_error(name, status, doc);
       json_decref(doc);
       free(text);
-      free(seen);
       return CLI_EXIT_FAIL;
     }
     json_decref(doc);
-    const char *t = text ? text : "";
-    /* Print what is new: the part after the last line seen before. */
-    const char *from = t;
-    if (seen && seen[0]) {
-      const char *last = strrchr(seen, '\n');
-      const char *prev = last && last > seen ? last - 1 : NULL;
-      while (prev && prev > seen && *prev != '\n')
-        prev--;
-      if (prev && *prev == '\n')
-        prev++;
-      const char *hit = prev ? strstr(t, prev) : NULL;
-      from = hit ? hit + strlen(prev) : t;
-    }
-    fputs(from, stdout);
+    fputs(text ? text : "", stdout);
     fflush(stdout);
-    free(seen);
-    seen = text;
-    if (!follow)
-      break;
-    sleep_ms(500);
-    snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d", name, 200);
+    free(text);
+    return CLI_EXIT_OK;
   }
-  free(seen);
-  return CLI_EXIT_OK;
+  /* The model must exist; the stream itself has no room for an error. */
+  snprintf(path, sizeof(path), "/api/models/%s", name);
+  int rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
+  free(text);
+  if (rc != 0)
+    return rc;
+  if (status >= 400) {
+    cli_print_error(name, status, doc);
+    json_decref(doc);
+    return CLI_EXIT_FAIL;
+  }
+  json_decref(doc);
+  follow_ctx *f = calloc(1, sizeof(*f));
+  if (f == NULL)
+    return CLI_EXIT_FAIL;
+  for (;;) {
+    if (f->printed)
+      snprintf(path, sizeof(path), "/api/models/%s/logs?follow=1&since=%llu", name, f->last);
+    else
+      snprintf(path, sizeof(path), "/api/models/%s/logs?follow=1&tail=%d", name, n);
+    f->len = 0;
+    rc = cli_stream(&c, path, follow_data, f);
+    if (rc != 0)
+      break;
+    /* The stream ended (the daemon stops, or restarted): again, from the
+     * last line printed, once the daemon answers. */
+    sleep_ms(500);
+    rc = cli_request(&c, "GET", "/health", NULL, &status, &doc, NULL);
+    json_decref(doc);
+    if (rc != 0)
+      break;
+  }
+  free(f);
+  return rc;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -10,8 +10,10 @@
  *   the device's own figure (free memory) and the OS's (RSS).
  *
  * lifecycle.c turns the cycles into figures, a leak verdict and advice.
- * Backends: process (the worker started and stopped as modelbufd does it),
- * plugin and tensors (both in this process). With --url the model is
+ * The model is built by the daemon's own construction (model_build.h), so
+ * it is exactly the model modelbufd would run: process (the worker started,
+ * supervised and stopped as modelbufd does it), plugin and tensors (both in
+ * this process), files: entries expanded the same way. With --url the model is
  * measured in a running modelbufd instead, through its HTTP API
  * (lifecycle_url.c); the two drivers fill the same lc_cycle records.
  */
@@ -32,7 +34,9 @@
 #endif
 #include "config.h"
 #include "device.h"
+#include "expand.h"
 #include "lifecycle.h"
+#include "model_build.h"
 #include "worker.h"
 
 #define MAX_CYCLES 256
@@ -45,9 +49,10 @@ typedef struct target {
   mbd_probe probe;     /* the probe: the configuration's, or the flags' (not owned) */
   void *inst;          /* plugin instance */
   mbd_worker *worker;  /* process backend */
-  mb_tensors_model *tm; /* tensors backend (owned by the core) */
-  mb_tensor_file **tfiles; /* its files' indexes: the names the probe looks up */
-  size_t n_tfiles;
+  mbd_tensors *tensors; /* tensors backend (owned by the core) */
+  mbd_sup *sup;        /* starts and reaps the worker (process backend) */
+  char **paths;        /* the model's files, expanded (for the page cache) */
+  size_t n_paths;
   mb__dev *tdev;       /* tensors off the host device: read back through it */
   void *tbounce;       /* pinned bounce buffer of TENSOR_BOUNCE bytes on tdev */
   uint64_t tsum;       /* checksum of every tensor's bytes after the first load */
@@ -124,16 +129,22 @@ static uint64_t checksum(uint64_t h, const uint8_t *p, uint64_t n) {
 static double probe_tensors(target *t, char *err, size_t len) {
   double t0 = now_ms();
   uint64_t h = 0xcbf29ce484222325ull;
-  for (size_t f = 0; f < t->n_tfiles; f++) {
-    size_t n = mb_tensor_file_count(t->tfiles[f]);
+  mb_tensors_model *tm = mbd_tensors_model_of(t->tensors);
+  if (tm == NULL) {
+    snprintf(err, len, "the model's files were never read");
+    return -2.0;
+  }
+  for (size_t f = 0; f < mb_tensors_file_count(tm); f++) {
+    const mb_tensor_file *file = mb_tensors_file(tm, f);
+    size_t n = mb_tensor_file_count(file);
     for (size_t k = 0; k < n; k++) {
       mb_tensor_info ti;
       mb_tensor_ref ref;
-      int rc = mb_tensor_file_info(t->tfiles[f], k, &ti);
+      int rc = mb_tensor_file_info(file, k, &ti);
       if (rc == 0)
-        rc = mb_tensors_find(t->tm, ti.name, &ref);
+        rc = mb_tensors_find(tm, ti.name, &ref);
       if (rc != 0) {
-        snprintf(err, len, "tensor %zu of %s: %s", k, mb_tensor_file_path(t->tfiles[f]),
+        snprintf(err, len, "tensor %zu of %s: %s", k, mb_tensor_file_path(file),
                  mb_strerror(rc));
         return -2.0;
       }
@@ -170,7 +181,7 @@ static double probe_tensors(target *t, char *err, size_t len) {
 /* One probe request; its time in ms, or LC_NONE without a probe. */
 static double probe(target *t, char *err, size_t len) {
   const mbd_probe *p = &t->probe;
-  if (t->tm)
+  if (t->tensors)
     return probe_tensors(t, err, len);
   if (p->path == NULL)
     return LC_NONE;
@@ -303,7 +314,7 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
   uint64_t free_before = device_free(t), rss_before = rss_self();
   if (i == 0 && t->rss_start == 0)
     t->rss_start = rss_before;
-  if (cold && lc_drop_page_cache((const char *const *)t->mc->files, t->mc->n_files, err,
+  if (cold && lc_drop_page_cache((const char *const *)t->paths, t->n_paths, err,
                                  sizeof(err)) < 0) {
     fprintf(stderr, "modelbuf: bench lifecycle: %s\n", err);
     return -1;
@@ -395,7 +406,14 @@ static void usage(void) {
           "  --chart FILE    also draw memory per tier across the cycles (PNG, gnuplot)\n");
 }
 
-/* Builds the context and registers the model as its configuration says. */
+static void build_warning(void *arg, const char *model, const char *msg, const char *why) {
+  (void)arg;
+  fprintf(stderr, "modelbuf: bench lifecycle: %s: %s: %s\n", model, msg, why);
+}
+
+/* Builds the context and registers the model as modelbufd would (one
+ * construction, model_build.h), then makes it the benchmark's: on device
+ * 0, never idle, never evicted. */
 static int setup(const mbd_config *cfg, const mbd_model_config *mc, target *t) {
   char err[512] = "";
   mb_ctx_opts co;
@@ -420,62 +438,37 @@ static int setup(const mbd_config *cfg, const mbd_model_config *mc, target *t) {
     t->kind = di.kind;
     t->ordinal = di.ordinal;
   }
+  if (mc->backend == MBD_BACKEND_PROCESS) {
+    /* Workers are started and reaped as in the daemon, by a supervisor of
+     * this process (not a subreaper: the tool is short-lived). */
+    mbd_sup_opts so;
+    memset(&so, 0, sizeof(so));
+    so.cgroup = "off";
+    if (mbd_sup_start(&so, &t->sup, err, sizeof(err)) != 0)
+      goto fail;
+  }
   mb_model_opts mo;
-  if (mbd_config_model_opts(cfg, mc, &mo, err, sizeof(err)) != 0)
+  if (mbd_model_options(cfg, mc, t->ctx, &mo, err, sizeof(err)) != 0)
     goto fail;
   mo.device = 0;
   mo.keep_alive_ms = MB_FOREVER;
   mo.pinned = 1;
-  switch (mc->backend) {
-  case MBD_BACKEND_PLUGIN: {
-    mb_plugin_lib *lib;
-    if (mb_plugin_open(mc->plugin, &lib, err, sizeof(err)) != 0)
-      goto fail;
-    int rc = mb_model_add_plugin(t->ctx, mc->name, lib, (const char *const *)mc->files,
-                                 mc->n_files, NULL, &mo, &t->inst, err, sizeof(err));
-    mb_plugin_close(lib);
-    if (rc != 0)
-      goto fail;
-    break;
-  }
-  case MBD_BACKEND_PROCESS: {
-    mbd_worker_opts wo = {mc, 0, NULL, NULL};
-    if (mbd_worker_new(&wo, &t->worker, err, sizeof(err)) != 0)
-      goto fail;
-    if (mb_model_add(t->ctx, mc->name, mbd_worker_backend(t->worker), t->worker, &mo, err,
-                     sizeof(err)) != 0) {
-      t->worker = NULL; /* freed by the core */
-      goto fail;
-    }
-    break;
-  }
-  case MBD_BACKEND_TENSORS: {
-    /* The files' indexes for the probe's lookups (headers only). */
-    t->tfiles = calloc(mc->n_files ? mc->n_files : 1, sizeof(*t->tfiles));
-    if (t->tfiles == NULL) {
-      snprintf(err, sizeof(err), "out of memory");
-      goto fail;
-    }
-    for (; t->n_tfiles < mc->n_files; t->n_tfiles++)
-      if (mb_tensor_file_open(mc->files[t->n_tfiles], &t->tfiles[t->n_tfiles], err,
-                              sizeof(err)) != 0)
-        goto fail;
-    if (mb_tensors_model_new((const char *const *)mc->files, mc->n_files, NULL, &t->tm, err,
-                             sizeof(err)) != 0)
-      goto fail;
-    if (mo.footprint_bytes == 0)
-      mo.footprint_bytes = mb_tensors_model_bytes(t->tm);
-    if (mb_model_add(t->ctx, mc->name, mb_tensors_backend(), t->tm, &mo, err, sizeof(err)) !=
-        0) {
-      t->tm = NULL; /* freed by the core */
-      goto fail;
-    }
-    break;
-  }
-  default:
-    snprintf(err, sizeof(err), "model '%s' uses the %s backend, which this build cannot run",
-             mc->name, mbd_backend_name(mc->backend));
+  mbd_build_env env;
+  memset(&env, 0, sizeof(env));
+  env.ctx = t->ctx;
+  env.sup = t->sup;
+  env.warn = build_warning;
+  mbd_built b;
+  if (mbd_model_build(&env, mc, &mo, &b, err, sizeof(err)) != 0)
     goto fail;
+  t->worker = b.worker;
+  t->inst = b.plugin;
+  t->tensors = b.tensors;
+  /* The files as the model reads them, for the cold first load. */
+  if (mc->n_files > 0 && mbd_files_expand(mc->files, mc->n_files, mc->name, &t->paths,
+                                          &t->n_paths, err, sizeof(err)) != 0) {
+    t->paths = NULL;
+    t->n_paths = 0;
   }
   t->mc = mc;
   return 0;
@@ -522,9 +515,8 @@ done:
     mb__dev_host_free(t.tdev, t.tbounce);
     mb__dev_close(t.tdev);
   }
-  for (size_t i = 0; i < t.n_tfiles; i++)
-    mb_tensor_file_close(t.tfiles[i]);
-  free(t.tfiles);
+  mbd_sup_stop(t.sup); /* after the context: the worker is stopped by then */
+  mb_tensors_paths_free(t.paths, t.n_paths);
   return status;
 }
 

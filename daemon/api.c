@@ -90,6 +90,15 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
     json_array_append_new(warn, json_string("slow_load"));
   if (st.warnings & MB_WARN_MEMORY_GROWTH)
     json_array_append_new(warn, json_string("memory_growth"));
+  /* A worker's own figures: its footprint as last measured, against what it
+   * declared (worker.h). */
+  uint64_t measured = 0, declared = 0;
+  int overrun = 0;
+  int worker = m->worker != NULL;
+  if (worker)
+    mbd_worker_footprint(m->worker, &measured, &declared, &overrun);
+  if (overrun)
+    json_array_append_new(warn, json_string("footprint_overrun"));
   json_t *buckets = json_object();
   uint64_t cum = 0;
   for (int i = 0; i < MB_WAIT_BUCKETS; i++) {
@@ -111,6 +120,7 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
       "last_load_ms", st.stats.last_load_ms, "avg_load_ms", st.stats.avg_load_ms,
       "last_restore_ms", st.stats.last_restore_ms, "last_offload_ms", st.stats.last_offload_ms,
       "queue_wait_ms_buckets", buckets);
+  json_object_set_new(stats, "crashes", json_integer((json_int_t)st.stats.crashes));
   pid_t pid = m->worker ? mbd_worker_pid(m->worker) : 0;
   json_t *aliases = json_array();
   for (size_t i = 0; i < m->mc->n_aliases; i++)
@@ -136,6 +146,14 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
   json_object_set_new(o, "pid", pid > 0 ? json_integer(pid) : json_null());
   json_object_set_new(o, "error", st.error[0] ? json_string(st.error) : json_null());
   json_object_set_new(o, "warnings", warn);
+  if (worker) {
+    json_object_set_new(o, "measured_bytes", json_integer((json_int_t)measured));
+    json_object_set_new(o, "declared_bytes", json_integer((json_int_t)declared));
+  }
+  json_object_set_new(o, "last_crash",
+                      st.lost_at ? json_pack("{s:o,s:s}", "time", time_or_null(d, st.lost_at),
+                                             "reason", st.lost_reason)
+                                 : json_null());
   json_object_set_new(o, "pinned", json_boolean(st.pinned));
   json_object_set_new(o, "aliases", aliases);
   json_object_set_new(o, "files", files_json(d, m));
@@ -489,8 +507,114 @@ bad:
 
 static void model_get(mbd_req *r) { model_status(r, r->route.m, 200); }
 
+/* GET /api/models/{name}/logs?follow=1: the worker's log as server-sent
+ * events, one per line: "id: SEQ\ndata: LINE\n\n", the marker of a new
+ * process as "event: restart"; resumes after Last-Event-ID or ?since=SEQ,
+ * else starts with the last ?tail=N lines (default 10). Woken by every new
+ * line of any worker (mbd_front_wake_streams). */
+typedef struct follow {
+  mbd_model *m;
+  uint64_t next; /* the number of the next line to send */
+} follow;
+
+#define FOLLOW_CHUNK (64 * 1024)
+
+static void follow_fill(mbd_req *r) {
+  follow *f = r->ctx;
+  char *lines = malloc(FOLLOW_CHUNK);
+  if (lines == NULL)
+    return;
+  while (f->m->worker && mbd_resp_pending(r) < 64 * 1024) {
+    size_t n = mbd_worker_logs_since(f->m->worker, f->next, lines, FOLLOW_CHUNK, &f->next);
+    if (n == 0)
+      break;
+    /* "SEQ KIND TEXT\n" each: one event per line. */
+    for (char *p = lines; p < lines + n;) {
+      char *nl = memchr(p, '\n', (size_t)(lines + n - p));
+      if (nl == NULL)
+        break;
+      char *sp = memchr(p, ' ', (size_t)(nl - p));
+      if (sp == NULL || sp + 2 >= nl)
+        break;
+      int restart = sp[1] == 'r';
+      size_t len = (size_t)(nl - p) + 48;
+      char *ev = malloc(len);
+      if (ev != NULL) { /* one line, one write (one chunk) */
+        int k = snprintf(ev, len, "%s%.*s\ndata: %.*s\n\n", restart ? "event: restart\nid: " : "id: ",
+                         (int)(sp - p), p, (int)(nl - sp - 3), sp + 3);
+        mbd_resp_write(r, ev, (size_t)k);
+        free(ev);
+      }
+      p = nl + 1;
+    }
+  }
+  free(lines);
+}
+
+static void follow_gone(mbd_req *r) {
+  free(r->ctx);
+  r->ctx = NULL;
+}
+
+static void logs_follow(mbd_req *r, mbd_model *m) {
+  char last[32], since[32], tail[32];
+  int hl = mbd_req_header(r, "Last-Event-ID", last, sizeof(last));
+  int hs = mbd_req_query(r, "since", since, sizeof(since));
+  int ht = mbd_req_query(r, "tail", tail, sizeof(tail));
+  const char *from = hl ? last : hs > 0 ? since : NULL;
+  char *end = NULL;
+  unsigned long long after = 0, want = 10;
+  if (hs < 0 || (from && (from[0] < '0' || from[0] > '9' ||
+                          ((after = strtoull(from, &end, 10)), *end != '\0')))) {
+    mbd_reply_error(r, 400, "bad_request", "since / Last-Event-ID must be a line number", 0);
+    return;
+  }
+  if (ht < 0 || (ht > 0 && (tail[0] < '0' || tail[0] > '9' ||
+                            ((want = strtoull(tail, &end, 10)), *end != '\0') || want > 100000))) {
+    mbd_reply_error(r, 400, "bad_request", "tail must be a number of lines (0..100000)", 0);
+    return;
+  }
+  follow *f = calloc(1, sizeof(*f));
+  if (f == NULL) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    return;
+  }
+  f->m = m;
+  if (from) {
+    f->next = after < UINT64_MAX ? after + 1 : after;
+  } else {
+    uint64_t next = 1;
+    char one[1];
+    if (m->worker) /* asks past the end: learns the next number */
+      (void)mbd_worker_logs_since(m->worker, UINT64_MAX, one, sizeof(one), &next);
+    f->next = next > want ? next - want : 1;
+  }
+  r->ctx = f;
+  r->on_gone = follow_gone;
+  r->on_drain = follow_fill;
+  mbd_resp_start(r, 200);
+  mbd_resp_header(r, "Cache-Control", "no-cache");
+  mbd_resp_header(r, "X-Accel-Buffering", "no");
+  mbd_resp_stream(r, "text/event-stream", -1);
+  if (r->is_head) {
+    follow_gone(r);
+    r->on_gone = NULL;
+    r->on_drain = NULL;
+    mbd_resp_end(r);
+    return;
+  }
+  mbd_req_subscribe(r);
+  follow_fill(r);
+}
+
 static void logs(mbd_req *r) {
   mbd_model *m = r->route.m;
+  char fl[16];
+  if (mbd_req_query(r, "follow", fl, sizeof(fl)) != 0 && strcmp(fl, "0") != 0 &&
+      strcmp(fl, "false") != 0) {
+    logs_follow(r, m);
+    return;
+  }
   char tail[32];
   long want = -1;
   int q = mbd_req_query(r, "tail", tail, sizeof(tail));
@@ -548,6 +672,11 @@ static void lease_renew(mbd_req *r) {
   }
   uint64_t expires;
   int rc = mbd_leases_renew(d->leases, d->ctx, token, ttl, mbd_now_ms(), model, &expires);
+  if (rc == MB_ELOST) {
+    mbd_reply_error(r, 410, "lease_lost",
+                    "the model was lost while the lease was held; release it", 0);
+    return;
+  }
   if (rc != 0) {
     mbd_reply_error(r, 404, "not_found", "no such lease (released, expired or never made)", 0);
     return;
@@ -568,6 +697,11 @@ static void lease_release(mbd_req *r) {
     return;
   }
   int rc = mb_release(d->ctx, l);
+  if (rc == MB_ELOST) { /* released; its holder learns its work ran on a lost model */
+    mbd_reply_error(r, 410, "lease_lost",
+                    "the model was lost while the lease was held; the lease ended", 0);
+    return;
+  }
   if (rc != 0 && rc != MB_EINVAL) {
     lib_error(r, NULL, rc, NULL);
     return;
@@ -599,12 +733,16 @@ static void sse_fill(mbd_req *r) {
       mbd_resp_write(r, line, (size_t)k);
     }
     for (size_t i = 0; i < n; i++) {
-      char idl[40];
-      int k = snprintf(idl, sizeof(idl), "id: %llu\ndata: ",
-                       (unsigned long long)(next - n + i));
-      mbd_resp_write(r, idl, (size_t)k);
-      mbd_resp_write(r, items[i], strlen(items[i]));
-      mbd_resp_write(r, "\n\n", 2);
+      /* One event, one write (one chunk): clients that read the stream
+       * without decoding its chunks still see whole lines. */
+      size_t len = strlen(items[i]) + 48;
+      char *ev = malloc(len);
+      if (ev != NULL) {
+        int k = snprintf(ev, len, "id: %llu\ndata: %s\n\n", (unsigned long long)(next - n + i),
+                         items[i]);
+        mbd_resp_write(r, ev, (size_t)k);
+        free(ev);
+      }
       free(items[i]);
     }
     s->next = next;
@@ -703,6 +841,8 @@ static void metrics(mbd_req *r) {
       {"modelbuf_evictions_total", "evictions", offsetof(mb_stats, evictions)},
       {"modelbuf_rejected_total", "requests refused (queue full)", offsetof(mb_stats, rejected)},
       {"modelbuf_timeouts_total", "requests that timed out waiting", offsetof(mb_stats, timeouts)},
+      {"modelbuf_crashes_total", "losses of a resident model (worker exit, kill, failed health "
+                                 "checks, memory_limit)", offsetof(mb_stats, crashes)},
   };
   for (size_t k = 0; k < sizeof(counters) / sizeof(counters[0]); k++) {
     metric_head(f, counters[k].name, "counter", counters[k].help);
@@ -767,6 +907,26 @@ static void metrics(mbd_req *r) {
             (unsigned long long)st[i].host_bytes);
   }
   free(st);
+  /* Workers: the footprint measured, and whether it overran its declaration. */
+  metric_head(f, "modelbuf_worker_measured_bytes", "gauge",
+              "a worker's footprint as last measured (RSS of its tree, or GPU memory by NVML)");
+  for (size_t i = 0; i < ms->n; i++) {
+    uint64_t meas = 0;
+    if (ms->m[i]->worker) {
+      mbd_worker_footprint(ms->m[i]->worker, &meas, NULL, NULL);
+      fprintf(f, "modelbuf_worker_measured_bytes{model=\"%s\"} %llu\n", ms->m[i]->name,
+              (unsigned long long)meas);
+    }
+  }
+  metric_head(f, "modelbuf_footprint_overrun", "gauge",
+              "1 while a worker's measured footprint is over 110% of its declared vram");
+  for (size_t i = 0; i < ms->n; i++) {
+    int over = 0;
+    if (ms->m[i]->worker) {
+      mbd_worker_footprint(ms->m[i]->worker, NULL, NULL, &over);
+      fprintf(f, "modelbuf_footprint_overrun{model=\"%s\"} %d\n", ms->m[i]->name, over);
+    }
+  }
   int nd = mb_device_count(d->ctx);
   const char *dev_metrics[][2] = {{"modelbuf_device_total_bytes", "device capacity"},
                                   {"modelbuf_device_used_bytes", "used by models"},

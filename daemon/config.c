@@ -285,6 +285,7 @@ void mbd_config_free(mbd_config *cfg) {
   free(cfg->devices);
   free(cfg->temp_dir);
   free(cfg->state_file);
+  free(cfg->cgroup);
   mbd__strv_free(cfg->openai_routes, cfg->n_openai_routes);
   for (size_t i = 0; i < cfg->n_models; i++)
     model_free(&cfg->models[i]);

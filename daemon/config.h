@@ -48,6 +48,8 @@
 #define MBD_DEFAULT_HEALTH "/health"
 #define MBD_DEFAULT_HEALTH_INTERVAL_MS 0 /* off */
 #define MBD_DEFAULT_HEALTH_FAILURES 3
+#define MBD_DEFAULT_CRASH_LIMIT 3
+#define MBD_DEFAULT_CRASH_WINDOW_MS (5 * 60 * 1000)
 /* The front door (limits:, DESIGN §5), in the spirit of nginx's defaults. */
 #define MBD_DEFAULT_MAX_CONNECTIONS 10000
 #define MBD_DEFAULT_HEADER_TIMEOUT_MS (30 * 1000)
@@ -129,6 +131,8 @@ void mbd_listen_clear(mbd_listen *l);
  *                      is asked for; 0: it streams to the worker
  *   health_interval    health check of a READY worker every ...; 0 = off
  *   health_failures    failed checks in a row that make the worker lost
+ *   crash_limit        losses within crash_window that make the model FAIL; 0 = never
+ *   crash_window       the window of crash_limit; forever
  */
 #define MBD_TUNING_MAP(XX)                                                                 \
   XX(keep_alive_ms, "keep_alive", DUR, MBD_DEFAULT_KEEP_ALIVE_MS, -1, 0)                   \
@@ -142,7 +146,9 @@ void mbd_listen_clear(mbd_listen *l);
   XX(busy_timeout_ms, "busy_timeout", DUR, MBD_DEFAULT_BUSY_TIMEOUT_MS, 0, 0)              \
   XX(request_buffering, "request_buffering", BOOL, 1, 0, 1)                                \
   XX(health_interval_ms, "health_interval", DUR, MBD_DEFAULT_HEALTH_INTERVAL_MS, 0, 0)     \
-  XX(health_failures, "health_failures", INT, MBD_DEFAULT_HEALTH_FAILURES, 1, 1000)
+  XX(health_failures, "health_failures", INT, MBD_DEFAULT_HEALTH_FAILURES, 1, 1000)          \
+  XX(crash_limit, "crash_limit", INT, MBD_DEFAULT_CRASH_LIMIT, 0, MB_CRASH_LIMIT_MAX)       \
+  XX(crash_window_ms, "crash_window", DUR, MBD_DEFAULT_CRASH_WINDOW_MS, -1, 0)
 
 #define MBD__TUNING_CTYPE_DUR int64_t
 #define MBD__TUNING_CTYPE_INT int
@@ -258,6 +264,7 @@ typedef struct mbd_config {
   int http_threads;          /* event-loop threads; 0 = one per CPU (at most 16) */
   char *temp_dir;            /* request bodies spooled here; NULL = $TMPDIR, else /tmp */
   char *state_file;          /* worker pids kept for the next start; NULL = derived */
+  char *cgroup;              /* worker cgroups: "auto" (NULL), "off", or a cgroup v2 folder */
   char **openai_routes;      /* more POST paths routed by the body's "model" */
   size_t n_openai_routes;
   mbd_model_config *models;  /* in file order */

@@ -153,5 +153,10 @@ int mbd_config_model_opts(const mbd_config *cfg, const mbd_model_config *m, mb_m
   out->max_concurrency = m->tuning.max_concurrency;
   out->max_queue = m->tuning.max_queue;
   out->queue_timeout_ms = m->tuning.queue_timeout_ms;
+  out->crash_limit = m->tuning.crash_limit;
+  out->crash_window_ms = m->tuning.crash_window_ms;
+  /* A worker's start is bounded by its start_timeout: the queue timeout
+   * counts only the wait for a slot or for memory. */
+  out->queue_timeout_excludes_load = m->backend == MBD_BACKEND_PROCESS;
   return 0;
 }

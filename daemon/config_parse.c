@@ -846,6 +846,27 @@ static void fn_eviction(pctx *c, const mbd_ynode *v, void *obj, const field *f) 
   free(s);
 }
 
+/* cgroup: auto, off, or an absolute folder (of a cgroup v2 file system,
+ * checked when the daemon starts). */
+static void fn_cgroup(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_config *cfg = obj;
+  char *s;
+
+  (void)f;
+  if (scalar_text(c, v, 0, &s) != 0)
+    return;
+  int ok = strcmp(s, "auto") == 0 || strcmp(s, "off") == 0 || s[0] == '/';
+  for (const char *p = s; ok && *p; p++)
+    ok = (unsigned char)*p > ' ';
+  if (!ok) {
+    perr(c, v, "'%s' is not auto, off or an absolute folder of a cgroup v2 file system", s);
+    free(s);
+    return;
+  }
+  free(cfg->cgroup);
+  cfg->cgroup = s;
+}
+
 static void fn_log_level(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   mbd_config *cfg = obj;
   char *s;
@@ -974,6 +995,7 @@ static const field top_fields[] = {
     {"http_threads", F_INT, offsetof(mbd_config, http_threads), 0, 0, 64, NULL},
     {"temp_dir", F_STR, offsetof(mbd_config, temp_dir), 0, 0, 0, NULL},
     {"state_file", F_STR, offsetof(mbd_config, state_file), 0, 0, 0, NULL},
+    {"cgroup", F_FN, 0, 0, 0, 0, fn_cgroup},
     {"openai_routes", F_FN, 0, 0, 0, 0, fn_openai_routes},
     {"models", F_FN, 0, 0, 0, 0, fn_models_later},
 };

@@ -1,16 +1,27 @@
 /*
- * daemon.c - the running modelbufd: builds the core context, devices and
- * models from the configuration, keeps the event ring for GET /api/events
- * and the counters the core does not keep, and writes structured logs.
+ * daemon.c - the running modelbufd: builds the process supervisor, the core
+ * context, devices and models from the configuration, keeps the event ring
+ * for GET /api/events and the counters the core does not keep, wakes log
+ * followers, and writes structured logs.
+ *
+ * Locks (daemon.h has the whole order): ev_mu guards the event ring and
+ * the load histograms, trace_mu the request trace; both are leaves. The
+ * HTTP counters are atomics. A model's worker, plugin and tensors pointers
+ * are set once, before the model is published, and what they point to
+ * lives until stop (mbd_model), so readers need no lock. Event and log
+ * callbacks run on the core and supervisor threads.
  */
+#include <errno.h>
 #include <jansson.h>
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "daemon.h"
 #include "device.h"
@@ -18,6 +29,7 @@
 #include "front.h"
 #include "front_int.h"
 #include "leases.h"
+#include "model_build.h"
 #include "modelbuf/plugin.h"
 #include "tasks.h"
 #include "tensors.h"
@@ -194,8 +206,61 @@ static const char *event_type_name(mb_event_type t) {
   case MB_EVENT_EVICT: return "evict";
   case MB_EVENT_WARNING: return "warning";
   case MB_EVENT_PROGRESS: return "progress";
+  case MB_EVENT_LOST: return "lost";
   }
   return "event";
+}
+
+/* Puts an event (taken over) into the ring, numbered: its "seq" is its
+ * id in the stream. ev_mu held. */
+static void ring_push_locked(mbd *d, json_t *o) {
+  uint64_t seq = d->ev_next;
+  json_object_set_new(o, "seq", json_integer((json_int_t)seq));
+  char *s = json_dumps(o, MBD_JSON_FLAGS);
+  json_decref(o);
+  if (s == NULL)
+    return;
+  mbd_event_entry *e = &d->ring[seq % MBD_EVENT_RING];
+  free(e->json);
+  e->json = s;
+  e->seq = seq;
+  d->ev_next++;
+}
+
+/* The last lines a model's worker printed, " | "-joined, quotes replaced
+ * (for a logfmt value). */
+static void last_output(mbd_model *m, char *out, size_t len) {
+  out[0] = '\0';
+  if (m == NULL || m->worker == NULL || len == 0)
+    return;
+  char buf[2048];
+  size_t n = mbd_worker_logs(m->worker, buf, sizeof(buf));
+  /* The worker's own lines: the daemon's notes ("-- ... --") left out. */
+  const char *lines[3];
+  size_t lens[3], k = 0;
+  for (size_t end = n; end > 0 && k < 3;) {
+    size_t start = end - 1;
+    while (start > 0 && buf[start - 1] != '\n')
+      start--;
+    size_t l = end - start;
+    if (l > 0 && buf[start + l - 1] == '\n')
+      l--;
+    if (l > 0 && strncmp(buf + start, "-- ", 3) != 0) {
+      lines[k] = buf + start;
+      lens[k++] = l;
+    }
+    end = start;
+  }
+  size_t w = 0;
+  while (k-- > 0 && w + 4 < len) {
+    if (w > 0) {
+      memcpy(out + w, " | ", 3);
+      w += 3;
+    }
+    for (size_t i = 0; i < lens[k] && w + 1 < len; i++)
+      out[w++] = lines[k][i] == '"' ? '\'' : lines[k][i];
+  }
+  out[w] = '\0';
 }
 
 /* Every event of the core: into the ring (for SSE), the load histogram and
@@ -204,7 +269,7 @@ static void on_event(const mb_event *ev, void *arg) {
   mbd *d = arg;
   if (ev->type == MB_EVENT_PROGRESS)
     return; /* progress is read from the status; the stream keeps state changes */
-  json_t *o = json_pack("{s:I,s:I,s:s,s:s,s:s}", "seq", (json_int_t)ev->seq, "time",
+  json_t *o = json_pack("{s:I,s:s,s:s,s:s}", "time",
                         (json_int_t)mb_ctx_wall_ms(d->ctx, ev->time_ns), "type",
                         event_type_name(ev->type), "model", ev->model, "reason", ev->reason);
   if (o == NULL)
@@ -216,11 +281,15 @@ static void on_event(const mb_event *ev, void *arg) {
   }
   if (ev->device >= 0)
     json_object_set_new(o, "device", json_integer(ev->device));
-  char *s = json_dumps(o, MBD_JSON_FLAGS);
-  json_decref(o);
+  char last[700] = "";
+  mbd_model *m = mbd_find_name(d, ev->model);
+  if (ev->type == MB_EVENT_LOST) {
+    last_output(m, last, sizeof(last));
+    if (last[0])
+      json_object_set_new(o, "last_output", json_string(last));
+  }
 
   pthread_mutex_lock(&d->ev_mu);
-  mbd_model *m = mbd_find_name(d, ev->model);
   if (m && ev->type == MB_EVENT_STATE) {
     if (ev->to == MB_STATE_LOADING || ev->to == MB_STATE_RESTORING) {
       m->load_started_ns = ev->time_ns;
@@ -235,24 +304,38 @@ static void on_event(const mb_event *ev, void *arg) {
       m->load_started_ns = 0;
     }
   }
-  if (s) {
-    mbd_event_entry *e = &d->ring[d->ev_next % MBD_EVENT_RING];
-    free(e->json);
-    e->json = s;
-    e->seq = d->ev_next++;
-  }
+  ring_push_locked(d, o);
   pthread_mutex_unlock(&d->ev_mu);
-  if (s)
-    mbd_front_wake_streams(d);
+  mbd_front_wake_streams(d);
 
   if (ev->type == MB_EVENT_STATE)
     mbd_log(d, MBD_LOG_INFO, "state", "model=%s from=%s to=%s reason=\"%s\"", ev->model,
             mb_state_name(ev->from), mb_state_name(ev->to), ev->reason);
+  else if (ev->type == MB_EVENT_LOST)
+    mbd_log(d, MBD_LOG_WARN, "model lost", "model=%s reason=\"%s\" last_output=\"%s\"",
+            ev->model, ev->reason, last);
   else
     mbd_log(d, ev->type == MB_EVENT_WARNING ? MBD_LOG_WARN : MBD_LOG_INFO,
             event_type_name(ev->type), "model=%s reason=\"%s\"", ev->model, ev->reason);
 }
 
+/* A worker's warning (footprint_overrun): an event and a log line. On the
+ * supervisor thread. */
+static void on_worker_warning(void *arg, const char *model, const char *kind, const char *text) {
+  mbd *d = arg;
+  json_t *o = json_pack("{s:I,s:s,s:s,s:s,s:s}", "time", (json_int_t)wall_ms(), "type", "warning",
+                        "model", model, "warning", kind, "reason", text);
+  if (o != NULL) {
+    pthread_mutex_lock(&d->ev_mu);
+    ring_push_locked(d, o);
+    pthread_mutex_unlock(&d->ev_mu);
+    mbd_front_wake_streams(d);
+  }
+  mbd_log(d, MBD_LOG_WARN, "warning", "model=%s warning=%s reason=\"%s\"", model, kind, text);
+}
+
+/* A new line in a worker's log: followers wake; at debug level, the
+ * daemon's log has it too. On the supervisor thread (or an operation's). */
 static void on_worker_line(void *arg, const char *model, const char *line) {
   mbd *d = arg;
   mbd_front_wake_streams(d); /* followers of the worker's log */
@@ -303,70 +386,109 @@ static int add_devices(mbd *d, char *err, size_t err_len) {
   return mb_device_add(d->ctx, &o, NULL, err, err_len);
 }
 
-/* The model's backend argument stays the daemon's (freed at stop, see
- * mbd_model): the core gets the vtable without destroy. */
-static void keep_user(mbd_model *m, const mb_backend *be, void *user) {
-  m->be = *be;
-  m->destroy = be->destroy;
-  m->be.destroy = NULL;
-  m->user = user;
+/* A model that cannot load yet (its weight files): logged, the daemon
+ * starts. */
+static void on_build_warning(void *arg, const char *model, const char *msg, const char *why) {
+  mbd_log(arg, MBD_LOG_WARN, msg, "model=%s why=\"%s\"", model, why);
 }
 
 static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, size_t err_len) {
   mb_model_opts mo;
-  int rc = mbd_config_model_opts(cfg, m->mc, &mo, err, err_len);
+  int rc = mbd_model_options(cfg, m->mc, d->ctx, &mo, err, err_len);
   if (rc != 0)
     return rc;
-  if (mo.device >= mb_device_count(d->ctx))
-    mo.device = MB_DEVICE_AUTO;
-  switch (m->kind) {
-  case MBD_BACKEND_PROCESS: {
-    mbd_worker_opts wo = {m->mc, 0, on_worker_line, d};
-    rc = mbd_worker_new(&wo, &m->worker, err, err_len);
-    if (rc != 0)
-      return rc;
-    keep_user(m, mbd_worker_backend(m->worker), m->worker);
-    return mb_model_add(d->ctx, m->name, &m->be, m->user, &mo, err, err_len);
-  }
-  case MBD_BACKEND_PLUGIN: {
-    mb_plugin_lib *lib;
-    rc = mb_plugin_open(m->mc->plugin, &lib, err, err_len);
-    if (rc != 0)
-      return rc;
-    /* Its files: entries as a tensors model's (folders, indexes, patterns).
-     * Entries that name no file yet do not stop the start: the plugin gets
-     * them as written, and its loads fail on them until they are fixed. */
-    char **paths = NULL, why[512] = "";
-    size_t n = 0;
-    if (m->mc->n_files > 0 &&
-        mbd_files_expand(m->mc->files, m->mc->n_files, m->name, &paths, &n, why,
-                         sizeof(why)) != 0)
-      mbd_log(d, MBD_LOG_WARN, "plugin: weight files not usable; loads will fail until they are",
-              "model=%s why=\"%s\"", m->name, why);
-    rc = mb_model_add_plugin(d->ctx, m->name, lib,
-                             (const char *const *)(paths ? paths : m->mc->files),
-                             paths ? n : m->mc->n_files, NULL, &mo, &m->plugin, err, err_len);
-    mb_tensors_paths_free(paths, n);
-    mb_plugin_close(lib);
+  mbd_build_env env;
+  memset(&env, 0, sizeof(env));
+  env.ctx = d->ctx;
+  env.sup = d->sup;
+  env.on_line = on_worker_line;
+  env.on_warning = on_worker_warning;
+  env.cb_arg = d;
+  env.warn = on_build_warning;
+  env.warn_arg = d;
+  env.keep_be = &m->be; /* the backend stays the daemon's until stop (mbd_model) */
+  mbd_built b;
+  rc = mbd_model_build(&env, m->mc, &mo, &b, err, err_len);
+  if (rc != 0)
     return rc;
+  /* Set before the model is published in a snapshot. */
+  m->worker = b.worker;
+  m->plugin = b.plugin;
+  m->tensors = b.tensors;
+  m->user = b.user;
+  m->destroy = b.destroy;
+  return 0;
+}
+
+/* Makes dir (0700) if needed; 0 when it is a folder of this user that no
+ * one else can write. */
+static int private_dir(const char *dir) {
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    return -1;
+  struct stat st;
+  return lstat(dir, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == geteuid() &&
+                 (st.st_mode & 022) == 0
+             ? 0
+             : -1;
+}
+
+int mbd_default_state_file(const mbd_config *cfg, char *out, size_t len) {
+  char dir[512];
+  const char *rt = getenv("RUNTIME_DIRECTORY"), *xdg = getenv("XDG_RUNTIME_DIR");
+  if (rt && rt[0] == '/')
+    snprintf(dir, sizeof(dir), "%.*s", (int)strcspn(rt, ":"), rt);
+  else if (xdg && xdg[0] == '/')
+    snprintf(dir, sizeof(dir), "%s/modelbuf", xdg);
+  else
+    snprintf(dir, sizeof(dir), "/tmp/modelbufd-%u", (unsigned)geteuid());
+  if (private_dir(dir) != 0)
+    return -1;
+  /* The listen address, as a file name. */
+  char name[128];
+  const char *l = cfg->listen_str ? cfg->listen_str : MBD_DEFAULT_LISTEN;
+  size_t k = 0;
+  for (const char *p = l; *p && k + 1 < sizeof(name); p++)
+    name[k++] = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+                        *p == '.' || *p == '-'
+                    ? *p
+                    : '_';
+  name[k] = '\0';
+  return (size_t)snprintf(out, len, "%s/modelbufd-%s.state", dir, name) < len ? 0 : -1;
+}
+
+static void sup_log(void *arg, int level, const char *msg, const char *detail) {
+  mbd_log(arg, (mbd_log_level)level, msg, "%s", detail);
+}
+
+/* The supervisor: the configured state file, else the default one (without
+ * one when no private folder can hold it). */
+static int start_supervisor(mbd *d, char *err, size_t err_len) {
+  mbd_sup_opts so;
+  memset(&so, 0, sizeof(so));
+  so.subreaper = 1;
+  so.cgroup = d->cfg->cgroup ? d->cfg->cgroup : "auto";
+  so.log = sup_log;
+  so.log_arg = d;
+  char path[600];
+  if (d->cfg->state_file) {
+    so.state_file = d->cfg->state_file;
+  } else if (mbd_default_state_file(d->cfg, path, sizeof(path)) == 0) {
+    so.state_file = path;
+  } else {
+    mbd_log(d, MBD_LOG_WARN,
+            "no state file: no private folder for it (set state_file); workers left by a "
+            "killed daemon are not stopped at the next start",
+            NULL);
   }
-  case MBD_BACKEND_TENSORS: {
-    mbd_tensors *t;
-    char warn[512];
-    rc = mbd_tensors_new(m->mc, &t, &mo.footprint_bytes, warn, sizeof(warn));
-    if (rc != 0) {
-      snprintf(err, err_len, "model %s: %s", m->name, mb_strerror(rc));
-      return rc;
-    }
-    if (warn[0])
-      mbd_log(d, MBD_LOG_WARN, "tensors: weight file not usable; loads will fail until it is",
-              "model=%s why=\"%s\"", m->name, warn);
-    m->tensors = t;
-    keep_user(m, mbd_tensors_backend(), t);
-    return mb_model_add(d->ctx, m->name, &m->be, m->user, &mo, err, err_len);
+  int rc = mbd_sup_start(&so, &d->sup, err, err_len);
+  if (rc == MB_EIO && d->cfg->state_file == NULL && so.state_file != NULL) {
+    mbd_log(d, MBD_LOG_WARN, "no state file", "why=\"%s\"", err);
+    so.state_file = NULL;
+    rc = mbd_sup_start(&so, &d->sup, err, err_len);
   }
-  }
-  return MB_EINVAL;
+  if (rc == 0 && so.state_file)
+    mbd_log(d, MBD_LOG_DEBUG, "state file", "file=\"%s\"", so.state_file);
+  return rc;
 }
 
 int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) {
@@ -381,6 +503,13 @@ int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) {
   pthread_mutex_init(&d->ev_mu, NULL);
   pthread_mutex_init(&d->trace_mu, NULL);
   d->ev_next = 1;
+  /* The supervisor first: it stops what a killed daemon left before this
+   * one serves, and must outlive every worker it starts. */
+  int src = start_supervisor(d, err, err_len);
+  if (src != 0) {
+    mbd_stop(d);
+    return src;
+  }
 
   mb_ctx_opts co;
   mb_ctx_opts_init(&co);
@@ -445,7 +574,8 @@ static int model_same(const mbd_model_config *a, const mbd_model_config *b) {
       !strv_eq(a->aliases, a->n_aliases, b->aliases, b->n_aliases) ||
       !hook_eq(&a->hook_offload, &b->hook_offload) ||
       !hook_eq(&a->hook_restore, &b->hook_restore) ||
-      !hook_eq(&a->hook_cleanup, &b->hook_cleanup) || a->n_env != b->n_env)
+      !hook_eq(&a->hook_cleanup, &b->hook_cleanup) || !hook_eq(&a->hook_unload, &b->hook_unload) ||
+      a->memory_limit_bytes != b->memory_limit_bytes || a->n_env != b->n_env)
     return 0;
   for (size_t i = 0; i < a->n_env; i++)
     if (!str_eq(a->env[i].name, b->env[i].name) || !str_eq(a->env[i].value, b->env[i].value))
@@ -484,7 +614,7 @@ void mbd_reload(mbd *d, mbd_config *cfg) {
       continue;
     }
     om->plugin = NULL; /* the core freed the plugin instance */
-    busy[i] = 2; /* removed */
+    busy[i] = 2;       /* removed */
     if (nmc != NULL)
       changed++;
     else
@@ -548,6 +678,7 @@ void mbd_stop(mbd *d) {
   mbd_front_drain(d);
   if (d->leases && d->ctx)
     mbd_leases_release_all(d->leases, d->ctx);
+  int freed = 1;
   if (d->ctx) {
     int rc;
     for (int tries = 0; (rc = mb_ctx_free(d->ctx)) == MB_EBUSY && tries < 200; tries++) {
@@ -555,23 +686,28 @@ void mbd_stop(mbd *d) {
       mbd_front_drain(d); /* a lease granted to a request that is gone */
       nanosleep(&ts, NULL);
     }
-    if (rc != 0)
-      mbd_log(d, MBD_LOG_ERROR, "leases still out at exit; workers left running", NULL);
-    else
-      d->ctx = NULL;
+    if (rc != 0) {
+      mbd_log(d, MBD_LOG_ERROR, "leases still out at exit; their workers are killed", NULL);
+      freed = 0;
+    }
+    d->ctx = NULL;
   }
   mbd_front_drain(d); /* requests the core failed at shutdown */
   mbd_front_free(d);
   mbd_tasks_free(d);
   mbd_leases_free(d->leases);
   d->leases = NULL;
-  if (d->ctx == NULL)
-    for (size_t i = 0; i < d->n_all_models; i++) {
-      mbd_model *m = d->all_models[i];
-      if (m->user && m->destroy)
-        m->destroy(m->user);
-      m->user = NULL;
-    }
+  /* The backends the daemon kept (mbd_model), the core done with them. */
+  for (size_t i = 0; freed && i < d->n_all_models; i++) {
+    mbd_model *m = d->all_models[i];
+    if (m->user && m->destroy)
+      m->destroy(m->user);
+    m->user = NULL;
+  }
+  /* Kills whatever is left (nothing, after a clean unload), reaps, and
+   * empties the state file. */
+  mbd_sup_stop(d->sup);
+  d->sup = NULL;
   for (size_t i = 0; i < MBD_EVENT_RING; i++)
     free(d->ring[i].json);
   for (size_t i = 0; i < d->n_old_sets; i++) {

@@ -4,12 +4,13 @@
  * plugins, tensors), aliases, the event ring behind GET /api/events,
  * counters for /metrics, structured logs, and the parts that serve HTTP:
  * the front door (front.h), the task pool (tasks.h), the leases taken over
- * HTTP (leases.h).
+ * HTTP (leases.h), and the process supervisor of its workers
+ * (supervisor.h).
  *
  * Threads: the signal thread (main.c: start, SIGHUP reload, stop), the
  * core's threads (its step thread calls on_event and every done callback),
- * the front door's loop threads, the task pool, the process backend's
- * threads (worker.c).
+ * the front door's loop threads, the task pool, the supervisor's thread
+ * (supervisor.c: it forks, watches and reaps every worker).
  *
  * Lock order (a thread holding one may take those to its right only):
  *   worker locks (worker.c)  ->  the core's locks (lib/)
@@ -27,6 +28,7 @@
 
 #include "config.h"
 #include "modelbuf/modelbuf.h"
+#include "supervisor.h"
 #include "worker.h"
 
 typedef struct mbd_front mbd_front;
@@ -89,6 +91,7 @@ typedef struct mbd_event_entry {
 typedef struct mbd {
   mbd_config *cfg;          /* as started: listen, keys, limits (reload keeps these) */
   mb_ctx *ctx;
+  mbd_sup *sup;             /* starts, watches and reaps every worker process */
   mbd_models *_Atomic models; /* read with mbd_models_get */
   /* Kept until stop (signal thread only): every snapshot, model and
    * configuration ever served. */
@@ -114,6 +117,14 @@ typedef struct mbd {
   mbd_tasks *tasks;
   mbd_leases *leases;
 } mbd;
+
+/* The state file the daemon uses when the configuration names none: in
+ * $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), else
+ * $XDG_RUNTIME_DIR/modelbuf, else /tmp/modelbufd-UID (made 0700, used only
+ * when it is the daemon user's own and no one else can write it), named
+ * after the listen address, so daemons on other addresses never share
+ * one. 0, or -1 when no such folder can be used (no state file then). */
+int mbd_default_state_file(const mbd_config *cfg, char *out, size_t len);
 
 /* Builds the daemon from a validated configuration (taken over). */
 int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) MB_WUR;

@@ -187,7 +187,8 @@ int mbd_http_status(int err, const char **code) {
   case MB_ELOAD: *code = "load_failed"; return 502;
   case MB_EBACKEND: *code = "worker_failed"; return 502;
   case MB_ESHUTDOWN: *code = "shutting_down"; return 503;
-  case MB_ECANCELED: *code = "canceled"; return 503;
+  case MB_ECANCELED: *code = "canceled"; return 499;
+  case MB_ELOST: *code = "model_lost"; return 502;
   default: *code = "internal"; return 500;
   }
 }

@@ -78,8 +78,11 @@ static int serve(mbd_config *cfg, const char *path, const mbd_flags *flags) {
   sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGPIPE);
   /* Every thread started from here on inherits the mask; signals are taken
-   * synchronously below. */
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
+   * synchronously below. SIGCHLD is blocked too: the process supervisor
+   * takes it through its signalfd (supervisor.h), so no thread consumes it. */
+  sigset_t blocked = set;
+  sigaddset(&blocked, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &blocked, NULL);
   curl_global_init(CURL_GLOBAL_DEFAULT);
   mbd *d;
   if (mbd_start(cfg, &d, err, sizeof(err)) != 0) {

@@ -84,6 +84,8 @@ struct mbd_px {
   void *granted_arg;
   void *user;
   uint64_t req_id;
+  mb_acquire_opts ao;     /* as asked (asked again once when the worker died meanwhile) */
+  int asked_again;
   int waiting;            /* asked, not answered yet */
   mb_result res;
   char msg[256];
@@ -108,7 +110,8 @@ struct mbd_px {
    * reads is the transaction's own, so the client may leave meanwhile. */
   mb_plugin_response presp;
   int prc;
-  char perr[256];
+  char perr[400];
+  int fail_killed;
   mb_plugin_header *phdrs;
   size_t n_phdrs;
   char *phbuf;
@@ -174,7 +177,8 @@ static void px_release(mbd_px *x) {
   if (x->held) {
     mbd_proxy_trace(d, x->cur ? x->cur->name : x->m->name, &x->res, x->granted_at);
     int rc = mb_release(d->ctx, x->res.lease);
-    if (rc != 0 && rc != MB_EINVAL)
+    /* MB_ELOST: the worker was lost meanwhile; the lease ended with it. */
+    if (rc != 0 && rc != MB_EINVAL && rc != MB_ELOST)
       mbd_log(d, MBD_LOG_WARN, "lease not released", "model=%s why=\"%s\"", x->m->name,
               mb_strerror(rc));
     x->held = 0;
@@ -277,6 +281,7 @@ int mbd_px_lease(mbd_req *r, mbd_model *m, mbd_px_granted_fn fn, void *arg) {
   r->ctx = x;
   r->on_gone = px_gone;
   x->waiting = 1;
+  x->ao = ao;
   int rc = mb_acquire_async(d->ctx, m->name, &ao, lease_done, x, &x->req_id);
   if (rc != 0) {
     x->waiting = 0;
@@ -436,6 +441,29 @@ static void up_end(void *arg) {
   px_finish(x);
 }
 
+/* A failed worker's loss reaches the core before its client hears of it
+ * (mbd_worker_failed waits for that, so it runs on the task pool), so that
+ * a client that asks again is served by a new process. */
+static void failed_run(mbd_task *t) {
+  mbd_px *x = (mbd_px *)((char *)t - offsetof(mbd_px, task));
+  mbd_worker_failed(x->cur->worker);
+}
+
+static void failed_done(mbd_task *t) {
+  mbd_px *x = (mbd_px *)((char *)t - offsetof(mbd_px, task));
+  if (x->r != NULL) {
+    int code = x->fail_killed ? 504 : 502;
+    mbd_count_code(x->d, x->cur, code);
+    mbd_reply_error(x->r, code, x->fail_killed ? "timeout" : "worker_failed", x->perr, 0);
+  }
+  px_finish(x);
+}
+
+static void task_gone(mbd_req *r) {
+  mbd_px *x = r->ctx;
+  x->r = NULL; /* the task's end frees x */
+}
+
 static void up_error(void *arg, int started, const char *why) {
   mbd_px *x = arg;
   mbd *d = x->d;
@@ -447,20 +475,22 @@ static void up_error(void *arg, int started, const char *why) {
   }
   mbd_log(d, MBD_LOG_WARN, "proxy: worker failed", "model=%s started=%d why=\"%s\"",
           x->cur->name, started, why);
-  if (x->r != NULL) {
-    if (started) {
-      mbd_resp_abort(x->r); /* the client must not take a cut answer for a whole one */
-    } else {
-      char msg[400];
-      int code = killed ? 504 : 502;
-      if (killed)
-        snprintf(msg, sizeof(msg),
-                 "the worker was busy longer than busy_timeout and was stopped");
-      else
-        snprintf(msg, sizeof(msg), "worker failed: %s", why);
-      mbd_count_code(d, x->cur, code);
-      mbd_reply_error(x->r, code, killed ? "timeout" : "worker_failed", msg, 0);
-    }
+  if (x->r != NULL && started) {
+    mbd_resp_abort(x->r); /* the client must not take a cut answer for a whole one */
+  } else if (x->r != NULL) {
+    x->fail_killed = killed;
+    if (killed)
+      snprintf(x->perr, sizeof(x->perr),
+               "the worker was busy longer than busy_timeout and was stopped");
+    else
+      snprintf(x->perr, sizeof(x->perr), "worker failed: %s", why);
+    px_release(x);
+    x->task.loop = x->loop;
+    x->task.run = failed_run;
+    x->task.done = failed_done;
+    x->r->on_gone = task_gone;
+    mbd_tasks_submit(d, &x->task);
+    return;
   }
   px_finish(x);
 }
@@ -490,23 +520,23 @@ static void px_body_end(mbd_req *r) {
     mbd_up_body_end(x->up);
 }
 
-/* The worker's port and an instance that changes with each process. */
-static int worker_endpoint(mbd_worker *w, int *port, uint64_t *instance) {
-  char url[128];
-  if (mbd_worker_url(w, url, sizeof(url)) != 0)
-    return MB_ESTATE;
-  const char *colon = strrchr(url, ':');
-  *port = colon ? atoi(colon + 1) : 0;
-  *instance = (uint64_t)mbd_worker_pid(w);
-  return *port > 0 ? 0 : MB_ESTATE;
-}
-
 static void to_worker(mbd_px *x, mbd_req *r) {
   mbd *d = x->d;
   mbd_model *m = x->cur;
   int port;
   uint64_t instance;
-  if (worker_endpoint(m->worker, &port, &instance) != 0) {
+  if (mbd_worker_endpoint(m->worker, &port, &instance) != 0 && !x->asked_again) {
+    /* The worker died between the grant and now (its loss not yet with the
+     * core): nothing was sent, so the request asks again and is served by
+     * the next load. */
+    x->asked_again = 1;
+    px_release(x);
+    x->waiting = 1;
+    if (mb_acquire_async(d->ctx, x->m->name, &x->ao, lease_done, x, &x->req_id) == 0)
+      return;
+    x->waiting = 0;
+  }
+  if (mbd_worker_endpoint(m->worker, &port, &instance) != 0) {
     mbd_count_code(d, m, 502);
     mbd_reply_error(r, 502, "worker_failed", "the worker is not running", 0);
     px_finish(x);
@@ -584,11 +614,6 @@ static void plugin_done(mbd_task *t) {
   px_finish(x);
 }
 
-static void plugin_gone(mbd_req *r) {
-  mbd_px *x = r->ctx;
-  x->r = NULL; /* the task's end frees x */
-}
-
 static void to_plugin(mbd_px *x, mbd_req *r) {
   size_t rest = r->route.arg_off;
   const char *p = r->path + rest;
@@ -635,7 +660,7 @@ static void to_plugin(mbd_px *x, mbd_req *r) {
   x->task.run = plugin_run;
   x->task.done = plugin_done;
   x->prc = 1; /* running */
-  r->on_gone = plugin_gone;
+  r->on_gone = task_gone;
   mbd_tasks_submit(x->d, &x->task);
 }
 

@@ -210,6 +210,13 @@ int mbd_tensors_new(const mbd_model_config *mc, mbd_tensors **out, uint64_t *foo
   return 0;
 }
 
+mb_tensors_model *mbd_tensors_model_of(mbd_tensors *t) {
+  pthread_mutex_lock(&t->mu);
+  mb_tensors_model *tm = t->tm;
+  pthread_mutex_unlock(&t->mu);
+  return tm;
+}
+
 size_t mbd_tensors_check_files(const mbd_model_config *mc, const char *cfg_file, FILE *f) {
   char **paths = NULL, err[512] = "";
   size_t n = 0, bad = 0;

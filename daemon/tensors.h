@@ -46,6 +46,12 @@ size_t mbd_tensors_check_files(const mbd_model_config *mc, const char *cfg_file,
  * was last opened), as a JSON array of paths. */
 json_t *mbd_tensors_files(mbd_tensors *t);
 
+/* The library's model of t's files as last opened (NULL when they could
+ * not be read), for code that holds the model READY meanwhile (a lease, or
+ * `modelbuf bench lifecycle`, which drives it alone): a cold load may
+ * replace it. */
+mb_tensors_model *mbd_tensors_model_of(mbd_tensors *t);
+
 /*
  * The backend for mb_model_add (user: an mbd_tensors). It runs the
  * library's tensors backend; a load first expands the files: entries again

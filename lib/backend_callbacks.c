@@ -42,11 +42,11 @@ static void cb_destroy(void *user) {
 }
 
 static const mb_backend callbacks_full = {
-    "callbacks", cb_load, cb_offload, cb_restore, cb_unload, cb_usage, NULL, cb_destroy,
+    "callbacks", cb_load, cb_offload, cb_restore, cb_unload, cb_usage, NULL, cb_destroy, NULL,
 };
 
 static const mb_backend callbacks_no_offload = {
-    "callbacks", cb_load, NULL, NULL, cb_unload, cb_usage, NULL, cb_destroy,
+    "callbacks", cb_load, NULL, NULL, cb_unload, cb_usage, NULL, cb_destroy, NULL,
 };
 
 int mb_model_add_callbacks(mb_ctx *ctx, const char *name, const mb_callbacks *cb,

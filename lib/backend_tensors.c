@@ -387,6 +387,7 @@ static const mb_backend tensors_backend = {
     .usage = t_usage,
     .health = NULL,
     .destroy = t_destroy,
+    .cancel = NULL,
 };
 
 const mb_backend *mb_tensors_backend(void) { return &tensors_backend; }

@@ -62,6 +62,9 @@ void mb_model_opts_init(mb_model_opts *o) {
   o->max_concurrency = 1;
   o->max_queue = 64;
   o->queue_timeout_ms = 60000;
+  o->crash_limit = 3;
+  o->crash_window_ms = 5 * 60 * 1000;
+  o->queue_timeout_excludes_load = 0;
 }
 
 void mb_acquire_opts_init(mb_acquire_opts *o) {
@@ -172,6 +175,23 @@ mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id) {
   return l;
 }
 
+int mb__leases_lose_locked(mb_ctx *ctx, mb__model *m) {
+  int n = 0;
+  for (size_t i = 0; i < ctx->lease_tab_cap; i++)
+    for (mb__lease *l = ctx->lease_tab[i]; l; l = l->hnext)
+      if (l->m == m && !l->lost) {
+        l->lost = 1;
+        n++;
+      }
+  /* Released but not dropped yet: counted out now, freed when dropped. */
+  for (mb__lease *l = ctx->rel_head; l; l = l->pnext)
+    if (l->m == m && !l->lost) {
+      l->lost = 1;
+      n++;
+    }
+  return n;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Posting and waking                                                        */
 
@@ -233,6 +253,7 @@ static void run_backend(struct mb_job *j) {
   op.err = j->msg;
   op.err_len = sizeof(j->msg);
   op.priv = j;
+  op.residency = j->residency;
   j->msg[0] = '\0';
   switch (j->kind) {
   case MB_JOB_LOAD: j->rc = m->be->load(&op); break;
@@ -309,7 +330,15 @@ static void *loader_main(void *arg) {
 /* Stepping                                                                  */
 
 static void deliver(mb_ctx *ctx, mb__event_buf *ev, mb__req *answered, struct mb_job *jobs,
-                    mb__model *graveyard) {
+                    mb__model *cancels, mb__model *graveyard) {
+  /* Loads to cancel first: the sooner a backend hears, the sooner it stops. */
+  while (cancels) {
+    mb__model *next = cancels->cancel_next;
+    cancels->cancel_queued = 0;
+    mb_op op = cancels->cancel_op;
+    cancels->be->cancel(&op);
+    cancels = next;
+  }
   for (size_t i = 0; i < ev->len; i++) {
     ev->items[i].reason = ev->reasons[i];
     ev->items[i].model = ev->models[i];
@@ -393,8 +422,10 @@ static int step(mb_ctx *ctx) {
   ctx->manual_jobs = NULL;
   mb__model *graveyard = ctx->graveyard;
   ctx->graveyard = NULL;
+  mb__model *cancels = ctx->cancel_head;
+  ctx->cancel_head = NULL;
   pthread_mutex_unlock(&ctx->core_lock);
-  deliver(ctx, &ev, answered, jobs, graveyard);
+  deliver(ctx, &ev, answered, jobs, cancels, graveyard);
   return n;
 }
 
@@ -656,14 +687,23 @@ int mb_ctx_free(mb_ctx *ctx) {
     mb__req *answered = ctx->answered_head;
     ctx->answered_head = ctx->answered_tail = NULL;
     pthread_mutex_unlock(&ctx->core_lock);
-    deliver(ctx, &ev, answered, NULL, NULL);
+    deliver(ctx, &ev, answered, NULL, NULL, NULL);
     unload_all_direct(ctx);
   }
-  /* Whatever may still be posted gets answered and freed. */
+  /* Whatever may still be posted gets answered and freed; leases released
+   * after the last step (manual mode) are freed. */
   pthread_mutex_lock(&ctx->post_lock);
   mb__req *reqs = ctx->post_head;
   ctx->post_head = ctx->post_tail = NULL;
+  mb__lease *rels = ctx->rel_head;
+  ctx->rel_head = NULL;
+  ctx->renew_head = NULL;
   pthread_mutex_unlock(&ctx->post_lock);
+  while (rels) {
+    mb__lease *next = rels->pnext;
+    mb__free(rels);
+    rels = next;
+  }
   while (reqs) {
     mb__req *next = reqs->next;
     if (reqs->done) {
@@ -811,6 +851,13 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
     mb__set_err(err, err_len, "model '%s': max_queue must be >= 0", name);
     goto fail_args;
   }
+  if (o.crash_limit < 0 || o.crash_limit > MB_CRASH_LIMIT_MAX ||
+      (o.crash_window_ms < 0 && o.crash_window_ms != MB_FOREVER)) {
+    mb__set_err(err, err_len,
+                "model '%s': crash_limit must be 0..%d and crash_window_ms >= 0 or MB_FOREVER",
+                name, MB_CRASH_LIMIT_MAX);
+    goto fail_args;
+  }
   if (o.device < MB_DEVICE_AUTO) {
     mb__set_err(err, err_len, "model '%s': device must be an index or MB_DEVICE_AUTO", name);
     goto fail_args;
@@ -820,6 +867,7 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
   if (o.host_keep_alive_ms == MB_DEFAULT)
     o.host_keep_alive_ms = 30 * 60 * 1000;
   o.offload = o.offload ? 1 : 0;
+  o.queue_timeout_excludes_load = o.queue_timeout_excludes_load ? 1 : 0;
 
   mb__model *m = mb__calloc(1, sizeof(*m));
   if (m == NULL)
@@ -967,6 +1015,20 @@ int mb_acquire_async(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts,
   return 0;
 }
 
+int mb_model_lost(mb_ctx *ctx, const char *name, uint64_t residency, int flags,
+                  const char *reason) {
+  if (ctx == NULL || name == NULL || reason == NULL)
+    return MB_EINVAL;
+  mb__req *r = req_new(ctx, MB__R_LOST, name, NULL, NULL);
+  if (r == NULL)
+    return MB_ENOMEM;
+  r->residency = residency;
+  r->flags = flags;
+  snprintf(r->reason, sizeof(r->reason), "%s", reason);
+  post(ctx, r);
+  return 0;
+}
+
 int mb_cancel(mb_ctx *ctx, uint64_t req_id) {
   if (ctx == NULL)
     return MB_EINVAL;
@@ -987,12 +1049,13 @@ int mb_release(mb_ctx *ctx, mb_lease lease) {
     pthread_mutex_unlock(&ctx->post_lock);
     return MB_EINVAL;
   }
+  int rc = l->lost ? MB_ELOST : 0;
   l->released = 1;
   l->pnext = ctx->rel_head;
   ctx->rel_head = l;
   wake_locked(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
-  return 0;
+  return rc;
 }
 
 int mb_lease_renew(mb_ctx *ctx, mb_lease lease, int64_t ttl_ms) {
@@ -1005,7 +1068,9 @@ int mb_lease_renew(mb_ctx *ctx, mb_lease lease, int64_t ttl_ms) {
     mb__lease *l = ctx->lease_tab[lease.id & (ctx->lease_tab_cap - 1)];
     while (l && l->id != lease.id)
       l = l->hnext;
-    if (l && !l->released) {
+    if (l && !l->released && l->lost) {
+      rc = MB_ELOST;
+    } else if (l && !l->released) {
       if (l->ttl_deadline == 0) {
         rc = MB_EINVAL; /* a lease without TTL has nothing to renew */
       } else {

@@ -39,7 +39,8 @@ typedef enum mb__req_type {
   MB__R_KEEPALIVE,
   MB__R_CANCEL,
   MB__R_REMOVE,
-  MB__R_SHUTDOWN
+  MB__R_SHUTDOWN,
+  MB__R_LOST
 } mb__req_type;
 
 typedef struct mb__model mb__model;
@@ -63,6 +64,15 @@ typedef struct mb__req {
   mb__timer timer;               /* queue timeout */
   int has_timer_slot;
   uint64_t load_ns;              /* load/restore time this request waited for */
+  int timeout_own;               /* the timeout came with the request, not the model */
+  /* The queue timeout stopped while the model loads for this waiter
+   * (queue_timeout_excludes_load): left_ns of it remain. */
+  int paused;
+  uint64_t left_ns;
+  /* MB__R_LOST: the report. */
+  uint64_t residency;
+  int flags;
+  char reason[128];
   mb_done_fn done;
   void *arg;
   /* The answer. */
@@ -78,6 +88,7 @@ typedef struct mb__lease {
   mb__model *m;
   int device;
   int released;         /* set under post_lock by mb_release or TTL expiry */
+  int lost;             /* under post_lock: its model was lost; the core dropped it */
   uint64_t ttl_deadline;/* under post_lock; 0 = no TTL */
   mb__timer timer;      /* TTL check, core-owned */
   struct mb__lease *hnext;  /* lease table chain */
@@ -98,6 +109,7 @@ struct mb_job {
   int device_ordinal;
   uint64_t start_ns;
   uint64_t budget_bytes;
+  uint64_t residency;    /* the model's residency count for this operation */
   int busy;              /* handed out, not yet completed */
   int rc;
   char msg[256];
@@ -193,6 +205,23 @@ struct mb__model {
   char error[256];
   int fail_count;
   uint64_t retry_at;
+  /* Residencies and losses (mb_model_lost). */
+  uint64_t residency;         /* loads + restores started */
+  uint64_t lost_times[MB_CRASH_LIMIT_MAX]; /* ring of the last losses' times */
+  int lost_n, lost_next;
+  int lost_fail;              /* the unload after the loss ends in FAILED */
+  int lost_pending;           /* a loss reported while a job ran */
+  int lost_pending_flags;
+  uint64_t lost_pending_res;
+  char lost_pending_reason[128];
+  uint64_t lost_at;
+  char lost_reason[128];
+  /* Cancel of a running load (backend cancel): asked for, and the call
+   * queued for delivery outside core_lock with its op. */
+  int cancel_pending;
+  int cancel_queued;
+  mb_op cancel_op;
+  mb__model *cancel_next;
   unsigned warnings;
   char warning_text[256];
   mb_stats stats;
@@ -287,6 +316,7 @@ struct mb_ctx {
   struct mb_job *manual_jobs; /* handed to the executor after the step */
   mb__req *answered_head, *answered_tail;
   mb__model *graveyard;
+  mb__model *cancel_head;     /* backend cancels to call after the step */
   mb__event_buf events;
   uint64_t event_seq;
   uint64_t events_dropped;
@@ -299,6 +329,9 @@ mb__model *mb__model_find_locked(mb_ctx *ctx, const char *name);
 void mb__model_unlink_locked(mb_ctx *ctx, mb__model *m);
 void mb__model_destroy(mb__model *m);
 mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id); /* post_lock held */
+/* Marks every lease of m lost (post_lock held): in the table and released
+ * but not yet dropped. Returns how many were still counted in m->inflight. */
+int mb__leases_lose_locked(mb_ctx *ctx, mb__model *m);
 int mb__lease_insert_locked(mb_ctx *ctx, mb__lease *l);    /* post_lock held */
 
 /* sched.c: the step, with core_lock held. */

@@ -25,14 +25,59 @@
 struct mb_plugin_lib {
   void *dl;
   const mb_plugin *p;
+  mb_plugin v1;  /* an ABI 1 table read into today's layout (p points here then) */
   char *path;
   int refs; /* the opener's plus one per instance; atomic */
 };
+
+/* The table of ABI 1: mb_backend had no cancel, so the fields after it sat
+ * one pointer earlier. */
+typedef struct plugin_backend_v1 {
+  const char *name;
+  int (*load)(mb_op *op);
+  int (*offload)(mb_op *op);
+  int (*restore)(mb_op *op);
+  int (*unload)(mb_op *op);
+  int (*usage)(mb_op *op, mb_usage *out);
+  int (*health)(mb_op *op);
+  void (*destroy)(void *user);
+} plugin_backend_v1;
+
+typedef struct plugin_table_v1 {
+  uint32_t abi;
+  const char *name;
+  int (*create)(const mb_plugin_args *args, void **instance, char *err, size_t err_len);
+  void (*destroy)(void *instance);
+  plugin_backend_v1 backend;
+  int (*handle)(void *instance, const mb_plugin_request *req, mb_plugin_response *resp,
+                char *err, size_t err_len);
+  void (*free_body)(void *instance, void *body);
+} plugin_table_v1;
+
+static void table_from_v1(const plugin_table_v1 *t, mb_plugin *out) {
+  memset(out, 0, sizeof(*out));
+  out->abi = MB_PLUGIN_ABI;
+  out->name = t->name;
+  out->create = t->create;
+  out->destroy = t->destroy;
+  out->backend.name = t->backend.name;
+  out->backend.load = t->backend.load;
+  out->backend.offload = t->backend.offload;
+  out->backend.restore = t->backend.restore;
+  out->backend.unload = t->backend.unload;
+  out->backend.usage = t->backend.usage;
+  out->backend.health = t->backend.health;
+  out->backend.destroy = t->backend.destroy;
+  out->handle = t->handle;
+  out->free_body = t->free_body;
+}
 
 typedef struct plugin_inst {
   mb_plugin_lib *lib;
   void *inst;
   mb_plugin_host host;
+  mb_ctx *ctx;    /* where the default host->lost reports */
+  char *name;     /* the model's name */
 } plugin_inst;
 
 static void lib_unref(mb_plugin_lib *lib) {
@@ -50,7 +95,7 @@ static int check_table(const mb_plugin *p, char *why, size_t len) {
     return 0;
   }
   if (p->abi != MB_PLUGIN_ABI) {
-    snprintf(why, len, "plugin ABI %u, this build needs %d", p->abi, MB_PLUGIN_ABI);
+    snprintf(why, len, "plugin ABI %u, this build takes 1 to %d", p->abi, MB_PLUGIN_ABI);
     return 0;
   }
   if (p->create == NULL || p->destroy == NULL || p->handle == NULL ||
@@ -106,17 +151,23 @@ int mb_plugin_open(const char *path, mb_plugin_lib **out, char *err, size_t err_
     return MB_EFORMAT;
   }
   const mb_plugin *p = entry();
-  if (!check_table(p, why, sizeof(why))) {
-    mb__set_err(err, err_len, "%s: %s", path, why);
-    dlclose(dl);
-    mb__free(full);
-    return MB_EFORMAT;
-  }
   mb_plugin_lib *lib = mb__calloc(1, sizeof(*lib));
   if (lib == NULL) {
     dlclose(dl);
     mb__free(full);
     return MB_ENOMEM;
+  }
+  /* Every ABI starts with abi: read the rest in the layout it names. */
+  if (p != NULL && p->abi == 1) {
+    table_from_v1((const plugin_table_v1 *)(const void *)p, &lib->v1);
+    p = &lib->v1;
+  }
+  if (!check_table(p, why, sizeof(why))) {
+    mb__set_err(err, err_len, "%s: %s", path, why);
+    mb__free(lib);
+    dlclose(dl);
+    mb__free(full);
+    return MB_EFORMAT;
   }
   lib->dl = dl;
   lib->p = p;
@@ -178,20 +229,35 @@ static int pl_health(mb_op *op) {
   return pi->lib->p->backend.health(&o);
 }
 
+static int pl_cancel(mb_op *op) {
+  PLUGIN_OP(op, pi, o);
+  return pi->lib->p->backend.cancel(&o);
+}
+
 static void pl_destroy(void *user) {
   plugin_inst *pi = user;
   pi->lib->p->destroy(pi->inst);
   lib_unref(pi->lib);
+  mb__free(pi->name);
   mb__free(pi);
 }
 
-static const mb_backend plugin_full = {
-    "plugin", pl_load, pl_offload, pl_restore, pl_unload, pl_usage, pl_health, pl_destroy,
+/* By what the plugin has: [offload][cancel]. */
+static const mb_backend plugin_backends[2][2] = {
+    {{"plugin", pl_load, NULL, NULL, pl_unload, pl_usage, pl_health, pl_destroy, NULL},
+     {"plugin", pl_load, NULL, NULL, pl_unload, pl_usage, pl_health, pl_destroy, pl_cancel}},
+    {{"plugin", pl_load, pl_offload, pl_restore, pl_unload, pl_usage, pl_health, pl_destroy,
+      NULL},
+     {"plugin", pl_load, pl_offload, pl_restore, pl_unload, pl_usage, pl_health, pl_destroy,
+      pl_cancel}},
 };
 
-static const mb_backend plugin_no_offload = {
-    "plugin", pl_load, NULL, NULL, pl_unload, pl_usage, pl_health, pl_destroy,
-};
+/* host->lost by default: the loss goes to the context the model is in. */
+static int default_lost(void *arg, const char *model, uint64_t residency, int flags,
+                        const char *reason) {
+  plugin_inst *pi = arg;
+  return mb_model_lost(pi->ctx, model ? model : pi->name, residency, flags, reason);
+}
 
 /*
  * Device memory for plugins. The host device's memory is host RAM, mapped
@@ -282,7 +348,13 @@ int mb_model_add_plugin(mb_ctx *ctx, const char *name, mb_plugin_lib *lib,
   plugin_inst *pi = mb__calloc(1, sizeof(*pi));
   if (pi == NULL)
     return MB_ENOMEM;
+  pi->name = mb__strdup(name);
+  if (pi->name == NULL) {
+    mb__free(pi);
+    return MB_ENOMEM;
+  }
   pi->lib = lib;
+  pi->ctx = ctx;
   if (host) {
     size_t n = host->size < sizeof(pi->host) ? host->size : sizeof(pi->host);
     memcpy(&pi->host, host, n);
@@ -299,17 +371,23 @@ int mb_model_add_plugin(mb_ctx *ctx, const char *name, mb_plugin_lib *lib,
     pi->host.copy_to_device = dev_copy_to;
     pi->host.copy_from_device = dev_copy_from;
   }
+  if (pi->host.lost == NULL) {
+    pi->host.lost = default_lost;
+    pi->host.lost_arg = pi;
+  }
   mb_plugin_args args = {name, files, n_files, &pi->host};
   char msg[256] = "";
   int rc = lib->p->create(&args, &pi->inst, msg, sizeof(msg));
   if (rc != 0) {
     mb__set_err(err, err_len, "%s: plugin %s: %s", name, lib->p->name ? lib->p->name : "",
                 msg[0] ? msg : mb_strerror(rc));
+    mb__free(pi->name);
     mb__free(pi);
     return rc < 0 ? rc : MB_EBACKEND;
   }
   __atomic_add_fetch(&lib->refs, 1, __ATOMIC_ACQ_REL);
-  const mb_backend *be = lib->p->backend.offload ? &plugin_full : &plugin_no_offload;
+  const mb_backend *be =
+      &plugin_backends[lib->p->backend.offload != NULL][lib->p->backend.cancel != NULL];
   /* On failure mb_model_add destroys pi through pl_destroy. */
   rc = mb_model_add(ctx, name, be, pi, opts, err, err_len);
   if (rc == 0 && instance)

@@ -37,6 +37,7 @@
 
 static void advance(mb_ctx *ctx, mb__model *m);
 static void set_state(mb_ctx *ctx, mb__model *m, mb_state to, const char *reason);
+static void lose(mb_ctx *ctx, mb__model *m, int flags, const char *reason);
 
 /* ------------------------------------------------------------------------ */
 /* Events and answers                                                        */
@@ -413,6 +414,53 @@ static int collect(mb_ctx *ctx, int dev, int host) {
 
 static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind, const char *why);
 
+/*
+ * queue_timeout_excludes_load: while a model loads or restores for its
+ * waiters, their queue timeouts stand still (the backend bounds the load),
+ * and run on with what was left once it ends, whatever its outcome.
+ */
+static void pause_waiter(mb_ctx *ctx, mb__req *r) {
+  if (r->paused || !r->has_timer_slot)
+    return;
+  r->left_ns = 0;
+  if (mb__timer_armed(&r->timer)) {
+    if (r->timer.deadline > ctx->now)
+      r->left_ns = r->timer.deadline - ctx->now;
+    mb__heap_cancel(&ctx->heap, &r->timer);
+  }
+  r->paused = 1;
+}
+
+static void pause_waiters(mb_ctx *ctx, mb__model *m) {
+  if (!m->opts.queue_timeout_excludes_load)
+    return;
+  for (mb__req *r = m->wq_head; r; r = r->qnext)
+    pause_waiter(ctx, r);
+  for (mb__req *r = m->lw_head; r; r = r->qnext)
+    pause_waiter(ctx, r);
+}
+
+static void resume_waiter(mb_ctx *ctx, mb__req *r) {
+  if (!r->paused)
+    return;
+  r->paused = 0;
+  mb__heap_arm(&ctx->heap, &r->timer, ctx->now + r->left_ns);
+}
+
+static void resume_waiters(mb_ctx *ctx, mb__model *m) {
+  for (mb__req *r = m->wq_head; r; r = r->qnext)
+    resume_waiter(ctx, r);
+  for (mb__req *r = m->lw_head; r; r = r->qnext)
+    resume_waiter(ctx, r);
+}
+
+/* Whether a new waiter of m joins a load in progress: its timeout starts
+ * paused. */
+static int joins_load(const mb__model *m) {
+  return m->opts.queue_timeout_excludes_load &&
+         (m->state == MB_STATE_LOADING || m->state == MB_STATE_RESTORING);
+}
+
 /* Starts a full release of an OFFLOADED model to make room in the host tier. */
 static void host_evict(mb_ctx *ctx, mb__model *m) {
   m->stats.evictions++;
@@ -478,8 +526,12 @@ static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind, const char *w
   j->budget_bytes = m->dev_charge;
   j->busy = 1;
   ctx->jobs_busy++;
-  if (kind == MB_JOB_LOAD || kind == MB_JOB_RESTORE)
+  if (kind == MB_JOB_LOAD || kind == MB_JOB_RESTORE) {
     ctx->devs[m->device].loads++;
+    m->residency++;
+    pause_waiters(ctx, m);
+  }
+  j->residency = m->residency;
   if (kind == MB_JOB_OFFLOAD || kind == MB_JOB_UNLOAD)
     set_leaving(ctx, m, 1);
   set_state(ctx, m, next[kind], m->removing ? "remove" : why);
@@ -1227,9 +1279,23 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
     ctx->devs[j->device].loads--;
   ctx->devs_dirty = 1;
 
+  int canceled = m->cancel_pending;
+  m->cancel_pending = 0;
+  if (j->kind == MB_JOB_LOAD || j->kind == MB_JOB_RESTORE)
+    resume_waiters(ctx, m);
+
   switch (j->kind) {
   case MB_JOB_LOAD:
-    if (j->rc == 0) {
+    if (j->rc != 0 && canceled) {
+      /* Canceled by an unload: back to UNLOADED, no back-off. Its waiters
+       * had their answer when the cancel was asked for; later ones load
+       * it again. */
+      uncharge_dev(ctx, m);
+      m->device = -1;
+      m->unload_pending = m->offload_pending = 0;
+      set_state(ctx, m, MB_STATE_UNLOADED, "canceled");
+      answer_op_waiters(ctx, m, 0, NULL);
+    } else if (j->rc == 0) {
       note_usage(m, j);
       m->stats.loads++;
       m->stats.last_load_ms = ms;
@@ -1260,7 +1326,9 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
       snprintf(why, sizeof(why), "error: %s", m->error);
       set_state(ctx, m, MB_STATE_FAILED, why);
       snprintf(why, sizeof(why), "load of '%s' failed: %s", m->name, m->error);
-      fail_waiters(ctx, m, MB_ELOAD, why);
+      /* A load the backend gave up as timed out (its own limit, named in
+       * the message) is a timeout for the waiters too. */
+      fail_waiters(ctx, m, j->rc == MB_ETIMEDOUT ? MB_ETIMEDOUT : MB_ELOAD, why);
       m->unload_pending = m->offload_pending = 0;
       answer_op_waiters(ctx, m, 0, NULL);
     }
@@ -1332,13 +1400,29 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
     /* A keep-alive asked for by a request lasts while the model is in
      * memory; the next residency starts from the model's own. */
     m->ka_current = m->opts.keep_alive_ms;
-    if (j->rc == 0) {
+    if (j->rc == 0 && m->lost_fail) {
+      /* Lost too often (or for good): FAILED with the back-off of a
+       * failed load; its waiters get the error. */
+      m->lost_fail = 0;
+      m->stats.unloads++;
+      m->fail_count++;
+      uint64_t back = BACKOFF_FIRST_NS << (m->fail_count - 1 < 6 ? m->fail_count - 1 : 6);
+      if (back > BACKOFF_MAX_NS)
+        back = BACKOFF_MAX_NS;
+      m->retry_at = ctx->now + back;
+      snprintf(why, sizeof(why), "error: %s", m->error);
+      set_state(ctx, m, MB_STATE_FAILED, why);
+      snprintf(why, sizeof(why), "model '%s' failed: %s", m->name, m->error);
+      fail_waiters(ctx, m, MB_ELOAD, why);
+      answer_op_waiters(ctx, m, 0, NULL);
+    } else if (j->rc == 0) {
       m->stats.unloads++;
       if (from_host)
         m->stats.full_releases++;
       set_state(ctx, m, MB_STATE_UNLOADED, from_host ? "released" : "unloaded");
       answer_op_waiters(ctx, m, 0, NULL);
     } else {
+      m->lost_fail = 0;
       snprintf(m->error, sizeof(m->error), "unload failed: %s",
                j->msg[0] ? j->msg : mb_strerror(j->rc));
       snprintf(why, sizeof(why), "error: %s", m->error);
@@ -1349,7 +1433,144 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
     break;
   }
   }
+  /* A loss reported while the job ran: the model is gone if it is still
+   * resident in that residency (else the report is stale). */
+  if (m->lost_pending) {
+    m->lost_pending = 0;
+    if (!m->job.busy && m->lost_pending_res == m->residency &&
+        (m->state == MB_STATE_READY || m->state == MB_STATE_OFFLOADED))
+      lose(ctx, m, m->lost_pending_flags, m->lost_pending_reason);
+    m->lost_pending_flags = 0;
+  }
   mark_dirty(ctx, m);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lost models and canceled loads                                            */
+
+/* How many of m's losses fall within its crash window now (this one too). */
+static int losses_in_window(const mb_ctx *ctx, const mb__model *m) {
+  uint64_t win = mb__ms_to_ns(m->opts.crash_window_ms);
+  int n = 0;
+  for (int i = 0; i < m->lost_n; i++) {
+    int k = (m->lost_next - 1 - i + MB_CRASH_LIMIT_MAX) % MB_CRASH_LIMIT_MAX;
+    if (ctx->now - m->lost_times[k] <= win)
+      n++;
+  }
+  return n;
+}
+
+/*
+ * A resident model (READY or OFFLOADED, no job running) is gone: the event,
+ * the count, its leases end, and the backend's unload cleans up what is
+ * left; the unload's completion makes it UNLOADED, or FAILED when it was
+ * lost too often or for good (lost_fail).
+ */
+static void lose(mb_ctx *ctx, mb__model *m, int flags, const char *reason) {
+  m->stats.crashes++;
+  m->lost_at = ctx->now;
+  snprintf(m->lost_reason, sizeof(m->lost_reason), "%s", reason);
+  mb__event_locked(ctx, MB_EVENT_LOST, m, m->state, m->state, reason);
+  m->lost_times[m->lost_next] = ctx->now;
+  m->lost_next = (m->lost_next + 1) % MB_CRASH_LIMIT_MAX;
+  if (m->lost_n < MB_CRASH_LIMIT_MAX)
+    m->lost_n++;
+  int n = losses_in_window(ctx, m);
+  if (flags & MB_LOST_FAIL) {
+    m->lost_fail = 1;
+    snprintf(m->error, sizeof(m->error), "%s", reason);
+  } else if (m->opts.crash_limit > 0 && n >= m->opts.crash_limit) {
+    m->lost_fail = 1;
+    if (m->opts.crash_window_ms == MB_FOREVER)
+      snprintf(m->error, sizeof(m->error), "lost %d times (crash_limit %d); last: %s", n,
+               m->opts.crash_limit, reason);
+    else
+      snprintf(m->error, sizeof(m->error), "lost %d times within %lld s (crash_limit %d); last: %s",
+               n, (long long)(m->opts.crash_window_ms / 1000), m->opts.crash_limit, reason);
+  }
+  /* Its leases end: their holders learn it from mb_release (MB_ELOST). */
+  pthread_mutex_lock(&ctx->post_lock);
+  (void)mb__leases_lose_locked(ctx, m);
+  pthread_mutex_unlock(&ctx->post_lock);
+  if (m->inflight > 0 && m->device >= 0) {
+    ctx->devs[m->device].leases -= m->inflight;
+    if (ctx->devs[m->device].opts.concurrency > 0)
+      for (int i = 0; i < ctx->nmodels; i++)
+        if (ctx->models[i]->device == m->device && ctx->models[i]->wq_head)
+          mark_dirty(ctx, ctx->models[i]);
+  }
+  m->inflight = 0;
+  m->idle_since = ctx->now;
+  ctx->devs_dirty = 1;
+  /* An offload asked for is moot; unload and remove requests are answered
+   * when the unload below ends. */
+  mb__req *keep = NULL;
+  while (m->ow_head) {
+    mb__req *r = m->ow_head;
+    m->ow_head = r->qnext;
+    if (r->type == MB__R_OFFLOAD)
+      answer(ctx, r, MB_ELOST, "model '%s' was lost: %s", m->name, reason);
+    else
+      list_push(&keep, r);
+  }
+  m->ow_head = keep;
+  m->offload_pending = 0;
+  mb__heap_cancel(&ctx->heap, &m->timer);
+  start_job(ctx, m, MB_JOB_UNLOAD, "lost");
+}
+
+static void req_lost(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  uint64_t res = r->residency ? r->residency : m->residency;
+  if (res != m->residency) {
+    answer(ctx, r, MB_ESTATE, "stale report for '%s' (residency %llu, now %llu)", m->name,
+           (unsigned long long)res, (unsigned long long)m->residency);
+    return;
+  }
+  if (m->job.busy) {
+    /* Applied when the job ends, if the model is resident then. */
+    m->lost_pending = 1;
+    m->lost_pending_res = res;
+    m->lost_pending_flags |= r->flags;
+    snprintf(m->lost_pending_reason, sizeof(m->lost_pending_reason), "%s", r->reason);
+    answer(ctx, r, 0, NULL);
+    return;
+  }
+  if (m->state != MB_STATE_READY && m->state != MB_STATE_OFFLOADED) {
+    answer(ctx, r, MB_ESTATE, "model '%s' is %s, not resident", m->name,
+           mb_state_name(m->state));
+    return;
+  }
+  lose(ctx, m, r->flags, r->reason);
+  answer(ctx, r, 0, NULL);
+}
+
+/*
+ * Cancels a LOADING model's load through its backend (when it can): the
+ * waiters of the load get MB_ECANCELED now, the backend's cancel is called
+ * after the step (outside core_lock), and the load's completion brings the
+ * model back to UNLOADED (job_done).
+ */
+static void cancel_load(mb_ctx *ctx, mb__model *m, const char *why) {
+  if (m->be->cancel == NULL || m->cancel_pending || !m->job.busy ||
+      m->job.kind != MB_JOB_LOAD)
+    return;
+  m->cancel_pending = 1;
+  char msg[256];
+  snprintf(msg, sizeof(msg), "load of '%s' canceled: %s", m->name, why);
+  fail_waiters(ctx, m, MB_ECANCELED, msg);
+  memset(&m->cancel_op, 0, sizeof(m->cancel_op));
+  m->cancel_op.model = m->name;
+  m->cancel_op.user = m->user;
+  m->cancel_op.device = m->job.device;
+  m->cancel_op.device_kind = m->job.device_kind;
+  m->cancel_op.device_ordinal = m->job.device_ordinal;
+  m->cancel_op.budget_bytes = m->job.budget_bytes;
+  m->cancel_op.residency = m->job.residency;
+  if (!m->cancel_queued) {
+    m->cancel_queued = 1;
+    m->cancel_next = ctx->cancel_head;
+    ctx->cancel_head = m;
+  }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1363,6 +1584,19 @@ static int reserve_timer(mb_ctx *ctx, mb__req *r) {
   }
   r->has_timer_slot = 1;
   return 0;
+}
+
+/* Arms a new waiter's queue timeout, or keeps it paused when it joins a
+ * load in progress (queue_timeout_excludes_load). */
+static void arm_wait(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  if (!r->has_timer_slot || r->timeout_ms < 0)
+    return;
+  if (joins_load(m)) {
+    r->paused = 1;
+    r->left_ns = mb__ms_to_ns(r->timeout_ms);
+    return;
+  }
+  mb__heap_arm(&ctx->heap, &r->timer, ctx->now + mb__ms_to_ns(r->timeout_ms));
 }
 
 static int check_backoff(mb_ctx *ctx, mb__model *m, mb__req *r) {
@@ -1406,6 +1640,7 @@ static void req_acquire(mb_ctx *ctx, mb__model *m, mb__req *r) {
   }
   if (r->priority == MB_PRIORITY_DEFAULT)
     r->priority = m->opts.priority;
+  r->timeout_own = r->timeout_ms != MB_DEFAULT;
   int64_t to = r->timeout_ms == MB_DEFAULT ? m->opts.queue_timeout_ms : r->timeout_ms;
   r->timeout_ms = to;
   if (to >= 0 && reserve_timer(ctx, r) != 0)
@@ -1414,8 +1649,7 @@ static void req_acquire(mb_ctx *ctx, mb__model *m, mb__req *r) {
   note_use(ctx, m);
   gdsf_touch(ctx, m);
   wq_insert(m, r);
-  if (to >= 0 && r->has_timer_slot)
-    mb__heap_arm(&ctx->heap, &r->timer, ctx->now + mb__ms_to_ns(to));
+  arm_wait(ctx, m, r);
   mark_dirty(ctx, m);
 }
 
@@ -1444,8 +1678,7 @@ static void req_load(mb_ctx *ctx, mb__model *m, mb__req *r) {
   if (r->timeout_ms >= 0 && reserve_timer(ctx, r) != 0)
     return;
   list_push(&m->lw_head, r);
-  if (r->has_timer_slot && r->timeout_ms >= 0)
-    mb__heap_arm(&ctx->heap, &r->timer, ctx->now + mb__ms_to_ns(r->timeout_ms));
+  arm_wait(ctx, m, r);
   mark_dirty(ctx, m);
 }
 
@@ -1486,9 +1719,13 @@ static void req_unload(mb_ctx *ctx, mb__model *m, mb__req *r) {
     m->fail_count = 0;
     m->retry_at = 0;
     m->error[0] = '\0';
+    m->lost_n = 0; /* the operator's reset clears the crash history */
     set_state(ctx, m, MB_STATE_UNLOADED, "reset");
     answer(ctx, r, 0, NULL);
     return;
+  case MB_STATE_LOADING:
+    cancel_load(ctx, m, "the model was unloaded while it loaded");
+    break;
   default:
     break;
   }
@@ -1532,6 +1769,8 @@ static void req_remove(mb_ctx *ctx, mb__model *m, mb__req *r) {
     return;
   }
   m->removing = 1;
+  if (m->state == MB_STATE_LOADING)
+    cancel_load(ctx, m, "the model is being removed");
   list_push(&m->ow_head, r);
   if (m->state != MB_STATE_UNLOADED && m->state != MB_STATE_FAILED)
     m->unload_pending = 1;
@@ -1557,6 +1796,8 @@ void mb__shutdown_locked(mb_ctx *ctx) {
   for (int i = 0; i < ctx->nmodels; i++) {
     mb__model *m = ctx->models[i];
     fail_waiters(ctx, m, MB_ESHUTDOWN, "context is shutting down");
+    if (m->state == MB_STATE_LOADING)
+      cancel_load(ctx, m, "the context is shutting down");
     if (ctx->opts.manual) {
       answer_op_waiters(ctx, m, MB_ESHUTDOWN, "context is shutting down");
       m->unload_pending = m->offload_pending = 0;
@@ -1590,6 +1831,7 @@ static void handle_req(mb_ctx *ctx, mb__req *r) {
   case MB__R_UNLOAD: req_unload(ctx, m, r); break;
   case MB__R_KEEPALIVE: req_keep_alive(ctx, m, r); break;
   case MB__R_REMOVE: req_remove(ctx, m, r); break;
+  case MB__R_LOST: req_lost(ctx, m, r); break;
   default: answer(ctx, r, MB_EINVAL, "unknown request"); break;
   }
 }
@@ -1601,6 +1843,10 @@ static void drop_lease(mb_ctx *ctx, mb__lease *l) {
   mb__model *m = l->m;
   mb__heap_cancel(&ctx->heap, &l->timer);
   mb__heap_unreserve(&ctx->heap);
+  if (l->lost) { /* its model was lost: counted out then */
+    mb__free(l);
+    return;
+  }
   m->inflight--;
   ctx->devs[l->device].leases--;
   m->last_accessed = ctx->now;
@@ -1645,8 +1891,9 @@ static void fire_timer(mb_ctx *ctx, mb__timer *t) {
         *pp = r->qnext;
     }
     ctx->devs_dirty = 1;
-    answer(ctx, r, MB_ETIMEDOUT, "waited %lld ms for '%s' (state %s)", (long long)r->timeout_ms,
-           m->name, mb_state_name(m->state));
+    answer(ctx, r, MB_ETIMEDOUT, "waited %lld ms for '%s' (state %s) (%s)",
+           (long long)r->timeout_ms, m->name, mb_state_name(m->state),
+           r->timeout_own ? "the request's queue timeout" : "queue_timeout");
     mark_dirty(ctx, m);
     break;
   }

@@ -44,6 +44,9 @@ static void fill_status_locked(mb_ctx *ctx, const mb__model *m, mb_status *st) {
   st->warnings = m->warnings;
   snprintf(st->warning_text, sizeof(st->warning_text), "%s", m->warning_text);
   st->stats = m->stats;
+  st->residency = m->residency;
+  st->lost_at = m->lost_at;
+  snprintf(st->lost_reason, sizeof(st->lost_reason), "%s", m->lost_reason);
 }
 
 int mb_model_status(mb_ctx *ctx, const char *name, mb_status *out) {

@@ -290,8 +290,9 @@ static int be_nop(mb_op *op) {
   return 0;
 }
 
-static const mb_backend be_offload = {"sim", be_nop, be_nop, be_nop, be_nop, NULL, NULL, NULL};
-static const mb_backend be_plain = {"sim", be_nop, NULL, NULL, be_nop, NULL, NULL, NULL};
+static const mb_backend be_offload = {"sim", be_nop, be_nop, be_nop, be_nop,
+                                      NULL,  NULL,   NULL,   NULL};
+static const mb_backend be_plain = {"sim", be_nop, NULL, NULL, be_nop, NULL, NULL, NULL, NULL};
 
 /* ------------------------------------------------------------------------ */
 /* Setup                                                                     */

@@ -192,6 +192,9 @@ static void on_event(const mb_event *ev, void *arg) {
   case MB_EVENT_WARNING:
     printf("  %+.3fs %-8s warning: %s\n", t, ev->model, ev->reason);
     break;
+  case MB_EVENT_LOST:
+    printf("  %+.3fs %-8s lost: %s\n", t, ev->model, ev->reason);
+    break;
   case MB_EVENT_PROGRESS:
     break;
   }

@@ -75,7 +75,8 @@ extern "C" {
   XX(EIO, -14, "input/output error")                                          \
   XX(EFORMAT, -15, "malformed file")                                          \
   XX(ENODEV, -16, "no such device")                                           \
-  XX(ESHUTDOWN, -17, "context is shutting down")
+  XX(ESHUTDOWN, -17, "context is shutting down")                             \
+  XX(ELOST, -18, "model lost")
 
 typedef enum mb_err {
 #define MB__ERR_ENUM(name, val, text) MB_##name = (val),
@@ -189,6 +190,13 @@ typedef struct mb_op {
   char *err;              /* write a message here on failure (NUL-terminated) */
   size_t err_len;
   void *priv;             /* private to the core */
+  /* The residency this operation belongs to: the core counts 1, 2, ... at
+   * every load and every restore of the model, and passes the current
+   * count to every operation (an offload or unload gets the count of the
+   * residency it ends). A backend that watches a model between operations
+   * remembers it to report a loss (mb_model_lost) of exactly that
+   * residency, and to tell which load a cancel is for. */
+  uint64_t residency;
 } mb_op;
 
 /*
@@ -204,10 +212,25 @@ MB_EXTERN void mb_op_progress(mb_op *op, uint64_t done_bytes, uint64_t total_byt
  * MB_E* code and writes a message into op->err on failure.
  *
  * Contract: a failed load or restore leaves nothing allocated on the device.
- * unload must free everything on every tier, from READY and from OFFLOADED.
- * usage, when present, is called on a loader thread after each successful
- * load, restore and offload; its figures replace the declared footprint.
- * destroy, when present, frees the backend argument when the model is removed.
+ * unload must free everything on every tier, from READY and from OFFLOADED,
+ * and also after the model was lost (mb_model_lost): then it cleans up
+ * whatever is left. usage, when present, is called on a loader thread after
+ * each successful load, restore and offload; its figures replace the
+ * declared footprint. destroy, when present, frees the backend argument when
+ * the model is removed.
+ *
+ * cancel, optional (appended last, so positional initialisers of the older
+ * fields keep working), makes a load in progress give up: the core calls it
+ * when an unload (or removal, or the context's end) is asked for while the
+ * model is LOADING, from the core thread (or mb_ctx_step's caller), outside
+ * any core lock, with an op naming the model, its backend argument and the
+ * residency of the load. It must not block: it sets a flag, kills a starting
+ * process, and returns. The load then returns soon, MB_ECANCELED (or
+ * whatever it returns: the model goes back to UNLOADED either way, without
+ * back-off; if the load succeeded first, the model is unloaded). A cancel
+ * may come after the load already returned, or before the load function
+ * started: match op->residency. Without cancel, an unload of a LOADING
+ * model waits for the load to end.
  */
 typedef struct mb_backend {
   const char *name;
@@ -218,6 +241,7 @@ typedef struct mb_backend {
   int (*usage)(mb_op *op, mb_usage *out);
   int (*health)(mb_op *op);
   void (*destroy)(void *user);
+  int (*cancel)(mb_op *op);
 } mb_backend;
 
 /*
@@ -285,7 +309,8 @@ typedef enum mb_event_type {
   MB_EVENT_STATE = 0, /* a state change: from -> to */
   MB_EVENT_EVICT,     /* the core chose this model as an eviction victim */
   MB_EVENT_WARNING,   /* a new warning (slow load, memory growth) */
-  MB_EVENT_PROGRESS   /* load/restore progress (bytes done/total) */
+  MB_EVENT_PROGRESS,  /* load/restore progress (bytes done/total) */
+  MB_EVENT_LOST       /* a resident model was lost (mb_model_lost); reason says why */
 } mb_event_type;
 
 typedef struct mb_event {
@@ -299,9 +324,13 @@ typedef struct mb_event {
   /* Why, never NULL. Entering LOADING/RESTORING: "acquire" or "load";
    * OFFLOADING/UNLOADING: "idle" (keep-alive expired), "evict", "request"
    * (mb_offload/mb_unload), "error" (a failed restore or offload),
-   * "shutdown", "remove"; completions: "loaded", "restored", "offloaded",
-   * "unloaded", "released" (from the host tier), "reset"; FAILED:
-   * "error: <message>". MB_EVENT_EVICT / MB_EVENT_WARNING carry a text. */
+   * "shutdown", "remove", "lost" (the model was lost: its MB_EVENT_LOST
+   * came just before); completions: "loaded", "restored", "offloaded",
+   * "unloaded", "released" (from the host tier), "reset", "canceled" (a
+   * canceled load); FAILED: "error: <message>". MB_EVENT_EVICT /
+   * MB_EVENT_WARNING carry a text; MB_EVENT_LOST the backend's reason
+   * ("exited: status 3", "killed: SIGKILL", "busy_timeout", "unhealthy",
+   * "memory_limit: ..."). */
   const char *reason;
 } mb_event;
 
@@ -455,7 +484,19 @@ typedef struct mb_model_opts {
   int max_concurrency;        /* leases at once (default 1; must be >= 1) */
   int max_queue;              /* waiters beyond which acquire fails (default 64; >= 0) */
   int64_t queue_timeout_ms;   /* bound on a waiter's wait (default 60 s; MB_FOREVER) */
+  /* Losses (mb_model_lost): the model FAILS, with the back-off of a failed
+   * load, at its crash_limit-th loss within crash_window_ms (default 3
+   * within 5 min); 0 = never for that reason. At most MB_CRASH_LIMIT_MAX. */
+  int crash_limit;
+  int64_t crash_window_ms;
+  /* 1: a waiter's queue timeout stops while its model is loading or
+   * restoring for it (the wait for the load is bounded by the backend, e.g.
+   * modelbufd's start_timeout) and counts only the wait for a slot or for
+   * memory; 0 (the default): queue_timeout_ms bounds the whole wait. */
+  int queue_timeout_excludes_load;
 } mb_model_opts;
+
+#define MB_CRASH_LIMIT_MAX 32
 
 /* Fills opts with the defaults above. */
 MB_EXTERN void mb_model_opts_init(mb_model_opts *opts);
@@ -526,9 +567,12 @@ typedef void (*mb_done_fn)(const mb_result *res, void *arg);
  * granted or the request fails. opts may be NULL. The lease holds the model
  * READY: it is never offloaded, unloaded or evicted and its idle clock does
  * not run while any lease is out. Threaded mode only.
- * Errors: MB_ENOENT, MB_EQUEUEFULL (at once), MB_ETIMEDOUT, MB_ENOSPC (can
- * never fit), MB_ELOAD (load failed or model in back-off; message in err),
- * MB_ESHUTDOWN, MB_ENOMEM, MB_EINVAL (manual mode).
+ * Errors: MB_ENOENT, MB_EQUEUEFULL (at once), MB_ETIMEDOUT (the queue
+ * timeout, or a load that the backend gave up as timed out; the message
+ * names the limit), MB_ENOSPC (can never fit), MB_ELOAD (load failed or
+ * model in back-off; message in err), MB_ECANCELED (the load it waited for
+ * was canceled by an unload), MB_ESHUTDOWN, MB_ENOMEM, MB_EINVAL (manual
+ * mode).
  */
 MB_EXTERN int mb_acquire(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts,
                          mb_lease *lease, char *err, size_t err_len) MB_WUR;
@@ -552,13 +596,16 @@ MB_EXTERN int mb_cancel(mb_ctx *ctx, uint64_t req_id);
  * Ends a use. The last release starts the model's idle clock. Thread-safe,
  * never blocks. A lease released twice, or unknown to this context, gives
  * MB_EINVAL: checked at once in threaded mode against the lease table, and
- * in manual mode too.
+ * in manual mode too. A lease on a model that was lost while it was held
+ * (mb_model_lost) already ended: releasing it gives MB_ELOST, once (so the
+ * holder learns that its work ran on a model that is gone).
  */
 MB_EXTERN int mb_release(mb_ctx *ctx, mb_lease lease) MB_WUR;
 
 /* Sets the deadline of a lease with a TTL to now + ttl_ms, later or earlier
  * than before (an earlier one takes effect at once). Errors: MB_EINVAL
- * (unknown or released lease, a lease without TTL, ttl_ms <= 0). */
+ * (unknown or released lease, a lease without TTL, ttl_ms <= 0), MB_ELOST
+ * (its model was lost: release it). */
 MB_EXTERN int mb_lease_renew(mb_ctx *ctx, mb_lease lease, int64_t ttl_ms) MB_WUR;
 
 /* ------------------------------------------------------------------------ */
@@ -586,7 +633,10 @@ MB_EXTERN int mb_offload_async(mb_ctx *ctx, const char *name, mb_done_fn done, v
 /*
  * Frees the model on every tier once its leases drain; new acquires wait and
  * load it again afterwards. UNLOADED already: 0. A FAILED model is reset to
- * UNLOADED (its back-off cleared). Errors: MB_ENOENT.
+ * UNLOADED (its back-off cleared). A LOADING model whose backend has cancel
+ * is canceled: the waiters of that load get MB_ECANCELED at once, and this
+ * answers (0) when the load has returned; without cancel it waits for the
+ * load and unloads then. Errors: MB_ENOENT.
  */
 MB_EXTERN int mb_unload(mb_ctx *ctx, const char *name, char *err, size_t err_len) MB_WUR;
 MB_EXTERN int mb_unload_async(mb_ctx *ctx, const char *name, mb_done_fn done, void *arg) MB_WUR;
@@ -599,6 +649,44 @@ MB_EXTERN int mb_unload_async(mb_ctx *ctx, const char *name, mb_done_fn done, vo
 MB_EXTERN int mb_keep_alive(mb_ctx *ctx, const char *name, int64_t keep_alive_ms) MB_WUR;
 MB_EXTERN int mb_keep_alive_async(mb_ctx *ctx, const char *name, int64_t keep_alive_ms,
                                   mb_done_fn done, void *arg) MB_WUR;
+
+/* ------------------------------------------------------------------------ */
+/* Lost models                                                               */
+
+/* mb_model_lost flag: the model FAILS at once (with back-off), whatever its
+ * crash_limit: the backend stopped it for a fault that a restart would not
+ * cure (modelbufd: a worker past its memory_limit). */
+#define MB_LOST_FAIL 0x1
+
+/*
+ * A backend reports that a resident model is gone: its worker process
+ * exited or was killed, a watchdog killed it, its health checks failed, its
+ * device failed. residency is the op->residency of the load or restore that
+ * made it resident (0: whatever residency is current, for backends that do
+ * not track it). reason is a short text ("exited: status 3", "killed:
+ * SIGKILL", "busy_timeout", "unhealthy"), copied (at most 127 bytes kept).
+ *
+ * Non-blocking, callable from any thread, also from a backend's own
+ * threads between operations. The core then, in order: ignores the report
+ * if the residency is no longer current or the model is not resident
+ * (READY or OFFLOADED; a report that comes while an operation of the model
+ * runs is kept and applied when it ends, if the model is then resident in
+ * that residency); emits MB_EVENT_LOST with the reason; counts it
+ * (stats.crashes); ends every lease on the model (their mb_release and
+ * mb_lease_renew give MB_ELOST); moves the model to UNLOADING ("lost"),
+ * where the backend's unload cleans up what is left; and then to UNLOADED,
+ * or to FAILED with the back-off of a failed load when this is its
+ * crash_limit-th loss within crash_window_ms, or when flags has
+ * MB_LOST_FAIL (the error names the reason; waiters get MB_ELOAD).
+ * Waiters of an UNLOADED model stay queued and are served by the next load,
+ * which is admitted and counted as any load. Nothing is restarted behind
+ * the core's back.
+ *
+ * Returns 0 when posted; MB_EINVAL (no context, name or reason), MB_ENOMEM
+ * (not posted: report again).
+ */
+MB_EXTERN int mb_model_lost(mb_ctx *ctx, const char *name, uint64_t residency, int flags,
+                            const char *reason) MB_WUR;
 
 /* ------------------------------------------------------------------------ */
 /* Status and statistics                                                     */
@@ -614,6 +702,7 @@ typedef struct mb_stats {
   uint64_t wait_buckets[MB_WAIT_BUCKETS]; /* counts per bucket (not cumulative) */
   uint64_t wait_count;
   double wait_sum_ms;
+  uint64_t crashes;       /* losses reported by the backend (mb_model_lost) */
 } mb_stats;
 
 #define MB_WARN_SLOW_LOAD 0x1u     /* last load took > 2x its running average */
@@ -645,6 +734,9 @@ typedef struct mb_status {
   unsigned warnings;       /* MB_WARN_* bits */
   char warning_text[256];  /* human text of the warnings */
   mb_stats stats;
+  uint64_t residency;      /* loads + restores so far (mb_op.residency of the last) */
+  uint64_t lost_at;        /* clock ns of the last loss; 0 never */
+  char lost_reason[128];   /* its reason ("" if none) */
 } mb_status;
 
 /* Snapshot of one model. Thread-safe. Errors: MB_ENOENT. */

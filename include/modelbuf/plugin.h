@@ -34,8 +34,10 @@
 extern "C" {
 #endif
 
-/* The plugin interface version this header describes. */
-#define MB_PLUGIN_ABI 1
+/* The plugin interface version this header describes. 2: mb_backend gained
+ * cancel (and the table's later fields moved); plugins built for 1 still
+ * load (read with the old layout, no cancel). */
+#define MB_PLUGIN_ABI 2
 /* The symbol every plugin exports. */
 #define MB_PLUGIN_SYMBOL "mb_plugin_v1"
 
@@ -60,7 +62,22 @@ typedef struct mb_plugin_host {
                         size_t bytes, char *err, size_t err_len);
   int (*copy_from_device)(mb_device_kind kind, int ordinal, void *dst, const void *src,
                           size_t bytes, char *err, size_t err_len);
+  /*
+   * Reports that the model, resident, is gone (its device failed, a helper
+   * it needs died): as mb_model_lost of the host's context, for this
+   * model. residency is op->residency of the load or restore that made it
+   * resident. Any thread, never blocks; 0 or MB_E*. Present when
+   * MB_PLUGIN_HOST_HAS(host, lost).
+   */
+  int (*lost)(void *lost_arg, const char *model, uint64_t residency, int flags,
+              const char *reason);
+  void *lost_arg;
 } mb_plugin_host;
+
+/* Whether host (of a host possibly older than the plugin) has field. */
+#define MB_PLUGIN_HOST_HAS(host, field)                                                    \
+  ((host)->size >= offsetof(mb_plugin_host, field) + sizeof((host)->field) &&               \
+   (host)->field != NULL)
 
 /* What create() receives. Strings are valid only during the call: copy them. */
 typedef struct mb_plugin_args {
@@ -107,7 +124,7 @@ typedef struct mb_plugin {
   /* Frees an instance that is unloaded. */
   void (*destroy)(void *instance);
   /* Residency: op->user is the instance. load and unload required; offload
-   * and restore optional but a pair; usage and health optional. The
+   * and restore optional but a pair; usage, health and cancel optional. The
    * backend's name and destroy fields are ignored. */
   mb_backend backend;
   /* Serves one request; returns 0 (the response is sent, whatever its

@@ -36,9 +36,9 @@ def worker(*flags):
 
 
 class Daemon:
-    def __init__(self, config):
+    def __init__(self, config, port=None):
         self.dir = tempfile.mkdtemp(prefix="mb-daemon-")
-        self.port = free_port()
+        self.port = port or free_port()
         self.cfg = os.path.join(self.dir, "modelbuf.yaml")
         with open(self.cfg, "w") as f:
             f.write(f"listen: 127.0.0.1:{self.port}\n" + config)

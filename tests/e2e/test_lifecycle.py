@@ -5,6 +5,7 @@ with the slope it leaks at; footprint and reclaimed memory match what the
 model is known to hold (the bytes of its files)."""
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -217,6 +218,67 @@ models:
     assert arena <= r["host_peak_bytes"] <= 2 * arena + 8 * MiB, r["host_peak_bytes"]
     assert abs(r["growth_bytes_per_restore"]) < 1 * MiB
     assert r["reserve_bytes"] == arena * 3 // 2
+
+
+def write_shard(path, tensors):
+    """A safetensors file of F32 tensors {name: [rows, cols]} (random bytes)."""
+    header, off = {}, 0
+    for name, (r, c) in tensors.items():
+        header[name] = {"dtype": "F32", "shape": [r, c], "data_offsets": [off, off + r * c * 4]}
+        off += r * c * 4
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + os.urandom(off))
+
+
+def test_same_model_as_the_daemon_builds(workdir):
+    # A sharded model named by its folder: what `modelbufd --check-config`
+    # accepts, `bench lifecycle` runs, for every backend (one construction).
+    folder = os.path.join(workdir, "shards")
+    os.makedirs(folder, exist_ok=True)
+    rows = 256 if SANITIZED else 1024
+    data = 0
+    for k in range(2):
+        tensors = {f"layer{k}.{j}": (rows, 512) for j in range(4)}
+        write_shard(os.path.join(folder, f"model-{k + 1:05d}-of-00002.safetensors"), tensors)
+        data += 4 * rows * 512 * 4
+    worker_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers",
+                             "test_worker.py")
+    cfg = os.path.join(workdir, "folders.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""devices: [{{host: true, budget: 1GiB}}]
+models:
+  t:
+    backend: tensors
+    files: [{folder}]
+  p:
+    backend: plugin
+    plugin: {PLUGIN}
+    files: [{folder}/]
+    probe: {{method: GET, path: /info}}
+  w:
+    cmd: [/usr/bin/python3, {worker_py}, --port, "${{PORT}}"]
+    files: [{folder}]
+    probe: {{method: POST, path: /infer, body: "{{}}"}}
+""")
+    daemon = os.path.join(BUILD, "daemon", "modelbufd")
+    if os.path.exists(daemon):
+        p = subprocess.run([daemon, "--check-config", cfg], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0 and "ok: 3 models" in p.stdout, p.stdout + p.stderr
+    for name in ("t", "p", "w"):
+        p = subprocess.run([TOOL, "bench", "lifecycle", name, "--config", cfg, "--cycles", "2",
+                            "--json"], capture_output=True, text=True,
+                           timeout=600 if SANITIZED else 120)
+        assert p.returncode in ((0, 4) if SANITIZED else (0,)), (name, p.stderr)
+        r = json.loads(p.stdout)
+        assert r["cycles"] == 2 and r["first_inference_ms"] is not None, (name, r)
+        if name == "t":  # both shards, in whole pages
+            assert data <= r["footprint_bytes"] <= data + 2 * 8192, (data, r)
+        if name == "p":  # the plugin got both files
+            assert r["device_peak_bytes"] == sum(
+                os.path.getsize(os.path.join(folder, x)) for x in os.listdir(folder)), r
 
 
 # ---------------------------------------------------------------------------

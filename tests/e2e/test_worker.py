@@ -169,9 +169,13 @@ def test_busy_timeout_kills_the_worker_and_answers_504(d):
     while workers_alive([pid]) and time.time() < deadline:
         time.sleep(0.05)
     assert workers_alive([pid]) == []
-    # The next request starts a new process.
+    # The core learned it: a loss, counted, and the next request starts a
+    # new process in a new, counted load.
+    st = d.status("busy")
+    assert st["stats"]["crashes"] == 1 and st["last_crash"]["reason"] == "busy_timeout", st
     code, body, _ = d.post("/m/busy/infer", {"x": 1})
     assert code == 200 and body["pid"] != pid
+    assert d.status("busy")["stats"]["loads"] == 2
 
 
 def test_host_tier_without_hooks_stops_and_pins_files(d):

@@ -113,9 +113,10 @@ static inline int h_device(harness *h, uint64_t bytes) {
 
 /* A backend whose functions are never called: the tests script completions. */
 static inline int h_nop(mb_op *op) { (void)op; return 0; }
-static const mb_backend h_backend = {"scripted", h_nop, h_nop, h_nop, h_nop, NULL, NULL, NULL};
+static const mb_backend h_backend = {"scripted", h_nop, h_nop, h_nop, h_nop, NULL, NULL, NULL,
+                                     NULL};
 static const mb_backend h_backend_no_offload = {"scripted", h_nop, NULL, NULL, h_nop,
-                                                NULL, NULL, NULL};
+                                                NULL,       NULL,  NULL, NULL};
 
 static inline void h_model(harness *h, const char *name, const mb_model_opts *o) {
   char err[256] = "";

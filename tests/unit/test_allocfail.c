@@ -1,7 +1,7 @@
 /*
  * test_allocfail.c - allocation failure everywhere (curl's memdebug idea):
  * a whole scenario (context, device, two models, acquire, eviction, release,
- * offload, restore, keep-alive, idle expiry, unload, free) runs again and
+ * offload, restore, keep-alive, idle expiry, unload, a loss, free) runs again and
  * again in manual mode with the library's Nth allocation failing, N = 1, 2,
  * 3, ... until a run goes through with no failure injected.
  *
@@ -303,6 +303,17 @@ static void scenario(void) {
   CHECK(state_of("b") == MB_STATE_READY);
   request(p_unload, "a", 0);
   CHECK(state_of("a") == MB_STATE_UNLOADED);
+
+  /* b is lost under a lease: the lease ends, the backend's unload cleans
+   * up, and the next acquire loads it again. */
+  acquire("b", &lb);
+  RETRY(mb_model_lost(H.ctx, "b", 0, 0, "exited: status 3"));
+  run();
+  CHECK(state_of("b") == MB_STATE_UNLOADED);
+  CHECK(mb_release(H.ctx, lb.lease) == MB_ELOST);
+  run();
+  acquire("b", &lb);
+  release(&lb);
 
   /* Free refuses with a lease out, then unloads what is left. */
   acquire("b", &lb);

@@ -10,6 +10,7 @@
  * or by keep-alive 0, and then observed through a blocking call that
  * answers only once it is done.
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -306,6 +307,47 @@ static void test_keep_alive_zero(void **state) {
   assert_int_equal(status("z").state, MB_STATE_OFFLOADED);
 }
 
+/* User code finds its model gone (say its device reported an error) and
+ * says so from another thread: the lease ends (MB_ELOST), the unload
+ * callback frees what is left, and the next acquire loads it again. */
+typedef struct lost_arg {
+  const char *model;
+  int rc;
+} lost_arg;
+
+static void *report_lost(void *arg) {
+  lost_arg *a = arg;
+  a->rc = mb_model_lost(ctx, a->model, 0, 0, "device error: uncorrectable ECC");
+  return NULL;
+}
+
+static void test_lost_from_another_thread(void **state) {
+  (void)state;
+  static tmodel m = {.bytes = 128 * KiB, .seed = 7};
+  add_model("dev", &m, 1, 128 * KiB, MB_FOREVER);
+  mb_lease l = acquire_ok("dev");
+  assert_int_equal(status("dev").residency, 1);
+  pthread_t t;
+  lost_arg a = {"dev", -99};
+  assert_int_equal(pthread_create(&t, NULL, report_lost, &a), 0);
+  pthread_join(t, NULL);
+  assert_int_equal(a.rc, 0);
+  /* Posted after the report: answers once the lost model is unloaded. */
+  assert_int_equal(mb_unload(ctx, "dev", NULL, 0), 0);
+  mb_status st = status("dev");
+  assert_int_equal(st.state, MB_STATE_UNLOADED);
+  assert_int_equal(st.stats.crashes, 1);
+  assert_string_equal(st.lost_reason, "device error: uncorrectable ECC");
+  assert_int_equal(atomic_load(&m.unloads), 1);
+  assert_null(m.dev);
+  assert_int_equal(mb_release(ctx, l), MB_ELOST);
+  l = acquire_ok("dev");
+  assert_int_equal(bad_bytes(&m), 0);
+  assert_int_equal(atomic_load(&m.loads), 2);
+  assert_int_equal(status("dev").residency, 2);
+  assert_int_equal(mb_release(ctx, l), 0);
+}
+
 /* A failing load: FAILED with the callback's message; acquire gets MB_ELOAD
  * with it; the back-off answers at once; unload resets. */
 static void test_load_failure(void **state) {
@@ -600,6 +642,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_load_offload_restore, setup, teardown),
       cmocka_unit_test_setup_teardown(test_keep_alive_zero, setup, teardown),
       cmocka_unit_test_setup_teardown(test_load_failure, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_lost_from_another_thread, setup, teardown),
       cmocka_unit_test_setup_teardown(test_no_offload, setup, teardown),
       cmocka_unit_test_setup_teardown(test_model_remove, setup, teardown),
       cmocka_unit_test_setup_teardown(test_device_info, setup, teardown),

@@ -1258,6 +1258,71 @@ static void test_core_opts(void **state) {
   mbd_config_free(cfg);
 }
 
+/* The keys of worker supervision: health checks, crash limits, memory
+ * limit, the unload hook, cgroups, the state file; and what the core gets. */
+static void test_supervision_keys(void **state) {
+  mbd_config *cfg;
+  mb_model_opts mo;
+  char err[256];
+  mbd_diag diag;
+
+  (void)state;
+  cfg = parse_ok("cgroup: /sys/fs/cgroup/modelbuf\n"
+                 "state_file: /run/modelbuf/state\n"
+                 "defaults: {crash_limit: 5, crash_window: 10m}\n"
+                 "models:\n"
+                 "  w:\n"
+                 "    cmd: [x]\n"
+                 "    health_interval: 2s\n"
+                 "    health_failures: 4\n"
+                 "    crash_limit: 0\n"
+                 "    crash_window: forever\n"
+                 "    memory_limit: 3GiB\n"
+                 "    hooks: {unload: {path: /bye, timeout: 3s}}\n"
+                 "  p: {backend: plugin, plugin: /x.so}\n");
+  assert_string_equal(cfg->cgroup, "/sys/fs/cgroup/modelbuf");
+  assert_string_equal(cfg->state_file, "/run/modelbuf/state");
+  assert_int_equal(cfg->defaults.crash_limit, 5);
+  assert_int_equal(cfg->defaults.crash_window_ms, 600000);
+  const mbd_model_config *w = &cfg->models[0];
+  assert_int_equal(w->tuning.health_interval_ms, 2000);
+  assert_int_equal(w->tuning.health_failures, 4);
+  assert_int_equal(w->tuning.crash_limit, 0);
+  assert_int_equal(w->tuning.crash_window_ms, MB_FOREVER);
+  assert_true(w->memory_limit_bytes == 3ULL << 30);
+  assert_string_equal(w->hook_unload.path, "/bye");
+  assert_int_equal(w->hook_unload.timeout_ms, 3000);
+  assert_int_equal(mbd_config_model_opts(cfg, w, &mo, err, sizeof(err)), 0);
+  assert_int_equal(mo.crash_limit, 0);
+  assert_int_equal(mo.crash_window_ms, MB_FOREVER);
+  assert_int_equal(mo.queue_timeout_excludes_load, 1); /* start_timeout bounds a worker's start */
+  assert_int_equal(mbd_config_model_opts(cfg, &cfg->models[1], &mo, err, sizeof(err)), 0);
+  assert_int_equal(mo.crash_limit, 5);
+  assert_int_equal(mo.crash_window_ms, 600000);
+  assert_int_equal(mo.queue_timeout_excludes_load, 0);
+  mbd_config_free(cfg);
+  /* Built-in defaults. */
+  cfg = parse_ok("models: {w: {cmd: [x]}}\n");
+  assert_null(cfg->cgroup);
+  assert_null(cfg->state_file);
+  assert_int_equal(cfg->models[0].tuning.crash_limit, 3);
+  assert_int_equal(cfg->models[0].tuning.crash_window_ms, 300000);
+  assert_int_equal(cfg->models[0].tuning.health_interval_ms, 0);
+  assert_int_equal(cfg->models[0].tuning.health_failures, 3);
+  mbd_config_free(cfg);
+  cfg = parse_ok("cgroup: auto\nmodels: {}\n");
+  assert_string_equal(cfg->cgroup, "auto");
+  mbd_config_free(cfg);
+  parse_bad("cgroup: sys/fs/cgroup\n"
+            "models:\n"
+            "  w: {cmd: [x], crash_limit: 33, crash_window: -3s}\n",
+            &diag);
+  assert_diag_has(&diag, "t.yaml:1:9: cgroup: 'sys/fs/cgroup' is not auto, off or an absolute folder");
+  assert_diag_has(&diag, "models.w.crash_limit: must be at most 32");
+  assert_diag_has(&diag, "models.w.crash_window: negative duration");
+  mbd_diag_free(&diag);
+}
+
 static void test_diag_limit(void **state) {
   char *yaml = malloc(64 * 300 + 16);
   size_t off = 0;
@@ -1312,6 +1377,7 @@ int main(void) {
       cmocka_unit_test(test_config_path),
       cmocka_unit_test(test_overrides),
       cmocka_unit_test(test_core_opts),
+      cmocka_unit_test(test_supervision_keys),
       cmocka_unit_test(test_diag_limit),
       cmocka_unit_test(test_misc_names),
   };

@@ -11,11 +11,16 @@ to start). It holds a block of real memory as its "weights" and answers:
   GET  /cwd             {"cwd": os.getcwd()}
   POST /upload          reads the body as it arrives: {"bytes", "sum", "started", "ended"}
   POST /offload /restore /cleanup   the hooks (the weights move to a host copy)
+  POST /unload-hook     the unload hook: writes --unload-mark FILE
+  GET  /children        {"pids": [...], "sid": N}: the processes it started
 
 Fault modes (flags): --exit-early (prints and exits 3), --never-healthy,
 --ignore-term (ignores SIGTERM), --slow-start MS, --alloc-mb N (weights),
---grow-mb N (keeps N MiB more after every restore); POST /alloc?mb=N keeps N MiB
-more at once.
+--grow-mb N (keeps N MiB more after every restore), --child SECONDS (a child
+in its process group, `sleep`), --setsid-child SECONDS (a child that escapes
+with setsid; both keep the output pipe open); POST /alloc?mb=N keeps N MiB
+more at once, POST /crash exits (status 3) in the middle of the request,
+POST /hang makes every later request (the health check too) hang.
 """
 import argparse
 import json
@@ -35,6 +40,9 @@ p.add_argument("--ignore-term", action="store_true")
 p.add_argument("--slow-start", type=int, default=0)
 p.add_argument("--alloc-mb", type=int, default=0)
 p.add_argument("--grow-mb", type=int, default=0)
+p.add_argument("--child", type=int, default=0)
+p.add_argument("--setsid-child", type=int, default=0)
+p.add_argument("--unload-mark", default="")
 a = p.parse_args()
 
 print(f"test_worker {a.model} starting on port {a.port}", flush=True)
@@ -45,6 +53,16 @@ if a.ignore_term:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if a.slow_start:
     time.sleep(a.slow_start / 1000.0)
+
+import subprocess
+children = []
+if a.child:  # same process group; inherits stdout (the daemon's pipe)
+    children.append(subprocess.Popen(["sleep", str(a.child)]).pid)
+if a.setsid_child:  # its own session: out of the worker's process group
+    children.append(subprocess.Popen(["sleep", str(a.setsid_child)], start_new_session=True).pid)
+if children:
+    print(f"test_worker {a.model} children {children}", flush=True)
+hung = {"on": False}
 
 MiB = 1024 * 1024
 state = {"location": "device", "weights": bytearray(a.alloc_mb * MiB), "host": None, "kept": []}
@@ -77,6 +95,10 @@ class H(BaseHTTPRequestHandler):
     def do_GET(self):
         u = urlparse(self.path)
         q = parse_qs(u.query)
+        while hung["on"]:
+            time.sleep(3600)
+        if u.path == "/children":
+            return self.send_json(200, {"pids": children, "sid": os.getsid(0)})
         if u.path == "/health":
             if a.never_healthy:
                 return self.send_json(503, {"status": "loading"})
@@ -117,6 +139,19 @@ class H(BaseHTTPRequestHandler):
 
     def do_POST(self):
         u = urlparse(self.path)
+        while hung["on"]:
+            time.sleep(3600)
+        if u.path == "/crash":  # dies in the middle of the request
+            print("test_worker crashing (test fault)", flush=True)
+            os._exit(3)
+        if u.path == "/hang":
+            hung["on"] = True
+            return self.send_json(200, {"hung": True})
+        if u.path == "/unload-hook":
+            if a.unload_mark:
+                with open(a.unload_mark, "w") as f:
+                    f.write(str(os.getpid()))
+            return self.send_json(200, {"unloading": True})
         if u.path == "/upload":  # reads the body as it comes: when did it start?
             started = time.time()
             n = int(self.headers.get("Content-Length") or 0)

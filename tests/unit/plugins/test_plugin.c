@@ -6,12 +6,18 @@
  *   GET  /info  -> {"model":..., "bytes":N, "sum":S, "loads":L}
  *   POST /echo  -> the body back, as application/octet-stream
  *   GET  /fail  -> an error from the handler
+ *   POST /lose  -> reports the model lost through host->lost (as a plugin
+ *                  whose device failed would): {"reported": rc}
  *   else        -> 404 with a JSON error
+ * It counts the cancels it gets (GET /cancels) and remembers the residency
+ * of its last load or restore for its reports.
  * Fault mode: with MB_TEST_PLUGIN_LEAK_MB=N in the environment, every load
  * and restore keeps N MiB more (touched, so it counts in RSS) until the
  * instance is destroyed: the leak `modelbuf bench lifecycle` must catch.
  * Built also with -DBAD_ABI (wrong ABI number), -DNO_PAIR (offload without
- * restore) and -DNO_ENTRY (no mb_plugin_v1) for the loader's error paths.
+ * restore) and -DNO_ENTRY (no mb_plugin_v1) for the loader's error paths,
+ * and with -DABI1 as a plugin built for ABI 1 (its table in that layout:
+ * mb_backend without cancel), which still loads.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -33,6 +39,8 @@ typedef struct inst {
   int loads;
   void *leaked[256]; /* the fault mode's blocks, freed with the instance */
   int n_leaked;
+  uint64_t residency; /* of the last load or restore */
+  int cancels;
 } inst;
 
 /* Fault mode: keep MB_TEST_PLUGIN_LEAK_MB more MiB. */
@@ -128,6 +136,7 @@ static int t_load(mb_op *op) {
     in->sum += staging[i];
   free(staging);
   in->loads++;
+  in->residency = op->residency;
   leak(in);
   in->host->log(in->host->log_arg, 1, in->model, "loaded");
   return 0;
@@ -167,7 +176,14 @@ __attribute__((unused)) static int t_restore(mb_op *op) {
   in->dev = dev;
   free(in->host_copy);
   in->host_copy = NULL;
+  in->residency = op->residency;
   leak(in);
+  return 0;
+}
+
+__attribute__((unused)) static int t_cancel(mb_op *op) {
+  inst *in = op->user;
+  __atomic_add_fetch(&in->cancels, 1, __ATOMIC_RELAXED);
   return 0;
 }
 
@@ -227,6 +243,19 @@ static int t_handle(void *p, const mb_plugin_request *req, mb_plugin_response *r
     snprintf(err, len, "asked to fail");
     return MB_EBACKEND;
   }
+  if (strcmp(req->method, "POST") == 0 && strcmp(req->path, "/lose") == 0) {
+    int rc = MB_ENOTSUP;
+    if (MB_PLUGIN_HOST_HAS(in->host, lost))
+      rc = in->host->lost(in->host->lost_arg, in->model, in->residency, 0,
+                          "device error (test plugin)");
+    int n = snprintf(buf, sizeof(buf), "{\"reported\":%d}", rc);
+    return reply(r, 200, "application/json", buf, (size_t)n);
+  }
+  if (strcmp(req->path, "/cancels") == 0) {
+    int n = snprintf(buf, sizeof(buf), "{\"cancels\":%d}",
+                     __atomic_load_n(&in->cancels, __ATOMIC_RELAXED));
+    return reply(r, 200, "application/json", buf, (size_t)n);
+  }
   int n = snprintf(buf, sizeof(buf), "{\"error\":{\"code\":\"not_found\",\"message\":\"%s\"}}",
                    req->path);
   return reply(r, 404, "application/json", buf, (size_t)n);
@@ -237,7 +266,47 @@ static void t_free_body(void *p, void *body) {
   free(body);
 }
 
-static const mb_plugin table = {
+#ifdef ABI1
+/* The table as a plugin built for ABI 1 lays it out. */
+typedef struct table_v1 {
+  uint32_t abi;
+  const char *name;
+  int (*create)(const mb_plugin_args *args, void **instance, char *err, size_t err_len);
+  void (*destroy)(void *instance);
+  struct {
+    const char *name;
+    int (*load)(mb_op *op);
+    int (*offload)(mb_op *op);
+    int (*restore)(mb_op *op);
+    int (*unload)(mb_op *op);
+    int (*usage)(mb_op *op, mb_usage *out);
+    int (*health)(mb_op *op);
+    void (*destroy)(void *user);
+  } backend;
+  int (*handle)(void *instance, const mb_plugin_request *req, mb_plugin_response *resp,
+                char *err, size_t err_len);
+  void (*free_body)(void *instance, void *body);
+} table_v1;
+
+static const table_v1 table1 = {
+    .abi = 1,
+    .name = "test-abi1",
+    .create = t_create,
+    .destroy = t_destroy,
+    .backend = {.load = t_load,
+                .offload = t_offload,
+                .restore = t_restore,
+                .unload = t_unload,
+                .usage = t_usage},
+    .handle = t_handle,
+    .free_body = t_free_body,
+};
+#define TABLE ((const mb_plugin *)(const void *)&table1)
+#else
+#define TABLE (&table)
+#endif
+
+__attribute__((unused)) static const mb_plugin table = {
 #ifdef BAD_ABI
     .abi = MB_PLUGIN_ABI + 7,
 #else
@@ -252,15 +321,16 @@ static const mb_plugin table = {
                 .restore = t_restore,
 #endif
                 .unload = t_unload,
-                .usage = t_usage},
+                .usage = t_usage,
+                .cancel = t_cancel},
     .handle = t_handle,
     .free_body = t_free_body,
 };
 
 #ifndef NO_ENTRY
 __attribute__((visibility("default"))) const mb_plugin *mb_plugin_v1(void);
-__attribute__((visibility("default"))) const mb_plugin *mb_plugin_v1(void) { return &table; }
+__attribute__((visibility("default"))) const mb_plugin *mb_plugin_v1(void) { return TABLE; }
 #else
 __attribute__((visibility("default"))) const mb_plugin *other_entry(void);
-__attribute__((visibility("default"))) const mb_plugin *other_entry(void) { return &table; }
+__attribute__((visibility("default"))) const mb_plugin *other_entry(void) { return TABLE; }
 #endif
