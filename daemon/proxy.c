@@ -225,8 +225,12 @@ static void lease_done(const mb_result *res, void *arg) {
   mbd_loop_post(x->loop, &x->post);
 }
 
-static void on_answer(mbd_post *p) {
-  mbd_px *x = (mbd_px *)p;
+static void answered(mbd_px *x);
+
+static void on_answer(mbd_post *p) { answered((mbd_px *)p); }
+
+/* The core answered (or granted at once): on the request's loop thread. */
+static void answered(mbd_px *x) {
   mbd *d = x->d;
   x->waiting = 0;
   if (x->res.rc == 0) {
@@ -256,7 +260,7 @@ static void on_answer(mbd_post *p) {
   x->granted_fn(x, x->r, x->granted_arg);
 }
 
-int mbd_px_lease(mbd_req *r, mbd_model *m, mbd_px_granted_fn fn, void *arg) {
+int mbd_px_lease(mbd_req *r, mbd_model *m, unsigned flags, mbd_px_granted_fn fn, void *arg) {
   mbd *d = r->d;
   char err[256] = "";
   mb_acquire_opts ao;
@@ -278,11 +282,24 @@ int mbd_px_lease(mbd_req *r, mbd_model *m, mbd_px_granted_fn fn, void *arg) {
   x->m = m;
   x->granted_fn = fn;
   x->granted_arg = arg;
+  x->streaming = (flags & MBD_PX_STREAMING) != 0;
+  x->is_openai = (flags & MBD_PX_OPENAI) != 0;
   r->ctx = x;
   r->on_gone = px_gone;
-  x->waiting = 1;
+  if (x->streaming)
+    mbd_req_pause_body(r); /* until the worker's connection is there */
   x->ao = ao;
-  int rc = mb_acquire_async(d->ctx, m->name, &ao, lease_done, x, &x->req_id);
+  /* Granted at once when nothing has to wait: no trip through the core's
+   * thread (mb_acquire_try). */
+  int rc = mb_acquire_try(d->ctx, m->name, &ao, &x->res);
+  if (rc == 1) {
+    x->msg[0] = '\0';
+    x->res.message = x->msg;
+    answered(x);
+    return 0;
+  }
+  x->waiting = 1;
+  rc = rc < 0 ? rc : mb_acquire_async(d->ctx, m->name, &ao, lease_done, x, &x->req_id);
   if (rc != 0) {
     x->waiting = 0;
     r->ctx = NULL;
@@ -684,12 +701,7 @@ static void on_granted(mbd_px *x, mbd_req *r, void *arg) {
 /* ANY /m/{name}/... of a worker or plugin model. */
 static void handle_model(mbd_req *r) {
   mbd_model *m = r->route.m;
-  if (mbd_px_lease(r, m, on_granted, NULL) != 0)
-    return;
-  mbd_px *x = r->ctx;
-  x->streaming = r->route.body == MBD_BODY_STREAM;
-  if (x->streaming)
-    mbd_req_pause_body(r); /* until the worker's connection is there */
+  mbd_px_lease(r, m, r->route.body == MBD_BODY_STREAM ? MBD_PX_STREAMING : 0, on_granted, NULL);
 }
 
 /* The OpenAI routes: routed by the body's "model". */
@@ -718,9 +730,7 @@ static void handle_openai(mbd_req *r) {
     mbd_reply_error(r, 404, "not_found", msg, 0);
     return;
   }
-  if (mbd_px_lease(r, m, on_granted, NULL) != 0)
-    return;
-  ((mbd_px *)r->ctx)->is_openai = 1;
+  mbd_px_lease(r, m, MBD_PX_OPENAI, on_granted, NULL);
 }
 
 static void handle_v1_models(mbd_req *r) {

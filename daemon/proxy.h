@@ -21,13 +21,20 @@ typedef struct mbd_px mbd_px;
  * answers r and ends the transaction with mbd_px_done (now or later). */
 typedef void (*mbd_px_granted_fn)(mbd_px *x, mbd_req *r, void *arg);
 
+/* mbd_px_lease flags: the body streams to the worker; an OpenAI route
+ * (the whole target is forwarded). */
+#define MBD_PX_STREAMING 0x1u
+#define MBD_PX_OPENAI 0x2u
+
 /*
  * Asks the core for a lease on m for request r (X-Modelbuf-* headers
- * honoured, range-checked). 0 when asked (fn follows, unless the client
+ * honoured, range-checked). 0 when asked (fn follows, at once when the
+ * lease could be granted without waiting, else later; unless the client
  * leaves first: then the wait is cancelled and nothing else happens), or
- * -1 with r answered (400, 503, ...).
+ * -1 with r answered (400, 503, ...). Either way r may be answered when
+ * this returns: the caller does nothing more with r.
  */
-int mbd_px_lease(mbd_req *r, mbd_model *m, mbd_px_granted_fn fn, void *arg);
+int mbd_px_lease(mbd_req *r, mbd_model *m, unsigned flags, mbd_px_granted_fn fn, void *arg);
 /* The grant (queue and load times) and the model's current entry. */
 const mb_result *mbd_px_result(const mbd_px *x);
 mbd_model *mbd_px_model(const mbd_px *x);

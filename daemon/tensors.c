@@ -614,7 +614,7 @@ static void granted(mbd_px *x, mbd_req *r, void *arg) {
     fetch(x, r, cur, tm, name);
 }
 
-static void handle(mbd_req *r) { mbd_px_lease(r, r->route.m, granted, NULL); }
+static void handle(mbd_req *r) { mbd_px_lease(r, r->route.m, 0, granted, NULL); }
 
 int mbd_tensors_resolve(mbd *d, mbd_req *r) {
   mbd_model *m = r->route.m;

@@ -453,13 +453,18 @@ static void *core_main(void *arg) {
   mb_ctx *ctx = arg;
   for (;;) {
     step(ctx);
+    uint64_t moved = __atomic_load_n(&ctx->timers_moved, __ATOMIC_ACQUIRE);
     uint64_t deadline = mb_ctx_next_deadline(ctx);
     pthread_mutex_lock(&ctx->post_lock);
     if (ctx->stop) {
       pthread_mutex_unlock(&ctx->post_lock);
       break;
     }
-    if (!ctx->wake) {
+    /* A fast path that armed a timer since the deadline was read: read it
+     * again rather than sleep past it. */
+    if (!ctx->wake && __atomic_load_n(&ctx->timers_moved, __ATOMIC_ACQUIRE) == moved) {
+      ctx->sleeping = 1;
+      ctx->sleep_until = deadline;
       if (deadline == UINT64_MAX) {
         pthread_cond_wait(&ctx->post_cond, &ctx->post_lock);
       } else {
@@ -474,6 +479,7 @@ static void *core_main(void *arg) {
           pthread_cond_timedwait(&ctx->post_cond, &ctx->post_lock, &ts);
         }
       }
+      ctx->sleeping = 0;
     }
     pthread_mutex_unlock(&ctx->post_lock);
   }
@@ -1015,6 +1021,47 @@ int mb_acquire_async(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts,
   return 0;
 }
 
+/* Wakes a sleeping core thread whose sleep ends after deadline (a fast
+ * path armed a timer outside a step). core_lock held. */
+static void timer_armed_locked(mb_ctx *ctx, uint64_t deadline) {
+  __atomic_add_fetch(&ctx->timers_moved, 1, __ATOMIC_RELEASE);
+  pthread_mutex_lock(&ctx->post_lock);
+  if (ctx->sleeping && deadline < ctx->sleep_until)
+    wake_locked(ctx);
+  pthread_mutex_unlock(&ctx->post_lock);
+}
+
+/* Whether anything is posted to the core: then a fast path would overtake
+ * it, and must not. core_lock held. */
+static int posted(mb_ctx *ctx) {
+  pthread_mutex_lock(&ctx->post_lock);
+  int any = ctx->post_head != NULL || ctx->rel_head != NULL || ctx->done_head != NULL ||
+            ctx->renew_head != NULL;
+  pthread_mutex_unlock(&ctx->post_lock);
+  return any;
+}
+
+int mb_acquire_try(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts, mb_result *out) {
+  mb_acquire_opts o;
+  if (ctx == NULL || name == NULL || out == NULL)
+    return MB_EINVAL;
+  if (opts)
+    o = *opts;
+  else
+    mb_acquire_opts_init(&o);
+  if (!check_ka(o.keep_alive_ms) || !check_ka(o.timeout_ms) || o.ttl_ms < MB_DEFAULT)
+    return MB_EINVAL;
+  if (ctx->opts.manual || pthread_mutex_trylock(&ctx->core_lock) != 0)
+    return 0; /* a step runs now (or manual mode): the async way */
+  int rc = 0;
+  if (!posted(ctx)) {
+    ctx->now = ctx->opts.clock(ctx->opts.clock_arg);
+    rc = mb__try_grant_locked(ctx, name, &o, out);
+  }
+  pthread_mutex_unlock(&ctx->core_lock);
+  return rc;
+}
+
 int mb_model_lost(mb_ctx *ctx, const char *name, uint64_t residency, int flags,
                   const char *reason) {
   if (ctx == NULL || name == NULL || reason == NULL)
@@ -1040,9 +1087,59 @@ int mb_cancel(mb_ctx *ctx, uint64_t req_id) {
   return 0;
 }
 
+/* A release settled on the caller's thread when nothing else needs the
+ * core (mb__try_release_locked): no wake-up of the core thread. 1 when
+ * done (*rc its result), 0 when the core must do it. */
+static int release_fast(mb_ctx *ctx, mb_lease lease, int *rc) {
+  if (ctx->opts.manual || pthread_mutex_trylock(&ctx->core_lock) != 0)
+    return 0;
+  int done = 0;
+  uint64_t armed = 0;
+  pthread_mutex_lock(&ctx->post_lock);
+  int quiet = ctx->post_head == NULL && ctx->rel_head == NULL && ctx->done_head == NULL &&
+              ctx->renew_head == NULL;
+  mb__lease *l = NULL;
+  if (quiet && ctx->lease_tab_cap) {
+    l = ctx->lease_tab[lease.id & (ctx->lease_tab_cap - 1)];
+    while (l && l->id != lease.id)
+      l = l->hnext;
+    if (l && (l->released || l->lost || l->ttl_deadline != 0))
+      l = NULL;
+  }
+  pthread_mutex_unlock(&ctx->post_lock);
+  if (l != NULL) {
+    ctx->now = ctx->opts.clock(ctx->opts.clock_arg);
+    pthread_mutex_lock(&ctx->post_lock);
+    /* Out of the table first: from here it is this thread's alone. */
+    mb__lease *taken = mb__lease_take_locked(ctx, lease.id);
+    pthread_mutex_unlock(&ctx->post_lock);
+    if (taken == l && mb__try_release_locked(ctx, l, &armed)) {
+      done = 1;
+      *rc = 0;
+    } else if (taken != NULL) {
+      /* Not settled here after all: the core's way, as mb_release does. */
+      pthread_mutex_lock(&ctx->post_lock);
+      taken->released = 1;
+      taken->pnext = ctx->rel_head;
+      ctx->rel_head = taken;
+      wake_locked(ctx);
+      pthread_mutex_unlock(&ctx->post_lock);
+      done = 1;
+      *rc = 0;
+    }
+  }
+  if (armed)
+    timer_armed_locked(ctx, armed);
+  pthread_mutex_unlock(&ctx->core_lock);
+  return done;
+}
+
 int mb_release(mb_ctx *ctx, mb_lease lease) {
   if (ctx == NULL)
     return MB_EINVAL;
+  int frc;
+  if (release_fast(ctx, lease, &frc))
+    return frc;
   pthread_mutex_lock(&ctx->post_lock);
   mb__lease *l = mb__lease_take_locked(ctx, lease.id);
   if (l == NULL) {

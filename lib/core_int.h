@@ -259,6 +259,14 @@ struct mb_ctx {
   uint64_t next_lease_id;
   uint64_t next_req_id;
   int wake;
+  /* The core thread's sleep (threaded mode): sleeping until sleep_until
+   * (UINT64_MAX: until a post). A fast path that arms an earlier timer
+   * outside a step wakes it; timers_moved (atomic, bumped by such a fast
+   * path under core_lock) tells a core thread about to sleep that the
+   * deadline it computed may be stale. */
+  int sleeping;
+  uint64_t sleep_until;
+  uint64_t timers_moved;
   int progress_flag;
 
   /* Under pool_lock. */
@@ -333,6 +341,13 @@ mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id); /* post_lock held */
  * but not yet dropped. Returns how many were still counted in m->inflight. */
 int mb__leases_lose_locked(mb_ctx *ctx, mb__model *m);
 int mb__lease_insert_locked(mb_ctx *ctx, mb__lease *l);    /* post_lock held */
+
+/* sched.c: the fast paths of acquire and release (core.c), with core_lock
+ * held and nothing posted: 1 when done now, 0 when only a step can do it
+ * (nothing changed), or MB_ENOMEM. */
+int mb__try_grant_locked(mb_ctx *ctx, const char *name, const mb_acquire_opts *o,
+                         mb_result *out);
+int mb__try_release_locked(mb_ctx *ctx, mb__lease *l, uint64_t *armed);
 
 /* sched.c: the step, with core_lock held. */
 int mb__step_locked(mb_ctx *ctx, mb__req *reqs, mb__lease *rels, struct mb_job *done);

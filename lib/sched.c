@@ -1837,6 +1837,93 @@ static void handle_req(mb_ctx *ctx, mb__req *r) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Fast paths (threaded mode, core.c)                                        */
+
+/*
+ * An acquire that a step would grant at once, granted by the caller's
+ * thread instead of a round trip through the core thread: the model READY
+ * with a free slot, no one waiting for it, nothing posted to the core (so
+ * no earlier request can change that), no timer due, no lease TTL (which
+ * would need a timer). Exactly what req_acquire and grant do in that case.
+ */
+int mb__try_grant_locked(mb_ctx *ctx, const char *name, const mb_acquire_opts *o,
+                         mb_result *out) {
+  mb__model *m = mb__model_find_locked(ctx, name);
+  mb__timer *top = mb__heap_top(&ctx->heap);
+  if (m == NULL || m->removing || ctx->shutting_down || o->ttl_ms > 0 ||
+      (top != NULL && top->deadline <= ctx->now) || m->wq_head != NULL || !can_grant(ctx, m) ||
+      !device_slot_free(ctx, m))
+    return 0;
+  mb__lease *l = mb__calloc(1, sizeof(*l));
+  if (l == NULL || mb__heap_reserve(&ctx->heap) != 0) {
+    mb__free(l);
+    return MB_ENOMEM;
+  }
+  l->m = m;
+  l->device = m->device;
+  mb__timer_init(&l->timer, MB__T_TTL);
+  pthread_mutex_lock(&ctx->post_lock);
+  l->id = ++ctx->next_lease_id;
+  int rc = mb__lease_insert_locked(ctx, l);
+  pthread_mutex_unlock(&ctx->post_lock);
+  if (rc != 0) {
+    mb__heap_unreserve(&ctx->heap);
+    mb__free(l);
+    return MB_ENOMEM;
+  }
+  /* req_acquire */
+  ++ctx->req_seq;
+  m->stats.requests++;
+  m->last_accessed = ctx->now;
+  m->freq++;
+  note_use(ctx, m);
+  gdsf_touch(ctx, m);
+  /* grant, after no wait */
+  m->inflight++;
+  ctx->devs[m->device].leases++;
+  mb__heap_cancel(&ctx->heap, &m->timer);
+  m->ka_current = o->keep_alive_ms != MB_DEFAULT ? o->keep_alive_ms : m->opts.keep_alive_ms;
+  m->stats.wait_buckets[wait_bucket(0)]++;
+  m->stats.wait_count++;
+  memset(out, 0, sizeof(*out));
+  out->lease.id = l->id;
+  out->lease.device = l->device;
+  out->message = "";
+  return 1;
+}
+
+/*
+ * A release a step would settle without any other decision: no waiter
+ * (of the model, of a device-wide slot or of an admission) could use what
+ * it frees, nothing is pending on the model, and its keep-alive does not
+ * act at once. Exactly drop_lease and advance in that case. *armed gets
+ * the idle timer's deadline when one was armed (else 0).
+ */
+int mb__try_release_locked(mb_ctx *ctx, mb__lease *l, uint64_t *armed) {
+  mb__model *m = l->m;
+  *armed = 0;
+  if (l->lost || l->ttl_deadline != 0 || ctx->shutting_down || m->removing ||
+      m->state != MB_STATE_READY || m->wq_head != NULL || m->lw_head != NULL ||
+      m->offload_pending || m->unload_pending || ctx->adm_head != NULL ||
+      ctx->devs[l->device].opts.concurrency > 0 ||
+      (m->inflight == 1 && m->ka_current == 0))
+    return 0;
+  mb__heap_unreserve(&ctx->heap);
+  m->inflight--;
+  ctx->devs[l->device].leases--;
+  m->last_accessed = ctx->now;
+  if (m->inflight == 0) {
+    m->idle_since = ctx->now;
+    if (!mb__timer_armed(&m->timer) && m->ka_current != MB_FOREVER) {
+      mb__heap_arm(&ctx->heap, &m->timer, m->idle_since + mb__ms_to_ns(m->ka_current));
+      *armed = m->timer.deadline;
+    }
+  }
+  mb__free(l);
+  return 1;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Releases and timers                                                       */
 
 static void drop_lease(mb_ctx *ctx, mb__lease *l) {

@@ -586,6 +586,20 @@ MB_EXTERN int mb_acquire_async(mb_ctx *ctx, const char *name, const mb_acquire_o
                                mb_done_fn done, void *arg, uint64_t *req_id) MB_WUR;
 
 /*
+ * Acquire at once, when no wait is needed: the model is READY with a free
+ * slot, no one waits for it, the core has nothing posted, and opts asks for
+ * no TTL. Then the lease is granted on the calling thread, exactly as the
+ * core would grant it (statistics, idle timer, keep-alive), without a round
+ * trip through the core thread: returns 1 with out->lease (queue_ns and
+ * load_ns 0). Otherwise returns 0 and changes nothing: use
+ * mb_acquire_async. Never blocks (threaded mode; always 0 in manual mode,
+ * so the simulator's decisions do not change). Errors: MB_EINVAL (bad
+ * options), MB_ENOMEM.
+ */
+MB_EXTERN int mb_acquire_try(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts,
+                             mb_result *out) MB_WUR;
+
+/*
  * Cancels a waiting acquire: its done is called with MB_ECANCELED if it was
  * still waiting; if it was already granted nothing changes (release the
  * lease). Never aborts a load: the model becomes READY for the next caller.
