@@ -113,12 +113,44 @@ struct mbd_conn {
 /* ------------------------------------------------------------------------ */
 /* Small helpers                                                             */
 
-static void *xrealloc_buf(char **buf, size_t *cap, size_t need) {
+/*
+ * Connection buffers (1 KiB times a power of two) come from and go back to
+ * a small per-thread cache, so that a busy keep-alive connection reuses
+ * buffers request after request without malloc, while an idle one holds
+ * none (next_request gives them back).
+ */
+static int buf_class(size_t cap) {
+  for (int k = 0; k < MBD_BUF_CLASSES; k++)
+    if (cap == (size_t)1024 << k)
+      return k;
+  return -1;
+}
+
+static void buf_put(mbd_fthread *t, char *b, size_t cap) {
+  if (b == NULL)
+    return;
+  int k = buf_class(cap);
+  if (k >= 0 && t->nbufs[k] < MBD_BUF_KEEP) {
+    t->bufs[k][t->nbufs[k]++] = b;
+    return;
+  }
+  free(b);
+}
+
+static void *xrealloc_buf(mbd_fthread *t, char **buf, size_t *cap, size_t need) {
   if (need <= *cap)
     return *buf;
   size_t c = *cap ? *cap : 1024;
   while (c < need)
     c *= 2;
+  if (*buf == NULL) {
+    int k = buf_class(c);
+    if (k >= 0 && t->nbufs[k] > 0) {
+      *buf = t->bufs[k][--t->nbufs[k]];
+      *cap = c;
+      return *buf;
+    }
+  }
   char *b = realloc(*buf, c);
   if (b == NULL)
     return NULL;
@@ -265,7 +297,7 @@ static void out_put(mbd_conn *c, const void *p, size_t n) {
     return;
   if (c->out_off > 0 && c->out_off == c->out_len)
     c->out_off = c->out_len = 0;
-  if (xrealloc_buf(&c->out, &c->out_cap, c->out_len + n) == NULL) {
+  if (xrealloc_buf(c->t, &c->out, &c->out_cap, c->out_len + n) == NULL) {
     c->close_after = 1;
     c->body_error = 1;
     mbd_log(c->t->d, MBD_LOG_ERROR, "http: out of memory for an answer", "peer=%s", c->peer);
@@ -275,30 +307,27 @@ static void out_put(mbd_conn *c, const void *p, size_t n) {
   c->out_len += n;
 }
 
-static void out_printf(mbd_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Decimal digits of v into buf (20 bytes at least); returns the length. */
+static size_t utoa(uint64_t v, char *buf) {
+  char tmp[24];
+  size_t n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  for (size_t i = 0; i < n; i++)
+    buf[i] = tmp[n - 1 - i];
+  return n;
+}
 
-static void out_printf(mbd_conn *c, const char *fmt, ...) {
-  char small[512];
-  va_list ap;
-  va_start(ap, fmt);
-  int n = vsnprintf(small, sizeof(small), fmt, ap);
-  va_end(ap);
-  if (n < 0)
-    return;
-  if ((size_t)n < sizeof(small)) {
-    out_put(c, small, (size_t)n);
-    return;
-  }
-  char *big = malloc((size_t)n + 1);
-  if (big == NULL) {
-    c->close_after = 1;
-    return;
-  }
-  va_start(ap, fmt);
-  vsnprintf(big, (size_t)n + 1, fmt, ap);
-  va_end(ap);
-  out_put(c, big, (size_t)n);
-  free(big);
+/* "Name: <decimal>\r\n" (no printf on the hot path). */
+static void out_header_u64(mbd_conn *c, const char *name, size_t nl, uint64_t v) {
+  char line[96];
+  memcpy(line, name, nl);
+  size_t k = nl + utoa(v, line + nl);
+  line[k++] = '\r';
+  line[k++] = '\n';
+  out_put(c, line, k);
 }
 
 size_t mbd_resp_pending(const mbd_req *r) {
@@ -330,7 +359,24 @@ void mbd_resp_start(mbd_req *r, int status) {
   if (c->requests >= MAX_REQUESTS_PER_CONN || !r->h.keep_alive ||
       __atomic_load_n(&c->t->f->quiescing, __ATOMIC_ACQUIRE))
     c->close_after = 1;
-  out_printf(c, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, reason_phrase(status), date_now(c->t));
+  char line[128];
+  size_t k = 9;
+  memcpy(line, "HTTP/1.1 ", 9);
+  k += utoa((uint64_t)(status >= 100 && status <= 999 ? status : 500), line + k);
+  line[k++] = ' ';
+  const char *reason = reason_phrase(status);
+  size_t rl = strlen(reason);
+  memcpy(line + k, reason, rl);
+  k += rl;
+  memcpy(line + k, "\r\nDate: ", 8);
+  k += 8;
+  const char *date = date_now(c->t);
+  size_t dl = strlen(date);
+  memcpy(line + k, date, dl);
+  k += dl;
+  line[k++] = '\r';
+  line[k++] = '\n';
+  out_put(c, line, k);
 }
 
 static int header_ok(const char *name, size_t nn, const char *value, size_t vn) {
@@ -364,13 +410,16 @@ void mbd_resp_header(mbd_req *r, const char *name, const char *value) {
 /* Ends the head: framing and connection headers, the empty line. */
 static void end_head(mbd_conn *c, const char *type, int64_t length) {
   mbd_req *r = c->req;
-  if (type != NULL)
-    out_printf(c, "Content-Type: %s\r\n", type);
+  if (type != NULL) {
+    out_put(c, "Content-Type: ", 14);
+    out_put(c, type, strlen(type));
+    out_put(c, "\r\n", 2);
+  }
   int no_body = r->status == 204 || r->status == 304 || r->status < 200;
   c->resp_chunked = c->resp_close_delim = c->resp_has_length = 0;
   if (length >= 0) {
     if (!no_body)
-      out_printf(c, "Content-Length: %lld\r\n", (long long)length);
+      out_header_u64(c, "Content-Length: ", 16, (uint64_t)length);
     c->resp_has_length = 1;
     c->resp_left = (uint64_t)length;
   } else if (!no_body) {
@@ -424,7 +473,16 @@ void mbd_resp_write(mbd_req *r, const void *p, size_t n) {
   if (c == NULL || c->resp != R_BODY || n == 0 || r->is_head)
     return;
   if (c->resp_chunked) {
-    out_printf(c, "%zx\r\n", n);
+    char size[24];
+    size_t k = 0;
+    for (int sh = 60; sh >= 0; sh -= 4) {
+      unsigned d = (unsigned)((n >> sh) & 0xf);
+      if (d || k || sh == 0)
+        size[k++] = "0123456789abcdef"[d];
+    }
+    size[k++] = '\r';
+    size[k++] = '\n';
+    out_put(c, size, k);
     out_put(c, p, n);
     out_put(c, "\r\n", 2);
   } else if (c->resp_has_length) {
@@ -645,8 +703,8 @@ void mbd_front_wake_streams(mbd *d) {
 
 static void conn_free_deferred(mbd_post *p) {
   mbd_conn *c = (mbd_conn *)((char *)p - offsetof(mbd_conn, free_post));
-  free(c->in);
-  free(c->out);
+  buf_put(c->t, c->in, c->in_cap);
+  buf_put(c->t, c->out, c->out_cap);
   free(c);
 }
 
@@ -815,7 +873,7 @@ static void head_complete(mbd_conn *c) {
   mbd *d = t->d;
   const mbd_config *cfg = d->cfg;
   /* Room for body bytes after the head; the head never moves from here on. */
-  if (xrealloc_buf(&c->in, &c->in_cap, c->head_len + READ_CHUNK) == NULL) {
+  if (xrealloc_buf(c->t, &c->in, &c->in_cap, c->head_len + READ_CHUNK) == NULL) {
     conn_fail(c, 500, "internal", "out of memory");
     return;
   }
@@ -1052,7 +1110,7 @@ static int read_in(mbd_conn *c, size_t max_total) {
   if (want > READ_CHUNK)
     want = READ_CHUNK;
   if (c->state == C_HEAD) {
-    if (xrealloc_buf(&c->in, &c->in_cap, c->in_len + want) == NULL)
+    if (xrealloc_buf(c->t, &c->in, &c->in_cap, c->in_len + want) == NULL)
       return -1;
   } else if (c->in_cap - c->in_len < want) {
     want = c->in_cap - c->in_len; /* the head stays where it is */
@@ -1097,12 +1155,12 @@ static void next_request(mbd_conn *c) {
   c->head_started_ms = 0;
   c->idle_since_ms = mbd_loop_now(c->t->loop);
   if (c->in_len == 0 && c->in_cap > 0) {
-    free(c->in); /* an idle connection keeps no buffer */
+    buf_put(c->t, c->in, c->in_cap); /* an idle connection keeps no buffer */
     c->in = NULL;
     c->in_cap = 0;
   }
   if (c->out_len == c->out_off && c->out_cap > 0) {
-    free(c->out);
+    buf_put(c->t, c->out, c->out_cap);
     c->out = NULL;
     c->out_cap = c->out_len = c->out_off = 0;
   }
@@ -1230,7 +1288,7 @@ static void answer_sent(mbd_conn *c) {
   shutdown(c->io.fd, SHUT_WR);
   c->state = C_LINGER;
   c->linger_start_ms = c->last_read_ms = mbd_loop_now(c->t->loop);
-  free(c->in);
+  buf_put(c->t, c->in, c->in_cap);
   c->in = NULL;
   c->in_len = c->in_cap = c->head_len = 0;
 }
@@ -1832,8 +1890,12 @@ void mbd_front_free(mbd *d) {
   mbd_front_stop(d);
   mbd_front_drain(d);
   for (int i = 0; i < f->nthreads; i++) {
-    mbd_upstream_pool_free(&f->threads[i]);
-    mbd_loop_free(f->threads[i].loop);
+    mbd_fthread *t = &f->threads[i];
+    mbd_upstream_pool_free(t);
+    mbd_loop_free(t->loop);
+    for (int k = 0; k < MBD_BUF_CLASSES; k++)
+      for (int j = 0; j < t->nbufs[k]; j++)
+        free(t->bufs[k][j]);
   }
   for (int i = 0; i < f->nlisten; i++)
     if (f->listen_fd[i] >= 0)

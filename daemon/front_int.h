@@ -12,6 +12,11 @@
 
 typedef struct mbd_uppool mbd_uppool;
 
+/* Connection buffers kept per thread for reuse: 1 KiB << k, k < CLASSES,
+ * at most KEEP of each (front.c). */
+#define MBD_BUF_CLASSES 7
+#define MBD_BUF_KEEP 32
+
 /* One loop thread and what it owns. */
 struct mbd_fthread {
   mbd_front *f;
@@ -30,6 +35,8 @@ struct mbd_fthread {
   int wake_pending;          /* atomic: wake_post is queued */
   mbd_post wake_post, quiesce_post, stop_post;
   mbd_uppool *pool;          /* connections to workers (upstream.c) */
+  char *bufs[MBD_BUF_CLASSES][MBD_BUF_KEEP]; /* buffers given back, for reuse */
+  int nbufs[MBD_BUF_CLASSES];
   char date[40];             /* the Date header, for date_s */
   time_t date_s;
 };

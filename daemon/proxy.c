@@ -325,12 +325,29 @@ void mbd_px_set_on_gone(mbd_px *x, void (*fn)(mbd_req *r)) {
     x->r->on_gone = fn;
 }
 
+/* Milliseconds with one decimal ("12.3") from nanoseconds, rounded. */
+static size_t ms_text(uint64_t ns, char *out) {
+  uint64_t tenths = (ns + 50000) / 100000;
+  char tmp[24];
+  size_t n = 0;
+  uint64_t whole = tenths / 10;
+  do {
+    tmp[n++] = (char)('0' + whole % 10);
+    whole /= 10;
+  } while (whole);
+  for (size_t i = 0; i < n; i++)
+    out[i] = tmp[n - 1 - i];
+  out[n++] = '.';
+  out[n++] = (char)('0' + tenths % 10);
+  return n;
+}
+
 void mbd_px_timing_headers(mbd_req *r, const mb_result *g) {
   char ms[32];
-  snprintf(ms, sizeof(ms), "%.1f", (double)g->queue_ns / 1e6);
-  mbd_resp_header(r, "X-Modelbuf-Queue-Ms", ms);
-  snprintf(ms, sizeof(ms), "%.1f", (double)g->load_ns / 1e6);
-  mbd_resp_header(r, "X-Modelbuf-Load-Ms", ms);
+  size_t n = ms_text(g->queue_ns, ms);
+  mbd_resp_header_n(r, "X-Modelbuf-Queue-Ms", 19, ms, n);
+  n = ms_text(g->load_ns, ms);
+  mbd_resp_header_n(r, "X-Modelbuf-Load-Ms", 18, ms, n);
 }
 
 /* ------------------------------------------------------------------------ */
