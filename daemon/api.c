@@ -512,6 +512,8 @@ static void model_get(mbd_req *r) { model_status(r, r->route.m, 200); }
  * process as "event: restart"; resumes after Last-Event-ID or ?since=SEQ,
  * else starts with the last ?tail=N lines (default 10). Woken by every new
  * line of any worker (mbd_front_wake_streams). */
+static void sse_start(mbd_req *r, void *ctx, void (*fill)(mbd_req *r));
+
 typedef struct follow {
   mbd_model *m;
   uint64_t next; /* the number of the next line to send */
@@ -551,11 +553,6 @@ static void follow_fill(mbd_req *r) {
   free(lines);
 }
 
-static void follow_gone(mbd_req *r) {
-  free(r->ctx);
-  r->ctx = NULL;
-}
-
 static void logs_follow(mbd_req *r, mbd_model *m) {
   char last[32], since[32], tail[32];
   int hl = mbd_req_header(r, "Last-Event-ID", last, sizeof(last));
@@ -589,22 +586,7 @@ static void logs_follow(mbd_req *r, mbd_model *m) {
       (void)mbd_worker_logs_since(m->worker, UINT64_MAX, one, sizeof(one), &next);
     f->next = next > want ? next - want : 1;
   }
-  r->ctx = f;
-  r->on_gone = follow_gone;
-  r->on_drain = follow_fill;
-  mbd_resp_start(r, 200);
-  mbd_resp_header(r, "Cache-Control", "no-cache");
-  mbd_resp_header(r, "X-Accel-Buffering", "no");
-  mbd_resp_stream(r, "text/event-stream", -1);
-  if (r->is_head) {
-    follow_gone(r);
-    r->on_gone = NULL;
-    r->on_drain = NULL;
-    mbd_resp_end(r);
-    return;
-  }
-  mbd_req_subscribe(r);
-  follow_fill(r);
+  sse_start(r, f, follow_fill);
 }
 
 static void logs(mbd_req *r) {
@@ -717,6 +699,32 @@ typedef struct sse {
   uint64_t next; /* seq of the next event to send */
 } sse;
 
+/* A server-sent event stream: ctx (freed when the client goes) and fill,
+ * which writes what is new whenever the stream is woken or drained. */
+static void sse_gone(mbd_req *r) {
+  free(r->ctx);
+  r->ctx = NULL;
+}
+
+static void sse_start(mbd_req *r, void *ctx, void (*fill)(mbd_req *r)) {
+  r->ctx = ctx;
+  r->on_gone = sse_gone;
+  r->on_drain = fill;
+  mbd_resp_start(r, 200);
+  mbd_resp_header(r, "Cache-Control", "no-cache");
+  mbd_resp_header(r, "X-Accel-Buffering", "no");
+  mbd_resp_stream(r, "text/event-stream", -1);
+  if (r->is_head) {
+    sse_gone(r);
+    r->on_gone = NULL;
+    r->on_drain = NULL;
+    mbd_resp_end(r);
+    return;
+  }
+  mbd_req_subscribe(r);
+  fill(r);
+}
+
 /* Writes what the ring holds from s->next on, while the client keeps up. */
 static void sse_fill(mbd_req *r) {
   sse *s = r->ctx;
@@ -751,11 +759,6 @@ static void sse_fill(mbd_req *r) {
   }
 }
 
-static void sse_gone(mbd_req *r) {
-  free(r->ctx);
-  r->ctx = NULL;
-}
-
 static void events(mbd_req *r) {
   mbd *d = r->d;
   sse *s = calloc(1, sizeof(*s));
@@ -782,22 +785,7 @@ static void events(mbd_req *r) {
     if (next > 0 && id < next - 1)
       s->next = id + 1;
   }
-  r->ctx = s;
-  r->on_gone = sse_gone;
-  r->on_drain = sse_fill;
-  mbd_resp_start(r, 200);
-  mbd_resp_header(r, "Cache-Control", "no-cache");
-  mbd_resp_header(r, "X-Accel-Buffering", "no");
-  mbd_resp_stream(r, "text/event-stream", -1);
-  if (r->is_head) {
-    sse_gone(r);
-    r->on_gone = NULL;
-    r->on_drain = NULL;
-    mbd_resp_end(r);
-    return;
-  }
-  mbd_req_subscribe(r);
-  sse_fill(r);
+  sse_start(r, s, sse_fill);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1272,20 +1260,10 @@ int mbd_api_resolve(mbd *d, mbd_req *r) {
     return 1;
   }
   if (n > 12 && memcmp(p, "/api/models/", 12) == 0) {
-    char name[MBD_MODEL_NAME_MAX + 1];
     size_t rest;
-    if (mbd_path_model(p + 12, n - 12, name, &rest) != 0) {
-      mbd_reply_error(r, 404, "not_found", "unknown model", 0);
+    mbd_model *m = mbd_route_model(d, r, p + 12, n - 12, 0, &rest);
+    if (m == NULL)
       return 1;
-    }
-    mbd_model *m = mbd_find_name(d, name);
-    if (m == NULL) {
-      char msg[160];
-      snprintf(msg, sizeof(msg), "unknown model '%s'", name);
-      mbd_reply_error(r, 404, "not_found", msg, 0);
-      return 1;
-    }
-    r->route.m = m;
     const char *a = p + 12 + rest;
     size_t an = n - 12 - rest;
     if (an == 0) {

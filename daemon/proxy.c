@@ -791,21 +791,10 @@ int mbd_proxy_resolve(mbd *d, mbd_req *r) {
   const char *p = r->path;
   size_t n = r->path_len;
   if (n >= 3 && memcmp(p, "/m/", 3) == 0) {
-    char name[MBD_MODEL_NAME_MAX + 1];
     size_t rest;
-    /* The name is matched as sent, never decoded: names have no escapes. */
-    if (mbd_path_model(r->target + 3, r->target_len - 3, name, &rest) != 0) {
-      mbd_reply_error(r, 404, "not_found", "unknown model (a model name is /m/NAME/...)", 0);
+    mbd_model *m = mbd_route_model(d, r, r->target + 3, r->target_len - 3, 1, &rest);
+    if (m == NULL)
       return 1;
-    }
-    mbd_model *m = mbd_find(d, name);
-    if (m == NULL) {
-      char msg[160];
-      snprintf(msg, sizeof(msg), "unknown model '%s'", name);
-      mbd_reply_error(r, 404, "not_found", msg, 0);
-      return 1;
-    }
-    r->route.m = m;
     r->route.arg_off = 3 + rest; /* what follows /m/{name} in the target */
     if (m->kind == MBD_BACKEND_TENSORS)
       return mbd_tensors_resolve(d, r);

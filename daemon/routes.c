@@ -9,8 +9,28 @@
 #include <string.h>
 
 #include "api.h"
+#include "daemon.h"
 #include "front_int.h"
 #include "proxy.h"
+
+mbd_model *mbd_route_model(mbd *d, mbd_req *r, const char *p, size_t n, int aliases,
+                           size_t *rest) {
+  char name[MBD_MODEL_NAME_MAX + 1];
+  if (mbd_path_model(p, n, name, rest) != 0) {
+    mbd_reply_error(r, 404, "not_found", "unknown model (a model's name is 1 to 64 of "
+                    "A-Z a-z 0-9 . _ : -)", 0);
+    return NULL;
+  }
+  mbd_model *m = aliases ? mbd_find(d, name) : mbd_find_name(d, name);
+  if (m == NULL) {
+    char msg[160];
+    snprintf(msg, sizeof(msg), "unknown model '%s'", name);
+    mbd_reply_error(r, 404, "not_found", msg, 0);
+    return NULL;
+  }
+  r->route.m = m;
+  return m;
+}
 
 void mbd_route_resolve(mbd *d, mbd_req *r) {
   if (mbd_api_resolve(d, r) || mbd_proxy_resolve(d, r))
