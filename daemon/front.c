@@ -872,17 +872,12 @@ static void head_complete(mbd_conn *c) {
   mbd_fthread *t = c->t;
   mbd *d = t->d;
   const mbd_config *cfg = d->cfg;
-  /* Room for body bytes after the head; the head never moves from here on. */
-  if (xrealloc_buf(c->t, &c->in, &c->in_cap, c->head_len + READ_CHUNK) == NULL) {
-    conn_fail(c, 500, "internal", "out of memory");
-    return;
-  }
   if (req_new(c) != 0) {
     conn_close(c);
     return;
   }
   mbd_req *r = c->req;
-  r->buf = c->in;
+  r->buf = c->in; /* set again once the buffer has its final room */
   r->started_ms = mbd_loop_now(t->loop);
   mbd_spool_init(&r->body, (size_t)cfg->body_buffer_bytes, cfg->temp_dir);
   c->handled = 0;
@@ -902,6 +897,16 @@ static void head_complete(mbd_conn *c) {
     conn_fail(c, st, code, why);
     return;
   }
+  r->has_body = r->h.framing == MBD_BODY_CHUNKED ||
+                (r->h.framing == MBD_BODY_LENGTH && r->h.content_length > 0);
+  /* Room after the head for body bytes (or a pipelined request); the head
+   * never moves from here on, so the spans below stay valid. */
+  if (xrealloc_buf(c->t, &c->in, &c->in_cap, c->head_len + (r->has_body ? READ_CHUNK : 1024)) ==
+      NULL) {
+    conn_fail(c, 500, "internal", "out of memory");
+    return;
+  }
+  r->buf = c->in;
   snprintf(r->method, sizeof(r->method), "%.*s", (int)r->h.method.len, c->in + r->h.method.off);
   r->is_head = strcmp(r->method, "HEAD") == 0;
   r->target = c->in + r->h.target.off;
@@ -910,8 +915,6 @@ static void head_complete(mbd_conn *c) {
   r->path_len = r->h.path.len;
   r->query = c->in + r->h.query.off;
   r->query_len = r->h.query.len;
-  r->has_body = r->h.framing == MBD_BODY_CHUNKED ||
-                (r->h.framing == MBD_BODY_LENGTH && r->h.content_length > 0);
   c->body_done = !r->has_body;
 
   if (!public_route(r) && !authorized(d, r)) {
