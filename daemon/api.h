@@ -16,4 +16,22 @@ int mbd_api_resolve(mbd *d, mbd_req *r);
 /* A model's status as the JSON of DESIGN §5 (NULL when unknown). */
 json_t *mbd_model_json(mbd *d, mbd_model *m);
 
+/* Helpers of the routes (api.c), shared with compat.c. */
+
+/* The request body as a JSON object (an empty body is {}); NULL with the
+ * reason in err (not JSON, not an object). */
+json_t *mbd_api_body(mbd_req *r, char *err, size_t len);
+/* 0 when body has only fields of names (NULL-terminated), else -1 with a
+ * message naming the field and the route's fields. */
+int mbd_api_fields(json_t *body, const char *const *names, char *err, size_t len);
+/* The devices as GET /api/devices lists them. */
+json_t *mbd_devices_json(mbd *d);
+/* A time of the core's clock as RFC 3339 UTC, null for 0. */
+json_t *mbd_time_json(mbd *d, uint64_t clock_ns);
+/* Calls every running worker's cleanup hook (blocks: the task pool only):
+ * *cleaned gets the names cleaned, *failed {name: why} of the hooks that
+ * failed (workers without the hook, or not running, are neither). Returns
+ * the number that failed. */
+int mbd_cleanup_workers(mbd *d, json_t **cleaned, json_t **failed);
+
 #endif /* MBD_API_H */
