@@ -14,7 +14,7 @@
  *
  * Lock order (a thread holding one may take those to its right only):
  *   worker locks (worker.c)  ->  the core's locks (lib/)
- *   ev_mu, trace_mu, leases->mu: leaves; nothing is called under them
+ *   ev_mu, trace_mu, leases->mu, preload_mu: leaves; nothing is called under them
  * ev_mu guards the event ring and the load histograms; trace_mu the
  * request trace; the HTTP counters are atomics; the models snapshot is an
  * atomic pointer published by the signal thread. Nothing of the daemon is
@@ -34,6 +34,7 @@
 typedef struct mbd_front mbd_front;
 typedef struct mbd_tasks mbd_tasks;
 typedef struct mbd_leases mbd_leases;
+typedef struct mbd_preload mbd_preload;
 
 #define MBD_EVENT_RING 1024
 /* How every JSON answer and event is written: compact, and reals with 12
@@ -116,6 +117,12 @@ typedef struct mbd {
   mbd_front *front;
   mbd_tasks *tasks;
   mbd_leases *leases;
+
+  pthread_mutex_t preload_mu;
+  mbd_preload *preload;     /* preload.c: the models waiting to preload */
+  /* compat.model of the configuration served now (start, then each
+   * reload): a string of a configuration kept until stop, or NULL. */
+  const char *_Atomic compat_model;
 } mbd;
 
 /* The state file the daemon uses when the configuration names none: in
