@@ -11,7 +11,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_daemon import SLOW, Daemon, worker  # noqa: E402
+from test_daemon import Daemon, worker  # noqa: E402
 
 HOOKS = "{offload: {path: /offload}, restore: {path: /restore}, cleanup: {path: /cleanup}}"
 

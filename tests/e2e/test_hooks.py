@@ -5,7 +5,6 @@ the client's critical path, before the next request is sent to it), the
 every kind of stop), and `preload: true` (loaded at start and after a
 reload, highest priority first, within the budget). Real daemon, real
 workers."""
-import json
 import os
 import signal
 import sys
