@@ -344,6 +344,7 @@ static int cycle(run *r, lc_cycle *c) {
     c->restore_ms = lc_median(res, nr);
   }
   c->restore_growth = lc_restore_growth(series, ns);
+  c->restores = nr;
 
   json_decref(st);
   st = NULL;
@@ -464,8 +465,8 @@ int lc_bench_daemon(const lc_opts *o, const cli_client *c) {
     snprintf(source, sizeof(source), "modelbufd at %s%s",
              c->unix_path[0] ? "unix:" : c->url, c->unix_path);
     lc_input in = {o->model, r.device[0] ? r.device : "?", cold, r.usable, host_budget(&r),
-                   cy, o->cycles, source, cold ? NULL : note};
-    rc = lc_output(&in, o->json, o->chart);
+                   cy, o->cycles, source, cold ? NULL : note, jstr(st0, "backend")};
+    rc = o->report ? o->report(&in, o->report_arg) : lc_output(&in, o->json, o->chart);
   }
 done:
   if (rc != CLI_EXIT_DOWN)
