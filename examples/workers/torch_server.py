@@ -24,6 +24,9 @@ Routes (HTTP/1.1, JSON):
                              RAM (CUDA: .to("cpu") and empty_cache; without CUDA a
                              host copy, the "device" copy freed), back, and gc
 
+While offloaded, the model's routes answer 503 {"error": "offloaded"} (the
+daemon restores it before it forwards a request).
+
 Options come from flags, or from TORCH_SERVER_<FLAG> environment variables
 (e.g. TORCH_SERVER_DIM=1024). Runs under Debian's /usr/bin/python3 with the
 python3-torch package; the modelbuf package is taken from the repository's
@@ -41,11 +44,11 @@ import torch
 from torch import nn
 
 try:
-    from modelbuf.worker import Worker, read_json, send_json, send_openai_stream
+    from modelbuf.worker import Offloaded, Worker, read_json, send_json, send_openai_stream
 except ImportError:  # run from a checkout: the package next door
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                     "python"))
-    from modelbuf.worker import Worker, read_json, send_json, send_openai_stream
+    from modelbuf.worker import Offloaded, Worker, read_json, send_json, send_openai_stream
 
 
 def env_default(name, default, conv=int):
@@ -134,7 +137,7 @@ def encode(texts):
 
 
 def embed(texts):
-    with worker.inference(), torch.no_grad():
+    with worker.inference(restore=False), torch.no_grad():
         ids, pad, ntok = encode(texts)
         h = model(ids, pad)
         keep = (~pad).unsqueeze(-1).float()
@@ -146,7 +149,7 @@ def embed(texts):
 def tokens(text, max_tokens):
     """The greedy continuation of text, byte by byte, as they are made (the
     worker is held meanwhile: no offload under a generation)."""
-    with worker.inference(), torch.no_grad():
+    with worker.inference(restore=False), torch.no_grad():
         ids = list(text.encode("utf-8"))[-(a.max_len - 1):] or [0]
         for _ in range(max_tokens):
             x = torch.tensor([ids[-a.max_len:]], dtype=torch.long, device=DEVICE)
@@ -228,6 +231,8 @@ def chat_prompt(doc):
 
 def complete(kind, doc):
     """A chat.completion or text_completion, whole or as chunks (stream)."""
+    if worker.location != "device":  # before a stream's head is sent
+        raise Offloaded("offloaded")
     if kind == "chat":
         prompt = chat_prompt(doc)
     else:
@@ -344,6 +349,8 @@ class Handler(BaseHTTPRequestHandler):
                                              "device": str(DEVICE)})
         except BadRequest as e:
             return openai_error(self, 400, e)
+        except Offloaded:
+            return send_json(self, 503, {"error": "offloaded"})
         send_json(self, 404, {"error": "no route " + self.path})
 
 

@@ -54,7 +54,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Type, Union
 
-__all__ = ["Worker", "run_fastapi", "port_from_args", "send_json", "read_json", "send_sse",
+__all__ = ["Worker", "Offloaded", "run_fastapi", "port_from_args", "send_json", "read_json", "send_sse",
            "send_openai_stream"]
 
 MiB = 1024.0 * 1024.0
@@ -84,6 +84,12 @@ def _module_device(module: Any) -> Any:
         return t.device
     torch = _torch()
     return torch.device("cpu") if torch is not None else "cpu"
+
+
+class Offloaded(RuntimeError):
+    """Raised by ``Worker.inference(restore=False)`` while the modules are in
+    host RAM: answer 503 (the daemon restores a model before it forwards a
+    request, so this means a request that did not come through it)."""
 
 
 class Worker:
@@ -226,12 +232,15 @@ class Worker:
         return out
 
     @contextlib.contextmanager
-    def inference(self) -> Iterator[None]:
-        """Holds the worker for a request: no offload meanwhile, and the
-        modules restored first if they were offloaded (a worker used without
-        the daemon's restore hook still answers)."""
+    def inference(self, restore: bool = True) -> Iterator[None]:
+        """Holds the worker for a request: no offload meanwhile. Modules that
+        are offloaded are restored first (a worker used without the daemon's
+        restore hook still answers), or with restore=False ``Offloaded`` is
+        raised (answer 503)."""
         with self._lock:
             if self.location != "device":
+                if not restore:
+                    raise Offloaded(f"{self.name} is offloaded to host RAM")
                 self.restore()
             yield
 

@@ -180,6 +180,7 @@ models:
 """)
         low_pid = d.status("low")["pid"]
         d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: d.get("/api/models/added")[0] == 200, what="the reload")
         d.wait_state("added", ["ready"], timeout=30)
         assert d.status("low")["pid"] == low_pid and d.status("low")["stats"]["loads"] == 1
         assert d.status("lazy")["state"] == "unloaded"

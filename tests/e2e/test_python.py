@@ -227,7 +227,7 @@ def test_nesting_reuses_the_held_lease(mb, d):
             assert inner is outer
             assert c.model("one").status()["inflight"] == 1
         assert c.model("one").status()["inflight"] == 1  # still held by the outer block
-    assert c.model("one").status()["inflight"] == 0
+    d.wait_until("one", lambda s: s["inflight"] == 0)  # the release reaches the core
     # By alias, and auto_unload of an inner block applies at the outer end.
     with c.use_model("a") as outer:
         with c.use_model("alias-a", auto_unload=True) as inner:
@@ -358,6 +358,10 @@ def test_async_twin(mb, d):
         with pytest.raises(KeyError):
             async with c.use_model("a"):
                 raise KeyError("x")
+        for _ in range(500):  # the release reaches the core
+            if (await c.model("a").status())["inflight"] == 0:
+                break
+            await asyncio.sleep(0.02)
         assert (await c.model("a").status())["inflight"] == 0
         async with c.use_model("a", auto_unload=True) as m:
             r = await m.get("/stream?n=3&ms=10", stream=True)
