@@ -78,23 +78,26 @@ class ModelBuffer:
         self._model.unload()
 
     def get_status(self) -> Dict[str, Any]:
-        """``is_loaded``, ``loaded_at`` (Unix time; None while it is not in
-        memory) and ``last_accessed`` (None when never), ``timeout_seconds`` (None: never unloaded), ``timer_active``,
-        and the daemon's ``state``, ``model_location`` (GPU, CPU, UNLOADED)
-        and ``idle_seconds``."""
+        """``is_loaded``; ``loaded_at`` (Unix time, None while it is not in
+        memory) and ``last_accessed`` (None when never); ``timeout_seconds``
+        (this buffer's timeout, else the model's keep-alive); ``timer_active``
+        (whether its idle timer runs now); and the daemon's ``state``,
+        ``model_location`` (GPU, CPU, UNLOADED), ``keep_alive_seconds`` (its
+        effective keep-alive now, None: never) and ``idle_seconds``."""
         st = self._model.status()
-        ts = st.get("timeout_seconds", st.get("keep_alive_s"))
+        ka = st.get("timeout_seconds", st.get("keep_alive_s"))
+        ka = None if ka is None or ka < 0 else ka
         loc = {"gpu": "GPU", "cpu": "CPU"}.get(st["location"], "UNLOADED")
         resident = st["state"] in ("ready", "offloading", "offloaded", "restoring")
         return {
             "is_loaded": bool(st["is_loaded"]),
-            # When the residency it is in began; None while it is not in memory.
             "loaded_at": parse_time(st.get("loaded_at")) if resident else None,
             "last_accessed": parse_time(st.get("last_accessed")),
-            "timeout_seconds": None if ts is None or ts < 0 else ts,
+            "timeout_seconds": self.timeout if self.timeout is not None else ka,
             "timer_active": bool(st["timer_active"]),
             "state": st["state"],
             "model_location": loc,
+            "keep_alive_seconds": ka,
             "idle_seconds": st.get("idle_s", 0.0),
         }
 

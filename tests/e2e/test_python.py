@@ -404,13 +404,14 @@ def test_compat_model_buffer_and_manager(mb, d):
     c.model("a").unload()
     buf = ModelBuffer("a", timeout=120, client=c)
     st = buf.get_status()
-    assert st["is_loaded"] is False and st["loaded_at"] is None
+    assert st["is_loaded"] is False and st["loaded_at"] is None and st["timeout_seconds"] == 120
     assert set(st) >= {"is_loaded", "loaded_at", "last_accessed", "timeout_seconds",
                        "timer_active"}
     model = buf.get_model()
     assert buf.is_loaded
     st = buf.get_status()
     assert st["timeout_seconds"] == 120 and st["timer_active"] is True
+    assert st["keep_alive_seconds"] == 120  # the daemon's keep-alive for this residency
     assert abs(st["loaded_at"] - time.time()) < 60 and st["model_location"] == "GPU"
     r = model.post("/infer", json={"x": 1})
     assert r.json()["echo"] == {"x": 1}
@@ -418,10 +419,10 @@ def test_compat_model_buffer_and_manager(mb, d):
     assert last >= st["loaded_at"]
     buf.cancel_timer()
     st = buf.get_status()
-    assert st["timer_active"] is False and st["timeout_seconds"] is None
+    assert st["timer_active"] is False and st["keep_alive_seconds"] is None
     buf.reset_timer()
     st = buf.get_status()
-    assert st["timer_active"] is True and st["timeout_seconds"] == 120
+    assert st["timer_active"] is True and st["keep_alive_seconds"] == 120
     buf.unload_model()
     assert buf.get_status()["is_loaded"] is False
     mgr = ModelManager(client=c)
