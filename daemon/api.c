@@ -967,11 +967,16 @@ static void health(mbd_req *r) {
   mbd *d = r->d;
   const mbd_models *ms = mbd_models_get(d);
   int active = 0, queued = 0, gpu = 0;
+  uint64_t alloc = 0, reserved = 0; /* the models' memory on their devices */
   for (size_t i = 0; i < ms->n; i++) {
     mb_status st;
+    uint64_t a, b;
     if (mb_model_status(d->ctx, ms->m[i]->name, &st) == 0) {
       active += st.inflight;
       queued += st.queued;
+      mbd_compat_model_memory(&st, &a, &b);
+      alloc += a;
+      reserved += b;
     }
   }
   int nd = mb_device_count(d->ctx);
@@ -982,24 +987,15 @@ static void health(mbd_req *r) {
   }
   struct timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
-  int64_t now_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-  int64_t up_ms = now_ms - d->started_ms;
-  char ts[40];
-  time_t sec = (time_t)(now_ms / 1000);
-  struct tm tm;
-  gmtime_r(&sec, &tm);
-  snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(now_ms % 1000));
-  uint64_t alloc, reserved;
-  mbd_compat_memory(d, &alloc, &reserved);
+  int64_t up_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - d->started_ms;
   /* "healthy" is what the clients of the common Python model APIs check. */
   const char *state = __atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) ? "stopping" : "healthy";
   mbd_reply_json(r, 200,
-                 json_pack("{s:s,s:s,s:s,s:f,s:i,s:i,s:b,s:{s:f,s:f},s:o}", "status", state,
-                           "timestamp", ts, "version", mb_version(), "uptime_s",
-                           (double)up_ms / 1000.0, "active_jobs", active, "queued", queued,
-                           "gpu_available", gpu, "gpu_memory", "allocated_mb",
-                           (double)alloc / (1024.0 * 1024.0), "reserved_mb",
+                 json_pack("{s:s,s:o,s:s,s:f,s:i,s:i,s:b,s:{s:f,s:f},s:o}", "status", state,
+                           "timestamp", mbd_time_json(d, mb_ctx_now(d->ctx)), "version",
+                           mb_version(), "uptime_s", (double)up_ms / 1000.0, "active_jobs",
+                           active, "queued", queued, "gpu_available", gpu, "gpu_memory",
+                           "allocated_mb", (double)alloc / (1024.0 * 1024.0), "reserved_mb",
                            (double)reserved / (1024.0 * 1024.0), "devices", mbd_devices_json(d)));
 }
 
@@ -1008,33 +1004,28 @@ static void devices(mbd_req *r) {
 }
 
 /* A job on the task pool that answers with a JSON document. */
-typedef struct job {
-  mbd_task task;
-  mbd *d;
-  mbd_req *r;       /* NULL once the client left */
-  int status;
-  json_t *doc;      /* the answer */
-} job;
-
 static void job_gone(mbd_req *r) {
-  job *j = r->ctx;
+  mbd_api_job *j = r->ctx;
   j->r = NULL; /* the task's end frees it */
 }
 
 static void job_done(mbd_task *t) {
-  job *j = (job *)t;
+  mbd_api_job *j = (mbd_api_job *)t;
   if (j->r != NULL) {
     j->r->ctx = NULL;
     j->r->on_gone = NULL;
-    mbd_reply_json(j->r, j->status, j->doc);
+    if (j->doc != NULL)
+      mbd_reply_json(j->r, j->status, j->doc);
+    else
+      mbd_reply_error(j->r, 500, "internal", "out of memory", 0);
   } else {
     json_decref(j->doc);
   }
   free(j);
 }
 
-static job *job_start(mbd_req *r, void (*run)(mbd_task *)) {
-  job *j = calloc(1, sizeof(*j));
+mbd_api_job *mbd_api_job_new(mbd_req *r, size_t size, void (*run)(mbd_task *t)) {
+  mbd_api_job *j = calloc(1, size);
   if (j == NULL) {
     mbd_reply_error(r, 500, "internal", "out of memory", 0);
     return NULL;
@@ -1070,7 +1061,7 @@ int mbd_cleanup_workers(mbd *d, json_t **cleaned, json_t **failed) {
 }
 
 static void cleanup_run(mbd_task *t) {
-  job *j = (job *)t;
+  mbd_api_job *j = (mbd_api_job *)t;
   json_t *done, *failed;
   (void)mbd_cleanup_workers(j->d, &done, &failed);
   j->status = 200;
@@ -1079,7 +1070,7 @@ static void cleanup_run(mbd_task *t) {
 }
 
 static void cleanup(mbd_req *r) {
-  job *j = job_start(r, cleanup_run);
+  mbd_api_job *j = mbd_api_job_new(r, sizeof(*j), cleanup_run);
   if (j != NULL)
     mbd_tasks_submit(r->d, &j->task);
 }

@@ -8,6 +8,7 @@
 
 #include "daemon.h"
 #include "front.h"
+#include "tasks.h"
 
 /* Resolves the management routes: 1 when the route is api.c's (r->route
  * set, or r answered: 404, 405), else 0. */
@@ -17,6 +18,25 @@ int mbd_api_resolve(mbd *d, mbd_req *r);
 json_t *mbd_model_json(mbd *d, mbd_model *m);
 
 /* Helpers of the routes (api.c), shared with compat.c. */
+
+/*
+ * Work of a route that blocks (a worker's hook, the core's blocking calls),
+ * run on the task pool, then answered on the request's loop: run fills
+ * status and doc (NULL doc: 500). A client that leaves meanwhile gets
+ * nothing; the job is freed after its done either way.
+ */
+typedef struct mbd_api_job {
+  mbd_task task;
+  mbd *d;
+  mbd_req *r;       /* NULL once the client left */
+  int status;
+  json_t *doc;      /* the answer (taken over) */
+} mbd_api_job;
+
+/* A job of size bytes (at least sizeof(mbd_api_job), which it starts
+ * with: room for the route's own fields after it), zeroed, for r; submit
+ * it with mbd_tasks_submit(d, &j->task). NULL with r answered (500). */
+mbd_api_job *mbd_api_job_new(mbd_req *r, size_t size, void (*run)(mbd_task *t));
 
 /* The request body as a JSON object (an empty body is {}); NULL with the
  * reason in err (not JSON, not an object). */

@@ -212,13 +212,9 @@ static void gpu_status(mbd_req *r) {
 enum { ACT_OFFLOAD, ACT_RELEASE, ACT_CLEANUP };
 
 typedef struct cjob {
-  mbd_task task;
-  mbd *d;
-  mbd_req *r;        /* NULL once the client left */
+  mbd_api_job job;   /* first: the job machinery of api.c */
   int act;
   mbd_model *only;   /* the model meant; NULL: every loaded one */
-  int status;
-  json_t *doc;       /* the answer */
 } cjob;
 
 /* An answer that is an error and carries the fields those clients read. */
@@ -238,7 +234,7 @@ static int act_on(mbd *d, mbd_model *m, int act, char *err, size_t len) {
 }
 
 static void act_one(cjob *j) {
-  mbd *d = j->d;
+  mbd *d = j->job.d;
   mbd_model *m = j->only;
   char err[256] = "";
   mb_status before;
@@ -250,7 +246,7 @@ static void act_one(cjob *j) {
     doc = json_pack("{s:s}", "model", m->name);
   if (rc != 0) {
     const char *code;
-    j->status = mbd_http_status(rc, &code);
+    j->job.status = mbd_http_status(rc, &code);
     char why[300];
     snprintf(why, sizeof(why), "%s", err[0] ? err : mb_strerror(rc));
     set_error(doc, rc, why);
@@ -262,18 +258,18 @@ static void act_one(cjob *j) {
     else
       msg = before.location == MB_LOC_CPU ? "the model is on the CPU already"
                                                : "the model was offloaded to the CPU";
-    j->status = 200;
+    j->job.status = 200;
     json_object_set_new(doc, "status", json_string("success"));
     json_object_set_new(doc, "message", json_string(msg));
   }
-  mbd_count_code(d, m, j->status);
-  j->doc = doc;
+  mbd_count_code(d, m, j->job.status);
+  j->job.doc = doc;
 }
 
 /* No model meant: every loaded model (for offload, every one on its
  * device), one after another; an error status when any could not. */
 static void act_all(cjob *j) {
-  mbd *d = j->d;
+  mbd *d = j->job.d;
   const mbd_models *ms = mbd_models_get(d);
   json_t *out = json_object();
   int failed = 0, done = 0, worst = 0;
@@ -303,16 +299,16 @@ static void act_all(cjob *j) {
   snprintf(msg, sizeof(msg), "%d model%s %s, %d failed", done - failed,
            done - failed == 1 ? "" : "s", j->act == ACT_RELEASE ? "released" : "offloaded",
            failed);
-  j->status = failed ? worst : 200;
-  j->doc = json_pack("{s:s,s:s,s:o}", "status", failed ? "error" : "success", "message", msg,
+  j->job.status = failed ? worst : 200;
+  j->job.doc = json_pack("{s:s,s:s,s:o}", "status", failed ? "error" : "success", "message", msg,
                      "models", out);
   if (failed)
-    json_object_set_new(j->doc, "error",
+    json_object_set_new(j->job.doc, "error",
                         json_pack("{s:s,s:s}", "code", worst_code, "message", msg));
 }
 
 static void cleanup_all(cjob *j) {
-  mbd *d = j->d;
+  mbd *d = j->job.d;
   json_t *cleaned, *failed;
   int n_failed = mbd_cleanup_workers(d, &cleaned, &failed);
   uint64_t alloc, reserved;
@@ -320,13 +316,13 @@ static void cleanup_all(cjob *j) {
   char msg[200];
   snprintf(msg, sizeof(msg), "cleanup hooks called: %zu worker%s cleaned, %d failed",
            json_array_size(cleaned), json_array_size(cleaned) == 1 ? "" : "s", n_failed);
-  j->doc = json_pack("{s:s,s:s,s:f,s:f,s:o,s:o,s:o}", "status", n_failed ? "error" : "success",
+  j->job.doc = json_pack("{s:s,s:s,s:f,s:f,s:o,s:o,s:o}", "status", n_failed ? "error" : "success",
                      "message", msg, "gpu_memory_allocated_mb", (double)alloc / MIB,
                      "gpu_memory_reserved_mb", (double)reserved / MIB, "cleaned", cleaned,
                      "failed", failed, "devices", mbd_devices_json(d));
-  j->status = n_failed ? 502 : 200;
+  j->job.status = n_failed ? 502 : 200;
   if (n_failed)
-    json_object_set_new(j->doc, "error",
+    json_object_set_new(j->job.doc, "error",
                         json_pack("{s:s,s:s}", "code", "worker_failed", "message", msg));
 }
 
@@ -340,42 +336,13 @@ static void cjob_run(mbd_task *t) {
     act_all(j);
 }
 
-static void cjob_done(mbd_task *t) {
-  cjob *j = (cjob *)t;
-  if (j->r != NULL) {
-    j->r->ctx = NULL;
-    j->r->on_gone = NULL;
-    if (j->doc != NULL)
-      mbd_reply_json(j->r, j->status, j->doc);
-    else
-      mbd_reply_error(j->r, 500, "internal", "out of memory", 0);
-  } else {
-    json_decref(j->doc);
-  }
-  free(j);
-}
-
-static void cjob_gone(mbd_req *r) {
-  cjob *j = r->ctx;
-  j->r = NULL; /* the task's end frees it */
-}
-
 static void start(mbd_req *r, int act, mbd_model *only) {
-  cjob *j = calloc(1, sizeof(*j));
-  if (j == NULL) {
-    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+  cjob *j = (cjob *)mbd_api_job_new(r, sizeof(*j), cjob_run);
+  if (j == NULL)
     return;
-  }
-  j->d = r->d;
-  j->r = r;
   j->act = act;
   j->only = only;
-  j->task.loop = mbd_req_loop(r);
-  j->task.run = cjob_run;
-  j->task.done = cjob_done;
-  r->ctx = j;
-  r->on_gone = cjob_gone;
-  mbd_tasks_submit(r->d, &j->task);
+  mbd_tasks_submit(r->d, &j->job.task);
 }
 
 /* POST /api/gpu/offload | /api/gpu/release: body {} or {"model": NAME}. */
