@@ -332,7 +332,8 @@ int cmd_keep_alive(int argc, char **argv) {
   char *b = json_dumps(body, JSON_COMPACT);
   json_decref(body);
   char path[256], seg[200];
-  snprintf(path, sizeof(path), "/api/models/%s/keep-alive", cli_name_seg(argv[1], seg, sizeof(seg)));
+  snprintf(path, sizeof(path), "/api/models/%s/keep-alive",
+           cli_name_seg(argv[1], seg, sizeof(seg)));
   json_t *m;
   int rc = call(&c, argv[1], "POST", path, b, &m);
   free(b);
@@ -438,7 +439,8 @@ int cmd_logs(int argc, char **argv) {
   json_t *doc;
   char *text = NULL;
   if (!follow) {
-    snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d", cli_name_seg(name, seg, sizeof(seg)), n);
+    snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d",
+             cli_name_seg(name, seg, sizeof(seg)), n);
     int rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
     if (rc != 0)
       return rc;

@@ -670,10 +670,12 @@ static void compare_print(FILE *f, const lc_run *runs, int n) {
   for (int k = 0; k < np; k++) {
     const plan *p = &plans[k];
     const lc_run *big = &runs[p->largest];
-    fprintf(f, "\nmemory plan on %s (usable %s):\n", p->device, cli_fmt_bytes(p->usable, a, sizeof(a)));
+    fprintf(f, "\nmemory plan on %s (usable %s):\n", p->device,
+            cli_fmt_bytes(p->usable, a, sizeof(a)));
     fprintf(f, "  reserve 1.5x the largest footprint (%s, %s): %s per model, %llu fit at once\n",
             big->model, cli_fmt_bytes(big->rep.footprint, b, sizeof(b)),
-            cli_fmt_bytes(p->reserve, c, sizeof(c)), (unsigned long long)fit(p->usable, p->reserve));
+            cli_fmt_bytes(p->reserve, c, sizeof(c)),
+            (unsigned long long)fit(p->usable, p->reserve));
     for (int i = 0; i < n; i++) {
       if (runs[i].status != 0 || strcmp(runs[i].device, p->device) != 0)
         continue;

@@ -225,7 +225,8 @@ static void px_release(mbd_px *x) {
   x->busy = 0;
   if (x->held) {
     mbd_proxy_trace(d, x->cur ? x->cur->name : x->m->name, &x->res, x->granted_at);
-    if (x->clean_after && !__atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) && cleanup_after(x) == 0) {
+    if (x->clean_after && !__atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) &&
+        cleanup_after(x) == 0) {
       x->held = 0;
       x->clean_after = 0;
       return;
@@ -906,7 +907,8 @@ int mbd_proxy_resolve(mbd *d, mbd_req *r) {
     return 1;
   }
   /* Other methods are no route here (404), as for any other /v1 path. */
-  if (n > 11 && memcmp(p, "/v1/models/", 11) == 0 && (strcmp(r->method, "GET") == 0 || r->is_head)) {
+  if (n > 11 && memcmp(p, "/v1/models/", 11) == 0 &&
+      (strcmp(r->method, "GET") == 0 || r->is_head)) {
     r->route.arg_off = 11;
     r->route.arg_len = n - 11;
     r->route.handle = handle_v1_model;
