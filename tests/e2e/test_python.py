@@ -303,7 +303,7 @@ def test_events(mb, d):
     def read():
         for ev in it:
             if ev["type"] == "state":
-                seen.append((ev["from"], ev["to"]))
+                seen.append(ev)
             if len(seen) == 2:
                 return
 
@@ -312,7 +312,15 @@ def test_events(mb, d):
     time.sleep(0.3)  # the stream is open
     c.model("plain").load()
     t.join(20 * SLOW)
-    assert seen == [("unloaded", "loading"), ("loading", "ready")]
+    assert [(e["from"], e["to"]) for e in seen] == [("unloaded", "loading"), ("loading", "ready")]
+    # Resumed after an event seen (Last-Event-ID): what came since, in order.
+    c.model("plain").unload()
+    again = c.events(model="plain", last_event_id=seen[-1]["seq"])
+    nxt = [next(again), next(again)]
+    again.close()
+    assert [(e["from"], e["to"]) for e in nxt] == [("ready", "unloading"),
+                                                   ("unloading", "unloaded")]
+    assert seen[-1]["seq"] < nxt[0]["seq"] < nxt[1]["seq"]
 
 
 def test_api_key(mb):
