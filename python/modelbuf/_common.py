@@ -125,22 +125,30 @@ def encode_body(json_body: Any = None, data: Union[bytes, str, None] = None,
     return body, out
 
 
+def answer_error(status: int, headers: Any, raw: bytes) -> Exception:
+    """The exception of an error answer (its JSON error, else its text)."""
+    doc: Any = None
+    try:
+        doc = json.loads(raw) if raw else None
+    except ValueError:
+        pass
+    return error_from(status, doc, headers.get("Retry-After") if headers else None,
+                      raw.decode("utf-8", "replace") if doc is None else "")
+
+
 def check(status: int, headers: Any, raw: bytes) -> Any:
     """The decoded JSON of an answer; raises the daemon's error for a status
     of 400 or more."""
-    doc: Any = None
-    text = ""
-    if raw:
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            text = raw.decode("utf-8", "replace")
     if status >= 400:
-        raise error_from(status, doc, headers.get("Retry-After") if headers else None, text)
-    if doc is None and raw:
-        raise BadRequest(f"the daemon answered something that is not JSON: {text[:200]!r}",
-                         status=status, code="bad_answer")
-    return doc
+        raise answer_error(status, headers, raw)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise BadRequest("the daemon answered something that is not JSON: "
+                         f"{raw[:200].decode('utf-8', 'replace')!r}", status=status,
+                         code="bad_answer") from None
 
 
 def parse_time(value: Optional[str]) -> Optional[float]:

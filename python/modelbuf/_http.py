@@ -12,8 +12,8 @@ import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ._version import __version__ as _version
-from ._common import Endpoint, Event, SSEParser, openai_chunks
-from .errors import ConnectionFailed, ModelbufError, Timeout, error_from
+from ._common import Endpoint, Event, SSEParser, answer_error, check, openai_chunks
+from .errors import ConnectionFailed, ModelbufError, Timeout
 
 USER_AGENT = f"modelbuf-python/{_version}"
 _UNSET: Any = object()
@@ -88,14 +88,7 @@ class Response:
         subclass, from the daemon's or the worker's JSON error); else returns
         self."""
         if self.status >= 400:
-            raw = self.content
-            doc: Any = None
-            try:
-                doc = json.loads(raw) if raw else None
-            except ValueError:
-                pass
-            raise error_from(self.status, doc, self.headers.get("Retry-After"),
-                             raw.decode("utf-8", "replace"))
+            raise answer_error(self.status, self.headers, self.content)
         return self
 
     # -- streamed answers ----------------------------------------------
@@ -277,5 +270,4 @@ class Transport:
         body = None if json_body is None else json.dumps(json_body).encode()
         headers = {"Content-Type": "application/json"} if body is not None else {}
         r = self.request(method, path, body=body, headers=headers, timeout=timeout)
-        from ._common import check
         return r.status, check(r.status, r.headers, r.content)

@@ -16,13 +16,13 @@ import os
 import ssl
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, Union
 
-from ._common import (DEFAULT_TTL, Duration, Endpoint, Event, SSEParser, acquire_body, check,
+from ._common import (DEFAULT_TTL, Duration, Endpoint, Event, SSEParser, acquire_body,
+                      answer_error, check,
                       default_url, encode_body, keep_alive_value, openai_chunks, parse_endpoint,
                       quote_name, status_headers, ttl_seconds)
 from ._http import USER_AGENT
 from .client import _acquire_timeout, _find_held, _Held, _held
-from .errors import (ConnectionFailed, LeaseLost, ModelbufError, NotFound, NotSupported, Timeout,
-                     error_from)
+from .errors import ConnectionFailed, LeaseLost, ModelbufError, NotFound, NotSupported, Timeout
 
 __all__ = ["AsyncClient", "AsyncModel", "AsyncLease", "AsyncResponse", "AsyncOpenAI"]
 
@@ -221,14 +221,7 @@ class AsyncResponse:
     def raise_for_status(self) -> "AsyncResponse":
         """Raises the error of a status of 400 or more (the body must be read)."""
         if self.status >= 400:
-            raw = self._content or b""
-            doc: Any = None
-            try:
-                doc = _json.loads(raw) if raw else None
-            except ValueError:
-                pass
-            raise error_from(self.status, doc, self.headers.get("retry-after"),
-                             raw.decode("utf-8", "replace"))
+            raise answer_error(self.status, self.headers, self._content or b"")
         return self
 
     def _finish(self) -> None:
