@@ -191,16 +191,11 @@ int mbd_path_model(const char *p, size_t n, char *name, size_t *rest) {
   size_t k = 0;
   while (k < n && p[k] != '/' && p[k] != '?')
     k++;
-  if (k == 0 || k > MBD_MODEL_NAME_MAX)
+  /* The segment percent-decoded (a name with '/' comes as %2F), then held
+   * to the rule of names: no other byte reaches the lookup. */
+  if (k == 0 || k > 3 * MBD_MODEL_NAME_MAX ||
+      mbd_pct_decode(p, k, name, MBD_MODEL_NAME_MAX + 1) != 0 || !mbd_model_name_valid(name))
     return -1;
-  for (size_t i = 0; i < k; i++) {
-    char c = p[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '.' || c == '_' || c == ':' || c == '-'))
-      return -1;
-  }
-  memcpy(name, p, k);
-  name[k] = '\0';
   *rest = k;
   return 0;
 }

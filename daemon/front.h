@@ -189,9 +189,11 @@ int mbd_http_status(int err, const char **code);
 
 /*
  * The model name at the start of p[0..n) ("NAME" or "NAME/rest" or
- * "NAME?query"): copies it into name (MBD_MODEL_NAME_MAX + 1 bytes) and
- * sets *rest to the offset of what follows it. 0, or -1 for an empty or
- * over-long name, or one holding bytes a name cannot have.
+ * "NAME?query"), percent-decoded (a name with '/' is sent as
+ * "Qwen%2FQwen2.5"): copies it into name (MBD_MODEL_NAME_MAX + 1 bytes)
+ * and sets *rest to the offset of what follows it in p. 0, or -1 for an
+ * empty or over-long name, a bad escape, or one that breaks the rule of
+ * names (mbd_model_name_valid).
  */
 int mbd_path_model(const char *p, size_t n, char *name, size_t *rest);
 

@@ -386,8 +386,13 @@ static int call_hook(mbd_worker *w, int port, const mbd_hook *h, const char *wha
   if (mbd_subst_worker(h->path, port, w->name, w->gpu, &path) != 0)
     return MB_ENOMEM;
   long status = 0;
-  int rc = mbd_http_call(port, h->method, path, NULL, h->timeout_ms, &status, err, err_len);
-  if (rc == 0 && (status < 200 || status > 299)) {
+  char why[300] = "";
+  int rc = mbd_http_call(port, h->method, path, NULL, h->timeout_ms, &status, why, sizeof(why));
+  if (rc != 0) {
+    /* The hook named, and its timeout when that is what ended it. */
+    mb__set_err(err, err_len, "%s hook %s %s failed (timeout %lld ms): %s", what, h->method, path,
+                (long long)h->timeout_ms, why);
+  } else if (status < 200 || status > 299) {
     mb__set_err(err, err_len, "%s hook %s %s answered %ld", what, h->method, path, status);
     rc = MB_EBACKEND;
   }

@@ -21,6 +21,11 @@ liburing-dev
 libsystemd-dev
 python3-pytest
 python3-torch
+python3-pip
+python3-setuptools
+python3-wheel
+python3-fastapi
+python3-uvicorn
 curl
 gnuplot-nox
 "
