@@ -506,10 +506,29 @@ void mbd_resp_end(mbd_req *r) {
 
 static void conn_close(mbd_conn *c);
 
+static void resp_reset(mbd_conn *c);
+
 void mbd_resp_abort(mbd_req *r) {
   mbd_conn *c = r->c;
   if (c == NULL)
     return;
+  r->on_gone = NULL; /* the handler ends it itself */
+  r->on_drain = NULL;
+  if (c->resp == R_BODY && !c->resp_close_delim && !(c->body_reading && !c->body_done)) {
+    /* The framing (a length, or chunks) already tells the client the
+     * answer is cut when the connection ends before its end: what was
+     * written still goes out, then the connection closes as after any
+     * answer, with no end chunk. A reset instead could drop, in the
+     * client's kernel, a head it had not read yet (as nginx: close). */
+    c->close_after = 1;
+    resp_done(c);
+    return;
+  }
+  resp_reset(c);
+}
+
+/* Ends the connection at once: a reset, after what the socket takes now. */
+static void resp_reset(mbd_conn *c) {
   /* What is buffered goes out if the socket takes it now; then the
    * connection ends without the answer's end. */
   if (c->out_len > c->out_off) {
@@ -518,7 +537,8 @@ void mbd_resp_abort(mbd_req *r) {
     (void)w;
   }
   c->out_off = c->out_len = 0;
-  r->on_gone = NULL; /* the handler ends it itself */
+  if (c->req)
+    c->req->on_gone = NULL;
   /* A reset, not a close: a client reading until the close (HTTP/1.0,
    * no length) must not take the cut answer for a whole one. */
   struct linger lg = {1, 0};
@@ -796,7 +816,7 @@ static void conn_fail(mbd_conn *c, int status, const char *code, const char *msg
   if (c->dead)
     return;
   if (c->resp != R_NONE) { /* an answer had started: cut it */
-    mbd_resp_abort(r);
+    resp_reset(c);
     return;
   }
   c->close_after = 1;

@@ -156,9 +156,10 @@ uint64_t mbd_req_body_received(const mbd_req *r);
  * status line; mbd_resp_header adds headers; then either mbd_resp_body
  * (a whole body, which ends the answer) or mbd_resp_stream (the head ends;
  * mbd_resp_write adds body bytes, chunked when length is -1 and the client
- * speaks HTTP/1.1, and mbd_resp_end ends it). mbd_resp_abort ends the
- * connection at once, so that a client never takes a cut answer for a
- * whole one. All on the request's loop thread.
+ * speaks HTTP/1.1, and mbd_resp_end ends it). mbd_resp_abort cuts the
+ * answer so that a client never takes it for a whole one: the connection
+ * closes after what was written, with no end chunk (or short of its
+ * length), or is reset where only the close would end the answer. All on the request's loop thread.
  */
 void mbd_resp_start(mbd_req *r, int status);
 void mbd_resp_header(mbd_req *r, const char *name, const char *value);

@@ -47,12 +47,6 @@ models:
                 # Killed after its headers were sent: the answer ends short,
                 # as with any proxy (a request that ran on a killed worker).
                 code, body = "cut short", repr(e)
-            except ConnectionResetError as e:
-                # The same, seen by a client slower than the reset: the daemon
-                # resets a connection only once its answer has started
-                # (mbd_resp_abort), and Linux drops the received head when
-                # the reset comes before the client read it.
-                code, body = "cut short", repr(e)
             except (OSError, http.client.HTTPException) as e:  # no answer: a failure
                 code, body = None, repr(e)
             with lock:
