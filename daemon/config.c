@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "config_int.h"
 
@@ -288,6 +289,7 @@ void mbd_config_free(mbd_config *cfg) {
   free(cfg->cgroup);
   mbd__strv_free(cfg->openai_routes, cfg->n_openai_routes);
   free(cfg->compat_model);
+  free(cfg->node);
   for (size_t i = 0; i < cfg->n_models; i++)
     model_free(&cfg->models[i]);
   free(cfg->models);
@@ -319,6 +321,7 @@ mbd_config *mbd__config_alloc(const char *name) {
   cfg->send_timeout_ms = MBD_DEFAULT_SEND_TIMEOUT_MS;
   cfg->min_body_rate = MBD_DEFAULT_MIN_BODY_RATE;
   cfg->body_buffer_bytes = MBD_DEFAULT_BODY_BUFFER_BYTES;
+  cfg->retry_after_ms = MBD_DEFAULT_RETRY_AFTER_MS;
   return cfg;
 }
 
@@ -338,6 +341,35 @@ const mbd_model_config *mbd_config_find_model(const mbd_config *cfg, const char 
       if (strcmp(cfg->models[i].aliases[j], name) == 0)
         return &cfg->models[i];
   return NULL;
+}
+
+static int node_char_ok(unsigned char ch) {
+  return ch > 0x20 && ch < 0x7f && ch != '"' && ch != '\\';
+}
+
+int mbd_node_name_valid(const char *s) {
+  size_t n = 0;
+  if (s == NULL)
+    return 0;
+  for (; s[n]; n++)
+    if (n >= MBD_NODE_NAME_MAX || !node_char_ok((unsigned char)s[n]))
+      return 0;
+  return n > 0;
+}
+
+void mbd_node_default(char *out) {
+  char host[MBD_NODE_NAME_MAX + 2];
+  size_t n = 0;
+  if (gethostname(host, sizeof(host)) == 0) {
+    host[sizeof(host) - 1] = '\0';
+    for (; host[n] && n < MBD_NODE_NAME_MAX; n++)
+      out[n] = node_char_ok((unsigned char)host[n]) ? host[n] : '-';
+  }
+  if (n == 0) {
+    strcpy(out, "localhost");
+    return;
+  }
+  out[n] = '\0';
 }
 
 int mbd_model_name_valid(const char *s) {

@@ -59,6 +59,11 @@
 #define MBD_DEFAULT_MIN_BODY_RATE 1024 /* bytes per second, over 10 s windows */
 #define MBD_DEFAULT_BODY_BUFFER_BYTES (1ULL << 20)
 #define MBD_MODEL_NAME_MAX 64
+/* A node's name (node:, --node, MODELBUF_NODE): at most a DNS name's length,
+ * as Kubernetes node names are. */
+#define MBD_NODE_NAME_MAX 253
+/* Retry-After of a 503 cannot_fit when nothing known frees room (limits.retry_after). */
+#define MBD_DEFAULT_RETRY_AFTER_MS (30 * 1000)
 
 /* A per-model value not set in the model's section: take it from defaults. */
 #define MBD_UNSET MB_DEFAULT
@@ -270,6 +275,8 @@ typedef struct mbd_config {
   int64_t send_timeout_ms;   /* limits.send_timeout: a client that takes nothing that long */
   uint64_t min_body_rate;    /* limits.min_body_rate: bytes/s over 10 s windows; 0 = off */
   uint64_t body_buffer_bytes;/* limits.body_buffer_size: in memory, then a temp file */
+  int64_t retry_after_ms;    /* limits.retry_after: a 503's Retry-After when nothing
+                                known frees room sooner */
   int http_threads;          /* event-loop threads; 0 = one per CPU (at most 16) */
   char *temp_dir;            /* request bodies spooled here; NULL = $TMPDIR, else /tmp */
   char *state_file;          /* worker pids kept for the next start; NULL = derived */
@@ -277,6 +284,8 @@ typedef struct mbd_config {
   char **openai_routes;      /* more POST paths routed by the body's "model" */
   size_t n_openai_routes;
   char *compat_model;        /* compat.model: the model GET /api/gpu/status shows flat; NULL none */
+  char *node;                /* node: this daemon's name in a fleet; NULL = the host's name
+                                (mbd_node_default) */
   mbd_model_config *models;  /* in file order */
   size_t n_models;
 } mbd_config;
@@ -313,6 +322,21 @@ const mbd_model_config *mbd_config_find_model(const mbd_config *cfg, const char 
 int mbd_model_name_valid(const char *s);
 
 /*
+ * Whether s can be a node's name: 1 to MBD_NODE_NAME_MAX visible ASCII
+ * characters (0x21-0x7e) but '"' and '\\' (it goes into HTTP headers, JSON
+ * and Prometheus labels as it is).
+ */
+int mbd_node_name_valid(const char *s);
+
+/*
+ * The node name of a daemon whose configuration names none: the host's
+ * name (gethostname), each byte a node name cannot hold replaced by '-',
+ * cut to MBD_NODE_NAME_MAX; "localhost" when there is none. out holds
+ * MBD_NODE_NAME_MAX + 1 bytes.
+ */
+void mbd_node_default(char *out);
+
+/*
  * The configuration file to read: flag if given, else $MODELBUF_CONFIG if
  * set and non-empty, else MBD_DEFAULT_CONFIG_FILE. Never NULL; not copied.
  */
@@ -326,6 +350,7 @@ typedef struct mbd_flags {
   const char *listen;     /* --listen */
   const char *log_level;  /* --log-level */
   const char *keep_alive; /* --keep-alive: defaults.keep_alive */
+  const char *node;       /* --node: node */
   const char *const *api_keys; /* --api-key, each added */
   size_t n_api_keys;
 } mbd_flags;
@@ -336,6 +361,7 @@ typedef struct mbd_flags {
  *   MODELBUF_LISTEN    replaces listen
  *   MODELBUF_API_KEY   adds an API key (empty: nothing)
  *   GPU_IDLE_TIMEOUT   replaces defaults.keep_alive (a duration; bare = seconds)
+ *   MODELBUF_NODE      replaces node (empty: nothing)
  *   flags              as above
  * then recomputes every model's effective tuning. env NULL = the process
  * environment; flags may be NULL. Errors: MB_EINVAL with a message per bad

@@ -55,6 +55,22 @@ static int set_keep_alive(mbd_config *cfg, const char *value, const char *origin
   return 0;
 }
 
+/* Replaces the node name; origin names the variable or flag. */
+static int set_node(mbd_config *cfg, const char *value, const char *origin, mbd_diag *diag,
+                    int *bad) {
+  if (!mbd_node_name_valid(value)) {
+    *bad = 1;
+    return mbd__diag_add(diag, "%s: a node name is 1 to %d visible ASCII characters, without "
+                         "'\"' or '\\'", origin, MBD_NODE_NAME_MAX);
+  }
+  char *s = strdup(value);
+  if (s == NULL)
+    return MB_ENOMEM;
+  free(cfg->node);
+  cfg->node = s;
+  return 0;
+}
+
 int mbd_config_apply_overrides(mbd_config *cfg, const mbd_env *env, const mbd_flags *flags,
                                mbd_diag *diag) {
   const char *v;
@@ -73,6 +89,9 @@ int mbd_config_apply_overrides(mbd_config *cfg, const mbd_env *env, const mbd_fl
   v = mbd_env_get(env, "GPU_IDLE_TIMEOUT");
   if (rc == 0 && v != NULL && *v != '\0')
     rc = set_keep_alive(cfg, v, "GPU_IDLE_TIMEOUT", diag, &bad);
+  v = mbd_env_get(env, "MODELBUF_NODE");
+  if (rc == 0 && v != NULL && *v != '\0')
+    rc = set_node(cfg, v, "MODELBUF_NODE", diag, &bad);
 
   /* ... then the flags, which win. */
   if (flags != NULL) {
@@ -86,6 +105,8 @@ int mbd_config_apply_overrides(mbd_config *cfg, const mbd_env *env, const mbd_fl
     }
     if (rc == 0 && flags->keep_alive != NULL)
       rc = set_keep_alive(cfg, flags->keep_alive, "--keep-alive", diag, &bad);
+    if (rc == 0 && flags->node != NULL)
+      rc = set_node(cfg, flags->node, "--node", diag, &bad);
     for (size_t i = 0; rc == 0 && i < flags->n_api_keys; i++)
       rc = mbd__config_add_api_key(cfg, flags->api_keys[i]);
   }

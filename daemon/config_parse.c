@@ -742,6 +742,8 @@ static const field limits_fields[] = {
     {"body_timeout", F_DUR, offsetof(mbd_config, body_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
     {"send_timeout", F_DUR, offsetof(mbd_config, send_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
     {"min_body_rate", F_SIZE, offsetof(mbd_config, min_body_rate), 0, 0, 0, NULL},
+    {"retry_after", F_DUR, offsetof(mbd_config, retry_after_ms), 0, 1, 24 * 3600 * 1000,
+     NULL},
     {"body_buffer_size", F_SIZE, offsetof(mbd_config, body_buffer_bytes), 0, 4096, 1 << 30,
      NULL},
 };
@@ -1003,6 +1005,24 @@ static void fn_compat(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   walk_map(c, v, compat_fields, NFIELDS(compat_fields), obj);
 }
 
+/* node: this daemon's name in a fleet (status, metrics, X-Modelbuf-Node). */
+static void fn_node(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  mbd_config *cfg = obj;
+  char *s;
+
+  (void)f;
+  if (scalar_text(c, v, 0, &s) != 0)
+    return;
+  if (!mbd_node_name_valid(s)) {
+    perr(c, v, "a node name is 1 to %d visible ASCII characters, without '\"' or '\\' "
+         "(got %zu bytes)", MBD_NODE_NAME_MAX, strlen(s));
+    free(s);
+    return;
+  }
+  free(cfg->node);
+  cfg->node = s;
+}
+
 static const field top_fields[] = {
     {"listen", F_FN, 0, 0, 0, 0, fn_listen},
     {"unix_socket", F_FN, 0, 0, 0, 0, fn_unix_socket},
@@ -1019,6 +1039,7 @@ static const field top_fields[] = {
     {"cgroup", F_FN, 0, 0, 0, 0, fn_cgroup},
     {"openai_routes", F_FN, 0, 0, 0, 0, fn_openai_routes},
     {"compat", F_FN, 0, 0, 0, 0, fn_compat},
+    {"node", F_FN, 0, 0, 0, 0, fn_node},
     {"models", F_FN, 0, 0, 0, 0, fn_models_later},
 };
 

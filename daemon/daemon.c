@@ -501,6 +501,10 @@ int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) {
   d->cfg = cfg;
   d->log_level = cfg->log_level;
   d->started_ms = wall_ms();
+  if (cfg->node != NULL)
+    snprintf(d->node, sizeof(d->node), "%s", cfg->node); /* validated: mbd_node_name_valid */
+  else
+    mbd_node_default(d->node);
   pthread_mutex_init(&d->ev_mu, NULL);
   pthread_mutex_init(&d->trace_mu, NULL);
   pthread_mutex_init(&d->preload_mu, NULL);

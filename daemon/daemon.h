@@ -121,6 +121,11 @@ typedef struct mbd {
   mbd_config **old_cfgs;
   size_t n_old_cfgs;
   int64_t started_ms;       /* wall clock */
+  /* This daemon's name in a fleet (node:, --node, MODELBUF_NODE, else the
+   * host's name): in status, /health, /metrics and every answer's
+   * X-Modelbuf-Node. Set at start, kept across reloads; visible ASCII
+   * without '"' or '\\' (mbd_node_name_valid). */
+  char node[MBD_NODE_NAME_MAX + 1];
   mbd_log_level log_level;
   int stopping;             /* atomic */
 
@@ -171,7 +176,7 @@ mbd_model *mbd_find_name(mbd *d, const char *name);       /* name only */
  * Applies a new configuration's models (taken over): models added, removed,
  * or changed (removed, then added with the new settings) without touching
  * the others. A model that cannot be removed now (leases out, requests
- * waiting) keeps its old settings, logged. listen, api_keys and limits keep
+ * waiting) keeps its old settings, logged. listen, api_keys, limits and node keep
  * their values from the start. Called from the signal thread only.
  */
 void mbd_reload(mbd *d, mbd_config *cfg);

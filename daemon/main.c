@@ -6,7 +6,7 @@
  *
  * Order of precedence for every setting: built-in default < the file
  * (--config, else $MODELBUF_CONFIG, else ./modelbuf.yaml) < the environment
- * (MODELBUF_LISTEN, MODELBUF_API_KEY, GPU_IDLE_TIMEOUT) < the flags.
+ * (MODELBUF_LISTEN, MODELBUF_API_KEY, GPU_IDLE_TIMEOUT, MODELBUF_NODE) < the flags.
  *
  * Exit codes: 0 ok, 1 bad configuration, 2 usage error, 3 cannot serve
  * (address in use, a model that cannot be set up).
@@ -143,6 +143,8 @@ static void usage(FILE *f) {
           "  -l, --listen ADDR         HOST:PORT or unix:PATH (overrides listen, $MODELBUF_LISTEN)\n"
           "      --keep-alive DUR      default keep-alive (overrides $GPU_IDLE_TIMEOUT)\n"
           "      --log-level LEVEL     debug, info, warn or error\n"
+          "      --node NAME           this daemon's name in a fleet (overrides node,\n"
+          "                            $MODELBUF_NODE; default the host's name)\n"
           "  -V, --version             print the version and exit\n"
           "  -h, --help                print this help and exit\n"
           "\n"
@@ -154,8 +156,13 @@ static void usage(FILE *f) {
 static void print_summary(const mbd_config *cfg, FILE *f) {
   char ka[32];
 
-  fprintf(f, "ok: %zu model%s, listen %s", cfg->n_models, cfg->n_models == 1 ? "" : "s",
-          cfg->listen_str);
+  char node[MBD_NODE_NAME_MAX + 1];
+  if (cfg->node != NULL)
+    snprintf(node, sizeof(node), "%s", cfg->node);
+  else
+    mbd_node_default(node);
+  fprintf(f, "ok: %zu model%s, listen %s, node %s", cfg->n_models, cfg->n_models == 1 ? "" : "s",
+          cfg->listen_str, node);
   if (cfg->unix_socket != NULL)
     fprintf(f, " and unix:%s", cfg->unix_socket);
   if (cfg->devices_set)
@@ -167,7 +174,7 @@ static void print_summary(const mbd_config *cfg, FILE *f) {
           mbd_format_duration(cfg->defaults.keep_alive_ms, ka, sizeof(ka)), cfg->n_api_keys);
 }
 
-enum { OPT_CHECK = 256, OPT_LOG_LEVEL, OPT_KEEP_ALIVE };
+enum { OPT_CHECK = 256, OPT_LOG_LEVEL, OPT_KEEP_ALIVE, OPT_NODE };
 
 int main(int argc, char **argv) {
   static const struct option longopts[] = {
@@ -176,6 +183,7 @@ int main(int argc, char **argv) {
       {"listen", required_argument, NULL, 'l'},
       {"keep-alive", required_argument, NULL, OPT_KEEP_ALIVE},
       {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+      {"node", required_argument, NULL, OPT_NODE},
       {"version", no_argument, NULL, 'V'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
@@ -207,6 +215,9 @@ int main(int argc, char **argv) {
       break;
     case OPT_LOG_LEVEL:
       flags.log_level = optarg;
+      break;
+    case OPT_NODE:
+      flags.node = optarg;
       break;
     case 'V':
       printf("modelbufd %s\n", mb_version());
