@@ -148,10 +148,13 @@ static uint64_t host_budget(run *r) {
   uint64_t budget = 0;
   if (cli_request(r->c, "GET", "/metrics", NULL, &status, &doc, &text) == 0 && status == 200 &&
       text) {
-    const char *key = "modelbuf_host_tier_bytes{kind=\"budget\"}";
+    /* modelbuf_host_tier_bytes{kind="budget"} N, with more labels after
+     * kind (node="...") from daemons that run in a fleet. */
+    const char *key = "\nmodelbuf_host_tier_bytes{kind=\"budget\"";
     const char *p = strstr(text, key);
-    if (p)
-      budget = strtoull(p + strlen(key), NULL, 10);
+    p = p ? strpbrk(p + 1, " \n") : NULL; /* label values hold no space: the value is next */
+    if (p && *p == ' ')
+      budget = strtoull(p + 1, NULL, 10);
   }
   json_decref(doc);
   free(text);

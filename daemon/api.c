@@ -18,6 +18,7 @@
 
 #include "daemon.h"
 #include "expand.h"
+#include "fit.h"
 #include "front.h"
 #include "front_int.h"
 #include "leases.h"
@@ -128,6 +129,7 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
     json_array_append_new(aliases, json_string(m->mc->aliases[i]));
   json_t *o = json_object();
   json_object_set_new(o, "name", json_string(m->name));
+  json_object_set_new(o, "node", json_string(d->node));
   json_object_set_new(o, "backend", json_string(st.backend));
   json_object_set_new(o, "state", json_string(mb_state_name(st.state)));
   json_object_set_new(o, "location", json_string(mb_location_name(st.location)));
@@ -255,11 +257,9 @@ static int duration_of(const char *name, json_t *v, unsigned flags, int64_t *ms,
   return MB_EINVAL;
 }
 
-static void lib_error(mbd_req *r, mbd_model *m, int rc, const char *msg) {
-  const char *code;
-  int status = mbd_http_status(rc, &code);
-  mbd_count_code(r->d, m, status);
-  mbd_reply_error(r, status, code, msg && msg[0] ? msg : mb_strerror(rc), status == 503 ? 1 : 0);
+/* host_tier: the request was an offload (a 503 cannot_fit is the host tier's). */
+static void lib_error(mbd_req *r, mbd_model *m, int rc, const char *msg, int host_tier) {
+  (void)mbd_reply_lib_error(r, m, rc, msg, host_tier);
 }
 
 /*
@@ -326,7 +326,7 @@ static void op_answer(mbd_post *p) {
   r->ctx = NULL;
   r->on_gone = NULL;
   if (o->res.rc != 0) {
-    lib_error(r, o->m, o->res.rc, o->msg);
+    lib_error(r, o->m, o->res.rc, o->msg, o->kind == OP_OFFLOAD);
     free(o);
     return;
   }
@@ -390,7 +390,7 @@ static void op_asked(mbd_req *r, op *o, int rc) {
     return;
   r->ctx = NULL;
   r->on_gone = NULL;
-  lib_error(r, o->m, rc, NULL);
+  lib_error(r, o->m, rc, NULL, o->kind == OP_OFFLOAD);
   free(o);
 }
 
@@ -442,7 +442,7 @@ static void model_action(mbd_req *r) {
     if (wait && json_is_false(wait)) {
       int rc = mb_load_async(d->ctx, m->name, ka, ignore_done, NULL);
       if (rc != 0)
-        lib_error(r, m, rc, NULL);
+        lib_error(r, m, rc, NULL, 0);
       else
         model_status(r, m, 202);
       return;
@@ -688,7 +688,7 @@ static void lease_release(mbd_req *r) {
     return;
   }
   if (rc != 0 && rc != MB_EINVAL) {
-    lib_error(r, NULL, rc, NULL);
+    lib_error(r, NULL, rc, NULL, 0);
     return;
   }
   mbd_reply_json(r, 200,
@@ -796,6 +796,41 @@ static void events(mbd_req *r) {
 
 static void metric_head(FILE *f, const char *name, const char *type, const char *help) {
   fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/*
+ * Copies the Prometheus text in[0..n) to f with node="NAME" as the last
+ * label of every sample, so that the samples of a fleet's nodes stay apart
+ * wherever they are gathered. The daemon's label values hold no '}' or
+ * space (model names, device names, fixed words), so a sample's labels end
+ * at its last '}' and its name at its first space. The node name needs no
+ * escaping: mbd_node_name_valid keeps '"', '\\' and line ends out of it.
+ */
+static void node_labels(FILE *f, const char *in, size_t n, const char *node) {
+  const char *p = in, *end = in + n;
+  while (p < end) {
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    const char *le = nl ? nl : end;
+    size_t ll = (size_t)(le - p);
+    const char *brace = NULL, *space = memchr(p, ' ', ll);
+    for (const char *q = p; q < le; q++)
+      if (*q == '}')
+        brace = q;
+    if (ll == 0 || p[0] == '#' || space == NULL) {
+      fwrite(p, 1, ll, f);
+    } else if (brace != NULL) {
+      fwrite(p, 1, (size_t)(brace - p), f);
+      fprintf(f, ",node=\"%s\"", node);
+      fwrite(brace, 1, (size_t)(le - brace), f);
+    } else {
+      fwrite(p, 1, (size_t)(space - p), f);
+      fprintf(f, "{node=\"%s\"}", node);
+      fwrite(space, 1, (size_t)(le - space), f);
+    }
+    if (nl)
+      fputc('\n', f);
+    p = nl ? nl + 1 : end;
+  }
 }
 
 static void metrics(mbd_req *r) {
@@ -944,8 +979,19 @@ static void metrics(mbd_req *r) {
              "# TYPE modelbuf_http_connections gauge\nmodelbuf_http_connections %d\n",
           mbd_front_connections(d));
   fclose(f);
-  mbd_reply_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", buf, len);
+  char *out = NULL;
+  size_t out_len = 0;
+  FILE *g = buf ? open_memstream(&out, &out_len) : NULL;
+  if (g == NULL) {
+    free(buf);
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    return;
+  }
+  node_labels(g, buf, len, d->node);
+  fclose(g);
   free(buf);
+  mbd_reply_text(r, 200, "text/plain; version=0.0.4; charset=utf-8", out, out_len);
+  free(out);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -979,8 +1025,8 @@ static void health(mbd_req *r) {
   /* "healthy" is what the clients of the common Python model APIs check. */
   const char *state = __atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) ? "stopping" : "healthy";
   mbd_reply_json(r, 200,
-                 json_pack("{s:s,s:o,s:s,s:f,s:i,s:i,s:b,s:{s:f,s:f},s:o}", "status", state,
-                           "timestamp", mbd_time_json(d, mb_ctx_now(d->ctx)), "version",
+                 json_pack("{s:s,s:s,s:o,s:s,s:f,s:i,s:i,s:b,s:{s:f,s:f},s:o}", "status", state,
+                           "node", d->node, "timestamp", mbd_time_json(d, mb_ctx_now(d->ctx)), "version",
                            mb_version(), "uptime_s", (double)up_ms / 1000.0, "active_jobs",
                            active, "queued", queued, "gpu_available", gpu, "gpu_memory",
                            "allocated_mb", (double)alloc / (1024.0 * 1024.0), "reserved_mb",
@@ -1111,7 +1157,64 @@ static void models_list(mbd_req *r) {
   json_t *a = json_array();
   for (size_t i = 0; i < ms->n; i++)
     json_array_append_new(a, mbd_model_json(d, ms->m[i]));
-  mbd_reply_json(r, 200, json_pack("{s:o}", "models", a));
+  mbd_reply_json(r, 200, json_pack("{s:s,s:o}", "node", d->node, "models", a));
+}
+
+/* X-Modelbuf-Resident holds at most this many bytes of names (beyond, it
+ * is left out rather than cut: a cut list would read as a whole one). */
+#define RESIDENT_HEADER_MAX 4096
+
+/*
+ * GET /api/resident: the models that hold memory now, for balancers and
+ * fleet tools that poll often: {"node", "gpu": [names on a device],
+ * "cpu": [names in the host tier], "loading": [names loading or
+ * restoring]}. One status read per model, no /proc walk, no worker call.
+ * X-Modelbuf-Resident repeats "gpu" as a comma-separated list (names hold
+ * no comma), for a HEAD.
+ */
+static void resident(mbd_req *r) {
+  mbd *d = r->d;
+  const mbd_models *ms = mbd_models_get(d);
+  json_t *gpu = json_array(), *cpu = json_array(), *loading = json_array();
+  char hdr[RESIDENT_HEADER_MAX + 1];
+  size_t hl = 0;
+  int fits = 1;
+  for (size_t i = 0; i < ms->n; i++) {
+    mb_status st;
+    if (mb_model_status(d->ctx, ms->m[i]->name, &st) != 0)
+      continue;
+    const char *name = ms->m[i]->name;
+    if (st.state == MB_STATE_LOADING || st.state == MB_STATE_RESTORING) {
+      json_array_append_new(loading, json_string(name));
+    } else if (st.location == MB_LOC_GPU) {
+      json_array_append_new(gpu, json_string(name));
+      size_t nl = strlen(name);
+      if (hl + nl + 1 > RESIDENT_HEADER_MAX) {
+        fits = 0;
+      } else if (fits) {
+        if (hl > 0)
+          hdr[hl++] = ',';
+        memcpy(hdr + hl, name, nl);
+        hl += nl;
+      }
+    } else if (st.location == MB_LOC_CPU) {
+      json_array_append_new(cpu, json_string(name));
+    }
+  }
+  hdr[hl] = '\0';
+  json_t *doc = json_pack("{s:s,s:o,s:o,s:o}", "node", d->node, "gpu", gpu, "cpu", cpu,
+                          "loading", loading);
+  char *s = doc ? json_dumps(doc, MBD_JSON_FLAGS) : NULL;
+  json_decref(doc);
+  if (s == NULL) {
+    mbd_reply_error(r, 500, "internal", "out of memory", 0);
+    return;
+  }
+  mbd_resp_start(r, 200);
+  if (fits)
+    mbd_resp_header_n(r, "X-Modelbuf-Resident", 19, hdr, hl);
+  mbd_resp_body(r, "application/json", s, strlen(s));
+  free(s);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1132,6 +1235,7 @@ static const fixed_route fixed[] = {
     {"/api/trace", "GET", trace, NULL},
     {"/api/devices", "GET", devices, NULL},
     {"/api/models", "GET", models_list, NULL},
+    {"/api/resident", "GET", resident, NULL},
     {"/api/cleanup", "POST", cleanup, NULL},
 };
 

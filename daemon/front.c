@@ -372,6 +372,13 @@ void mbd_resp_start(mbd_req *r, int status) {
   line[k++] = '\r';
   line[k++] = '\n';
   out_put(c, line, k);
+  /* Which node answered, on every answer: a balancer's client (or its
+   * logs) tells the nodes of a fleet apart by it. The name is visible
+   * ASCII (mbd_node_name_valid), safe in a header as it is. */
+  const char *node = r->d->node;
+  out_put(c, "X-Modelbuf-Node: ", 17);
+  out_put(c, node, strlen(node));
+  out_put(c, "\r\n", 2);
 }
 
 static int header_ok(const char *name, size_t nn, const char *value, size_t vn) {
@@ -1484,8 +1491,9 @@ static void make_refusal(mbd_front *f) {
                              "\"the daemon is at limits.max_connections; try again\"}}";
   int n = snprintf(f->refusal, sizeof(f->refusal),
                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                   "Content-Length: %zu\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s",
-                   sizeof(body) - 1, body);
+                   "Content-Length: %zu\r\nRetry-After: 1\r\nX-Modelbuf-Node: %s\r\n"
+                   "Connection: close\r\n\r\n%s",
+                   sizeof(body) - 1, f->d->node, body);
   f->refusal_len = n > 0 && (size_t)n < sizeof(f->refusal) ? (size_t)n : 0;
 }
 

@@ -62,7 +62,7 @@ struct mbd_front {
   pthread_mutex_t ack_mu;    /* threads acknowledging the quiesce */
   pthread_cond_t ack_cv;
   int acks;
-  char refusal[512];         /* the 503 written at max_connections */
+  char refusal[1024];         /* the 503 written at max_connections */
   size_t refusal_len;
   mbd_ratelimit rl_auth, rl_maxconn, rl_emfile, rl_accept, rl_timeout, rl_spool;
 };

@@ -31,6 +31,7 @@
 
 #include "api_body.h"
 #include "daemon.h"
+#include "fit.h"
 #include "forward.h"
 #include "front.h"
 #include "front_int.h"
@@ -297,11 +298,7 @@ static void answered(mbd_px *x) {
     return;
   }
   if (x->res.rc != 0) {
-    const char *code;
-    int status = mbd_http_status(x->res.rc, &code);
-    mbd_count_code(d, x->m, status);
-    mbd_reply_error(x->r, status, code, x->msg[0] ? x->msg : mb_strerror(x->res.rc),
-                    status == 503 ? 1 : 0);
+    mbd_reply_lib_error(x->r, x->m, x->res.rc, x->msg, 0);
     px_finish(x);
     return;
   }
@@ -360,10 +357,7 @@ int mbd_px_lease(mbd_req *r, mbd_model *m, unsigned flags, mbd_px_granted_fn fn,
     r->ctx = NULL;
     r->on_gone = NULL;
     free(x);
-    const char *code;
-    int status = mbd_http_status(rc, &code);
-    mbd_count_code(d, m, status);
-    mbd_reply_error(r, status, code, mb_strerror(rc), status == 503 ? 1 : 0);
+    mbd_reply_lib_error(r, m, rc, NULL, 0);
     return -1;
   }
   return 0;
@@ -450,6 +444,10 @@ static void up_head(void *arg, const char *buf, const mbd_http_head *h) {
       continue;
     }
     if (mbd_http_field_hop(buf, h, i) || mbd_http_eq(n, nl, "date"))
+      continue;
+    /* The daemon's own headers (X-Modelbuf-Node, -Queue-Ms, ...) are its
+     * to write: a worker's are dropped, so none is sent twice or forged. */
+    if (nl >= 11 && strncasecmp(n, "x-modelbuf-", 11) == 0)
       continue;
     mbd_resp_header_n(r, n, nl, buf + f->value.off, f->value.len);
   }

@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -243,6 +244,8 @@ class Daemon:
             if line.startswith("#") or not line:
                 continue
             key, _, value = line.rpartition(" ")
+            # Every sample carries the daemon's node as its last label.
+            key = re.sub(r',?node="[^"]*"\}$', "}", key).replace("{}", "")
             if key == want:
                 return float(value)
         return 0.0

@@ -432,7 +432,8 @@ def test_metrics_and_logs_and_compat(d):
               "modelbuf_load_seconds_bucket", "modelbuf_queue_wait_seconds_bucket",
               "modelbuf_inflight", "modelbuf_queued", "modelbuf_device_free_bytes"):
         assert n in names, n
-    assert 'modelbuf_model_state{model="a",state="ready"} 1' in text
+    node = d.get("/health")[1]["node"]
+    assert f'modelbuf_model_state{{model="a",state="ready",node="{node}"}} 1' in text
     code, logs, _ = d.get("/api/models/a/logs")
     assert code == 200 and "test_worker a starting" in logs
     code, gs, _ = d.get("/api/gpu/status")

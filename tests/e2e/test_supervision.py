@@ -165,7 +165,7 @@ def test_crash_mid_request_then_one_counted_load(d):
     assert pid not in [c for c, _ in children_of(d.proc.pid)]
     # The metric counts it.
     code, text, _ = d.get("/metrics")
-    assert 'modelbuf_crashes_total{model="crashy"} 1' in text
+    assert re.search(r'^modelbuf_crashes_total\{model="crashy",node="[^"]*"\} 1$', text, re.M), text
 
 
 def test_kill9_of_an_idle_worker_is_seen_without_a_request(d):
@@ -378,7 +378,7 @@ def test_footprint_overrun_is_a_warning(d):
     evs = [e for e in events(d, "fat") if e.get("warning") == "footprint_overrun"]
     assert len(evs) == 1 and "over the declared 20.0 MiB" in evs[0]["reason"], evs
     code, text, _ = d.get("/metrics")
-    assert 'modelbuf_footprint_overrun{model="fat"} 1' in text
+    assert re.search(r'^modelbuf_footprint_overrun\{model="fat",node="[^"]*"\} 1$', text, re.M), text
     assert log_lines(d, "warning=footprint_overrun")
 
 

@@ -9,6 +9,8 @@ to start). It holds a block of real memory as its "weights" and answers:
   GET  /big?mb=N        N MiB (bytes 0..255 repeated)
   GET  /env?name=NAME   {"value": os.environ.get(NAME)}
   GET  /cwd             {"cwd": os.getcwd()}
+  GET  /forge           an answer with X-Modelbuf-Node and -Load-Ms headers of its own
+  POST /v1/...          {"stream": true}: OpenAI's streamed chunks ("tok0", ...), then [DONE]
   POST /upload          reads the body as it arrives: {"bytes", "sum", "started", "ended"}
   POST /offload /restore /cleanup   the hooks (the weights move to a host copy)
   POST /unload-hook     the unload hook: writes --unload-mark FILE
@@ -101,6 +103,27 @@ class H(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def stream_openai(self, req):
+        """OpenAI's streamed shape: chunks as server-sent events, each flushed
+        on its own, then [DONE]; a chunk's content is "tok<i>" and the last
+        one carries the worker's pid."""
+        n = int(req.get("max_tokens") or 3)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for i in range(n):
+            chunk = {"object": "chat.completion.chunk", "model": req.get("model"),
+                     "choices": [{"index": 0, "delta": {"content": f"tok{i}"}}],
+                     "worker": a.model, "pid": os.getpid()}
+            self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            self.wfile.flush()
+            time.sleep(0.02)
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+        self.close_connection = True
+
     def body(self):
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
@@ -148,6 +171,16 @@ class H(BaseHTTPRequestHandler):
             return self.send_json(200, {"value": os.environ.get(q.get("name", [""])[0])})
         if u.path == "/cwd":
             return self.send_json(200, {"cwd": os.getcwd()})
+        if u.path == "/forge":  # headers that are the daemon's to write
+            body = b"{}"
+            self.send_response(200)
+            self.send_header("X-Modelbuf-Node", "forged")
+            self.send_header("X-Modelbuf-Load-Ms", "12345")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         return self.send_json(404, {"error": "no route " + u.path})
 
     def do_POST(self):
@@ -184,6 +217,8 @@ class H(BaseHTTPRequestHandler):
                 echo = json.loads(b) if b else None
             except ValueError:
                 echo = b.decode(errors="replace")
+            if u.path.startswith("/v1/") and isinstance(echo, dict) and echo.get("stream") is True:
+                return self.stream_openai(echo)
             return self.send_json(200, {"model": a.model, "path": u.path, "echo": echo,
                                         "pid": os.getpid()})
         if u.path == "/offload":
