@@ -4,6 +4,9 @@
 # Usage: scripts/deps.sh            (as root, or with sudo available)
 #        scripts/deps.sh --bench    also what the benchmarks compare against
 #                                   (nginx as a plain reverse proxy)
+# haproxy and python3-yaml are for the tests of the scale-out recipes
+# (tests/e2e/test_haproxy.py runs its own HAProxy in the foreground;
+# tests/e2e/test_kubernetes.py reads the manifests).
 set -eu
 
 PKGS="
@@ -28,6 +31,8 @@ python3-fastapi
 python3-uvicorn
 curl
 gnuplot-nox
+haproxy
+python3-yaml
 "
 if [ "${1:-}" = "--bench" ]; then
   PKGS="$PKGS nginx-light"

@@ -10,7 +10,8 @@ to start). It holds a block of real memory as its "weights" and answers:
   GET  /env?name=NAME   {"value": os.environ.get(NAME)}
   GET  /cwd             {"cwd": os.getcwd()}
   GET  /forge           an answer with X-Modelbuf-Node and -Load-Ms headers of its own
-  POST /v1/...          {"stream": true}: OpenAI's streamed chunks ("tok0", ...), then [DONE]
+  POST /v1/...          {"stream": true}: OpenAI's streamed chunks ("tok0", ...), then [DONE];
+                        with "gate": FILE, those after the first wait until FILE exists
   POST /upload          reads the body as it arrives: {"bytes", "sum", "started", "ended"}
   POST /offload /restore /cleanup   the hooks (the weights move to a host copy)
   POST /unload-hook     the unload hook: writes --unload-mark FILE
@@ -105,20 +106,30 @@ class H(BaseHTTPRequestHandler):
 
     def stream_openai(self, req):
         """OpenAI's streamed shape: chunks as server-sent events, each flushed
-        on its own, then [DONE]; a chunk's content is "tok<i>" and the last
-        one carries the worker's pid."""
+        on its own, then [DONE]; a chunk's content is "tok<i>". With "gate":
+        FILE in the request, the chunks after the first wait (up to 60 s)
+        until FILE exists."""
         n = int(req.get("max_tokens") or 3)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
         self.end_headers()
+        gate = req.get("gate")
         for i in range(n):
             chunk = {"object": "chat.completion.chunk", "model": req.get("model"),
                      "choices": [{"index": 0, "delta": {"content": f"tok{i}"}}],
                      "worker": a.model, "pid": os.getpid()}
             self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             self.wfile.flush()
+            if i == 0 and isinstance(gate, str):
+                # The rest waits until the client, having read this first
+                # chunk, makes the file: a proxy that held the answer back
+                # would never let it.
+                for _ in range(6000):
+                    if os.path.exists(gate):
+                        break
+                    time.sleep(0.01)
             time.sleep(0.02)
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
