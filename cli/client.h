@@ -17,13 +17,54 @@ typedef struct cli_client {
   char url[512];      /* base URL, no trailing slash */
   char unix_path[256];
   char auth[512];     /* "Authorization: Bearer KEY" or "" */
+  char bad[160];      /* why the address cannot be used ("" when it can): every
+                         request fails with it (CLI_EXIT_USAGE) */
 } cli_client;
 
 /*
  * Takes --url URL and --api-key KEY out of argv (compacting it; *argc
- * updated) and fills c from them or the environment.
+ * updated) and fills c from them or the environment (MODELBUF_URL,
+ * MODELBUF_API_KEY). A list of daemons (A,B) is for ps, status and top
+ * only: here it makes every request fail with a usage error.
  */
 void cli_client_init(cli_client *c, int *argc, char **argv);
+
+/* ------------------------------------------------------------------------ */
+/* Several daemons (the fleet view of ps, status, top)                       */
+
+/* Daemons in one list at most. */
+#define CLI_MAX_NODES 128
+
+typedef struct cli_fleet {
+  cli_client *c;      /* n clients, in the order given */
+  size_t n;
+  int list;           /* the address was a list (--url A,B or MODELBUF_URLS): show nodes */
+} cli_fleet;
+
+/*
+ * Takes --url and --api-key out of argv as cli_client_init does, and
+ * reads the daemons: --url A[,B...], else MODELBUF_URLS (A,B,...), else
+ * MODELBUF_URL, else the default; one key for all. Each address is 1 to
+ * 400 visible ASCII characters (http://, https://, unix:/path or
+ * HOST:PORT), at most CLI_MAX_NODES of them, none empty. 0, or
+ * CLI_EXIT_USAGE after printing why (nothing to free then).
+ */
+int cli_fleet_init(cli_fleet *f, int *argc, char **argv);
+void cli_fleet_free(cli_fleet *f);
+
+/* One daemon's answer to cli_get_all. */
+typedef struct cli_answer {
+  int down;           /* it could not be reached: why */
+  char why[256];
+  long status;        /* else its HTTP status and JSON (NULL if not JSON) */
+  json_t *doc;
+  char node[256];     /* its X-Modelbuf-Node header ("" when none), as sent */
+} cli_answer;
+
+/* GET path from n daemons at once (a slow or dead one delays the others
+ * by at most its timeouts: 3 s to connect, 20 s in all). out[i] is c[i]'s;
+ * free each doc. */
+void cli_get_all(const cli_client *c, size_t n, const char *path, cli_answer *out);
 
 /*
  * One request; body may be NULL. On success (any HTTP status) *status gets

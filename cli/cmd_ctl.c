@@ -3,7 +3,9 @@
  * (with a progress display), offload, unload, keep-alive, logs, top.
  *
  * Exit status: 0 ok, 1 the daemon answered an error (its code and message
- * are printed), 2 bad usage, 3 the daemon cannot be reached.
+ * are printed), 2 bad usage, 3 the daemon cannot be reached. With a list of
+ * daemons (--url A,B, MODELBUF_URLS), ps, status and top show them all
+ * (cmd_fleet.c).
  */
 #include <fcntl.h>
 #include <signal.h>
@@ -16,6 +18,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "ctl.h"
 
 static const char *jstr(json_t *o, const char *k) {
   const char *s = json_string_value(json_object_get(o, k));
@@ -91,18 +94,41 @@ static const char *memory_text(json_t *m, char *buf, size_t len) {
   return buf;
 }
 
-static void ps_table(FILE *f, json_t *models) {
+const char *ctl_safe(const char *s, char *out, size_t len) {
+  size_t k = 0;
+  for (const unsigned char *p = (const unsigned char *)(s ? s : "-"); *p && k + 1 < len; p++)
+    out[k++] = *p >= 0x20 && *p < 0x7f ? (char)*p : '?';
+  if (len > 0)
+    out[k] = '\0';
+  return out;
+}
+
+void ctl_ps_header(FILE *f, int node_width) {
+  if (node_width > 0)
+    fprintf(f, "%-*s ", node_width, "NODE");
   fprintf(f, "%-20s %-11s %-9s %-8s %-22s %-9s %s\n", "NAME", "STATE", "LOCATION", "DEVICE",
           "MEMORY", "IN/QUEUE", "UNTIL");
+}
+
+void ctl_ps_row(FILE *f, int node_width, const char *node, json_t *m) {
+  char mem[64], q[32], u[64], name[200], state[32], loc[32], dev[32];
+  snprintf(q, sizeof(q), "%d/%d", (int)jnum(m, "inflight"), (int)jnum(m, "queued"));
+  if (node_width > 0)
+    fprintf(f, "%-*s ", node_width, node);
+  /* What a daemon sends is printed as plain text: no escape sequence of
+   * its reaches the terminal. */
+  fprintf(f, "%-20s %-11s %-9s %-8s %-22s %-9s %s\n", ctl_safe(jstr(m, "name"), name, sizeof(name)),
+          ctl_safe(jstr(m, "state"), state, sizeof(state)),
+          ctl_safe(jstr(m, "location"), loc, sizeof(loc)),
+          ctl_safe(jstr(m, "device"), dev, sizeof(dev)), memory_text(m, mem, sizeof(mem)), q,
+          until_text(m, u, sizeof(u)));
+}
+
+static void ps_table(FILE *f, json_t *models) {
+  ctl_ps_header(f, 0);
   size_t i;
   json_t *m;
-  json_array_foreach(models, i, m) {
-    char mem[64], q[32], u[64];
-    snprintf(q, sizeof(q), "%d/%d", (int)jnum(m, "inflight"), (int)jnum(m, "queued"));
-    fprintf(f, "%-20s %-11s %-9s %-8s %-22s %-9s %s\n", jstr(m, "name"), jstr(m, "state"),
-            jstr(m, "location"), jstr(m, "device"), memory_text(m, mem, sizeof(mem)), q,
-            until_text(m, u, sizeof(u)));
-  }
+  json_array_foreach(models, i, m) ctl_ps_row(f, 0, NULL, m);
 }
 
 /* Runs one request and handles the two ways it can fail. */
@@ -129,13 +155,24 @@ static int usage_of(const char *cmd) {
 /* ------------------------------------------------------------------------ */
 
 int cmd_ps(int argc, char **argv) {
-  cli_client c;
-  cli_client_init(&c, &argc, argv);
+  cli_fleet fl;
+  int rc = cli_fleet_init(&fl, &argc, argv);
+  if (rc != 0)
+    return rc;
   int json = argc == 2 && strcmp(argv[1], "--json") == 0;
-  if (argc > 2 || (argc == 2 && !json))
+  if (argc > 2 || (argc == 2 && !json)) {
+    cli_fleet_free(&fl);
     return usage_of("ps");
+  }
+  if (fl.list) {
+    rc = ctl_fleet_ps(&fl, json);
+    cli_fleet_free(&fl);
+    return rc;
+  }
+  cli_client c = fl.c[0];
+  cli_fleet_free(&fl);
   json_t *doc;
-  int rc = call(&c, "ps", "GET", "/api/models", NULL, &doc);
+  rc = call(&c, "ps", "GET", "/api/models", NULL, &doc);
   if (rc != 0)
     return rc;
   if (json)
@@ -147,9 +184,11 @@ int cmd_ps(int argc, char **argv) {
 }
 
 int cmd_status(int argc, char **argv) {
-  cli_client c;
-  cli_client_init(&c, &argc, argv);
-  int json = 0;
+  cli_fleet fl;
+  int rc = cli_fleet_init(&fl, &argc, argv);
+  if (rc != 0)
+    return rc;
+  int json = 0, bad = 0;
   const char *name = NULL;
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--json") == 0)
@@ -157,14 +196,23 @@ int cmd_status(int argc, char **argv) {
     else if (name == NULL && argv[i][0] != '-')
       name = argv[i];
     else
-      return usage_of("status");
+      bad = 1;
   }
-  if (name == NULL)
+  if (name == NULL || bad) {
+    cli_fleet_free(&fl);
     return usage_of("status");
+  }
   char path[256], seg[200];
   snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(name, seg, sizeof(seg)));
+  if (fl.list) {
+    rc = ctl_fleet_status(&fl, name, path, json);
+    cli_fleet_free(&fl);
+    return rc;
+  }
+  cli_client c = fl.c[0];
+  cli_fleet_free(&fl);
   json_t *m;
-  int rc = call(&c, name, "GET", path, NULL, &m);
+  rc = call(&c, name, "GET", path, NULL, &m);
   if (rc != 0)
     return rc;
   if (json) {
@@ -614,10 +662,23 @@ static int top_tick(void *arg) {
 }
 
 int cmd_top(int argc, char **argv) {
-  cli_client c;
-  cli_client_init(&c, &argc, argv);
-  if (argc != 1)
+  cli_fleet fl;
+  int rc = cli_fleet_init(&fl, &argc, argv);
+  if (rc != 0)
+    return rc;
+  if (argc != 1) {
+    cli_fleet_free(&fl);
     return usage_of("top");
+  }
+  if (fl.list) {
+    int keys = isatty(1) && top_raw_keys();
+    rc = ctl_fleet_top(&fl, keys);
+    top_restore();
+    cli_fleet_free(&fl);
+    return rc;
+  }
+  cli_client c = fl.c[0];
+  cli_fleet_free(&fl);
   top_ctx t;
   memset(&t, 0, sizeof(t));
   t.c = &c;
@@ -625,7 +686,7 @@ int cmd_top(int argc, char **argv) {
   t.keys = t.tty && top_raw_keys();
   if (t.tty)
     top_draw(&t);
-  int rc = cli_stream_tick(&c, "/api/events", top_data, top_tick, &t);
+  rc = cli_stream_tick(&c, "/api/events", top_data, top_tick, &t);
   top_restore();
   return rc;
 }

@@ -13,16 +13,21 @@ static int cmd_help(int argc, char **argv);
 
 static const cli_command commands[] = {
 #ifdef MB_CLI_CLIENT
-  {"ps", "[--json] [--url URL] [--api-key KEY]",
-   "list the daemon's models: state, location, device, memory, requests, until", cmd_ps},
-  {"status", "NAME [--json]", "one model's status, statistics and warnings", cmd_status},
+  {"ps", "[--json] [--url URL[,URL...]] [--api-key KEY]",
+   "list the daemon's models: state, location, device, memory, requests, until; with "
+   "several daemons (--url A,B or MODELBUF_URLS), every node's in one table", cmd_ps},
+  {"status", "NAME [--json] [--url URL[,URL...]]",
+   "one model's status, statistics and warnings; with several daemons, its row on each",
+   cmd_status},
   {"load", "NAME [--keep-alive D] [--no-wait]", "load (or restore) a model, showing progress",
    cmd_load},
   {"offload", "NAME", "move a model to host RAM", cmd_offload},
   {"unload", "NAME", "free a model entirely", cmd_unload},
   {"keep-alive", "NAME D|forever|0", "re-arm (or cancel) a model's idle timer", cmd_keep_alive},
   {"logs", "NAME [-n N] [-f]", "the tail of a worker's output; -f follows it", cmd_logs},
-  {"top", "", "a live view of the models over the daemon's event stream", cmd_top},
+  {"top", "[--url URL[,URL...]]",
+   "a live view of the models over the daemon's event stream; with several daemons, "
+   "their tables polled every 2 s", cmd_top},
 #endif
   {"inspect", "FILE|FOLDER|INDEX|PATTERN [--json] [--meta]",
    "list the tensors of a safetensors or GGUF file, or of every file of a model "
