@@ -12,6 +12,7 @@
 
 #include "sim.h"
 #include "cli.h"
+#include "cmd_sim_fleet.h"
 
 static void usage_sim(FILE *out) {
   fprintf(out,
@@ -20,6 +21,9 @@ static void usage_sim(FILE *out) {
           "                    [--policy lru|cost|belady|all] [--devices N] [--capacity SIZE]\n"
           "                    [--host SIZE] [--keep-alive DUR] [--seed S] [--json]\n"
           "       modelbuf sim ... --write-trace FILE | --write-models FILE\n"
+          "       modelbuf sim ... --nodes N [--routing hash|least|spill|all]\n"
+          "                    [--balance-factor PCT]   (a fleet behind a balancer)\n"
+          "       modelbuf sim --nodes N --route NAME[,NAME...]   (where hash sends them)\n"
           "\n"
           "Generators: zipf, diurnal, burst; keys n, rate, s, dur, period, amp, every, size,\n"
           "spread (docs/SIMULATOR.md). Defaults: --policy all --devices 1 --capacity 80GiB,\n"
@@ -152,8 +156,10 @@ static double ratio(const sim_result *a, const sim_result *b) {
 int cmd_sim(int argc, char **argv) {
   const char *models_path = NULL, *models_gen = NULL, *trace_path = NULL, *gen_spec = NULL;
   const char *policy = "all", *write_trace = NULL, *write_models = NULL;
-  int json = 0, host_given = 0;
+  int json = 0, host_given = 0, bad = 0;
   uint64_t seed = 1;
+  sim_fleet_opts fleet;
+  memset(&fleet, 0, sizeof(fleet));
   sim_config cfg;
   sim_config_init(&cfg);
   for (int i = 1; i < argc; i++) {
@@ -212,6 +218,9 @@ int cmd_sim(int argc, char **argv) {
         fprintf(stderr, "modelbuf sim: --seed '%s' is not a number\n", v);
         return CLI_EXIT_USAGE;
       }
+    } else if (sim_fleet_option(&fleet, a, v, &bad)) {
+      if (bad)
+        return CLI_EXIT_USAGE;
     } else {
       fprintf(stderr, "modelbuf sim: unknown option '%s'\n", a);
       usage_sim(stderr);
@@ -219,6 +228,8 @@ int cmd_sim(int argc, char **argv) {
     }
     i += takes;
   }
+  if (fleet.route != NULL)
+    return sim_fleet_print_route(&fleet);
   if (!host_given)
     cfg.host_bytes = cfg.capacity_bytes * (uint64_t)cfg.devices;
   if ((models_path != NULL) == (models_gen != NULL)) {
@@ -301,6 +312,10 @@ int cmd_sim(int argc, char **argv) {
     goto out;
   }
 
+  if (fleet.nodes > 0) {
+    rc = sim_fleet_main(&fleet, &models, &trace, &cfg, policy, seed, json);
+    goto out;
+  }
   sim_result *res = calloc((size_t)npol, sizeof(*res));
   if (res == NULL) {
     fprintf(stderr, "modelbuf sim: out of memory\n");

@@ -5,7 +5,8 @@ alias map filled in). Each model lands on one node, by its name in the
 path or the OpenAI body's "model" (an alias counts as its model); a node
 that dies gives up only its own models, which are served by another node
 after a load there; back, it takes them again; server-sent events stream
-through; a request without the API key gets the node's 401. Skips only
+through; a request without the API key gets the node's 401; and the
+simulator's ring (modelbuf sim --route) names the nodes HAProxy chose. Skips only
 where haproxy is not installed (scripts/deps.sh installs it)."""
 import http.client
 import json
@@ -20,9 +21,10 @@ import time
 
 import pytest
 
-from test_daemon import SLOW, Daemon, free_port, worker
+from test_daemon import BUILD, SLOW, Daemon, free_port, worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TOOL = os.path.join(BUILD, "cli", "modelbuf")
 EXAMPLE = os.path.join(HERE, "..", "..", "examples", "haproxy", "haproxy.cfg")
 HAPROXY = shutil.which("haproxy") or next(
     (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)), None)
@@ -195,6 +197,12 @@ def test_each_model_lands_on_one_node(fleet):
     hp, daemons = fleet
     first = mapping(hp)
     assert set(first.values()) == set(NODES), first  # the set is spread over every node
+    # The simulator's ring is HAProxy's: `modelbuf sim --nodes 3 --route`
+    # names the same node for every model (servers in the order listed).
+    p = subprocess.run([TOOL, "sim", "--nodes", "3", "--route", ",".join(MODELS)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert {ln.split()[0]: NODES[int(ln.split()[1]) - 1] for ln in p.stdout.splitlines()} == first
     for _ in range(2):
         assert mapping(hp) == first
     # Each node loaded its own models and no other.
