@@ -21,7 +21,7 @@ static int url_ok(const char *u, size_t n) {
   for (size_t i = 0; i < n; i++)
     if ((unsigned char)u[i] <= 0x20 || (unsigned char)u[i] >= 0x7f)
       return 0;
-  if (strncmp(u, "unix:", 5) == 0)
+  if (n >= 5 && strncmp(u, "unix:", 5) == 0)
     return n > 5 && n - 5 < sizeof(((cli_client *)0)->unix_path);
   const char *sep = strstr(u, "://");
   if (sep != NULL && (size_t)(sep - u) < n)
