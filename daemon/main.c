@@ -143,10 +143,11 @@ static void usage(FILE *f) {
           "  -l, --listen ADDR         HOST:PORT or unix:PATH (overrides listen, $MODELBUF_LISTEN)\n"
           "      --keep-alive DUR      default keep-alive (overrides $GPU_IDLE_TIMEOUT)\n"
           "      --log-level LEVEL     debug, info, warn or error\n"
+          "      --print-schema        print the configuration's JSON Schema and exit\n"
           "  -V, --version             print the version and exit\n"
           "  -h, --help                print this help and exit\n"
           "\n"
-          "See docs/CONFIG.md for the configuration file.\n",
+          "See modelbufd(8) and modelbuf.yaml(5) (docs/CONFIG.md) for the configuration file.\n",
           MBD_DEFAULT_CONFIG_FILE);
 }
 
@@ -167,7 +168,7 @@ static void print_summary(const mbd_config *cfg, FILE *f) {
           mbd_format_duration(cfg->defaults.keep_alive_ms, ka, sizeof(ka)), cfg->n_api_keys);
 }
 
-enum { OPT_CHECK = 256, OPT_LOG_LEVEL, OPT_KEEP_ALIVE };
+enum { OPT_CHECK = 256, OPT_LOG_LEVEL, OPT_KEEP_ALIVE, OPT_SCHEMA };
 
 int main(int argc, char **argv) {
   static const struct option longopts[] = {
@@ -176,6 +177,7 @@ int main(int argc, char **argv) {
       {"listen", required_argument, NULL, 'l'},
       {"keep-alive", required_argument, NULL, OPT_KEEP_ALIVE},
       {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+      {"print-schema", no_argument, NULL, OPT_SCHEMA},
       {"version", no_argument, NULL, 'V'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
@@ -208,6 +210,8 @@ int main(int argc, char **argv) {
     case OPT_LOG_LEVEL:
       flags.log_level = optarg;
       break;
+    case OPT_SCHEMA:
+      return mbd_config_write_schema(stdout) == 0 && fflush(stdout) == 0 ? 0 : EXIT_SERVE;
     case 'V':
       printf("modelbufd %s\n", mb_version());
       return 0;
