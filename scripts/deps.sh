@@ -26,6 +26,9 @@ python3-setuptools
 python3-wheel
 python3-fastapi
 python3-uvicorn
+python3-yaml
+python3-jsonschema
+scdoc
 curl
 gnuplot-nox
 "
