@@ -205,14 +205,18 @@ static int naive_load(mb__dev *d, const files *fs, const mb__layout *l, uint64_t
 
 static double gbps(double bytes, double secs) { return secs > 0 ? bytes / secs / 1e9 : 0; }
 
+static const char *bench_kind; /* "load", "offload" or "restore" */
+
 static int usage_err(void) {
-  fprintf(stderr, "Usage: modelbuf bench load|offload|restore FILE [--device host|cuda:N] "
-                  "[--json] [--cycles N] [--threads N] [--chunk SIZE]\n");
+  char name[32];
+  snprintf(name, sizeof(name), "bench %s", bench_kind);
+  cli_command_usage(stderr, name);
   return CLI_EXIT_USAGE;
 }
 
 int cmd_bench_tensors(int argc, char **argv) {
   const char *kind = argv[0], *path = NULL, *device = "host";
+  bench_kind = kind;
   int json = 0, cycles = 3, threads = 0;
   uint64_t chunk = 0;
   for (int i = 1; i < argc; i++) {

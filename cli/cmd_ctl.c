@@ -66,7 +66,7 @@ static const char *until_text(json_t *m, char *buf, size_t len) {
     return "forever";
   if (json_is_true(json_object_get(m, "timer_active"))) {
     char t[32];
-    snprintf(buf, len, "%s from now",
+    snprintf(buf, len, "in %s",
              human_secs(until(json_string_value(json_object_get(m, "expires_at"))), t,
                         sizeof(t)));
     return buf;
@@ -76,33 +76,141 @@ static const char *until_text(json_t *m, char *buf, size_t len) {
   return "-";
 }
 
+/* "282 MiB gpu + 82.8 MiB host", "282 MiB gpu", "-": memory per tier in a sentence. */
 static const char *memory_text(json_t *m, char *buf, size_t len) {
   uint64_t v = (uint64_t)jnum(m, "vram_bytes"), h = (uint64_t)jnum(m, "host_bytes");
   char a[32], b[32];
   if (v && h)
-    snprintf(buf, len, "%s + %s host", cli_fmt_bytes(v, a, sizeof(a)),
-             cli_fmt_bytes(h, b, sizeof(b)));
+    snprintf(buf, len, "%s gpu + %s host", cli_fmt_size(v, a, sizeof(a)),
+             cli_fmt_size(h, b, sizeof(b)));
   else if (v)
-    snprintf(buf, len, "%s", cli_fmt_bytes(v, a, sizeof(a)));
+    snprintf(buf, len, "%s gpu", cli_fmt_size(v, a, sizeof(a)));
   else if (h)
-    snprintf(buf, len, "%s host", cli_fmt_bytes(h, a, sizeof(a)));
+    snprintf(buf, len, "%s host", cli_fmt_size(h, a, sizeof(a)));
   else
     snprintf(buf, len, "-");
   return buf;
 }
 
+/*
+ * The table of ps and top: one column per tier of memory (GPU: the device
+ * the model is on, the host device standing in for one; HOST: host RAM of
+ * an offloaded model), sizes with three digits, each column as wide as its
+ * widest cell. With names of up to 20 characters a row fits 80 columns.
+ */
+enum { COL_NAME, COL_STATE, COL_LOC, COL_DEV, COL_GPU, COL_HOST, COL_REQ, COL_UNTIL, NCOLS };
+
 static void ps_table(FILE *f, json_t *models) {
-  fprintf(f, "%-20s %-11s %-9s %-8s %-22s %-9s %s\n", "NAME", "STATE", "LOCATION", "DEVICE",
-          "MEMORY", "IN/QUEUE", "UNTIL");
-  size_t i;
-  json_t *m;
-  json_array_foreach(models, i, m) {
-    char mem[64], q[32], u[64];
-    snprintf(q, sizeof(q), "%d/%d", (int)jnum(m, "inflight"), (int)jnum(m, "queued"));
-    fprintf(f, "%-20s %-11s %-9s %-8s %-22s %-9s %s\n", jstr(m, "name"), jstr(m, "state"),
-            jstr(m, "location"), jstr(m, "device"), memory_text(m, mem, sizeof(mem)), q,
-            until_text(m, u, sizeof(u)));
+  static const char *const head[NCOLS] = {"NAME", "STATE", "LOCATION", "DEVICE",
+                                          "GPU", "HOST", "IN/QUEUE", "UNTIL"};
+  size_t n = json_array_size(models), w[NCOLS];
+  char(*cell)[NCOLS][72] = calloc(n + 1, sizeof(*cell));
+  if (cell == NULL)
+    return;
+  for (int c = 0; c < NCOLS; c++) {
+    snprintf(cell[0][c], sizeof(cell[0][c]), "%s", head[c]);
+    w[c] = strlen(head[c]);
   }
+  for (size_t i = 0; i < n; i++) {
+    json_t *m = json_array_get(models, i);
+    char(*row)[72] = cell[i + 1];
+    uint64_t v = (uint64_t)jnum(m, "vram_bytes"), h = (uint64_t)jnum(m, "host_bytes");
+    snprintf(row[COL_NAME], 72, "%s", jstr(m, "name"));
+    snprintf(row[COL_STATE], 72, "%s", jstr(m, "state"));
+    snprintf(row[COL_LOC], 72, "%s", jstr(m, "location"));
+    snprintf(row[COL_DEV], 72, "%s", jstr(m, "device"));
+    if (v)
+      cli_fmt_size(v, row[COL_GPU], 72);
+    else
+      snprintf(row[COL_GPU], 72, "-");
+    if (h)
+      cli_fmt_size(h, row[COL_HOST], 72);
+    else
+      snprintf(row[COL_HOST], 72, "-");
+    snprintf(row[COL_REQ], 72, "%d/%d", (int)jnum(m, "inflight"), (int)jnum(m, "queued"));
+    char u[64];
+    snprintf(row[COL_UNTIL], 72, "%s", until_text(m, u, sizeof(u)));
+    for (int c = 0; c < NCOLS; c++)
+      if (strlen(row[c]) > w[c])
+        w[c] = strlen(row[c]);
+  }
+  for (size_t i = 0; i <= n; i++) {
+    for (int c = 0; c < NCOLS; c++) {
+      int right = c == COL_GPU || c == COL_HOST; /* numbers line up on their units */
+      if (c == NCOLS - 1)
+        fprintf(f, "%s\n", cell[i][c]);
+      else
+        fprintf(f, right ? "%*s  " : "%-*s  ", (int)w[c], cell[i][c]);
+    }
+  }
+  free(cell);
+}
+
+/*
+ * After the daemon's error, what to do about it: a 401 names the ways to
+ * give a key; an unknown model gets the closest names the daemon has.
+ */
+static void explain(const cli_client *c, const char *what, long status, json_t *doc) {
+  const char *code = json_string_value(json_object_get(json_object_get(doc, "error"), "code"));
+  if (status == 401) {
+    if (c->auth[0])
+      fprintf(stderr, "modelbuf: the daemon refused the API key given (--api-key, else "
+                      "$MODELBUF_API_KEY): check it against the daemon's api_keys or its "
+                      "MODELBUF_API_KEY\n");
+    else
+      fprintf(stderr, "modelbuf: the daemon needs an API key: set MODELBUF_API_KEY=KEY in the "
+                      "environment or pass --api-key KEY (it is sent as Authorization: Bearer "
+                      "KEY)\n");
+    return;
+  }
+  if (status != 404 || code == NULL || strcmp(code, "not_found") != 0 || what == NULL)
+    return;
+  json_t *list;
+  long st;
+  if (cli_request(c, "GET", "/api/models", NULL, &st, &list, NULL) != 0 || st != 200) {
+    json_decref(list);
+    return;
+  }
+  /* Names and aliases within a third of the name's length (at least 2). */
+  const char *best[3] = {NULL, NULL, NULL};
+  size_t bestd[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX}, limit = strlen(what) / 3, i, j;
+  json_t *m, *a;
+  if (limit < 2)
+    limit = 2;
+  json_array_foreach(json_object_get(list, "models"), i, m) {
+    json_t *names = json_array();
+    json_array_append(names, json_object_get(m, "name"));
+    json_array_foreach(json_object_get(m, "aliases"), j, a) json_array_append(names, a);
+    json_array_foreach(names, j, a) {
+      const char *n = json_string_value(a);
+      size_t d = n ? cli_edit_distance(what, n) : SIZE_MAX;
+      if (d == SIZE_MAX || d > limit || (strcasestr(n, what) == NULL && d >= strlen(n)))
+        continue;
+      if (strcasestr(n, what) != NULL && d > 1)
+        d = 1; /* a part of the name counts as close */
+      for (int k = 0; k < 3; k++)
+        if (d < bestd[k]) {
+          for (int l = 2; l > k; l--) {
+            best[l] = best[l - 1];
+            bestd[l] = bestd[l - 1];
+          }
+          best[k] = n;
+          bestd[k] = d;
+          break;
+        }
+    }
+    json_decref(names);
+  }
+  int nbest = best[0] ? best[1] ? best[2] ? 3 : 2 : 1 : 0;
+  if (nbest == 0) {
+    fprintf(stderr, "modelbuf: modelbuf ps lists the models\n");
+  } else {
+    fprintf(stderr, "modelbuf: did you mean ");
+    for (int k = 0; k < nbest; k++)
+      fprintf(stderr, "%s'%s'", k == 0 ? "" : k == nbest - 1 ? " or " : ", ", best[k]);
+    fprintf(stderr, "? (modelbuf ps lists the models)\n");
+  }
+  json_decref(list);
 }
 
 /* Runs one request and handles the two ways it can fail. */
@@ -114,6 +222,7 @@ static int call(const cli_client *c, const char *what, const char *method, const
     return rc;
   if (status >= 400) {
     cli_print_error(what, status, *doc);
+    explain(c, what, status, *doc);
     json_decref(*doc);
     *doc = NULL;
     return CLI_EXIT_FAIL;
@@ -319,6 +428,30 @@ int cmd_unload(int argc, char **argv) {
   return action(argc, argv, "unload", "unload");
 }
 
+/* A number of seconds as a duration the daemon reads back exactly:
+ * "1h2m5.5s", "10m", "0", "forever". */
+static const char *dur_text(double secs, char *buf, size_t len) {
+  if (secs < 0) {
+    snprintf(buf, len, "forever");
+    return buf;
+  }
+  long long ms = (long long)(secs * 1000.0 + 0.5), h = ms / 3600000, m = ms / 60000 % 60;
+  long long sec = ms / 1000 % 60, rest = ms % 1000;
+  size_t off = 0;
+  buf[0] = '\0';
+  if (ms == 0)
+    snprintf(buf, len, "0");
+  if (h > 0)
+    off += (size_t)snprintf(buf + off, len - off, "%lldh", h);
+  if (m > 0 && off < len)
+    off += (size_t)snprintf(buf + off, len - off, "%lldm", m);
+  if (rest > 0 && off < len)
+    snprintf(buf + off, len - off, "%lld.%03llds", sec, rest);
+  else if (sec > 0 && off < len)
+    snprintf(buf + off, len - off, "%llds", sec);
+  return buf;
+}
+
 /* keep-alive NAME D|forever|0 */
 int cmd_keep_alive(int argc, char **argv) {
   cli_client c;
@@ -326,22 +459,41 @@ int cmd_keep_alive(int argc, char **argv) {
   if (argc != 3)
     return usage_of("keep-alive");
   const char *v = argv[2];
+  char path[256], seg[200], was[64];
+  json_t *m;
+  /* What it was, to say how to put it back. */
+  snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(argv[1], seg, sizeof(seg)));
+  int rc = call(&c, argv[1], "GET", path, NULL, &m);
+  if (rc != 0)
+    return rc;
+  dur_text(jnum(m, "keep_alive_s"), was, sizeof(was));
+  json_decref(m);
   json_t *body = strcmp(v, "forever") == 0 || strcmp(v, "-1") == 0
                      ? json_pack("{s:i}", "keep_alive", -1)
                      : json_pack("{s:s}", "keep_alive", v);
   char *b = json_dumps(body, JSON_COMPACT);
   json_decref(body);
-  char path[256], seg[200];
   snprintf(path, sizeof(path), "/api/models/%s/keep-alive",
            cli_name_seg(argv[1], seg, sizeof(seg)));
-  json_t *m;
-  int rc = call(&c, argv[1], "POST", path, b, &m);
+  rc = call(&c, argv[1], "POST", path, b, &m);
   free(b);
   if (rc != 0)
     return rc;
   char ka[32], u[64];
-  printf("%s: keep-alive %s, until %s\n", argv[1],
-         human_secs(jnum(m, "keep_alive_s"), ka, sizeof(ka)), until_text(m, u, sizeof(u)));
+  double now = jnum(m, "keep_alive_s");
+  if (now == 0)
+    printf("%s: keep-alive 0: it leaves the GPU as soon as it is idle (to host RAM when it can "
+           "offload, else unloaded)\n",
+           argv[1]);
+  else if (now < 0)
+    printf("%s: keep-alive forever: it stays loaded until it is unloaded, or evicted to make "
+           "room\n", argv[1]);
+  else
+    printf("%s: keep-alive %s, until %s\n", argv[1], human_secs(now, ka, sizeof(ka)),
+           until_text(m, u, sizeof(u)));
+  printf("This holds until it is changed again (across unloads too) or modelbufd restarts; "
+         "it was %s: `modelbuf keep-alive %s %s` puts it back.\n",
+         was, argv[1], was);
   json_decref(m);
   return CLI_EXIT_OK;
 }
@@ -416,6 +568,23 @@ static int follow_data(const char *p, size_t n, void *arg) {
   return 1;
 }
 
+/*
+ * Whether model m can have a worker log: a process model. Otherwise says
+ * why on stderr and returns 0.
+ */
+static int has_worker_log(const char *name, json_t *m) {
+  const char *backend = jstr(m, "backend");
+  if (strcmp(backend, "process") != 0) {
+    fprintf(stderr,
+            "modelbuf: %s is a %s model: it runs inside modelbufd, with no worker process, so "
+            "there is no worker log; its events are in the daemon's log (journalctl -u "
+            "modelbufd, or modelbuf top)\n",
+            name, backend);
+    return 0;
+  }
+  return 1;
+}
+
 /* logs NAME [-n N] [-f] */
 int cmd_logs(int argc, char **argv) {
   cli_client c;
@@ -438,34 +607,54 @@ int cmd_logs(int argc, char **argv) {
   long status;
   json_t *doc;
   char *text = NULL;
+  /* The model first: it must exist and have a worker (the stream has no
+   * room for an error). */
+  snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(name, seg, sizeof(seg)));
+  int rc = call(&c, name, "GET", path, NULL, &doc);
+  if (rc != 0)
+    return rc;
+  int worker = has_worker_log(name, doc);
+  if (!worker) {
+    json_decref(doc);
+    return CLI_EXIT_FAIL;
+  }
   if (!follow) {
+    json_t *st = doc;
     snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d",
              cli_name_seg(name, seg, sizeof(seg)), n);
-    int rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
-    if (rc != 0)
+    rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
+    if (rc != 0) {
+      json_decref(st);
       return rc;
+    }
     if (status >= 400) {
       cli_print_error(name, status, doc);
       json_decref(doc);
+      json_decref(st);
       free(text);
       return CLI_EXIT_FAIL;
     }
     json_decref(doc);
+    if ((text == NULL || text[0] == '\0') && n > 0) {
+      int running = json_is_integer(json_object_get(st, "pid"));
+      if (running)
+        fprintf(stderr, "modelbuf: %s's worker (pid %lld) has printed nothing yet\n", name,
+                (long long)json_integer_value(json_object_get(st, "pid")));
+      else
+        fprintf(stderr,
+                "modelbuf: %s has no worker log: no worker of it has run since modelbufd "
+                "started (state %s); `modelbuf load %s` starts one, `modelbuf logs %s -f` "
+                "waits for its lines\n",
+                name, jstr(st, "state"), name, name);
+      json_decref(st);
+      free(text);
+      return running ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+    }
+    json_decref(st);
     fputs(text ? text : "", stdout);
     fflush(stdout);
     free(text);
     return CLI_EXIT_OK;
-  }
-  /* The model must exist; the stream itself has no room for an error. */
-  snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(name, seg, sizeof(seg)));
-  int rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
-  free(text);
-  if (rc != 0)
-    return rc;
-  if (status >= 400) {
-    cli_print_error(name, status, doc);
-    json_decref(doc);
-    return CLI_EXIT_FAIL;
   }
   json_decref(doc);
   follow_ctx *f = calloc(1, sizeof(*f));

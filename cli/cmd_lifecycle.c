@@ -386,27 +386,7 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
 }
 
 static void usage(void) {
-  cli_command_usage(stderr, "bench");
-  fprintf(stderr,
-          "lifecycle options:\n"
-          "  --config FILE   the daemon configuration naming MODEL (default: $MODELBUF_CONFIG,\n"
-          "                  else ./modelbuf.yaml); the model runs in this process\n"
-          "  --url URL       measure the model in a running modelbufd instead, through its\n"
-          "                  HTTP API (also MODELBUF_URL when neither --config nor\n"
-          "                  MODELBUF_CONFIG is given); --config then only supplies its\n"
-          "                  probe and files\n"
-          "  --api-key KEY   the daemon's API key (default: $MODELBUF_API_KEY)\n"
-          "  --cycles N      load/offload/restore/unload cycles (default 5)\n"
-          "  --probes K      probe requests after each load (default 5)\n"
-          "  --restores R    offload/restore rounds per cycle (default 2)\n"
-          "  --probe-method M, --probe-path P, --probe-body B\n"
-          "                  the probe request, instead of the configuration's `probe`\n"
-          "                  (with --url and neither: GET of the model's health path)\n"
-          "  --no-cold       keep the files in the page cache for the first load\n"
-          "  --all           every model of the configuration (or of the daemon, with\n"
-          "                  --url), compared; several MODELs do the same for those\n"
-          "  --json          one JSON object instead of the report\n"
-          "  --chart FILE    also draw memory per tier across the cycles (PNG, gnuplot)\n");
+  cli_command_usage(stderr, "bench lifecycle");
 }
 
 static void build_warning(void *arg, const char *model, const char *msg, const char *why) {
@@ -813,7 +793,9 @@ int cmd_bench(int argc, char **argv) {
   if (argc >= 2 && (!strcmp(argv[1], "load") || !strcmp(argv[1], "offload") ||
                     !strcmp(argv[1], "restore")))
     return cmd_bench_tensors(argc - 1, argv + 1);
-  fprintf(stderr, "modelbuf: bench: unknown benchmark '%s'\n", argc >= 2 ? argv[1] : "");
-  usage();
+  if (argc >= 2)
+    fprintf(stderr, "modelbuf: bench: unknown benchmark '%s' (lifecycle, load, offload or "
+                    "restore)\n", argv[1]);
+  cli_command_usage(stderr, "bench");
   return CLI_EXIT_USAGE;
 }

@@ -51,10 +51,6 @@ int cmd_mkmodel(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], **slot = NULL, *val = NULL;
     size_t n = strcspn(a, "=");
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      cli_command_usage(stdout, "mkmodel");
-      return CLI_EXIT_OK;
-    }
     if (strncmp(a, "--format", n) == 0 && n == 8)
       slot = &format;
     else if (strncmp(a, "--size", n) == 0 && n == 6)

@@ -14,16 +14,7 @@
 #include "cli.h"
 
 static void usage_sim(FILE *out) {
-  fprintf(out,
-          "Usage: modelbuf sim (--models TABLE.json | --gen-models N[,min=SIZE,max=SIZE])\n"
-          "                    (--trace FILE.csv | --gen KIND:key=value,...)\n"
-          "                    [--policy lru|cost|belady|all] [--devices N] [--capacity SIZE]\n"
-          "                    [--host SIZE] [--keep-alive DUR] [--seed S] [--json]\n"
-          "       modelbuf sim ... --write-trace FILE | --write-models FILE\n"
-          "\n"
-          "Generators: zipf, diurnal, burst; keys n, rate, s, dur, period, amp, every, size,\n"
-          "spread (docs/SIMULATOR.md). Defaults: --policy all --devices 1 --capacity 80GiB,\n"
-          "--host = devices x capacity (0: no host tier), --keep-alive 5m, --seed 1.\n");
+  cli_command_usage(out, "sim");
 }
 
 /* "250ms", "30s", "5m", "1h", seconds, or -1 / "forever". */
@@ -163,9 +154,6 @@ int cmd_sim(int argc, char **argv) {
     if (strcmp(a, "--json") == 0) {
       json = 1;
       takes = 0;
-    } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      usage_sim(stdout);
-      return CLI_EXIT_OK;
     } else if (v == NULL) {
       fprintf(stderr, "modelbuf sim: %s needs a value (or is unknown)\n", a);
       usage_sim(stderr);
