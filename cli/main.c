@@ -243,7 +243,7 @@ static void command_help(FILE *out, const char *name, const cli_command *c) {
            c->summary[0] >= 'a' && c->summary[0] <= 'z' ? c->summary[0] - 'a' + 'A'
                                                         : c->summary[0],
            c->summary + 1);
-  fprintf(out, "Usage: modelbuf %s ", name);
+  fprintf(out, "Usage: modelbuf %s%s", name, c->args[0] ? " " : "\n");
   wrapped(out, c->args, 17 + (int)strlen(name), 8);
   fputc('\n', out);
   wrapped(out, summary, 0, 0);

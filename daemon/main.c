@@ -134,7 +134,7 @@ static int serve(mbd_config *cfg, const char *path, const mbd_flags *flags) {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: modelbufd [options]\n"
+          "Usage: modelbufd [options]\n"
           "Keeps ML models in GPU memory only while they are used; runs each model as a\n"
           "worker process behind one HTTP endpoint.\n"
           "\n"
