@@ -8,8 +8,14 @@ FUZZ_BUILD ?= build-fuzz
 MESON_OPTS ?=
 # CI builds treat warnings as errors; so do we by default.
 WERROR     ?= true
+# make install: where to (DESTDIR: a staging tree, as package builds use).
+# The configuration goes to $(SYSCONFDIR)/modelbuf, /etc by default whatever
+# the prefix, as a service's does on Debian.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+DESTDIR    ?=
 
-.PHONY: all deps test-deps build run test test-gpu asan tsan fuzz bench clean
+.PHONY: all deps test-deps build run test test-gpu asan tsan fuzz bench clean install uninstall
 
 all: build
 
@@ -77,6 +83,21 @@ bench: build
 test-gpu: build
 	$(BUILD)/tests/gpu/test_cuda_device
 	python3 tests/gpu/daemon_gpu.py --build $(BUILD)
+
+# The programs, library, headers, pkg-config file, man pages, systemd unit,
+# sysusers.d and tmpfiles.d entries, bash completion, the configuration's
+# schema, and $(SYSCONFDIR)/modelbuf/modelbuf.yaml when none is there (an
+# existing one is kept). Without DESTDIR, as root, it also creates the
+# modelbuf user and its folders and reloads systemd (dist/post-install.sh).
+install: build
+	meson configure $(BUILD) -Dprefix=$(PREFIX) -Dsysconfdir=$(SYSCONFDIR)
+	ninja -C $(BUILD)
+	meson install -C $(BUILD) --no-rebuild $(if $(DESTDIR),--destdir "$(abspath $(DESTDIR))")
+
+# Removes what the last install put there (its log in $(BUILD)), except the
+# configuration, as `apt remove` keeps a conffile.
+uninstall:
+	ninja -C $(BUILD) uninstall
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)
