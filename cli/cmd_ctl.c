@@ -292,9 +292,11 @@ int cmd_status(int argc, char **argv) {
   printf("\n  memory      %s\n", memory_text(m, mem, sizeof(mem)));
   printf("  requests    %d in flight, %d queued, %.0f served\n", (int)jnum(m, "inflight"),
          (int)jnum(m, "queued"), jnum(st, "requests"));
-  printf("  keep-alive  %s, idle %.0fs, until %s\n",
+  const char *when = until_text(m, u, sizeof(u));
+  printf("  keep-alive  %s, idle %.0fs, %s%s\n",
          human_secs(jnum(m, "keep_alive_s"), ka, sizeof(ka)), jnum(m, "idle_s"),
-         until_text(m, u, sizeof(u)));
+         strncmp(when, "in ", 3) == 0 ? "next step " : "", /* "next step in 4m59s" */
+         strcmp(when, "-") == 0 || strcmp(when, "forever") == 0 ? "no timer" : when);
   printf("  lifecycle   %.0f loads (avg %.0f ms), %.0f offloads, %.0f restores, %.0f evictions, "
          "%.0f unloads\n",
          jnum(st, "loads"), jnum(st, "avg_load_ms"), jnum(st, "offloads"), jnum(st, "restores"),
@@ -366,8 +368,8 @@ int cmd_load(int argc, char **argv) {
     const char *state = jstr(m, "state");
     if (strcmp(state, "ready") == 0) {
       char mem[64];
-      printf("%s%s ready in %.1fs (%s, %s)\n", tty ? "\r\033[K" : "", name, el,
-             jstr(m, "location"), memory_text(m, mem, sizeof(mem)));
+      printf("%s%s ready in %.1fs (%s)\n", tty ? "\r\033[K" : "", name, el,
+             memory_text(m, mem, sizeof(mem)));
       json_decref(m);
       return CLI_EXIT_OK;
     }
@@ -414,8 +416,7 @@ static int action(int argc, char **argv, const char *what, const char *verb) {
   if (rc != 0)
     return rc;
   char mem[64];
-  printf("%s: %s (%s, %s)\n", argv[1], jstr(m, "state"), jstr(m, "location"),
-         memory_text(m, mem, sizeof(mem)));
+  printf("%s: %s (%s)\n", argv[1], jstr(m, "state"), memory_text(m, mem, sizeof(mem)));
   json_decref(m);
   return CLI_EXIT_OK;
 }
@@ -489,7 +490,7 @@ int cmd_keep_alive(int argc, char **argv) {
     printf("%s: keep-alive forever: it stays loaded until it is unloaded, or evicted to make "
            "room\n", argv[1]);
   else
-    printf("%s: keep-alive %s, until %s\n", argv[1], human_secs(now, ka, sizeof(ka)),
+    printf("%s: keep-alive %s, next step %s\n", argv[1], human_secs(now, ka, sizeof(ka)),
            until_text(m, u, sizeof(u)));
   printf("This holds until it is changed again (across unloads too) or modelbufd restarts; "
          "it was %s: `modelbuf keep-alive %s %s` puts it back.\n",

@@ -75,7 +75,8 @@ def test_load_offload_keep_alive_unload(d):
     assert "state       ready, gpu, device host" in p.stdout and "pid" in p.stdout
     assert "1 loads" in p.stdout
     p = run(d, "offload", "alpha")
-    assert p.returncode == 0 and p.stdout.startswith("alpha: offloaded (cpu")
+    assert p.returncode == 0 and p.stdout.startswith("alpha: offloaded (")
+    assert p.stdout.rstrip().endswith(" host)"), p.stdout
     p = run(d, "load", "alpha")
     assert p.returncode == 0 and "ready" in p.stdout
     p = run(d, "keep-alive", "alpha", "forever")
