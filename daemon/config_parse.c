@@ -6,7 +6,11 @@
  * walker visits each mapping against a table of the keys it may hold; each
  * key has a type (string, duration, size, ...) or a handler of its own.
  * Every problem becomes one message in the mbd_diag and the walk goes on, so
- * one run reports every error. Checks that need the whole file (aliases
+ * one run reports every error. Each key also carries a one-line description
+ * and, for a handler, its JSON Schema: config_keys.c reads the same tables
+ * (config_fields.h) to write the schema and to explain an unknown key.
+ * Anchors, aliases and merge keys are resolved by yaml_tree.c before the
+ * walk; top-level keys starting with "x-" are skipped (a home for anchors). Checks that need the whole file (aliases
  * against later models, devices that models name, the cmd a backend needs)
  * run after the walk; messages are then sorted into file order.
  *

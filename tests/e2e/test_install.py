@@ -115,6 +115,9 @@ def test_tree(dest):
     tmpfiles = open(d(dest, os.path.join(TMPFILESDIR, "modelbuf.conf"))).read()
     assert re.search(r"^d /var/lib/modelbuf 0750 modelbuf modelbuf -$", tmpfiles, re.M)
     assert re.search(rf"^d {SYSCONFDIR}/modelbuf 0755 root root -$", tmpfiles, re.M)
+    doc = d(dest, os.path.join(DATADIR, "doc", "modelbuf"))
+    assert sorted(os.listdir(doc)) == ["CHANGELOG.md", "LICENSE", "README.md"]
+    assert "MIT License" in open(os.path.join(doc, "LICENSE")).read()
     completion = d(dest, os.path.join(COMPLETIONDIR, "modelbuf"))
     assert "complete -F _modelbuf modelbuf" in open(completion).read()
     schema = d(dest, os.path.join(DATADIR, "modelbuf", "modelbuf.schema.json"))
