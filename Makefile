@@ -10,7 +10,7 @@ MESON_OPTS ?=
 WERROR     ?= true
 # make install: where to (DESTDIR: a staging tree, as package builds use).
 # The configuration goes to $(SYSCONFDIR)/modelbuf, /etc by default whatever
-# the prefix, as a service's does on Debian.
+# the prefix, as a service's does on Debian (meson.build's default too).
 PREFIX     ?= /usr/local
 SYSCONFDIR ?= /etc
 DESTDIR    ?=
