@@ -712,16 +712,6 @@ static void test_cost_burst_counts_once(void **state) {
   h_release(&H, &c);
 }
 
-/* Error names and text come from one list. */
-static void test_error_text(void **state) {
-  assert_string_equal(mb_err_name(MB_EQUEUEFULL), "MB_EQUEUEFULL");
-  assert_string_equal(mb_strerror(MB_EQUEUEFULL), "queue full");
-  assert_string_equal(mb_err_name(12345), "MB_EUNKNOWN");
-  assert_string_equal(mb_state_name(MB_STATE_OFFLOADED), "offloaded");
-  assert_int_equal(mb_state_location(MB_STATE_RESTORING), MB_LOC_CPU);
-  assert_string_equal(mb_version(), MB_VERSION_STRING);
-}
-
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_lazy_load, setup, teardown),
@@ -745,7 +735,6 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_growth_warning, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cost_count_restarts_after_drop, cost_setup, teardown),
       cmocka_unit_test_setup_teardown(test_cost_burst_counts_once, cost_setup, teardown),
-      cmocka_unit_test(test_error_text),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
