@@ -205,7 +205,6 @@ static const char *event_type_name(mb_event_type t) {
   case MB_EVENT_STATE: return "state";
   case MB_EVENT_EVICT: return "evict";
   case MB_EVENT_WARNING: return "warning";
-  case MB_EVENT_PROGRESS: return "progress";
   case MB_EVENT_LOST: return "lost";
   }
   return "event";
@@ -267,8 +266,6 @@ static void last_output(mbd_model *m, char *out, size_t len) {
  * the log. Runs on the core thread, outside its lock. */
 static void on_event(const mb_event *ev, void *arg) {
   mbd *d = arg;
-  if (ev->type == MB_EVENT_PROGRESS)
-    return; /* progress is read from the status; the stream keeps state changes */
   json_t *o = json_pack("{s:I,s:s,s:s,s:s}", "time",
                         (json_int_t)mb_ctx_wall_ms(d->ctx, ev->time_ns), "type",
                         event_type_name(ev->type), "model", ev->model, "reason", ev->reason);

@@ -1323,9 +1323,3 @@ int mb_model_remove(mb_ctx *ctx, const char *name) {
   return sync_finish(&s, post_simple(ctx, MB__R_REMOVE, name, MB_DEFAULT, sync_done, &s), NULL,
                      0);
 }
-
-/* Manual-mode form of mb_model_remove, for tests and the simulator. */
-int mb__model_remove_async(mb_ctx *ctx, const char *name, mb_done_fn done, void *arg);
-int mb__model_remove_async(mb_ctx *ctx, const char *name, mb_done_fn done, void *arg) {
-  return post_simple(ctx, MB__R_REMOVE, name, MB_DEFAULT, done, arg);
-}

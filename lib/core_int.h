@@ -197,8 +197,6 @@ struct mb__model {
   /* Use. */
   int inflight;
   uint64_t loaded_at, last_accessed, last_load_ns;
-  uint64_t freq;              /* acquires during the current residency */
-  double gdsf_h;              /* cost policy priority */
   double hits;                /* acquires, decayed (cost policy) */
   uint64_t hits_t;            /* the last counted acquire, when hits was brought up to date */
   /* Failure. */
@@ -267,7 +265,6 @@ struct mb_ctx {
   int sleeping;
   uint64_t sleep_until;
   uint64_t timers_moved;
-  int progress_flag;
 
   /* Under pool_lock. */
   struct mb_job *pool_head, *pool_tail;
@@ -298,7 +295,6 @@ struct mb_ctx {
   int devs_dirty;
   uint64_t req_seq;
   uint64_t host_budget, host_used;
-  double gdsf_L;
   /* Eviction candidate buffers, models_cap entries each (grown by
    * mb_model_add): one for device evictions and one for host evictions,
    * which may be planned while a device eviction is in progress. */

@@ -78,10 +78,6 @@ void mb__event_locked(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state fr
   ev->from = from;
   ev->to = to;
   ev->device = m->device;
-  if (type == MB_EVENT_PROGRESS) {
-    ev->done_bytes = __atomic_load_n(&m->job.progress_done, __ATOMIC_RELAXED);
-    ev->total_bytes = __atomic_load_n(&m->job.progress_total, __ATOMIC_RELAXED);
-  }
   b->reasons[b->len] = r;
   b->models[b->len] = name;
   b->len++;
@@ -276,19 +272,6 @@ static double reload_cost_ms(const mb__model *m, int to_host) {
 
 static int can_offload(const mb__model *m) {
   return m->be->offload != NULL && m->be->restore != NULL;
-}
-
-/*
- * GreedyDual-Size-Frequency: H = L + uses x reload cost / size. The model
- * with the lowest H goes first; L rises to each victim's H so models not
- * used for long age out. Cheap to reload, rarely used and large go first.
- */
-static void gdsf_touch(mb_ctx *ctx, mb__model *m) {
-  double gib = (double)mb__footprint(m) / (1024.0 * 1024 * 1024);
-  if (gib < 1.0 / 1024)
-    gib = 1.0 / 1024;
-  m->gdsf_h = ctx->gdsf_L +
-              (double)m->freq * reload_cost_ms(m, m->opts.offload && can_offload(m)) / gib;
 }
 
 /*
@@ -553,8 +536,6 @@ static void go_idle(mb_ctx *ctx, mb__model *m, int allow_offload, const char *wh
 static void evict(mb_ctx *ctx, mb__model *m) {
   m->stats.evictions++;
   mb__event_locked(ctx, MB_EVENT_EVICT, m, m->state, m->state, "eviction");
-  if (ctx->opts.eviction == MB_EVICT_COST && m->gdsf_h > ctx->gdsf_L)
-    ctx->gdsf_L = m->gdsf_h;
   go_idle(ctx, m, m->opts.offload, "evict");
 }
 
@@ -815,7 +796,8 @@ static int auto_blocked(mb_ctx *ctx, uint64_t need) {
  * Tries to admit a model that wants to become resident: picks a device
  * (fixed, or for MB_DEVICE_AUTO the one where it fits with the least
  * eviction cost), evicts if that makes room, and starts the load or restore
- * once the memory is there. Returns 1 if the admission list changed.
+ * once the memory is there. Whatever it does starts a new plan generation
+ * (plans_reset), which is how a caller tells that it acted.
  */
 static void try_admit(mb_ctx *ctx, mb__model *m) {
   uint64_t need = mb__footprint(m);
@@ -1218,7 +1200,6 @@ static void note_usage(mb__model *m, const struct mb_job *j) {
 
 /* End of a residency: remember its peak and watch for growth. */
 static void end_residency(mb_ctx *ctx, mb__model *m) {
-  m->freq = 0; /* uses count per residency (GDSF) */
   if (m->resid_peak == 0)
     return;
   uint64_t prev = m->measured_fp;
@@ -1245,7 +1226,6 @@ static void become_ready(mb_ctx *ctx, mb__model *m, uint64_t took_ns, const char
   for (mb__req *r = m->wq_head; r; r = r->qnext)
     r->load_ns = took_ns < ctx->now - r->enq_ns ? took_ns : ctx->now - r->enq_ns;
   set_state(ctx, m, MB_STATE_READY, why);
-  gdsf_touch(ctx, m);
   /* The charge becomes what was measured. Above what was admitted it may
    * push the device over its budget: then make room by evicting idle models. */
   if (m->usage.device_bytes && m->usage.device_bytes < m->dev_charge) {
@@ -1645,9 +1625,7 @@ static void req_acquire(mb_ctx *ctx, mb__model *m, mb__req *r) {
   r->timeout_ms = to;
   if (to >= 0 && reserve_timer(ctx, r) != 0)
     return;
-  m->freq++;
   note_use(ctx, m);
-  gdsf_touch(ctx, m);
   wq_insert(m, r);
   arm_wait(ctx, m, r);
   mark_dirty(ctx, m);
@@ -1875,9 +1853,7 @@ int mb__try_grant_locked(mb_ctx *ctx, const char *name, const mb_acquire_opts *o
   ++ctx->req_seq;
   m->stats.requests++;
   m->last_accessed = ctx->now;
-  m->freq++;
   note_use(ctx, m);
-  gdsf_touch(ctx, m);
   /* grant, after no wait */
   m->inflight++;
   ctx->devs[m->device].leases++;

@@ -202,7 +202,8 @@ typedef struct mb_op {
 /*
  * Reports progress of a long operation (load or restore): done of total
  * bytes (total 0 when unknown). Cheap; callable from the backend function as
- * often as it likes.
+ * often as it likes. Readers see it in mb_status.progress_done and
+ * progress_total while the operation runs (no event is sent for it).
  */
 MB_EXTERN void mb_op_progress(mb_op *op, uint64_t done_bytes, uint64_t total_bytes);
 
@@ -298,7 +299,8 @@ MB_EXTERN void mb_job_run(mb_job *job);
 /*
  * Completes a job without calling the backend: rc 0 for success or a
  * negative MB_E* code with message msg (may be NULL); usage, when not NULL,
- * is what the backend would have measured. The job is freed.
+ * is what the backend would have measured. The job belongs to its model:
+ * do not use the pointer after this call.
  */
 MB_EXTERN void mb_job_complete(mb_job *job, int rc, const char *msg, const mb_usage *usage);
 
@@ -309,8 +311,9 @@ typedef enum mb_event_type {
   MB_EVENT_STATE = 0, /* a state change: from -> to */
   MB_EVENT_EVICT,     /* the core chose this model as an eviction victim */
   MB_EVENT_WARNING,   /* a new warning (slow load, memory growth) */
-  MB_EVENT_PROGRESS,  /* load/restore progress (bytes done/total) */
-  MB_EVENT_LOST       /* a resident model was lost (mb_model_lost); reason says why */
+  /* 3 is not used: progress of a load or restore is read from the status
+   * (mb_status.progress_done / progress_total), never sent as an event. */
+  MB_EVENT_LOST = 4   /* a resident model was lost (mb_model_lost); reason says why */
 } mb_event_type;
 
 typedef struct mb_event {
@@ -320,7 +323,6 @@ typedef struct mb_event {
   const char *model;
   mb_state from, to;   /* MB_EVENT_STATE */
   int device;          /* the model's device, -1 if none */
-  uint64_t done_bytes, total_bytes; /* MB_EVENT_PROGRESS */
   /* Why, never NULL. Entering LOADING/RESTORING: "acquire" or "load";
    * OFFLOADING/UNLOADING: "idle" (keep-alive expired), "evict", "request"
    * (mb_offload/mb_unload), "error" (a failed restore or offload),
@@ -464,7 +466,8 @@ typedef struct mb_device_info {
 } mb_device_info;
 
 MB_EXTERN int mb_device_count(mb_ctx *ctx);
-/* Errors: MB_ENODEV for a bad index. Thread-safe. */
+/* Fills *out with device index's figures. Errors: MB_ENODEV for a bad
+ * index, MB_EINVAL (no context or no out). Thread-safe. */
 MB_EXTERN int mb_device_info_get(mb_ctx *ctx, int index, mb_device_info *out) MB_WUR;
 
 /* Host tier: the budget for offloaded models and what they use now. */
@@ -520,7 +523,8 @@ MB_EXTERN int mb_model_add_callbacks(mb_ctx *ctx, const char *name, const mb_cal
 /*
  * Removes a model: unloads it if needed (after which it is gone). Refuses
  * with MB_EBUSY while leases are out or requests wait. Blocking (threaded
- * mode). Errors: MB_ENOENT, MB_EBUSY.
+ * mode). Errors: MB_ENOENT, MB_EBUSY, MB_ESHUTDOWN, MB_ENOMEM, MB_EINVAL
+ * (manual mode).
  */
 MB_EXTERN int mb_model_remove(mb_ctx *ctx, const char *name) MB_WUR;
 
@@ -603,6 +607,9 @@ MB_EXTERN int mb_acquire_try(mb_ctx *ctx, const char *name, const mb_acquire_opt
  * Cancels a waiting acquire: its done is called with MB_ECANCELED if it was
  * still waiting; if it was already granted nothing changes (release the
  * lease). Never aborts a load: the model becomes READY for the next caller.
+ * Returns 0 when the cancel is posted (whether it finds the request is
+ * known only from the request's own done), MB_EINVAL (no context) or
+ * MB_ENOMEM.
  */
 MB_EXTERN int mb_cancel(mb_ctx *ctx, uint64_t req_id);
 
@@ -756,7 +763,8 @@ typedef struct mb_status {
 /* Snapshot of one model. Thread-safe. Errors: MB_ENOENT. */
 MB_EXTERN int mb_model_status(mb_ctx *ctx, const char *name, mb_status *out) MB_WUR;
 
-/* Number of models; mb_model_name copies the i-th (registration order) name. */
+/* Number of models; mb_model_name copies the i-th (registration order) name
+ * into buf (cut to len), 0 or MB_ENOENT (no such index, no buffer). */
 MB_EXTERN int mb_model_count(mb_ctx *ctx);
 MB_EXTERN int mb_model_name(mb_ctx *ctx, int index, char *buf, size_t len) MB_WUR;
 
