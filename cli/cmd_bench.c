@@ -252,8 +252,14 @@ int cmd_bench_tensors(int argc, char **argv) {
   size_t whole_len = 0, largest = 0;
   int rc = CLI_EXIT_FAIL;
   const char *specs[1] = {path};
-  if (mb__dev_open_fallback(dk, ordinal, &d, err, sizeof(err)) != 0 ||
-      mb_tensors_expand(specs, 1, &fs.paths, &fs.n, err, sizeof(err)) != 0 ||
+  char note[256] = "";
+  if (mb__dev_open_fallback(dk, ordinal, &d, note, sizeof(note)) != 0) {
+    fprintf(stderr, "modelbuf: bench %s: %s\n", kind, note);
+    goto out;
+  }
+  if (note[0]) /* no CUDA driver or GPU: said here, the library prints nothing */
+    fprintf(stderr, "modelbuf: %s\n", note);
+  if (mb_tensors_expand(specs, 1, &fs.paths, &fs.n, err, sizeof(err)) != 0 ||
       (fs.f = calloc(fs.n, sizeof(*fs.f))) == NULL) {
     fprintf(stderr, "modelbuf: bench %s: %s\n", kind, err[0] ? err : "out of memory");
     goto out;

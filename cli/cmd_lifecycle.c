@@ -411,6 +411,14 @@ static void build_warning(void *arg, const char *model, const char *msg, const c
   fprintf(stderr, "modelbuf: bench lifecycle: %s: %s: %s\n", model, msg, why);
 }
 
+/* A plugin model's log lines, on stderr (the library prints nothing). */
+static void plugin_log(void *arg, int level, const char *model, const char *msg) {
+  static const char *names[] = {"debug", "info", "warn", "error"};
+  (void)arg;
+  fprintf(stderr, "level=%s model=%s msg=\"%s\"\n", names[level < 0 ? 0 : level > 3 ? 3 : level],
+          model ? model : "", msg ? msg : "");
+}
+
 /* Builds the context and registers the model as modelbufd would (one
  * construction, model_build.h), then makes it the benchmark's: on device
  * 0, never idle, never evicted. */
@@ -453,10 +461,15 @@ static int setup(const mbd_config *cfg, const mbd_model_config *mc, target *t) {
   mo.device = 0;
   mo.keep_alive_ms = MB_FOREVER;
   mo.pinned = 1;
+  mb_plugin_host host;
+  memset(&host, 0, sizeof(host));
+  host.size = sizeof(host);
+  host.log = plugin_log;
   mbd_build_env env;
   memset(&env, 0, sizeof(env));
   env.ctx = t->ctx;
   env.sup = t->sup;
+  env.plugin_host = &host;
   env.warn = build_warning;
   mbd_built b;
   if (mbd_model_build(&env, mc, &mo, &b, err, sizeof(err)) != 0)

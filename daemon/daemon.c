@@ -389,15 +389,27 @@ static void on_build_warning(void *arg, const char *model, const char *msg, cons
   mbd_log(arg, MBD_LOG_WARN, msg, "model=%s why=\"%s\"", model, why);
 }
 
+/* A plugin's log line, in the daemon's log (the library prints nothing). */
+static void on_plugin_log(void *arg, int level, const char *model, const char *msg) {
+  mbd_log(arg, (mbd_log_level)(level < 0 ? 0 : level > 3 ? 3 : level), msg ? msg : "",
+          "model=%s", model ? model : "");
+}
+
 static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, size_t err_len) {
   mb_model_opts mo;
   int rc = mbd_model_options(cfg, m->mc, d->ctx, &mo, err, err_len);
   if (rc != 0)
     return rc;
+  mb_plugin_host host;
+  memset(&host, 0, sizeof(host));
+  host.size = sizeof(host);
+  host.log = on_plugin_log;
+  host.log_arg = d;
   mbd_build_env env;
   memset(&env, 0, sizeof(env));
   env.ctx = d->ctx;
   env.sup = d->sup;
+  env.plugin_host = &host;
   env.on_line = on_worker_line;
   env.on_warning = on_worker_warning;
   env.cb_arg = d;

@@ -22,6 +22,7 @@
 
 #include "modelbuf/tensors.h"
 #include "alloc.h"
+#include "backend.h"
 #include "device.h"
 #include "tensor/loader.h"
 
@@ -208,7 +209,8 @@ static void drop_dev(mb_tensors_model *m) {
 }
 
 /* Opens the device of op if not open. A CUDA placement without a driver or
- * GPU gets the host device unless the model asked for no fallback. */
+ * GPU gets the host device unless the model asked for no fallback; the
+ * reason becomes a warning event of the model (mb__op_note). */
 static int ensure_dev(mb_tensors_model *m, mb_op *op) {
   if (m->dev != NULL) {
     if (m->dev_kind == op->device_kind && m->dev_ordinal == op->device_ordinal)
@@ -216,12 +218,17 @@ static int ensure_dev(mb_tensors_model *m, mb_op *op) {
     drop_dev(m); /* kept from an earlier placement (stable_addresses) */
   }
   mb__dev *d = NULL;
+  char note[256] = "";
   int rc = m->opts.no_fallback
-               ? mb__dev_open(op->device_kind, op->device_ordinal, &d, op->err, op->err_len)
-               : mb__dev_open_fallback(op->device_kind, op->device_ordinal, &d, op->err,
-                                       op->err_len);
-  if (rc != 0)
+               ? mb__dev_open(op->device_kind, op->device_ordinal, &d, note, sizeof(note))
+               : mb__dev_open_fallback(op->device_kind, op->device_ordinal, &d, note,
+                                       sizeof(note));
+  if (rc != 0) {
+    mb__set_err(op->err, op->err_len, "%s", note);
     return rc;
+  }
+  if (note[0])
+    mb__op_note(op, note);
   pthread_mutex_lock(&m->mu);
   m->dev = d;
   m->dev_kind = op->device_kind;

@@ -31,6 +31,7 @@
 
 #include "modelbuf/modelbuf.h"
 #include "alloc.h"
+#include "backend.h"
 #include "core_int.h"
 #include "device.h"
 
@@ -237,6 +238,12 @@ void mb_op_progress(mb_op *op, uint64_t done_bytes, uint64_t total_bytes) {
     return;
   __atomic_store_n(&j->progress_total, total_bytes, __ATOMIC_RELAXED);
   __atomic_store_n(&j->progress_done, done_bytes, __ATOMIC_RELAXED);
+}
+
+void mb__op_note(mb_op *op, const char *note) {
+  struct mb_job *j = op->priv;
+  if (j != NULL)
+    snprintf(j->note, sizeof(j->note), "%s", note);
 }
 
 /* Runs the backend function of a job; no core lock is held. */

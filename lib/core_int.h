@@ -116,6 +116,7 @@ struct mb_job {
   mb_usage usage;
   int have_usage;
   uint64_t progress_done, progress_total; /* atomics */
+  char note[192];        /* mb__op_note: a warning event if the job succeeds */
   struct mb_job *next;   /* completion list / pool queue / manual list */
 };
 

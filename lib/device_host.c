@@ -186,19 +186,6 @@ mb_device_kind mb__dev_kind(const mb__dev *d) { return d->kind; }
 /* ---- the host device in place of a missing GPU -------------------------- */
 
 static atomic_uint fallbacks;
-static pthread_mutex_t notice_mu = PTHREAD_MUTEX_INITIALIZER;
-static int notice_done; /* under notice_mu */
-
-/* One line for the process: the first reason is the one printed (it is the
- * same for every ordinal of a machine without a driver or GPU). */
-static void fallback_notice(const char *why) {
-  pthread_mutex_lock(&notice_mu);
-  if (!notice_done) {
-    notice_done = 1;
-    fprintf(stderr, "modelbuf: %s; using the host device (host memory) instead\n", why);
-  }
-  pthread_mutex_unlock(&notice_mu);
-}
 
 int mb__dev_open_fallback(mb_device_kind kind, int ordinal, mb__dev **out, char *err,
                           size_t err_len) {
@@ -218,7 +205,9 @@ int mb__dev_open_fallback(mb_device_kind kind, int ordinal, mb__dev **out, char 
   if (rc != 0)
     return rc;
   atomic_fetch_add(&fallbacks, 1);
-  fallback_notice(why);
+  /* Said to the caller, who decides who hears it: the library prints
+   * nothing. */
+  mb__set_err(err, err_len, "%s; using the host device (host memory) instead", why);
   return 0;
 #ifdef MB_HAVE_CUDA_H
 no_fallback:

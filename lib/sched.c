@@ -1293,6 +1293,8 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
         m->warnings &= ~MB_WARN_SLOW_LOAD;
       }
       become_ready(ctx, m, took, "loaded");
+      if (j->note[0])
+        mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, j->note);
     } else {
       m->stats.load_failures++;
       snprintf(m->error, sizeof(m->error), "%s", j->msg[0] ? j->msg : mb_strerror(j->rc));
@@ -1320,6 +1322,8 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
       m->stats.last_restore_ms = ms;
       charge_host(ctx, m, 0);
       become_ready(ctx, m, took, "restored");
+      if (j->note[0])
+        mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, j->note);
     } else {
       /* The host copy is of no use: free it and load cold for the waiters. */
       snprintf(m->error, sizeof(m->error), "restore failed: %s",

@@ -310,7 +310,9 @@ MB_EXTERN void mb_job_complete(mb_job *job, int rc, const char *msg, const mb_us
 typedef enum mb_event_type {
   MB_EVENT_STATE = 0, /* a state change: from -> to */
   MB_EVENT_EVICT,     /* the core chose this model as an eviction victim */
-  MB_EVENT_WARNING,   /* a new warning (slow load, memory growth) */
+  MB_EVENT_WARNING,   /* a new warning (slow load, memory growth), or a note of a
+                         backend whose operation succeeded anyway (the tensors
+                         backend on the host device for want of a GPU) */
   /* 3 is not used: progress of a load or restore is read from the status
    * (mb_status.progress_done / progress_total), never sent as an event. */
   MB_EVENT_LOST = 4   /* a resident model was lost (mb_model_lost); reason says why */

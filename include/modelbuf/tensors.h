@@ -271,10 +271,11 @@ MB_EXTERN int mb_tensors_index_parse(const void *buf, size_t len, const char *na
  * Devices: the host device, and CUDA devices when the library was built
  * with the CUDA headers and the driver (libcuda.so.1) and a GPU are present
  * at run time. A model placed on a CUDA device on a machine without a
- * driver or GPU runs on the host device instead, after one line on stderr
- * (once per process) giving the reason; set no_fallback to fail its load
- * with MB_ENODEV and that reason instead. A CUDA ordinal the machine's
- * driver does not have always fails with MB_ENODEV.
+ * driver or GPU runs on the host device instead, and each load or restore
+ * that does so sends the reason as an MB_EVENT_WARNING of the model (the
+ * library prints nothing); set no_fallback to fail its load with
+ * MB_ENODEV and that reason instead. A CUDA ordinal the machine's driver
+ * does not have always fails with MB_ENODEV.
  */
 typedef struct mb_tensors_model mb_tensors_model;
 
