@@ -31,14 +31,11 @@
 #include "expand.h"
 #include "modelbuf/modelbuf.h"
 
-/* Defaults (DESIGN §1, §2, §5). */
+/* Defaults (DESIGN §1, §2, §5). The core's own (keep-alive, queues,
+ * crash limits) are the library's MB_DEFAULT_* (modelbuf.h), used as they
+ * are in MBD_TUNING_MAP below. */
 #define MBD_DEFAULT_CONFIG_FILE "./modelbuf.yaml"
 #define MBD_DEFAULT_LISTEN "127.0.0.1:8686"
-#define MBD_DEFAULT_KEEP_ALIVE_MS (5 * 60 * 1000)
-#define MBD_DEFAULT_HOST_KEEP_ALIVE_MS (30 * 60 * 1000)
-#define MBD_DEFAULT_MAX_CONCURRENCY 1
-#define MBD_DEFAULT_MAX_QUEUE 64
-#define MBD_DEFAULT_QUEUE_TIMEOUT_MS (60 * 1000)
 #define MBD_DEFAULT_START_TIMEOUT_MS (120 * 1000)
 #define MBD_DEFAULT_STOP_TIMEOUT_MS (10 * 1000)
 #define MBD_DEFAULT_BUSY_TIMEOUT_MS 0 /* off */
@@ -48,8 +45,6 @@
 #define MBD_DEFAULT_HEALTH "/health"
 #define MBD_DEFAULT_HEALTH_INTERVAL_MS 0 /* off */
 #define MBD_DEFAULT_HEALTH_FAILURES 3
-#define MBD_DEFAULT_CRASH_LIMIT 3
-#define MBD_DEFAULT_CRASH_WINDOW_MS (5 * 60 * 1000)
 /* The front door (limits:, DESIGN §5), in the spirit of nginx's defaults. */
 #define MBD_DEFAULT_MAX_CONNECTIONS 10000
 #define MBD_DEFAULT_HEADER_TIMEOUT_MS (30 * 1000)
@@ -135,20 +130,20 @@ void mbd_listen_clear(mbd_listen *l);
  *   crash_window       the window of crash_limit; forever
  */
 #define MBD_TUNING_MAP(XX)                                                                 \
-  XX(keep_alive_ms, "keep_alive", DUR, MBD_DEFAULT_KEEP_ALIVE_MS, -1, 0)                   \
+  XX(keep_alive_ms, "keep_alive", DUR, MB_DEFAULT_KEEP_ALIVE_MS, -1, 0)                    \
   XX(offload, "offload", BOOL, 1, 0, 1)                                                    \
-  XX(host_keep_alive_ms, "host_keep_alive", DUR, MBD_DEFAULT_HOST_KEEP_ALIVE_MS, -1, 0)    \
-  XX(max_concurrency, "max_concurrency", INT, MBD_DEFAULT_MAX_CONCURRENCY, 1, 100000)      \
-  XX(max_queue, "max_queue", INT, MBD_DEFAULT_MAX_QUEUE, 0, 10000000)                      \
-  XX(queue_timeout_ms, "queue_timeout", DUR, MBD_DEFAULT_QUEUE_TIMEOUT_MS, -1, 0)          \
+  XX(host_keep_alive_ms, "host_keep_alive", DUR, MB_DEFAULT_HOST_KEEP_ALIVE_MS, -1, 0)     \
+  XX(max_concurrency, "max_concurrency", INT, MB_DEFAULT_MAX_CONCURRENCY, 1, 100000)       \
+  XX(max_queue, "max_queue", INT, MB_DEFAULT_MAX_QUEUE, 0, 10000000)                       \
+  XX(queue_timeout_ms, "queue_timeout", DUR, MB_DEFAULT_QUEUE_TIMEOUT_MS, -1, 0)           \
   XX(start_timeout_ms, "start_timeout", DUR, MBD_DEFAULT_START_TIMEOUT_MS, 1, 0)           \
   XX(stop_timeout_ms, "stop_timeout", DUR, MBD_DEFAULT_STOP_TIMEOUT_MS, 0, 0)              \
   XX(busy_timeout_ms, "busy_timeout", DUR, MBD_DEFAULT_BUSY_TIMEOUT_MS, 0, 0)              \
   XX(request_buffering, "request_buffering", BOOL, 1, 0, 1)                                \
   XX(health_interval_ms, "health_interval", DUR, MBD_DEFAULT_HEALTH_INTERVAL_MS, 0, 0)     \
-  XX(health_failures, "health_failures", INT, MBD_DEFAULT_HEALTH_FAILURES, 1, 1000)          \
-  XX(crash_limit, "crash_limit", INT, MBD_DEFAULT_CRASH_LIMIT, 0, MB_CRASH_LIMIT_MAX)       \
-  XX(crash_window_ms, "crash_window", DUR, MBD_DEFAULT_CRASH_WINDOW_MS, -1, 0)
+  XX(health_failures, "health_failures", INT, MBD_DEFAULT_HEALTH_FAILURES, 1, 1000)        \
+  XX(crash_limit, "crash_limit", INT, MB_DEFAULT_CRASH_LIMIT, 0, MB_CRASH_LIMIT_MAX)       \
+  XX(crash_window_ms, "crash_window", DUR, MB_DEFAULT_CRASH_WINDOW_MS, -1, 0)
 
 #define MBD__TUNING_CTYPE_DUR int64_t
 #define MBD__TUNING_CTYPE_INT int

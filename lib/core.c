@@ -51,20 +51,20 @@ uint64_t mb_clock_monotonic(void *arg) {
 void mb_ctx_opts_init(mb_ctx_opts *o) {
   memset(o, 0, sizeof(*o));
   o->eviction = MB_EVICT_LRU;
-  o->keep_alive_ms = MB_DEFAULT;
+  o->keep_alive_ms = MB_DEFAULT; /* resolved by mb_ctx_new */
 }
 
 void mb_model_opts_init(mb_model_opts *o) {
   memset(o, 0, sizeof(*o));
-  o->keep_alive_ms = MB_DEFAULT;
+  o->keep_alive_ms = MB_DEFAULT;      /* the context's, resolved by mb_model_add */
   o->offload = 1;
-  o->host_keep_alive_ms = MB_DEFAULT;
+  o->host_keep_alive_ms = MB_DEFAULT; /* MB_DEFAULT_HOST_KEEP_ALIVE_MS */
   o->device = 0;
-  o->max_concurrency = 1;
-  o->max_queue = 64;
-  o->queue_timeout_ms = 60000;
-  o->crash_limit = 3;
-  o->crash_window_ms = 5 * 60 * 1000;
+  o->max_concurrency = MB_DEFAULT_MAX_CONCURRENCY;
+  o->max_queue = MB_DEFAULT_MAX_QUEUE;
+  o->queue_timeout_ms = MB_DEFAULT_QUEUE_TIMEOUT_MS;
+  o->crash_limit = MB_DEFAULT_CRASH_LIMIT;
+  o->crash_window_ms = MB_DEFAULT_CRASH_WINDOW_MS;
   o->queue_timeout_excludes_load = 0;
 }
 
@@ -531,9 +531,9 @@ int mb_ctx_new(const mb_ctx_opts *opts, mb_ctx **out, char *err, size_t err_len)
     return MB_EINVAL;
   }
   if (o.keep_alive_ms == MB_DEFAULT)
-    o.keep_alive_ms = 5 * 60 * 1000;
+    o.keep_alive_ms = MB_DEFAULT_KEEP_ALIVE_MS;
   if (o.loader_threads == 0)
-    o.loader_threads = 4;
+    o.loader_threads = MB_DEFAULT_LOADER_THREADS;
 
   mb_ctx *ctx = mb__calloc(1, sizeof(*ctx));
   if (ctx == NULL)
@@ -878,7 +878,7 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
   if (o.keep_alive_ms == MB_DEFAULT)
     o.keep_alive_ms = ctx->opts.keep_alive_ms;
   if (o.host_keep_alive_ms == MB_DEFAULT)
-    o.host_keep_alive_ms = 30 * 60 * 1000;
+    o.host_keep_alive_ms = MB_DEFAULT_HOST_KEEP_ALIVE_MS;
   o.offload = o.offload ? 1 : 0;
   o.queue_timeout_excludes_load = o.queue_timeout_excludes_load ? 1 : 0;
 

@@ -146,6 +146,20 @@ MB_EXTERN mb_location mb_state_location(mb_state s);
 /* Special device index for mb_model_opts.device: place where it fits best. */
 #define MB_DEVICE_AUTO (-1)
 
+/*
+ * The defaults: what mb_ctx_opts_init and mb_model_opts_init fill in, what
+ * MB_DEFAULT resolves to, and what modelbufd's configuration starts from.
+ * One list, so a default is changed in one place.
+ */
+#define MB_DEFAULT_KEEP_ALIVE_MS (5 * 60 * 1000)       /* READY after the last release */
+#define MB_DEFAULT_HOST_KEEP_ALIVE_MS (30 * 60 * 1000) /* OFFLOADED before a full release */
+#define MB_DEFAULT_MAX_CONCURRENCY 1                   /* leases at once per model */
+#define MB_DEFAULT_MAX_QUEUE 64                        /* waiters per model */
+#define MB_DEFAULT_QUEUE_TIMEOUT_MS (60 * 1000)        /* bound on a waiter's wait */
+#define MB_DEFAULT_CRASH_LIMIT 3                       /* losses within the window that FAIL */
+#define MB_DEFAULT_CRASH_WINDOW_MS (5 * 60 * 1000)
+#define MB_DEFAULT_LOADER_THREADS 4                    /* threaded mode's loader pool */
+
 /* ------------------------------------------------------------------------ */
 /* Clock                                                                     */
 
