@@ -162,6 +162,16 @@ int mb__lease_insert_locked(mb_ctx *ctx, mb__lease *l) {
   return 0;
 }
 
+/* The lease with that id in the table, or NULL (post_lock held). */
+static mb__lease *lease_find_locked(mb_ctx *ctx, uint64_t id) {
+  if (ctx->lease_tab_cap == 0)
+    return NULL;
+  mb__lease *l = ctx->lease_tab[id & (ctx->lease_tab_cap - 1)];
+  while (l && l->id != id)
+    l = l->hnext;
+  return l;
+}
+
 mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id) {
   if (ctx->lease_tab_cap == 0 || id == 0)
     return NULL;
@@ -185,11 +195,14 @@ int mb__leases_lose_locked(mb_ctx *ctx, mb__model *m) {
         n++;
       }
   /* Released but not dropped yet: counted out now, freed when dropped. */
-  for (mb__lease *l = ctx->rel_head; l; l = l->pnext)
+  mb__queue *q;
+  mb__queue_foreach(q, &ctx->released) {
+    mb__lease *l = mb__queue_data(q, mb__lease, rel_node);
     if (l->m == m && !l->lost) {
       l->lost = 1;
       n++;
     }
+  }
   return n;
 }
 
@@ -203,24 +216,14 @@ static void wake_locked(mb_ctx *ctx) {
 
 static void post(mb_ctx *ctx, mb__req *r) {
   pthread_mutex_lock(&ctx->post_lock);
-  r->next = NULL;
-  if (ctx->post_tail)
-    ctx->post_tail->next = r;
-  else
-    ctx->post_head = r;
-  ctx->post_tail = r;
+  mb__queue_insert_tail(&ctx->posted, &r->node);
   wake_locked(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
 }
 
 void mb__post_job_done(mb_ctx *ctx, struct mb_job *job) {
   pthread_mutex_lock(&ctx->post_lock);
-  job->next = NULL;
-  if (ctx->done_tail)
-    ctx->done_tail->next = job;
-  else
-    ctx->done_head = job;
-  ctx->done_tail = job;
+  mb__queue_insert_tail(&ctx->done, &job->node);
   wake_locked(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
 }
@@ -298,17 +301,11 @@ void mb_job_complete(mb_job *job, int rc, const char *msg, const mb_usage *usage
 void mb__submit_job_locked(mb_ctx *ctx, struct mb_job *job) {
   if (ctx->opts.manual) {
     /* Handed to the executor after the step, outside core_lock. */
-    job->next = ctx->manual_jobs;
-    ctx->manual_jobs = job;
+    mb__queue_insert_tail(&ctx->manual_jobs, &job->node);
     return;
   }
   pthread_mutex_lock(&ctx->pool_lock);
-  job->next = NULL;
-  if (ctx->pool_tail)
-    ctx->pool_tail->next = job;
-  else
-    ctx->pool_head = job;
-  ctx->pool_tail = job;
+  mb__queue_insert_tail(&ctx->pool, &job->node);
   pthread_cond_signal(&ctx->pool_cond);
   pthread_mutex_unlock(&ctx->pool_lock);
 }
@@ -317,14 +314,13 @@ static void *loader_main(void *arg) {
   mb_ctx *ctx = arg;
   pthread_mutex_lock(&ctx->pool_lock);
   for (;;) {
-    while (ctx->pool_head == NULL && !ctx->pool_stop)
+    while (mb__queue_empty(&ctx->pool) && !ctx->pool_stop)
       pthread_cond_wait(&ctx->pool_cond, &ctx->pool_lock);
-    if (ctx->pool_head == NULL)
+    mb__queue *q = mb__queue_first(&ctx->pool);
+    if (q == NULL)
       break;
-    struct mb_job *j = ctx->pool_head;
-    ctx->pool_head = j->next;
-    if (ctx->pool_head == NULL)
-      ctx->pool_tail = NULL;
+    mb__queue_remove(q);
+    struct mb_job *j = mb__queue_data(q, struct mb_job, node);
     pthread_mutex_unlock(&ctx->pool_lock);
     mb_job_run(j);
     pthread_mutex_lock(&ctx->pool_lock);
@@ -336,15 +332,18 @@ static void *loader_main(void *arg) {
 /* ------------------------------------------------------------------------ */
 /* Stepping                                                                  */
 
-static void deliver(mb_ctx *ctx, mb__event_buf *ev, mb__req *answered, struct mb_job *jobs,
-                    mb__model *cancels, mb__model *graveyard) {
+/* Everything a step left for after core_lock, in this order; each list is
+ * emptied (the models in graveyard freed). */
+static void deliver(mb_ctx *ctx, mb__event_buf *ev, mb__queue *answered, mb__queue *jobs,
+                    mb__queue *cancels, mb__queue *graveyard) {
+  mb__queue *q;
   /* Loads to cancel first: the sooner a backend hears, the sooner it stops. */
-  while (cancels) {
-    mb__model *next = cancels->cancel_next;
-    cancels->cancel_queued = 0;
-    mb_op op = cancels->cancel_op;
-    cancels->be->cancel(&op);
-    cancels = next;
+  while ((q = mb__queue_first(cancels)) != NULL) {
+    mb__queue_remove(q);
+    mb__model *m = mb__queue_data(q, mb__model, cancel_node);
+    m->cancel_queued = 0;
+    mb_op op = m->cancel_op;
+    m->be->cancel(&op);
   }
   for (size_t i = 0; i < ev->len; i++) {
     ev->items[i].reason = ev->reasons[i];
@@ -356,38 +355,29 @@ static void deliver(mb_ctx *ctx, mb__event_buf *ev, mb__req *answered, struct mb
   mb__free(ev->items);
   mb__free(ev->reasons);
   mb__free(ev->models);
-  while (answered) {
-    mb__req *next = answered->next;
+  while ((q = mb__queue_first(answered)) != NULL) {
+    mb__queue_remove(q);
+    mb__req *r = mb__queue_data(q, mb__req, node);
     mb_result res;
     memset(&res, 0, sizeof(res));
-    res.rc = answered->rc;
-    res.lease = answered->lease;
-    res.queue_ns = answered->queue_ns;
-    res.load_ns = answered->load_ns;
-    res.message = answered->msg;
-    if (answered->done)
-      answered->done(&res, answered->arg);
-    mb__free(answered->name);
-    mb__free(answered);
-    answered = next;
+    res.rc = r->rc;
+    res.lease = r->lease;
+    res.queue_ns = r->queue_ns;
+    res.load_ns = r->load_ns;
+    res.message = r->msg;
+    if (r->done)
+      r->done(&res, r->arg);
+    mb__free(r->name);
+    mb__free(r);
   }
   /* Manual executor: jobs in the order the core started them. */
-  struct mb_job *rev = NULL;
-  while (jobs) {
-    struct mb_job *next = jobs->next;
-    jobs->next = rev;
-    rev = jobs;
-    jobs = next;
+  while ((q = mb__queue_first(jobs)) != NULL) {
+    mb__queue_remove(q);
+    ctx->opts.executor.submit(ctx->opts.executor.arg, mb__queue_data(q, struct mb_job, node));
   }
-  while (rev) {
-    struct mb_job *next = rev->next;
-    ctx->opts.executor.submit(ctx->opts.executor.arg, rev);
-    rev = next;
-  }
-  while (graveyard) {
-    mb__model *next = graveyard->gnext;
-    mb__model_destroy(graveyard);
-    graveyard = next;
+  while ((q = mb__queue_first(graveyard)) != NULL) {
+    mb__queue_remove(q);
+    mb__model_destroy(mb__queue_data(q, mb__model, grave_node));
   }
 }
 
@@ -396,43 +386,32 @@ static int step(mb_ctx *ctx) {
   pthread_mutex_lock(&ctx->core_lock);
   ctx->now = ctx->opts.clock(ctx->opts.clock_arg);
   pthread_mutex_lock(&ctx->post_lock);
-  mb__req *reqs = ctx->post_head;
-  mb__lease *rels = ctx->rel_head;
-  struct mb_job *done = ctx->done_head;
+  mb__queue reqs, rels, done;
+  mb__queue_move(&ctx->posted, &reqs);
+  mb__queue_move(&ctx->released, &rels);
+  mb__queue_move(&ctx->done, &done);
   /* Leases renewed to an earlier deadline: their timers move now (a lease
    * is freed only by this thread, after this, so each is still here). */
-  for (mb__lease *l = ctx->renew_head; l != NULL; l = l->rnext) {
+  mb__queue *rq;
+  while ((rq = mb__queue_first(&ctx->renewed)) != NULL) {
+    mb__queue_remove(rq);
+    mb__lease *l = mb__queue_data(rq, mb__lease, renew_node);
     l->renewed = 0;
     if (!l->released)
       mb__heap_arm(&ctx->heap, &l->timer, l->ttl_deadline);
   }
-  ctx->renew_head = NULL;
-  ctx->post_head = ctx->post_tail = NULL;
-  ctx->rel_head = NULL;
-  ctx->done_head = ctx->done_tail = NULL;
   ctx->wake = 0;
   pthread_mutex_unlock(&ctx->post_lock);
-  /* Releases were pushed newest first: put them back in order. */
-  mb__lease *ordered = NULL;
-  while (rels) {
-    mb__lease *next = rels->pnext;
-    rels->pnext = ordered;
-    ordered = rels;
-    rels = next;
-  }
-  int n = mb__step_locked(ctx, reqs, ordered, done);
+  int n = mb__step_locked(ctx, &reqs, &rels, &done);
   mb__event_buf ev = ctx->events;
   memset(&ctx->events, 0, sizeof(ctx->events));
-  mb__req *answered = ctx->answered_head;
-  ctx->answered_head = ctx->answered_tail = NULL;
-  struct mb_job *jobs = ctx->manual_jobs;
-  ctx->manual_jobs = NULL;
-  mb__model *graveyard = ctx->graveyard;
-  ctx->graveyard = NULL;
-  mb__model *cancels = ctx->cancel_head;
-  ctx->cancel_head = NULL;
+  mb__queue answered, jobs, graveyard, cancels;
+  mb__queue_move(&ctx->answered, &answered);
+  mb__queue_move(&ctx->manual_jobs, &jobs);
+  mb__queue_move(&ctx->graveyard, &graveyard);
+  mb__queue_move(&ctx->cancels, &cancels);
   pthread_mutex_unlock(&ctx->core_lock);
-  deliver(ctx, &ev, answered, jobs, cancels, graveyard);
+  deliver(ctx, &ev, &answered, &jobs, &cancels, &graveyard);
   return n;
 }
 
@@ -539,6 +518,11 @@ int mb_ctx_new(const mb_ctx_opts *opts, mb_ctx **out, char *err, size_t err_len)
   if (ctx == NULL)
     goto fail_alloc;
   ctx->opts = o;
+  mb__queue *const lists[] = {&ctx->posted,   &ctx->released, &ctx->renewed,     &ctx->done,
+                              &ctx->pool,     &ctx->adm,      &ctx->adm1,        &ctx->dirty,
+                              &ctx->answered, &ctx->graveyard, &ctx->manual_jobs, &ctx->cancels};
+  for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+    mb__queue_init(lists[i]);
   if (o.host_budget_bytes == 0) {
     struct sysinfo si;
     uint64_t total = 0;
@@ -697,35 +681,34 @@ int mb_ctx_free(mb_ctx *ctx) {
      * this thread (no job is out: checked above). */
     mb__event_buf ev = ctx->events;
     memset(&ctx->events, 0, sizeof(ctx->events));
-    mb__req *answered = ctx->answered_head;
-    ctx->answered_head = ctx->answered_tail = NULL;
+    mb__queue answered, none;
+    mb__queue_move(&ctx->answered, &answered);
+    mb__queue_init(&none);
     pthread_mutex_unlock(&ctx->core_lock);
-    deliver(ctx, &ev, answered, NULL, NULL, NULL);
+    deliver(ctx, &ev, &answered, &none, &none, &none);
     unload_all_direct(ctx);
   }
   /* Whatever may still be posted gets answered and freed; leases released
    * after the last step (manual mode) are freed. */
   pthread_mutex_lock(&ctx->post_lock);
-  mb__req *reqs = ctx->post_head;
-  ctx->post_head = ctx->post_tail = NULL;
-  mb__lease *rels = ctx->rel_head;
-  ctx->rel_head = NULL;
-  ctx->renew_head = NULL;
+  mb__queue reqs, rels, *q;
+  mb__queue_move(&ctx->posted, &reqs);
+  mb__queue_move(&ctx->released, &rels);
+  mb__queue_init(&ctx->renewed);
   pthread_mutex_unlock(&ctx->post_lock);
-  while (rels) {
-    mb__lease *next = rels->pnext;
-    mb__free(rels);
-    rels = next;
+  while ((q = mb__queue_first(&rels)) != NULL) {
+    mb__queue_remove(q);
+    mb__free(mb__queue_data(q, mb__lease, rel_node));
   }
-  while (reqs) {
-    mb__req *next = reqs->next;
-    if (reqs->done) {
+  while ((q = mb__queue_first(&reqs)) != NULL) {
+    mb__queue_remove(q);
+    mb__req *r = mb__queue_data(q, mb__req, node);
+    if (r->done) {
       mb_result res = {MB_ESHUTDOWN, {0, 0}, 0, 0, "context is shutting down"};
-      reqs->done(&res, reqs->arg);
+      r->done(&res, r->arg);
     }
-    mb__free(reqs->name);
-    mb__free(reqs);
-    reqs = next;
+    mb__free(r->name);
+    mb__free(r);
   }
   for (int i = 0; i < ctx->nmodels; i++)
     mb__model_destroy(ctx->models[i]);
@@ -742,10 +725,9 @@ int mb_ctx_free(mb_ctx *ctx) {
   pthread_mutex_destroy(&ctx->pool_lock);
   pthread_mutex_destroy(&ctx->post_lock);
   pthread_mutex_destroy(&ctx->core_lock);
-  while (ctx->graveyard) {
-    mb__model *next = ctx->graveyard->gnext;
-    mb__model_destroy(ctx->graveyard);
-    ctx->graveyard = next;
+  while ((q = mb__queue_first(&ctx->graveyard)) != NULL) {
+    mb__queue_remove(q);
+    mb__model_destroy(mb__queue_data(q, mb__model, grave_node));
   }
   mb__free(ctx);
   return 0;
@@ -783,15 +765,22 @@ int mb_device_add(mb_ctx *ctx, const mb_device_opts *opts, int *index, char *err
     return MB_EINVAL;
   }
   pthread_mutex_lock(&ctx->core_lock);
-  mb__device *devs = mb__realloc(ctx->devs, (size_t)(ctx->ndev + 1) * sizeof(*devs));
+  /* A new array, not realloc: each device's list of resident models is
+   * moved to its new head (a list's head may not move under it). */
+  mb__device *devs = mb__calloc((size_t)ctx->ndev + 1, sizeof(*devs));
   if (devs == NULL) {
     pthread_mutex_unlock(&ctx->core_lock);
     mb__set_err(err, err_len, "out of memory");
     return MB_ENOMEM;
   }
+  for (int i = 0; i < ctx->ndev; i++) {
+    devs[i] = ctx->devs[i];
+    mb__queue_move(&ctx->devs[i].res_list, &devs[i].res_list);
+  }
+  mb__free(ctx->devs);
   ctx->devs = devs;
   mb__device *d = &devs[ctx->ndev];
-  memset(d, 0, sizeof(*d));
+  mb__queue_init(&d->res_list);
   d->opts = o;
   d->index = ctx->ndev;
   d->capacity = capacity;
@@ -897,6 +886,11 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
   m->device = -1;
   m->ka_current = o.keep_alive_ms;
   mb__timer_init(&m->timer, MB__T_MODEL);
+  mb__queue *const lists[] = {&m->wq,        &m->lw,        &m->ow,          &m->adm_node,
+                              &m->adm1_node, &m->dirty_node, &m->dev_node,   &m->cancel_node,
+                              &m->grave_node, &m->job.node};
+  for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+    mb__queue_init(lists[i]);
 
   pthread_mutex_lock(&ctx->core_lock);
   if (ctx->shutting_down) {
@@ -994,6 +988,8 @@ static mb__req *req_new(mb_ctx *ctx, mb__req_type type, const char *name, mb_don
   r->timeout_ms = MB_DEFAULT;
   r->keep_alive_ms = MB_DEFAULT;
   mb__timer_init(&r->timer, MB__T_WAIT);
+  mb__queue_init(&r->node);
+  mb__queue_init(&r->wnode);
   pthread_mutex_lock(&ctx->post_lock);
   r->id = ++ctx->next_req_id;
   pthread_mutex_unlock(&ctx->post_lock);
@@ -1039,11 +1035,16 @@ static void timer_armed_locked(mb_ctx *ctx, uint64_t deadline) {
 }
 
 /* Whether anything is posted to the core: then a fast path would overtake
- * it, and must not. core_lock held. */
+ * it, and must not. post_lock held. */
+static int posted_locked(const mb_ctx *ctx) {
+  return !mb__queue_empty(&ctx->posted) || !mb__queue_empty(&ctx->released) ||
+         !mb__queue_empty(&ctx->done) || !mb__queue_empty(&ctx->renewed);
+}
+
+/* The same, taking post_lock (core_lock held). */
 static int posted(mb_ctx *ctx) {
   pthread_mutex_lock(&ctx->post_lock);
-  int any = ctx->post_head != NULL || ctx->rel_head != NULL || ctx->done_head != NULL ||
-            ctx->renew_head != NULL;
+  int any = posted_locked(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
   return any;
 }
@@ -1103,13 +1104,9 @@ static int release_fast(mb_ctx *ctx, mb_lease lease, int *rc) {
   int done = 0;
   uint64_t armed = 0;
   pthread_mutex_lock(&ctx->post_lock);
-  int quiet = ctx->post_head == NULL && ctx->rel_head == NULL && ctx->done_head == NULL &&
-              ctx->renew_head == NULL;
   mb__lease *l = NULL;
-  if (quiet && ctx->lease_tab_cap) {
-    l = ctx->lease_tab[lease.id & (ctx->lease_tab_cap - 1)];
-    while (l && l->id != lease.id)
-      l = l->hnext;
+  if (!posted_locked(ctx)) {
+    l = lease_find_locked(ctx, lease.id);
     if (l && (l->released || l->lost || l->ttl_deadline != 0))
       l = NULL;
   }
@@ -1127,8 +1124,7 @@ static int release_fast(mb_ctx *ctx, mb_lease lease, int *rc) {
       /* Not settled here after all: the core's way, as mb_release does. */
       pthread_mutex_lock(&ctx->post_lock);
       taken->released = 1;
-      taken->pnext = ctx->rel_head;
-      ctx->rel_head = taken;
+      mb__queue_insert_tail(&ctx->released, &taken->rel_node);
       wake_locked(ctx);
       pthread_mutex_unlock(&ctx->post_lock);
       done = 1;
@@ -1155,8 +1151,7 @@ int mb_release(mb_ctx *ctx, mb_lease lease) {
   }
   int rc = l->lost ? MB_ELOST : 0;
   l->released = 1;
-  l->pnext = ctx->rel_head;
-  ctx->rel_head = l;
+  mb__queue_insert_tail(&ctx->released, &l->rel_node);
   wake_locked(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
   return rc;
@@ -1168,27 +1163,22 @@ int mb_lease_renew(mb_ctx *ctx, mb_lease lease, int64_t ttl_ms) {
   int rc = MB_EINVAL;
   uint64_t now = ctx->opts.clock(ctx->opts.clock_arg);
   pthread_mutex_lock(&ctx->post_lock);
-  if (ctx->lease_tab_cap) {
-    mb__lease *l = ctx->lease_tab[lease.id & (ctx->lease_tab_cap - 1)];
-    while (l && l->id != lease.id)
-      l = l->hnext;
-    if (l && !l->released && l->lost) {
-      rc = MB_ELOST;
-    } else if (l && !l->released) {
-      if (l->ttl_deadline == 0) {
-        rc = MB_EINVAL; /* a lease without TTL has nothing to renew */
-      } else {
-        uint64_t was = l->ttl_deadline;
-        l->ttl_deadline = now + mb__ms_to_ns(ttl_ms);
-        rc = 0;
-        /* A later deadline is seen when the armed timer fires; an earlier
-         * one needs the core to move the timer. */
-        if (l->ttl_deadline < was && !l->renewed) {
-          l->renewed = 1;
-          l->rnext = ctx->renew_head;
-          ctx->renew_head = l;
-          wake_locked(ctx);
-        }
+  mb__lease *l = lease_find_locked(ctx, lease.id);
+  if (l && !l->released && l->lost) {
+    rc = MB_ELOST;
+  } else if (l && !l->released) {
+    if (l->ttl_deadline == 0) {
+      rc = MB_EINVAL; /* a lease without TTL has nothing to renew */
+    } else {
+      uint64_t was = l->ttl_deadline;
+      l->ttl_deadline = now + mb__ms_to_ns(ttl_ms);
+      rc = 0;
+      /* A later deadline is seen when the armed timer fires; an earlier
+       * one needs the core to move the timer. */
+      if (l->ttl_deadline < was && !l->renewed) {
+        l->renewed = 1;
+        mb__queue_insert_head(&ctx->renewed, &l->renew_node);
+        wake_locked(ctx);
       }
     }
   }

@@ -26,6 +26,7 @@
 
 #include "modelbuf/modelbuf.h"
 #include "heap.h"
+#include "queue.h"
 
 /* Timer kinds. */
 enum { MB__T_MODEL = 1, MB__T_WAIT = 2, MB__T_TTL = 3 };
@@ -50,8 +51,8 @@ typedef struct mb__model mb__model;
  * until it is answered; every request is answered exactly once through done.
  */
 typedef struct mb__req {
-  struct mb__req *next;          /* post queue / answered list */
-  struct mb__req *qprev, *qnext; /* a model's waiter list */
+  mb__queue node;                /* post queue, then the answered list */
+  mb__queue wnode;               /* a model's waiters (wq, lw or ow) */
   mb__req_type type;
   uint64_t id;
   char *name;                    /* the model's name (owned) */
@@ -92,11 +93,11 @@ typedef struct mb__lease {
   uint64_t ttl_deadline;/* under post_lock; 0 = no TTL */
   mb__timer timer;      /* TTL check, core-owned */
   struct mb__lease *hnext;  /* lease table chain */
-  struct mb__lease *pnext;  /* release list (post queue of releases) */
+  mb__queue rel_node;       /* the released leases (post_lock) */
   /* In the list of leases renewed to an earlier deadline than the armed
    * timer's (under post_lock): the core re-arms their timers. */
   int renewed;
-  struct mb__lease *rnext;
+  mb__queue renew_node;
 } mb__lease;
 
 /* A backend job; one per model at most, so it lives inside the model. */
@@ -117,7 +118,7 @@ struct mb_job {
   int have_usage;
   uint64_t progress_done, progress_total; /* atomics */
   char note[192];        /* mb__op_note: a warning event if the job succeeds */
-  struct mb_job *next;   /* completion list / pool queue / manual list */
+  mb__queue node;        /* completion list / pool queue / manual list */
 };
 
 typedef struct mb__device {
@@ -131,7 +132,7 @@ typedef struct mb__device {
   uint64_t leaving_bytes;
   int loads;           /* LOADING + RESTORING */
   int leases;
-  mb__model *res_head; /* models charged here (on_dev), via dev_next/dev_prev */
+  mb__queue res_list;  /* models charged here (on_dev), newest first, via dev_node */
   /* Admission plan (sched.c): this device's eviction candidates, sorted,
    * at ctx->plan[plan_off .. plan_off + plan_n), valid while plan_gen ==
    * ctx->plan_gen. */
@@ -169,26 +170,26 @@ struct mb__model {
   int64_t ka_current;        /* effective keep-alive (ms) */
   uint64_t idle_since;       /* when the idle clock started */
   mb__timer timer;           /* idle expiry (READY) or host keep-alive (OFFLOADED) */
-  /* Waiters. */
-  mb__req *wq_head, *wq_tail; /* acquires, by priority then arrival */
+  /* Waiters (their wnode). */
+  mb__queue wq;              /* acquires, by priority then arrival */
   int nwait;
-  mb__req *lw_head;          /* explicit loads waiting for READY */
-  mb__req *ow_head;          /* offload/unload requests waiting */
+  mb__queue lw;              /* explicit loads waiting for READY, newest first */
+  mb__queue ow;              /* offload/unload requests waiting, newest first */
   int offload_pending, unload_pending, removing;
   /* Admission. */
   int admit_pending;
   uint64_t admit_seq;
-  mb__model *adm_prev, *adm_next;
-  /* Also in the list of admissions bound to one device (adm1_*). */
+  mb__queue adm_node;
+  /* Also in the list of admissions bound to one device (adm1). */
   int adm_single;
-  mb__model *adm1_prev, *adm1_next;
+  mb__queue adm1_node;
   /* Dirty list. */
   int dirty;
-  mb__model *dirty_next;
+  mb__queue dirty_node;
   /* Memory. */
   uint64_t dev_charge, host_charge;
   int on_dev;                 /* counted in its device's used/resident */
-  mb__model *dev_prev, *dev_next; /* its device's resident list while on_dev */
+  mb__queue dev_node;         /* its device's resident list while on_dev */
   int leaving;                /* counted in its device's leaving */
   uint64_t measured_fp;       /* peak device bytes of the last residency (0 unknown) */
   uint64_t measured_host;     /* host bytes of the last offload (0 unknown) */
@@ -220,14 +221,14 @@ struct mb__model {
   int cancel_pending;
   int cancel_queued;
   mb_op cancel_op;
-  mb__model *cancel_next;
+  mb__queue cancel_node;
   unsigned warnings;
   char warning_text[256];
   mb_stats stats;
   uint64_t load_count_for_avg;
   struct mb_job job;
   mb__model *hnext;          /* name table chain */
-  mb__model *gnext;          /* graveyard */
+  mb__queue grave_node;      /* the graveyard */
 };
 
 typedef struct mb__event_buf {
@@ -249,10 +250,10 @@ struct mb_ctx {
   pthread_cond_t pool_cond;
 
   /* Under post_lock. */
-  mb__req *post_head, *post_tail;
-  mb__lease *rel_head;        /* released leases */
-  mb__lease *renew_head;      /* leases whose deadline moved earlier */
-  struct mb_job *done_head, *done_tail;
+  mb__queue posted;           /* requests (node), in order */
+  mb__queue released;         /* released leases (rel_node), in order */
+  mb__queue renewed;          /* leases whose deadline moved earlier, newest first */
+  mb__queue done;             /* completed jobs (node), in order */
   mb__lease **lease_tab;
   size_t lease_tab_cap, lease_count;
   uint64_t next_lease_id;
@@ -268,7 +269,7 @@ struct mb_ctx {
   uint64_t timers_moved;
 
   /* Under pool_lock. */
-  struct mb_job *pool_head, *pool_tail;
+  mb__queue pool;             /* jobs for the loader threads (node) */
   int pool_stop;
   pthread_t *loaders;
   int nloaders;
@@ -284,15 +285,15 @@ struct mb_ctx {
   mb__model **name_tab;
   size_t name_tab_cap;
   mb__heap heap;
-  mb__model *adm_head, *adm_tail;
+  mb__queue adm;              /* models waiting for memory, oldest first (adm_node) */
   /* The waiting models bound to one device (a restore, or a fixed device),
-   * in admission order; the others may go on any device: how many, and
-   * bounds of their footprints. */
-  mb__model *adm1_head, *adm1_tail;
+   * in admission order (adm1_node); the others may go on any device: how
+   * many, and bounds of their footprints. */
+  mb__queue adm1;
   int adm_any;
   uint64_t adm_any_min, adm_any_max;
   uint64_t adm_seq;
-  mb__model *dirty_head, *dirty_tail;
+  mb__queue dirty;            /* models to advance, in order (dirty_node) */
   int devs_dirty;
   uint64_t req_seq;
   uint64_t host_budget, host_used;
@@ -318,10 +319,10 @@ struct mb_ctx {
   double auto_min_cost;
   int shutting_down;
   int jobs_busy;
-  struct mb_job *manual_jobs; /* handed to the executor after the step */
-  mb__req *answered_head, *answered_tail;
-  mb__model *graveyard;
-  mb__model *cancel_head;     /* backend cancels to call after the step */
+  mb__queue manual_jobs;      /* handed to the executor after the step, in order */
+  mb__queue answered;         /* answers to deliver after the step, in order */
+  mb__queue graveyard;        /* removed models to free after the step, newest first */
+  mb__queue cancels;          /* backend cancels to call after the step, newest first */
   mb__event_buf events;
   uint64_t event_seq;
   uint64_t events_dropped;
@@ -346,8 +347,9 @@ int mb__try_grant_locked(mb_ctx *ctx, const char *name, const mb_acquire_opts *o
                          mb_result *out);
 int mb__try_release_locked(mb_ctx *ctx, mb__lease *l, uint64_t *armed);
 
-/* sched.c: the step, with core_lock held. */
-int mb__step_locked(mb_ctx *ctx, mb__req *reqs, mb__lease *rels, struct mb_job *done);
+/* sched.c: the step, with core_lock held: the requests, released leases
+ * and completed jobs taken from the post queue (each list emptied). */
+int mb__step_locked(mb_ctx *ctx, mb__queue *reqs, mb__queue *rels, mb__queue *done);
 void mb__event_locked(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state from,
                       mb_state to, const char *reason);
 uint64_t mb__footprint(const mb__model *m);

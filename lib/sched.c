@@ -107,24 +107,24 @@ static void answer(mb_ctx *ctx, mb__req *r, int rc, const char *fmt, ...) {
     mb__heap_unreserve(&ctx->heap);
     r->has_timer_slot = 0;
   }
-  r->next = NULL;
-  if (ctx->answered_tail)
-    ctx->answered_tail->next = r;
-  else
-    ctx->answered_head = r;
-  ctx->answered_tail = r;
+  mb__queue_insert_tail(&ctx->answered, &r->node);
 }
 
 static void mark_dirty(mb_ctx *ctx, mb__model *m) {
   if (m->dirty)
     return;
   m->dirty = 1;
-  m->dirty_next = NULL;
-  if (ctx->dirty_tail)
-    ctx->dirty_tail->dirty_next = m;
-  else
-    ctx->dirty_head = m;
-  ctx->dirty_tail = m;
+  mb__queue_insert_tail(&ctx->dirty, &m->dirty_node);
+}
+
+/* Leases on device dev ended: with a device-wide concurrency limit, every
+ * model there with waiters may use the freed slots. */
+static void device_slots_freed(mb_ctx *ctx, int dev) {
+  if (ctx->devs[dev].opts.concurrency <= 0)
+    return;
+  for (int i = 0; i < ctx->nmodels; i++)
+    if (ctx->models[i]->device == dev && !mb__queue_empty(&ctx->models[i]->wq))
+      mark_dirty(ctx, ctx->models[i]);
 }
 
 static void set_state(mb_ctx *ctx, mb__model *m, mb_state to, const char *reason) {
@@ -139,45 +139,30 @@ static void set_state(mb_ctx *ctx, mb__model *m, mb_state to, const char *reason
 /* ------------------------------------------------------------------------ */
 /* Waiter queues                                                             */
 
+#define REQ_OF(q) mb__queue_data(q, mb__req, wnode)
+
+/* The first request of a waiter list (wq, lw or ow), or NULL. */
+static mb__req *first_req(const mb__queue *h) {
+  mb__queue *q = mb__queue_first(h);
+  return q ? REQ_OF(q) : NULL;
+}
+
 static void wq_insert(mb__model *m, mb__req *r) {
-  mb__req *p = m->wq_tail;
+  mb__queue *p = m->wq.prev;
   /* Higher priority first; equal priority in arrival order. */
-  while (p != NULL && p->priority < r->priority)
-    p = p->qprev;
-  r->qprev = p;
-  r->qnext = p ? p->qnext : m->wq_head;
-  if (r->qnext)
-    r->qnext->qprev = r;
-  else
-    m->wq_tail = r;
-  if (p)
-    p->qnext = r;
-  else
-    m->wq_head = r;
+  while (p != &m->wq && REQ_OF(p)->priority < r->priority)
+    p = p->prev;
+  mb__queue_insert_after(p, &r->wnode);
   m->nwait++;
 }
 
 static void wq_remove(mb__model *m, mb__req *r) {
-  if (r->qprev)
-    r->qprev->qnext = r->qnext;
-  else
-    m->wq_head = r->qnext;
-  if (r->qnext)
-    r->qnext->qprev = r->qprev;
-  else
-    m->wq_tail = r->qprev;
-  r->qprev = r->qnext = NULL;
+  mb__queue_remove(&r->wnode);
   m->nwait--;
 }
 
-/* Singly linked lists of load waiters and op waiters. */
-static void list_push(mb__req **head, mb__req *r) {
-  r->qnext = *head;
-  *head = r;
-}
-
 static int wants_resident(const mb__model *m) {
-  return m->wq_head != NULL || m->lw_head != NULL;
+  return !mb__queue_empty(&m->wq) || !mb__queue_empty(&m->lw);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -201,11 +186,7 @@ static void charge_dev(mb_ctx *ctx, mb__model *m, int dev, uint64_t bytes) {
   d->resident++;
   /* The device's resident list: eviction candidates are looked for there,
    * not among every model of the context. */
-  m->dev_prev = NULL;
-  m->dev_next = d->res_head;
-  if (d->res_head)
-    d->res_head->dev_prev = m;
-  d->res_head = m;
+  mb__queue_insert_head(&d->res_list, &m->dev_node);
 }
 
 static void set_dev_charge(mb_ctx *ctx, mb__model *m, uint64_t bytes) {
@@ -241,13 +222,7 @@ static void uncharge_dev(mb_ctx *ctx, mb__model *m) {
   mb__device *d = &ctx->devs[m->device];
   d->used -= m->dev_charge;
   d->resident--;
-  if (m->dev_prev)
-    m->dev_prev->dev_next = m->dev_next;
-  else
-    d->res_head = m->dev_next;
-  if (m->dev_next)
-    m->dev_next->dev_prev = m->dev_prev;
-  m->dev_prev = m->dev_next = NULL;
+  mb__queue_remove(&m->dev_node);
   m->dev_charge = 0;
   m->on_dev = 0;
   ctx->devs_dirty = 1;
@@ -353,7 +328,7 @@ static int cand_cmp(const void *pa, const void *pb) {
 
 static int evictable(const mb__model *m, int dev) {
   return m->device == dev && m->state == MB_STATE_READY && m->inflight == 0 &&
-         !m->opts.pinned && m->wq_head == NULL && m->lw_head == NULL &&
+         !m->opts.pinned && !wants_resident(m) &&
          !m->offload_pending && !m->unload_pending;
 }
 
@@ -382,7 +357,9 @@ static int collect(mb_ctx *ctx, int dev, int host) {
       n++;
     }
   } else {
-    for (mb__model *m = ctx->devs[dev].res_head; m; m = m->dev_next) {
+    mb__queue *q;
+    mb__queue_foreach(q, &ctx->devs[dev].res_list) {
+      mb__model *m = mb__queue_data(q, mb__model, dev_node);
       if (!evictable(m, dev))
         continue;
       out[n].m = m;
@@ -415,12 +392,13 @@ static void pause_waiter(mb_ctx *ctx, mb__req *r) {
 }
 
 static void pause_waiters(mb_ctx *ctx, mb__model *m) {
+  mb__queue *q;
   if (!m->opts.queue_timeout_excludes_load)
     return;
-  for (mb__req *r = m->wq_head; r; r = r->qnext)
-    pause_waiter(ctx, r);
-  for (mb__req *r = m->lw_head; r; r = r->qnext)
-    pause_waiter(ctx, r);
+  mb__queue_foreach(q, &m->wq)
+    pause_waiter(ctx, REQ_OF(q));
+  mb__queue_foreach(q, &m->lw)
+    pause_waiter(ctx, REQ_OF(q));
 }
 
 static void resume_waiter(mb_ctx *ctx, mb__req *r) {
@@ -431,10 +409,11 @@ static void resume_waiter(mb_ctx *ctx, mb__req *r) {
 }
 
 static void resume_waiters(mb_ctx *ctx, mb__model *m) {
-  for (mb__req *r = m->wq_head; r; r = r->qnext)
-    resume_waiter(ctx, r);
-  for (mb__req *r = m->lw_head; r; r = r->qnext)
-    resume_waiter(ctx, r);
+  mb__queue *q;
+  mb__queue_foreach(q, &m->wq)
+    resume_waiter(ctx, REQ_OF(q));
+  mb__queue_foreach(q, &m->lw)
+    resume_waiter(ctx, REQ_OF(q));
 }
 
 /* Whether a new waiter of m joins a load in progress: its timeout starts
@@ -552,28 +531,11 @@ static int single_device(const mb__model *m) {
 static void adm_remove(mb_ctx *ctx, mb__model *m) {
   if (!m->admit_pending)
     return;
-  if (m->adm_prev)
-    m->adm_prev->adm_next = m->adm_next;
+  mb__queue_remove(&m->adm_node);
+  if (m->adm_single)
+    mb__queue_remove(&m->adm1_node);
   else
-    ctx->adm_head = m->adm_next;
-  if (m->adm_next)
-    m->adm_next->adm_prev = m->adm_prev;
-  else
-    ctx->adm_tail = m->adm_prev;
-  m->adm_prev = m->adm_next = NULL;
-  if (m->adm_single) {
-    if (m->adm1_prev)
-      m->adm1_prev->adm1_next = m->adm1_next;
-    else
-      ctx->adm1_head = m->adm1_next;
-    if (m->adm1_next)
-      m->adm1_next->adm1_prev = m->adm1_prev;
-    else
-      ctx->adm1_tail = m->adm1_prev;
-    m->adm1_prev = m->adm1_next = NULL;
-  } else {
     ctx->adm_any--;
-  }
   m->admit_pending = 0;
 }
 
@@ -582,22 +544,10 @@ static void adm_add(mb_ctx *ctx, mb__model *m) {
     return;
   m->admit_pending = 1;
   m->admit_seq = ++ctx->adm_seq;
-  m->adm_next = NULL;
-  m->adm_prev = ctx->adm_tail;
-  if (ctx->adm_tail)
-    ctx->adm_tail->adm_next = m;
-  else
-    ctx->adm_head = m;
-  ctx->adm_tail = m;
+  mb__queue_insert_tail(&ctx->adm, &m->adm_node);
   m->adm_single = single_device(m);
   if (m->adm_single) {
-    m->adm1_next = NULL;
-    m->adm1_prev = ctx->adm1_tail;
-    if (ctx->adm1_tail)
-      ctx->adm1_tail->adm1_next = m;
-    else
-      ctx->adm1_head = m;
-    ctx->adm1_tail = m;
+    mb__queue_insert_tail(&ctx->adm1, &m->adm1_node);
   } else {
     uint64_t need = mb__footprint(m);
     if (ctx->adm_any == 0 || need < ctx->adm_any_min)
@@ -609,16 +559,15 @@ static void adm_add(mb_ctx *ctx, mb__model *m) {
 }
 
 static void fail_waiters(mb_ctx *ctx, mb__model *m, int rc, const char *msg) {
-  while (m->wq_head) {
-    mb__req *r = m->wq_head;
+  mb__req *r;
+  while ((r = first_req(&m->wq)) != NULL) {
     wq_remove(m, r);
     if (rc == MB_ENOSPC)
       m->stats.rejected++;
     answer(ctx, r, rc, "%s", msg);
   }
-  while (m->lw_head) {
-    mb__req *r = m->lw_head;
-    m->lw_head = r->qnext;
+  while ((r = first_req(&m->lw)) != NULL) {
+    mb__queue_remove(&r->wnode);
     answer(ctx, r, rc, "%s", msg);
   }
 }
@@ -737,8 +686,10 @@ static int evictions_cost(mb_ctx *ctx) {
      * the candidates need not be sorted for that. */
     ctx->auto_cost_gen = ctx->plan_gen;
     ctx->auto_min_cost = 1;
-    for (int i = 0; i < ctx->ndev && ctx->auto_min_cost > 0; i++)
-      for (const mb__model *m = ctx->devs[i].res_head; m; m = m->dev_next) {
+    for (int i = 0; i < ctx->ndev && ctx->auto_min_cost > 0; i++) {
+      mb__queue *q;
+      mb__queue_foreach(q, &ctx->devs[i].res_list) {
+        const mb__model *m = mb__queue_data(q, mb__model, dev_node);
         if (!evictable(m, i))
           continue;
         /* cost_rank() = use rate x a positive cost: surely above 0 while
@@ -751,6 +702,7 @@ static int evictions_cost(mb_ctx *ctx) {
           break;
         }
       }
+    }
   }
   return ctx->auto_min_cost > 0;
 }
@@ -880,7 +832,8 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
   charge_dev(ctx, m, best, need);
   if (!restore)
     m->resid_peak = 0;
-  start_job(ctx, m, restore ? MB_JOB_RESTORE : MB_JOB_LOAD, m->wq_head ? "acquire" : "load");
+  start_job(ctx, m, restore ? MB_JOB_RESTORE : MB_JOB_LOAD,
+            mb__queue_empty(&m->wq) ? "load" : "acquire");
   plans_reset(ctx);
 }
 
@@ -941,11 +894,14 @@ static int any_blocked(mb_ctx *ctx) {
       continue;
     uint64_t cand = 0;
     int ncand = 0;
-    for (const mb__model *m = d->res_head; m; m = m->dev_next)
+    mb__queue *q;
+    mb__queue_foreach(q, &d->res_list) {
+      const mb__model *m = mb__queue_data(q, mb__model, dev_node);
       if (evictable(m, i)) {
         cand += m->dev_charge;
         ncand++;
       }
+    }
     uint64_t staying = d->used - d->leaving_bytes - cand;
     int ml = d->opts.max_loaded;
     if (staying < d->usable && (ml == 0 || d->resident - d->leaving - ncand < ml) &&
@@ -964,30 +920,33 @@ static int any_blocked(mb_ctx *ctx) {
 static void pump_admissions(mb_ctx *ctx) {
   ctx->devs_dirty = 0;
   plans_reset(ctx);
-  mb__model *m = ctx->adm_head;
+  /* q walks the admission list (adm_node); next is taken before a try,
+   * which may take the model out of the list. */
+  mb__queue *q = ctx->adm.next;
   if (any_blocked(ctx)) {
-    m = ctx->adm1_head;
-    while (m != NULL) {
-      mb__model *next = m->adm1_next, *after = m->adm_next;
+    q = &ctx->adm;
+    for (mb__queue *q1 = ctx->adm1.next; q1 != &ctx->adm1;) {
+      mb__model *m = mb__queue_data(q1, mb__model, adm1_node);
+      mb__queue *next = q1->next, *after = m->adm_node.next;
       uint64_t gen = ctx->plan_gen;
       if (!wants_resident(m) || m->unload_pending)
         adm_remove(ctx, m);
       else
         try_admit(ctx, m);
       if (ctx->plan_gen != gen) {
-        m = after;
+        q = after;
         break;
       }
-      m = next;
+      q1 = next;
     }
   }
-  while (m != NULL) {
-    mb__model *next = m->adm_next;
+  while (q != &ctx->adm) {
+    mb__model *m = mb__queue_data(q, mb__model, adm_node);
+    q = q->next;
     if (!wants_resident(m) || m->unload_pending)
       adm_remove(ctx, m);
     else
       try_admit(ctx, m);
-    m = next;
   }
 }
 
@@ -1011,42 +970,62 @@ static int wait_bucket(double ms) {
   return i;
 }
 
-static void grant(mb_ctx *ctx, mb__model *m, mb__req *r) {
+/*
+ * A new lease on m: in the lease table, with room in the timer heap for
+ * its TTL check, the TTL (ttl_ms > 0) armed from now. NULL when out of
+ * memory, with nothing changed.
+ */
+static mb__lease *lease_new(mb_ctx *ctx, mb__model *m, int64_t ttl_ms) {
   mb__lease *l = mb__calloc(1, sizeof(*l));
-  wq_remove(m, r);
   if (l == NULL || mb__heap_reserve(&ctx->heap) != 0) {
     mb__free(l);
-    answer(ctx, r, MB_ENOMEM, "out of memory granting a lease");
-    return;
+    return NULL;
   }
   l->m = m;
   l->device = m->device;
   mb__timer_init(&l->timer, MB__T_TTL);
+  mb__queue_init(&l->rel_node);
+  mb__queue_init(&l->renew_node);
   pthread_mutex_lock(&ctx->post_lock);
   l->id = ++ctx->next_lease_id;
-  if (r->ttl_ms > 0)
-    l->ttl_deadline = ctx->now + mb__ms_to_ns(r->ttl_ms);
+  if (ttl_ms > 0)
+    l->ttl_deadline = ctx->now + mb__ms_to_ns(ttl_ms);
   int rc = mb__lease_insert_locked(ctx, l);
   pthread_mutex_unlock(&ctx->post_lock);
   if (rc != 0) {
     mb__heap_unreserve(&ctx->heap);
     mb__free(l);
-    answer(ctx, r, MB_ENOMEM, "out of memory granting a lease");
-    return;
+    return NULL;
   }
   if (l->ttl_deadline)
     mb__heap_arm(&ctx->heap, &l->timer, l->ttl_deadline);
+  return l;
+}
+
+/* A lease on m was granted after waited_ns: the model is in use (its idle
+ * timer stops), with the keep-alive asked for, and the wait is counted. */
+static void lease_granted(mb_ctx *ctx, mb__model *m, int64_t keep_alive_ms, uint64_t waited_ns) {
   m->inflight++;
   ctx->devs[m->device].leases++;
   mb__heap_cancel(&ctx->heap, &m->timer);
-  m->ka_current = r->keep_alive_ms != MB_DEFAULT ? r->keep_alive_ms : m->opts.keep_alive_ms;
+  m->ka_current = keep_alive_ms != MB_DEFAULT ? keep_alive_ms : m->opts.keep_alive_ms;
   m->last_accessed = ctx->now;
-  uint64_t waited = ctx->now - r->enq_ns;
-  r->queue_ns = waited > r->load_ns ? waited - r->load_ns : 0;
-  double ms = (double)waited / 1e6;
+  double ms = (double)waited_ns / 1e6;
   m->stats.wait_buckets[wait_bucket(ms)]++;
   m->stats.wait_count++;
   m->stats.wait_sum_ms += ms;
+}
+
+static void grant(mb_ctx *ctx, mb__model *m, mb__req *r) {
+  wq_remove(m, r);
+  mb__lease *l = lease_new(ctx, m, r->ttl_ms);
+  if (l == NULL) {
+    answer(ctx, r, MB_ENOMEM, "out of memory granting a lease");
+    return;
+  }
+  uint64_t waited = ctx->now - r->enq_ns;
+  lease_granted(ctx, m, r->keep_alive_ms, waited);
+  r->queue_ns = waited > r->load_ns ? waited - r->load_ns : 0;
   r->lease.id = l->id;
   r->lease.device = l->device;
   answer(ctx, r, 0, NULL);
@@ -1054,8 +1033,9 @@ static void grant(mb_ctx *ctx, mb__model *m, mb__req *r) {
 
 /* Grants waiting acquires of m while slots allow. */
 static void grant_model(mb_ctx *ctx, mb__model *m) {
-  while (m->wq_head && can_grant(ctx, m) && device_slot_free(ctx, m))
-    grant(ctx, m, m->wq_head);
+  mb__req *r;
+  while ((r = first_req(&m->wq)) != NULL && can_grant(ctx, m) && device_slot_free(ctx, m))
+    grant(ctx, m, r);
 }
 
 /*
@@ -1065,18 +1045,21 @@ static void grant_model(mb_ctx *ctx, mb__model *m) {
 static void grant_device(mb_ctx *ctx, int dev) {
   for (;;) {
     mb__model *best = NULL;
+    mb__req *best_r = NULL;
     for (int i = 0; i < ctx->nmodels; i++) {
       mb__model *m = ctx->models[i];
-      if (m->device != dev || m->wq_head == NULL || !can_grant(ctx, m))
+      mb__req *r = first_req(&m->wq);
+      if (m->device != dev || r == NULL || !can_grant(ctx, m))
         continue;
-      if (best == NULL || m->wq_head->priority > best->wq_head->priority ||
-          (m->wq_head->priority == best->wq_head->priority &&
-           m->wq_head->seq < best->wq_head->seq))
+      if (best == NULL || r->priority > best_r->priority ||
+          (r->priority == best_r->priority && r->seq < best_r->seq)) {
         best = m;
+        best_r = r;
+      }
     }
     if (best == NULL || !device_slot_free(ctx, best))
       return;
-    grant(ctx, best, best->wq_head);
+    grant(ctx, best, best_r);
   }
 }
 
@@ -1084,19 +1067,36 @@ static void grant_device(mb_ctx *ctx, int dev) {
 /* Advancing a model                                                         */
 
 static void answer_op_waiters(mb_ctx *ctx, mb__model *m, int rc, const char *msg) {
-  while (m->ow_head) {
-    mb__req *r = m->ow_head;
-    m->ow_head = r->qnext;
+  mb__req *r;
+  while ((r = first_req(&m->ow)) != NULL) {
+    mb__queue_remove(&r->wnode);
     answer(ctx, r, rc, "%s", msg ? msg : "");
   }
 }
 
+/* Answers the offload requests waiting on m with rc and msg; the unload
+ * and remove requests stay, oldest first from then on (the list held them
+ * newest first). */
+static void fail_offload_waiters(mb_ctx *ctx, mb__model *m, int rc, const char *msg) {
+  mb__queue keep;
+  mb__req *r;
+  mb__queue_init(&keep);
+  while ((r = first_req(&m->ow)) != NULL) {
+    mb__queue_remove(&r->wnode);
+    if (r->type == MB__R_OFFLOAD)
+      answer(ctx, r, rc, "%s", msg);
+    else
+      mb__queue_insert_head(&keep, &r->wnode);
+  }
+  mb__queue_move(&keep, &m->ow);
+}
+
 static void answer_load_waiters(mb_ctx *ctx, mb__model *m) {
-  if (m->lw_head) /* the model's keep-alive, unless a load asked for one */
+  mb__req *r;
+  if (!mb__queue_empty(&m->lw)) /* the model's keep-alive, unless a load asked for one */
     m->ka_current = m->opts.keep_alive_ms;
-  while (m->lw_head) {
-    mb__req *r = m->lw_head;
-    m->lw_head = r->qnext;
+  while ((r = first_req(&m->lw)) != NULL) {
+    mb__queue_remove(&r->wnode);
     if (r->keep_alive_ms != MB_DEFAULT)
       m->ka_current = r->keep_alive_ms;
     r->load_ns = m->last_load_ns;
@@ -1162,9 +1162,9 @@ static void advance(mb_ctx *ctx, mb__model *m) {
                  "host tier cannot hold '%s' (%llu bytes needed, %llu of %llu used)", m->name,
                  (unsigned long long)host_need(m), (unsigned long long)ctx->host_used,
                  (unsigned long long)ctx->host_budget);
-        while (m->ow_head) {
-          mb__req *r = m->ow_head;
-          m->ow_head = r->qnext;
+        mb__req *r;
+        while ((r = first_req(&m->ow)) != NULL) {
+          mb__queue_remove(&r->wnode);
           answer(ctx, r, r->type == MB__R_OFFLOAD ? MB_ENOSPC : 0, "%s", msg);
         }
         mark_dirty(ctx, m);
@@ -1179,7 +1179,7 @@ static void advance(mb_ctx *ctx, mb__model *m) {
       grant_device(ctx, m->device);
     else
       grant_model(ctx, m);
-    if (m->inflight == 0 && m->wq_head == NULL && !m->offload_pending && !m->unload_pending)
+    if (m->inflight == 0 && mb__queue_empty(&m->wq) && !m->offload_pending && !m->unload_pending)
       arm_idle(ctx, m);
     break;
   default:
@@ -1223,8 +1223,11 @@ static void become_ready(mb_ctx *ctx, mb__model *m, uint64_t took_ns, const char
   m->last_load_ns = took_ns;
   m->idle_since = ctx->now;
   /* Waiters that were here while it loaded waited for this load. */
-  for (mb__req *r = m->wq_head; r; r = r->qnext)
+  mb__queue *q;
+  mb__queue_foreach(q, &m->wq) {
+    mb__req *r = REQ_OF(q);
     r->load_ns = took_ns < ctx->now - r->enq_ns ? took_ns : ctx->now - r->enq_ns;
+  }
   set_state(ctx, m, MB_STATE_READY, why);
   /* The charge becomes what was measured. Above what was admitted it may
    * push the device over its budget: then make room by evicting idle models. */
@@ -1357,16 +1360,7 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
       snprintf(why, sizeof(why), "error: %s", m->error);
       mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, why);
       /* Offload requests fail; unload requests wait for the unload. */
-      mb__req *keep = NULL;
-      while (m->ow_head) {
-        mb__req *r = m->ow_head;
-        m->ow_head = r->qnext;
-        if (r->type == MB__R_OFFLOAD)
-          answer(ctx, r, MB_EBACKEND, "%s", m->error);
-        else
-          list_push(&keep, r);
-      }
-      m->ow_head = keep;
+      fail_offload_waiters(ctx, m, MB_EBACKEND, m->error);
       m->offload_pending = 0;
       start_job(ctx, m, MB_JOB_UNLOAD, "error");
     }
@@ -1478,26 +1472,16 @@ static void lose(mb_ctx *ctx, mb__model *m, int flags, const char *reason) {
   pthread_mutex_unlock(&ctx->post_lock);
   if (m->inflight > 0 && m->device >= 0) {
     ctx->devs[m->device].leases -= m->inflight;
-    if (ctx->devs[m->device].opts.concurrency > 0)
-      for (int i = 0; i < ctx->nmodels; i++)
-        if (ctx->models[i]->device == m->device && ctx->models[i]->wq_head)
-          mark_dirty(ctx, ctx->models[i]);
+    device_slots_freed(ctx, m->device);
   }
   m->inflight = 0;
   m->idle_since = ctx->now;
   ctx->devs_dirty = 1;
   /* An offload asked for is moot; unload and remove requests are answered
    * when the unload below ends. */
-  mb__req *keep = NULL;
-  while (m->ow_head) {
-    mb__req *r = m->ow_head;
-    m->ow_head = r->qnext;
-    if (r->type == MB__R_OFFLOAD)
-      answer(ctx, r, MB_ELOST, "model '%s' was lost: %s", m->name, reason);
-    else
-      list_push(&keep, r);
-  }
-  m->ow_head = keep;
+  char msg[300];
+  snprintf(msg, sizeof(msg), "model '%s' was lost: %s", m->name, reason);
+  fail_offload_waiters(ctx, m, MB_ELOST, msg);
   m->offload_pending = 0;
   mb__heap_cancel(&ctx->heap, &m->timer);
   start_job(ctx, m, MB_JOB_UNLOAD, "lost");
@@ -1552,8 +1536,7 @@ static void cancel_load(mb_ctx *ctx, mb__model *m, const char *why) {
   m->cancel_op.residency = m->job.residency;
   if (!m->cancel_queued) {
     m->cancel_queued = 1;
-    m->cancel_next = ctx->cancel_head;
-    ctx->cancel_head = m;
+    mb__queue_insert_head(&ctx->cancels, &m->cancel_node);
   }
 }
 
@@ -1615,7 +1598,7 @@ static void req_acquire(mb_ctx *ctx, mb__model *m, mb__req *r) {
            m->name, (unsigned long long)mb__footprint(m));
     return;
   }
-  int immediate = can_grant(ctx, m) && m->wq_head == NULL && device_slot_free(ctx, m);
+  int immediate = can_grant(ctx, m) && mb__queue_empty(&m->wq) && device_slot_free(ctx, m);
   if (!immediate && m->nwait >= m->opts.max_queue) {
     m->stats.rejected++;
     answer(ctx, r, MB_EQUEUEFULL, "queue of '%s' is full (%d waiting, max_queue %d)", m->name,
@@ -1659,7 +1642,7 @@ static void req_load(mb_ctx *ctx, mb__model *m, mb__req *r) {
     r->timeout_ms = m->opts.queue_timeout_ms;
   if (r->timeout_ms >= 0 && reserve_timer(ctx, r) != 0)
     return;
-  list_push(&m->lw_head, r);
+  mb__queue_insert_head(&m->lw, &r->wnode);
   arm_wait(ctx, m, r);
   mark_dirty(ctx, m);
 }
@@ -1688,7 +1671,7 @@ static void req_offload(mb_ctx *ctx, mb__model *m, mb__req *r) {
   }
   if (m->state != MB_STATE_OFFLOADING)
     m->offload_pending = 1;
-  list_push(&m->ow_head, r);
+  mb__queue_insert_head(&m->ow, &r->wnode);
   mark_dirty(ctx, m);
 }
 
@@ -1713,7 +1696,7 @@ static void req_unload(mb_ctx *ctx, mb__model *m, mb__req *r) {
   }
   if (m->state != MB_STATE_UNLOADING)
     m->unload_pending = 1;
-  list_push(&m->ow_head, r);
+  mb__queue_insert_head(&m->ow, &r->wnode);
   mark_dirty(ctx, m);
 }
 
@@ -1731,7 +1714,9 @@ static void req_keep_alive(mb_ctx *ctx, mb__model *m, mb__req *r) {
 static void req_cancel(mb_ctx *ctx, mb__req *r) {
   for (int i = 0; i < ctx->nmodels; i++) {
     mb__model *m = ctx->models[i];
-    for (mb__req *w = m->wq_head; w; w = w->qnext) {
+    mb__queue *q;
+    mb__queue_foreach(q, &m->wq) {
+      mb__req *w = REQ_OF(q);
       if (w->id == r->cancel_id) {
         wq_remove(m, w);
         answer(ctx, w, MB_ECANCELED, "request canceled");
@@ -1745,7 +1730,7 @@ static void req_cancel(mb_ctx *ctx, mb__req *r) {
 }
 
 static void req_remove(mb_ctx *ctx, mb__model *m, mb__req *r) {
-  if (m->inflight > 0 || m->wq_head || m->lw_head) {
+  if (m->inflight > 0 || wants_resident(m)) {
     answer(ctx, r, MB_EBUSY, "model '%s' has %d leases and %d waiters", m->name, m->inflight,
            m->nwait);
     return;
@@ -1753,7 +1738,7 @@ static void req_remove(mb_ctx *ctx, mb__model *m, mb__req *r) {
   m->removing = 1;
   if (m->state == MB_STATE_LOADING)
     cancel_load(ctx, m, "the model is being removed");
-  list_push(&m->ow_head, r);
+  mb__queue_insert_head(&m->ow, &r->wnode);
   if (m->state != MB_STATE_UNLOADED && m->state != MB_STATE_FAILED)
     m->unload_pending = 1;
   mark_dirty(ctx, m);
@@ -1769,8 +1754,7 @@ static void reap_removed(mb_ctx *ctx, mb__model *m) {
   mb__model_unlink_locked(ctx, m);
   mb__heap_cancel(&ctx->heap, &m->timer);
   mb__heap_unreserve(&ctx->heap);
-  m->gnext = ctx->graveyard;
-  ctx->graveyard = m;
+  mb__queue_insert_head(&ctx->graveyard, &m->grave_node);
 }
 
 void mb__shutdown_locked(mb_ctx *ctx) {
@@ -1833,38 +1817,19 @@ int mb__try_grant_locked(mb_ctx *ctx, const char *name, const mb_acquire_opts *o
   mb__model *m = mb__model_find_locked(ctx, name);
   mb__timer *top = mb__heap_top(&ctx->heap);
   if (m == NULL || m->removing || ctx->shutting_down || o->ttl_ms > 0 ||
-      (top != NULL && top->deadline <= ctx->now) || m->wq_head != NULL || !can_grant(ctx, m) ||
+      (top != NULL && top->deadline <= ctx->now) || !mb__queue_empty(&m->wq) || !can_grant(ctx, m) ||
       !device_slot_free(ctx, m))
     return 0;
-  mb__lease *l = mb__calloc(1, sizeof(*l));
-  if (l == NULL || mb__heap_reserve(&ctx->heap) != 0) {
-    mb__free(l);
+  mb__lease *l = lease_new(ctx, m, 0);
+  if (l == NULL)
     return MB_ENOMEM;
-  }
-  l->m = m;
-  l->device = m->device;
-  mb__timer_init(&l->timer, MB__T_TTL);
-  pthread_mutex_lock(&ctx->post_lock);
-  l->id = ++ctx->next_lease_id;
-  int rc = mb__lease_insert_locked(ctx, l);
-  pthread_mutex_unlock(&ctx->post_lock);
-  if (rc != 0) {
-    mb__heap_unreserve(&ctx->heap);
-    mb__free(l);
-    return MB_ENOMEM;
-  }
   /* req_acquire */
   ++ctx->req_seq;
   m->stats.requests++;
   m->last_accessed = ctx->now;
   note_use(ctx, m);
   /* grant, after no wait */
-  m->inflight++;
-  ctx->devs[m->device].leases++;
-  mb__heap_cancel(&ctx->heap, &m->timer);
-  m->ka_current = o->keep_alive_ms != MB_DEFAULT ? o->keep_alive_ms : m->opts.keep_alive_ms;
-  m->stats.wait_buckets[wait_bucket(0)]++;
-  m->stats.wait_count++;
+  lease_granted(ctx, m, o->keep_alive_ms, 0);
   memset(out, 0, sizeof(*out));
   out->lease.id = l->id;
   out->lease.device = l->device;
@@ -1883,8 +1848,8 @@ int mb__try_release_locked(mb_ctx *ctx, mb__lease *l, uint64_t *armed) {
   mb__model *m = l->m;
   *armed = 0;
   if (l->lost || l->ttl_deadline != 0 || ctx->shutting_down || m->removing ||
-      m->state != MB_STATE_READY || m->wq_head != NULL || m->lw_head != NULL ||
-      m->offload_pending || m->unload_pending || ctx->adm_head != NULL ||
+      m->state != MB_STATE_READY || wants_resident(m) ||
+      m->offload_pending || m->unload_pending || !mb__queue_empty(&ctx->adm) ||
       ctx->devs[l->device].opts.concurrency > 0 ||
       (m->inflight == 1 && m->ka_current == 0))
     return 0;
@@ -1922,22 +1887,15 @@ static void drop_lease(mb_ctx *ctx, mb__lease *l) {
   mb__free(l);
   mark_dirty(ctx, m);
   ctx->devs_dirty = 1; /* it may have become evictable */
-  if (ctx->devs[m->device].opts.concurrency > 0) {
-    /* A device-wide slot is free: every model there may use it. */
-    for (int i = 0; i < ctx->nmodels; i++)
-      if (ctx->models[i]->device == m->device && ctx->models[i]->wq_head)
-        mark_dirty(ctx, ctx->models[i]);
-  }
+  device_slots_freed(ctx, m->device);
 }
-
-#define container_of(p, type, field) ((type *)((char *)(p)-offsetof(type, field)))
 
 static void fire_timer(mb_ctx *ctx, mb__timer *t) {
   mb__heap_cancel(&ctx->heap, t);
   switch (t->kind) {
   case MB__T_MODEL: {
-    mb__model *m = container_of(t, mb__model, timer);
-    if (m->state == MB_STATE_READY && m->inflight == 0 && m->wq_head == NULL) {
+    mb__model *m = mb__container_of(t, mb__model, timer);
+    if (m->state == MB_STATE_READY && m->inflight == 0 && mb__queue_empty(&m->wq)) {
       go_idle(ctx, m, m->opts.offload, "idle");
     } else if (m->state == MB_STATE_OFFLOADED && !wants_resident(m)) {
       start_job(ctx, m, MB_JOB_UNLOAD, "idle");
@@ -1945,17 +1903,13 @@ static void fire_timer(mb_ctx *ctx, mb__timer *t) {
     break;
   }
   case MB__T_WAIT: {
-    mb__req *r = container_of(t, mb__req, timer);
+    mb__req *r = mb__container_of(t, mb__req, timer);
     mb__model *m = r->m;
     if (r->type == MB__R_ACQUIRE) {
       wq_remove(m, r);
       m->stats.timeouts++;
-    } else {
-      mb__req **pp = &m->lw_head;
-      while (*pp && *pp != r)
-        pp = &(*pp)->qnext;
-      if (*pp)
-        *pp = r->qnext;
+    } else if (mb__queue_linked(&r->wnode)) { /* a load waiter */
+      mb__queue_remove(&r->wnode);
     }
     ctx->devs_dirty = 1;
     answer(ctx, r, MB_ETIMEDOUT, "waited %lld ms for '%s' (state %s) (%s)",
@@ -1965,7 +1919,7 @@ static void fire_timer(mb_ctx *ctx, mb__timer *t) {
     break;
   }
   case MB__T_TTL: {
-    mb__lease *l = container_of(t, mb__lease, timer);
+    mb__lease *l = mb__container_of(t, mb__lease, timer);
     int expire = 0;
     pthread_mutex_lock(&ctx->post_lock);
     if (!l->released && l->ttl_deadline > ctx->now) {
@@ -1979,10 +1933,7 @@ static void fire_timer(mb_ctx *ctx, mb__timer *t) {
       mb__lease_take_locked(ctx, l->id);
       expire = 1;
       if (l->renewed) { /* renewed meanwhile to a deadline now past */
-        mb__lease **pp = &ctx->renew_head;
-        while (*pp != l)
-          pp = &(*pp)->rnext;
-        *pp = l->rnext;
+        mb__queue_remove(&l->renew_node);
         l->renewed = 0;
       }
     }
@@ -1997,24 +1948,22 @@ static void fire_timer(mb_ctx *ctx, mb__timer *t) {
 /* ------------------------------------------------------------------------ */
 /* The step                                                                  */
 
-int mb__step_locked(mb_ctx *ctx, mb__req *reqs, mb__lease *rels, struct mb_job *done) {
+int mb__step_locked(mb_ctx *ctx, mb__queue *reqs, mb__queue *rels, mb__queue *done) {
   int n = 0;
-  while (done) {
-    struct mb_job *next = done->next;
-    job_done(ctx, done);
-    done = next;
+  mb__queue *q;
+  while ((q = mb__queue_first(done)) != NULL) {
+    mb__queue_remove(q);
+    job_done(ctx, mb__queue_data(q, struct mb_job, node));
     n++;
   }
-  while (rels) {
-    mb__lease *next = rels->pnext;
-    drop_lease(ctx, rels);
-    rels = next;
+  while ((q = mb__queue_first(rels)) != NULL) {
+    mb__queue_remove(q);
+    drop_lease(ctx, mb__queue_data(q, mb__lease, rel_node));
     n++;
   }
-  while (reqs) {
-    mb__req *next = reqs->next;
-    handle_req(ctx, reqs);
-    reqs = next;
+  while ((q = mb__queue_first(reqs)) != NULL) {
+    mb__queue_remove(q);
+    handle_req(ctx, mb__queue_data(q, mb__req, node));
     n++;
   }
   mb__timer *t;
@@ -2022,12 +1971,10 @@ int mb__step_locked(mb_ctx *ctx, mb__req *reqs, mb__lease *rels, struct mb_job *
     fire_timer(ctx, t);
     n++;
   }
-  while (ctx->dirty_head || ctx->devs_dirty) {
-    while (ctx->dirty_head) {
-      mb__model *m = ctx->dirty_head;
-      ctx->dirty_head = m->dirty_next;
-      if (ctx->dirty_head == NULL)
-        ctx->dirty_tail = NULL;
+  while (!mb__queue_empty(&ctx->dirty) || ctx->devs_dirty) {
+    while ((q = mb__queue_first(&ctx->dirty)) != NULL) {
+      mb__queue_remove(q);
+      mb__model *m = mb__queue_data(q, mb__model, dirty_node);
       m->dirty = 0;
       advance(ctx, m);
       reap_removed(ctx, m);
