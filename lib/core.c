@@ -90,7 +90,7 @@ static size_t hash_name(const char *s) {
   return h;
 }
 
-mb__model *mb__model_find_locked(mb_ctx *ctx, const char *name) {
+mb__model *mb__model_find_locked_core(mb_ctx *ctx, const char *name) {
   if (ctx->name_tab_cap == 0 || name == NULL)
     return NULL;
   mb__model *m = ctx->name_tab[hash_name(name) & (ctx->name_tab_cap - 1)];
@@ -99,7 +99,7 @@ mb__model *mb__model_find_locked(mb_ctx *ctx, const char *name) {
   return m;
 }
 
-void mb__model_unlink_locked(mb_ctx *ctx, mb__model *m) {
+void mb__model_unlink_locked_core(mb_ctx *ctx, mb__model *m) {
   mb__model **pp = &ctx->name_tab[hash_name(m->name) & (ctx->name_tab_cap - 1)];
   while (*pp && *pp != m)
     pp = &(*pp)->hnext;
@@ -113,7 +113,7 @@ void mb__model_unlink_locked(mb_ctx *ctx, mb__model *m) {
 }
 
 /* Grows the name table to keep chains short. */
-static int name_tab_grow_locked(mb_ctx *ctx) {
+static int name_tab_grow_locked_core(mb_ctx *ctx) {
   if ((size_t)ctx->nmodels + 1 <= ctx->name_tab_cap / 2)
     return 0;
   size_t cap = ctx->name_tab_cap ? ctx->name_tab_cap * 2 : 64;
@@ -136,7 +136,7 @@ static int name_tab_grow_locked(mb_ctx *ctx) {
   return 0;
 }
 
-int mb__lease_insert_locked(mb_ctx *ctx, mb__lease *l) {
+int mb__lease_insert_locked_post(mb_ctx *ctx, mb__lease *l) {
   if (ctx->lease_count + 1 > ctx->lease_tab_cap / 2) {
     size_t cap = ctx->lease_tab_cap ? ctx->lease_tab_cap * 2 : 64;
     mb__lease **tab = mb__calloc(cap, sizeof(*tab));
@@ -163,7 +163,7 @@ int mb__lease_insert_locked(mb_ctx *ctx, mb__lease *l) {
 }
 
 /* The lease with that id in the table, or NULL (post_lock held). */
-static mb__lease *lease_find_locked(mb_ctx *ctx, uint64_t id) {
+static mb__lease *lease_find_locked_post(mb_ctx *ctx, uint64_t id) {
   if (ctx->lease_tab_cap == 0)
     return NULL;
   mb__lease *l = ctx->lease_tab[id & (ctx->lease_tab_cap - 1)];
@@ -172,7 +172,7 @@ static mb__lease *lease_find_locked(mb_ctx *ctx, uint64_t id) {
   return l;
 }
 
-mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id) {
+mb__lease *mb__lease_take_locked_post(mb_ctx *ctx, uint64_t id) {
   if (ctx->lease_tab_cap == 0 || id == 0)
     return NULL;
   mb__lease **pp = &ctx->lease_tab[id & (ctx->lease_tab_cap - 1)];
@@ -186,7 +186,7 @@ mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id) {
   return l;
 }
 
-int mb__leases_lose_locked(mb_ctx *ctx, mb__model *m) {
+int mb__leases_lose_locked_post(mb_ctx *ctx, mb__model *m) {
   int n = 0;
   for (size_t i = 0; i < ctx->lease_tab_cap; i++)
     for (mb__lease *l = ctx->lease_tab[i]; l; l = l->hnext)
@@ -209,7 +209,7 @@ int mb__leases_lose_locked(mb_ctx *ctx, mb__model *m) {
 /* ------------------------------------------------------------------------ */
 /* Posting and waking                                                        */
 
-static void wake_locked(mb_ctx *ctx) {
+static void wake_locked_post(mb_ctx *ctx) {
   ctx->wake = 1;
   pthread_cond_signal(&ctx->post_cond);
 }
@@ -217,14 +217,14 @@ static void wake_locked(mb_ctx *ctx) {
 static void post(mb_ctx *ctx, mb__req *r) {
   pthread_mutex_lock(&ctx->post_lock);
   mb__queue_insert_tail(&ctx->posted, &r->node);
-  wake_locked(ctx);
+  wake_locked_post(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
 }
 
 void mb__post_job_done(mb_ctx *ctx, struct mb_job *job) {
   pthread_mutex_lock(&ctx->post_lock);
   mb__queue_insert_tail(&ctx->done, &job->node);
-  wake_locked(ctx);
+  wake_locked_post(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
 }
 
@@ -298,7 +298,7 @@ void mb_job_complete(mb_job *job, int rc, const char *msg, const mb_usage *usage
 }
 
 /* Called by sched.c with core_lock held. */
-void mb__submit_job_locked(mb_ctx *ctx, struct mb_job *job) {
+void mb__submit_job_locked_core(mb_ctx *ctx, struct mb_job *job) {
   if (ctx->opts.manual) {
     /* Handed to the executor after the step, outside core_lock. */
     mb__queue_insert_tail(&ctx->manual_jobs, &job->node);
@@ -402,7 +402,7 @@ static int step(mb_ctx *ctx) {
   }
   ctx->wake = 0;
   pthread_mutex_unlock(&ctx->post_lock);
-  int n = mb__step_locked(ctx, &reqs, &rels, &done);
+  int n = mb__step_locked_core(ctx, &reqs, &rels, &done);
   mb__event_buf ev = ctx->events;
   memset(&ctx->events, 0, sizeof(ctx->events));
   mb__queue answered, jobs, graveyard, cancels;
@@ -642,12 +642,12 @@ int mb_ctx_free(mb_ctx *ctx) {
   }
   /* From here on the core grants nothing and answers new requests with
    * MB_ESHUTDOWN; waiters are failed and resident models unloaded. */
-  mb__shutdown_locked(ctx);
+  mb__shutdown_locked_core(ctx);
   if (!ctx->opts.manual) {
     pthread_mutex_unlock(&ctx->core_lock);
     for (;;) {
       pthread_mutex_lock(&ctx->post_lock);
-      wake_locked(ctx);
+      wake_locked_post(ctx);
       pthread_mutex_unlock(&ctx->post_lock);
       pthread_mutex_lock(&ctx->core_lock);
       int pending = ctx->jobs_busy;
@@ -664,7 +664,7 @@ int mb_ctx_free(mb_ctx *ctx) {
     }
     pthread_mutex_lock(&ctx->post_lock);
     ctx->stop = 1;
-    wake_locked(ctx);
+    wake_locked_post(ctx);
     pthread_mutex_unlock(&ctx->post_lock);
     pthread_join(ctx->core_thread, NULL);
     pthread_mutex_lock(&ctx->pool_lock);
@@ -904,13 +904,13 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
                 ctx->ndev);
     goto fail_locked;
   }
-  if (mb__model_find_locked(ctx, name) != NULL) {
+  if (mb__model_find_locked_core(ctx, name) != NULL) {
     rc = MB_EEXIST;
     mb__set_err(err, err_len, "model '%s' already exists", name);
     goto fail_locked;
   }
   rc = MB_ENOMEM;
-  if (name_tab_grow_locked(ctx) != 0)
+  if (name_tab_grow_locked_core(ctx) != 0)
     goto fail_locked_nomem;
   if (ctx->nmodels == ctx->models_cap) {
     int cap = ctx->models_cap ? ctx->models_cap * 2 : 16;
@@ -1026,17 +1026,17 @@ int mb_acquire_async(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts,
 
 /* Wakes a sleeping core thread whose sleep ends after deadline (a fast
  * path armed a timer outside a step). core_lock held. */
-static void timer_armed_locked(mb_ctx *ctx, uint64_t deadline) {
+static void timer_armed_locked_core(mb_ctx *ctx, uint64_t deadline) {
   __atomic_add_fetch(&ctx->timers_moved, 1, __ATOMIC_RELEASE);
   pthread_mutex_lock(&ctx->post_lock);
   if (ctx->sleeping && deadline < ctx->sleep_until)
-    wake_locked(ctx);
+    wake_locked_post(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
 }
 
 /* Whether anything is posted to the core: then a fast path would overtake
  * it, and must not. post_lock held. */
-static int posted_locked(const mb_ctx *ctx) {
+static int posted_locked_post(const mb_ctx *ctx) {
   return !mb__queue_empty(&ctx->posted) || !mb__queue_empty(&ctx->released) ||
          !mb__queue_empty(&ctx->done) || !mb__queue_empty(&ctx->renewed);
 }
@@ -1044,7 +1044,7 @@ static int posted_locked(const mb_ctx *ctx) {
 /* The same, taking post_lock (core_lock held). */
 static int posted(mb_ctx *ctx) {
   pthread_mutex_lock(&ctx->post_lock);
-  int any = posted_locked(ctx);
+  int any = posted_locked_post(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
   return any;
 }
@@ -1064,7 +1064,7 @@ int mb_acquire_try(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts, m
   int rc = 0;
   if (!posted(ctx)) {
     ctx->now = ctx->opts.clock(ctx->opts.clock_arg);
-    rc = mb__try_grant_locked(ctx, name, &o, out);
+    rc = mb__try_grant_locked_core(ctx, name, &o, out);
   }
   pthread_mutex_unlock(&ctx->core_lock);
   return rc;
@@ -1096,7 +1096,7 @@ int mb_cancel(mb_ctx *ctx, uint64_t req_id) {
 }
 
 /* A release settled on the caller's thread when nothing else needs the
- * core (mb__try_release_locked): no wake-up of the core thread. 1 when
+ * core (mb__try_release_locked_core): no wake-up of the core thread. 1 when
  * done (*rc its result), 0 when the core must do it. */
 static int release_fast(mb_ctx *ctx, mb_lease lease, int *rc) {
   if (ctx->opts.manual || pthread_mutex_trylock(&ctx->core_lock) != 0)
@@ -1105,8 +1105,8 @@ static int release_fast(mb_ctx *ctx, mb_lease lease, int *rc) {
   uint64_t armed = 0;
   pthread_mutex_lock(&ctx->post_lock);
   mb__lease *l = NULL;
-  if (!posted_locked(ctx)) {
-    l = lease_find_locked(ctx, lease.id);
+  if (!posted_locked_post(ctx)) {
+    l = lease_find_locked_post(ctx, lease.id);
     if (l && (l->released || l->lost || l->ttl_deadline != 0))
       l = NULL;
   }
@@ -1115,9 +1115,9 @@ static int release_fast(mb_ctx *ctx, mb_lease lease, int *rc) {
     ctx->now = ctx->opts.clock(ctx->opts.clock_arg);
     pthread_mutex_lock(&ctx->post_lock);
     /* Out of the table first: from here it is this thread's alone. */
-    mb__lease *taken = mb__lease_take_locked(ctx, lease.id);
+    mb__lease *taken = mb__lease_take_locked_post(ctx, lease.id);
     pthread_mutex_unlock(&ctx->post_lock);
-    if (taken == l && mb__try_release_locked(ctx, l, &armed)) {
+    if (taken == l && mb__try_release_locked_core(ctx, l, &armed)) {
       done = 1;
       *rc = 0;
     } else if (taken != NULL) {
@@ -1125,14 +1125,14 @@ static int release_fast(mb_ctx *ctx, mb_lease lease, int *rc) {
       pthread_mutex_lock(&ctx->post_lock);
       taken->released = 1;
       mb__queue_insert_tail(&ctx->released, &taken->rel_node);
-      wake_locked(ctx);
+      wake_locked_post(ctx);
       pthread_mutex_unlock(&ctx->post_lock);
       done = 1;
       *rc = 0;
     }
   }
   if (armed)
-    timer_armed_locked(ctx, armed);
+    timer_armed_locked_core(ctx, armed);
   pthread_mutex_unlock(&ctx->core_lock);
   return done;
 }
@@ -1144,7 +1144,7 @@ int mb_release(mb_ctx *ctx, mb_lease lease) {
   if (release_fast(ctx, lease, &frc))
     return frc;
   pthread_mutex_lock(&ctx->post_lock);
-  mb__lease *l = mb__lease_take_locked(ctx, lease.id);
+  mb__lease *l = mb__lease_take_locked_post(ctx, lease.id);
   if (l == NULL) {
     pthread_mutex_unlock(&ctx->post_lock);
     return MB_EINVAL;
@@ -1152,7 +1152,7 @@ int mb_release(mb_ctx *ctx, mb_lease lease) {
   int rc = l->lost ? MB_ELOST : 0;
   l->released = 1;
   mb__queue_insert_tail(&ctx->released, &l->rel_node);
-  wake_locked(ctx);
+  wake_locked_post(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
   return rc;
 }
@@ -1163,7 +1163,7 @@ int mb_lease_renew(mb_ctx *ctx, mb_lease lease, int64_t ttl_ms) {
   int rc = MB_EINVAL;
   uint64_t now = ctx->opts.clock(ctx->opts.clock_arg);
   pthread_mutex_lock(&ctx->post_lock);
-  mb__lease *l = lease_find_locked(ctx, lease.id);
+  mb__lease *l = lease_find_locked_post(ctx, lease.id);
   if (l && !l->released && l->lost) {
     rc = MB_ELOST;
   } else if (l && !l->released) {
@@ -1178,7 +1178,7 @@ int mb_lease_renew(mb_ctx *ctx, mb_lease lease, int64_t ttl_ms) {
       if (l->ttl_deadline < was && !l->renewed) {
         l->renewed = 1;
         mb__queue_insert_head(&ctx->renewed, &l->renew_node);
-        wake_locked(ctx);
+        wake_locked_post(ctx);
       }
     }
   }

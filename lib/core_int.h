@@ -330,32 +330,32 @@ struct mb_ctx {
 
 /* core.c */
 void mb__post_job_done(mb_ctx *ctx, struct mb_job *job);
-void mb__submit_job_locked(mb_ctx *ctx, struct mb_job *job);
-mb__model *mb__model_find_locked(mb_ctx *ctx, const char *name);
-void mb__model_unlink_locked(mb_ctx *ctx, mb__model *m);
+void mb__submit_job_locked_core(mb_ctx *ctx, struct mb_job *job);
+mb__model *mb__model_find_locked_core(mb_ctx *ctx, const char *name);
+void mb__model_unlink_locked_core(mb_ctx *ctx, mb__model *m);
 void mb__model_destroy(mb__model *m);
-mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id); /* post_lock held */
+mb__lease *mb__lease_take_locked_post(mb_ctx *ctx, uint64_t id); /* post_lock held */
 /* Marks every lease of m lost (post_lock held): in the table and released
  * but not yet dropped. Returns how many were still counted in m->inflight. */
-int mb__leases_lose_locked(mb_ctx *ctx, mb__model *m);
-int mb__lease_insert_locked(mb_ctx *ctx, mb__lease *l);    /* post_lock held */
+int mb__leases_lose_locked_post(mb_ctx *ctx, mb__model *m);
+int mb__lease_insert_locked_post(mb_ctx *ctx, mb__lease *l);    /* post_lock held */
 
 /* sched.c: the fast paths of acquire and release (core.c), with core_lock
  * held and nothing posted: 1 when done now, 0 when only a step can do it
  * (nothing changed), or MB_ENOMEM. */
-int mb__try_grant_locked(mb_ctx *ctx, const char *name, const mb_acquire_opts *o,
+int mb__try_grant_locked_core(mb_ctx *ctx, const char *name, const mb_acquire_opts *o,
                          mb_result *out);
-int mb__try_release_locked(mb_ctx *ctx, mb__lease *l, uint64_t *armed);
+int mb__try_release_locked_core(mb_ctx *ctx, mb__lease *l, uint64_t *armed);
 
 /* sched.c: the step, with core_lock held: the requests, released leases
  * and completed jobs taken from the post queue (each list emptied). */
-int mb__step_locked(mb_ctx *ctx, mb__queue *reqs, mb__queue *rels, mb__queue *done);
-void mb__event_locked(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state from,
+int mb__step_locked_core(mb_ctx *ctx, mb__queue *reqs, mb__queue *rels, mb__queue *done);
+void mb__event_locked_core(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state from,
                       mb_state to, const char *reason);
 uint64_t mb__footprint(const mb__model *m);
 /* Stops grants, fails every waiter with MB_ESHUTDOWN, marks every model
  * for unloading (threaded mode unloads them through the loaders). */
-void mb__shutdown_locked(mb_ctx *ctx);
+void mb__shutdown_locked_core(mb_ctx *ctx);
 
 /* Milliseconds to ns, with MB_FOREVER passing through as UINT64_MAX. */
 static inline uint64_t mb__ms_to_ns(int64_t ms) {

@@ -42,7 +42,7 @@ static void lose(mb_ctx *ctx, mb__model *m, int flags, const char *reason);
 /* ------------------------------------------------------------------------ */
 /* Events and answers                                                        */
 
-void mb__event_locked(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state from,
+void mb__event_locked_core(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state from,
                       mb_state to, const char *reason) {
   mb__event_buf *b = &ctx->events;
   if (ctx->opts.on_event == NULL)
@@ -132,7 +132,7 @@ static void set_state(mb_ctx *ctx, mb__model *m, mb_state to, const char *reason
   if (from == to)
     return;
   m->state = to;
-  mb__event_locked(ctx, MB_EVENT_STATE, m, from, to, reason);
+  mb__event_locked_core(ctx, MB_EVENT_STATE, m, from, to, reason);
   mark_dirty(ctx, m);
 }
 
@@ -426,7 +426,7 @@ static int joins_load(const mb__model *m) {
 /* Starts a full release of an OFFLOADED model to make room in the host tier. */
 static void host_evict(mb_ctx *ctx, mb__model *m) {
   m->stats.evictions++;
-  mb__event_locked(ctx, MB_EVENT_EVICT, m, m->state, MB_STATE_UNLOADING, "host eviction");
+  mb__event_locked_core(ctx, MB_EVENT_EVICT, m, m->state, MB_STATE_UNLOADING, "host eviction");
   mb__heap_cancel(&ctx->heap, &m->timer);
   start_job(ctx, m, MB_JOB_UNLOAD, "evict");
 }
@@ -497,7 +497,7 @@ static void start_job(mb_ctx *ctx, mb__model *m, mb_job_kind kind, const char *w
   if (kind == MB_JOB_OFFLOAD || kind == MB_JOB_UNLOAD)
     set_leaving(ctx, m, 1);
   set_state(ctx, m, next[kind], m->removing ? "remove" : why);
-  mb__submit_job_locked(ctx, j);
+  mb__submit_job_locked_core(ctx, j);
 }
 
 /* Moves an idle READY model off its device: offload if allowed and it fits
@@ -514,7 +514,7 @@ static void go_idle(mb_ctx *ctx, mb__model *m, int allow_offload, const char *wh
 
 static void evict(mb_ctx *ctx, mb__model *m) {
   m->stats.evictions++;
-  mb__event_locked(ctx, MB_EVENT_EVICT, m, m->state, m->state, "eviction");
+  mb__event_locked_core(ctx, MB_EVENT_EVICT, m, m->state, m->state, "eviction");
   go_idle(ctx, m, m->opts.offload, "evict");
 }
 
@@ -990,7 +990,7 @@ static mb__lease *lease_new(mb_ctx *ctx, mb__model *m, int64_t ttl_ms) {
   l->id = ++ctx->next_lease_id;
   if (ttl_ms > 0)
     l->ttl_deadline = ctx->now + mb__ms_to_ns(ttl_ms);
-  int rc = mb__lease_insert_locked(ctx, l);
+  int rc = mb__lease_insert_locked_post(ctx, l);
   pthread_mutex_unlock(&ctx->post_lock);
   if (rc != 0) {
     mb__heap_unreserve(&ctx->heap);
@@ -1213,7 +1213,7 @@ static void end_residency(mb_ctx *ctx, mb__model *m) {
     snprintf(m->warning_text, sizeof(m->warning_text),
              "memory grew across %d residencies in a row (now %llu bytes)", m->growth_streak + 1,
              (unsigned long long)m->resid_peak);
-    mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, m->warning_text);
+    mb__event_locked_core(ctx, MB_EVENT_WARNING, m, m->state, m->state, m->warning_text);
   }
   m->resid_peak = 0;
 }
@@ -1291,13 +1291,13 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
         m->warnings |= MB_WARN_SLOW_LOAD;
         snprintf(m->warning_text, sizeof(m->warning_text),
                  "load took %.0f ms, over twice its average of %.0f ms", ms, prev_avg);
-        mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, m->warning_text);
+        mb__event_locked_core(ctx, MB_EVENT_WARNING, m, m->state, m->state, m->warning_text);
       } else {
         m->warnings &= ~MB_WARN_SLOW_LOAD;
       }
       become_ready(ctx, m, took, "loaded");
       if (j->note[0])
-        mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, j->note);
+        mb__event_locked_core(ctx, MB_EVENT_WARNING, m, m->state, m->state, j->note);
     } else {
       m->stats.load_failures++;
       snprintf(m->error, sizeof(m->error), "%s", j->msg[0] ? j->msg : mb_strerror(j->rc));
@@ -1326,13 +1326,13 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
       charge_host(ctx, m, 0);
       become_ready(ctx, m, took, "restored");
       if (j->note[0])
-        mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, j->note);
+        mb__event_locked_core(ctx, MB_EVENT_WARNING, m, m->state, m->state, j->note);
     } else {
       /* The host copy is of no use: free it and load cold for the waiters. */
       snprintf(m->error, sizeof(m->error), "restore failed: %s",
                j->msg[0] ? j->msg : mb_strerror(j->rc));
       snprintf(why, sizeof(why), "error: %s", m->error);
-      mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, why);
+      mb__event_locked_core(ctx, MB_EVENT_WARNING, m, m->state, m->state, why);
       start_job(ctx, m, MB_JOB_UNLOAD, "error");
     }
     break;
@@ -1358,7 +1358,7 @@ static void job_done(mb_ctx *ctx, struct mb_job *j) {
       /* Undo the leaving mark; the unload job sets it again. */
       set_leaving(ctx, m, 0);
       snprintf(why, sizeof(why), "error: %s", m->error);
-      mb__event_locked(ctx, MB_EVENT_WARNING, m, m->state, m->state, why);
+      mb__event_locked_core(ctx, MB_EVENT_WARNING, m, m->state, m->state, why);
       /* Offload requests fail; unload requests wait for the unload. */
       fail_offload_waiters(ctx, m, MB_EBACKEND, m->error);
       m->offload_pending = 0;
@@ -1448,7 +1448,7 @@ static void lose(mb_ctx *ctx, mb__model *m, int flags, const char *reason) {
   m->stats.crashes++;
   m->lost_at = ctx->now;
   snprintf(m->lost_reason, sizeof(m->lost_reason), "%s", reason);
-  mb__event_locked(ctx, MB_EVENT_LOST, m, m->state, m->state, reason);
+  mb__event_locked_core(ctx, MB_EVENT_LOST, m, m->state, m->state, reason);
   m->lost_times[m->lost_next] = ctx->now;
   m->lost_next = (m->lost_next + 1) % MB_CRASH_LIMIT_MAX;
   if (m->lost_n < MB_CRASH_LIMIT_MAX)
@@ -1468,7 +1468,7 @@ static void lose(mb_ctx *ctx, mb__model *m, int flags, const char *reason) {
   }
   /* Its leases end: their holders learn it from mb_release (MB_ELOST). */
   pthread_mutex_lock(&ctx->post_lock);
-  (void)mb__leases_lose_locked(ctx, m);
+  (void)mb__leases_lose_locked_post(ctx, m);
   pthread_mutex_unlock(&ctx->post_lock);
   if (m->inflight > 0 && m->device >= 0) {
     ctx->devs[m->device].leases -= m->inflight;
@@ -1751,13 +1751,13 @@ static void reap_removed(mb_ctx *ctx, mb__model *m) {
     return;
   adm_remove(ctx, m);
   answer_op_waiters(ctx, m, 0, NULL);
-  mb__model_unlink_locked(ctx, m);
+  mb__model_unlink_locked_core(ctx, m);
   mb__heap_cancel(&ctx->heap, &m->timer);
   mb__heap_unreserve(&ctx->heap);
   mb__queue_insert_head(&ctx->graveyard, &m->grave_node);
 }
 
-void mb__shutdown_locked(mb_ctx *ctx) {
+void mb__shutdown_locked_core(mb_ctx *ctx) {
   ctx->shutting_down = 1;
   for (int i = 0; i < ctx->nmodels; i++) {
     mb__model *m = ctx->models[i];
@@ -1784,7 +1784,7 @@ static void handle_req(mb_ctx *ctx, mb__req *r) {
     answer(ctx, r, MB_ESHUTDOWN, "context is shutting down");
     return;
   }
-  mb__model *m = mb__model_find_locked(ctx, r->name);
+  mb__model *m = mb__model_find_locked_core(ctx, r->name);
   if (m == NULL || m->removing) {
     answer(ctx, r, MB_ENOENT, "no model named '%s'", r->name);
     return;
@@ -1812,9 +1812,9 @@ static void handle_req(mb_ctx *ctx, mb__req *r) {
  * no earlier request can change that), no timer due, no lease TTL (which
  * would need a timer). Exactly what req_acquire and grant do in that case.
  */
-int mb__try_grant_locked(mb_ctx *ctx, const char *name, const mb_acquire_opts *o,
+int mb__try_grant_locked_core(mb_ctx *ctx, const char *name, const mb_acquire_opts *o,
                          mb_result *out) {
-  mb__model *m = mb__model_find_locked(ctx, name);
+  mb__model *m = mb__model_find_locked_core(ctx, name);
   mb__timer *top = mb__heap_top(&ctx->heap);
   if (m == NULL || m->removing || ctx->shutting_down || o->ttl_ms > 0 ||
       (top != NULL && top->deadline <= ctx->now) || !mb__queue_empty(&m->wq) || !can_grant(ctx, m) ||
@@ -1844,7 +1844,7 @@ int mb__try_grant_locked(mb_ctx *ctx, const char *name, const mb_acquire_opts *o
  * act at once. Exactly drop_lease and advance in that case. *armed gets
  * the idle timer's deadline when one was armed (else 0).
  */
-int mb__try_release_locked(mb_ctx *ctx, mb__lease *l, uint64_t *armed) {
+int mb__try_release_locked_core(mb_ctx *ctx, mb__lease *l, uint64_t *armed) {
   mb__model *m = l->m;
   *armed = 0;
   if (l->lost || l->ttl_deadline != 0 || ctx->shutting_down || m->removing ||
@@ -1930,7 +1930,7 @@ static void fire_timer(mb_ctx *ctx, mb__timer *t) {
     }
     if (!l->released) {
       l->released = 1;
-      mb__lease_take_locked(ctx, l->id);
+      mb__lease_take_locked_post(ctx, l->id);
       expire = 1;
       if (l->renewed) { /* renewed meanwhile to a deadline now past */
         mb__queue_remove(&l->renew_node);
@@ -1948,7 +1948,7 @@ static void fire_timer(mb_ctx *ctx, mb__timer *t) {
 /* ------------------------------------------------------------------------ */
 /* The step                                                                  */
 
-int mb__step_locked(mb_ctx *ctx, mb__queue *reqs, mb__queue *rels, mb__queue *done) {
+int mb__step_locked_core(mb_ctx *ctx, mb__queue *reqs, mb__queue *rels, mb__queue *done) {
   int n = 0;
   mb__queue *q;
   while ((q = mb__queue_first(done)) != NULL) {
