@@ -1,6 +1,7 @@
 /*
  * core.c - the context: its threads, the post queue, the loader pool, and
- * the public entry points. The decisions themselves are in sched.c.
+ * the public entry points. The decisions themselves are made in a step
+ * (sched.c and the files of sched_int.h).
  *
  * Threads (threaded mode):
  *   - callers post requests (mb_acquire_async and friends) onto the post
@@ -17,11 +18,15 @@
  * Locks and what they guard:
  *   core_lock - all state-machine data (models, devices, heap, queues,
  *               statistics, the name table). Never held while a backend
- *               function or a user callback runs.
+ *               function or a user callback runs (evict_rank aside). Held
+ *               for a whole step, and briefly by status readers, model and
+ *               device registration and the fast paths (core_int.h says
+ *               why a lock, not a thread, owns the state machine).
  *   post_lock - the post queue, released leases, job completions, the lease
  *               table, the wake flag. Never held while anything blocks.
  *   pool_lock - the loader pool's queue.
- * Lock order: core_lock -> post_lock; core_lock -> pool_lock.
+ * Lock order: core_lock -> post_lock; core_lock -> pool_lock. A function
+ * that expects a lock held ends in _locked_core or _locked_post.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -249,21 +254,25 @@ void mb__op_note(mb_op *op, const char *note) {
     snprintf(j->note, sizeof(j->note), "%s", note);
 }
 
+void mb__job_op(const struct mb_job *j, mb_op *op) {
+  memset(op, 0, sizeof(*op));
+  op->model = j->m->name;
+  op->user = j->m->user;
+  op->device = j->device;
+  op->device_kind = j->device_kind;
+  op->device_ordinal = j->device_ordinal;
+  op->budget_bytes = j->budget_bytes;
+  op->residency = j->residency;
+}
+
 /* Runs the backend function of a job; no core lock is held. */
 static void run_backend(struct mb_job *j) {
   mb__model *m = j->m;
   mb_op op;
-  memset(&op, 0, sizeof(op));
-  op.model = m->name;
-  op.user = m->user;
-  op.device = j->device;
-  op.device_kind = j->device_kind;
-  op.device_ordinal = j->device_ordinal;
-  op.budget_bytes = j->budget_bytes;
+  mb__job_op(j, &op);
   op.err = j->msg;
   op.err_len = sizeof(j->msg);
   op.priv = j;
-  op.residency = j->residency;
   j->msg[0] = '\0';
   switch (j->kind) {
   case MB_JOB_LOAD: j->rc = m->be->load(&op); break;
@@ -297,7 +306,7 @@ void mb_job_complete(mb_job *job, int rc, const char *msg, const mb_usage *usage
   mb__post_job_done(job->ctx, job);
 }
 
-/* Called by sched.c with core_lock held. */
+/* Called by a step (jobs.c) with core_lock held. */
 void mb__submit_job_locked_core(mb_ctx *ctx, struct mb_job *job) {
   if (ctx->opts.manual) {
     /* Handed to the executor after the step, outside core_lock. */
@@ -415,6 +424,25 @@ static int step(mb_ctx *ctx) {
   return n;
 }
 
+void mb__admission_check(mb_ctx *ctx, int on) {
+  pthread_mutex_lock(&ctx->core_lock);
+  if (!on)
+    ctx->admit_check = 0;
+  else if (ctx->admit_check == 0)
+    ctx->admit_check = 1;
+  pthread_mutex_unlock(&ctx->core_lock);
+}
+
+void mb__admission_check_result(mb_ctx *ctx, uint64_t *checked, uint64_t *differ, char *first,
+                                size_t first_len) {
+  pthread_mutex_lock(&ctx->core_lock);
+  *checked = ctx->admit_checked;
+  *differ = ctx->admit_differ;
+  if (first != NULL && first_len > 0)
+    snprintf(first, first_len, "%s", ctx->admit_first);
+  pthread_mutex_unlock(&ctx->core_lock);
+}
+
 int mb_ctx_step(mb_ctx *ctx) {
   if (ctx == NULL || !ctx->opts.manual)
     return MB_EINVAL;
@@ -523,6 +551,9 @@ int mb_ctx_new(const mb_ctx_opts *opts, mb_ctx **out, char *err, size_t err_len)
                               &ctx->answered, &ctx->graveyard, &ctx->manual_jobs, &ctx->cancels};
   for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
     mb__queue_init(lists[i]);
+#ifdef MB_ADMISSION_CHECK
+  ctx->admit_check = 2; /* the build option: every context checks (admit.c) */
+#endif
   if (o.host_budget_bytes == 0) {
     struct sysinfo si;
     uint64_t total = 0;

@@ -1,22 +1,44 @@
 /*
  * core_int.h - the residency core's data, private to libmodelbuf.
  *
- * Split across three files:
- *   core.c   - the context: threads, the post queue, the loader pool, the
- *              public entry points that post requests and wait.
- *   sched.c  - the state machine: every decision (admission, eviction,
- *              grants, timers, job completions) is made there, in a step.
- *   status.c - snapshots for status and device info.
+ * Files:
+ *   core.c    - the context: threads, the post queue, the loader pool, the
+ *               public entry points that post requests and wait, the fast
+ *               paths' locking.
+ *   sched.c   - the step: every decision is made there or in the files it
+ *   jobs.c      shares sched_int.h with (backend jobs and memory, admission
+ *   admit.c     planning, eviction order).
+ *   policy.c
+ *   status.c  - snapshots for status and device info.
  *
- * Locks (see core.c for the full rules):
- *   core_lock - everything the state machine owns: models, devices, the
- *               timer heap, queues, statistics. Held by a step and by status
- *               readers; never held while a backend runs.
- *   post_lock - the post queue, the job completion list, the lease table
- *               and the wake-up condition. Short critical sections.
- *   pool_lock - the loader pool's job queue.
+ * Who owns the state machine: a lock, not a thread. core_lock guards
+ * everything the state machine owns (models, devices, the timer heap, the
+ * queues, statistics, the name table) and is held for a whole step; the
+ * core thread (threaded mode) or mb_ctx_step's caller (manual mode) is the
+ * one that steps, but other threads take core_lock too, each for a short
+ * critical section of its own: status readers (status.c), mb_model_add and
+ * mb_device_add, mb_ctx_next_deadline, and the fast paths (mb_acquire_try,
+ * mb_release), which settle on the caller's thread what a step would
+ * settle at once, and only with nothing posted. So "owned by the core" in
+ * STYLE terms means guarded by core_lock, decided in a step; the
+ * determinism comes from the step reading the clock once and taking its
+ * inputs in order, not from a single thread. core_lock is never held while
+ * a backend function runs, nor any user callback but evict_rank (public
+ * header: quick, no calls into the library).
+ *
+ * Locks, what they guard, and their suffix (a function that expects its
+ * caller to hold one ends in it):
+ *   core_lock  _locked_core  the state machine (above); the files of the
+ *                            step (sched_int.h) run under it throughout
+ *                            and do not repeat the suffix;
+ *   post_lock  _locked_post  the post queue (requests, released leases,
+ *                            renewals, job completions), the lease table,
+ *                            the wake-up flag and the core thread's sleep;
+ *                            short critical sections, nothing blocks;
+ *   pool_lock  (none)        the loader pool's job queue; core.c only.
  * Order: core_lock -> post_lock, core_lock -> pool_lock. Nothing takes
- * core_lock while holding post_lock or pool_lock.
+ * core_lock while holding post_lock or pool_lock, and post_lock and
+ * pool_lock are never held together.
  */
 #ifndef MB_CORE_INT_H
 #define MB_CORE_INT_H
@@ -133,7 +155,7 @@ typedef struct mb__device {
   int loads;           /* LOADING + RESTORING */
   int leases;
   mb__queue res_list;  /* models charged here (on_dev), newest first, via dev_node */
-  /* Admission plan (sched.c): this device's eviction candidates, sorted,
+  /* Admission plan (admit.c): this device's eviction candidates, sorted,
    * at ctx->plan[plan_off .. plan_off + plan_n), valid while plan_gen ==
    * ctx->plan_gen. */
   uint64_t plan_gen;
@@ -143,7 +165,7 @@ typedef struct mb__device {
   uint64_t fail_gen, fail_need;
 } mb__device;
 
-/* An eviction candidate and its rank under the policy (sched.c). */
+/* An eviction candidate and its rank under the policy (policy.c). */
 typedef struct mb__cand {
   mb__model *m;
   double rank;
@@ -310,13 +332,19 @@ struct mb_ctx {
   /* The same for a model that may go on any device. */
   uint64_t auto_fail_gen, auto_fail_need, auto_fail_largest;
   /* What a model that may go on any device finds, per generation
-   * (sched.c, auto_blocked): the largest usable size, the device with the
+   * (admit.c, auto_blocked): the largest usable size, the device with the
    * most free memory and that memory, the most a device can take once its
    * leaving models are gone, and the cheapest planned eviction. */
   uint64_t auto_gen, auto_cost_gen;
   uint64_t auto_usable, auto_t0, auto_t1;
   int auto_dev0, auto_has_t1;
-  double auto_min_cost;
+  int auto_cost_positive;     /* every eviction now costs more than 0 */
+  /* The admission check (admit.c): 0 off; 1 every decision a shortcut
+   * makes is planned again in full and compared, differences counted; 2
+   * the same, and a difference aborts (build option admission_check). */
+  int admit_check;
+  uint64_t admit_checked, admit_differ;
+  char admit_first[512];      /* the first difference, described */
   int shutting_down;
   int jobs_busy;
   mb__queue manual_jobs;      /* handed to the executor after the step, in order */
@@ -330,6 +358,9 @@ struct mb_ctx {
 
 /* core.c */
 void mb__post_job_done(mb_ctx *ctx, struct mb_job *job);
+/* The backend operation of job j, as its backend gets it (err, err_len and
+ * priv left empty). */
+void mb__job_op(const struct mb_job *j, mb_op *op);
 void mb__submit_job_locked_core(mb_ctx *ctx, struct mb_job *job);
 mb__model *mb__model_find_locked_core(mb_ctx *ctx, const char *name);
 void mb__model_unlink_locked_core(mb_ctx *ctx, mb__model *m);
@@ -344,18 +375,28 @@ int mb__lease_insert_locked_post(mb_ctx *ctx, mb__lease *l);    /* post_lock hel
  * held and nothing posted: 1 when done now, 0 when only a step can do it
  * (nothing changed), or MB_ENOMEM. */
 int mb__try_grant_locked_core(mb_ctx *ctx, const char *name, const mb_acquire_opts *o,
-                         mb_result *out);
+                              mb_result *out);
 int mb__try_release_locked_core(mb_ctx *ctx, mb__lease *l, uint64_t *armed);
 
 /* sched.c: the step, with core_lock held: the requests, released leases
  * and completed jobs taken from the post queue (each list emptied). */
 int mb__step_locked_core(mb_ctx *ctx, mb__queue *reqs, mb__queue *rels, mb__queue *done);
 void mb__event_locked_core(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state from,
-                      mb_state to, const char *reason);
+                           mb_state to, const char *reason);
 uint64_t mb__footprint(const mb__model *m);
 /* Stops grants, fails every waiter with MB_ESHUTDOWN, marks every model
  * for unloading (threaded mode unloads them through the loaders). */
 void mb__shutdown_locked_core(mb_ctx *ctx);
+
+/*
+ * The admission check (admit.c) of ctx, for its test and the simulator:
+ * on, every decision an admission shortcut makes is planned again in full
+ * and compared. The counts: decisions checked, differences, and the first
+ * difference described (cut to first_len).
+ */
+void mb__admission_check(mb_ctx *ctx, int on);
+void mb__admission_check_result(mb_ctx *ctx, uint64_t *checked, uint64_t *differ, char *first,
+                                size_t first_len);
 
 /* Milliseconds to ns, with MB_FOREVER passing through as UINT64_MAX. */
 static inline uint64_t mb__ms_to_ns(int64_t ms) {
