@@ -32,8 +32,7 @@
 
 #include "modelbuf/tensors.h"
 #include "cli.h"
-#include "device.h"
-#include "tensor/loader.h"
+#include "mb_internal.h"
 
 #define BLOCK (8u << 20)
 #define URING_DEPTH 8u

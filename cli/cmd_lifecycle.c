@@ -10,7 +10,8 @@
  *   the device's own figure (free memory) and the OS's (RSS).
  *
  * lifecycle.c turns the cycles into figures, a leak verdict and advice.
- * The model is built by the daemon's own construction (model_build.h), so
+ * The model is built by the daemon's own construction (model_build.h,
+ * through daemon/internal/mbd_internal.h), so
  * it is exactly the model modelbufd would run: process (the worker started,
  * supervised and stopped as modelbufd does it), plugin and tensors (both in
  * this process), files: entries expanded the same way. With --url the model is
@@ -32,12 +33,8 @@
 #ifdef MB_CLI_CLIENT
 #include "client.h"
 #endif
-#include "config.h"
-#include "device.h"
-#include "expand.h"
 #include "lifecycle.h"
-#include "model_build.h"
-#include "worker.h"
+#include "mbd_internal.h"
 
 #define MAX_CYCLES 256
 #define MAX_PROBES 100
@@ -53,8 +50,8 @@ typedef struct target {
   mbd_sup *sup;        /* starts and reaps the worker (process backend) */
   char **paths;        /* the model's files, expanded (for the page cache) */
   size_t n_paths;
-  mb__dev *tdev;       /* tensors off the host device: read back through it */
-  void *tbounce;       /* pinned bounce buffer of TENSOR_BOUNCE bytes on tdev */
+  void *tbounce;       /* tensors off the host device: read back into this
+                          buffer of TENSOR_BOUNCE bytes (mb_tensors_read) */
   uint64_t tsum;       /* checksum of every tensor's bytes after the first load */
   int tsum_set;
   mb_device_kind kind;
@@ -90,7 +87,7 @@ static uint64_t rss_self(void) {
 static uint64_t device_free(const target *t) {
   uint64_t total = 0, free_b = 0;
   char err[128];
-  if (mb__device_mem_info(t->kind, t->ordinal, &total, &free_b, err, sizeof(err)) != 0)
+  if (mb_device_mem_info(t->kind, t->ordinal, &total, &free_b, err, sizeof(err)) != 0)
     return 0;
   return free_b;
 }
@@ -120,8 +117,8 @@ static uint64_t checksum(uint64_t h, const uint8_t *p, uint64_t n) {
  * The "inference" of a tensors model, which has no request handler: every
  * tensor of every file looked up by name (mb_tensors_find, as user code
  * does) and all its bytes read into a checksum -- on the host device
- * straight from the arena, on another device copied back through a pinned
- * bounce buffer. It measures what a first pass over the weights costs after
+ * straight from the arena, on another device copied back through a bounce
+ * buffer (mb_tensors_read, as user code would). It measures what a first pass over the weights costs after
  * a load or a restore (lookups, page faults of a fresh arena, memory
  * bandwidth), and the checksum must stay the one of the first load: a
  * restore that brought back other bytes fails the probe.
@@ -152,14 +149,14 @@ static double probe_tensors(target *t, char *err, size_t len) {
         h = checksum(h, (const uint8_t *)(uintptr_t)ref.device_ptr, ref.size_bytes);
         continue;
       }
-      if (t->tdev == NULL &&
-          (mb__dev_open(t->kind, t->ordinal, &t->tdev, err, len) != 0 ||
-           mb__dev_host_alloc(t->tdev, TENSOR_BOUNCE, &t->tbounce, err, len) != 0))
+      if (t->tbounce == NULL && (t->tbounce = malloc(TENSOR_BOUNCE)) == NULL) {
+        snprintf(err, len, "out of memory");
         return -2.0;
+      }
       for (uint64_t off = 0; off < ref.size_bytes; off += TENSOR_BOUNCE) {
         size_t part = ref.size_bytes - off < TENSOR_BOUNCE ? (size_t)(ref.size_bytes - off)
                                                            : TENSOR_BOUNCE;
-        if (mb__dev_d2h(t->tdev, t->tbounce, ref.device_ptr + off, part, 0, err, len) != 0)
+        if (mb_tensors_read(tm, ti.name, off, t->tbounce, part, err, len) != 0)
           return -2.0;
         h = checksum(h, t->tbounce, part);
       }
@@ -524,10 +521,7 @@ static int bench_here(const mbd_config *cfg, const mbd_model_config *mc, const l
 done:
   if (t.ctx && mb_ctx_free(t.ctx) != 0)
     fprintf(stderr, "modelbuf: bench lifecycle: context still busy\n");
-  if (t.tdev) {
-    mb__dev_host_free(t.tdev, t.tbounce);
-    mb__dev_close(t.tdev);
-  }
+  free(t.tbounce);
   mbd_sup_stop(t.sup); /* after the context: the worker is stopped by then */
   mb_tensors_paths_free(t.paths, t.n_paths);
   return status;

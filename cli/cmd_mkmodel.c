@@ -1,7 +1,7 @@
 /*
  * cmd_mkmodel.c - `modelbuf mkmodel --format safetensors|gguf --size SIZE
  * [--tensors N] [--seed S] OUT`: writes a valid synthetic weight file with
- * the library's writer (lib/tensor/mkmodel.c), for benchmarks, tests and
+ * the tool's writer (mkmodel.c), for benchmarks, tests and
  * trying the daemon without downloading a model.
  */
 #include <errno.h>
@@ -13,7 +13,7 @@
 
 #include "modelbuf/tensors.h"
 #include "cli.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...) {
   va_list ap;
@@ -44,7 +44,7 @@ static int parse_u64(const char *s, uint64_t *out) {
 }
 
 int cmd_mkmodel(int argc, char **argv) {
-  mb__mkmodel_opts o = {0};
+  cli_mkmodel_opts o = {0};
   const char *format = NULL, *size = NULL, *tensors = NULL, *seed = NULL;
   uint64_t v;
 
@@ -106,9 +106,9 @@ int cmd_mkmodel(int argc, char **argv) {
 
   struct timespec t0, t1;
   char err[512], hb[32];
-  mb__mkmodel_result res;
+  cli_mkmodel_result res;
   clock_gettime(CLOCK_MONOTONIC, &t0);
-  int rc = mb__mkmodel_write(&o, &res, err, sizeof err);
+  int rc = cli_mkmodel_write(&o, &res, err, sizeof err);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   if (rc != 0) {
     fprintf(stderr, "modelbuf: %s\n", err);

@@ -16,7 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "alloc.h"
+#include "mb_internal.h"
 #include "cgroup.h"
 
 #ifndef CGROUP2_SUPER_MAGIC

@@ -24,7 +24,6 @@
 #include <unistd.h>
 
 #include "daemon.h"
-#include "device.h"
 #include "expand.h"
 #include "front.h"
 #include "front_int.h"
@@ -366,7 +365,7 @@ static int add_devices(mbd *d, char *err, size_t err_len) {
   for (int ord = 0; ord < 16; ord++) {
     uint64_t total = 0;
     char why[200];
-    if (mb__device_mem_info(MB_DEVICE_CUDA, ord, &total, NULL, why, sizeof(why)) != 0) {
+    if (mb_device_mem_info(MB_DEVICE_CUDA, ord, &total, NULL, why, sizeof(why)) != 0) {
       if (ord == 0)
         mbd_log(d, MBD_LOG_INFO, "no GPU: models run on the host device", "why=\"%s\"", why);
       break;

@@ -36,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "alloc.h"
+#include "mb_internal.h"
 #include "cgroup.h"
 #include "logring.h"
 #include "proctree.h"

@@ -396,18 +396,21 @@ static int plan_admission(mb_ctx *ctx, const mb__model *m, int full, admit_plan 
   return p->act;
 }
 
+/* The shortcuts the admission check names (ctx->admit_checked). */
+enum { CHECK_AUTO_BLOCKED, CHECK_ANY_BLOCKED, CHECK_PLANNED };
+static const char *const check_name[] = {"auto_blocked", "any_blocked", "fail caches"};
+
 /*
- * The admission check: a decision taken with the shortcuts (shortcut: which
- * one; got: what it decided) is planned again in full and compared. Counts
- * every check and every difference (the first one described); with the
- * build option admission_check a difference stops the process, as a failed
- * assertion would.
+ * The admission check: a decision taken with a shortcut (which; got: what
+ * it decided) is planned again in full and compared. Counts every check
+ * and every difference (the first one described); with the build option
+ * admission_check a difference stops the process, as a failed assertion
+ * would.
  */
-static void admit_check(mb_ctx *ctx, const mb__model *m, const char *shortcut,
-                        const admit_plan *got) {
+static void admit_check(mb_ctx *ctx, const mb__model *m, int shortcut, const admit_plan *got) {
   admit_plan full;
   plan_admission(ctx, m, 1, &full);
-  ctx->admit_checked++;
+  ctx->admit_checked[shortcut]++;
   if (full.act == got->act && (got->act == ADMIT_WAIT || got->act == ADMIT_FAIL ||
                                (full.dev == got->dev && full.nvict == got->nvict)))
     return;
@@ -415,7 +418,7 @@ static void admit_check(mb_ctx *ctx, const mb__model *m, const char *shortcut,
     snprintf(ctx->admit_first, sizeof(ctx->admit_first),
              "%s: model '%s' (%llu bytes) at %llu ns: shortcut act %d dev %d evict %d, "
              "full planning act %d dev %d evict %d",
-             shortcut, m->name, (unsigned long long)mb__footprint(m),
+             check_name[shortcut], m->name, (unsigned long long)mb__footprint(m),
              (unsigned long long)ctx->now, got->act, got->dev, got->nvict, full.act, full.dev,
              full.nvict);
   if (ctx->admit_check > 1)
@@ -441,13 +444,13 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
   if (any && auto_blocked(ctx, need)) {
     if (ctx->admit_check) {
       p.act = ADMIT_WAIT;
-      admit_check(ctx, m, "auto_blocked", &p);
+      admit_check(ctx, m, CHECK_AUTO_BLOCKED, &p);
     }
     return;
   }
   plan_admission(ctx, m, 0, &p);
   if (ctx->admit_check)
-    admit_check(ctx, m, "fail caches", &p);
+    admit_check(ctx, m, CHECK_PLANNED, &p);
   switch (p.act) {
   case ADMIT_FAIL: {
     char msg[256];
@@ -512,7 +515,7 @@ static void check_any_blocked(mb_ctx *ctx) {
   mb__queue_foreach(q, &ctx->adm) {
     const mb__model *m = mb__queue_data(q, mb__model, adm_node);
     if (!m->adm_single && mb__wants_resident(m) && !m->unload_pending)
-      admit_check(ctx, m, "any_blocked", &wait);
+      admit_check(ctx, m, CHECK_ANY_BLOCKED, &wait);
   }
 }
 

@@ -39,6 +39,7 @@
 #include "backend.h"
 #include "core_int.h"
 #include "device.h"
+#include "mb_internal.h"
 
 const double mb_wait_bucket_ms[MB_WAIT_BUCKETS - 1] = {1,   5,    10,   50,    100,   250,
                                                        500, 1000, 5000, 10000, 60000};
@@ -433,13 +434,13 @@ void mb__admission_check(mb_ctx *ctx, int on) {
   pthread_mutex_unlock(&ctx->core_lock);
 }
 
-void mb__admission_check_result(mb_ctx *ctx, uint64_t *checked, uint64_t *differ, char *first,
-                                size_t first_len) {
+void mb__admission_check_result(mb_ctx *ctx, mb__admit_stats *out) {
   pthread_mutex_lock(&ctx->core_lock);
-  *checked = ctx->admit_checked;
-  *differ = ctx->admit_differ;
-  if (first != NULL && first_len > 0)
-    snprintf(first, first_len, "%s", ctx->admit_first);
+  out->auto_blocked = ctx->admit_checked[0];
+  out->any_blocked = ctx->admit_checked[1];
+  out->planned = ctx->admit_checked[2];
+  out->differ = ctx->admit_differ;
+  snprintf(out->first, sizeof(out->first), "%s", ctx->admit_first);
   pthread_mutex_unlock(&ctx->core_lock);
 }
 
@@ -786,7 +787,7 @@ int mb_device_add(mb_ctx *ctx, const mb_device_opts *opts, int *index, char *err
   }
   uint64_t capacity = o.capacity_bytes;
   if (capacity == 0) {
-    int rc = mb__device_mem_info(o.kind, o.ordinal, &capacity, NULL, err, err_len);
+    int rc = mb_device_mem_info(o.kind, o.ordinal, &capacity, NULL, err, err_len);
     if (rc != 0)
       return rc;
   }

@@ -343,7 +343,8 @@ struct mb_ctx {
    * makes is planned again in full and compared, differences counted; 2
    * the same, and a difference aborts (build option admission_check). */
   int admit_check;
-  uint64_t admit_checked, admit_differ;
+  uint64_t admit_checked[3];  /* by shortcut: auto_blocked, any_blocked, planning */
+  uint64_t admit_differ;
   char admit_first[512];      /* the first difference, described */
   int shutting_down;
   int jobs_busy;
@@ -387,16 +388,6 @@ uint64_t mb__footprint(const mb__model *m);
 /* Stops grants, fails every waiter with MB_ESHUTDOWN, marks every model
  * for unloading (threaded mode unloads them through the loaders). */
 void mb__shutdown_locked_core(mb_ctx *ctx);
-
-/*
- * The admission check (admit.c) of ctx, for its test and the simulator:
- * on, every decision an admission shortcut makes is planned again in full
- * and compared. The counts: decisions checked, differences, and the first
- * difference described (cut to first_len).
- */
-void mb__admission_check(mb_ctx *ctx, int on);
-void mb__admission_check_result(mb_ctx *ctx, uint64_t *checked, uint64_t *differ, char *first,
-                                size_t first_len);
 
 /* Milliseconds to ns, with MB_FOREVER passing through as UINT64_MAX. */
 static inline uint64_t mb__ms_to_ns(int64_t ms) {

@@ -14,14 +14,8 @@
 
 #include "modelbuf/modelbuf.h"
 
-/*
- * Memory of a device: total and free bytes (free may be NULL). The host
- * device reports the machine's RAM (MemTotal / MemAvailable). Errors:
- * MB_ENODEV with a message when the device does not exist or no driver is
- * available.
- */
-int mb__device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total, uint64_t *free_bytes,
-                        char *err, size_t err_len);
+/* The memory of a device without a handle: mb_device_mem_info, public
+ * (modelbuf.h). */
 
 /* The PCI bus id ("0000:65:00.0") of CUDA ordinal as this process's driver
  * numbers GPUs (after CUDA_VISIBLE_DEVICES), into buf (16 to 256 bytes):

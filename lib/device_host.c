@@ -74,8 +74,8 @@ int mb__device_pci_bus_id(int ordinal, char *buf, size_t len) {
 #endif
 }
 
-int mb__device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total, uint64_t *free_bytes,
-                        char *err, size_t err_len) {
+int mb_device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total, uint64_t *free_bytes,
+                       char *err, size_t err_len) {
   if (kind == MB_DEVICE_HOST) {
     int rc = mb__host_mem_info(total, free_bytes);
     if (rc != 0)
@@ -245,7 +245,7 @@ int mb__dev_mem_info(mb__dev *d, uint64_t *total, uint64_t *free_bytes, char *er
   /* An open CUDA handle asks its own context (no second open of the device,
    * with its streams, for each figure). */
   CUDA_OR(d, mb__cuda_mem_info(d->cuda, total, free_bytes, err, err_len));
-  return mb__device_mem_info(d->kind, d->ordinal, total, free_bytes, err, err_len);
+  return mb_device_mem_info(d->kind, d->ordinal, total, free_bytes, err, err_len);
 }
 
 /*

@@ -465,6 +465,18 @@ MB_EXTERN void mb_device_opts_init(mb_device_opts *opts);
 MB_EXTERN int mb_device_add(mb_ctx *ctx, const mb_device_opts *opts, int *index, char *err,
                             size_t err_len) MB_WUR;
 
+/*
+ * The memory of device kind:ordinal as its driver reports it now, with no
+ * context: total bytes into *total, free bytes into *free_bytes (may be
+ * NULL; a CUDA device's total alone is read without creating a context on
+ * the GPU). The host device reports the machine's RAM (MemTotal and
+ * MemAvailable). This is what mb_device_add measures when no capacity is
+ * given; modelbufd finds its GPUs with it. Thread-safe. Errors: MB_ENODEV
+ * with a message (no such device, no CUDA driver or build), MB_EIO.
+ */
+MB_EXTERN int mb_device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total,
+                                 uint64_t *free_bytes, char *err, size_t err_len) MB_WUR;
+
 typedef struct mb_device_info {
   int index;
   mb_device_kind kind;

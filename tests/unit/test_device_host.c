@@ -25,7 +25,7 @@
 #include "modelbuf/modelbuf.h"
 #include "modelbuf/tensors.h"
 #include "device.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 
 #define MiB (1024ull * 1024ull)
 
@@ -62,7 +62,7 @@ static void test_mem_info(void **state) {
   /* Through the device interface too. */
   char err[128] = "";
   uint64_t t3 = 0, f3 = 0;
-  assert_int_equal(mb__device_mem_info(MB_DEVICE_HOST, 0, &t3, &f3, err, sizeof(err)), 0);
+  assert_int_equal(mb_device_mem_info(MB_DEVICE_HOST, 0, &t3, &f3, err, sizeof(err)), 0);
   assert_int_equal(t3, total);
   assert_true(f3 <= t3);
 }
@@ -409,10 +409,10 @@ static int make_files(void **state) {
   if (mkdtemp(g_dir) == NULL)
     return -1;
   snprintf(g_path, sizeof(g_path), "%s/m.safetensors", g_dir);
-  mb__mkmodel_opts o = {.path = g_path, .format = MB_TENSOR_FORMAT_SAFETENSORS,
+  cli_mkmodel_opts o = {.path = g_path, .format = MB_TENSOR_FORMAT_SAFETENSORS,
                         .size_bytes = 24 * MiB, .seed = 11};
   char err[256];
-  return mb__mkmodel_write(&o, NULL, err, sizeof(err)) == 0 ? 0 : -1;
+  return cli_mkmodel_write(&o, NULL, err, sizeof(err)) == 0 ? 0 : -1;
 }
 
 static int remove_files(void **state) {

@@ -12,7 +12,7 @@
 #include <jansson.h>
 
 #include "sim.h"
-#include "alloc.h"
+#include "mb_internal.h"
 
 void sim_model_init(sim_model *m) {
   memset(m, 0, sizeof(*m));
