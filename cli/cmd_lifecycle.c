@@ -23,7 +23,6 @@
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "modelbuf/modelbuf.h"
@@ -59,12 +58,6 @@ typedef struct target {
   const char *device_name;
   uint64_t rss_start; /* RSS of this process before the first load */
 } target;
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 /*
  * RSS of this process, after handing free heap pages back to the OS: what
@@ -124,7 +117,7 @@ static uint64_t checksum(uint64_t h, const uint8_t *p, uint64_t n) {
  * restore that brought back other bytes fails the probe.
  */
 static double probe_tensors(target *t, char *err, size_t len) {
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   uint64_t h = 0xcbf29ce484222325ull;
   mb_tensors_model *tm = mbd_tensors_model_of(t->tensors);
   if (tm == NULL) {
@@ -162,7 +155,7 @@ static double probe_tensors(target *t, char *err, size_t len) {
       }
     }
   }
-  double took = now_ms() - t0;
+  double took = cli_now_ms() - t0;
   if (!t->tsum_set) {
     t->tsum = h;
     t->tsum_set = 1;
@@ -198,9 +191,9 @@ static double probe(target *t, char *err, size_t len) {
     }
     const char *colon = strrchr(url, ':');
     int port = colon ? atoi(colon + 1) : 0;
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     int rc = mbd_http_call(port, req.method, p->path, p->body, 60000, &status, err, len);
-    double took = now_ms() - t0;
+    double took = cli_now_ms() - t0;
     if (rc != 0)
       return -2.0;
     if (status >= 400) {
@@ -210,9 +203,9 @@ static double probe(target *t, char *err, size_t len) {
     return took;
   }
   mb_plugin_response resp;
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   int rc = mb_plugin_handle(t->inst, &req, &resp, err, len);
-  double took = now_ms() - t0;
+  double took = cli_now_ms() - t0;
   if (rc != 0)
     return -2.0;
   int status = resp.status;
@@ -317,9 +310,9 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
     return -1;
   }
 
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   STEP(mb_load(t->ctx, name, MB_FOREVER, err, sizeof(err)), "load");
-  c->load_ms = now_ms() - t0;
+  c->load_ms = cli_now_ms() - t0;
   sample(t, c);
   if (probes_once(t, probes, &c->first_ms, &c->steady_ms, c) != 0)
     return -1;
@@ -333,7 +326,7 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
   double off[MAX_RESTORES], res[MAX_RESTORES];
   int nr = 0;
   for (int r = 0; r < restores; r++) {
-    t0 = now_ms();
+    t0 = cli_now_ms();
     int rc = mb_offload(t->ctx, name, err, sizeof(err));
     if (rc == MB_ENOTSUP)
       break;
@@ -341,14 +334,14 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
       fprintf(stderr, "modelbuf: bench lifecycle: offload %s: %s\n", name, err);
       return -1;
     }
-    off[nr] = now_ms() - t0;
+    off[nr] = cli_now_ms() - t0;
     mb_status st;
     STEP(mb_model_status(t->ctx, name, &st), "status");
     if (st.host_bytes > c->host_offloaded)
       c->host_offloaded = st.host_bytes;
-    t0 = now_ms();
+    t0 = cli_now_ms();
     STEP(mb_load(t->ctx, name, MB_FOREVER, err, sizeof(err)), "restore");
-    res[nr++] = now_ms() - t0;
+    res[nr++] = cli_now_ms() - t0;
     sample(t, c);
     if (probes_once(t, probes > 1 ? 1 : probes, NULL, NULL, c) != 0)
       return -1;
@@ -364,9 +357,9 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
   STEP(steady(t, &c->dev_steady, &c->host_steady), "status");
   sample(t, c);
 
-  t0 = now_ms();
+  t0 = cli_now_ms();
   STEP(mb_unload(t->ctx, name, err, sizeof(err)), "unload");
-  c->unload_ms = now_ms() - t0;
+  c->unload_ms = cli_now_ms() - t0;
   uint64_t free_after = device_free(t), rss_after = rss_self();
   if (t->worker) {
     /* A worker's memory is back when none of its processes is left. */

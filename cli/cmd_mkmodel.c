@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "modelbuf/tensors.h"
 #include "cli.h"
@@ -104,17 +103,15 @@ int cmd_mkmodel(int argc, char **argv) {
   if (seed != NULL && parse_u64(seed, &o.seed) != 0)
     return usage_error("bad seed '%s'", seed);
 
-  struct timespec t0, t1;
   char err[512], hb[32];
   cli_mkmodel_result res;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
+  double t0 = cli_now_s();
   int rc = cli_mkmodel_write(&o, &res, err, sizeof err);
-  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double s = cli_now_s() - t0;
   if (rc != 0) {
     fprintf(stderr, "modelbuf: %s\n", err);
     return CLI_EXIT_FAIL;
   }
-  double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
   printf("%s: %s, %zu tensors, %s of tensor data, %llu bytes written in %.2f s (%.2f GB/s)\n",
          o.path, format, res.tensors, cli_fmt_bytes(res.data_bytes, hb, sizeof hb),
          (unsigned long long)res.file_bytes, s, s > 0 ? (double)res.file_bytes / s / 1e9 : 0.0);

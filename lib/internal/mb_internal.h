@@ -7,8 +7,8 @@
  * libmodelbuf.so exports none of it, and nothing here is installed.
  *
  * What, and who uses it:
- *   mb__set_err (alloc.h)      the error-buffer helper: the daemon, the
- *                              simulator, `modelbuf mkmodel`. (The
+ *   mb__set_err, mb__fail      the error-buffer helpers: the daemon, the
+ *   (alloc.h)                  simulator, `modelbuf mkmodel`. (The
  *                              allocator there is the library's own: the
  *                              others use malloc.)
  *   device handles (device.h)  `modelbuf bench load|offload|restore`
