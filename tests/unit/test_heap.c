@@ -35,6 +35,16 @@ static int drain(mb__heap *h, mb__timer **order, int max) {
   return n;
 }
 
+/* An empty heap with room reserved for n timers of kind, initialised. */
+static void heap_with(mb__heap *h, mb__timer *t, int n, uint8_t kind) {
+  memset(h, 0, sizeof(*h));
+  for (int i = 0; i < n; i++) {
+    mb__timer_init(&t[i], kind);
+    assert_int_equal(mb__heap_reserve(h), 0);
+  }
+  assert_true(h->cap >= (size_t)n);
+}
+
 static void test_empty_and_idle(void **state) {
   (void)state;
   mb__heap h;
@@ -55,12 +65,8 @@ static void test_empty_and_idle(void **state) {
 static void test_ties_in_arming_order(void **state) {
   (void)state;
   mb__heap h;
-  memset(&h, 0, sizeof(h));
   mb__timer t[8];
-  for (int i = 0; i < 8; i++) {
-    mb__timer_init(&t[i], 1);
-    assert_int_equal(mb__heap_reserve(&h), 0);
-  }
+  heap_with(&h, t, 8, 1);
   for (int i = 7; i >= 0; i--)
     mb__heap_arm(&h, &t[i], 100);
   mb__heap_arm(&h, &t[7], 100); /* re-armed: now the last of its deadline */
@@ -78,13 +84,8 @@ static void test_ties_in_arming_order(void **state) {
 static void test_random_against_reference(void **state) {
   (void)state;
   mb__heap h;
-  memset(&h, 0, sizeof(h));
   static mb__timer t[N];
-  for (int i = 0; i < N; i++) {
-    mb__timer_init(&t[i], 2);
-    assert_int_equal(mb__heap_reserve(&h), 0);
-  }
-  assert_true(h.cap >= N);
+  heap_with(&h, t, N, 2);
   srand(12345);
   for (int round = 0; round < 20000; round++) {
     mb__timer *x = &t[rand() % N];
@@ -117,12 +118,8 @@ static void test_random_against_reference(void **state) {
 static void test_reserve_bounds_arming(void **state) {
   (void)state;
   mb__heap h;
-  memset(&h, 0, sizeof(h));
   static mb__timer t[100];
-  for (int i = 0; i < 100; i++) {
-    mb__timer_init(&t[i], 3);
-    assert_int_equal(mb__heap_reserve(&h), 0);
-  }
+  heap_with(&h, t, 100, 3);
   assert_int_equal(h.reserved, 100);
   mb__timer **items = h.items;
   size_t cap = h.cap;
