@@ -24,6 +24,7 @@
 #include "alloc.h"
 #include "backend.h"
 #include "device.h"
+#include "opts.h"
 #include "tensor/loader.h"
 
 struct mb_tensors_model {
@@ -67,13 +68,22 @@ void mb_tensors_model_free(mb_tensors_model *m) {
   mb__free(m);
 }
 
+void mb_tensors_opts_init(mb_tensors_opts *opts) {
+  memset(opts, 0, sizeof(*opts));
+  opts->size = sizeof(*opts);
+}
+
 int mb_tensors_model_new(const char *const *paths, size_t npaths, const mb_tensors_opts *opts,
                          mb_tensors_model **out, char *err, size_t err_len) {
+  mb_tensors_opts o;
   *out = NULL;
   if (paths == NULL || npaths == 0) {
     mb__set_err(err, err_len, "tensors: no weight files given");
     return MB_EINVAL;
   }
+  mb_tensors_opts_init(&o);
+  if (opts != NULL && MB__OPTS_TAKE(&o, opts, mb_tensors_opts, no_fallback, err, err_len) != 0)
+    return MB_EINVAL;
   mb_tensors_model *m = mb__calloc(1, sizeof(*m));
   if (m == NULL || (m->files = mb__calloc(npaths, sizeof(*m->files))) == NULL) {
     mb__free(m);
@@ -81,8 +91,7 @@ int mb_tensors_model_new(const char *const *paths, size_t npaths, const mb_tenso
     return MB_ENOMEM;
   }
   pthread_mutex_init(&m->mu, NULL);
-  if (opts != NULL)
-    m->opts = *opts;
+  m->opts = o;
   int rc = 0;
   for (size_t i = 0; i < npaths && rc == 0; i++) {
     rc = mb_tensor_file_open(paths[i], &m->files[i], err, err_len);

@@ -40,6 +40,7 @@
 #include "core_int.h"
 #include "device.h"
 #include "mb_internal.h"
+#include "opts.h"
 
 const double mb_wait_bucket_ms[MB_WAIT_BUCKETS - 1] = {1,   5,    10,   50,    100,   250,
                                                        500, 1000, 5000, 10000, 60000};
@@ -56,12 +57,14 @@ uint64_t mb_clock_monotonic(void *arg) {
 
 void mb_ctx_opts_init(mb_ctx_opts *o) {
   memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
   o->eviction = MB_EVICT_LRU;
   o->keep_alive_ms = MB_DEFAULT; /* resolved by mb_ctx_new */
 }
 
 void mb_model_opts_init(mb_model_opts *o) {
   memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
   o->keep_alive_ms = MB_DEFAULT;      /* the context's, resolved by mb_model_add */
   o->offload = 1;
   o->host_keep_alive_ms = MB_DEFAULT; /* MB_DEFAULT_HOST_KEEP_ALIVE_MS */
@@ -75,6 +78,8 @@ void mb_model_opts_init(mb_model_opts *o) {
 }
 
 void mb_acquire_opts_init(mb_acquire_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
   o->priority = MB_PRIORITY_DEFAULT;
   o->timeout_ms = MB_DEFAULT;
   o->keep_alive_ms = MB_DEFAULT;
@@ -83,6 +88,7 @@ void mb_acquire_opts_init(mb_acquire_opts *o) {
 
 void mb_device_opts_init(mb_device_opts *o) {
   memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
   o->kind = MB_DEVICE_HOST;
 }
 
@@ -511,10 +517,9 @@ int mb_ctx_new(const mb_ctx_opts *opts, mb_ctx **out, char *err, size_t err_len)
   if (out == NULL)
     return MB_EINVAL;
   *out = NULL;
-  if (opts)
-    o = *opts;
-  else
-    mb_ctx_opts_init(&o);
+  mb_ctx_opts_init(&o);
+  if (opts != NULL && MB__OPTS_TAKE(&o, opts, mb_ctx_opts, evict_arg, err, err_len) != 0)
+    return MB_EINVAL;
   if (o.clock == NULL)
     o.clock = mb_clock_monotonic;
   if (o.manual && o.executor.submit == NULL) {
@@ -773,10 +778,9 @@ int mb_device_add(mb_ctx *ctx, const mb_device_opts *opts, int *index, char *err
   mb_device_opts o;
   if (ctx == NULL)
     return MB_EINVAL;
-  if (opts)
-    o = *opts;
-  else
-    mb_device_opts_init(&o);
+  mb_device_opts_init(&o);
+  if (opts != NULL && MB__OPTS_TAKE(&o, opts, mb_device_opts, concurrency, err, err_len) != 0)
+    return MB_EINVAL;
   if (o.kind != MB_DEVICE_HOST && o.kind != MB_DEVICE_CUDA) {
     mb__set_err(err, err_len, "unknown device kind %d", (int)o.kind);
     return MB_EINVAL;
@@ -853,10 +857,10 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
                  const mb_model_opts *opts, char *err, size_t err_len) {
   mb_model_opts o;
   int rc = MB_EINVAL;
-  if (opts)
-    o = *opts;
-  else
-    mb_model_opts_init(&o);
+  mb_model_opts_init(&o);
+  if (opts != NULL &&
+      MB__OPTS_TAKE(&o, opts, mb_model_opts, queue_timeout_excludes_load, err, err_len) != 0)
+    goto fail_args;
   if (ctx == NULL) {
     mb__set_err(err, err_len, "no context");
     goto fail_args;
@@ -1032,16 +1036,21 @@ static int check_ka(int64_t ka) {
   return ka >= 0 || ka == MB_FOREVER || ka == MB_DEFAULT;
 }
 
+/* The caller's acquire options (NULL: the defaults) into *o, checked:
+ * MB_EINVAL for a bad size or a bad duration. */
+static int acquire_opts_take(mb_acquire_opts *o, const mb_acquire_opts *opts) {
+  mb_acquire_opts_init(o);
+  if (opts != NULL && MB__OPTS_TAKE(o, opts, mb_acquire_opts, ttl_ms, NULL, 0) != 0)
+    return MB_EINVAL;
+  if (!check_ka(o->keep_alive_ms) || !check_ka(o->timeout_ms) || o->ttl_ms < MB_DEFAULT)
+    return MB_EINVAL;
+  return 0;
+}
+
 int mb_acquire_async(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts, mb_done_fn done,
                      void *arg, uint64_t *req_id) {
   mb_acquire_opts o;
-  if (ctx == NULL || name == NULL || done == NULL)
-    return MB_EINVAL;
-  if (opts)
-    o = *opts;
-  else
-    mb_acquire_opts_init(&o);
-  if (!check_ka(o.keep_alive_ms) || !check_ka(o.timeout_ms) || o.ttl_ms < MB_DEFAULT)
+  if (ctx == NULL || name == NULL || done == NULL || acquire_opts_take(&o, opts) != 0)
     return MB_EINVAL;
   mb__req *r = req_new(ctx, MB__R_ACQUIRE, name, done, arg);
   if (r == NULL)
@@ -1083,13 +1092,7 @@ static int posted(mb_ctx *ctx) {
 
 int mb_acquire_try(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts, mb_result *out) {
   mb_acquire_opts o;
-  if (ctx == NULL || name == NULL || out == NULL)
-    return MB_EINVAL;
-  if (opts)
-    o = *opts;
-  else
-    mb_acquire_opts_init(&o);
-  if (!check_ka(o.keep_alive_ms) || !check_ka(o.timeout_ms) || o.ttl_ms < MB_DEFAULT)
+  if (ctx == NULL || name == NULL || out == NULL || acquire_opts_take(&o, opts) != 0)
     return MB_EINVAL;
   if (ctx->opts.manual || pthread_mutex_trylock(&ctx->core_lock) != 0)
     return 0; /* a step runs now (or manual mode): the async way */

@@ -30,6 +30,15 @@
  * Times are nanoseconds of the context's clock (monotonic). Durations given
  * to the API are in milliseconds; keep-alive values use MB_FOREVER (-1) for
  * "never expire" and MB_DEFAULT (-2) for "use the model's setting".
+ *
+ * Option structs (mb_ctx_opts, mb_model_opts, mb_device_opts,
+ * mb_acquire_opts; mb_tensors_opts in tensors.h) start with a size field:
+ * fill each with its *_init function, which sets size and the defaults,
+ * then change the fields you want. Fields are only ever added at the end,
+ * so a program built against an older header keeps working with a newer
+ * library (the fields it does not know keep their defaults); a struct not
+ * filled by its *_init (size 0), or from a newer header than the library,
+ * is refused with MB_EINVAL. docs/LIBRARY.md has the rule.
  */
 #ifndef MODELBUF_H
 #define MODELBUF_H
@@ -384,6 +393,7 @@ typedef enum mb_eviction {
 typedef double (*mb_evict_rank_fn)(void *arg, const char *model, void *user, int device);
 
 typedef struct mb_ctx_opts {
+  size_t size;                /* sizeof(mb_ctx_opts): set by mb_ctx_opts_init */
   mb_clock_fn clock;          /* NULL: mb_clock_monotonic */
   void *clock_arg;
   int manual;                 /* 1: no threads; see mb_ctx_step and executor */
@@ -444,6 +454,7 @@ MB_EXTERN uint64_t mb_ctx_now(mb_ctx *ctx);
 /* Devices                                                                   */
 
 typedef struct mb_device_opts {
+  size_t size;                 /* sizeof(mb_device_opts): set by mb_device_opts_init */
   mb_device_kind kind;         /* MB_DEVICE_HOST or MB_DEVICE_CUDA */
   int ordinal;                 /* CUDA ordinal; ignored for the host device */
   uint64_t capacity_bytes;     /* 0: measured (host: RAM total; cuda: cuMemGetInfo) */
@@ -454,6 +465,8 @@ typedef struct mb_device_opts {
   int concurrency;             /* leases at once across all its models (0: none) */
 } mb_device_opts;
 
+/* Fills opts with the defaults above (and its size): the host device, no
+ * limits. */
 MB_EXTERN void mb_device_opts_init(mb_device_opts *opts);
 
 /*
@@ -505,6 +518,7 @@ MB_EXTERN void mb_host_tier(mb_ctx *ctx, uint64_t *budget_bytes, uint64_t *used_
 /* Models                                                                    */
 
 typedef struct mb_model_opts {
+  size_t size;                /* sizeof(mb_model_opts): set by mb_model_opts_init */
   int64_t keep_alive_ms;      /* READY after last release; 0 = act at once, MB_FOREVER, MB_DEFAULT = ctx */
   int offload;                /* 1: idle expiry offloads to host RAM when possible (default 1) */
   int64_t host_keep_alive_ms; /* OFFLOADED before a full release; MB_FOREVER; MB_DEFAULT = 30 min */
@@ -570,12 +584,14 @@ typedef struct mb_lease {
 #define MB_PRIORITY_DEFAULT (-2147483647 - 1)
 
 typedef struct mb_acquire_opts {
+  size_t size;            /* sizeof(mb_acquire_opts): set by mb_acquire_opts_init */
   int priority;           /* MB_PRIORITY_DEFAULT: the model's */
   int64_t timeout_ms;     /* bound on the wait; MB_DEFAULT: the model's queue_timeout */
   int64_t keep_alive_ms;  /* keep-alive after this use; MB_DEFAULT: the model's */
   int64_t ttl_ms;         /* lease expires unless renewed (0 or MB_DEFAULT: never) */
 } mb_acquire_opts;
 
+/* Fills opts with the defaults above (and its size). */
 MB_EXTERN void mb_acquire_opts_init(mb_acquire_opts *opts);
 
 /* What a finished request tells: rc, and for an acquire the lease. */

@@ -279,8 +279,11 @@ MB_EXTERN int mb_tensors_index_parse(const void *buf, size_t len, const char *na
  */
 typedef struct mb_tensors_model mb_tensors_model;
 
-/* Loader knobs. Zero means the default. */
+/* Loader knobs. Fill with mb_tensors_opts_init (size; zero everywhere else,
+ * which means the default), then change what you want (the option-struct
+ * rule of modelbuf.h). */
 typedef struct mb_tensors_opts {
+  size_t size;        /* sizeof(mb_tensors_opts): set by mb_tensors_opts_init */
   size_t chunk_bytes; /* bytes per read (default 8 MiB; rounded up to 4096) */
   int threads;        /* reader threads (default 4, at most 64) */
   int io;             /* 0: direct I/O when the file is mostly not in the page
@@ -303,6 +306,8 @@ typedef struct mb_tensors_opts {
    * fails to load with MB_ENODEV instead of running on the host device. */
   int no_fallback;
 } mb_tensors_opts;
+
+MB_EXTERN void mb_tensors_opts_init(mb_tensors_opts *opts);
 
 /*
  * Creates a model from npaths weight files (headers are opened and

@@ -275,7 +275,10 @@ static void test_backend(mb__dev *d, int stable) {
   dopt.ordinal = 0;
   CHECK(mb_device_add(ctx, &dopt, NULL, err, sizeof(err)) == 0);
   const char *paths[1] = {path};
-  mb_tensors_opts to = {.stable_addresses = stable, .no_fallback = 1};
+  mb_tensors_opts to;
+  mb_tensors_opts_init(&to);
+  to.stable_addresses = stable;
+  to.no_fallback = 1;
   mb_tensors_model *m = NULL;
   CHECK(mb_tensors_model_new(paths, 1, &to, &m, err, sizeof(err)) == 0);
   uint64_t bytes = mb_tensors_model_bytes(m);

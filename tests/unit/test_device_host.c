@@ -490,8 +490,13 @@ static mb_ctx *tensors_ctx(mb_device_kind kind) {
 
 static mb_tensors_model *tensors_model_io(mb_ctx *ctx, int stable, int no_fallback, int io) {
   const char *paths[1] = {g_path};
-  mb_tensors_opts to = {.chunk_bytes = 1 * MiB, .threads = 3, .stable_addresses = stable,
-                        .no_fallback = no_fallback, .io = io};
+  mb_tensors_opts to;
+  mb_tensors_opts_init(&to);
+  to.chunk_bytes = 1 * MiB;
+  to.threads = 3;
+  to.stable_addresses = stable;
+  to.no_fallback = no_fallback;
+  to.io = io;
   mb_tensors_model *m = NULL;
   char err[256] = "";
   if (mb_tensors_model_new(paths, 1, &to, &m, err, sizeof(err)) != 0)

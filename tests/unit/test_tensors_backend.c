@@ -78,7 +78,10 @@ static mb_ctx *new_ctx(void) {
 
 static mb_tensors_model *new_model(void) {
   const char *paths[2] = {g_paths[0], g_paths[1]};
-  mb_tensors_opts to = {.chunk_bytes = 256 * 1024, .threads = 3};
+  mb_tensors_opts to;
+  mb_tensors_opts_init(&to);
+  to.chunk_bytes = 256 * 1024;
+  to.threads = 3;
   mb_tensors_model *m = NULL;
   char err[256] = "";
   int rc = mb_tensors_model_new(paths, 2, &to, &m, err, sizeof(err));
