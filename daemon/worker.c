@@ -42,10 +42,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "mb_internal.h"
 #include "expand.h"
 #include "gpu_checkpoint.h"
 #include "logring.h"
+#include "mb_internal.h"
 #include "nvml.h"
 #include "proctree.h"
 #include "worker.h"
