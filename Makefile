@@ -17,7 +17,8 @@ deps:
 	@scripts/deps.sh
 
 # What some tests take from outside Debian when it can be had (the OpenAI
-# Node SDK from npm); without it those tests skip.
+# Node SDK from npm, with node and npm from Debian by scripts/deps.sh);
+# without the registry those tests skip.
 test-deps:
 	@scripts/test-deps.sh
 
