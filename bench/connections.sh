@@ -14,24 +14,8 @@ set -eu
 build=${1:-${MODELBUF_BUILD:-build}}
 n=${N:-10000}
 streams=${STREAMS:-500}
-dir=$(mktemp -d /tmp/mbd-conns.XXXXXX)
-pids=""
-cleanup() {
-  for p in $pids; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  rm -rf "$dir"
-}
-trap cleanup EXIT INT TERM
+. "$(dirname "$0")/lib/common.sh"
 ulimit -n "$(ulimit -Hn)"
-
-port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() {
-  i=0
-  until curl -s -o /dev/null "$1"; do
-    i=$((i + 1)); [ $i -lt 200 ] || { echo "no answer from $1" >&2; exit 1; }
-    sleep 0.05
-  done
-}
 
 mb=$(port)
 cat > "$dir/mb.yaml" <<CONF

@@ -14,23 +14,7 @@ set -eu
 build=${1:-${MODELBUF_BUILD:-build}}
 conns=${CONNS:-64}
 secs=${SECS:-5}
-dir=$(mktemp -d /tmp/mbd-bench.XXXXXX)
-pids=""
-cleanup() {
-  for p in $pids; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  rm -rf "$dir"
-}
-trap cleanup EXIT INT TERM
-
-port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() {
-  i=0
-  until curl -s -o /dev/null "$1"; do
-    i=$((i + 1)); [ $i -lt 200 ] || { echo "no answer from $1" >&2; exit 1; }
-    sleep 0.05
-  done
-}
+. "$(dirname "$0")/lib/common.sh"
 
 cc -O2 -o "$dir/httpload" bench/httpload.c -lcurl -lpthread
 nginx=$(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || true)

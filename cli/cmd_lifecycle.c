@@ -354,6 +354,7 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
     c->restore_ms = lc_median(res, nr);
   }
   c->restore_growth = lc_restore_growth(series, ns);
+  c->restores = nr;
   STEP(steady(t, &c->dev_steady, &c->host_steady), "status");
   sample(t, c);
 
@@ -392,6 +393,8 @@ static void usage(void) {
           "                  the probe request, instead of the configuration's `probe`\n"
           "                  (with --url and neither: GET of the model's health path)\n"
           "  --no-cold       keep the files in the page cache for the first load\n"
+          "  --all           every model of the configuration (or of the daemon, with\n"
+          "                  --url), compared; several MODELs do the same for those\n"
           "  --json          one JSON object instead of the report\n"
           "  --chart FILE    also draw memory per tier across the cycles (PNG, gnuplot)\n");
 }
@@ -503,12 +506,12 @@ static int bench_here(const mbd_config *cfg, const mbd_model_config *mc, const l
     uint64_t host_budget = 0, host_used = 0;
     mb_host_tier(t.ctx, &host_budget, &host_used);
     lc_input in = {mc->name, "host", o->cold, 0, host_budget, cy, o->cycles, NULL,
-                   o->cold ? NULL : "--no-cold"};
+                   o->cold ? NULL : "--no-cold", mbd_backend_name(mc->backend)};
     if (mb_device_info_get(t.ctx, 0, &di) == 0) {
       in.device_usable = di.usable_bytes;
       in.device = di.name;
     }
-    status = lc_output(&in, o->json, o->chart);
+    status = o->report ? o->report(&in, o->report_arg) : lc_output(&in, o->json, o->chart);
   }
   free(cy);
 done:
@@ -520,9 +523,109 @@ done:
   return status;
 }
 
+/* What the flags say of the probe (NULL: not given). */
+typedef struct probe_flags {
+  const char *method, *path, *body;
+} probe_flags;
+
+/*
+ * The options of one model's run: its probe (the flags, else its
+ * configuration's, else against a daemon a GET of its health path) and
+ * its files. cfg may be NULL (a daemon without --config); *mcp gets the
+ * model's section or NULL. 0, or CLI_EXIT_FAIL when cfg has no such model
+ * and nothing else will find it.
+ */
+static int model_opts(const mbd_config *cfg, const char *path, const char *model, int url,
+                      const probe_flags *pf, lc_opts *o, const mbd_model_config **mcp) {
+  const mbd_model_config *mc = cfg ? mbd_config_find_model(cfg, model) : NULL;
+  *mcp = mc;
+  if (cfg && mc == NULL && !url) {
+    fprintf(stderr, "modelbuf: bench lifecycle: %s has no model '%s'\n", path, model);
+    return CLI_EXIT_FAIL;
+  }
+  o->model = model;
+  o->probe_path = o->probe_body = o->probe_method = NULL;
+  o->probe_default = 0;
+  o->files = NULL;
+  o->n_files = 0;
+  if (pf->path) {
+    o->probe_path = pf->path;
+    o->probe_body = pf->body;
+    o->probe_method = pf->method ? pf->method : pf->body ? "POST" : "GET";
+  } else if (mc && mc->probe.path) {
+    o->probe_path = mc->probe.path;
+    o->probe_body = mc->probe.body;
+    o->probe_method = mc->probe.method ? mc->probe.method : mc->probe.body ? "POST" : "GET";
+  } else if (url) {
+    o->probe_path = mc && mc->health ? mc->health : "/health";
+    o->probe_method = "GET";
+    o->probe_default = 1;
+  }
+  if (mc) {
+    o->files = (const char *const *)mc->files;
+    o->n_files = mc->n_files;
+  }
+  return 0;
+}
+
+/* One model's run, by the driver that measures it. */
+static int run_one(const mbd_config *cfg, const mbd_model_config *mc, const lc_opts *o, int url,
+                   const void *client) {
+#ifdef MB_CLI_CLIENT
+  if (url)
+    return lc_bench_daemon(o, client);
+#else
+  (void)client;
+  (void)url;
+#endif
+  return bench_here(cfg, mc, o);
+}
+
+/* "chart.png" for model m: "chart-m.png" ('/' in the name as '_'). */
+static void chart_for(const char *chart, const char *model, char *out, size_t len) {
+  const char *dot = strrchr(chart, '.');
+  size_t stem = dot && !strchr(dot, '/') ? (size_t)(dot - chart) : strlen(chart);
+  char m[130];
+  snprintf(m, sizeof(m), "%s", model);
+  for (char *p = m; *p; p++)
+    if (*p == '/')
+      *p = '_';
+  snprintf(out, len, "%.*s-%s%s", (int)stem, chart, m, dot && stem < strlen(chart) ? dot : "");
+}
+
+#ifdef MB_CLI_CLIENT
+/* The names of the daemon's models (GET /api/models); NULL with the exit
+ * status in *rc. The caller frees the array and json_decref's *doc. */
+static const char **daemon_models(const cli_client *c, size_t *n, json_t **doc, int *rc) {
+  long status = 0;
+  *doc = NULL;
+  *rc = cli_request(c, "GET", "/api/models", NULL, &status, doc, NULL);
+  if (*rc != 0)
+    return NULL;
+  if (status >= 400) {
+    *rc = cli_print_error("bench lifecycle --all", status, *doc);
+    return NULL;
+  }
+  json_t *a = json_object_get(*doc, "models");
+  *n = json_array_size(a);
+  const char **names = calloc(*n ? *n : 1, sizeof(*names));
+  if (names == NULL) {
+    *rc = CLI_EXIT_FAIL;
+    return NULL;
+  }
+  for (size_t i = 0; i < *n; i++)
+    names[i] = json_string_value(json_object_get(json_array_get(a, i), "name"));
+  return names;
+}
+#endif
+
+#define MAX_MODELS 64
+
 int cmd_bench_lifecycle(int argc, char **argv) {
-  const char *model = NULL, *config = NULL;
-  const char *probe_method = NULL, *probe_path = NULL, *probe_body = NULL;
+  const char *models[MAX_MODELS], *config = NULL;
+  size_t n_models = 0;
+  int all = 0;
+  probe_flags pf = {NULL, NULL, NULL};
   lc_opts o;
   memset(&o, 0, sizeof(o));
   o.cycles = 5;
@@ -533,9 +636,11 @@ int cmd_bench_lifecycle(int argc, char **argv) {
   for (int i = 1; i < argc; i++)
     if (strcmp(argv[i], "--url") == 0)
       url = 1;
+  const void *client = NULL;
 #ifdef MB_CLI_CLIENT
-  cli_client client;
-  cli_client_init(&client, &argc, argv); /* takes --url and --api-key out of argv */
+  cli_client cc;
+  cli_client_init(&cc, &argc, argv); /* takes --url and --api-key out of argv */
+  client = &cc;
 #endif
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -550,37 +655,45 @@ int cmd_bench_lifecycle(int argc, char **argv) {
     } else if (strcmp(a, "--chart") == 0 && i + 1 < argc) {
       o.chart = argv[++i];
     } else if (strcmp(a, "--probe-method") == 0 && i + 1 < argc) {
-      probe_method = argv[++i];
+      pf.method = argv[++i];
     } else if (strcmp(a, "--probe-path") == 0 && i + 1 < argc) {
-      probe_path = argv[++i];
+      pf.path = argv[++i];
     } else if (strcmp(a, "--probe-body") == 0 && i + 1 < argc) {
-      probe_body = argv[++i];
+      pf.body = argv[++i];
     } else if (strcmp(a, "--no-cold") == 0) {
       o.cold = 0;
     } else if (strcmp(a, "--json") == 0) {
       o.json = 1;
-    } else if (a[0] == '-' || model != NULL) {
+    } else if (strcmp(a, "--all") == 0) {
+      all = 1;
+    } else if (a[0] == '-' || n_models == MAX_MODELS) {
       fprintf(stderr, "modelbuf: bench lifecycle: unexpected argument '%s'\n", a);
       usage();
       return CLI_EXIT_USAGE;
     } else {
-      model = a;
+      models[n_models++] = a;
     }
   }
-  if (model == NULL || o.cycles < 1 || o.cycles > MAX_CYCLES || o.probes < 0 ||
+  if ((n_models == 0) == !all || o.cycles < 1 || o.cycles > MAX_CYCLES || o.probes < 0 ||
       o.probes > MAX_PROBES || o.restores < 0 || o.restores > MAX_RESTORES) {
     fprintf(stderr,
-            "modelbuf: bench lifecycle: a MODEL, 1..%d cycles, 0..%d probes, 0..%d restores\n",
+            "modelbuf: bench lifecycle: one MODEL or more (or --all), 1..%d cycles, 0..%d "
+            "probes, 0..%d restores\n",
             MAX_CYCLES, MAX_PROBES, MAX_RESTORES);
     usage();
     return CLI_EXIT_USAGE;
   }
-  if ((probe_method || probe_body) && probe_path == NULL) {
+  if ((pf.method || pf.body) && pf.path == NULL) {
     fprintf(stderr, "modelbuf: bench lifecycle: --probe-method and --probe-body need "
                     "--probe-path\n");
     return CLI_EXIT_USAGE;
   }
-  o.model = model;
+  int several = all || n_models > 1;
+  if (several && pf.path) {
+    fprintf(stderr, "modelbuf: bench lifecycle: --probe-* are for one model; with several, "
+                    "each takes the probe of its configuration\n");
+    return CLI_EXIT_USAGE;
+  }
   /* The daemon's address from MODELBUF_URL only when no configuration is
    * named either way: a configuration file means "run it here". */
   const char *env_url = getenv("MODELBUF_URL");
@@ -598,9 +711,9 @@ int cmd_bench_lifecycle(int argc, char **argv) {
    * allocator cached. */
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
   mbd_config *cfg = NULL;
-  const mbd_model_config *mc = NULL;
+  const char *path = NULL;
   if (!url || config != NULL) {
-    const char *path = mbd_config_path(config, NULL);
+    path = mbd_config_path(config, NULL);
     mbd_diag diag;
     mbd_diag_init(&diag);
     if (mbd_config_load_file(path, NULL, &cfg, &diag) != 0) {
@@ -609,39 +722,86 @@ int cmd_bench_lifecycle(int argc, char **argv) {
       return CLI_EXIT_FAIL;
     }
     mbd_diag_free(&diag);
-    mc = mbd_config_find_model(cfg, model);
-    if (mc == NULL) {
-      fprintf(stderr, "modelbuf: bench lifecycle: %s has no model '%s'\n", path, model);
+  }
+  const mbd_model_config *mc;
+  int status;
+  if (!several) {
+    status = model_opts(cfg, path, models[0], url, &pf, &o, &mc);
+    if (status == 0)
+      status = run_one(cfg, mc, &o, url, client);
+    mbd_config_free(cfg);
+    return status;
+  }
+
+  /* Several models, one after another, then compared. */
+  const char **names = models;
+#ifdef MB_CLI_CLIENT
+  json_t *listed = NULL;
+#endif
+  size_t n = n_models;
+  if (all && url) {
+#ifdef MB_CLI_CLIENT
+    names = daemon_models(&cc, &n, &listed, &status);
+    if (names == NULL) {
+      mbd_config_free(cfg);
+      return status;
+    }
+#endif
+  } else if (all) {
+    n = cfg->n_models;
+    names = calloc(n ? n : 1, sizeof(*names));
+    if (names == NULL) {
       mbd_config_free(cfg);
       return CLI_EXIT_FAIL;
     }
+    for (size_t i = 0; i < n; i++)
+      names[i] = cfg->models[i].name;
   }
-  /* The probe: the flags, else the configuration's, else (against the
-   * daemon) a GET of the health path, which every worker answers. */
-  if (probe_path) {
-    o.probe_path = probe_path;
-    o.probe_body = probe_body;
-    o.probe_method = probe_method ? probe_method : probe_body ? "POST" : "GET";
-  } else if (mc && mc->probe.path) {
-    o.probe_path = mc->probe.path;
-    o.probe_body = mc->probe.body;
-    o.probe_method = mc->probe.method ? mc->probe.method : mc->probe.body ? "POST" : "GET";
-  } else if (url) {
-    o.probe_path = mc && mc->health ? mc->health : "/health";
-    o.probe_method = "GET";
-    o.probe_default = 1;
+  lc_run *runs = calloc(n ? n : 1, sizeof(*runs));
+  status = runs ? 0 : CLI_EXIT_FAIL;
+  size_t done = 0;
+  for (size_t i = 0; status == 0 && i < n; i++) {
+    lc_opts one = o;
+    one.report = lc_collect;
+    one.report_arg = &runs[i];
+    one.chart = NULL;
+    if (!o.json)
+      fprintf(stderr, "== %s (%zu of %zu)\n", names[i], i + 1, n);
+    snprintf(runs[i].model, sizeof(runs[i].model), "%s", names[i]);
+    int rc = model_opts(cfg, path, names[i], url, &pf, &one, &mc);
+    if (rc == 0)
+      rc = run_one(cfg, mc, &one, url, client);
+    done++;
+    if (rc == CLI_EXIT_DOWN) {
+      status = rc; /* the daemon is gone: the others cannot be measured */
+      break;
+    }
+    if (rc != 0)
+      runs[i].status = rc;
   }
-  if (mc) {
-    o.files = (const char *const *)mc->files;
-    o.n_files = mc->n_files;
+  if (status == 0) {
+    status = lc_compare_output(stdout, runs, (int)n, o.json);
+    for (size_t i = 0; o.chart && i < n; i++) {
+      char png[1024], err[256];
+      if (runs[i].status != 0)
+        continue;
+      chart_for(o.chart, runs[i].model, png, sizeof(png));
+      if (lc_chart(png, &runs[i].in, err, sizeof(err)) != 0) {
+        fprintf(stderr, "modelbuf: bench lifecycle: chart: %s\n", err);
+        status = CLI_EXIT_FAIL;
+      } else if (!o.json) {
+        printf("chart of %s: %s\n", runs[i].model, png);
+      }
+    }
   }
-  int status;
+  for (size_t i = 0; runs && i < done; i++)
+    lc_run_free(&runs[i]);
+  free(runs);
+  if (names != models)
+    free((void *)names);
 #ifdef MB_CLI_CLIENT
-  if (url)
-    status = lc_bench_daemon(&o, &client);
-  else
+  json_decref(listed);
 #endif
-    status = bench_here(cfg, mc, &o);
   mbd_config_free(cfg);
   return status;
 }

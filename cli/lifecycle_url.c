@@ -337,6 +337,7 @@ static int cycle(run *r, lc_cycle *c) {
     c->restore_ms = lc_median(res, nr);
   }
   c->restore_growth = lc_restore_growth(series, ns);
+  c->restores = nr;
 
   json_decref(st);
   st = NULL;
@@ -385,9 +386,11 @@ int lc_bench_daemon(const lc_opts *o, const cli_client *c) {
   memset(&r, 0, sizeof(r));
   r.o = o;
   r.c = c;
-  snprintf(r.model_path, sizeof(r.model_path), "/api/models/%s", o->model);
+  char seg[200];
+  cli_name_seg(o->model, seg, sizeof(seg));
+  snprintf(r.model_path, sizeof(r.model_path), "/api/models/%s", seg);
   if (o->probe_path)
-    snprintf(r.probe_path, sizeof(r.probe_path), "/m/%s%s%s", o->model,
+    snprintf(r.probe_path, sizeof(r.probe_path), "/m/%s%s%s", seg,
              o->probe_path[0] == '/' ? "" : "/", o->probe_path);
 
   json_t *st0 = NULL;
@@ -397,7 +400,7 @@ int lc_bench_daemon(const lc_opts *o, const cli_client *c) {
   /* A tensors model has no worker to answer a health path: its default
    * probe lists its tensors (loading them first, under a lease). */
   if (o->probe_default && strcmp(jstr(st0, "backend"), "tensors") == 0)
-    snprintf(r.probe_path, sizeof(r.probe_path), "/m/%s/tensors", o->model);
+    snprintf(r.probe_path, sizeof(r.probe_path), "/m/%s/tensors", seg);
   char state0[32];
   snprintf(state0, sizeof(state0), "%s", jstr(st0, "state"));
   json_t *ka0 = json_incref(json_object_get(st0, "keep_alive_s"));
@@ -455,8 +458,8 @@ int lc_bench_daemon(const lc_opts *o, const cli_client *c) {
     snprintf(source, sizeof(source), "modelbufd at %s%s",
              c->unix_path[0] ? "unix:" : c->url, c->unix_path);
     lc_input in = {o->model, r.device[0] ? r.device : "?", cold, r.usable, host_budget(&r),
-                   cy, o->cycles, source, cold ? NULL : note};
-    rc = lc_output(&in, o->json, o->chart);
+                   cy, o->cycles, source, cold ? NULL : note, jstr(st0, "backend")};
+    rc = o->report ? o->report(&in, o->report_arg) : lc_output(&in, o->json, o->chart);
   }
 done:
   if (rc != CLI_EXIT_DOWN)

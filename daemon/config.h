@@ -191,8 +191,14 @@ typedef struct mbd_env_var {
   char *value; /* may hold ${PORT}/${MODEL}/${GPU}: pass through mbd_subst_worker */
 } mbd_env_var;
 
+/* When a model's worker is asked to clean up (its cleanup hook). */
+typedef enum mbd_cleanup_mode {
+  MBD_CLEANUP_MANUAL = 0,    /* POST /api/cleanup and /cleanup-memory only */
+  MBD_CLEANUP_AFTER_REQUEST  /* also after each proxied request, before the next is sent */
+} mbd_cleanup_mode;
+
 typedef struct mbd_model_config {
-  char *name;                /* [A-Za-z0-9._:-]{1,64} */
+  char *name;                /* mbd_model_name_valid: [A-Za-z0-9._:/-]{1,64} */
   int line, col;             /* where its section starts, for later messages */
   mbd_backend_kind backend;
   char **cmd;                /* process: argv, n_cmd entries + NULL; worker templates */
@@ -218,6 +224,9 @@ typedef struct mbd_model_config {
   uint64_t memory_limit_bytes; /* the worker is stopped and FAILS past it; 0 = none */
   mbd_probe probe;
   mbd_loader loader;         /* tensors: how its files are read */
+  int preload;               /* loaded when the daemon starts (and when a reload adds it) */
+  mbd_cleanup_mode cleanup;  /* when its cleanup hook is called */
+  int openai;                /* listed by GET /v1/models (default: when it has aliases) */
 } mbd_model_config;
 
 typedef struct mbd_device_config {
@@ -262,6 +271,7 @@ typedef struct mbd_config {
   char *cgroup;              /* worker cgroups: "auto" (NULL), "off", or a cgroup v2 folder */
   char **openai_routes;      /* more POST paths routed by the body's "model" */
   size_t n_openai_routes;
+  char *compat_model;        /* compat.model: the model GET /api/gpu/status shows flat; NULL none */
   mbd_model_config *models;  /* in file order */
   size_t n_models;
 } mbd_config;
@@ -287,6 +297,15 @@ void mbd_config_free(mbd_config *cfg);
 
 /* The model called name, or having name as an alias; NULL if none. */
 const mbd_model_config *mbd_config_find_model(const mbd_config *cfg, const char *name);
+
+/*
+ * Whether s can be a model's name or alias: 1 to MBD_MODEL_NAME_MAX
+ * characters of A-Z a-z 0-9 . _ : - /, not only dots; a '/' (as in
+ * "Qwen/Qwen2.5-7B-Instruct") neither first nor last nor doubled, and no
+ * segment between slashes "." or "..". In a URL path a name with '/' is
+ * written percent-encoded ("Qwen%2FQwen2.5-7B-Instruct").
+ */
+int mbd_model_name_valid(const char *s);
 
 /*
  * The configuration file to read: flag if given, else $MODELBUF_CONFIG if

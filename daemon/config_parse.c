@@ -478,6 +478,13 @@ static void fn_hooks(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   walk_map(c, v, hooks_fields, NFIELDS(hooks_fields), obj);
 }
 
+/* cleanup: manual (the default: POST /api/cleanup only) or after_request;
+ * mbd_cleanup_mode, in its order. */
+static const enum_names cleanups = {"cleanup", {"manual", "after_request", NULL}};
+_Static_assert(sizeof(mbd_cleanup_mode) == sizeof(int) && MBD_CLEANUP_MANUAL == 0 &&
+                   MBD_CLEANUP_AFTER_REQUEST == 1,
+               "cleanups lists mbd_cleanup_mode by value");
+
 static const field probe_fields[] = {
     {"method", F_FN, offsetof(mbd_probe, method), 0, 0, 0, {fn_method}},
     {"path", F_FN, offsetof(mbd_probe, path), 0, 0, 0, {fn_http_path}},
@@ -613,19 +620,9 @@ static void fn_cmd(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
     perr(c, v, "must not be empty");
 }
 
-static int valid_model_name(const char *s) {
-  size_t len = strlen(s), dots = 0;
-  if (len == 0 || len > MBD_MODEL_NAME_MAX)
-    return 0;
-  for (const char *p = s; *p; p++) {
-    if (!(isalnum((unsigned char)*p) || *p == '.' || *p == '_' || *p == ':' || *p == '-'))
-      return 0;
-    dots += *p == '.';
-  }
-  return dots != len; /* "." and ".." would be path segments, not names */
-}
-
-#define NAME_RULE "letters, digits, '.', '_', ':', '-', at most 64, not only dots"
+#define NAME_RULE                                                                         \
+  "letters, digits, '.', '_', ':', '-', '/' between others, at most 64, no segment of " \
+  "only dots"
 
 /* Every name (model or alias) seen so far, for duplicate checks. */
 static int name_taken(const mbd_config *cfg, size_t upto, const char *name, const char **owner) {
@@ -669,7 +666,7 @@ static void fn_aliases(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
     int t;
 
     if (scalar_text(c, v->kids[i], 0, &s) == 0) {
-      if (!valid_model_name(s)) {
+      if (!mbd_model_name_valid(s)) {
         perr(c, v->kids[i], "bad alias '%s' (" NAME_RULE ")", s);
         free(s);
       } else if ((t = name_taken(c->cfg, self, s, &owner)) != 0 && owner != NULL) {
@@ -722,6 +719,9 @@ static const field model_fields[] = {
     {"hooks", F_FN, 0, 0, 0, 0, {fn_hooks}},
     {"probe", F_FN, offsetof(mbd_model_config, probe), 0, 0, 0, {fn_probe}},
     {"loader", F_FN, 0, 0, 0, 0, {fn_loader}},
+    {"preload", F_BOOL, offsetof(mbd_model_config, preload), 0, 0, 0, {NULL}},
+    {"cleanup", F_ENUM, offsetof(mbd_model_config, cleanup), 0, 0, 0, {.names = &cleanups}},
+    {"openai", F_BOOL, offsetof(mbd_model_config, openai), 0, 0, 0, {NULL}},
 };
 
 static const field defaults_fields[] = {MBD_TUNING_MAP(DEFAULTS_TUNING_FIELD)};
@@ -977,6 +977,17 @@ static void fn_openai_routes(pctx *c, const mbd_ynode *v, void *obj, const field
   }
 }
 
+/* compat: {model: NAME}: the model the compatibility routes act on when
+ * they name none (checked against the models once they are read). */
+static const field compat_fields[] = {
+    {"model", F_STR, offsetof(mbd_config, compat_model), 0, 0, 0, {NULL}},
+};
+
+static void fn_compat(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  (void)f;
+  walk_map(c, v, compat_fields, NFIELDS(compat_fields), obj);
+}
+
 static const field top_fields[] = {
     {"listen", F_FN, 0, 0, 0, 0, {fn_listen}},
     {"unix_socket", F_FN, 0, 0, 0, 0, {fn_unix_socket}},
@@ -992,6 +1003,7 @@ static const field top_fields[] = {
     {"state_file", F_STR, offsetof(mbd_config, state_file), 0, 0, 0, {NULL}},
     {"cgroup", F_FN, 0, 0, 0, 0, {fn_cgroup}},
     {"openai_routes", F_FN, 0, 0, 0, 0, {fn_openai_routes}},
+    {"compat", F_FN, 0, 0, 0, 0, {fn_compat}},
     {"models", F_FN, 0, 0, 0, 0, {fn_models_later}},
 };
 
@@ -1038,6 +1050,13 @@ static void check_model(pctx *c, mbd_model_config *m, const mbd_ynode *key,
   }
   if (m->backend != MBD_BACKEND_TENSORS && has_key(v, "loader"))
     perr(c, key, "loader is only for backend tensors");
+  if (m->cleanup == MBD_CLEANUP_AFTER_REQUEST && m->backend != MBD_BACKEND_PROCESS)
+    perr(c, key, "cleanup: after_request is only for backend process (it calls the worker's "
+                 "cleanup hook)");
+  else if (m->cleanup == MBD_CLEANUP_AFTER_REQUEST && m->hook_cleanup.path == NULL)
+    perr(c, key, "cleanup: after_request needs hooks.cleanup (the worker's cleanup route)");
+  if (m->openai < 0) /* not set: the models with aliases speak OpenAI */
+    m->openai = m->n_aliases > 0;
   if (m->health == NULL && (m->health = strdup(MBD_DEFAULT_HEALTH)) == NULL)
     c->oom = 1;
   if (m->device != MB_DEVICE_AUTO && cfg->devices_set) {
@@ -1089,7 +1108,7 @@ static void walk_models(pctx *c, const mbd_ynode *models) {
         dup = 1;
         break;
       }
-    if (!dup && !valid_model_name(k->str)) {
+    if (!dup && !mbd_model_name_valid(k->str)) {
       perr(c, k, "bad model name (" NAME_RULE ")");
       dup = 1;
     }
@@ -1103,6 +1122,7 @@ static void walk_models(pctx *c, const mbd_ynode *models) {
         m->col = k->col;
         m->backend = MBD_BACKEND_PROCESS;
         m->device = MB_DEVICE_AUTO;
+        m->openai = -1;
         mbd__tuning_unset(&m->set);
         cfg->n_models++;
       }
@@ -1127,6 +1147,27 @@ static void walk_models(pctx *c, const mbd_ynode *models) {
     mi++;
   }
   pop(c, old_root);
+}
+
+/* compat.model must name a model (or an alias of one). */
+static void check_compat(pctx *c, const mbd_ynode *root) {
+  const mbd_config *cfg = c->cfg;
+  if (cfg->compat_model == NULL || mbd_config_find_model(cfg, cfg->compat_model) != NULL)
+    return;
+  for (size_t i = 0; i + 1 < root->n; i += 2) {
+    const mbd_ynode *v = root->kids[i + 1];
+    if (strcmp(root->kids[i]->str, "compat") != 0 || v->type != MBD_YMAP)
+      continue;
+    for (size_t k = 0; k + 1 < v->n; k += 2)
+      if (strcmp(v->kids[k]->str, "model") == 0) {
+        size_t old = push_key(c, "compat");
+        size_t old2 = push_key(c, "model");
+        perr(c, v->kids[k + 1], "no model or alias is called '%s'", cfg->compat_model);
+        pop(c, old2);
+        pop(c, old);
+        return;
+      }
+  }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1208,6 +1249,7 @@ int mbd_config_parse(const char *text, size_t len, const char *name, const mbd_e
           walk_models(&c, root->kids[i + 1]);
           break; /* a second "models" was reported as a duplicate */
         }
+      check_compat(&c, root);
     }
   }
   mbd__config_resolve(c.cfg);

@@ -29,6 +29,7 @@
 #include "front_int.h"
 #include "leases.h"
 #include "model_build.h"
+#include "preload.h"
 #include "modelbuf/plugin.h"
 #include "tasks.h"
 #include "tensors.h"
@@ -510,6 +511,8 @@ int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) {
   d->started_ms = wall_ms();
   pthread_mutex_init(&d->ev_mu, NULL);
   pthread_mutex_init(&d->trace_mu, NULL);
+  pthread_mutex_init(&d->preload_mu, NULL);
+  atomic_store(&d->compat_model, cfg->compat_model);
   d->ev_next = 1;
   /* The supervisor first: it stops what a killed daemon left before this
    * one serves, and must outlive every worker it starts. */
@@ -583,7 +586,8 @@ static int model_same(const mbd_model_config *a, const mbd_model_config *b) {
       !hook_eq(&a->hook_offload, &b->hook_offload) ||
       !hook_eq(&a->hook_restore, &b->hook_restore) ||
       !hook_eq(&a->hook_cleanup, &b->hook_cleanup) || !hook_eq(&a->hook_unload, &b->hook_unload) ||
-      a->memory_limit_bytes != b->memory_limit_bytes || a->n_env != b->n_env)
+      a->memory_limit_bytes != b->memory_limit_bytes || a->n_env != b->n_env ||
+      a->preload != b->preload || a->cleanup != b->cleanup || a->openai != b->openai)
     return 0;
   for (size_t i = 0; i < a->n_env; i++)
     if (!str_eq(a->env[i].name, b->env[i].name) || !str_eq(a->env[i].value, b->env[i].value))
@@ -655,7 +659,18 @@ void mbd_reload(mbd *d, mbd_config *cfg) {
     if (busy[i] == 1 && find_in(ms, old->m[i]->name) == NULL)
       ms->m[ms->n++] = old->m[i];
   atomic_store_explicit(&d->models, ms, memory_order_release);
+  atomic_store(&d->compat_model, cfg->compat_model);
   free(busy);
+  /* The models this reload added or changed that preload: the new
+   * entries (an unchanged model keeps its old entry, and its state). */
+  mbd_model **fresh = calloc(ms->n ? ms->n : 1, sizeof(*fresh));
+  size_t n_fresh = 0;
+  for (size_t i = 0; fresh && i < ms->n; i++)
+    if (find_in(old, ms->m[i]->name) != ms->m[i])
+      fresh[n_fresh++] = ms->m[i];
+  if (fresh && mbd_preload_models(d, fresh, n_fresh) != 0)
+    mbd_log(d, MBD_LOG_ERROR, "reload: preload failed: out of memory", NULL);
+  free(fresh);
   mbd_log(d, MBD_LOG_INFO, "reloaded", "models=%zu added=%zu removed=%zu changed=%zu kept_busy=%zu",
           ms->n, added - changed, removed, changed, kept);
 }
@@ -668,7 +683,13 @@ int mbd_serve_start(mbd *d, char *err, size_t err_len) {
     snprintf(err, err_len, "cannot start: %s", mb_strerror(rc));
     return rc;
   }
-  return mbd_front_start(d, err, err_len);
+  rc = mbd_front_start(d, err, err_len);
+  if (rc == 0) {
+    const mbd_models *ms = mbd_models_get(d);
+    if (mbd_preload_models(d, ms->m, ms->n) != 0)
+      mbd_log(d, MBD_LOG_ERROR, "preload failed: out of memory", NULL);
+  }
+  return rc;
 }
 
 void mbd_serve_quiesce(mbd *d) { mbd_front_quiesce(d); }
@@ -701,6 +722,7 @@ void mbd_stop(mbd *d) {
     d->ctx = NULL;
   }
   mbd_front_drain(d); /* requests the core failed at shutdown */
+  mbd_preload_free(d); /* the core gave its last answer */
   mbd_front_free(d);
   mbd_tasks_free(d);
   mbd_leases_free(d->leases);
@@ -733,5 +755,6 @@ void mbd_stop(mbd *d) {
   mbd_config_free(d->cfg);
   pthread_mutex_destroy(&d->ev_mu);
   pthread_mutex_destroy(&d->trace_mu);
+  pthread_mutex_destroy(&d->preload_mu);
   free(d);
 }

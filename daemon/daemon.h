@@ -12,13 +12,31 @@
  * the front door's loop threads, the task pool, the supervisor's thread
  * (supervisor.c: it forks, watches and reaps every worker).
  *
- * Lock order (a thread holding one may take those to its right only):
- *   worker locks (worker.c)  ->  the core's locks (lib/)
- *   ev_mu, trace_mu, leases->mu: leaves; nothing is called under them
+ * Every lock of the daemon, in the only order they may nest (a thread
+ * holding one may take only those after it; each file's opening comment
+ * says what its locks guard):
+ *
+ *   worker life -> worker run_rw -> worker mu -> supervisor mu   (worker.c, supervisor.c)
+ *   -> the core's core_lock -> post_lock / pool_lock              (lib/core.c)
+ *   ev_mu, trace_mu, preload_mu, leases mu, tasks mu, a loop's post_mu,
+ *   a worker's log lock, the front door's reserve_mu / ack_mu    (leaves: nothing is
+ *                                                                 taken under them)
+ *
  * ev_mu guards the event ring and the load histograms; trace_mu the
- * request trace; the HTTP counters are atomics; the models snapshot is an
- * atomic pointer published by the signal thread. Nothing of the daemon is
- * held while calling the core, a backend or a worker.
+ * request trace; leases mu the HTTP lease table (leases.c); tasks mu the
+ * task queue (tasks.c); post_mu a loop's posted callbacks (evloop.c). The
+ * HTTP counters are atomics; the models snapshot is an atomic pointer
+ * published by the signal thread; a model's backend pointers are set before
+ * the model is published and what they point to lives until stop. The
+ * front door's loop threads own their connections outright (no lock): other
+ * threads reach a request only by posting to its loop. Nothing of the
+ * daemon is held while calling a backend or waiting on a worker, and a
+ * loop thread never waits on a lock that a slow operation holds (the core's
+ * fast paths use trylock).
+ *
+ * Names: a function that expects its caller to hold a lock ends in
+ * _locked when the lock is its file's own (ring_push_locked: ev_mu);
+ * otherwise its comment names the lock.
  */
 #ifndef MBD_DAEMON_H
 #define MBD_DAEMON_H
@@ -34,6 +52,7 @@
 typedef struct mbd_front mbd_front;
 typedef struct mbd_tasks mbd_tasks;
 typedef struct mbd_leases mbd_leases;
+typedef struct mbd_preload mbd_preload;
 
 #define MBD_EVENT_RING 1024
 /* How every JSON answer and event is written: compact, and reals with 12
@@ -116,6 +135,12 @@ typedef struct mbd {
   mbd_front *front;
   mbd_tasks *tasks;
   mbd_leases *leases;
+
+  pthread_mutex_t preload_mu;
+  mbd_preload *preload;     /* preload.c: the models waiting to preload */
+  /* compat.model of the configuration served now (start, then each
+   * reload): a string of a configuration kept until stop, or NULL. */
+  const char *_Atomic compat_model;
 } mbd;
 
 /* The state file the daemon uses when the configuration names none: in

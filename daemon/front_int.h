@@ -71,6 +71,16 @@ struct mbd_front {
  * (404, 405, 400) when no route takes it. routes.c. */
 void mbd_route_resolve(mbd *d, mbd_req *r);
 
+/*
+ * The model named at the start of p[0..n) ("NAME", "NAME/rest",
+ * "NAME?query"; matched as sent, never decoded: names have no escapes), by
+ * name or (with aliases) alias: the model, with *rest the offset of what
+ * follows its name, and r->route.m set; or NULL with r answered 404.
+ * routes.c.
+ */
+mbd_model *mbd_route_model(mbd *d, mbd_req *r, const char *p, size_t n, int aliases,
+                           size_t *rest);
+
 /* A log line at most once per 10 s for rl; the next one says how many
  * were left out. */
 void mbd_log_limited(mbd *d, mbd_ratelimit *rl, int level, const char *msg, const char *fmt, ...)

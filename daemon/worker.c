@@ -107,7 +107,12 @@ struct mbd_worker {
   int lost_reported;     /* this process's loss is being reported (once) */
   int loss_posted;       /* ... and the report is posted to the core */
   uint64_t cancel_res;   /* a cancel asked for the load of this residency */
-  uint64_t busy_start[MAX_BUSY]; /* ms, 0 = free slot */
+  /* Starts (ms) of the requests in flight, oldest first: a ring, since a
+   * request's end frees the oldest start (requests end in any order, but
+   * only the oldest start matters to the watchdog, and the count stays
+   * right). Beyond MAX_BUSY at once the newest are not timed. */
+  uint64_t busy_start[MAX_BUSY];
+  unsigned busy_head, busy_n;
   int killed_busy;
   uint64_t sample_bytes; /* last device footprint measured */
   uint64_t peak_bytes;   /* highest device footprint measured */
@@ -381,8 +386,13 @@ static int call_hook(mbd_worker *w, int port, const mbd_hook *h, const char *wha
   if (mbd_subst_worker(h->path, port, w->name, w->gpu, &path) != 0)
     return MB_ENOMEM;
   long status = 0;
-  int rc = mbd_http_call(port, h->method, path, NULL, h->timeout_ms, &status, err, err_len);
-  if (rc == 0 && (status < 200 || status > 299)) {
+  char why[300] = "";
+  int rc = mbd_http_call(port, h->method, path, NULL, h->timeout_ms, &status, why, sizeof(why));
+  if (rc != 0) {
+    /* The hook named, and its timeout when that is what ended it. */
+    mb__set_err(err, err_len, "%s hook %s %s failed (timeout %lld ms): %s", what, h->method, path,
+                (long long)h->timeout_ms, why);
+  } else if (status < 200 || status > 299) {
     mb__set_err(err, err_len, "%s hook %s %s answered %ld", what, h->method, path, status);
     rc = MB_EBACKEND;
   }
@@ -502,9 +512,8 @@ static void on_run_tick(void *arg) {
   uint64_t now = now_ms();
   pthread_mutex_lock(&w->mu);
   int kill_it = 0;
-  if (w->phase == PH_RUNNING && !w->exited && !w->killed_busy && w->run)
-    for (int i = 0; i < MAX_BUSY && !kill_it; i++)
-      kill_it = w->busy_start[i] && now - w->busy_start[i] > (uint64_t)w->busy_timeout_ms;
+  if (w->phase == PH_RUNNING && !w->exited && !w->killed_busy && w->run && w->busy_n > 0)
+    kill_it = now - w->busy_start[w->busy_head] > (uint64_t)w->busy_timeout_ms;
   mbd_run *run = kill_it ? w->run : NULL;
   uint64_t res = w->residency;
   int report = kill_it && !w->lost_reported;
@@ -601,9 +610,7 @@ static void *health_main(void *arg) {
     cv_wait_ms(w, w->health_interval_ms);
     if (w->health_stop)
       break;
-    int busy = 0;
-    for (int i = 0; i < MAX_BUSY && !busy; i++)
-      busy = w->busy_start[i] != 0;
+    int busy = w->busy_n > 0;
     /* Only a READY worker, and only while no request is in flight: a
      * request that hangs is busy_timeout's to catch. */
     if (w->phase != PH_RUNNING || !w->resident || w->lost_reported || w->exited || busy) {
@@ -871,7 +878,7 @@ static int start_once(mbd_worker *w, mb_op *op) {
   w->resident = 0;
   w->overrun = 0;
   w->sample_bytes = 0;
-  memset(w->busy_start, 0, sizeof(w->busy_start));
+  w->busy_head = w->busy_n = 0;
   w->phase = PH_STARTING;
   pthread_mutex_unlock(&w->mu);
   note(w, MBD_LOG_RESTART, "modelbufd: starting %s on port %d (residency %" PRIu64 ")", w->name,
@@ -1027,24 +1034,17 @@ static uint64_t pin_files(mbd_worker *w) {
 
 void mbd_worker_busy_begin(mbd_worker *w) {
   pthread_mutex_lock(&w->mu);
-  for (int i = 0; i < MAX_BUSY; i++)
-    if (w->busy_start[i] == 0) {
-      w->busy_start[i] = now_ms();
-      break;
-    }
+  if (w->busy_n < MAX_BUSY)
+    w->busy_start[(w->busy_head + w->busy_n++) % MAX_BUSY] = now_ms();
   pthread_mutex_unlock(&w->mu);
 }
 
 int mbd_worker_busy_end(mbd_worker *w) {
   pthread_mutex_lock(&w->mu);
-  /* Free the oldest slot: requests end in any order, but only the oldest
-   * start matters to the watchdog, and the counts stay right. */
-  int oldest = -1;
-  for (int i = 0; i < MAX_BUSY; i++)
-    if (w->busy_start[i] && (oldest < 0 || w->busy_start[i] < w->busy_start[oldest]))
-      oldest = i;
-  if (oldest >= 0)
-    w->busy_start[oldest] = 0;
+  if (w->busy_n > 0) { /* the oldest start goes */
+    w->busy_head = (w->busy_head + 1) % MAX_BUSY;
+    w->busy_n--;
+  }
   int killed = w->killed_busy;
   pthread_mutex_unlock(&w->mu);
   return killed;

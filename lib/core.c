@@ -847,7 +847,7 @@ static int valid_name(const char *name) {
     return 0;
   for (const char *p = name; *p; p++, n++) {
     unsigned char c = (unsigned char)*p;
-    if (c <= ' ' || c == '/' || c == 0x7f)
+    if (c <= ' ' || c == 0x7f) /* '/' is allowed: "Qwen/Qwen2.5-7B-Instruct" */
       return 0;
   }
   return n < 128;
@@ -866,7 +866,7 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
     goto fail_args;
   }
   if (!valid_name(name)) {
-    mb__set_err(err, err_len, "invalid model name (1-127 bytes, no spaces, no '/')");
+    mb__set_err(err, err_len, "invalid model name (1-127 bytes, no spaces or control bytes)");
     goto fail_args;
   }
   if (be == NULL || be->load == NULL || be->unload == NULL ||

@@ -547,7 +547,8 @@ typedef struct mb_model_opts {
 MB_EXTERN void mb_model_opts_init(mb_model_opts *opts);
 
 /*
- * Registers a model. name is copied; backend must outlive the model; user is
+ * Registers a model. name (1-127 bytes, no space or control byte; "/" is
+ * allowed, as in "org/model") is copied; backend must outlive the model; user is
  * the backend's argument (passed as op->user) and is freed with
  * backend->destroy, if set, when the model is removed or the context freed
  * (also when this call fails). opts may be NULL for the defaults. The model

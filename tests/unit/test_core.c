@@ -432,8 +432,13 @@ static void test_bad_input(void **state) {
   o.device = 5;
   assert_int_equal(mb_model_add(H.ctx, "z", &h_backend, NULL, &o, err, sizeof(err)), MB_ENODEV);
   assert_int_equal(mb_model_add(H.ctx, "", &h_backend, NULL, NULL, err, sizeof(err)), MB_EINVAL);
-  assert_int_equal(mb_model_add(H.ctx, "a/b", &h_backend, NULL, NULL, err, sizeof(err)),
+  assert_int_equal(mb_model_add(H.ctx, "a b", &h_backend, NULL, NULL, err, sizeof(err)),
                    MB_EINVAL);
+  assert_int_equal(mb_model_add(H.ctx, "a\tb", &h_backend, NULL, NULL, err, sizeof(err)),
+                   MB_EINVAL);
+  /* A name as Hugging Face and vLLM write them is a name. */
+  assert_int_equal(mb_model_add(H.ctx, "org/model-7B", &h_backend, NULL, NULL, err, sizeof(err)),
+                   0);
   mb_backend half = h_backend;
   half.restore = NULL;
   assert_int_equal(mb_model_add(H.ctx, "z", &half, NULL, NULL, err, sizeof(err)), MB_EINVAL);
