@@ -28,6 +28,9 @@ python3-fastapi
 python3-uvicorn
 curl
 gnuplot-nox
+chromium
+chromium-driver
+python3-selenium
 "
 if [ "${1:-}" = "--bench" ]; then
   PKGS="$PKGS nginx-light"
