@@ -226,6 +226,11 @@
             await waitForKey();
             continue;
           }
+          if (resp.status === 404) { /* the model is gone (a reload removed it) */
+            this.stopped = true;
+            if (this.h.onDown) this.h.onDown('gone');
+            return;
+          }
           if (!resp.ok || !resp.body) throw new Error('HTTP ' + resp.status);
           this.backoff.reset();
           if (this.h.onOpen) this.h.onOpen();
@@ -750,6 +755,12 @@
         o.value = n;
         return o;
       }));
+    }
+    if (state.logModel !== null && !want.includes(state.logModel)) { /* removed */
+      if (state.logStream) state.logStream.stop();
+      state.logStream = null;
+      state.logModel = null;
+      $('log-state').textContent = '';
     }
     if (state.logModel === null && want.length) openLog(want[0], false);
     else if (state.logModel !== null) sel.value = state.logModel;
