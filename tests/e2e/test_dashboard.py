@@ -17,7 +17,6 @@ import json
 import os
 import socket
 import sys
-import threading
 import time
 
 import pytest
@@ -313,9 +312,11 @@ def test_buttons_act(d, page):
 
 
 def test_unload_of_a_busy_model_asks(d, page):
+    """A lease held over HTTP makes asr busy (in flight 1) until released."""
     d.post("/api/models/asr/load")
-    held = threading.Thread(target=d.get, args=("/m/asr/slow?ms=%d" % (10000 * SLOW),))
-    held.start()
+    code, lease, _ = d.post("/api/models/asr/acquire", {"ttl": "5m"})
+    assert code == 200, lease
+    released = False
     try:
         wait(page, lambda: row(page, "asr").find_element(By.CSS_SELECTOR, ".inflight").text == "1",
              "asr in use")
@@ -330,10 +331,15 @@ def test_unload_of_a_busy_model_asks(d, page):
         click(page, "asr", "unload")
         wait(page, dialog.is_displayed, "the confirmation again")
         page.find_element(By.ID, "confirm-yes").click()
-        d.wait_state("asr", ["unloaded"], timeout=WAIT)  # once the request is done
+        wait(page, lambda: not dialog.is_displayed(), "the dialog closed")
+        # The unload waits for the lease; then it is done.
+        assert d.request("DELETE", "/api/leases/" + lease["lease"])[0] == 200
+        released = True
+        d.wait_state("asr", ["unloaded"], timeout=WAIT)
         wait(page, lambda: page_state(page, "asr") == "unloaded", "asr unloaded")
     finally:
-        held.join()
+        if not released:
+            d.request("DELETE", "/api/leases/" + lease["lease"])
     assert console_errors(page) == []
 
 
@@ -458,7 +464,6 @@ def test_screenshots(browser):
         pytest.skip("MB_DASHBOARD_SCREENSHOTS=DIR writes the screenshots of docs/DASHBOARD.md")
     os.makedirs(out, exist_ok=True)
     s = Daemon(SHOTS_CONFIG)
-    held = []
     try:
         browser.set_window_size(1440, 1200)
         browser.get(f"http://127.0.0.1:{s.port}/")
@@ -476,8 +481,7 @@ def test_screenshots(browser):
         time.sleep(10)
         s.post("/api/models/broken/load")
         s.post("/api/models/llama/load", {"wait": False})
-        held.append(threading.Thread(target=s.get, args=("/m/embed/slow?ms=20000",)))
-        held[-1].start()
+        s.post("/api/models/embed/acquire", {"ttl": "5m"})  # in use
         wait(browser, lambda: page_state(browser, "llama") == "loading" and
              page_state(browser, "sdxl") == "offloaded" and
              page_state(browser, "broken") == "failed", "the states")
@@ -493,8 +497,6 @@ def test_screenshots(browser):
         browser.save_screenshot(os.path.join(out, "dashboard-confirm.png"))
         browser.find_element(By.ID, "confirm-no").click()
     finally:
-        for t in held:
-            t.join()
         s.stop()
     keyed = Daemon(SHOTS_CONFIG + 'api_keys: ["secret"]\n')
     try:
