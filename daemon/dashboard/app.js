@@ -489,7 +489,7 @@
     const m = state.models.get(name);
     if (m && (m.inflight > 0 || m.queued > 0)) {
       const ok = await confirmDialog('Unload ' + name + '?',
-        name + ' is in use: ' + m.inflight + ' request(s) in flight, ' + m.queued +
+        name + ' is in use: ' + m.inflight + ' in flight (requests and leases), ' + m.queued +
         ' queued. The unload waits for those in flight to finish, then stops it.', 'Unload');
       if (!ok) return;
     }

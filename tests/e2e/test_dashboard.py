@@ -323,7 +323,7 @@ def test_unload_of_a_busy_model_asks(d, page):
         dialog = page.find_element(By.ID, "confirm-dialog")
         click(page, "asr", "unload")
         wait(page, dialog.is_displayed, "the confirmation")
-        assert "asr" in dialog.text and "1 request(s) in flight" in dialog.text
+        assert "asr" in dialog.text and "1 in flight" in dialog.text
         page.find_element(By.ID, "confirm-no").click()
         wait(page, lambda: not dialog.is_displayed(), "the dialog closed")
         time.sleep(0.3)
