@@ -272,6 +272,7 @@ typedef struct mbd_config {
   char **openai_routes;      /* more POST paths routed by the body's "model" */
   size_t n_openai_routes;
   char *compat_model;        /* compat.model: the model GET /api/gpu/status shows flat; NULL none */
+  int dashboard;             /* 1 (default): GET / serves the dashboard (dashboard.h) */
   mbd_model_config *models;  /* in file order */
   size_t n_models;
 } mbd_config;

@@ -1004,6 +1004,7 @@ static const field top_fields[] = {
     {"cgroup", F_FN, 0, 0, 0, 0, {fn_cgroup}},
     {"openai_routes", F_FN, 0, 0, 0, 0, {fn_openai_routes}},
     {"compat", F_FN, 0, 0, 0, 0, {fn_compat}},
+    {"dashboard", F_BOOL, offsetof(mbd_config, dashboard), 0, 0, 0, {NULL}},
     {"models", F_FN, 0, 0, 0, 0, {fn_models_later}},
 };
 

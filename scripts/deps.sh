@@ -28,6 +28,9 @@ python3-fastapi
 python3-uvicorn
 curl
 gnuplot-nox
+chromium
+chromium-driver
+python3-selenium
 "
 # node and npm for the OpenAI Node SDK test (scripts/test-deps.sh), from
 # Debian unless some node with its npm is installed already.
