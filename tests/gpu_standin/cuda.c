@@ -709,7 +709,7 @@ CUresult cuDeviceGet(CUdevice *device, int ordinal) {
     r = CUDA_ERROR_INVALID_VALUE;
   else if (ordinal < 0 || ordinal >= g.n_dev)
     r = CUDA_ERROR_INVALID_DEVICE;
-  else
+  else if ((r = (CUresult)fault_locked("cuDeviceGet", "device", CUDA_ERROR_UNKNOWN, NULL)) == 0)
     *device = ordinal;
   pthread_mutex_unlock(&g.mu);
   RETURN(r);
@@ -722,6 +722,9 @@ CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev) 
   int gpu = dev_gpu_locked(dev, &r);
   if (gpu >= 0 && pi == NULL)
     r = CUDA_ERROR_INVALID_VALUE;
+  if (gpu >= 0 && pi != NULL &&
+      (r = (CUresult)fault_locked("cuDeviceGetAttribute", "device", CUDA_ERROR_UNKNOWN, NULL)) != 0)
+    gpu = -1;
   if (gpu >= 0 && pi != NULL) {
     switch (attrib) {
     case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED:
@@ -745,6 +748,9 @@ CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
   int gpu = dev_gpu_locked(dev, &r);
   if (gpu >= 0 && bytes == NULL)
     r = CUDA_ERROR_INVALID_VALUE;
+  else if (gpu >= 0 &&
+           (r = (CUresult)fault_locked("cuDeviceTotalMem", "device", CUDA_ERROR_UNKNOWN, NULL)) != 0)
+    ;
   else if (gpu >= 0)
     *bytes = (size_t)mbsi_machine_get()->gpu[gpu].total;
   pthread_mutex_unlock(&g.mu);
@@ -759,6 +765,9 @@ CUresult cuDeviceGetPCIBusId(char *pciBusId, int len, CUdevice dev) {
   const char *bus = gpu >= 0 ? mbsi_machine_get()->gpu[gpu].bus : "";
   if (gpu >= 0 && (pciBusId == NULL || len < (int)strlen(bus) + 1))
     r = CUDA_ERROR_INVALID_VALUE;
+  else if (gpu >= 0 &&
+           (r = (CUresult)fault_locked("cuDeviceGetPCIBusId", "device", CUDA_ERROR_UNKNOWN, NULL)) != 0)
+    ;
   else if (gpu >= 0)
     snprintf(pciBusId, (size_t)len, "%s", bus);
   pthread_mutex_unlock(&g.mu);
@@ -888,6 +897,8 @@ CUresult cuCtxSetCurrent(CUcontext ctx) {
     r = CUDA_ERROR_CONTEXT_IS_DESTROYED;
   }
   if (r == CUDA_SUCCESS)
+    r = (CUresult)fault_locked("cuCtxSetCurrent", "ctx", CUDA_ERROR_INVALID_CONTEXT, NULL);
+  if (r == CUDA_SUCCESS)
     cur = ctx;
   pthread_mutex_unlock(&g.mu);
   RETURN(r);
@@ -899,6 +910,8 @@ CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
   CUresult r = need_ctx_locked("cuMemGetInfo");
   if (r == CUDA_SUCCESS && (free_bytes == NULL || total == NULL))
     r = CUDA_ERROR_INVALID_VALUE;
+  if (r == CUDA_SUCCESS)
+    r = (CUresult)fault_locked("cuMemGetInfo", NULL, CUDA_ERROR_UNKNOWN, NULL);
   if (r == CUDA_SUCCESS) {
     mbsi_machine *m = mbsi_machine_get();
     mbsi_lock();
@@ -1399,6 +1412,9 @@ CUresult cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocatio
   if (r == CUDA_SUCCESS && (granularity == NULL || prop_gpu_locked(prop) < 0))
     r = CUDA_ERROR_INVALID_VALUE;
   if (r == CUDA_SUCCESS)
+    r = (CUresult)fault_locked("cuMemGetAllocationGranularity", "vmm", CUDA_ERROR_NOT_SUPPORTED,
+                               NULL);
+  if (r == CUDA_SUCCESS)
     *granularity = GRAN;
   pthread_mutex_unlock(&g.mu);
   RETURN(r);
@@ -1695,6 +1711,8 @@ CUresult cuCheckpointProcessGetState(int pid, CUprocessState *state) {
   mbsi_proc *p = ckpt_target(pid, &r);
   if (p != NULL && state == NULL)
     r = CUDA_ERROR_INVALID_VALUE;
+  else if (p != NULL && (r = (CUresult)ckpt_fault("cuCheckpointProcessGetState")) != 0)
+    ;
   else if (p != NULL)
     *state = (CUprocessState)atomic_load(&p->state);
   RETURN(r);

@@ -48,6 +48,8 @@ typedef struct nvmlProcessInfo_st {
   unsigned int gpuInstanceId, computeInstanceId;
 } nvmlProcessInfo_t;
 
+/* For the tests (dlsym): replaces the fault rules, as MB_STANDIN_NVML_FAIL. */
+API int mbsi_nvml_fail(const char *spec);
 API nvmlReturn_t nvmlInit_v2(void);
 API nvmlReturn_t nvmlShutdown(void);
 API const char *nvmlErrorString(nvmlReturn_t result);
@@ -89,6 +91,14 @@ static nvmlReturn_t fault(const char *name) {
   nvmlReturn_t r = mbsi_rules_hit(&n.rules, name, NULL, NVML_ERROR_UNKNOWN, NULL);
   pthread_mutex_unlock(&n.mu);
   return r;
+}
+
+int mbsi_nvml_fail(const char *spec) {
+  pthread_mutex_lock(&n.mu);
+  n.parsed = 1;
+  int rc = mbsi_rules_parse(&n.rules, spec);
+  pthread_mutex_unlock(&n.mu);
+  return rc;
 }
 
 static int inited(void) {
