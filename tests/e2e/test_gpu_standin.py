@@ -214,6 +214,43 @@ def test_admission_against_the_measured_footprint(d):
     assert machine()["gpus"][1]["used"] == 0
 
 
+def test_memory_held_outside_the_daemon(d):
+    # Admission counts the capacity measured at start and the models'
+    # footprints, not what other processes hold: a worker that cannot get
+    # its memory fails its load with its own words, and loads once the
+    # memory is back.
+    port = subprocess.run([sys.executable, "-c", "import socket; s = socket.socket(); "
+                           "s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="1")
+    other = subprocess.Popen([WORKER, "--port", port, "--vram-mb", "400", "--model", "other"],
+                             env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 20 * SLOW
+        while proc(other.pid) is None or proc(other.pid)["dev"][1] != 400 * MiB + CTX:
+            assert time.time() < deadline, machine()
+            time.sleep(0.05)
+        code, body, _ = d.post("/api/models/big/load")
+        assert code == 502, (code, body)
+        assert "cuMemAlloc failed (CUDA error 2)" in json.dumps(body), body
+    finally:
+        other.kill()
+        other.wait()
+    st = d.wait_state("big", ["failed", "unloaded"])
+    deadline = time.time() + 20 * SLOW
+    while machine()["gpus"][1]["used"] != 0:  # the stand-in's release delay
+        assert time.time() < deadline, machine()
+        time.sleep(0.05)
+    deadline = time.time() + 20 * SLOW
+    while True:  # a failed load is retried after its back-off (1 s)
+        code, body, _ = d.post("/api/models/big/load")
+        if code == 200 or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert code == 200, (code, body)
+    unload(d, "big")
+
+
 def test_hookless_worker_offloaded_by_the_checkpoint_api(d):
     st = load(d, "w0")
     pid = st["pid"]
@@ -370,6 +407,7 @@ models:
         assert after["pid"] != before["pid"] and after["sum"] == before["sum"]
     finally:
         assert d.stop() == 0, d.logs()[-3000:]
+        assert "mb-standin: misuse" not in d.final_log, d.final_log[-3000:]
 
 
 def test_devices_omitted_and_a_reordered_cuda_visible_devices():
@@ -392,3 +430,4 @@ models:
         assert info["cuda_visible_devices"] == "1" and info["bus"] == BUS[1]
     finally:
         assert d.stop() == 0, d.logs()[-3000:]
+        assert "mb-standin: misuse" not in d.final_log, d.final_log[-3000:]

@@ -210,6 +210,21 @@ static void test_device_layer(void **state) {
   assert_non_null(strstr(err, "cuda: copy from device: invalid argument (error 1)"));
   assert_int_equal(si.misuses(NULL, 0), 1); /* that one, on purpose */
   g_misuse_base = 1;
+  /* the driver failing where it rarely does, each with its message */
+  assert_int_equal(si.set_fail("cuMemGetInfo:1"), 0);
+  assert_int_equal(mb__dev_mem_info(d, &total, &f1, err, sizeof(err)), MB_EIO);
+  assert_non_null(strstr(err, "cuda: cuMemGetInfo: unknown error (error 999)"));
+  assert_int_equal(si.set_fail("cuDeviceGet:1"), 0);
+  assert_int_equal(mb__cuda_total_mem(0, &total, err, sizeof(err)), MB_ENODEV);
+  assert_non_null(strstr(err, "cuda: cuDeviceGet:"));
+  assert_int_equal(si.set_fail("cuDeviceTotalMem:1"), 0);
+  assert_int_equal(mb__cuda_total_mem(0, &total, err, sizeof(err)), MB_EIO);
+  assert_int_equal(si.set_fail("cuMemAlloc:1:12345"), 0); /* a code the driver has no text for */
+  uint64_t none = 0;
+  assert_int_equal(mb__dev_alloc(d, 4096, &none, err, sizeof(err)), MB_ENOMEM);
+  assert_non_null(strstr(err, "cuda: cuMemAlloc: unknown error (error 12345)"));
+  assert_int_equal(none, 0);
+  si.set_fail("");
 
   /* asynchronous copies: more in flight than the spare events, waited for
    * in reverse */
@@ -860,6 +875,15 @@ static void test_old_driver(void **state) {
   assert_true(mb__nvml_available(NULL, 0));
   assert_int_equal(mb__nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), 0);
   assert_int_equal(b, 24 * MiB);
+  /* no lookup by bus id here: by index, and an index NVML refuses */
+  void *nv = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_NOLOAD);
+  int (*nvml_fail)(const char *) = NULL;
+  void *f = dlsym(nv, "mbsi_nvml_fail");
+  memcpy(&nvml_fail, &f, sizeof(f));
+  assert_non_null(nvml_fail);
+  assert_int_equal(nvml_fail("nvmlDeviceGetHandleByIndex:1:2"), 0);
+  assert_int_equal(mb__nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), MB_ENODEV);
+  assert_non_null(strstr(err, "NVML: no GPU 0 (Invalid Argument)"));
   mb__dev_free(d, dp);
   mb__dev_close(d);
   /* the stable-address option cannot load here, and says why */
