@@ -10,12 +10,18 @@ MESON_OPTS ?=
 # CI builds treat warnings as errors; so do we by default.
 WERROR     ?= true
 
-.PHONY: all deps build run test test-gpu asan tsan fuzz bench coverage clean
+.PHONY: all deps test-deps build run test test-gpu asan tsan fuzz bench coverage clean
 
 all: build
 
 deps:
 	@scripts/deps.sh
+
+# What some tests take from outside Debian when it can be had (the OpenAI
+# Node SDK from npm, with node and npm from Debian by scripts/deps.sh);
+# without the registry those tests skip.
+test-deps:
+	@scripts/test-deps.sh
 
 $(BUILD)/build.ninja:
 	@scripts/deps.sh
@@ -29,14 +35,14 @@ build: deps $(BUILD)/build.ninja
 run: build
 	@scripts/run.sh $(BUILD)
 
-test: build
+test: build test-deps
 	meson test -C $(BUILD) --print-errorlogs
 
 $(ASAN_BUILD)/build.ninja:
 	@scripts/deps.sh
 	CC=clang meson setup $(ASAN_BUILD) -Dwerror=$(WERROR) -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug $(MESON_OPTS)
 
-asan: deps $(ASAN_BUILD)/build.ninja
+asan: deps test-deps $(ASAN_BUILD)/build.ninja
 	ninja -C $(ASAN_BUILD)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  meson test -C $(ASAN_BUILD) --print-errorlogs
@@ -47,7 +53,7 @@ $(TSAN_BUILD)/build.ninja:
 
 # TSan's shadow memory needs a fixed layout; setarch -R turns off address
 # randomisation for the test processes so it works on any kernel.
-tsan: deps $(TSAN_BUILD)/build.ninja
+tsan: deps test-deps $(TSAN_BUILD)/build.ninja
 	ninja -C $(TSAN_BUILD)
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  setarch -R meson test -C $(TSAN_BUILD) --print-errorlogs
@@ -76,11 +82,12 @@ test-gpu: build
 
 # Line coverage of make test's suites (gcovr, Debian's gcovr package): a
 # build with --coverage runs every suite, then gcovr prints the GPU code
-# (device_cuda.c, nvml.c, gpu_checkpoint.c, the daemon's worker.c and
-# daemon.c, run against the stand-in driver of tests/gpu_standin) and writes
-# the whole tree's report to $(COV_BUILD)/coverage.txt.
-COV_FILES = lib/device_cuda.c lib/nvml.c lib/gpu_checkpoint.c lib/device_host.c \
-            lib/backend_tensors.c lib/tensor/loader.c daemon/worker.c daemon/daemon.c
+# (the library's device layer, tensors backend and loader; the daemon's
+# nvml.c, gpu_checkpoint.c, worker.c and daemon.c; run against the stand-in
+# driver of tests/gpu_standin) and writes the whole tree's report to
+# $(COV_BUILD)/coverage.txt.
+COV_FILES = lib/device_cuda.c lib/device_host.c lib/backend_tensors.c lib/tensor/loader.c \
+            daemon/nvml.c daemon/gpu_checkpoint.c daemon/worker.c daemon/daemon.c
 $(COV_BUILD)/build.ninja:
 	@scripts/deps.sh --coverage
 	meson setup $(COV_BUILD) -Dwerror=$(WERROR) -Db_coverage=true -Dbuildtype=debug $(MESON_OPTS)

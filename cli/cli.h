@@ -46,4 +46,9 @@ int cli_parse_size(const char *s, uint64_t *out);
 /* "1.50 GiB" style (binary units) into buf. */
 const char *cli_fmt_bytes(uint64_t n, char *buf, size_t len);
 
+/* Now on the monotonic clock (the library's mb_clock_monotonic), in seconds
+ * and in milliseconds: what the commands time their work with. */
+double cli_now_s(void);
+double cli_now_ms(void);
+
 #endif /* MB_CLI_H */

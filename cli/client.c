@@ -220,3 +220,21 @@ int cli_print_error(const char *what, long status, json_t *doc) {
           msg ? msg : "no message");
   return 1;
 }
+
+const char *cli_name_seg(const char *name, char *out, size_t len) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t k = 0;
+  for (const unsigned char *p = (const unsigned char *)name; *p && k + 4 < len; p++) {
+    if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+        *p == '.' || *p == '_' || *p == '-' || *p == ':' || *p == '~') {
+      out[k++] = (char)*p;
+    } else {
+      out[k++] = '%';
+      out[k++] = hex[*p >> 4];
+      out[k++] = hex[*p & 15];
+    }
+  }
+  if (len > 0)
+    out[k] = '\0';
+  return out;
+}

@@ -56,6 +56,10 @@ int cli_stream_tick(const cli_client *c, const char *path,
                     int (*on_data)(const char *p, size_t n, void *arg),
                     int (*on_tick)(void *arg), void *arg);
 
+/* A model's name (or alias) as one URL path segment, percent-encoded
+ * ("Qwen/Qwen2.5" -> "Qwen%2FQwen2.5"), into out; returns out. */
+const char *cli_name_seg(const char *name, char *out, size_t len);
+
 /* Prints the daemon's error ("modelbuf: CODE: message") and returns 1. */
 int cli_print_error(const char *what, long status, json_t *doc);
 

@@ -161,8 +161,8 @@ int cmd_status(int argc, char **argv) {
   }
   if (name == NULL)
     return usage_of("status");
-  char path[256];
-  snprintf(path, sizeof(path), "/api/models/%s", name);
+  char path[256], seg[200];
+  snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(name, seg, sizeof(seg)));
   json_t *m;
   int rc = call(&c, name, "GET", path, NULL, &m);
   if (rc != 0)
@@ -231,8 +231,8 @@ int cmd_load(int argc, char **argv) {
     json_object_set_new(body, "keep_alive", json_string(ka));
   char *b = json_dumps(body, JSON_COMPACT);
   json_decref(body);
-  char path[256];
-  snprintf(path, sizeof(path), "/api/models/%s/load", name);
+  char path[256], seg[200];
+  snprintf(path, sizeof(path), "/api/models/%s/load", cli_name_seg(name, seg, sizeof(seg)));
   json_t *m;
   int rc = call(&c, name, "POST", path, b, &m);
   free(b);
@@ -244,16 +244,14 @@ int cmd_load(int argc, char **argv) {
     return CLI_EXIT_OK;
   }
   int tty = isatty(1);
-  struct timespec t0, now;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
+  double t0 = cli_now_s();
   double last_print = -1;
-  snprintf(path, sizeof(path), "/api/models/%s", name);
+  snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(name, seg, sizeof(seg)));
   for (;;) {
     rc = call(&c, name, "GET", path, NULL, &m);
     if (rc != 0)
       return rc;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double el = (double)(now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9;
+    double el = cli_now_s() - t0;
     const char *state = jstr(m, "state");
     if (strcmp(state, "ready") == 0) {
       char mem[64];
@@ -298,8 +296,8 @@ static int action(int argc, char **argv, const char *what, const char *verb) {
   cli_client_init(&c, &argc, argv);
   if (argc != 2 || argv[1][0] == '-')
     return usage_of(what);
-  char path[256];
-  snprintf(path, sizeof(path), "/api/models/%s/%s", argv[1], verb);
+  char path[256], seg[200];
+  snprintf(path, sizeof(path), "/api/models/%s/%s", cli_name_seg(argv[1], seg, sizeof(seg)), verb);
   json_t *m;
   int rc = call(&c, argv[1], "POST", path, "{}", &m);
   if (rc != 0)
@@ -331,8 +329,9 @@ int cmd_keep_alive(int argc, char **argv) {
                      : json_pack("{s:s}", "keep_alive", v);
   char *b = json_dumps(body, JSON_COMPACT);
   json_decref(body);
-  char path[256];
-  snprintf(path, sizeof(path), "/api/models/%s/keep-alive", argv[1]);
+  char path[256], seg[200];
+  snprintf(path, sizeof(path), "/api/models/%s/keep-alive",
+           cli_name_seg(argv[1], seg, sizeof(seg)));
   json_t *m;
   int rc = call(&c, argv[1], "POST", path, b, &m);
   free(b);
@@ -433,12 +432,13 @@ int cmd_logs(int argc, char **argv) {
   }
   if (name == NULL || n < 0)
     return usage_of("logs");
-  char path[256];
+  char path[256], seg[200];
   long status;
   json_t *doc;
   char *text = NULL;
   if (!follow) {
-    snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d", name, n);
+    snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d",
+             cli_name_seg(name, seg, sizeof(seg)), n);
     int rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
     if (rc != 0)
       return rc;
@@ -455,7 +455,7 @@ int cmd_logs(int argc, char **argv) {
     return CLI_EXIT_OK;
   }
   /* The model must exist; the stream itself has no room for an error. */
-  snprintf(path, sizeof(path), "/api/models/%s", name);
+  snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(name, seg, sizeof(seg)));
   int rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
   free(text);
   if (rc != 0)
@@ -471,9 +471,11 @@ int cmd_logs(int argc, char **argv) {
     return CLI_EXIT_FAIL;
   for (;;) {
     if (f->printed)
-      snprintf(path, sizeof(path), "/api/models/%s/logs?follow=1&since=%llu", name, f->last);
+      snprintf(path, sizeof(path), "/api/models/%s/logs?follow=1&since=%llu",
+               cli_name_seg(name, seg, sizeof(seg)), f->last);
     else
-      snprintf(path, sizeof(path), "/api/models/%s/logs?follow=1&tail=%d", name, n);
+      snprintf(path, sizeof(path), "/api/models/%s/logs?follow=1&tail=%d",
+               cli_name_seg(name, seg, sizeof(seg)), n);
     f->len = 0;
     rc = cli_stream(&c, path, follow_data, f);
     if (rc != 0)

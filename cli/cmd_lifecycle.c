@@ -10,7 +10,8 @@
  *   the device's own figure (free memory) and the OS's (RSS).
  *
  * lifecycle.c turns the cycles into figures, a leak verdict and advice.
- * The model is built by the daemon's own construction (model_build.h), so
+ * The model is built by the daemon's own construction (model_build.h,
+ * through daemon/internal/mbd_internal.h), so
  * it is exactly the model modelbufd would run: process (the worker started,
  * supervised and stopped as modelbufd does it), plugin and tensors (both in
  * this process), files: entries expanded the same way. With --url the model is
@@ -22,7 +23,6 @@
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "modelbuf/modelbuf.h"
@@ -32,12 +32,8 @@
 #ifdef MB_CLI_CLIENT
 #include "client.h"
 #endif
-#include "config.h"
-#include "device.h"
-#include "expand.h"
 #include "lifecycle.h"
-#include "model_build.h"
-#include "worker.h"
+#include "mbd_internal.h"
 
 #define MAX_CYCLES 256
 #define MAX_PROBES 100
@@ -53,8 +49,8 @@ typedef struct target {
   mbd_sup *sup;        /* starts and reaps the worker (process backend) */
   char **paths;        /* the model's files, expanded (for the page cache) */
   size_t n_paths;
-  mb__dev *tdev;       /* tensors off the host device: read back through it */
-  void *tbounce;       /* pinned bounce buffer of TENSOR_BOUNCE bytes on tdev */
+  void *tbounce;       /* tensors off the host device: read back into this
+                          buffer of TENSOR_BOUNCE bytes (mb_tensors_read) */
   uint64_t tsum;       /* checksum of every tensor's bytes after the first load */
   int tsum_set;
   mb_device_kind kind;
@@ -62,12 +58,6 @@ typedef struct target {
   const char *device_name;
   uint64_t rss_start; /* RSS of this process before the first load */
 } target;
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 /*
  * RSS of this process, after handing free heap pages back to the OS: what
@@ -90,7 +80,7 @@ static uint64_t rss_self(void) {
 static uint64_t device_free(const target *t) {
   uint64_t total = 0, free_b = 0;
   char err[128];
-  if (mb__device_mem_info(t->kind, t->ordinal, &total, &free_b, err, sizeof(err)) != 0)
+  if (mb_device_mem_info(t->kind, t->ordinal, &total, &free_b, err, sizeof(err)) != 0)
     return 0;
   return free_b;
 }
@@ -120,14 +110,14 @@ static uint64_t checksum(uint64_t h, const uint8_t *p, uint64_t n) {
  * The "inference" of a tensors model, which has no request handler: every
  * tensor of every file looked up by name (mb_tensors_find, as user code
  * does) and all its bytes read into a checksum -- on the host device
- * straight from the arena, on another device copied back through a pinned
- * bounce buffer. It measures what a first pass over the weights costs after
+ * straight from the arena, on another device copied back through a bounce
+ * buffer (mb_tensors_read, as user code would). It measures what a first pass over the weights costs after
  * a load or a restore (lookups, page faults of a fresh arena, memory
  * bandwidth), and the checksum must stay the one of the first load: a
  * restore that brought back other bytes fails the probe.
  */
 static double probe_tensors(target *t, char *err, size_t len) {
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   uint64_t h = 0xcbf29ce484222325ull;
   mb_tensors_model *tm = mbd_tensors_model_of(t->tensors);
   if (tm == NULL) {
@@ -152,20 +142,20 @@ static double probe_tensors(target *t, char *err, size_t len) {
         h = checksum(h, (const uint8_t *)(uintptr_t)ref.device_ptr, ref.size_bytes);
         continue;
       }
-      if (t->tdev == NULL &&
-          (mb__dev_open(t->kind, t->ordinal, &t->tdev, err, len) != 0 ||
-           mb__dev_host_alloc(t->tdev, TENSOR_BOUNCE, &t->tbounce, err, len) != 0))
+      if (t->tbounce == NULL && (t->tbounce = malloc(TENSOR_BOUNCE)) == NULL) {
+        snprintf(err, len, "out of memory");
         return -2.0;
+      }
       for (uint64_t off = 0; off < ref.size_bytes; off += TENSOR_BOUNCE) {
         size_t part = ref.size_bytes - off < TENSOR_BOUNCE ? (size_t)(ref.size_bytes - off)
                                                            : TENSOR_BOUNCE;
-        if (mb__dev_d2h(t->tdev, t->tbounce, ref.device_ptr + off, part, 0, err, len) != 0)
+        if (mb_tensors_read(tm, ti.name, off, t->tbounce, part, err, len) != 0)
           return -2.0;
         h = checksum(h, t->tbounce, part);
       }
     }
   }
-  double took = now_ms() - t0;
+  double took = cli_now_ms() - t0;
   if (!t->tsum_set) {
     t->tsum = h;
     t->tsum_set = 1;
@@ -201,9 +191,9 @@ static double probe(target *t, char *err, size_t len) {
     }
     const char *colon = strrchr(url, ':');
     int port = colon ? atoi(colon + 1) : 0;
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     int rc = mbd_http_call(port, req.method, p->path, p->body, 60000, &status, err, len);
-    double took = now_ms() - t0;
+    double took = cli_now_ms() - t0;
     if (rc != 0)
       return -2.0;
     if (status >= 400) {
@@ -213,9 +203,9 @@ static double probe(target *t, char *err, size_t len) {
     return took;
   }
   mb_plugin_response resp;
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   int rc = mb_plugin_handle(t->inst, &req, &resp, err, len);
-  double took = now_ms() - t0;
+  double took = cli_now_ms() - t0;
   if (rc != 0)
     return -2.0;
   int status = resp.status;
@@ -320,9 +310,9 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
     return -1;
   }
 
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   STEP(mb_load(t->ctx, name, MB_FOREVER, err, sizeof(err)), "load");
-  c->load_ms = now_ms() - t0;
+  c->load_ms = cli_now_ms() - t0;
   sample(t, c);
   if (probes_once(t, probes, &c->first_ms, &c->steady_ms, c) != 0)
     return -1;
@@ -336,7 +326,7 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
   double off[MAX_RESTORES], res[MAX_RESTORES];
   int nr = 0;
   for (int r = 0; r < restores; r++) {
-    t0 = now_ms();
+    t0 = cli_now_ms();
     int rc = mb_offload(t->ctx, name, err, sizeof(err));
     if (rc == MB_ENOTSUP)
       break;
@@ -344,14 +334,14 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
       fprintf(stderr, "modelbuf: bench lifecycle: offload %s: %s\n", name, err);
       return -1;
     }
-    off[nr] = now_ms() - t0;
+    off[nr] = cli_now_ms() - t0;
     mb_status st;
     STEP(mb_model_status(t->ctx, name, &st), "status");
     if (st.host_bytes > c->host_offloaded)
       c->host_offloaded = st.host_bytes;
-    t0 = now_ms();
+    t0 = cli_now_ms();
     STEP(mb_load(t->ctx, name, MB_FOREVER, err, sizeof(err)), "restore");
-    res[nr++] = now_ms() - t0;
+    res[nr++] = cli_now_ms() - t0;
     sample(t, c);
     if (probes_once(t, probes > 1 ? 1 : probes, NULL, NULL, c) != 0)
       return -1;
@@ -364,12 +354,13 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
     c->restore_ms = lc_median(res, nr);
   }
   c->restore_growth = lc_restore_growth(series, ns);
+  c->restores = nr;
   STEP(steady(t, &c->dev_steady, &c->host_steady), "status");
   sample(t, c);
 
-  t0 = now_ms();
+  t0 = cli_now_ms();
   STEP(mb_unload(t->ctx, name, err, sizeof(err)), "unload");
-  c->unload_ms = now_ms() - t0;
+  c->unload_ms = cli_now_ms() - t0;
   uint64_t free_after = device_free(t), rss_after = rss_self();
   if (t->worker) {
     /* A worker's memory is back when none of its processes is left. */
@@ -402,6 +393,8 @@ static void usage(void) {
           "                  the probe request, instead of the configuration's `probe`\n"
           "                  (with --url and neither: GET of the model's health path)\n"
           "  --no-cold       keep the files in the page cache for the first load\n"
+          "  --all           every model of the configuration (or of the daemon, with\n"
+          "                  --url), compared; several MODELs do the same for those\n"
           "  --json          one JSON object instead of the report\n"
           "  --chart FILE    also draw memory per tier across the cycles (PNG, gnuplot)\n");
 }
@@ -409,6 +402,14 @@ static void usage(void) {
 static void build_warning(void *arg, const char *model, const char *msg, const char *why) {
   (void)arg;
   fprintf(stderr, "modelbuf: bench lifecycle: %s: %s: %s\n", model, msg, why);
+}
+
+/* A plugin model's log lines, on stderr (the library prints nothing). */
+static void plugin_log(void *arg, int level, const char *model, const char *msg) {
+  static const char *names[] = {"debug", "info", "warn", "error"};
+  (void)arg;
+  fprintf(stderr, "level=%s model=%s msg=\"%s\"\n", names[level < 0 ? 0 : level > 3 ? 3 : level],
+          model ? model : "", msg ? msg : "");
 }
 
 /* Builds the context and registers the model as modelbufd would (one
@@ -453,10 +454,15 @@ static int setup(const mbd_config *cfg, const mbd_model_config *mc, target *t) {
   mo.device = 0;
   mo.keep_alive_ms = MB_FOREVER;
   mo.pinned = 1;
+  mb_plugin_host host;
+  memset(&host, 0, sizeof(host));
+  host.size = sizeof(host);
+  host.log = plugin_log;
   mbd_build_env env;
   memset(&env, 0, sizeof(env));
   env.ctx = t->ctx;
   env.sup = t->sup;
+  env.plugin_host = &host;
   env.warn = build_warning;
   mbd_built b;
   if (mbd_model_build(&env, mc, &mo, &b, err, sizeof(err)) != 0)
@@ -500,29 +506,126 @@ static int bench_here(const mbd_config *cfg, const mbd_model_config *mc, const l
     uint64_t host_budget = 0, host_used = 0;
     mb_host_tier(t.ctx, &host_budget, &host_used);
     lc_input in = {mc->name, "host", o->cold, 0, host_budget, cy, o->cycles, NULL,
-                   o->cold ? NULL : "--no-cold"};
+                   o->cold ? NULL : "--no-cold", mbd_backend_name(mc->backend)};
     if (mb_device_info_get(t.ctx, 0, &di) == 0) {
       in.device_usable = di.usable_bytes;
       in.device = di.name;
     }
-    status = lc_output(&in, o->json, o->chart);
+    status = o->report ? o->report(&in, o->report_arg) : lc_output(&in, o->json, o->chart);
   }
   free(cy);
 done:
   if (t.ctx && mb_ctx_free(t.ctx) != 0)
     fprintf(stderr, "modelbuf: bench lifecycle: context still busy\n");
-  if (t.tdev) {
-    mb__dev_host_free(t.tdev, t.tbounce);
-    mb__dev_close(t.tdev);
-  }
+  free(t.tbounce);
   mbd_sup_stop(t.sup); /* after the context: the worker is stopped by then */
   mb_tensors_paths_free(t.paths, t.n_paths);
   return status;
 }
 
+/* What the flags say of the probe (NULL: not given). */
+typedef struct probe_flags {
+  const char *method, *path, *body;
+} probe_flags;
+
+/*
+ * The options of one model's run: its probe (the flags, else its
+ * configuration's, else against a daemon a GET of its health path) and
+ * its files. cfg may be NULL (a daemon without --config); *mcp gets the
+ * model's section or NULL. 0, or CLI_EXIT_FAIL when cfg has no such model
+ * and nothing else will find it.
+ */
+static int model_opts(const mbd_config *cfg, const char *path, const char *model, int url,
+                      const probe_flags *pf, lc_opts *o, const mbd_model_config **mcp) {
+  const mbd_model_config *mc = cfg ? mbd_config_find_model(cfg, model) : NULL;
+  *mcp = mc;
+  if (cfg && mc == NULL && !url) {
+    fprintf(stderr, "modelbuf: bench lifecycle: %s has no model '%s'\n", path, model);
+    return CLI_EXIT_FAIL;
+  }
+  o->model = model;
+  o->probe_path = o->probe_body = o->probe_method = NULL;
+  o->probe_default = 0;
+  o->files = NULL;
+  o->n_files = 0;
+  if (pf->path) {
+    o->probe_path = pf->path;
+    o->probe_body = pf->body;
+    o->probe_method = pf->method ? pf->method : pf->body ? "POST" : "GET";
+  } else if (mc && mc->probe.path) {
+    o->probe_path = mc->probe.path;
+    o->probe_body = mc->probe.body;
+    o->probe_method = mc->probe.method ? mc->probe.method : mc->probe.body ? "POST" : "GET";
+  } else if (url) {
+    o->probe_path = mc && mc->health ? mc->health : "/health";
+    o->probe_method = "GET";
+    o->probe_default = 1;
+  }
+  if (mc) {
+    o->files = (const char *const *)mc->files;
+    o->n_files = mc->n_files;
+  }
+  return 0;
+}
+
+/* One model's run, by the driver that measures it. */
+static int run_one(const mbd_config *cfg, const mbd_model_config *mc, const lc_opts *o, int url,
+                   const void *client) {
+#ifdef MB_CLI_CLIENT
+  if (url)
+    return lc_bench_daemon(o, client);
+#else
+  (void)client;
+  (void)url;
+#endif
+  return bench_here(cfg, mc, o);
+}
+
+/* "chart.png" for model m: "chart-m.png" ('/' in the name as '_'). */
+static void chart_for(const char *chart, const char *model, char *out, size_t len) {
+  const char *dot = strrchr(chart, '.');
+  size_t stem = dot && !strchr(dot, '/') ? (size_t)(dot - chart) : strlen(chart);
+  char m[130];
+  snprintf(m, sizeof(m), "%s", model);
+  for (char *p = m; *p; p++)
+    if (*p == '/')
+      *p = '_';
+  snprintf(out, len, "%.*s-%s%s", (int)stem, chart, m, dot && stem < strlen(chart) ? dot : "");
+}
+
+#ifdef MB_CLI_CLIENT
+/* The names of the daemon's models (GET /api/models); NULL with the exit
+ * status in *rc. The caller frees the array and json_decref's *doc. */
+static const char **daemon_models(const cli_client *c, size_t *n, json_t **doc, int *rc) {
+  long status = 0;
+  *doc = NULL;
+  *rc = cli_request(c, "GET", "/api/models", NULL, &status, doc, NULL);
+  if (*rc != 0)
+    return NULL;
+  if (status >= 400) {
+    *rc = cli_print_error("bench lifecycle --all", status, *doc);
+    return NULL;
+  }
+  json_t *a = json_object_get(*doc, "models");
+  *n = json_array_size(a);
+  const char **names = calloc(*n ? *n : 1, sizeof(*names));
+  if (names == NULL) {
+    *rc = CLI_EXIT_FAIL;
+    return NULL;
+  }
+  for (size_t i = 0; i < *n; i++)
+    names[i] = json_string_value(json_object_get(json_array_get(a, i), "name"));
+  return names;
+}
+#endif
+
+#define MAX_MODELS 64
+
 int cmd_bench_lifecycle(int argc, char **argv) {
-  const char *model = NULL, *config = NULL;
-  const char *probe_method = NULL, *probe_path = NULL, *probe_body = NULL;
+  const char *models[MAX_MODELS], *config = NULL;
+  size_t n_models = 0;
+  int all = 0;
+  probe_flags pf = {NULL, NULL, NULL};
   lc_opts o;
   memset(&o, 0, sizeof(o));
   o.cycles = 5;
@@ -533,9 +636,11 @@ int cmd_bench_lifecycle(int argc, char **argv) {
   for (int i = 1; i < argc; i++)
     if (strcmp(argv[i], "--url") == 0)
       url = 1;
+  const void *client = NULL;
 #ifdef MB_CLI_CLIENT
-  cli_client client;
-  cli_client_init(&client, &argc, argv); /* takes --url and --api-key out of argv */
+  cli_client cc;
+  cli_client_init(&cc, &argc, argv); /* takes --url and --api-key out of argv */
+  client = &cc;
 #endif
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -550,37 +655,45 @@ int cmd_bench_lifecycle(int argc, char **argv) {
     } else if (strcmp(a, "--chart") == 0 && i + 1 < argc) {
       o.chart = argv[++i];
     } else if (strcmp(a, "--probe-method") == 0 && i + 1 < argc) {
-      probe_method = argv[++i];
+      pf.method = argv[++i];
     } else if (strcmp(a, "--probe-path") == 0 && i + 1 < argc) {
-      probe_path = argv[++i];
+      pf.path = argv[++i];
     } else if (strcmp(a, "--probe-body") == 0 && i + 1 < argc) {
-      probe_body = argv[++i];
+      pf.body = argv[++i];
     } else if (strcmp(a, "--no-cold") == 0) {
       o.cold = 0;
     } else if (strcmp(a, "--json") == 0) {
       o.json = 1;
-    } else if (a[0] == '-' || model != NULL) {
+    } else if (strcmp(a, "--all") == 0) {
+      all = 1;
+    } else if (a[0] == '-' || n_models == MAX_MODELS) {
       fprintf(stderr, "modelbuf: bench lifecycle: unexpected argument '%s'\n", a);
       usage();
       return CLI_EXIT_USAGE;
     } else {
-      model = a;
+      models[n_models++] = a;
     }
   }
-  if (model == NULL || o.cycles < 1 || o.cycles > MAX_CYCLES || o.probes < 0 ||
+  if ((n_models == 0) == !all || o.cycles < 1 || o.cycles > MAX_CYCLES || o.probes < 0 ||
       o.probes > MAX_PROBES || o.restores < 0 || o.restores > MAX_RESTORES) {
     fprintf(stderr,
-            "modelbuf: bench lifecycle: a MODEL, 1..%d cycles, 0..%d probes, 0..%d restores\n",
+            "modelbuf: bench lifecycle: one MODEL or more (or --all), 1..%d cycles, 0..%d "
+            "probes, 0..%d restores\n",
             MAX_CYCLES, MAX_PROBES, MAX_RESTORES);
     usage();
     return CLI_EXIT_USAGE;
   }
-  if ((probe_method || probe_body) && probe_path == NULL) {
+  if ((pf.method || pf.body) && pf.path == NULL) {
     fprintf(stderr, "modelbuf: bench lifecycle: --probe-method and --probe-body need "
                     "--probe-path\n");
     return CLI_EXIT_USAGE;
   }
-  o.model = model;
+  int several = all || n_models > 1;
+  if (several && pf.path) {
+    fprintf(stderr, "modelbuf: bench lifecycle: --probe-* are for one model; with several, "
+                    "each takes the probe of its configuration\n");
+    return CLI_EXIT_USAGE;
+  }
   /* The daemon's address from MODELBUF_URL only when no configuration is
    * named either way: a configuration file means "run it here". */
   const char *env_url = getenv("MODELBUF_URL");
@@ -598,9 +711,9 @@ int cmd_bench_lifecycle(int argc, char **argv) {
    * allocator cached. */
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
   mbd_config *cfg = NULL;
-  const mbd_model_config *mc = NULL;
+  const char *path = NULL;
   if (!url || config != NULL) {
-    const char *path = mbd_config_path(config, NULL);
+    path = mbd_config_path(config, NULL);
     mbd_diag diag;
     mbd_diag_init(&diag);
     if (mbd_config_load_file(path, NULL, &cfg, &diag) != 0) {
@@ -609,39 +722,86 @@ int cmd_bench_lifecycle(int argc, char **argv) {
       return CLI_EXIT_FAIL;
     }
     mbd_diag_free(&diag);
-    mc = mbd_config_find_model(cfg, model);
-    if (mc == NULL) {
-      fprintf(stderr, "modelbuf: bench lifecycle: %s has no model '%s'\n", path, model);
+  }
+  const mbd_model_config *mc;
+  int status;
+  if (!several) {
+    status = model_opts(cfg, path, models[0], url, &pf, &o, &mc);
+    if (status == 0)
+      status = run_one(cfg, mc, &o, url, client);
+    mbd_config_free(cfg);
+    return status;
+  }
+
+  /* Several models, one after another, then compared. */
+  const char **names = models;
+#ifdef MB_CLI_CLIENT
+  json_t *listed = NULL;
+#endif
+  size_t n = n_models;
+  if (all && url) {
+#ifdef MB_CLI_CLIENT
+    names = daemon_models(&cc, &n, &listed, &status);
+    if (names == NULL) {
+      mbd_config_free(cfg);
+      return status;
+    }
+#endif
+  } else if (all) {
+    n = cfg->n_models;
+    names = calloc(n ? n : 1, sizeof(*names));
+    if (names == NULL) {
       mbd_config_free(cfg);
       return CLI_EXIT_FAIL;
     }
+    for (size_t i = 0; i < n; i++)
+      names[i] = cfg->models[i].name;
   }
-  /* The probe: the flags, else the configuration's, else (against the
-   * daemon) a GET of the health path, which every worker answers. */
-  if (probe_path) {
-    o.probe_path = probe_path;
-    o.probe_body = probe_body;
-    o.probe_method = probe_method ? probe_method : probe_body ? "POST" : "GET";
-  } else if (mc && mc->probe.path) {
-    o.probe_path = mc->probe.path;
-    o.probe_body = mc->probe.body;
-    o.probe_method = mc->probe.method ? mc->probe.method : mc->probe.body ? "POST" : "GET";
-  } else if (url) {
-    o.probe_path = mc && mc->health ? mc->health : "/health";
-    o.probe_method = "GET";
-    o.probe_default = 1;
+  lc_run *runs = calloc(n ? n : 1, sizeof(*runs));
+  status = runs ? 0 : CLI_EXIT_FAIL;
+  size_t done = 0;
+  for (size_t i = 0; status == 0 && i < n; i++) {
+    lc_opts one = o;
+    one.report = lc_collect;
+    one.report_arg = &runs[i];
+    one.chart = NULL;
+    if (!o.json)
+      fprintf(stderr, "== %s (%zu of %zu)\n", names[i], i + 1, n);
+    snprintf(runs[i].model, sizeof(runs[i].model), "%s", names[i]);
+    int rc = model_opts(cfg, path, names[i], url, &pf, &one, &mc);
+    if (rc == 0)
+      rc = run_one(cfg, mc, &one, url, client);
+    done++;
+    if (rc == CLI_EXIT_DOWN) {
+      status = rc; /* the daemon is gone: the others cannot be measured */
+      break;
+    }
+    if (rc != 0)
+      runs[i].status = rc;
   }
-  if (mc) {
-    o.files = (const char *const *)mc->files;
-    o.n_files = mc->n_files;
+  if (status == 0) {
+    status = lc_compare_output(stdout, runs, (int)n, o.json);
+    for (size_t i = 0; o.chart && i < n; i++) {
+      char png[1024], err[256];
+      if (runs[i].status != 0)
+        continue;
+      chart_for(o.chart, runs[i].model, png, sizeof(png));
+      if (lc_chart(png, &runs[i].in, err, sizeof(err)) != 0) {
+        fprintf(stderr, "modelbuf: bench lifecycle: chart: %s\n", err);
+        status = CLI_EXIT_FAIL;
+      } else if (!o.json) {
+        printf("chart of %s: %s\n", runs[i].model, png);
+      }
+    }
   }
-  int status;
+  for (size_t i = 0; runs && i < done; i++)
+    lc_run_free(&runs[i]);
+  free(runs);
+  if (names != models)
+    free((void *)names);
 #ifdef MB_CLI_CLIENT
-  if (url)
-    status = lc_bench_daemon(&o, &client);
-  else
+  json_decref(listed);
 #endif
-    status = bench_here(cfg, mc, &o);
   mbd_config_free(cfg);
   return status;
 }

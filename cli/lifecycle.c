@@ -282,6 +282,23 @@ void lc_analyse(const lc_input *in, lc_report *r) {
              cli_fmt_bytes(worst > 0 ? (uint64_t)worst : 0, a, sizeof(a)),
              per_restore ? "restore" : "cycle", n, cli_fmt_bytes((uint64_t)limit, b, sizeof(b)));
   }
+  /* The run's growth, for the tiers. */
+  double g_steady = n - skip >= 2 ? steady[n - 1] - steady[skip] : 0.0;
+  double g_residue = 0.0;
+  int restores = 0;
+  for (int i = 0; i < n; i++) {
+    g_residue += residue[i];
+    if (in->cycles[i].restores > restores)
+      restores = in->cycles[i].restores;
+  }
+  double g_restore = r->growth_restore * restores;
+  double run = g_steady > g_residue ? g_steady : g_residue;
+  if (g_restore > run)
+    run = g_restore;
+  r->growth_run_bytes = run > 0.0 ? run : 0.0;
+  r->tier = r->growth_run_bytes < LC_TIER_CAUTION_BYTES ? "PASS"
+            : r->growth_run_bytes <= LC_TIER_FAIL_BYTES ? "CAUTION"
+                                                        : "FAIL";
   advise(in, r);
   if (r->leaks == 1)
     add_advice(r, "It leaks: fix it before it shares a GPU, or have it unloaded rather than "
@@ -312,7 +329,10 @@ void lc_print(FILE *f, const lc_input *in, const lc_report *r) {
           cli_fmt_bytes(r->host_peak, c, sizeof(c)), cli_fmt_bytes(r->host_steady, d, sizeof(d)));
   fprintf(f, "  %-22s device %.0f%%, OS %.0f%%\n", "reclaimed by unload", r->reclaimed_dev_pct,
           r->reclaimed_os_pct);
-  fprintf(f, "  %-22s %s\n\n", "leak check", r->verdict);
+  fprintf(f, "  %-22s %s\n", "leak check", r->verdict);
+  fprintf(f, "  %-22s %s: %s over the run (PASS < 10 MiB, CAUTION 10-50 MiB, FAIL > 50 MiB)\n\n",
+          "leak over the run", r->tier,
+          cli_fmt_bytes((uint64_t)r->growth_run_bytes, a, sizeof(a)));
   fprintf(f, "cycle   load ms  first ms  offload ms  restore ms  unload ms  device peak  host peak"
              "  device left  RSS left\n");
   for (int i = 0; i < in->n; i++) {
@@ -394,6 +414,12 @@ char *lc_json(const lc_input *in, const lc_report *r) {
           r->slope_bytes, r->slope_residue, r->growth_restore);
   fprintf(f, "\"leak\":%s,\"verdict\":", r->leaks == 1 ? "true" : r->leaks == 0 ? "false" : "null");
   json_str(f, r->verdict);
+  fprintf(f, ",\"leak_tier\":\"%s\",\"growth_run_bytes\":%.0f,\"backend\":", r->tier,
+          r->growth_run_bytes);
+  if (in->backend)
+    json_str(f, in->backend);
+  else
+    fputs("null", f);
   fprintf(f, ",\"keep_alive_ms\":%lld,\"reserve_bytes\":%llu,\"offload_when_idle\":%s,",
           (long long)r->keep_alive_ms, (unsigned long long)r->reserve_bytes,
           r->offload_wins ? "true" : "false");
@@ -452,7 +478,7 @@ int lc_output(const lc_input *in, int json, const char *chart) {
     }
   }
   fflush(stdout);
-  if (r.leaks == 1 && status == CLI_EXIT_OK)
+  if ((r.leaks == 1 || strcmp(r.tier, "FAIL") == 0) && status == CLI_EXIT_OK)
     status = 4; /* a leak is a failing verdict: scripts can tell it apart */
   return status;
 }
@@ -525,4 +551,219 @@ int lc_chart(const char *png, const lc_input *in, char *err, size_t err_len) {
     return -1;
   }
   return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Several models compared                                                   */
+
+static void copy_str(char *dst, size_t len, const char *src) {
+  snprintf(dst, len, "%s", src ? src : "");
+}
+
+int lc_collect(const lc_input *in, void *arg) {
+  lc_run *r = arg;
+  copy_str(r->model, sizeof(r->model), in->model);
+  copy_str(r->device, sizeof(r->device), in->device);
+  copy_str(r->backend, sizeof(r->backend), in->backend);
+  copy_str(r->source, sizeof(r->source), in->source);
+  copy_str(r->note, sizeof(r->note), in->cold_note);
+  r->cycles = in->n > 0 ? malloc((size_t)in->n * sizeof(*r->cycles)) : NULL;
+  if (in->n > 0 && r->cycles == NULL)
+    return CLI_EXIT_FAIL;
+  if (in->n > 0)
+    memcpy(r->cycles, in->cycles, (size_t)in->n * sizeof(*r->cycles));
+  r->in = *in;
+  r->in.model = r->model;
+  r->in.device = r->device;
+  r->in.backend = in->backend ? r->backend : NULL;
+  r->in.source = in->source ? r->source : NULL;
+  r->in.cold_note = in->cold_note ? r->note : NULL;
+  r->in.cycles = r->cycles;
+  lc_analyse(&r->in, &r->rep);
+  r->status = 0;
+  return CLI_EXIT_OK;
+}
+
+void lc_run_free(lc_run *r) {
+  free(r->cycles);
+  r->cycles = NULL;
+}
+
+/* What came back after the unloads: the lower of the device's and the OS's
+ * figures. */
+static double reclaimed(const lc_report *r) {
+  return r->reclaimed_dev_pct < r->reclaimed_os_pct ? r->reclaimed_dev_pct : r->reclaimed_os_pct;
+}
+
+/* The memory plan of one device: models[] are the indexes of its runs. */
+typedef struct plan {
+  const char *device;
+  uint64_t usable;
+  int largest;            /* index into runs */
+  uint64_t reserve;       /* 1.5x the largest footprint */
+  uint64_t all_reserve;   /* 1.5x the sum of the footprints */
+} plan;
+
+static uint64_t times15(uint64_t b) { return b + b / 2; }
+
+static int make_plans(const lc_run *runs, int n, plan *plans) {
+  int np = 0;
+  for (int i = 0; i < n; i++) {
+    if (runs[i].status != 0)
+      continue;
+    int k = 0;
+    while (k < np && strcmp(plans[k].device, runs[i].device) != 0)
+      k++;
+    if (k == np) {
+      plans[np] = (plan){runs[i].device, runs[i].in.device_usable, i, 0, 0};
+      np++;
+    }
+    plan *p = &plans[k];
+    if (runs[i].in.device_usable > p->usable)
+      p->usable = runs[i].in.device_usable;
+    if (runs[i].rep.footprint > runs[p->largest].rep.footprint)
+      p->largest = i;
+    p->all_reserve += times15(runs[i].rep.footprint);
+  }
+  for (int k = 0; k < np; k++)
+    plans[k].reserve = times15(runs[plans[k].largest].rep.footprint);
+  return np;
+}
+
+static uint64_t fit(uint64_t usable, uint64_t each) { return each ? usable / each : 0; }
+
+static void compare_print(FILE *f, const lc_run *runs, int n) {
+  char a[32], b[32], c[32], d[32], e[32];
+  const lc_run *first = NULL;
+  for (int i = 0; i < n && first == NULL; i++)
+    if (runs[i].status == 0)
+      first = &runs[i];
+  fprintf(f, "%d models compared%s%s\n\n", n, first && first->in.source ? " through " : "",
+          first && first->in.source ? first->source : "");
+  fprintf(f, "%-24s %-8s %10s %10s %10s %12s %9s  %-16s %s\n", "model", "backend", "cold load",
+          "warm load", "first inf", "footprint", "reclaimed", "leak (slope)", "leak (run)");
+  double sum = 0.0;
+  int counted = 0;
+  for (int i = 0; i < n; i++) {
+    const lc_run *r = &runs[i];
+    if (r->status != 0) {
+      fprintf(f, "%-24s failed (exit status %d): see the messages above\n", r->model, r->status);
+      continue;
+    }
+    const lc_report *p = &r->rep;
+    char slope[32];
+    snprintf(slope, sizeof(slope), "%s", p->leaks == 1 ? "FAIL" : p->leaks == 0 ? "pass" : "-");
+    fprintf(f, "%-24s %-8s %10s %10s %10s %12s %8.0f%%  %-16s %s %s\n", r->model,
+            r->backend[0] ? r->backend : "-", secs(p->cold_load_ms, a, sizeof(a)),
+            secs(p->warm_load_ms, b, sizeof(b)), secs(p->first_ms, c, sizeof(c)),
+            cli_fmt_bytes(p->footprint, d, sizeof(d)), reclaimed(p), slope, p->tier,
+            cli_fmt_bytes((uint64_t)p->growth_run_bytes, e, sizeof(e)));
+    sum += reclaimed(p);
+    counted++;
+  }
+  if (counted > 0)
+    fprintf(f, "\naverage reclamation: %.1f%% of the footprint came back after unload "
+               "(the lower of the device's and the OS's figure, over %d model%s)\n",
+            sum / counted, counted, counted == 1 ? "" : "s");
+  plan plans[64];
+  int np = make_plans(runs, n < 64 ? n : 64, plans);
+  for (int k = 0; k < np; k++) {
+    const plan *p = &plans[k];
+    const lc_run *big = &runs[p->largest];
+    fprintf(f, "\nmemory plan on %s (usable %s):\n", p->device,
+            cli_fmt_bytes(p->usable, a, sizeof(a)));
+    fprintf(f, "  reserve 1.5x the largest footprint (%s, %s): %s per model, %llu fit at once\n",
+            big->model, cli_fmt_bytes(big->rep.footprint, b, sizeof(b)),
+            cli_fmt_bytes(p->reserve, c, sizeof(c)),
+            (unsigned long long)fit(p->usable, p->reserve));
+    for (int i = 0; i < n; i++) {
+      if (runs[i].status != 0 || strcmp(runs[i].device, p->device) != 0)
+        continue;
+      uint64_t each = times15(runs[i].rep.footprint);
+      fprintf(f, "  %-24s 1.5x %s = %s: %llu fit\n", runs[i].model,
+              cli_fmt_bytes(runs[i].rep.footprint, a, sizeof(a)), cli_fmt_bytes(each, b, sizeof(b)),
+              (unsigned long long)fit(p->usable, each));
+    }
+    fprintf(f, "  all of them at once: %s, %s\n", cli_fmt_bytes(p->all_reserve, a, sizeof(a)),
+            p->all_reserve <= p->usable ? "fits" : "does NOT fit: some will be evicted in turn");
+  }
+}
+
+static int compare_json(FILE *f, const lc_run *runs, int n) {
+  fputs("{\"models\":[", f);
+  int k = 0;
+  double sum = 0.0;
+  for (int i = 0; i < n; i++) {
+    if (runs[i].status != 0)
+      continue;
+    char *j = lc_json(&runs[i].in, &runs[i].rep);
+    if (j == NULL)
+      return -1;
+    fprintf(f, "%s%s", k++ ? "," : "", j);
+    free(j);
+    sum += reclaimed(&runs[i].rep);
+  }
+  fputs("],\"failed\":[", f);
+  for (int i = 0, m = 0; i < n; i++) {
+    if (runs[i].status == 0)
+      continue;
+    fprintf(f, "%s{\"model\":", m++ ? "," : "");
+    json_str(f, runs[i].model);
+    fprintf(f, ",\"status\":%d}", runs[i].status);
+  }
+  fputs("],\"average_reclaimed_pct\":", f);
+  if (k > 0)
+    fprintf(f, "%.1f", sum / k);
+  else
+    fputs("null", f);
+  fputs(",\"plans\":[", f);
+  plan plans[64];
+  int np = make_plans(runs, n < 64 ? n : 64, plans);
+  for (int p = 0; p < np; p++) {
+    const plan *pl = &plans[p];
+    fputs(p ? ",{\"device\":" : "{\"device\":", f);
+    json_str(f, pl->device);
+    fprintf(f, ",\"usable_bytes\":%llu,\"largest_model\":", (unsigned long long)pl->usable);
+    json_str(f, runs[pl->largest].model);
+    fprintf(f,
+            ",\"largest_footprint_bytes\":%llu,\"reserve_bytes\":%llu,\"fit_at_reserve\":%llu,"
+            "\"all_reserve_bytes\":%llu,\"all_fit\":%s,\"per_model\":[",
+            (unsigned long long)runs[pl->largest].rep.footprint, (unsigned long long)pl->reserve,
+            (unsigned long long)fit(pl->usable, pl->reserve), (unsigned long long)pl->all_reserve,
+            pl->all_reserve <= pl->usable ? "true" : "false");
+    for (int i = 0, m = 0; i < n; i++) {
+      if (runs[i].status != 0 || strcmp(runs[i].device, pl->device) != 0)
+        continue;
+      uint64_t each = times15(runs[i].rep.footprint);
+      fprintf(f, "%s{\"model\":", m++ ? "," : "");
+      json_str(f, runs[i].model);
+      fprintf(f, ",\"footprint_bytes\":%llu,\"reserve_bytes\":%llu,\"fit\":%llu}",
+              (unsigned long long)runs[i].rep.footprint, (unsigned long long)each,
+              (unsigned long long)fit(pl->usable, each));
+    }
+    fputs("]}", f);
+  }
+  fputs("]}\n", f);
+  return 0;
+}
+
+int lc_compare_output(FILE *f, const lc_run *runs, int n, int json) {
+  if (json) {
+    if (compare_json(f, runs, n) != 0) {
+      fprintf(stderr, "modelbuf: bench lifecycle: out of memory\n");
+      return CLI_EXIT_FAIL;
+    }
+  } else {
+    compare_print(f, runs, n);
+  }
+  fflush(f);
+  int status = CLI_EXIT_OK;
+  for (int i = 0; i < n; i++) {
+    if (runs[i].status != 0)
+      status = CLI_EXIT_FAIL;
+    else if (status == CLI_EXIT_OK &&
+             (runs[i].rep.leaks == 1 || strcmp(runs[i].rep.tier, "FAIL") == 0))
+      status = 4;
+  }
+  return status;
 }

@@ -35,6 +35,7 @@ typedef struct lc_cycle {
   /* Growth of the steady footprint per restore within this residency
    * (lc_restore_growth of the samples after the load and each restore). */
   double restore_growth;
+  int restores;          /* offload/restore rounds done in this cycle */
 } lc_cycle;
 
 typedef struct lc_input {
@@ -50,6 +51,7 @@ typedef struct lc_input {
   const char *source;
   /* Why the first load is not cold, when cold is 0 (NULL: --no-cold). */
   const char *cold_note;
+  const char *backend;     /* "process", "plugin", "tensors"; NULL unknown */
 } lc_input;
 
 #define LC_MAX_ADVICE 6
@@ -68,6 +70,12 @@ typedef struct lc_report {
   double growth_restore;   /* growth per restore within a residency (median of cycles) */
   int leaks;               /* the verdict: 1 = grows, 0 = clean, -1 = too few cycles */
   char verdict[200];
+  /* The leak over the whole run, in the tiers of the usual Python
+   * lifecycle scripts: the larger of the steady footprint's growth from
+   * the first measured cycle to the last, what stayed after the unloads
+   * (summed), and one residency's growth across its restores. */
+  double growth_run_bytes;
+  const char *tier;        /* "PASS", "CAUTION" or "FAIL" (LC_TIER_*) */
   int64_t keep_alive_ms;   /* the break-even keep-alive */
   uint64_t reserve_bytes;  /* the memory reservation: 1.5x the peak */
   int offload_wins;        /* offload rather than unload when idle */
@@ -78,6 +86,11 @@ typedef struct lc_report {
 /* Growth per cycle above both of these is a leak. */
 #define LC_LEAK_MIN_SLOPE (1024.0 * 1024.0) /* 1 MiB per cycle */
 #define LC_LEAK_MIN_FRACTION 0.005          /* 0.5% of the footprint per cycle */
+
+/* The tiers of the leak over the run: PASS under 10 MiB, CAUTION up to
+ * 50 MiB, FAIL above. */
+#define LC_TIER_CAUTION_BYTES (10.0 * 1024.0 * 1024.0)
+#define LC_TIER_FAIL_BYTES (50.0 * 1024.0 * 1024.0)
 
 /* Least-squares slope of y over 0..n-1; 0 when n < 2. */
 double lc_slope(const double *y, int n);
@@ -132,7 +145,40 @@ typedef struct lc_opts {
   /* The model's weight files from the configuration (may be none). */
   const char *const *files;
   size_t n_files;
+  /* When set, the driver hands its finished run to report (which copies
+   * what it keeps) instead of writing it out; the driver returns what
+   * report returns. For the comparison of several models. */
+  int (*report)(const lc_input *in, void *arg);
+  void *report_arg;
 } lc_opts;
+
+/* One model of a comparison (`bench lifecycle --all`, or several names):
+ * its run, copied from its driver, and its analysis. */
+typedef struct lc_run {
+  char model[128], device[64], backend[16], source[600], note[400];
+  lc_input in;            /* its strings point at the fields above */
+  lc_cycle *cycles;       /* owned */
+  lc_report rep;
+  int status;             /* its driver's exit status when it failed, else 0 */
+} lc_run;
+
+/* An lc_opts.report that copies the run into arg (an lc_run) and analyses
+ * it. 0, or 1 when out of memory. */
+int lc_collect(const lc_input *in, void *arg);
+
+/*
+ * The comparison of n runs, written to f: one table (cold and warm load,
+ * first inference, footprint, reclaimed, both leak verdicts), the average
+ * reclamation, and the memory plan per device (1.5x the largest footprint
+ * per model, how many of each fit the device's usable memory, and all of
+ * them at once); or all of it as one JSON object. Returns the exit status:
+ * 1 when a run failed, 4 when a model leaks (its slope, or FAIL over the
+ * run), else 0.
+ */
+int lc_compare_output(FILE *f, const lc_run *runs, int n, int json);
+
+/* Frees what lc_collect took. */
+void lc_run_free(lc_run *r);
 
 struct cli_client;
 

@@ -25,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 #include "client.h"
@@ -45,12 +44,6 @@ typedef struct run {
   uint64_t usable;      /* that device's usable bytes */
   uint64_t free_before; /* its free bytes before the current load */
 } run;
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 static uint64_t ju64(json_t *o, const char *k) {
   json_t *v = json_object_get(o, k);
@@ -73,10 +66,10 @@ static int api(run *r, const char *method, const char *path, const char *body, j
                double *ms) {
   long status;
   json_t *d = NULL;
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   int rc = cli_request(r->c, method, path, body, &status, &d, NULL);
   if (ms)
-    *ms = now_ms() - t0;
+    *ms = cli_now_ms() - t0;
   if (rc != 0)
     return rc;
   if (status >= 400) {
@@ -163,9 +156,9 @@ static double probe(run *r) {
   const lc_opts *o = r->o;
   static const char *const headers[] = {"X-Modelbuf-Keep-Alive: -1", NULL};
   long status;
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   int rc = cli_call(r->c, o->probe_method, r->probe_path, o->probe_body, headers, &status);
-  double took = now_ms() - t0;
+  double took = cli_now_ms() - t0;
   if (rc != 0)
     return -1.0;
   if (status >= 400) {
@@ -307,9 +300,9 @@ static int cycle(run *r, lc_cycle *c) {
     long status;
     json_t *doc = NULL;
     snprintf(path, sizeof(path), "%s/offload", r->model_path);
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     CHECK(cli_request(r->c, "POST", path, NULL, &status, &doc, NULL));
-    off[nr] = now_ms() - t0;
+    off[nr] = cli_now_ms() - t0;
     if (status == 409 && nr == 0 && k == 0 &&
         strcmp(jstr(json_object_get(doc, "error"), "code"), "not_supported") == 0) {
       json_decref(doc); /* it cannot offload: no offload/restore figures */
@@ -344,6 +337,7 @@ static int cycle(run *r, lc_cycle *c) {
     c->restore_ms = lc_median(res, nr);
   }
   c->restore_growth = lc_restore_growth(series, ns);
+  c->restores = nr;
 
   json_decref(st);
   st = NULL;
@@ -392,9 +386,11 @@ int lc_bench_daemon(const lc_opts *o, const cli_client *c) {
   memset(&r, 0, sizeof(r));
   r.o = o;
   r.c = c;
-  snprintf(r.model_path, sizeof(r.model_path), "/api/models/%s", o->model);
+  char seg[200];
+  cli_name_seg(o->model, seg, sizeof(seg));
+  snprintf(r.model_path, sizeof(r.model_path), "/api/models/%s", seg);
   if (o->probe_path)
-    snprintf(r.probe_path, sizeof(r.probe_path), "/m/%s%s%s", o->model,
+    snprintf(r.probe_path, sizeof(r.probe_path), "/m/%s%s%s", seg,
              o->probe_path[0] == '/' ? "" : "/", o->probe_path);
 
   json_t *st0 = NULL;
@@ -404,7 +400,7 @@ int lc_bench_daemon(const lc_opts *o, const cli_client *c) {
   /* A tensors model has no worker to answer a health path: its default
    * probe lists its tensors (loading them first, under a lease). */
   if (o->probe_default && strcmp(jstr(st0, "backend"), "tensors") == 0)
-    snprintf(r.probe_path, sizeof(r.probe_path), "/m/%s/tensors", o->model);
+    snprintf(r.probe_path, sizeof(r.probe_path), "/m/%s/tensors", seg);
   char state0[32];
   snprintf(state0, sizeof(state0), "%s", jstr(st0, "state"));
   json_t *ka0 = json_incref(json_object_get(st0, "keep_alive_s"));
@@ -462,8 +458,8 @@ int lc_bench_daemon(const lc_opts *o, const cli_client *c) {
     snprintf(source, sizeof(source), "modelbufd at %s%s",
              c->unix_path[0] ? "unix:" : c->url, c->unix_path);
     lc_input in = {o->model, r.device[0] ? r.device : "?", cold, r.usable, host_budget(&r),
-                   cy, o->cycles, source, cold ? NULL : note};
-    rc = lc_output(&in, o->json, o->chart);
+                   cy, o->cycles, source, cold ? NULL : note, jstr(st0, "backend")};
+    rc = o->report ? o->report(&in, o->report_arg) : lc_output(&in, o->json, o->chart);
   }
 done:
   if (rc != CLI_EXIT_DOWN)

@@ -30,10 +30,12 @@ static const cli_command commands[] = {
    cmd_inspect},
   {"mkmodel", "--format safetensors|gguf --size SIZE [--tensors N] [--seed S] OUT",
    "write a valid synthetic weight file of about SIZE bytes", cmd_mkmodel},
-  {"bench", "lifecycle MODEL [--config FILE] [--cycles N] [--probes K] [--no-cold] [--json] "
+  {"bench", "lifecycle MODEL... | --all [--config FILE] [--url URL] [--cycles N] [--probes K] "
+            "[--no-cold] [--json] "
             "[--chart FILE] | load|offload|restore FILE|FOLDER|INDEX|PATTERN [--device host|cuda:N] "
             "[--json] [--cycles N]",
-   "measure a model's lifecycle, or the tensor engine against read/memcpy baselines",
+   "measure a model's lifecycle (several: compared, with a memory plan), or the tensor "
+   "engine against read/memcpy baselines",
    cmd_bench},
 #ifdef MB_CLI_SIM
   {"sim", "(--models F | --gen-models N) (--trace F | --gen SPEC) [--policy P] ...",

@@ -26,6 +26,7 @@
 #include "tensors.h"
 #include "units.h"
 #include "api.h"
+#include "compat.h"
 
 /* The TTL of a lease taken over HTTP without one. */
 #define DEFAULT_LEASE_TTL_MS 60000
@@ -33,7 +34,7 @@
 /* ------------------------------------------------------------------------ */
 /* Status documents                                                          */
 
-static json_t *time_or_null(mbd *d, uint64_t clock_ns) {
+json_t *mbd_time_json(mbd *d, uint64_t clock_ns) {
   if (clock_ns == 0)
     return json_null();
   int64_t ms = mb_ctx_wall_ms(d->ctx, clock_ns);
@@ -132,11 +133,13 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
   json_object_set_new(o, "location", json_string(mb_location_name(st.location)));
   json_object_set_new(o, "device", device_name(d, st.device));
   json_object_set_new(o, "is_loaded", json_boolean(st.is_loaded));
-  json_object_set_new(o, "loaded_at", time_or_null(d, st.loaded_at));
-  json_object_set_new(o, "last_accessed", time_or_null(d, st.last_accessed));
+  json_object_set_new(o, "loaded_at", mbd_time_json(d, st.loaded_at));
+  json_object_set_new(o, "last_accessed", mbd_time_json(d, st.last_accessed));
   json_object_set_new(o, "idle_s", json_real((double)st.idle_ns / 1e9));
   json_object_set_new(o, "keep_alive_s", secs_or_forever(st.keep_alive_ms));
-  json_object_set_new(o, "expires_at", time_or_null(d, st.expires_at));
+  /* The same under the name of the Python ModelBuffer class's field. */
+  json_object_set_new(o, "timeout_seconds", secs_or_forever(st.keep_alive_ms));
+  json_object_set_new(o, "expires_at", mbd_time_json(d, st.expires_at));
   json_object_set_new(o, "timer_active", json_boolean(st.timer_active));
   json_object_set_new(o, "inflight", json_integer(st.inflight));
   json_object_set_new(o, "queued", json_integer(st.queued));
@@ -151,7 +154,7 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
     json_object_set_new(o, "declared_bytes", json_integer((json_int_t)declared));
   }
   json_object_set_new(o, "last_crash",
-                      st.lost_at ? json_pack("{s:o,s:s}", "time", time_or_null(d, st.lost_at),
+                      st.lost_at ? json_pack("{s:o,s:s}", "time", mbd_time_json(d, st.lost_at),
                                              "reason", st.lost_reason)
                                  : json_null());
   json_object_set_new(o, "pinned", json_boolean(st.pinned));
@@ -165,7 +168,7 @@ json_t *mbd_model_json(mbd *d, mbd_model *m) {
   return o;
 }
 
-static json_t *devices_json(mbd *d) {
+json_t *mbd_devices_json(mbd *d) {
   const mbd_models *ms = mbd_models_get(d);
   json_t *a = json_array();
   int n = mb_device_count(d->ctx);
@@ -196,7 +199,7 @@ static json_t *devices_json(mbd *d) {
 /* Helpers                                                                   */
 
 /* The body as a JSON object; an empty body is {}. NULL with a message. */
-static json_t *body_json(mbd_req *r, char *err, size_t len) {
+json_t *mbd_api_body(mbd_req *r, char *err, size_t len) {
   const char *b;
   size_t n;
   if (mbd_req_body(r, &b, &n) != 0) {
@@ -221,7 +224,7 @@ static json_t *body_json(mbd_req *r, char *err, size_t len) {
 
 /* Refuses fields a route does not know (a misspelt key must not act on
  * something else). 0, or -1 with the message. */
-static int known_fields(json_t *body, const char *const *names, char *err, size_t len) {
+int mbd_api_fields(json_t *body, const char *const *names, char *err, size_t len) {
   const char *k;
   json_t *v;
   json_object_foreach(body, k, v) {
@@ -349,7 +352,7 @@ static void op_answer(mbd_post *p) {
     url[0] = '\0';
   json_t *doc = json_pack("{s:s,s:s,s:s,s:o,s:f}", "lease", token, "model", o->m->name, "url", url,
                           "expires_at",
-                          time_or_null(d, mb_ctx_now(d->ctx) + (uint64_t)o->ttl_ms * 1000000u),
+                          mbd_time_json(d, mb_ctx_now(d->ctx) + (uint64_t)o->ttl_ms * 1000000u),
                           "ttl_s", (double)o->ttl_ms / 1000.0);
   mbd_count_code(d, o->m, 200);
   mbd_reply_json(r, 200, doc);
@@ -409,7 +412,7 @@ static void model_action(mbd_req *r) {
   mbd_model *m = r->route.m;
   const char *action = r->route.arg;
   char err[512] = "";
-  json_t *body = body_json(r, err, sizeof(err));
+  json_t *body = mbd_api_body(r, err, sizeof(err));
   if (body == NULL) {
     mbd_reply_error(r, 400, "bad_request", err, 0);
     return;
@@ -418,7 +421,7 @@ static void model_action(mbd_req *r) {
                               : strcmp(action, "keep-alive") == 0 ? ka_fields
                               : strcmp(action, "acquire") == 0    ? acquire_fields
                                                                   : no_fields;
-  if (known_fields(body, fields, err, sizeof(err)) != 0) {
+  if (mbd_api_fields(body, fields, err, sizeof(err)) != 0) {
     json_decref(body);
     mbd_reply_error(r, 400, "bad_request", err, 0);
     return;
@@ -637,7 +640,7 @@ static void lease_renew(mbd_req *r) {
   mbd *d = r->d;
   char token[MBD_LEASE_TOKEN_LEN + 2], err[256] = "", model[MBD_MODEL_NAME_MAX + 1];
   snprintf(token, sizeof(token), "%.*s", (int)r->route.arg_len, r->path + r->route.arg_off);
-  json_t *body = body_json(r, err, sizeof(err));
+  json_t *body = mbd_api_body(r, err, sizeof(err));
   if (body == NULL) {
     mbd_reply_error(r, 400, "bad_request", err, 0);
     return;
@@ -645,7 +648,7 @@ static void lease_renew(mbd_req *r) {
   static const char *const fields[] = {"ttl", NULL};
   int64_t ttl = DEFAULT_LEASE_TTL_MS;
   json_t *v = json_object_get(body, "ttl");
-  int bad = known_fields(body, fields, err, sizeof(err)) != 0 ||
+  int bad = mbd_api_fields(body, fields, err, sizeof(err)) != 0 ||
             (v && duration_of("ttl", v, 0, &ttl, err, sizeof(err)) != 0);
   json_decref(body);
   if (bad) {
@@ -665,7 +668,7 @@ static void lease_renew(mbd_req *r) {
   }
   mbd_reply_json(r, 200,
                  json_pack("{s:s,s:s,s:o,s:f}", "lease", token, "model", model, "expires_at",
-                           time_or_null(d, mb_ctx_now(d->ctx) + (uint64_t)ttl * 1000000u),
+                           mbd_time_json(d, mb_ctx_now(d->ctx) + (uint64_t)ttl * 1000000u),
                            "ttl_s", (double)ttl / 1000.0));
 }
 
@@ -952,11 +955,16 @@ static void health(mbd_req *r) {
   mbd *d = r->d;
   const mbd_models *ms = mbd_models_get(d);
   int active = 0, queued = 0, gpu = 0;
+  uint64_t alloc = 0, reserved = 0; /* the models' memory on their devices */
   for (size_t i = 0; i < ms->n; i++) {
     mb_status st;
+    uint64_t a, b;
     if (mb_model_status(d->ctx, ms->m[i]->name, &st) == 0) {
       active += st.inflight;
       queued += st.queued;
+      mbd_compat_model_memory(&st, &a, &b);
+      alloc += a;
+      reserved += b;
     }
   }
   int nd = mb_device_count(d->ctx);
@@ -968,49 +976,44 @@ static void health(mbd_req *r) {
   struct timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
   int64_t up_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - d->started_ms;
-  const char *state = __atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) ? "stopping" : "ok";
+  /* "healthy" is what the clients of the common Python model APIs check. */
+  const char *state = __atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) ? "stopping" : "healthy";
   mbd_reply_json(r, 200,
-                 json_pack("{s:s,s:s,s:f,s:i,s:i,s:b,s:o}", "status", state, "version",
-                           mb_version(), "uptime_s", (double)up_ms / 1000.0, "active_jobs", active,
-                           "queued", queued, "gpu_available", gpu, "devices", devices_json(d)));
+                 json_pack("{s:s,s:o,s:s,s:f,s:i,s:i,s:b,s:{s:f,s:f},s:o}", "status", state,
+                           "timestamp", mbd_time_json(d, mb_ctx_now(d->ctx)), "version",
+                           mb_version(), "uptime_s", (double)up_ms / 1000.0, "active_jobs",
+                           active, "queued", queued, "gpu_available", gpu, "gpu_memory",
+                           "allocated_mb", (double)alloc / (1024.0 * 1024.0), "reserved_mb",
+                           (double)reserved / (1024.0 * 1024.0), "devices", mbd_devices_json(d)));
 }
 
 static void devices(mbd_req *r) {
-  mbd_reply_json(r, 200, json_pack("{s:o}", "devices", devices_json(r->d)));
+  mbd_reply_json(r, 200, json_pack("{s:o}", "devices", mbd_devices_json(r->d)));
 }
 
 /* A job on the task pool that answers with a JSON document. */
-typedef struct job {
-  mbd_task task;
-  mbd *d;
-  mbd_req *r;       /* NULL once the client left */
-  json_t *body;     /* the request's, taken over */
-  int release;      /* compatibility: release (1) or offload (0) */
-  const char *only; /* compatibility: one model */
-  int status;
-  json_t *doc;      /* the answer */
-} job;
-
 static void job_gone(mbd_req *r) {
-  job *j = r->ctx;
+  mbd_api_job *j = r->ctx;
   j->r = NULL; /* the task's end frees it */
 }
 
 static void job_done(mbd_task *t) {
-  job *j = (job *)t;
+  mbd_api_job *j = (mbd_api_job *)t;
   if (j->r != NULL) {
     j->r->ctx = NULL;
     j->r->on_gone = NULL;
-    mbd_reply_json(j->r, j->status, j->doc);
+    if (j->doc != NULL)
+      mbd_reply_json(j->r, j->status, j->doc);
+    else
+      mbd_reply_error(j->r, 500, "internal", "out of memory", 0);
   } else {
     json_decref(j->doc);
   }
-  json_decref(j->body);
   free(j);
 }
 
-static job *job_start(mbd_req *r, void (*run)(mbd_task *)) {
-  job *j = calloc(1, sizeof(*j));
+mbd_api_job *mbd_api_job_new(mbd_req *r, size_t size, void (*run)(mbd_task *t)) {
+  mbd_api_job *j = calloc(1, size);
   if (j == NULL) {
     mbd_reply_error(r, 500, "internal", "out of memory", 0);
     return NULL;
@@ -1025,111 +1028,39 @@ static job *job_start(mbd_req *r, void (*run)(mbd_task *)) {
   return j;
 }
 
-static void cleanup_run(mbd_task *t) {
-  job *j = (job *)t;
-  mbd *d = j->d;
+int mbd_cleanup_workers(mbd *d, json_t **cleaned, json_t **failed) {
   const mbd_models *ms = mbd_models_get(d);
-  json_t *done = json_array();
+  *cleaned = json_array();
+  *failed = json_object();
+  int n_failed = 0;
   for (size_t i = 0; i < ms->n; i++) {
-    char err[256];
-    if (ms->m[i]->worker && mbd_worker_cleanup(ms->m[i]->worker, err, sizeof(err)) == 0)
-      json_array_append_new(done, json_string(ms->m[i]->name));
+    char err[256] = "";
+    if (ms->m[i]->worker == NULL)
+      continue;
+    int rc = mbd_worker_cleanup(ms->m[i]->worker, err, sizeof(err));
+    if (rc == 0) {
+      json_array_append_new(*cleaned, json_string(ms->m[i]->name));
+    } else if (rc != MB_ENOTSUP && rc != MB_ESTATE) { /* no hook, or not running: nothing to do */
+      json_object_set_new(*failed, ms->m[i]->name, json_string(err[0] ? err : mb_strerror(rc)));
+      n_failed++;
+    }
   }
+  return n_failed;
+}
+
+static void cleanup_run(mbd_task *t) {
+  mbd_api_job *j = (mbd_api_job *)t;
+  json_t *done, *failed;
+  (void)mbd_cleanup_workers(j->d, &done, &failed);
   j->status = 200;
-  j->doc = json_pack("{s:o,s:o}", "cleaned", done, "devices", devices_json(d));
+  j->doc = json_pack("{s:o,s:o,s:o}", "cleaned", done, "failed", failed, "devices",
+                     mbd_devices_json(j->d));
 }
 
 static void cleanup(mbd_req *r) {
-  job *j = job_start(r, cleanup_run);
+  mbd_api_job *j = mbd_api_job_new(r, sizeof(*j), cleanup_run);
   if (j != NULL)
     mbd_tasks_submit(r->d, &j->task);
-}
-
-/* The fields of the common Python GPU-manager APIs, per model. */
-static json_t *compat_status(mbd *d, mbd_model *m) {
-  mb_status st;
-  if (mb_model_status(d->ctx, m->name, &st) != 0)
-    return json_null();
-  return json_pack("{s:s,s:s,s:f,s:f,s:f,s:{s:I,s:I,s:I,s:I}}", "model", m->name,
-                   "model_location", mb_location_name(st.location), "idle_time",
-                   (double)st.idle_ns / 1e9, "keep_alive", st.keep_alive_ms == MB_FOREVER ? -1.0
-                                                        : (double)st.keep_alive_ms / 1000.0,
-                   "gpu_memory_allocated_gb", (double)st.vram_bytes / 1e9, "statistics",
-                   "total_loads", (json_int_t)st.stats.loads, "gpu_to_cpu",
-                   (json_int_t)st.stats.offloads, "cpu_to_gpu", (json_int_t)st.stats.restores,
-                   "full_releases", (json_int_t)st.stats.full_releases);
-}
-
-static void compat_status_all(mbd_req *r) {
-  mbd *d = r->d;
-  const mbd_models *ms = mbd_models_get(d);
-  json_t *o = json_object();
-  for (size_t i = 0; i < ms->n; i++)
-    json_object_set_new(o, ms->m[i]->name, compat_status(d, ms->m[i]));
-  mbd_reply_json(r, 200,
-                 json_pack("{s:s,s:o,s:o}", "status", "ok", "models", o, "devices", devices_json(d)));
-}
-
-/* POST /api/gpu/offload | /api/gpu/release on the task pool (the core's
- * blocking calls, one model after another). */
-static void compat_run(mbd_task *t) {
-  job *j = (job *)t;
-  mbd *d = j->d;
-  const mbd_models *ms = mbd_models_get(d);
-  json_t *out = json_object();
-  int failed = 0;
-  for (size_t i = 0; i < ms->n; i++) {
-    mbd_model *m = ms->m[i];
-    char err[256] = "";
-    if (j->only && m != mbd_find(d, j->only))
-      continue;
-    mb_status st;
-    if (mb_model_status(d->ctx, m->name, &st) != 0 || st.state == MB_STATE_UNLOADED)
-      continue;
-    int rc = j->release ? mb_unload(d->ctx, m->name, err, sizeof(err))
-                        : mb_offload(d->ctx, m->name, err, sizeof(err));
-    failed |= rc != 0;
-    json_object_set_new(out, m->name, rc == 0 ? json_string("ok")
-                                              : json_string(err[0] ? err : mb_strerror(rc)));
-  }
-  /* A model named that cannot do it is an error, never a 200. */
-  j->status = failed && j->only ? 409 : 200;
-  j->doc = json_pack("{s:s,s:o}", "status", failed ? "error" : "ok", "models", out);
-}
-
-static void compat_action(mbd_req *r) {
-  mbd *d = r->d;
-  char err[256] = "";
-  json_t *body = body_json(r, err, sizeof(err));
-  static const char *const fields[] = {"model", NULL};
-  if (body == NULL || known_fields(body, fields, err, sizeof(err)) != 0) {
-    json_decref(body);
-    mbd_reply_error(r, 400, "bad_request", err, 0);
-    return;
-  }
-  json_t *v = json_object_get(body, "model");
-  if (v != NULL && !json_is_string(v)) {
-    json_decref(body);
-    mbd_reply_error(r, 400, "bad_request", "model must be a model's name (a string)", 0);
-    return;
-  }
-  const char *only = v ? json_string_value(v) : NULL;
-  if (only && mbd_find(d, only) == NULL) {
-    char msg[160];
-    snprintf(msg, sizeof(msg), "unknown model '%.100s'", only);
-    json_decref(body);
-    mbd_reply_error(r, 404, "not_found", msg, 0);
-    return;
-  }
-  job *j = job_start(r, compat_run);
-  if (j == NULL) {
-    json_decref(body);
-    return;
-  }
-  j->body = body;
-  j->only = only;
-  j->release = r->route.arg != NULL && strcmp(r->route.arg, "release") == 0;
-  mbd_tasks_submit(d, &j->task);
 }
 
 /* GET /api/trace: the requests served, as the simulator's CSV trace
@@ -1202,10 +1133,6 @@ static const fixed_route fixed[] = {
     {"/api/devices", "GET", devices, NULL},
     {"/api/models", "GET", models_list, NULL},
     {"/api/cleanup", "POST", cleanup, NULL},
-    {"/cleanup-memory", "POST", cleanup, NULL},
-    {"/api/gpu/status", "GET", compat_status_all, NULL},
-    {"/api/gpu/offload", "POST", compat_action, "offload"},
-    {"/api/gpu/release", "POST", compat_action, "release"},
 };
 
 static int path_is(const mbd_req *r, const char *p) {
@@ -1261,7 +1188,7 @@ int mbd_api_resolve(mbd *d, mbd_req *r) {
   }
   if (n > 12 && memcmp(p, "/api/models/", 12) == 0) {
     size_t rest;
-    mbd_model *m = mbd_route_model(d, r, p + 12, n - 12, 0, &rest);
+    mbd_model *m = mbd_route_model(d, r, p + 12, n - 12, 1, &rest);
     if (m == NULL)
       return 1;
     const char *a = p + 12 + rest;

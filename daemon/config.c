@@ -287,6 +287,7 @@ void mbd_config_free(mbd_config *cfg) {
   free(cfg->state_file);
   free(cfg->cgroup);
   mbd__strv_free(cfg->openai_routes, cfg->n_openai_routes);
+  free(cfg->compat_model);
   for (size_t i = 0; i < cfg->n_models; i++)
     model_free(&cfg->models[i]);
   free(cfg->models);
@@ -337,6 +338,28 @@ const mbd_model_config *mbd_config_find_model(const mbd_config *cfg, const char 
       if (strcmp(cfg->models[i].aliases[j], name) == 0)
         return &cfg->models[i];
   return NULL;
+}
+
+int mbd_model_name_valid(const char *s) {
+  size_t len = strlen(s), seg = 0, seg_dots = 0;
+  if (len == 0 || len > MBD_MODEL_NAME_MAX)
+    return 0;
+  for (const char *p = s;; p++) {
+    if (*p == '/' || *p == '\0') {
+      /* A segment ends: never empty (a '/' first, last or doubled), never
+       * only dots ("." and ".." would be path segments, not names). */
+      if (seg == 0 || seg == seg_dots)
+        return 0;
+      if (*p == '\0')
+        return 1;
+      seg = seg_dots = 0;
+      continue;
+    }
+    if (!(isalnum((unsigned char)*p) || *p == '.' || *p == '_' || *p == ':' || *p == '-'))
+      return 0;
+    seg++;
+    seg_dots += *p == '.';
+  }
 }
 
 int mbd_config_load_file(const char *path, const mbd_env *env, mbd_config **out,

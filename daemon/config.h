@@ -31,14 +31,11 @@
 #include "expand.h"
 #include "modelbuf/modelbuf.h"
 
-/* Defaults (DESIGN §1, §2, §5). */
+/* Defaults (DESIGN §1, §2, §5). The core's own (keep-alive, queues,
+ * crash limits) are the library's MB_DEFAULT_* (modelbuf.h), used as they
+ * are in MBD_TUNING_MAP below. */
 #define MBD_DEFAULT_CONFIG_FILE "./modelbuf.yaml"
 #define MBD_DEFAULT_LISTEN "127.0.0.1:8686"
-#define MBD_DEFAULT_KEEP_ALIVE_MS (5 * 60 * 1000)
-#define MBD_DEFAULT_HOST_KEEP_ALIVE_MS (30 * 60 * 1000)
-#define MBD_DEFAULT_MAX_CONCURRENCY 1
-#define MBD_DEFAULT_MAX_QUEUE 64
-#define MBD_DEFAULT_QUEUE_TIMEOUT_MS (60 * 1000)
 #define MBD_DEFAULT_START_TIMEOUT_MS (120 * 1000)
 #define MBD_DEFAULT_STOP_TIMEOUT_MS (10 * 1000)
 #define MBD_DEFAULT_BUSY_TIMEOUT_MS 0 /* off */
@@ -48,8 +45,6 @@
 #define MBD_DEFAULT_HEALTH "/health"
 #define MBD_DEFAULT_HEALTH_INTERVAL_MS 0 /* off */
 #define MBD_DEFAULT_HEALTH_FAILURES 3
-#define MBD_DEFAULT_CRASH_LIMIT 3
-#define MBD_DEFAULT_CRASH_WINDOW_MS (5 * 60 * 1000)
 /* The front door (limits:, DESIGN §5), in the spirit of nginx's defaults. */
 #define MBD_DEFAULT_MAX_CONNECTIONS 10000
 #define MBD_DEFAULT_HEADER_TIMEOUT_MS (30 * 1000)
@@ -135,20 +130,20 @@ void mbd_listen_clear(mbd_listen *l);
  *   crash_window       the window of crash_limit; forever
  */
 #define MBD_TUNING_MAP(XX)                                                                 \
-  XX(keep_alive_ms, "keep_alive", DUR, MBD_DEFAULT_KEEP_ALIVE_MS, -1, 0)                   \
+  XX(keep_alive_ms, "keep_alive", DUR, MB_DEFAULT_KEEP_ALIVE_MS, -1, 0)                    \
   XX(offload, "offload", BOOL, 1, 0, 1)                                                    \
-  XX(host_keep_alive_ms, "host_keep_alive", DUR, MBD_DEFAULT_HOST_KEEP_ALIVE_MS, -1, 0)    \
-  XX(max_concurrency, "max_concurrency", INT, MBD_DEFAULT_MAX_CONCURRENCY, 1, 100000)      \
-  XX(max_queue, "max_queue", INT, MBD_DEFAULT_MAX_QUEUE, 0, 10000000)                      \
-  XX(queue_timeout_ms, "queue_timeout", DUR, MBD_DEFAULT_QUEUE_TIMEOUT_MS, -1, 0)          \
+  XX(host_keep_alive_ms, "host_keep_alive", DUR, MB_DEFAULT_HOST_KEEP_ALIVE_MS, -1, 0)     \
+  XX(max_concurrency, "max_concurrency", INT, MB_DEFAULT_MAX_CONCURRENCY, 1, 100000)       \
+  XX(max_queue, "max_queue", INT, MB_DEFAULT_MAX_QUEUE, 0, 10000000)                       \
+  XX(queue_timeout_ms, "queue_timeout", DUR, MB_DEFAULT_QUEUE_TIMEOUT_MS, -1, 0)           \
   XX(start_timeout_ms, "start_timeout", DUR, MBD_DEFAULT_START_TIMEOUT_MS, 1, 0)           \
   XX(stop_timeout_ms, "stop_timeout", DUR, MBD_DEFAULT_STOP_TIMEOUT_MS, 0, 0)              \
   XX(busy_timeout_ms, "busy_timeout", DUR, MBD_DEFAULT_BUSY_TIMEOUT_MS, 0, 0)              \
   XX(request_buffering, "request_buffering", BOOL, 1, 0, 1)                                \
   XX(health_interval_ms, "health_interval", DUR, MBD_DEFAULT_HEALTH_INTERVAL_MS, 0, 0)     \
-  XX(health_failures, "health_failures", INT, MBD_DEFAULT_HEALTH_FAILURES, 1, 1000)          \
-  XX(crash_limit, "crash_limit", INT, MBD_DEFAULT_CRASH_LIMIT, 0, MB_CRASH_LIMIT_MAX)       \
-  XX(crash_window_ms, "crash_window", DUR, MBD_DEFAULT_CRASH_WINDOW_MS, -1, 0)
+  XX(health_failures, "health_failures", INT, MBD_DEFAULT_HEALTH_FAILURES, 1, 1000)        \
+  XX(crash_limit, "crash_limit", INT, MB_DEFAULT_CRASH_LIMIT, 0, MB_CRASH_LIMIT_MAX)       \
+  XX(crash_window_ms, "crash_window", DUR, MB_DEFAULT_CRASH_WINDOW_MS, -1, 0)
 
 #define MBD__TUNING_CTYPE_DUR int64_t
 #define MBD__TUNING_CTYPE_INT int
@@ -196,8 +191,14 @@ typedef struct mbd_env_var {
   char *value; /* may hold ${PORT}/${MODEL}/${GPU}: pass through mbd_subst_worker */
 } mbd_env_var;
 
+/* When a model's worker is asked to clean up (its cleanup hook). */
+typedef enum mbd_cleanup_mode {
+  MBD_CLEANUP_MANUAL = 0,    /* POST /api/cleanup and /cleanup-memory only */
+  MBD_CLEANUP_AFTER_REQUEST  /* also after each proxied request, before the next is sent */
+} mbd_cleanup_mode;
+
 typedef struct mbd_model_config {
-  char *name;                /* [A-Za-z0-9._:-]{1,64} */
+  char *name;                /* mbd_model_name_valid: [A-Za-z0-9._:/-]{1,64} */
   int line, col;             /* where its section starts, for later messages */
   mbd_backend_kind backend;
   char **cmd;                /* process: argv, n_cmd entries + NULL; worker templates */
@@ -223,6 +224,9 @@ typedef struct mbd_model_config {
   uint64_t memory_limit_bytes; /* the worker is stopped and FAILS past it; 0 = none */
   mbd_probe probe;
   mbd_loader loader;         /* tensors: how its files are read */
+  int preload;               /* loaded when the daemon starts (and when a reload adds it) */
+  mbd_cleanup_mode cleanup;  /* when its cleanup hook is called */
+  int openai;                /* listed by GET /v1/models (default: when it has aliases) */
 } mbd_model_config;
 
 typedef struct mbd_device_config {
@@ -267,6 +271,7 @@ typedef struct mbd_config {
   char *cgroup;              /* worker cgroups: "auto" (NULL), "off", or a cgroup v2 folder */
   char **openai_routes;      /* more POST paths routed by the body's "model" */
   size_t n_openai_routes;
+  char *compat_model;        /* compat.model: the model GET /api/gpu/status shows flat; NULL none */
   mbd_model_config *models;  /* in file order */
   size_t n_models;
 } mbd_config;
@@ -292,6 +297,15 @@ void mbd_config_free(mbd_config *cfg);
 
 /* The model called name, or having name as an alias; NULL if none. */
 const mbd_model_config *mbd_config_find_model(const mbd_config *cfg, const char *name);
+
+/*
+ * Whether s can be a model's name or alias: 1 to MBD_MODEL_NAME_MAX
+ * characters of A-Z a-z 0-9 . _ : - /, not only dots; a '/' (as in
+ * "Qwen/Qwen2.5-7B-Instruct") neither first nor last nor doubled, and no
+ * segment between slashes "." or "..". In a URL path a name with '/' is
+ * written percent-encoded ("Qwen%2FQwen2.5-7B-Instruct").
+ */
+int mbd_model_name_valid(const char *s);
 
 /*
  * The configuration file to read: flag if given, else $MODELBUF_CONFIG if

@@ -132,11 +132,20 @@ typedef enum ftype {
   F_INT,      /* int within [min, max] */
   F_DUR,      /* int64_t ms >= min; min < 0 allows forever */
   F_SIZE,     /* uint64_t bytes >= min */
+  F_ENUM,     /* an enum (int-sized): one of the names of u.names, its index */
   F_FN        /* a handler of its own */
 } ftype;
 
 struct field;
 typedef void (*field_fn)(pctx *c, const mbd_ynode *v, void *obj, const struct field *f);
+
+/* The words of an F_ENUM field, in the order of the enum's values (index
+ * = value), NULL-terminated, and what a value is called in an error
+ * ("unknown io mode 'x' (auto, buffered or direct)"). */
+typedef struct enum_names {
+  const char *what;
+  const char *names[8];
+} enum_names;
 
 typedef struct field {
   const char *name;
@@ -144,7 +153,10 @@ typedef struct field {
   size_t off;   /* destination in the object */
   size_t off_n; /* F_WSTRLIST: the count */
   int64_t min, max;
-  field_fn fn;
+  union {
+    field_fn fn;              /* F_FN */
+    const enum_names *names;  /* F_ENUM */
+  } u;
 } field;
 
 static void set_str(pctx *c, const mbd_ynode *v, char **dst, int worker) {
@@ -282,8 +294,27 @@ static void apply_field(pctx *c, const mbd_ynode *v, void *obj, const field *f) 
       *(uint64_t *)(void *)p = b;
     break;
   }
+  case F_ENUM: {
+    const enum_names *e = f->u.names;
+    int i = 0;
+    if (scalar_text(c, v, 0, &s) != 0)
+      break;
+    while (e->names[i] != NULL && strcmp(s, e->names[i]) != 0)
+      i++;
+    if (e->names[i] != NULL) {
+      *(int *)(void *)p = i;
+      break;
+    }
+    char list[160] = "";
+    size_t n = 0;
+    for (int k = 0; e->names[k] != NULL && n < sizeof(list); k++)
+      n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s",
+                            k == 0 ? "" : e->names[k + 1] == NULL ? " or " : ", ", e->names[k]);
+    perr(c, v, "unknown %s '%s' (%s)", e->what, s, list);
+    break;
+  }
   case F_FN:
-    f->fn(c, v, obj, f);
+    f->u.fn(c, v, obj, f);
     break;
   }
   free(s);
@@ -415,9 +446,9 @@ static void fn_http_path(pctx *c, const mbd_ynode *v, void *obj, const field *f)
 }
 
 static const field hook_fields[] = {
-    {"method", F_FN, offsetof(mbd_hook, method), 0, 0, 0, fn_method},
-    {"path", F_FN, offsetof(mbd_hook, path), 0, 0, 0, fn_http_path},
-    {"timeout", F_DUR, offsetof(mbd_hook, timeout_ms), 0, 1, 0, NULL},
+    {"method", F_FN, offsetof(mbd_hook, method), 0, 0, 0, {fn_method}},
+    {"path", F_FN, offsetof(mbd_hook, path), 0, 0, 0, {fn_http_path}},
+    {"timeout", F_DUR, offsetof(mbd_hook, timeout_ms), 0, 1, 0, {NULL}},
 };
 
 static void fn_hook(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
@@ -436,10 +467,10 @@ static void fn_hook(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
 }
 
 static const field hooks_fields[] = {
-    {"offload", F_FN, offsetof(mbd_model_config, hook_offload), 0, 0, 0, fn_hook},
-    {"restore", F_FN, offsetof(mbd_model_config, hook_restore), 0, 0, 0, fn_hook},
-    {"cleanup", F_FN, offsetof(mbd_model_config, hook_cleanup), 0, 0, 0, fn_hook},
-    {"unload", F_FN, offsetof(mbd_model_config, hook_unload), 0, 0, 0, fn_hook},
+    {"offload", F_FN, offsetof(mbd_model_config, hook_offload), 0, 0, 0, {fn_hook}},
+    {"restore", F_FN, offsetof(mbd_model_config, hook_restore), 0, 0, 0, {fn_hook}},
+    {"cleanup", F_FN, offsetof(mbd_model_config, hook_cleanup), 0, 0, 0, {fn_hook}},
+    {"unload", F_FN, offsetof(mbd_model_config, hook_unload), 0, 0, 0, {fn_hook}},
 };
 
 static void fn_hooks(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
@@ -447,10 +478,17 @@ static void fn_hooks(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   walk_map(c, v, hooks_fields, NFIELDS(hooks_fields), obj);
 }
 
+/* cleanup: manual (the default: POST /api/cleanup only) or after_request;
+ * mbd_cleanup_mode, in its order. */
+static const enum_names cleanups = {"cleanup", {"manual", "after_request", NULL}};
+_Static_assert(sizeof(mbd_cleanup_mode) == sizeof(int) && MBD_CLEANUP_MANUAL == 0 &&
+                   MBD_CLEANUP_AFTER_REQUEST == 1,
+               "cleanups lists mbd_cleanup_mode by value");
+
 static const field probe_fields[] = {
-    {"method", F_FN, offsetof(mbd_probe, method), 0, 0, 0, fn_method},
-    {"path", F_FN, offsetof(mbd_probe, path), 0, 0, 0, fn_http_path},
-    {"body", F_WSTR, offsetof(mbd_probe, body), 0, 0, 0, NULL},
+    {"method", F_FN, offsetof(mbd_probe, method), 0, 0, 0, {fn_method}},
+    {"path", F_FN, offsetof(mbd_probe, path), 0, 0, 0, {fn_http_path}},
+    {"body", F_WSTR, offsetof(mbd_probe, body), 0, 0, 0, {NULL}},
 };
 
 static void fn_probe(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
@@ -523,28 +561,13 @@ static void fn_env(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   m->n_env = n;
 }
 
-static void fn_io(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_loader *l = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "auto") == 0)
-    l->io = 0;
-  else if (strcmp(s, "buffered") == 0)
-    l->io = 1;
-  else if (strcmp(s, "direct") == 0)
-    l->io = 2;
-  else
-    perr(c, v, "unknown io mode '%s' (auto, buffered or direct)", s);
-  free(s);
-}
+/* The values of mb_tensors_opts.io. */
+static const enum_names io_modes = {"io mode", {"auto", "buffered", "direct", NULL}};
 
 static const field loader_fields[] = {
-    {"chunk_size", F_SIZE, offsetof(mbd_loader, chunk_bytes), 0, 4096, 0, NULL},
-    {"threads", F_INT, offsetof(mbd_loader, threads), 0, 1, 64, NULL},
-    {"io", F_FN, 0, 0, 0, 0, fn_io},
+    {"chunk_size", F_SIZE, offsetof(mbd_loader, chunk_bytes), 0, 4096, 0, {NULL}},
+    {"threads", F_INT, offsetof(mbd_loader, threads), 0, 1, 64, {NULL}},
+    {"io", F_ENUM, offsetof(mbd_loader, io), 0, 0, 0, {.names = &io_modes}},
 };
 
 static void fn_loader(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
@@ -561,23 +584,11 @@ static void fn_loader(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   }
 }
 
-static void fn_backend(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_model_config *m = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "process") == 0)
-    m->backend = MBD_BACKEND_PROCESS;
-  else if (strcmp(s, "plugin") == 0)
-    m->backend = MBD_BACKEND_PLUGIN;
-  else if (strcmp(s, "tensors") == 0)
-    m->backend = MBD_BACKEND_TENSORS;
-  else
-    perr(c, v, "unknown backend '%s' (process, plugin or tensors)", s);
-  free(s);
-}
+/* mbd_backend_kind, in its order. */
+static const enum_names backends = {"backend", {"process", "plugin", "tensors", NULL}};
+_Static_assert(sizeof(mbd_backend_kind) == sizeof(int) && MBD_BACKEND_PROCESS == 0 &&
+                   MBD_BACKEND_PLUGIN == 1 && MBD_BACKEND_TENSORS == 2,
+               "backends lists mbd_backend_kind by value");
 
 static void fn_device(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   mbd_model_config *m = obj;
@@ -609,19 +620,9 @@ static void fn_cmd(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
     perr(c, v, "must not be empty");
 }
 
-static int valid_model_name(const char *s) {
-  size_t len = strlen(s), dots = 0;
-  if (len == 0 || len > MBD_MODEL_NAME_MAX)
-    return 0;
-  for (const char *p = s; *p; p++) {
-    if (!(isalnum((unsigned char)*p) || *p == '.' || *p == '_' || *p == ':' || *p == '-'))
-      return 0;
-    dots += *p == '.';
-  }
-  return dots != len; /* "." and ".." would be path segments, not names */
-}
-
-#define NAME_RULE "letters, digits, '.', '_', ':', '-', at most 64, not only dots"
+#define NAME_RULE                                                                         \
+  "letters, digits, '.', '_', ':', '-', '/' between others, at most 64, no segment of " \
+  "only dots"
 
 /* Every name (model or alias) seen so far, for duplicate checks. */
 static int name_taken(const mbd_config *cfg, size_t upto, const char *name, const char **owner) {
@@ -665,7 +666,7 @@ static void fn_aliases(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
     int t;
 
     if (scalar_text(c, v->kids[i], 0, &s) == 0) {
-      if (!valid_model_name(s)) {
+      if (!mbd_model_name_valid(s)) {
         perr(c, v->kids[i], "bad alias '%s' (" NAME_RULE ")", s);
         free(s);
       } else if ((t = name_taken(c->cfg, self, s, &owner)) != 0 && owner != NULL) {
@@ -692,48 +693,52 @@ static void fn_aliases(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
 
 /* The fields of mbd_tuning (MBD_TUNING_MAP): in a model's section (its
  * `set`) and in `defaults:`. */
-#define MODEL_TUNING_FIELD(field, key, kind, def, min, max) \
-  {key, F_##kind, offsetof(mbd_model_config, set) + offsetof(mbd_tuning, field), 0, min, max, NULL},
+#define MODEL_TUNING_FIELD(field, key, kind, def, min, max)                                  \
+  {key, F_##kind, offsetof(mbd_model_config, set) + offsetof(mbd_tuning, field), 0, min, max, \
+   {NULL}},
 #define DEFAULTS_TUNING_FIELD(field, key, kind, def, min, max) \
-  {key, F_##kind, offsetof(mbd_tuning, field), 0, min, max, NULL},
+  {key, F_##kind, offsetof(mbd_tuning, field), 0, min, max, {NULL}},
 
 static const field model_fields[] = {
-    {"cmd", F_FN, 0, 0, 0, 0, fn_cmd},
-    {"backend", F_FN, 0, 0, 0, 0, fn_backend},
-    {"plugin", F_STR, offsetof(mbd_model_config, plugin), 0, 0, 0, NULL},
+    {"cmd", F_FN, 0, 0, 0, 0, {fn_cmd}},
+    {"backend", F_ENUM, offsetof(mbd_model_config, backend), 0, 0, 0, {.names = &backends}},
+    {"plugin", F_STR, offsetof(mbd_model_config, plugin), 0, 0, 0, {NULL}},
     {"files", F_WSTRLIST, offsetof(mbd_model_config, files), offsetof(mbd_model_config, n_files),
-     0, 0, NULL},
-    {"env", F_FN, 0, 0, 0, 0, fn_env},
-    {"cwd", F_WSTR, offsetof(mbd_model_config, cwd), 0, 0, 0, NULL},
-    {"health", F_FN, offsetof(mbd_model_config, health), 0, 0, 0, fn_http_path},
-    {"port", F_INT, offsetof(mbd_model_config, port), 0, 1, 65535, NULL},
-    {"vram", F_SIZE, offsetof(mbd_model_config, vram_bytes), 0, 0, 0, NULL},
-    {"device", F_FN, 0, 0, 0, 0, fn_device},
-    {"pinned", F_BOOL, offsetof(mbd_model_config, pinned), 0, 0, 0, NULL},
-    {"priority", F_INT, offsetof(mbd_model_config, priority), 0, -1000000, 1000000, NULL},
-    {"aliases", F_FN, 0, 0, 0, 0, fn_aliases},
+     0, 0, {NULL}},
+    {"env", F_FN, 0, 0, 0, 0, {fn_env}},
+    {"cwd", F_WSTR, offsetof(mbd_model_config, cwd), 0, 0, 0, {NULL}},
+    {"health", F_FN, offsetof(mbd_model_config, health), 0, 0, 0, {fn_http_path}},
+    {"port", F_INT, offsetof(mbd_model_config, port), 0, 1, 65535, {NULL}},
+    {"vram", F_SIZE, offsetof(mbd_model_config, vram_bytes), 0, 0, 0, {NULL}},
+    {"device", F_FN, 0, 0, 0, 0, {fn_device}},
+    {"pinned", F_BOOL, offsetof(mbd_model_config, pinned), 0, 0, 0, {NULL}},
+    {"priority", F_INT, offsetof(mbd_model_config, priority), 0, -1000000, 1000000, {NULL}},
+    {"aliases", F_FN, 0, 0, 0, 0, {fn_aliases}},
     MBD_TUNING_MAP(MODEL_TUNING_FIELD)
-    {"memory_limit", F_SIZE, offsetof(mbd_model_config, memory_limit_bytes), 0, 1, 0, NULL},
-    {"hooks", F_FN, 0, 0, 0, 0, fn_hooks},
-    {"probe", F_FN, offsetof(mbd_model_config, probe), 0, 0, 0, fn_probe},
-    {"loader", F_FN, 0, 0, 0, 0, fn_loader},
+    {"memory_limit", F_SIZE, offsetof(mbd_model_config, memory_limit_bytes), 0, 1, 0, {NULL}},
+    {"hooks", F_FN, 0, 0, 0, 0, {fn_hooks}},
+    {"probe", F_FN, offsetof(mbd_model_config, probe), 0, 0, 0, {fn_probe}},
+    {"loader", F_FN, 0, 0, 0, 0, {fn_loader}},
+    {"preload", F_BOOL, offsetof(mbd_model_config, preload), 0, 0, 0, {NULL}},
+    {"cleanup", F_ENUM, offsetof(mbd_model_config, cleanup), 0, 0, 0, {.names = &cleanups}},
+    {"openai", F_BOOL, offsetof(mbd_model_config, openai), 0, 0, 0, {NULL}},
 };
 
 static const field defaults_fields[] = {MBD_TUNING_MAP(DEFAULTS_TUNING_FIELD)};
 
 static const field limits_fields[] = {
-    {"max_body_size", F_SIZE, offsetof(mbd_config, max_body_bytes), 0, 1, 0, NULL},
+    {"max_body_size", F_SIZE, offsetof(mbd_config, max_body_bytes), 0, 1, 0, {NULL}},
     {"max_header_size", F_SIZE, offsetof(mbd_config, max_header_bytes), 0, 1024, 16 << 20,
-     NULL},
-    {"max_connections", F_INT, offsetof(mbd_config, max_connections), 0, 1, 1000000, NULL},
+     {NULL}},
+    {"max_connections", F_INT, offsetof(mbd_config, max_connections), 0, 1, 1000000, {NULL}},
     {"header_timeout", F_DUR, offsetof(mbd_config, header_timeout_ms), 0, 1, 24 * 3600 * 1000,
-     NULL},
-    {"idle_timeout", F_DUR, offsetof(mbd_config, idle_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
-    {"body_timeout", F_DUR, offsetof(mbd_config, body_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
-    {"send_timeout", F_DUR, offsetof(mbd_config, send_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
-    {"min_body_rate", F_SIZE, offsetof(mbd_config, min_body_rate), 0, 0, 0, NULL},
+     {NULL}},
+    {"idle_timeout", F_DUR, offsetof(mbd_config, idle_timeout_ms), 0, 1, 24 * 3600 * 1000, {NULL}},
+    {"body_timeout", F_DUR, offsetof(mbd_config, body_timeout_ms), 0, 1, 24 * 3600 * 1000, {NULL}},
+    {"send_timeout", F_DUR, offsetof(mbd_config, send_timeout_ms), 0, 1, 24 * 3600 * 1000, {NULL}},
+    {"min_body_rate", F_SIZE, offsetof(mbd_config, min_body_rate), 0, 0, 0, {NULL}},
     {"body_buffer_size", F_SIZE, offsetof(mbd_config, body_buffer_bytes), 0, 4096, 1 << 30,
-     NULL},
+     {NULL}},
 };
 
 static void fn_defaults(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
@@ -830,21 +835,11 @@ static void fn_api_keys(pctx *c, const mbd_ynode *v, void *obj, const field *f) 
   }
 }
 
-static void fn_eviction(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_config *cfg = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "lru") == 0)
-    cfg->eviction = MB_EVICT_LRU;
-  else if (strcmp(s, "cost") == 0)
-    cfg->eviction = MB_EVICT_COST;
-  else
-    perr(c, v, "unknown eviction policy '%s' (lru or cost)", s);
-  free(s);
-}
+/* The policies a configuration may name (MB_EVICT_CUSTOM is the
+ * simulator's), by value. */
+static const enum_names evictions = {"eviction policy", {"lru", "cost", NULL}};
+_Static_assert(sizeof(mb_eviction) == sizeof(int) && MB_EVICT_LRU == 0 && MB_EVICT_COST == 1,
+               "evictions lists mb_eviction by value");
 
 /* cgroup: auto, off, or an absolute folder (of a cgroup v2 file system,
  * checked when the daemon starts). */
@@ -880,15 +875,15 @@ static void fn_log_level(pctx *c, const mbd_ynode *v, void *obj, const field *f)
 }
 
 static const field device_fields[] = {
-    {"gpu", F_INT, offsetof(mbd_device_config, gpu), 0, 0, 1023, NULL},
-    {"host", F_BOOL, offsetof(mbd_device_config, host), 0, 0, 0, NULL},
-    {"capacity", F_SIZE, offsetof(mbd_device_config, capacity_bytes), 0, 0, 0, NULL},
-    {"reserve", F_SIZE, offsetof(mbd_device_config, reserve_bytes), 0, 0, 0, NULL},
-    {"budget", F_SIZE, offsetof(mbd_device_config, budget_bytes), 0, 0, 0, NULL},
-    {"max_loaded", F_INT, offsetof(mbd_device_config, max_loaded), 0, 0, 100000, NULL},
-    {"concurrency", F_INT, offsetof(mbd_device_config, concurrency), 0, 0, 100000, NULL},
+    {"gpu", F_INT, offsetof(mbd_device_config, gpu), 0, 0, 1023, {NULL}},
+    {"host", F_BOOL, offsetof(mbd_device_config, host), 0, 0, 0, {NULL}},
+    {"capacity", F_SIZE, offsetof(mbd_device_config, capacity_bytes), 0, 0, 0, {NULL}},
+    {"reserve", F_SIZE, offsetof(mbd_device_config, reserve_bytes), 0, 0, 0, {NULL}},
+    {"budget", F_SIZE, offsetof(mbd_device_config, budget_bytes), 0, 0, 0, {NULL}},
+    {"max_loaded", F_INT, offsetof(mbd_device_config, max_loaded), 0, 0, 100000, {NULL}},
+    {"concurrency", F_INT, offsetof(mbd_device_config, concurrency), 0, 0, 100000, {NULL}},
     {"max_parallel_loads", F_INT, offsetof(mbd_device_config, max_parallel_loads), 0, 1, 1024,
-     NULL},
+     {NULL}},
 };
 
 static void fn_devices(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
@@ -982,22 +977,34 @@ static void fn_openai_routes(pctx *c, const mbd_ynode *v, void *obj, const field
   }
 }
 
+/* compat: {model: NAME}: the model the compatibility routes act on when
+ * they name none (checked against the models once they are read). */
+static const field compat_fields[] = {
+    {"model", F_STR, offsetof(mbd_config, compat_model), 0, 0, 0, {NULL}},
+};
+
+static void fn_compat(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
+  (void)f;
+  walk_map(c, v, compat_fields, NFIELDS(compat_fields), obj);
+}
+
 static const field top_fields[] = {
-    {"listen", F_FN, 0, 0, 0, 0, fn_listen},
-    {"unix_socket", F_FN, 0, 0, 0, 0, fn_unix_socket},
-    {"api_keys", F_FN, 0, 0, 0, 0, fn_api_keys},
-    {"devices", F_FN, 0, 0, 0, 0, fn_devices},
-    {"host_memory", F_SIZE, offsetof(mbd_config, host_memory_bytes), 0, 0, 0, NULL},
-    {"eviction", F_FN, 0, 0, 0, 0, fn_eviction},
-    {"log_level", F_FN, 0, 0, 0, 0, fn_log_level},
-    {"defaults", F_FN, 0, 0, 0, 0, fn_defaults},
-    {"limits", F_FN, 0, 0, 0, 0, fn_limits},
-    {"http_threads", F_INT, offsetof(mbd_config, http_threads), 0, 0, 64, NULL},
-    {"temp_dir", F_STR, offsetof(mbd_config, temp_dir), 0, 0, 0, NULL},
-    {"state_file", F_STR, offsetof(mbd_config, state_file), 0, 0, 0, NULL},
-    {"cgroup", F_FN, 0, 0, 0, 0, fn_cgroup},
-    {"openai_routes", F_FN, 0, 0, 0, 0, fn_openai_routes},
-    {"models", F_FN, 0, 0, 0, 0, fn_models_later},
+    {"listen", F_FN, 0, 0, 0, 0, {fn_listen}},
+    {"unix_socket", F_FN, 0, 0, 0, 0, {fn_unix_socket}},
+    {"api_keys", F_FN, 0, 0, 0, 0, {fn_api_keys}},
+    {"devices", F_FN, 0, 0, 0, 0, {fn_devices}},
+    {"host_memory", F_SIZE, offsetof(mbd_config, host_memory_bytes), 0, 0, 0, {NULL}},
+    {"eviction", F_ENUM, offsetof(mbd_config, eviction), 0, 0, 0, {.names = &evictions}},
+    {"log_level", F_FN, 0, 0, 0, 0, {fn_log_level}},
+    {"defaults", F_FN, 0, 0, 0, 0, {fn_defaults}},
+    {"limits", F_FN, 0, 0, 0, 0, {fn_limits}},
+    {"http_threads", F_INT, offsetof(mbd_config, http_threads), 0, 0, 64, {NULL}},
+    {"temp_dir", F_STR, offsetof(mbd_config, temp_dir), 0, 0, 0, {NULL}},
+    {"state_file", F_STR, offsetof(mbd_config, state_file), 0, 0, 0, {NULL}},
+    {"cgroup", F_FN, 0, 0, 0, 0, {fn_cgroup}},
+    {"openai_routes", F_FN, 0, 0, 0, 0, {fn_openai_routes}},
+    {"compat", F_FN, 0, 0, 0, 0, {fn_compat}},
+    {"models", F_FN, 0, 0, 0, 0, {fn_models_later}},
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1043,6 +1050,13 @@ static void check_model(pctx *c, mbd_model_config *m, const mbd_ynode *key,
   }
   if (m->backend != MBD_BACKEND_TENSORS && has_key(v, "loader"))
     perr(c, key, "loader is only for backend tensors");
+  if (m->cleanup == MBD_CLEANUP_AFTER_REQUEST && m->backend != MBD_BACKEND_PROCESS)
+    perr(c, key, "cleanup: after_request is only for backend process (it calls the worker's "
+                 "cleanup hook)");
+  else if (m->cleanup == MBD_CLEANUP_AFTER_REQUEST && m->hook_cleanup.path == NULL)
+    perr(c, key, "cleanup: after_request needs hooks.cleanup (the worker's cleanup route)");
+  if (m->openai < 0) /* not set: the models with aliases speak OpenAI */
+    m->openai = m->n_aliases > 0;
   if (m->health == NULL && (m->health = strdup(MBD_DEFAULT_HEALTH)) == NULL)
     c->oom = 1;
   if (m->device != MB_DEVICE_AUTO && cfg->devices_set) {
@@ -1094,7 +1108,7 @@ static void walk_models(pctx *c, const mbd_ynode *models) {
         dup = 1;
         break;
       }
-    if (!dup && !valid_model_name(k->str)) {
+    if (!dup && !mbd_model_name_valid(k->str)) {
       perr(c, k, "bad model name (" NAME_RULE ")");
       dup = 1;
     }
@@ -1108,6 +1122,7 @@ static void walk_models(pctx *c, const mbd_ynode *models) {
         m->col = k->col;
         m->backend = MBD_BACKEND_PROCESS;
         m->device = MB_DEVICE_AUTO;
+        m->openai = -1;
         mbd__tuning_unset(&m->set);
         cfg->n_models++;
       }
@@ -1132,6 +1147,27 @@ static void walk_models(pctx *c, const mbd_ynode *models) {
     mi++;
   }
   pop(c, old_root);
+}
+
+/* compat.model must name a model (or an alias of one). */
+static void check_compat(pctx *c, const mbd_ynode *root) {
+  const mbd_config *cfg = c->cfg;
+  if (cfg->compat_model == NULL || mbd_config_find_model(cfg, cfg->compat_model) != NULL)
+    return;
+  for (size_t i = 0; i + 1 < root->n; i += 2) {
+    const mbd_ynode *v = root->kids[i + 1];
+    if (strcmp(root->kids[i]->str, "compat") != 0 || v->type != MBD_YMAP)
+      continue;
+    for (size_t k = 0; k + 1 < v->n; k += 2)
+      if (strcmp(v->kids[k]->str, "model") == 0) {
+        size_t old = push_key(c, "compat");
+        size_t old2 = push_key(c, "model");
+        perr(c, v->kids[k + 1], "no model or alias is called '%s'", cfg->compat_model);
+        pop(c, old2);
+        pop(c, old);
+        return;
+      }
+  }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1213,6 +1249,7 @@ int mbd_config_parse(const char *text, size_t len, const char *name, const mbd_e
           walk_models(&c, root->kids[i + 1]);
           break; /* a second "models" was reported as a duplicate */
         }
+      check_compat(&c, root);
     }
   }
   mbd__config_resolve(c.cfg);

@@ -24,12 +24,12 @@
 #include <unistd.h>
 
 #include "daemon.h"
-#include "device.h"
 #include "expand.h"
 #include "front.h"
 #include "front_int.h"
 #include "leases.h"
 #include "model_build.h"
+#include "preload.h"
 #include "modelbuf/plugin.h"
 #include "tasks.h"
 #include "tensors.h"
@@ -205,7 +205,6 @@ static const char *event_type_name(mb_event_type t) {
   case MB_EVENT_STATE: return "state";
   case MB_EVENT_EVICT: return "evict";
   case MB_EVENT_WARNING: return "warning";
-  case MB_EVENT_PROGRESS: return "progress";
   case MB_EVENT_LOST: return "lost";
   }
   return "event";
@@ -267,8 +266,6 @@ static void last_output(mbd_model *m, char *out, size_t len) {
  * the log. Runs on the core thread, outside its lock. */
 static void on_event(const mb_event *ev, void *arg) {
   mbd *d = arg;
-  if (ev->type == MB_EVENT_PROGRESS)
-    return; /* progress is read from the status; the stream keeps state changes */
   json_t *o = json_pack("{s:I,s:s,s:s,s:s}", "time",
                         (json_int_t)mb_ctx_wall_ms(d->ctx, ev->time_ns), "type",
                         event_type_name(ev->type), "model", ev->model, "reason", ev->reason);
@@ -369,7 +366,7 @@ static int add_devices(mbd *d, char *err, size_t err_len) {
   for (int ord = 0; ord < 16; ord++) {
     uint64_t total = 0;
     char why[200];
-    if (mb__device_mem_info(MB_DEVICE_CUDA, ord, &total, NULL, why, sizeof(why)) != 0) {
+    if (mb_device_mem_info(MB_DEVICE_CUDA, ord, &total, NULL, why, sizeof(why)) != 0) {
       if (ord == 0)
         mbd_log(d, MBD_LOG_INFO, "no GPU: models run on the host device", "why=\"%s\"", why);
       break;
@@ -392,15 +389,27 @@ static void on_build_warning(void *arg, const char *model, const char *msg, cons
   mbd_log(arg, MBD_LOG_WARN, msg, "model=%s why=\"%s\"", model, why);
 }
 
+/* A plugin's log line, in the daemon's log (the library prints nothing). */
+static void on_plugin_log(void *arg, int level, const char *model, const char *msg) {
+  mbd_log(arg, (mbd_log_level)(level < 0 ? 0 : level > 3 ? 3 : level), msg ? msg : "",
+          "model=%s", model ? model : "");
+}
+
 static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, size_t err_len) {
   mb_model_opts mo;
   int rc = mbd_model_options(cfg, m->mc, d->ctx, &mo, err, err_len);
   if (rc != 0)
     return rc;
+  mb_plugin_host host;
+  memset(&host, 0, sizeof(host));
+  host.size = sizeof(host);
+  host.log = on_plugin_log;
+  host.log_arg = d;
   mbd_build_env env;
   memset(&env, 0, sizeof(env));
   env.ctx = d->ctx;
   env.sup = d->sup;
+  env.plugin_host = &host;
   env.on_line = on_worker_line;
   env.on_warning = on_worker_warning;
   env.cb_arg = d;
@@ -502,6 +511,8 @@ int mbd_start(mbd_config *cfg, mbd **out, char *err, size_t err_len) {
   d->started_ms = wall_ms();
   pthread_mutex_init(&d->ev_mu, NULL);
   pthread_mutex_init(&d->trace_mu, NULL);
+  pthread_mutex_init(&d->preload_mu, NULL);
+  atomic_store(&d->compat_model, cfg->compat_model);
   d->ev_next = 1;
   /* The supervisor first: it stops what a killed daemon left before this
    * one serves, and must outlive every worker it starts. */
@@ -575,7 +586,8 @@ static int model_same(const mbd_model_config *a, const mbd_model_config *b) {
       !hook_eq(&a->hook_offload, &b->hook_offload) ||
       !hook_eq(&a->hook_restore, &b->hook_restore) ||
       !hook_eq(&a->hook_cleanup, &b->hook_cleanup) || !hook_eq(&a->hook_unload, &b->hook_unload) ||
-      a->memory_limit_bytes != b->memory_limit_bytes || a->n_env != b->n_env)
+      a->memory_limit_bytes != b->memory_limit_bytes || a->n_env != b->n_env ||
+      a->preload != b->preload || a->cleanup != b->cleanup || a->openai != b->openai)
     return 0;
   for (size_t i = 0; i < a->n_env; i++)
     if (!str_eq(a->env[i].name, b->env[i].name) || !str_eq(a->env[i].value, b->env[i].value))
@@ -647,7 +659,18 @@ void mbd_reload(mbd *d, mbd_config *cfg) {
     if (busy[i] == 1 && find_in(ms, old->m[i]->name) == NULL)
       ms->m[ms->n++] = old->m[i];
   atomic_store_explicit(&d->models, ms, memory_order_release);
+  atomic_store(&d->compat_model, cfg->compat_model);
   free(busy);
+  /* The models this reload added or changed that preload: the new
+   * entries (an unchanged model keeps its old entry, and its state). */
+  mbd_model **fresh = calloc(ms->n ? ms->n : 1, sizeof(*fresh));
+  size_t n_fresh = 0;
+  for (size_t i = 0; fresh && i < ms->n; i++)
+    if (find_in(old, ms->m[i]->name) != ms->m[i])
+      fresh[n_fresh++] = ms->m[i];
+  if (fresh && mbd_preload_models(d, fresh, n_fresh) != 0)
+    mbd_log(d, MBD_LOG_ERROR, "reload: preload failed: out of memory", NULL);
+  free(fresh);
   mbd_log(d, MBD_LOG_INFO, "reloaded", "models=%zu added=%zu removed=%zu changed=%zu kept_busy=%zu",
           ms->n, added - changed, removed, changed, kept);
 }
@@ -660,7 +683,13 @@ int mbd_serve_start(mbd *d, char *err, size_t err_len) {
     snprintf(err, err_len, "cannot start: %s", mb_strerror(rc));
     return rc;
   }
-  return mbd_front_start(d, err, err_len);
+  rc = mbd_front_start(d, err, err_len);
+  if (rc == 0) {
+    const mbd_models *ms = mbd_models_get(d);
+    if (mbd_preload_models(d, ms->m, ms->n) != 0)
+      mbd_log(d, MBD_LOG_ERROR, "preload failed: out of memory", NULL);
+  }
+  return rc;
 }
 
 void mbd_serve_quiesce(mbd *d) { mbd_front_quiesce(d); }
@@ -693,6 +722,7 @@ void mbd_stop(mbd *d) {
     d->ctx = NULL;
   }
   mbd_front_drain(d); /* requests the core failed at shutdown */
+  mbd_preload_free(d); /* the core gave its last answer */
   mbd_front_free(d);
   mbd_tasks_free(d);
   mbd_leases_free(d->leases);
@@ -725,5 +755,6 @@ void mbd_stop(mbd *d) {
   mbd_config_free(d->cfg);
   pthread_mutex_destroy(&d->ev_mu);
   pthread_mutex_destroy(&d->trace_mu);
+  pthread_mutex_destroy(&d->preload_mu);
   free(d);
 }

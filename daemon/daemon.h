@@ -18,7 +18,7 @@
  *
  *   worker life -> worker run_rw -> worker mu -> supervisor mu   (worker.c, supervisor.c)
  *   -> the core's core_lock -> post_lock / pool_lock              (lib/core.c)
- *   ev_mu, trace_mu, leases mu, tasks mu, a loop's post_mu,
+ *   ev_mu, trace_mu, preload_mu, leases mu, tasks mu, a loop's post_mu,
  *   a worker's log lock, the front door's reserve_mu / ack_mu    (leaves: nothing is
  *                                                                 taken under them)
  *
@@ -52,6 +52,7 @@
 typedef struct mbd_front mbd_front;
 typedef struct mbd_tasks mbd_tasks;
 typedef struct mbd_leases mbd_leases;
+typedef struct mbd_preload mbd_preload;
 
 #define MBD_EVENT_RING 1024
 /* How every JSON answer and event is written: compact, and reals with 12
@@ -134,6 +135,12 @@ typedef struct mbd {
   mbd_front *front;
   mbd_tasks *tasks;
   mbd_leases *leases;
+
+  pthread_mutex_t preload_mu;
+  mbd_preload *preload;     /* preload.c: the models waiting to preload */
+  /* compat.model of the configuration served now (start, then each
+   * reload): a string of a configuration kept until stop, or NULL. */
+  const char *_Atomic compat_model;
 } mbd;
 
 /* The state file the daemon uses when the configuration names none: in

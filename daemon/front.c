@@ -191,16 +191,11 @@ int mbd_path_model(const char *p, size_t n, char *name, size_t *rest) {
   size_t k = 0;
   while (k < n && p[k] != '/' && p[k] != '?')
     k++;
-  if (k == 0 || k > MBD_MODEL_NAME_MAX)
+  /* The segment percent-decoded (a name with '/' comes as %2F), then held
+   * to the rule of names: no other byte reaches the lookup. */
+  if (k == 0 || k > 3 * MBD_MODEL_NAME_MAX ||
+      mbd_pct_decode(p, k, name, MBD_MODEL_NAME_MAX + 1) != 0 || !mbd_model_name_valid(name))
     return -1;
-  for (size_t i = 0; i < k; i++) {
-    char c = p[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-          c == '.' || c == '_' || c == ':' || c == '-'))
-      return -1;
-  }
-  memcpy(name, p, k);
-  name[k] = '\0';
   *rest = k;
   return 0;
 }
@@ -511,10 +506,29 @@ void mbd_resp_end(mbd_req *r) {
 
 static void conn_close(mbd_conn *c);
 
+static void resp_reset(mbd_conn *c);
+
 void mbd_resp_abort(mbd_req *r) {
   mbd_conn *c = r->c;
   if (c == NULL)
     return;
+  r->on_gone = NULL; /* the handler ends it itself */
+  r->on_drain = NULL;
+  if (c->resp == R_BODY && !c->resp_close_delim && !(c->body_reading && !c->body_done)) {
+    /* The framing (a length, or chunks) already tells the client the
+     * answer is cut when the connection ends before its end: what was
+     * written still goes out, then the connection closes as after any
+     * answer, with no end chunk. A reset instead could drop, in the
+     * client's kernel, a head it had not read yet (as nginx: close). */
+    c->close_after = 1;
+    resp_done(c);
+    return;
+  }
+  resp_reset(c);
+}
+
+/* Ends the connection at once: a reset, after what the socket takes now. */
+static void resp_reset(mbd_conn *c) {
   /* What is buffered goes out if the socket takes it now; then the
    * connection ends without the answer's end. */
   if (c->out_len > c->out_off) {
@@ -523,7 +537,8 @@ void mbd_resp_abort(mbd_req *r) {
     (void)w;
   }
   c->out_off = c->out_len = 0;
-  r->on_gone = NULL; /* the handler ends it itself */
+  if (c->req)
+    c->req->on_gone = NULL;
   /* A reset, not a close: a client reading until the close (HTTP/1.0,
    * no length) must not take the cut answer for a whole one. */
   struct linger lg = {1, 0};
@@ -801,7 +816,7 @@ static void conn_fail(mbd_conn *c, int status, const char *code, const char *msg
   if (c->dead)
     return;
   if (c->resp != R_NONE) { /* an answer had started: cut it */
-    mbd_resp_abort(r);
+    resp_reset(c);
     return;
   }
   c->close_after = 1;

@@ -156,9 +156,10 @@ uint64_t mbd_req_body_received(const mbd_req *r);
  * status line; mbd_resp_header adds headers; then either mbd_resp_body
  * (a whole body, which ends the answer) or mbd_resp_stream (the head ends;
  * mbd_resp_write adds body bytes, chunked when length is -1 and the client
- * speaks HTTP/1.1, and mbd_resp_end ends it). mbd_resp_abort ends the
- * connection at once, so that a client never takes a cut answer for a
- * whole one. All on the request's loop thread.
+ * speaks HTTP/1.1, and mbd_resp_end ends it). mbd_resp_abort cuts the
+ * answer so that a client never takes it for a whole one: the connection
+ * closes after what was written, with no end chunk (or short of its
+ * length), or is reset where only the close would end the answer. All on the request's loop thread.
  */
 void mbd_resp_start(mbd_req *r, int status);
 void mbd_resp_header(mbd_req *r, const char *name, const char *value);
@@ -189,9 +190,11 @@ int mbd_http_status(int err, const char **code);
 
 /*
  * The model name at the start of p[0..n) ("NAME" or "NAME/rest" or
- * "NAME?query"): copies it into name (MBD_MODEL_NAME_MAX + 1 bytes) and
- * sets *rest to the offset of what follows it. 0, or -1 for an empty or
- * over-long name, or one holding bytes a name cannot have.
+ * "NAME?query"), percent-decoded (a name with '/' is sent as
+ * "Qwen%2FQwen2.5"): copies it into name (MBD_MODEL_NAME_MAX + 1 bytes)
+ * and sets *rest to the offset of what follows it in p. 0, or -1 for an
+ * empty or over-long name, a bad escape, or one that breaks the rule of
+ * names (mbd_model_name_valid).
  */
 int mbd_path_model(const char *p, size_t n, char *name, size_t *rest);
 

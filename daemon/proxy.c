@@ -101,6 +101,7 @@ struct mbd_px {
   uint64_t rsp_off;
   int up_ended;
   int busy;               /* bracketed by mbd_worker_busy_begin */
+  int clean_after;        /* sent to a worker with cleanup: after_request */
   int streaming;          /* the body streams to the worker */
   int body_ended;
   char *fwd;              /* the request head for the worker */
@@ -161,10 +162,58 @@ static void px_free(mbd_px *x) {
   free(x);
 }
 
-/* Ends the transaction: the lease released (the request traced), the
- * request let go. */
+/*
+ * cleanup: after_request. The worker's cleanup hook runs on the task pool
+ * once the worker is done with a request (its answer may still be on its
+ * way to a slow client: the client never waits for it), under the
+ * request's lease, which is released when the hook returns: the slot
+ * stays taken until the worker is clean, so with max_concurrency 1 the
+ * next request is sent to it only after its cleanup. A hook that fails or
+ * times out (its timeout) is logged; the lease is released all the same.
+ */
+typedef struct after_req {
+  mbd_task task;
+  mbd *d;
+  mbd_model *m;
+  mb_lease lease;
+} after_req;
+
+static mbd_ratelimit rl_cleanup;
+
+static void after_run(mbd_task *t) {
+  after_req *a = (after_req *)t;
+  char err[300] = "";
+  int rc = mbd_worker_cleanup(a->m->worker, err, sizeof(err));
+  if (rc != 0 && rc != MB_ESTATE) /* not running any more: nothing to clean */
+    mbd_log_limited(a->d, &rl_cleanup, MBD_LOG_WARN, "cleanup after a request failed",
+                    "model=%s why=\"%s\"", a->m->name, err);
+  rc = mb_release(a->d->ctx, a->lease);
+  if (rc != 0 && rc != MB_EINVAL && rc != MB_ELOST)
+    mbd_log(a->d, MBD_LOG_WARN, "lease not released", "model=%s why=\"%s\"", a->m->name,
+            mb_strerror(rc));
+}
+
+static void after_done(mbd_task *t) { free(t); }
+
+/* Hands x's lease to a cleanup on the task pool. 0, or -1 (no memory:
+ * the caller releases the lease itself). */
+static int cleanup_after(mbd_px *x) {
+  after_req *a = calloc(1, sizeof(*a));
+  if (a == NULL)
+    return -1;
+  a->d = x->d;
+  a->m = x->cur;
+  a->lease = x->res.lease;
+  a->task.loop = x->loop;
+  a->task.run = after_run;
+  a->task.done = after_done;
+  mbd_tasks_submit(x->d, &a->task);
+  return 0;
+}
+
 /* The worker is done with the request: its connection, its busy slot
- * and the lease go back (the client may still be taking the answer). */
+ * and the lease go back (the client may still be taking the answer);
+ * with cleanup: after_request the lease goes back after the cleanup. */
 static void px_release(mbd_px *x) {
   mbd *d = x->d;
   if (x->up) {
@@ -176,6 +225,12 @@ static void px_release(mbd_px *x) {
   x->busy = 0;
   if (x->held) {
     mbd_proxy_trace(d, x->cur ? x->cur->name : x->m->name, &x->res, x->granted_at);
+    if (x->clean_after && !__atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) &&
+        cleanup_after(x) == 0) {
+      x->held = 0;
+      x->clean_after = 0;
+      return;
+    }
     int rc = mb_release(d->ctx, x->res.lease);
     /* MB_ELOST: the worker was lost meanwhile; the lease ended with it. */
     if (rc != 0 && rc != MB_EINVAL && rc != MB_ELOST)
@@ -502,6 +557,7 @@ static void up_error(void *arg, int started, const char *why) {
   mbd_px *x = arg;
   mbd *d = x->d;
   x->up = NULL;
+  x->clean_after = 0; /* the worker failed: nothing to clean up on it */
   int killed = 0;
   if (x->busy && x->cur->worker) {
     killed = mbd_worker_busy_end(x->cur->worker);
@@ -596,6 +652,7 @@ static void to_worker(mbd_px *x, mbd_req *r) {
   x->busy = 1;
   r->on_drain = px_drain;
   int rc = mbd_up_start(x->t, &ur, &up_cbs, x, &x->up);
+  x->clean_after = rc == 0 && m->mc->cleanup == MBD_CLEANUP_AFTER_REQUEST;
   if (rc != 0) {
     x->up = NULL;
     mbd_count_code(d, m, 502);
@@ -750,23 +807,47 @@ static void handle_openai(mbd_req *r) {
   mbd_px_lease(r, m, MBD_PX_OPENAI, on_granted, NULL);
 }
 
+/* One entry of GET /v1/models. */
+static json_t *v1_model(mbd *d, const char *id, const mbd_model *m) {
+  return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", id, "object", "model", "created",
+                   (json_int_t)(d->started_ms / 1000), "owned_by", "modelbuf", "root", m->name);
+}
+
+/* The models that speak OpenAI (openai: true, or any alias): the name and
+ * each alias, each its own id. */
 static void handle_v1_models(mbd_req *r) {
   mbd *d = r->d;
   const mbd_models *ms = mbd_models_get(d);
   json_t *a = json_array();
   for (size_t i = 0; i < ms->n; i++) {
     mbd_model *m = ms->m[i];
-    if (m->kind == MBD_BACKEND_TENSORS)
+    if (m->kind == MBD_BACKEND_TENSORS || !m->mc->openai)
       continue;
-    json_array_append_new(a, json_pack("{s:s,s:s,s:I,s:s}", "id", m->name, "object", "model",
-                                       "created", (json_int_t)(d->started_ms / 1000), "owned_by",
-                                       "modelbuf"));
+    json_array_append_new(a, v1_model(d, m->name, m));
     for (size_t k = 0; k < m->mc->n_aliases; k++)
-      json_array_append_new(a, json_pack("{s:s,s:s,s:I,s:s}", "id", m->mc->aliases[k], "object",
-                                         "model", "created", (json_int_t)(d->started_ms / 1000),
-                                         "owned_by", "modelbuf"));
+      json_array_append_new(a, v1_model(d, m->mc->aliases[k], m));
   }
   mbd_reply_json(r, 200, json_pack("{s:s,s:o}", "object", "list", "data", a));
+}
+
+/* GET /v1/models/{id}: one of those; the id is the rest of the path,
+ * percent-decoded (OpenAI's clients send "Qwen/Qwen2.5-7B" as it is or as
+ * "Qwen%2FQwen2.5-7B"). */
+static void handle_v1_model(mbd_req *r) {
+  mbd *d = r->d;
+  char id[MBD_MODEL_NAME_MAX + 1], msg[200];
+  mbd_model *m = NULL;
+  if (mbd_pct_decode(r->path + r->route.arg_off, r->route.arg_len, id, sizeof(id)) == 0 &&
+      mbd_model_name_valid(id))
+    m = mbd_find(d, id);
+  if (m == NULL || m->kind == MBD_BACKEND_TENSORS || !m->mc->openai) {
+    snprintf(msg, sizeof(msg), "The model '%.*s' does not exist (GET /v1/models lists them)",
+             (int)(r->route.arg_len > 100 ? 100 : r->route.arg_len),
+             r->path + r->route.arg_off);
+    mbd_reply_error(r, 404, "model_not_found", msg, 0);
+    return;
+  }
+  mbd_reply_json(r, 200, v1_model(d, id, m));
 }
 
 /* The OpenAI routes routed by the body's "model" (DESIGN §5). */
@@ -811,6 +892,14 @@ int mbd_proxy_resolve(mbd *d, mbd_req *r) {
       return 1;
     }
     r->route.handle = handle_v1_models;
+    return 1;
+  }
+  /* Other methods are no route here (404), as for any other /v1 path. */
+  if (n > 11 && memcmp(p, "/v1/models/", 11) == 0 &&
+      (strcmp(r->method, "GET") == 0 || r->is_head)) {
+    r->route.arg_off = 11;
+    r->route.arg_len = n - 11;
+    r->route.handle = handle_v1_model;
     return 1;
   }
   if (is_openai_route(d, p, n)) {

@@ -1,14 +1,18 @@
 /*
  * routes.c - which handler takes a request: the management routes
- * (api.c), then the model routes (proxy.c, tensors.c), else 404. Decided
+ * (api.c), the compatibility routes (compat.c), then the model routes
+ * (proxy.c, tensors.c), else 404. Decided
  * from the head alone, before any body byte is read. Paths are matched as
  * the client sent them, never decoded or normalised: a "%2e%2e" or ".."
- * segment is just bytes, so it can never lead to another route.
+ * segment is just bytes, so it can never lead to another route. Only a
+ * model's name segment (/m/{name}, /api/models/{name}, /v1/models/{id})
+ * is percent-decoded, to be looked up among the names, never routed.
  */
 #include <stdio.h>
 #include <string.h>
 
 #include "api.h"
+#include "compat.h"
 #include "daemon.h"
 #include "front_int.h"
 #include "proxy.h"
@@ -18,7 +22,7 @@ mbd_model *mbd_route_model(mbd *d, mbd_req *r, const char *p, size_t n, int alia
   char name[MBD_MODEL_NAME_MAX + 1];
   if (mbd_path_model(p, n, name, rest) != 0) {
     mbd_reply_error(r, 404, "not_found", "unknown model (a model's name is 1 to 64 of "
-                    "A-Z a-z 0-9 . _ : -)", 0);
+                    "A-Z a-z 0-9 . _ : - and '/', sent as %2F)", 0);
     return NULL;
   }
   mbd_model *m = aliases ? mbd_find(d, name) : mbd_find_name(d, name);
@@ -33,7 +37,7 @@ mbd_model *mbd_route_model(mbd *d, mbd_req *r, const char *p, size_t n, int alia
 }
 
 void mbd_route_resolve(mbd *d, mbd_req *r) {
-  if (mbd_api_resolve(d, r) || mbd_proxy_resolve(d, r))
+  if (mbd_api_resolve(d, r) || mbd_compat_resolve(d, r) || mbd_proxy_resolve(d, r))
     return;
   char msg[300];
   snprintf(msg, sizeof(msg), "no route %s %.*s", r->method,

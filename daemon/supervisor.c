@@ -36,9 +36,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "alloc.h"
 #include "cgroup.h"
 #include "logring.h"
+#include "mb_internal.h"
 #include "proctree.h"
 #include "supervisor.h"
 
@@ -977,6 +977,9 @@ int mbd_sup_spawn(mbd_sup *s, const mbd_spawn *sp, mbd_run **out, char *err, siz
   if (s->cgbase[0]) {
     char name[160], why[256];
     snprintf(name, sizeof(name), "mbd-%s-%" PRIu64 "-%s", s->prefix, r->instance, r->name);
+    for (char *p = name; *p; p++) /* a model called "org/name": one folder, not two */
+      if (*p == '/')
+        *p = '_';
     if (mbd_cgroup_create(s->cgbase, name, r->cgroup, sizeof(r->cgroup), why, sizeof(why)) != 0 ||
         (c.cg_fd = mbd_cgroup_open_procs(r->cgroup)) < 0) {
       mb__set_err(err, err_len, "%s", why[0] ? why : "cannot open the worker's cgroup");

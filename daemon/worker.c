@@ -42,10 +42,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "alloc.h"
 #include "expand.h"
 #include "gpu_checkpoint.h"
 #include "logring.h"
+#include "mb_internal.h"
 #include "nvml.h"
 #include "proctree.h"
 #include "worker.h"
@@ -107,7 +107,12 @@ struct mbd_worker {
   int lost_reported;     /* this process's loss is being reported (once) */
   int loss_posted;       /* ... and the report is posted to the core */
   uint64_t cancel_res;   /* a cancel asked for the load of this residency */
-  uint64_t busy_start[MAX_BUSY]; /* ms, 0 = free slot */
+  /* Starts (ms) of the requests in flight, oldest first: a ring, since a
+   * request's end frees the oldest start (requests end in any order, but
+   * only the oldest start matters to the watchdog, and the count stays
+   * right). Beyond MAX_BUSY at once the newest are not timed. */
+  uint64_t busy_start[MAX_BUSY];
+  unsigned busy_head, busy_n;
   int killed_busy;
   uint64_t sample_bytes; /* last device footprint measured */
   uint64_t peak_bytes;   /* highest device footprint measured */
@@ -123,7 +128,7 @@ struct mbd_worker {
   int offloaded_by_stop; /* offloaded by stopping it (no hooks) */
   int offloaded_by_hook; /* its offload hook moved it to host memory */
   /* Without hooks, on a GPU: the driver's checkpoint API moves the
-   * worker's GPU state to host memory and back (lib/gpu_checkpoint.c). */
+   * worker's GPU state to host memory and back (gpu_checkpoint.c). */
   int ckpt;              /* the driver has the API (checked at creation) */
   int offloaded_by_ckpt; /* suspended by a checkpoint, still running */
 };
@@ -290,7 +295,7 @@ int mbd_worker_new(const mbd_worker_opts *o, mbd_worker **out, char *err, size_t
   w->gpu = -1;
   int lrc = mbd_logring_new(o->log_bytes ? o->log_bytes : DEFAULT_LOG_BYTES, &w->log);
   char why[200];
-  w->ckpt = !(w->offload.path && w->restore.path) && mb__ckpt_available(why, sizeof(why));
+  w->ckpt = !(w->offload.path && w->restore.path) && mbd_ckpt_available(why, sizeof(why));
   int ok = lrc == 0 && w->name && w->cmd && w->health && w->env_names && w->env_values &&
            (mc->n_files == 0 || w->files) && hook_ok(&w->offload, &mc->hook_offload) &&
            hook_ok(&w->restore, &mc->hook_restore) && hook_ok(&w->cleanup, &mc->hook_cleanup) &&
@@ -381,8 +386,13 @@ static int call_hook(mbd_worker *w, int port, const mbd_hook *h, const char *wha
   if (mbd_subst_worker(h->path, port, w->name, w->gpu, &path) != 0)
     return MB_ENOMEM;
   long status = 0;
-  int rc = mbd_http_call(port, h->method, path, NULL, h->timeout_ms, &status, err, err_len);
-  if (rc == 0 && (status < 200 || status > 299)) {
+  char why[300] = "";
+  int rc = mbd_http_call(port, h->method, path, NULL, h->timeout_ms, &status, why, sizeof(why));
+  if (rc != 0) {
+    /* The hook named, and its timeout when that is what ended it. */
+    mb__set_err(err, err_len, "%s hook %s %s failed (timeout %lld ms): %s", what, h->method, path,
+                (long long)h->timeout_ms, why);
+  } else if (status < 200 || status > 299) {
     mb__set_err(err, err_len, "%s hook %s %s answered %ld", what, h->method, path, status);
     rc = MB_EBACKEND;
   }
@@ -502,9 +512,8 @@ static void on_run_tick(void *arg) {
   uint64_t now = now_ms();
   pthread_mutex_lock(&w->mu);
   int kill_it = 0;
-  if (w->phase == PH_RUNNING && !w->exited && !w->killed_busy && w->run)
-    for (int i = 0; i < MAX_BUSY && !kill_it; i++)
-      kill_it = w->busy_start[i] && now - w->busy_start[i] > (uint64_t)w->busy_timeout_ms;
+  if (w->phase == PH_RUNNING && !w->exited && !w->killed_busy && w->run && w->busy_n > 0)
+    kill_it = now - w->busy_start[w->busy_head] > (uint64_t)w->busy_timeout_ms;
   mbd_run *run = kill_it ? w->run : NULL;
   uint64_t res = w->residency;
   int report = kill_it && !w->lost_reported;
@@ -542,7 +551,7 @@ static void on_run_sample(void *arg, uint64_t tree_bytes) {
   uint64_t dev = tree_bytes;
   uint64_t vram = 0;
   /* On a GPU with NVML: the group's GPU memory is its device footprint. */
-  if (gpu >= 0 && pid > 0 && mb__nvml_group_bytes(gpu, pid, &vram, NULL, NULL, 0) == 0)
+  if (gpu >= 0 && pid > 0 && mbd_nvml_group_bytes(gpu, pid, &vram, NULL, NULL, 0) == 0)
     dev = vram;
   char m1[32], m2[32], text[256];
   pthread_mutex_lock(&w->mu);
@@ -601,9 +610,7 @@ static void *health_main(void *arg) {
     cv_wait_ms(w, w->health_interval_ms);
     if (w->health_stop)
       break;
-    int busy = 0;
-    for (int i = 0; i < MAX_BUSY && !busy; i++)
-      busy = w->busy_start[i] != 0;
+    int busy = w->busy_n > 0;
     /* Only a READY worker, and only while no request is in flight: a
      * request that hangs is busy_timeout's to catch. */
     if (w->phase != PH_RUNNING || !w->resident || w->lost_reported || w->exited || busy) {
@@ -796,7 +803,7 @@ static void stop_process(mbd_worker *w, int hard) {
   pthread_rwlock_unlock(&w->run_rw);
   mbd_run_finish(run);
   if (n_pids > 0)
-    (void)mb__nvml_wait_released(gpu, pids, n_pids, MBD_WORKER_RELEASE_WAIT_MS);
+    (void)mbd_nvml_wait_released(gpu, pids, n_pids, MBD_WORKER_RELEASE_WAIT_MS);
 }
 
 /* The message of a start that ended before the worker was ready. */
@@ -871,7 +878,7 @@ static int start_once(mbd_worker *w, mb_op *op) {
   w->resident = 0;
   w->overrun = 0;
   w->sample_bytes = 0;
-  memset(w->busy_start, 0, sizeof(w->busy_start));
+  w->busy_head = w->busy_n = 0;
   w->phase = PH_STARTING;
   pthread_mutex_unlock(&w->mu);
   note(w, MBD_LOG_RESTART, "modelbufd: starting %s on port %d (residency %" PRIu64 ")", w->name,
@@ -1027,24 +1034,17 @@ static uint64_t pin_files(mbd_worker *w) {
 
 void mbd_worker_busy_begin(mbd_worker *w) {
   pthread_mutex_lock(&w->mu);
-  for (int i = 0; i < MAX_BUSY; i++)
-    if (w->busy_start[i] == 0) {
-      w->busy_start[i] = now_ms();
-      break;
-    }
+  if (w->busy_n < MAX_BUSY)
+    w->busy_start[(w->busy_head + w->busy_n++) % MAX_BUSY] = now_ms();
   pthread_mutex_unlock(&w->mu);
 }
 
 int mbd_worker_busy_end(mbd_worker *w) {
   pthread_mutex_lock(&w->mu);
-  /* Free the oldest slot: requests end in any order, but only the oldest
-   * start matters to the watchdog, and the counts stay right. */
-  int oldest = -1;
-  for (int i = 0; i < MAX_BUSY; i++)
-    if (w->busy_start[i] && (oldest < 0 || w->busy_start[i] < w->busy_start[oldest]))
-      oldest = i;
-  if (oldest >= 0)
-    w->busy_start[oldest] = 0;
+  if (w->busy_n > 0) { /* the oldest start goes */
+    w->busy_head = (w->busy_head + 1) % MAX_BUSY;
+    w->busy_n--;
+  }
   int killed = w->killed_busy;
   pthread_mutex_unlock(&w->mu);
   return killed;
@@ -1146,7 +1146,7 @@ static int w_offload_locked(mbd_worker *w, mb_op *op) {
   if (w->ckpt && w->gpu >= 0 && pid > 0) {
     char why[300];
     unsigned lock_ms = w->stop_timeout_ms > 0 ? (unsigned)w->stop_timeout_ms : 10000;
-    if (mb__ckpt_suspend((int)pid, lock_ms, why, sizeof(why)) == 0) {
+    if (mbd_ckpt_suspend((int)pid, lock_ms, why, sizeof(why)) == 0) {
       w->offloaded_by_ckpt = 1;
       return 0;
     }
@@ -1180,7 +1180,7 @@ static int w_restore_locked(mbd_worker *w, mb_op *op) {
   if (w->offloaded_by_ckpt) {
     char why[300];
     w->offloaded_by_ckpt = 0;
-    if (mb__ckpt_resume((int)mbd_worker_pid(w), why, sizeof(why)) == 0) {
+    if (mbd_ckpt_resume((int)mbd_worker_pid(w), why, sizeof(why)) == 0) {
       set_resident(w, 1, op->residency);
       return 0;
     }
@@ -1229,7 +1229,7 @@ static int w_usage(mb_op *op, mb_usage *u) {
   /* On a GPU with NVML: the device memory of the group's processes is the
    * device footprint and RSS is host memory. */
   if (w->gpu >= 0 && pgid > 0 &&
-      mb__nvml_group_bytes(w->gpu, pgid, &vram, NULL, NULL, 0) == 0) {
+      mbd_nvml_group_bytes(w->gpu, pgid, &vram, NULL, NULL, 0) == 0) {
     u->device_bytes = vram;
     u->host_bytes = rss;
   } else if (w->offloaded_by_stop) {

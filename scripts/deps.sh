@@ -22,9 +22,19 @@ liburing-dev
 libsystemd-dev
 python3-pytest
 python3-torch
+python3-pip
+python3-setuptools
+python3-wheel
+python3-fastapi
+python3-uvicorn
 curl
 gnuplot-nox
 "
+# node and npm for the OpenAI Node SDK test (scripts/test-deps.sh), from
+# Debian unless some node with its npm is installed already.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PKGS="$PKGS nodejs npm"
+fi
 if [ "${1:-}" = "--bench" ]; then
   PKGS="$PKGS nginx-light"
 fi

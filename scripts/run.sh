@@ -19,11 +19,14 @@ In another terminal:
   curl -s $url/api/models                                  # every model, state unloaded
   curl -s -X POST $url/m/echo/infer -d '{"input": "hello"}'   # cold load, then proxied
   curl -sN "$url/m/echo/stream?n=5"                        # a token stream, chunk by chunk
-  curl -s $url/v1/chat/completions -d '{"model": "echo-small", "messages": []}'
+  curl -s $url/v1/models                                   # the models that speak OpenAI
   curl -s -X POST $url/api/models/echo/offload             # to host RAM (hooks)
   curl -sN $url/api/events                                 # every state change, live
   curl -s $url/metrics | grep modelbuf_model_state
-  curl -s $url/v1/completions -d '{"model": "tiny-gpt", "prompt": "hello", "max_tokens": 8}'   # PyTorch, cold load
+  curl -s $url/v1/chat/completions -d '{"model": "tiny-gpt", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}'   # PyTorch, cold load
+  curl -sN $url/v1/chat/completions -d '{"model": "modelbuf/tiny-gpt", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
+  curl -s $url/v1/completions -d '{"model": "tiny-gpt", "prompt": "hello", "max_tokens": 8}'
+  PYTHONPATH=python /usr/bin/python3 -c 'import modelbuf; print(modelbuf.Client("$url").model("torch").status()["state"])'
   curl -s -X POST $url/api/models/torch/offload            # its weights to host RAM; the next request restores
   curl -s $url/m/weights/tensors                           # tensors kept in memory by the daemon itself
   curl -s $url/m/weights/tensors/model.norm.weight | od -A d -t f4 | head -3   # a tensor's bytes

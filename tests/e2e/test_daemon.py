@@ -437,7 +437,7 @@ def test_metrics_and_logs_and_compat(d):
     assert code == 200 and "test_worker a starting" in logs
     code, gs, _ = d.get("/api/gpu/status")
     st = gs["models"]["a"]
-    assert st["model_location"] == "gpu"
+    assert st["model_location"] == "GPU"
     for k in ("total_loads", "gpu_to_cpu", "cpu_to_gpu", "full_releases"):
         assert k in st["statistics"]
     code, out, _ = d.post("/api/gpu/offload", {"model": "a"})

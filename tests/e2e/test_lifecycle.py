@@ -281,6 +281,81 @@ models:
                 os.path.getsize(os.path.join(folder, x)) for x in os.listdir(folder)), r
 
 
+def check_comparison(out, names):
+    """The comparison's JSON: one entry per model, the average reclamation
+    and the memory plan, each figure derived from the models' own."""
+    assert [m["model"] for m in out["models"]] == names and out["failed"] == []
+    back = [min(m["reclaimed_device_pct"], m["reclaimed_os_pct"]) for m in out["models"]]
+    assert abs(out["average_reclaimed_pct"] - sum(back) / len(back)) < 0.06
+    plan, = out["plans"]
+    largest = max(out["models"], key=lambda m: m["footprint_bytes"])
+    assert plan["largest_model"] == largest["model"]
+    assert plan["reserve_bytes"] == largest["footprint_bytes"] * 3 // 2
+    assert plan["fit_at_reserve"] == plan["usable_bytes"] // plan["reserve_bytes"]
+    for m, pm in zip(out["models"], plan["per_model"]):
+        assert pm["model"] == m["model"] and pm["reserve_bytes"] == m["footprint_bytes"] * 3 // 2
+        assert pm["fit"] == plan["usable_bytes"] // pm["reserve_bytes"]
+    assert plan["all_reserve_bytes"] == sum(pm["reserve_bytes"] for pm in plan["per_model"])
+    return {m["model"]: m for m in out["models"]}
+
+
+def test_several_models_compared(workdir):
+    # A clean worker and one that keeps 16 MiB more after each restore,
+    # measured one after the other and compared: table, average, plan.
+    cfg = os.path.join(workdir, "several.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""devices: [{{host: true, budget: 1GiB}}]
+models:
+  clean:
+    cmd: {json.dumps(["/usr/bin/python3", WORKER, "--port", "${PORT}", "--alloc-mb", "32"])}
+    hooks: {{offload: {{path: /offload}}, restore: {{path: /restore}}}}
+    probe: {{method: POST, path: /infer, body: '{{"q": 1}}'}}
+  leaky:
+    cmd: {json.dumps(["/usr/bin/python3", WORKER, "--port", "${PORT}", "--alloc-mb", "8",
+                      "--grow-mb", "16"])}
+    hooks: {{offload: {{path: /offload}}, restore: {{path: /restore}}}}
+""")
+    p = subprocess.run([TOOL, "bench", "lifecycle", "--all", "--config", cfg, "--cycles", "3",
+                        "--restores", "3", "--json"], capture_output=True, text=True,
+                       timeout=900 if SANITIZED else 300)
+    out = json.loads(p.stdout)
+    by = check_comparison(out, ["clean", "leaky"])
+    assert out["plans"][0]["usable_bytes"] == 1 << 30
+    assert by["clean"]["backend"] == "process" and by["clean"]["footprint_bytes"] >= 32 * MiB
+    if not SANITIZED:
+        assert p.returncode == 4, p.stderr  # one of them leaks
+        assert by["clean"]["leak_tier"] == "PASS" and by["clean"]["leak"] is False
+        # 16 MiB a restore, three restores a residency: 48 MiB and more.
+        assert by["leaky"]["leak_tier"] in ("CAUTION", "FAIL"), by["leaky"]["growth_run_bytes"]
+        assert by["leaky"]["growth_run_bytes"] >= 3 * 14 * MiB
+    # The same two by name, as a table.
+    p = subprocess.run([TOOL, "bench", "lifecycle", "leaky", "clean", "--config", cfg,
+                        "--cycles", "1", "--restores", "1"], capture_output=True, text=True,
+                       timeout=900 if SANITIZED else 300)
+    assert p.returncode in (0, 4), p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "2 models compared"
+    rows = [ln.split()[0] for ln in lines if ln.startswith(("clean ", "leaky "))]
+    assert rows[:2] == ["leaky", "clean"]
+    assert any(ln.startswith("average reclamation: ") for ln in lines)
+    assert any(ln.startswith("memory plan on host (usable 1.00 GiB):") for ln in lines), p.stdout
+    assert any("reserve 1.5x the largest footprint (" in ln for ln in lines), p.stdout
+    assert any(ln.startswith("  all of them at once: ") for ln in lines)
+    # Probe flags are for one model; an unknown model fails its row only.
+    p = subprocess.run([TOOL, "bench", "lifecycle", "--all", "--config", cfg,
+                        "--probe-path", "/x"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    p = subprocess.run([TOOL, "bench", "lifecycle", "--all", "clean", "--config", cfg],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    p = subprocess.run([TOOL, "bench", "lifecycle", "clean", "nope", "--config", cfg,
+                        "--cycles", "1", "--restores", "0", "--json"], capture_output=True,
+                       text=True, timeout=900 if SANITIZED else 300)
+    out = json.loads(p.stdout)
+    assert p.returncode == 1 and out["failed"] == [{"model": "nope", "status": 1}]
+    assert [m["model"] for m in out["models"]] == ["clean"] and "no model 'nope'" in p.stderr
+
+
 # ---------------------------------------------------------------------------
 # Against a running modelbufd (--url): the same figures through its HTTP API.
 
@@ -425,3 +500,19 @@ def test_daemon_tensors_model(daemon, workdir):
     assert r["reclaimed_device_pct"] == 100
     code, st = api(daemon, "GET", "/api/models/weights")
     assert st["state"] == "unloaded" and st["stats"]["restores"] == 6, st
+
+
+def test_daemon_all_models_compared(daemon):
+    # --all through the daemon: every model it serves, whatever its backend.
+    env = dict(os.environ, MODELBUF_API_KEY=KEY)
+    env.pop("MODELBUF_CONFIG", None)
+    p = subprocess.run([TOOL, "bench", "lifecycle", "--all", "--url", f"127.0.0.1:{daemon.port}",
+                        "--cycles", "1", "--restores", "1", "--json"], capture_output=True,
+                       text=True, env=env, timeout=900 if SANITIZED else 300)
+    assert p.returncode in (0, 4), p.stderr
+    by = check_comparison(json.loads(p.stdout), ["clean", "leaky", "weights"])
+    assert by["weights"]["backend"] == "tensors" and by["clean"]["backend"] == "process"
+    assert all(m["source"] == f"modelbufd at http://127.0.0.1:{daemon.port}"
+               for m in by.values())
+    for name in ("clean", "leaky", "weights"):
+        assert api(daemon, "GET", "/api/models/" + name)[1]["state"] == "unloaded"

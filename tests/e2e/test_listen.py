@@ -39,7 +39,7 @@ def test_unix_socket_serves_the_api_with_auth():
     d = Daemon(f"unix_socket: {sock}\napi_keys: [k3y]\nmodels:\n  a:\n    cmd: {worker()}\n")
     try:
         st, doc = unix_request(sock, "GET", "/health")
-        assert st == 200 and doc["status"] == "ok"
+        assert st == 200 and doc["status"] == "healthy"
         st, doc = unix_request(sock, "GET", "/api/models")
         assert st == 401
         st, doc = unix_request(sock, "POST", "/m/a/infer", body=b'{"x": 1}',

@@ -59,8 +59,9 @@ static void start(void) {
            "limits: {max_body_size: 64KiB, max_header_size: 8KiB, header_timeout: 2s,\n"
            "         idle_timeout: 2s, body_timeout: 2s}\n"
            "openai_routes: [/v1/extra]\n"
+           "compat: {model: tt}\n"
            "models:\n"
-           "  t: {backend: tensors, files: [%s], aliases: [tt]}\n",
+           "  t: {backend: tensors, files: [%s], aliases: [tt, org/t]}\n",
            sock, model);
   mbd_config *cfg;
   mbd_diag diag;

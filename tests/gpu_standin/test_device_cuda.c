@@ -1,6 +1,7 @@
 /*
- * test_device_cuda.c - libmodelbuf's GPU code (lib/device_cuda.c, lib/nvml.c,
- * lib/gpu_checkpoint.c, and the tensor engine above them) run against the
+ * test_device_cuda.c - the GPU code (libmodelbuf's lib/device_cuda.c and the
+ * tensor engine above it; modelbufd's daemon/nvml.c and
+ * daemon/gpu_checkpoint.c) run against the
  * stand-in driver (README.md), one process per driver, as MB_TEST_STANDIN
  * says (meson.build sets LD_LIBRARY_PATH to match):
  *
@@ -51,9 +52,9 @@
 #include "device_cuda.h"
 #include "gpu_checkpoint.h"
 #include "nvml.h"
-#include "tensor/loader.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 #include "standin.h"
+#include "tensor/loader.h"
 
 #define MiB (1024ull * 1024ull)
 
@@ -61,6 +62,20 @@ static char g_dir[] = "/tmp/mb_standin_test_XXXXXX";
 static char g_st[512], g_gguf[512];
 static char err[512];
 static int g_misuse_base; /* misuses made on purpose */
+
+/* Loader options on the CUDA device only (no fallback to the host); a
+ * chunk size or thread count of 0 keeps the default. */
+static mb_tensors_opts tensors_opts(int stable, size_t chunk_bytes, int threads) {
+  mb_tensors_opts o;
+  mb_tensors_opts_init(&o);
+  o.stable_addresses = stable;
+  o.no_fallback = 1;
+  if (chunk_bytes > 0)
+    o.chunk_bytes = chunk_bytes;
+  if (threads > 0)
+    o.threads = threads;
+  return o;
+}
 
 /* ---- the stand-in's own side (standin.h), through dlsym ------------------ */
 
@@ -98,7 +113,7 @@ static void standin_bind(void) {
   SYM(dl, set_fail, "mbsi_fail");
   SYM(dl, fired, "mbsi_fired");
   SYM(dl, lose, "mbsi_lose");
-  if (mb__nvml_available(NULL, 0)) {
+  if (mbd_nvml_available(NULL, 0)) {
     void *nv = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_NOLOAD);
     assert_non_null(nv);
     SYM(nv, nvml_fail, "mbsi_nvml_fail");
@@ -161,10 +176,10 @@ static void test_device_layer(void **state) {
   standin_bind();
   uint64_t total = 0, f0 = 0;
   /* the total alone opens no context (cuDeviceTotalMem) */
-  assert_int_equal(mb__device_mem_info(MB_DEVICE_CUDA, 0, &total, NULL, err, sizeof(err)), 0);
+  assert_int_equal(mb_device_mem_info(MB_DEVICE_CUDA, 0, &total, NULL, err, sizeof(err)), 0);
   assert_int_equal(total, 768 * MiB); /* CUDA order 1,0: ordinal 0 is the 768 MiB GPU */
   assert_int_equal(si.calls("cuDevicePrimaryCtxRetain"), 0);
-  assert_int_equal(mb__device_mem_info(MB_DEVICE_CUDA, 1, &total, &f0, err, sizeof(err)), 0);
+  assert_int_equal(mb_device_mem_info(MB_DEVICE_CUDA, 1, &total, &f0, err, sizeof(err)), 0);
   assert_int_equal(total, 1024 * MiB);
   assert_int_equal(f0, 1016 * MiB); /* less the context the question opened */
   char bus[64];
@@ -353,8 +368,7 @@ static void cycles(const char *path, int stable) {
   assert_int_equal(mb_device_info_get(ctx, 0, &di), 0);
   assert_int_equal(di.capacity_bytes, 768 * MiB); /* measured: the stand-in's */
   const char *paths[1] = {path};
-  mb_tensors_opts to = {.stable_addresses = stable, .no_fallback = 1, .chunk_bytes = 1 << 20,
-                        .threads = 3};
+  mb_tensors_opts to = tensors_opts(stable, 1 << 20, 3);
   mb_tensors_model *m = NULL;
   assert_int_equal(mb_tensors_model_new(paths, 1, &to, &m, err, sizeof(err)), 0);
   uint64_t bytes = mb_tensors_model_bytes(m);
@@ -463,8 +477,7 @@ static const char *const step_names[3] = {"load", "offload", "restore"};
  * then leave nothing. */
 static int fault_sweep(int step, const char *what, const char *tail, int stable, unsigned last) {
   const char *paths[1] = {g_st};
-  mb_tensors_opts to = {.stable_addresses = stable, .no_fallback = 1, .chunk_bytes = 1 << 20,
-                        .threads = 2};
+  mb_tensors_opts to = tensors_opts(stable, 1 << 20, 2);
   uint64_t f0 = free_of(0);
   int faults = 0;
   for (unsigned nth = 1; nth <= last; nth++) {
@@ -572,7 +585,7 @@ static void test_device_lost(void **state) {
   (void)state;
   standin_bind();
   const char *paths[1] = {g_st};
-  mb_tensors_opts to = {.no_fallback = 1};
+  mb_tensors_opts to = tensors_opts(0, 0, 0);
   mb_tensors_model *m = NULL;
   assert_int_equal(mb_tensors_model_new(paths, 1, &to, &m, err, sizeof(err)), 0);
   step_env e;
@@ -581,8 +594,8 @@ static void test_device_lost(void **state) {
   assert_int_not_equal(run_step(&e, 0), 0);
   assert_non_null(strstr(e.err, "unknown error"));
   uint64_t t;
-  assert_int_equal(mb__device_mem_info(MB_DEVICE_CUDA, 0, &t, NULL, err, sizeof(err)), MB_EIO);
-  assert_int_equal(mb__nvml_device_memory(0, &t, NULL, err, sizeof(err)), MB_ENODEV);
+  assert_int_equal(mb_device_mem_info(MB_DEVICE_CUDA, 0, &t, NULL, err, sizeof(err)), MB_EIO);
+  assert_int_equal(mbd_nvml_device_memory(0, &t, NULL, err, sizeof(err)), MB_ENODEV);
   si.lose(1, 0);
   assert_nothing_left();
   assert_int_equal(run_step(&e, 0), 0);
@@ -676,7 +689,7 @@ static uint64_t wait_group_bytes(pid_t pg, uint64_t want) {
   uint64_t b = 0;
   for (int i = 0; i < 3000; i++) {
     int n = 0;
-    if (mb__nvml_group_bytes(0, pg, &b, &n, err, sizeof(err)) == 0 && b == want)
+    if (mbd_nvml_group_bytes(0, pg, &b, &n, err, sizeof(err)) == 0 && b == want)
       break;
     usleep(10000);
   }
@@ -692,15 +705,15 @@ static void test_nvml(void **state) {
   (void)state;
   standin_bind();
   char why[200];
-  assert_true(mb__nvml_available(why, sizeof(why)));
+  assert_true(mbd_nvml_available(why, sizeof(why)));
   uint64_t total = 0, used = 0;
   /* NVML finds CUDA ordinal 0 by its PCI bus id: the machine's GPU 1 */
-  assert_int_equal(mb__nvml_device_memory(0, &total, &used, err, sizeof(err)), 0);
+  assert_int_equal(mbd_nvml_device_memory(0, &total, &used, err, sizeof(err)), 0);
   assert_int_equal(total, 768 * MiB);
   assert_int_equal(used, 0);
-  assert_int_equal(mb__nvml_device_memory(1, &total, NULL, err, sizeof(err)), 0);
+  assert_int_equal(mbd_nvml_device_memory(1, &total, NULL, err, sizeof(err)), 0);
   assert_int_equal(total, 1024 * MiB);
-  assert_int_equal(mb__nvml_device_memory(7, &total, NULL, err, sizeof(err)), MB_ENODEV);
+  assert_int_equal(mbd_nvml_device_memory(7, &total, NULL, err, sizeof(err)), MB_ENODEV);
   assert_non_null(strstr(err, "NVML: no GPU 7: the CUDA driver"));
 
   /* this process's allocation: listed under its group */
@@ -709,32 +722,32 @@ static void test_nvml(void **state) {
   int n = 0;
   assert_int_equal(mb__dev_open(MB_DEVICE_CUDA, 0, &d, err, sizeof(err)), 0);
   assert_int_equal(mb__dev_alloc(d, 64 * MiB, &dp, err, sizeof(err)), 0);
-  assert_int_equal(mb__nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), 0);
+  assert_int_equal(mbd_nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), 0);
   assert_int_equal(b, 72 * MiB);
   assert_int_equal(n, 1);
-  assert_int_equal(mb__nvml_device_memory(0, NULL, &used, err, sizeof(err)), 0);
+  assert_int_equal(mbd_nvml_device_memory(0, NULL, &used, err, sizeof(err)), 0);
   assert_int_equal(used, 72 * MiB);
-  assert_int_equal(mb__nvml_group_bytes(1, getpgid(0), &b, &n, err, sizeof(err)), 0);
+  assert_int_equal(mbd_nvml_group_bytes(1, getpgid(0), &b, &n, err, sizeof(err)), 0);
   assert_true(b == 0 && n == 0);
 
   /* NVML's faults: the list grew once (retried), grew for good, failed */
   assert_int_equal(si.nvml_fail("nvmlDeviceGetComputeRunningProcesses:1:7"), 0);
-  assert_int_equal(mb__nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), 0);
+  assert_int_equal(mbd_nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), 0);
   assert_int_equal(b, 72 * MiB);
   assert_int_equal(si.nvml_fail("nvmlDeviceGetComputeRunningProcesses:1+:7"), 0);
-  assert_int_equal(mb__nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), MB_EBACKEND);
+  assert_int_equal(mbd_nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), MB_EBACKEND);
   assert_non_null(strstr(err, "the list keeps growing"));
   assert_int_equal(si.nvml_fail("nvmlDeviceGetComputeRunningProcesses:1:999"), 0);
-  assert_int_equal(mb__nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), MB_EBACKEND);
+  assert_int_equal(mbd_nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), MB_EBACKEND);
   assert_non_null(strstr(err, "processes of GPU 0: Unknown Error"));
   assert_int_equal(si.nvml_fail("nvmlDeviceGetMemoryInfo:1:999"), 0);
-  assert_int_equal(mb__nvml_device_memory(0, &total, &used, err, sizeof(err)), MB_EBACKEND);
+  assert_int_equal(mbd_nvml_device_memory(0, &total, &used, err, sizeof(err)), MB_EBACKEND);
   assert_non_null(strstr(err, "memory of GPU 0"));
   /* a GPU that NVML cannot find by its bus id is an error, never the GPU
    * that NVML happens to number as the CUDA ordinal (here a 1 GiB one) */
   assert_int_equal(si.nvml_fail("nvmlDeviceGetHandleByPciBusId:1:6"), 0);
   total = 0;
-  assert_int_equal(mb__nvml_device_memory(0, &total, NULL, err, sizeof(err)), MB_ENODEV);
+  assert_int_equal(mbd_nvml_device_memory(0, &total, NULL, err, sizeof(err)), MB_ENODEV);
   assert_int_equal(total, 0);
   assert_non_null(strstr(err, "0000:b3:00.0"));
   assert_int_equal(si.nvml_fail(""), 0);
@@ -747,21 +760,21 @@ static void test_nvml(void **state) {
   pid_t w = start_worker(48, &port);
   assert_int_equal(wait_group_bytes(w, 56 * MiB), 56 * MiB);
   int pids[2] = {w, 999999};
-  assert_int_equal(mb__nvml_wait_released(0, pids, 2, 100), MB_ETIMEDOUT);
+  assert_int_equal(mbd_nvml_wait_released(0, pids, 2, 100), MB_ETIMEDOUT);
   stop_worker(w);
-  assert_int_equal(mb__nvml_wait_released(0, pids, 2, 50), MB_ETIMEDOUT); /* still listed */
-  assert_int_equal(mb__nvml_wait_released(0, pids, 2, 20000), 0);
-  assert_int_equal(mb__nvml_device_memory(0, NULL, &used, err, sizeof(err)), 0);
+  assert_int_equal(mbd_nvml_wait_released(0, pids, 2, 50), MB_ETIMEDOUT); /* still listed */
+  assert_int_equal(mbd_nvml_wait_released(0, pids, 2, 20000), 0);
+  assert_int_equal(mbd_nvml_device_memory(0, NULL, &used, err, sizeof(err)), 0);
   assert_int_equal(used, 0);
   /* NVML failing while waiting: nothing more to learn, no wait */
   w = start_worker(8, &port);
   assert_int_equal(wait_group_bytes(w, 16 * MiB), 16 * MiB);
   pids[0] = w;
   assert_int_equal(si.nvml_fail("nvmlDeviceGetComputeRunningProcesses:1+:999"), 0);
-  assert_int_equal(mb__nvml_wait_released(0, pids, 1, 20000), 0);
+  assert_int_equal(mbd_nvml_wait_released(0, pids, 1, 20000), 0);
   assert_int_equal(si.nvml_fail(""), 0);
   stop_worker(w);
-  assert_int_equal(mb__nvml_wait_released(0, pids, 1, 20000), 0);
+  assert_int_equal(mbd_nvml_wait_released(0, pids, 1, 20000), 0);
   assert_nothing_left();
 }
 
@@ -769,7 +782,7 @@ static void test_nvml(void **state) {
 
 static int state_of(pid_t pid) {
   int st = -1;
-  assert_int_equal(mb__ckpt_get_state(pid, &st, err, sizeof(err)), 0);
+  assert_int_equal(mbd_ckpt_get_state(pid, &st, err, sizeof(err)), 0);
   return st;
 }
 
@@ -777,62 +790,62 @@ static void test_checkpoint(void **state) {
   (void)state;
   standin_bind();
   char why[256];
-  assert_true(mb__ckpt_available(why, sizeof(why)));
+  assert_true(mbd_ckpt_available(why, sizeof(why)));
   int port = 0;
   pid_t w = start_worker(40, &port);
   assert_int_equal(wait_group_bytes(w, 48 * MiB), 48 * MiB);
   wait_http(port);
   char sum1[256], sum2[256];
   assert_int_equal(http_get(port, "/infer", sum1, sizeof(sum1)), 0);
-  assert_int_equal(state_of(w), MB__CKPT_RUNNING);
+  assert_int_equal(state_of(w), MBD_CKPT_RUNNING);
 
   /* suspend: the device memory goes to the host; resume brings it back */
   uint64_t used = 0;
-  assert_int_equal(mb__ckpt_suspend(w, 5000, err, sizeof(err)), 0);
-  assert_int_equal(state_of(w), MB__CKPT_CHECKPOINTED);
+  assert_int_equal(mbd_ckpt_suspend(w, 5000, err, sizeof(err)), 0);
+  assert_int_equal(state_of(w), MBD_CKPT_CHECKPOINTED);
   assert_int_equal(wait_group_bytes(w, 0), 0);
-  assert_int_equal(mb__nvml_device_memory(0, NULL, &used, err, sizeof(err)), 0);
+  assert_int_equal(mbd_nvml_device_memory(0, NULL, &used, err, sizeof(err)), 0);
   assert_int_equal(used, 0);
-  assert_int_equal(mb__ckpt_suspend(w, 5000, err, sizeof(err)), MB_EBACKEND); /* twice */
+  assert_int_equal(mbd_ckpt_suspend(w, 5000, err, sizeof(err)), MB_EBACKEND); /* twice */
   assert_non_null(strstr(err, "CUDA_ERROR_ILLEGAL_STATE"));
-  assert_int_equal(mb__ckpt_resume(w, err, sizeof(err)), 0);
-  assert_int_equal(state_of(w), MB__CKPT_RUNNING);
+  assert_int_equal(mbd_ckpt_resume(w, err, sizeof(err)), 0);
+  assert_int_equal(state_of(w), MBD_CKPT_RUNNING);
   assert_int_equal(wait_group_bytes(w, 48 * MiB), 48 * MiB);
   assert_int_equal(http_get(port, "/infer", sum2, sizeof(sum2)), 0);
   assert_string_equal(sum1, sum2); /* same process, same answer */
 
   /* the driver's refusals, each leaving the process as the driver says */
-  assert_int_equal(mb__ckpt_resume(w, err, sizeof(err)), MB_EBACKEND);
+  assert_int_equal(mbd_ckpt_resume(w, err, sizeof(err)), MB_EBACKEND);
   assert_non_null(strstr(err, "restoring the GPU memory of process"));
   assert_int_equal(si.set_fail("cuCheckpointProcessLock:1:600"), 0); /* the lock timed out */
-  assert_int_equal(mb__ckpt_suspend(w, 10, err, sizeof(err)), MB_ETIMEDOUT);
+  assert_int_equal(mbd_ckpt_suspend(w, 10, err, sizeof(err)), MB_ETIMEDOUT);
   assert_non_null(strstr(err, "CUDA_ERROR_NOT_READY"));
   assert_int_equal(si.set_fail("cuCheckpointProcessCheckpoint:1:999"), 0);
-  assert_int_equal(mb__ckpt_suspend(w, 1000, err, sizeof(err)), MB_EBACKEND);
+  assert_int_equal(mbd_ckpt_suspend(w, 1000, err, sizeof(err)), MB_EBACKEND);
   assert_non_null(strstr(err, "checkpointing the GPU memory"));
-  assert_int_equal(state_of(w), MB__CKPT_RUNNING); /* unlocked again */
+  assert_int_equal(state_of(w), MBD_CKPT_RUNNING); /* unlocked again */
   assert_int_equal(si.set_fail("cuCheckpointProcessRestore:1:2"), 0);
-  assert_int_equal(mb__ckpt_suspend(w, 1000, err, sizeof(err)), 0);
-  assert_int_equal(mb__ckpt_resume(w, err, sizeof(err)), MB_EBACKEND);
+  assert_int_equal(mbd_ckpt_suspend(w, 1000, err, sizeof(err)), 0);
+  assert_int_equal(mbd_ckpt_resume(w, err, sizeof(err)), MB_EBACKEND);
   assert_non_null(strstr(err, "CUDA_ERROR_OUT_OF_MEMORY"));
-  assert_int_equal(state_of(w), MB__CKPT_CHECKPOINTED);
+  assert_int_equal(state_of(w), MBD_CKPT_CHECKPOINTED);
   assert_int_equal(si.set_fail("cuCheckpointProcessUnlock:1:999"), 0);
-  assert_int_equal(mb__ckpt_resume(w, err, sizeof(err)), MB_EBACKEND);
+  assert_int_equal(mbd_ckpt_resume(w, err, sizeof(err)), MB_EBACKEND);
   assert_non_null(strstr(err, "unlocking the CUDA calls"));
-  assert_int_equal(state_of(w), MB__CKPT_LOCKED);
+  assert_int_equal(state_of(w), MBD_CKPT_LOCKED);
   assert_int_equal(si.set_fail("cuCheckpointProcessGetState:1:999"), 0);
   int st = 0;
-  assert_int_equal(mb__ckpt_get_state(w, &st, err, sizeof(err)), MB_EBACKEND);
+  assert_int_equal(mbd_ckpt_get_state(w, &st, err, sizeof(err)), MB_EBACKEND);
   assert_int_equal(si.set_fail("cuCheckpointProcessLock:1:12345"), 0); /* no name for it */
-  assert_int_equal(mb__ckpt_suspend(getpid(), 10, err, sizeof(err)), MB_EBACKEND);
+  assert_int_equal(mbd_ckpt_suspend(getpid(), 10, err, sizeof(err)), MB_EBACKEND);
   si.set_fail("");
   assert_non_null(strstr(err, "unknown error"));
   stop_worker(w);
   /* a process that does not use CUDA */
-  assert_int_equal(mb__ckpt_get_state(1, &st, err, sizeof(err)), MB_EBACKEND);
+  assert_int_equal(mbd_ckpt_get_state(1, &st, err, sizeof(err)), MB_EBACKEND);
   assert_non_null(strstr(err, "CUDA_ERROR_INVALID_VALUE"));
   int pids[1] = {w};
-  assert_int_equal(mb__nvml_wait_released(0, pids, 1, 20000), 0);
+  assert_int_equal(mbd_nvml_wait_released(0, pids, 1, 20000), 0);
   assert_no_misuse();
 }
 
@@ -857,12 +870,12 @@ static void test_shared_handle(void **state) {
 static void test_old_driver(void **state) {
   (void)state;
   char why[256] = "";
-  assert_false(mb__ckpt_available(why, sizeof(why)));
+  assert_false(mbd_ckpt_available(why, sizeof(why)));
   assert_non_null(strstr(why, "has no checkpoint API"));
-  assert_int_equal(mb__ckpt_suspend(getpid(), 10, err, sizeof(err)), MB_ENODEV);
-  assert_int_equal(mb__ckpt_resume(getpid(), err, sizeof(err)), MB_ENODEV);
+  assert_int_equal(mbd_ckpt_suspend(getpid(), 10, err, sizeof(err)), MB_ENODEV);
+  assert_int_equal(mbd_ckpt_resume(getpid(), err, sizeof(err)), MB_ENODEV);
   int st;
-  assert_int_equal(mb__ckpt_get_state(getpid(), &st, err, sizeof(err)), MB_ENODEV);
+  assert_int_equal(mbd_ckpt_get_state(getpid(), &st, err, sizeof(err)), MB_ENODEV);
   standin_bind();
   mb__dev *d = NULL;
   assert_int_equal(mb__dev_open(MB_DEVICE_CUDA, 0, &d, err, sizeof(err)), 0);
@@ -872,8 +885,8 @@ static void test_old_driver(void **state) {
   uint64_t dp = 0, b = 0;
   int n = 0;
   assert_int_equal(mb__dev_alloc(d, 16 * MiB, &dp, err, sizeof(err)), 0);
-  assert_true(mb__nvml_available(NULL, 0));
-  assert_int_equal(mb__nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), 0);
+  assert_true(mbd_nvml_available(NULL, 0));
+  assert_int_equal(mbd_nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), 0);
   assert_int_equal(b, 24 * MiB);
   /* no lookup by bus id here: by index, and an index NVML refuses */
   void *nv = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_NOLOAD);
@@ -882,13 +895,13 @@ static void test_old_driver(void **state) {
   memcpy(&nvml_fail, &f, sizeof(f));
   assert_non_null(nvml_fail);
   assert_int_equal(nvml_fail("nvmlDeviceGetHandleByIndex:1:2"), 0);
-  assert_int_equal(mb__nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), MB_ENODEV);
+  assert_int_equal(mbd_nvml_group_bytes(0, getpgid(0), &b, &n, err, sizeof(err)), MB_ENODEV);
   assert_non_null(strstr(err, "NVML: no GPU 0 (Invalid Argument)"));
   mb__dev_free(d, dp);
   mb__dev_close(d);
   /* the stable-address option cannot load here, and says why */
   const char *paths[1] = {g_st};
-  mb_tensors_opts to = {.stable_addresses = 1, .no_fallback = 1};
+  mb_tensors_opts to = tensors_opts(1, 0, 0);
   mb_tensors_model *m = NULL;
   assert_int_equal(mb_tensors_model_new(paths, 1, &to, &m, err, sizeof(err)), 0);
   step_env e;
@@ -904,7 +917,7 @@ static void test_old_driver(void **state) {
 static void test_minimal_driver(void **state) {
   (void)state;
   uint64_t total = 0;
-  assert_int_equal(mb__device_mem_info(MB_DEVICE_CUDA, 0, &total, NULL, err, sizeof(err)), 0);
+  assert_int_equal(mb_device_mem_info(MB_DEVICE_CUDA, 0, &total, NULL, err, sizeof(err)), 0);
   assert_int_equal(total, 1024 * MiB);
   standin_bind();
   assert_int_equal(si.calls("cuDevicePrimaryCtxRetain"), 1);
@@ -917,10 +930,10 @@ static void test_minimal_driver(void **state) {
   assert_non_null(strstr(err, "no virtual memory management"));
   mb__dev_close(d);
   char why[256] = "";
-  assert_false(mb__nvml_available(why, sizeof(why)));
+  assert_false(mbd_nvml_available(why, sizeof(why)));
   assert_non_null(strstr(why, "lacks the calls needed"));
-  assert_false(mb__ckpt_available(why, sizeof(why)));
-  assert_int_equal(mb__nvml_wait_released(0, (int[]){1}, 1, 1000), 0);
+  assert_false(mbd_ckpt_available(why, sizeof(why)));
+  assert_int_equal(mbd_nvml_wait_released(0, (int[]){1}, 1, 1000), 0);
   assert_nothing_left();
 }
 
@@ -930,9 +943,9 @@ static void test_driver_without_gpu(void **state) {
   char why[256] = "";
   assert_false(mb__cuda_usable(why, sizeof(why)));
   assert_non_null(strstr(why, "cuInit failed (CUDA error 100)"));
-  assert_false(mb__ckpt_available(why, sizeof(why)));
+  assert_false(mbd_ckpt_available(why, sizeof(why)));
   assert_non_null(strstr(why, "cuInit failed (CUDA error 100)"));
-  assert_false(mb__nvml_available(why, sizeof(why)));
+  assert_false(mbd_nvml_available(why, sizeof(why)));
   assert_non_null(strstr(why, "nvmlInit failed (Unknown Error)"));
   uint64_t t = 0;
   assert_int_equal(mb__cuda_total_mem(0, &t, err, sizeof(err)), MB_ENODEV);
@@ -950,8 +963,8 @@ static void test_no_driver(void **state) {
   char why[256] = "";
   assert_false(mb__cuda_usable(why, sizeof(why)));
   assert_non_null(strstr(why, "no CUDA driver"));
-  assert_false(mb__ckpt_available(why, sizeof(why)));
-  assert_false(mb__nvml_available(why, sizeof(why)));
+  assert_false(mbd_ckpt_available(why, sizeof(why)));
+  assert_false(mbd_nvml_available(why, sizeof(why)));
   mb__dev *d = NULL;
   assert_int_equal(mb__dev_open(MB_DEVICE_CUDA, 0, &d, err, sizeof(err)), MB_ENODEV);
   assert_int_equal(mb__cuda_total_mem(0, NULL, err, sizeof(err)), MB_ENODEV);
@@ -966,12 +979,12 @@ static void write_models(void) {
   }
   snprintf(g_st, sizeof(g_st), "%s/m.safetensors", g_dir);
   snprintf(g_gguf, sizeof(g_gguf), "%s/m.gguf", g_dir);
-  mb__mkmodel_opts o = {.path = g_st, .format = MB_TENSOR_FORMAT_SAFETENSORS,
+  cli_mkmodel_opts o = {.path = g_st, .format = MB_TENSOR_FORMAT_SAFETENSORS,
                         .size_bytes = 6 * MiB, .seed = 11};
-  mb__mkmodel_opts o2 = {.path = g_gguf, .format = MB_TENSOR_FORMAT_GGUF,
+  cli_mkmodel_opts o2 = {.path = g_gguf, .format = MB_TENSOR_FORMAT_GGUF,
                          .size_bytes = 5 * MiB, .seed = 12};
-  if (mb__mkmodel_write(&o, NULL, err, sizeof(err)) != 0 ||
-      mb__mkmodel_write(&o2, NULL, err, sizeof(err)) != 0) {
+  if (cli_mkmodel_write(&o, NULL, err, sizeof(err)) != 0 ||
+      cli_mkmodel_write(&o2, NULL, err, sizeof(err)) != 0) {
     fprintf(stderr, "mkmodel: %s\n", err);
     exit(1);
   }

@@ -672,7 +672,7 @@ static void test_many_errors(void **state) {
       "    start_timeout: 0\n"                     /* 14 */
       "    health: health\n"                       /* 15 */
       "    hooks: {offload: {method: FETCH}}\n"    /* 16 */
-      "  b/c:\n"                                   /* 17 */
+      "  b//c:\n"                                  /* 17 */
       "    cmd: [y]\n"                             /* 18 */
       "  d:\n"                                     /* 19 */
       "    env: {A: \"${NOPE}\"}\n";               /* 20 */
@@ -693,7 +693,7 @@ static void test_many_errors(void **state) {
   assert_diag_has(&diag, "t.yaml:15:13: models.a.health: must be a path starting with '/'");
   assert_diag_has(&diag, "models.a.hooks.offload.method: unknown HTTP method 'FETCH'");
   assert_diag_has(&diag, "models.a.hooks.offload: a hook needs a path");
-  assert_diag_has(&diag, "t.yaml:17:3: models.b/c: bad model name");
+  assert_diag_has(&diag, "t.yaml:17:3: models.b//c: bad model name");
   assert_diag_has(&diag, "t.yaml:19:3: models.d: missing cmd");
   assert_diag_has(&diag, "t.yaml:20:14: models.d.env.A: environment variable 'NOPE' is not set");
   assert_int_equal(diag.n, 16);
@@ -809,6 +809,75 @@ static void test_model_names(void **state) {
             "  \"é\": {cmd: [x]}\n  x: {cmd: [x], aliases: [\"../etc\"]}\n",
             &diag);
   assert_int_equal(diag.n, 5);
+  mbd_diag_free(&diag);
+}
+
+/* Names as Hugging Face and vLLM clients send them: "org/model". */
+static void test_names_with_slash(void **state) {
+  mbd_config *cfg;
+  mbd_diag diag;
+
+  (void)state;
+  cfg = parse_ok("models:\n  Qwen/Qwen2.5-7B-Instruct:\n    cmd: [x]\n"
+                 "    aliases: [meta-llama/Llama-3.1-8B, gpt-4o-mini]\n");
+  assert_string_equal(cfg->models[0].name, "Qwen/Qwen2.5-7B-Instruct");
+  assert_string_equal(cfg->models[0].aliases[0], "meta-llama/Llama-3.1-8B");
+  assert_non_null(mbd_config_find_model(cfg, "meta-llama/Llama-3.1-8B"));
+  mbd_config_free(cfg);
+
+  static const char *const good[] = {"a/b", "org/model.v2", "a/b/c", "a:1/b_2", "x/...a",
+                                     "..a/b"};
+  static const char *const bad[] = {"/a",   "a/",  "a//b",  "a/../b", "a/./b", "./a",
+                                    "a/..", "..",  "/",     "a b/c",  "a/b%2F", ""};
+  for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+    assert_true(mbd_model_name_valid(good[i]));
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    if (mbd_model_name_valid(bad[i]))
+      fail_msg("'%s' passed as a name", bad[i]);
+  }
+  parse_bad("models:\n  \"a/../b\": {cmd: [x]}\n  c: {cmd: [x], aliases: [\"x//y\"]}\n", &diag);
+  assert_diag_has(&diag, "models.a/../b: bad model name");
+  assert_diag_has(&diag, "models.c.aliases[0]: bad alias 'x//y'");
+  mbd_diag_free(&diag);
+}
+
+/* preload, cleanup, openai, compat. */
+static void test_python_api_keys(void **state) {
+  mbd_config *cfg;
+  mbd_diag diag;
+
+  (void)state;
+  cfg = parse_ok("compat: {model: gpt}\n"
+                 "models:\n"
+                 "  a: {cmd: [x], preload: true, priority: 5, cleanup: after_request,\n"
+                 "      hooks: {cleanup: {path: /cleanup}}}\n"
+                 "  b: {cmd: [x], aliases: [gpt]}\n"
+                 "  c: {cmd: [x], openai: true, cleanup: manual}\n"
+                 "  d: {cmd: [x], aliases: [e], openai: false}\n");
+  assert_string_equal(cfg->compat_model, "gpt");
+  assert_int_equal(cfg->models[0].preload, 1);
+  assert_int_equal(cfg->models[0].cleanup, MBD_CLEANUP_AFTER_REQUEST);
+  assert_int_equal(cfg->models[0].openai, 0); /* no aliases, not asked */
+  assert_int_equal(cfg->models[1].preload, 0);
+  assert_int_equal(cfg->models[1].cleanup, MBD_CLEANUP_MANUAL);
+  assert_int_equal(cfg->models[1].openai, 1); /* an alias: it speaks OpenAI */
+  assert_int_equal(cfg->models[2].openai, 1);
+  assert_int_equal(cfg->models[3].openai, 0);
+  mbd_config_free(cfg);
+
+  parse_bad("compat: {model: nope, other: 1}\n"
+            "models:\n"
+            "  a: {cmd: [x], cleanup: after_request}\n"
+            "  t: {backend: tensors, files: [/x.gguf], cleanup: after_request}\n"
+            "  u: {cmd: [x], cleanup: always, preload: maybe, openai: 2}\n",
+            &diag);
+  assert_diag_has(&diag, "t.yaml:1:17: compat.model: no model or alias is called 'nope'");
+  assert_diag_has(&diag, "compat.other: unknown key");
+  assert_diag_has(&diag, "models.a: cleanup: after_request needs hooks.cleanup");
+  assert_diag_has(&diag, "models.t: cleanup: after_request is only for backend process");
+  assert_diag_has(&diag, "models.u.cleanup: unknown cleanup 'always' (manual or after_request)");
+  assert_diag_has(&diag, "models.u.preload: expected true or false");
+  assert_diag_has(&diag, "models.u.openai: expected true or false");
   mbd_diag_free(&diag);
 }
 
@@ -1366,6 +1435,8 @@ int main(void) {
       cmocka_unit_test(test_wrong_types),
       cmocka_unit_test(test_duplicates),
       cmocka_unit_test(test_model_names),
+      cmocka_unit_test(test_names_with_slash),
+      cmocka_unit_test(test_python_api_keys),
       cmocka_unit_test(test_env_errors_in_config),
       cmocka_unit_test(test_bad_yaml),
       cmocka_unit_test(test_yaml_aliases_and_depth),

@@ -41,7 +41,7 @@ static lc_input make(int n, uint64_t bytes, uint64_t grow, double load_ms, doubl
     c->dev_residue = (int64_t)(i % 2 ? 200000 : -100000); /* noise, no trend */
     c->os_residue = 0;
   }
-  lc_input in = {"m", "cuda:0", 1, 80 * GiB, 32 * GiB, cyc, n, NULL, NULL};
+  lc_input in = {"m", "cuda:0", 1, 80 * GiB, 32 * GiB, cyc, n, NULL, NULL, "process"};
   return in;
 }
 
@@ -149,6 +149,115 @@ static void test_leak_is_flagged(void **state) {
   in = make(2, 1 * GiB, 64 * MiB, 3000, 600);
   lc_analyse(&in, &r);
   assert_int_equal(r.leaks, -1);
+}
+
+/* The tiers of the leak over the run, next to the slope. */
+static void test_leak_tiers(void **state) {
+  (void)state;
+  lc_report r;
+  lc_input in = make(8, 4 * GiB, 0, 3000, 600);
+  lc_analyse(&in, &r);
+  assert_string_equal(r.tier, "PASS");
+  assert_true(r.growth_run_bytes < 1 * MiB);
+  /* 8 MiB a cycle, counted from the second cycle: 48 MiB over the run. */
+  in = make(8, 1 * GiB, 8 * MiB, 3000, 600);
+  lc_analyse(&in, &r);
+  assert_string_equal(r.tier, "CAUTION");
+  assert_true(r.growth_run_bytes == 48.0 * MiB);
+  in = make(8, 1 * GiB, 9 * MiB, 3000, 600);
+  lc_analyse(&in, &r);
+  assert_string_equal(r.tier, "FAIL"); /* 54 MiB */
+  /* What stays after the unloads adds up over the run. */
+  in = make(6, 1 * GiB, 0, 3000, 600);
+  for (int i = 0; i < 6; i++)
+    cyc[i].os_residue = cyc[i].dev_residue = (int64_t)(i < 5 ? 2 * MiB : 0);
+  lc_analyse(&in, &r);
+  assert_true(r.growth_run_bytes == 20.0 * MiB); /* device and OS: 2 + 2 a cycle */
+  assert_string_equal(r.tier, "CAUTION");
+  /* A worker restarted every cycle that keeps 16 MiB per restore, three
+   * restores a residency: 48 MiB within each run of it. */
+  in = make(6, 1 * GiB, 0, 3000, 600);
+  for (int i = 0; i < 6; i++) {
+    cyc[i].restore_growth = 16.0 * MiB;
+    cyc[i].restores = 3;
+  }
+  lc_analyse(&in, &r);
+  assert_true(r.growth_run_bytes == 48.0 * MiB);
+  assert_string_equal(r.tier, "CAUTION");
+  /* The lines: under 10 MiB PASS, 10 to 50 CAUTION, above FAIL. */
+  in = make(4, 1 * GiB, 0, 3000, 600);
+  for (int i = 0; i < 4; i++)
+    cyc[i].os_residue = cyc[i].dev_residue = 0;
+  cyc[0].dev_residue = (int64_t)(10 * MiB - 1);
+  lc_analyse(&in, &r);
+  assert_string_equal(r.tier, "PASS");
+  cyc[0].dev_residue = (int64_t)(10 * MiB);
+  lc_analyse(&in, &r);
+  assert_string_equal(r.tier, "CAUTION");
+  cyc[0].dev_residue = (int64_t)(50 * MiB);
+  lc_analyse(&in, &r);
+  assert_string_equal(r.tier, "CAUTION");
+  cyc[0].dev_residue = (int64_t)(50 * MiB + 1);
+  lc_analyse(&in, &r);
+  assert_string_equal(r.tier, "FAIL");
+  char *j = lc_json(&in, &r);
+  assert_non_null(strstr(j, "\"leak_tier\":\"FAIL\""));
+  assert_non_null(strstr(j, "\"backend\":\"process\""));
+  free(j);
+}
+
+/* Several models in one table, the average reclamation and the plan. */
+static void test_compare(void **state) {
+  (void)state;
+  lc_run runs[3];
+  memset(runs, 0, sizeof(runs));
+  lc_input in = make(4, 1 * GiB, 0, 3000, 600); /* 1 GiB + 64 MiB peak */
+  in.model = "small";
+  assert_int_equal(lc_collect(&in, &runs[0]), 0);
+  in = make(4, 3 * GiB, 0, 9000, 600); /* 3 GiB + 64 MiB: the largest */
+  in.model = "large";
+  in.backend = "tensors";
+  for (int i = 0; i < 4; i++)
+    cyc[i].dev_residue = (int64_t)(i == 3 ? (3 * GiB + 64 * MiB) / 10 : 0); /* 90% back */
+  assert_int_equal(lc_collect(&in, &runs[1]), 0);
+  snprintf(runs[2].model, sizeof(runs[2].model), "broken");
+  runs[2].status = 1;
+  assert_string_equal(runs[1].in.model, "large"); /* copied, not borrowed */
+
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  assert_int_equal(lc_compare_output(f, runs, 3, 0), 1); /* one failed */
+  fclose(f);
+  assert_non_null(strstr(text, "small"));
+  assert_non_null(strstr(text, "tensors"));
+  assert_non_null(strstr(text, "broken                   failed (exit status 1)"));
+  /* (100 + 90) / 2 */
+  assert_non_null(strstr(text, "average reclamation: 95.0%"));
+  /* 1.5 x (3 GiB + 64 MiB) = 4.59 GiB per model: 17 fit in 80 GiB. */
+  assert_non_null(strstr(text, "memory plan on cuda:0 (usable 80.00 GiB)"));
+  assert_non_null(strstr(text, "(large, 3.06 GiB): 4.59 GiB per model, 17 fit at once"));
+  assert_non_null(strstr(text, "small                    1.5x 1.06 GiB = 1.59 GiB: 50 fit"));
+  assert_non_null(strstr(text, "all of them at once: 6.19 GiB, fits"));
+  free(text);
+
+  text = NULL;
+  f = open_memstream(&text, &len);
+  /* What large keeps after its unloads (307 MiB) is a FAIL over the run. */
+  assert_int_equal(lc_compare_output(f, runs, 2, 1), 4);
+  fclose(f);
+  assert_non_null(strstr(text, "\"average_reclaimed_pct\":95.0"));
+  assert_non_null(strstr(text, "\"largest_model\":\"large\""));
+  assert_non_null(strstr(text, "\"fit_at_reserve\":17"));
+  assert_non_null(strstr(text, "\"failed\":[]"));
+  assert_non_null(strstr(text, "\"leak_tier\":\"FAIL\""));
+  free(text);
+  /* Clean models: status 0. */
+  f = fopen("/dev/null", "w");
+  assert_int_equal(lc_compare_output(f, runs, 1, 0), 0);
+  fclose(f);
+  lc_run_free(&runs[0]);
+  lc_run_free(&runs[1]);
 }
 
 static void test_load_time_lines(void **state) {
@@ -287,6 +396,8 @@ int main(void) {
       cmocka_unit_test(test_footprint_on_the_host_device),
       cmocka_unit_test(test_clean_model_passes),
       cmocka_unit_test(test_leak_is_flagged),
+      cmocka_unit_test(test_leak_tiers),
+      cmocka_unit_test(test_compare),
       cmocka_unit_test(test_load_time_lines),
       cmocka_unit_test(test_offload_or_unload),
       cmocka_unit_test(test_break_even_keep_alive),

@@ -14,6 +14,10 @@ to start). It holds a block of real memory as its "weights" and answers:
   POST /unload-hook     the unload hook: writes --unload-mark FILE
   GET  /children        {"pids": [...], "sid": N}: the processes it started
 
+--record FILE appends the path of every POST it gets to FILE, a line each,
+as it starts (the order of requests and hooks); --cleanup-gate FILE makes
+POST /cleanup wait (up to 60 s) until FILE exists.
+
 Fault modes (flags): --exit-early (prints and exits 3), --never-healthy,
 --ignore-term (ignores SIGTERM), --slow-start MS, --alloc-mb N (weights),
 --grow-mb N (keeps N MiB more after every restore), --child SECONDS (a child
@@ -43,7 +47,16 @@ p.add_argument("--grow-mb", type=int, default=0)
 p.add_argument("--child", type=int, default=0)
 p.add_argument("--setsid-child", type=int, default=0)
 p.add_argument("--unload-mark", default="")
+p.add_argument("--record", default="")
+p.add_argument("--cleanup-gate", default="")
 a = p.parse_args()
+
+
+def record(path):
+    if a.record:
+        with open(a.record, "a") as f:
+            f.write(path + "\n")
+
 
 print(f"test_worker {a.model} starting on port {a.port}", flush=True)
 if a.exit_early:
@@ -139,6 +152,7 @@ class H(BaseHTTPRequestHandler):
 
     def do_POST(self):
         u = urlparse(self.path)
+        record(u.path)
         while hung["on"]:
             time.sleep(3600)
         if u.path == "/crash":  # dies in the middle of the request
@@ -194,6 +208,10 @@ class H(BaseHTTPRequestHandler):
             state["kept"].append(blk)
             return self.send_json(200, {"kept_mb": sum(len(k) for k in state["kept"]) // MiB})
         if u.path == "/cleanup":
+            deadline = time.time() + 60
+            while a.cleanup_gate and not os.path.exists(a.cleanup_gate) and time.time() < deadline:
+                time.sleep(0.01)
+            record("/cleanup-done")
             return self.send_json(200, {"freed": 0})
         return self.send_json(404, {"error": "no route " + u.path})
 
