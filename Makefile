@@ -5,11 +5,12 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
+COV_BUILD  ?= build-cov
 MESON_OPTS ?=
 # CI builds treat warnings as errors; so do we by default.
 WERROR     ?= true
 
-.PHONY: all deps test-deps build run test test-gpu asan tsan fuzz bench clean
+.PHONY: all deps test-deps build run test test-gpu asan tsan fuzz bench coverage clean
 
 all: build
 
@@ -79,5 +80,26 @@ test-gpu: build
 	$(BUILD)/tests/gpu/test_cuda_device
 	python3 tests/gpu/daemon_gpu.py --build $(BUILD)
 
+# Line coverage of make test's suites (gcovr, Debian's gcovr package): a
+# build with --coverage runs every suite, then gcovr prints the GPU code
+# (the library's device layer, tensors backend and loader; the daemon's
+# nvml.c, gpu_checkpoint.c, worker.c and daemon.c; run against the stand-in
+# driver of tests/gpu_standin) and writes the whole tree's report to
+# $(COV_BUILD)/coverage.txt.
+COV_FILES = lib/device_cuda.c lib/device_host.c lib/backend_tensors.c lib/tensor/loader.c \
+            daemon/nvml.c daemon/gpu_checkpoint.c daemon/worker.c daemon/daemon.c
+$(COV_BUILD)/build.ninja:
+	@scripts/deps.sh --coverage
+	meson setup $(COV_BUILD) -Dwerror=$(WERROR) -Db_coverage=true -Dbuildtype=debug $(MESON_OPTS)
+
+coverage: $(COV_BUILD)/build.ninja
+	@scripts/deps.sh --coverage
+	ninja -C $(COV_BUILD)
+	find $(COV_BUILD) -name '*.gcda' -delete
+	meson test -C $(COV_BUILD) --print-errorlogs
+	gcovr -r . $(COV_BUILD) --exclude 'tests/.*' --exclude 'bench/.*' --exclude 'examples/.*' \
+	  -o $(COV_BUILD)/coverage.txt
+	gcovr -r . $(COV_BUILD) $(foreach f,$(COV_FILES),--filter $(f)) --print-summary
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(COV_BUILD)

@@ -95,15 +95,30 @@ int mbd_nvml_available(char *why, size_t why_len) {
  * PCI order, while the driver numbers those CUDA_VISIBLE_DEVICES lets it
  * see, fastest first: the two agree only on a machine of identical GPUs
  * with nothing hidden. So the GPU is found by its PCI bus id, which the
- * driver gives; by index only where that cannot be had.
+ * driver gives; by index only where that cannot be had (no driver, or one
+ * or an NVML without the call). A bus id that NVML does not find, or that
+ * the driver fails to give (a lost GPU), is an error: NVML's GPU of the
+ * same index may be another one.
  */
 static int device(int ordinal, nvml_device *d, char *err, size_t err_len) {
   if (!mbd_nvml_available(err, err_len))
     return MB_ENODEV;
   char bus[32];
-  if (ordinal >= 0 && nv.device_by_pci != NULL &&
-      mb__device_pci_bus_id(ordinal, bus, sizeof(bus)) == 0 && nv.device_by_pci(bus, d) == 0)
-    return 0;
+  int brc = ordinal >= 0 ? mb__device_pci_bus_id(ordinal, bus, sizeof(bus)) : MB_ENODEV;
+  if (brc == 0 && nv.device_by_pci != NULL) {
+    nvml_ret r = nv.device_by_pci(bus, d);
+    if (r == 0)
+      return 0;
+    mb__set_err(err, err_len, "NVML: no GPU %d at PCI bus id %s (%s)", ordinal, bus,
+                nv.error_string ? nv.error_string(r) : "error");
+    return MB_ENODEV;
+  }
+  if (brc != 0 && brc != MB_ENOTSUP) {
+    mb__set_err(err, err_len,
+                "NVML: no GPU %d: the CUDA driver has no such GPU or cannot give its PCI bus id",
+                ordinal);
+    return MB_ENODEV;
+  }
   nvml_ret r = ordinal < 0 ? 1 : nv.device_by_index((unsigned)ordinal, d);
   if (r != 0) {
     mb__set_err(err, err_len, "NVML: no GPU %d (%s)", ordinal,

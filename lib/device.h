@@ -19,7 +19,9 @@
 
 /* The PCI bus id ("0000:65:00.0") of CUDA ordinal as this process's driver
  * numbers GPUs (after CUDA_VISIBLE_DEVICES), into buf (16 to 256 bytes):
- * how NVML finds the same GPU. MB_ENODEV without a driver or CUDA build. */
+ * how NVML finds the same GPU. MB_ENOTSUP when it cannot be had here (no
+ * CUDA build, no driver or GPU, a driver without the call); MB_ENODEV when
+ * the driver has no such GPU or fails to answer for it (a lost GPU). */
 int mb__device_pci_bus_id(int ordinal, char *buf, size_t len);
 
 /* Host device: memory from /proc/meminfo (sysinfo as a fallback). */

@@ -70,7 +70,7 @@ int mb__device_pci_bus_id(int ordinal, char *buf, size_t len) {
   return mb__cuda_pci_bus_id(ordinal, buf, len);
 #else
   (void)ordinal, (void)buf, (void)len;
-  return MB_ENODEV;
+  return MB_ENOTSUP;
 #endif
 }
 

@@ -4,6 +4,7 @@
 # Usage: scripts/deps.sh            (as root, or with sudo available)
 #        scripts/deps.sh --bench    also what the benchmarks compare against
 #                                   (nginx as a plain reverse proxy)
+#        scripts/deps.sh --coverage also gcovr, for make coverage
 set -eu
 
 PKGS="
@@ -39,6 +40,9 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 fi
 if [ "${1:-}" = "--bench" ]; then
   PKGS="$PKGS nginx-light"
+fi
+if [ "${1:-}" = "--coverage" ]; then
+  PKGS="$PKGS gcovr"
 fi
 
 missing=""
