@@ -26,7 +26,9 @@ from test_daemon import SLOW, Daemon, worker  # noqa: E402
 
 try:
     from selenium import webdriver
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import (NoSuchElementException,
+                                            StaleElementReferenceException,
+                                            TimeoutException)
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -224,7 +226,12 @@ def console_errors(drv, allow=()):
 
 def wait(drv, pred, what, timeout=WAIT):
     try:
-        return WebDriverWait(drv, timeout, poll_frequency=0.05).until(lambda _: pred())
+        # The page redraws its rows as the daemon's state comes in: an element
+        # found a moment ago may be gone by the time it is read; look again.
+        return WebDriverWait(drv, timeout, poll_frequency=0.05,
+                             ignored_exceptions=(NoSuchElementException,
+                                                 StaleElementReferenceException)
+                             ).until(lambda _: pred())
     except TimeoutException:
         raise AssertionError(f"the page never showed {what}; console: {drv.get_log('browser')}")
 
