@@ -5,6 +5,7 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
+COV_BUILD  ?= build-cov
 MESON_OPTS ?=
 # CI builds treat warnings as errors; so do we by default.
 WERROR     ?= true
@@ -15,7 +16,7 @@ PREFIX     ?= /usr/local
 SYSCONFDIR ?= /etc
 DESTDIR    ?=
 
-.PHONY: all deps test-deps build run test test-gpu asan tsan fuzz bench clean install uninstall
+.PHONY: all deps test-deps build run test test-gpu asan tsan fuzz bench coverage clean install uninstall
 
 all: build
 
@@ -23,7 +24,8 @@ deps:
 	@scripts/deps.sh
 
 # What some tests take from outside Debian when it can be had (the OpenAI
-# Node SDK from npm); without it those tests skip.
+# Node SDK from npm, with node and npm from Debian by scripts/deps.sh);
+# without the registry those tests skip.
 test-deps:
 	@scripts/test-deps.sh
 
@@ -99,5 +101,26 @@ install: build
 uninstall:
 	ninja -C $(BUILD) uninstall
 
+# Line coverage of make test's suites (gcovr, Debian's gcovr package): a
+# build with --coverage runs every suite, then gcovr prints the GPU code
+# (the library's device layer, tensors backend and loader; the daemon's
+# nvml.c, gpu_checkpoint.c, worker.c and daemon.c; run against the stand-in
+# driver of tests/gpu_standin) and writes the whole tree's report to
+# $(COV_BUILD)/coverage.txt.
+COV_FILES = lib/device_cuda.c lib/device_host.c lib/backend_tensors.c lib/tensor/loader.c \
+            daemon/nvml.c daemon/gpu_checkpoint.c daemon/worker.c daemon/daemon.c
+$(COV_BUILD)/build.ninja:
+	@scripts/deps.sh --coverage
+	meson setup $(COV_BUILD) -Dwerror=$(WERROR) -Db_coverage=true -Dbuildtype=debug $(MESON_OPTS)
+
+coverage: $(COV_BUILD)/build.ninja
+	@scripts/deps.sh --coverage
+	ninja -C $(COV_BUILD)
+	find $(COV_BUILD) -name '*.gcda' -delete
+	meson test -C $(COV_BUILD) --print-errorlogs
+	gcovr -r . $(COV_BUILD) --exclude 'tests/.*' --exclude 'bench/.*' --exclude 'examples/.*' \
+	  -o $(COV_BUILD)/coverage.txt
+	gcovr -r . $(COV_BUILD) $(foreach f,$(COV_FILES),--filter $(f)) --print-summary
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(COV_BUILD)

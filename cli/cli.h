@@ -61,4 +61,9 @@ const char *cli_fmt_size(uint64_t n, char *buf, size_t len);
  * characters): how close a mistyped name is to a real one. */
 size_t cli_edit_distance(const char *a, const char *b);
 
+/* Now on the monotonic clock (the library's mb_clock_monotonic), in seconds
+ * and in milliseconds: what the commands time their work with. */
+double cli_now_s(void);
+double cli_now_ms(void);
+
 #endif /* MB_CLI_H */

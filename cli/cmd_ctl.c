@@ -355,16 +355,14 @@ int cmd_load(int argc, char **argv) {
     return CLI_EXIT_OK;
   }
   int tty = isatty(1);
-  struct timespec t0, now;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
+  double t0 = cli_now_s();
   double last_print = -1;
   snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(name, seg, sizeof(seg)));
   for (;;) {
     rc = call(&c, name, "GET", path, NULL, &m);
     if (rc != 0)
       return rc;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double el = (double)(now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9;
+    double el = cli_now_s() - t0;
     const char *state = jstr(m, "state");
     if (strcmp(state, "ready") == 0) {
       char mem[64];

@@ -118,9 +118,19 @@ static void print_json(const sim_result *r, int n, const sim_models *m, const si
     for (int d = 0; d < x->ndev; d++)
       printf("%s%.4f", d ? ", " : "", x->util[d]);
     printf("], \"core_events\": %llu, \"core_steps\": %llu, \"wall_s\": %.4f, "
-           "\"events_per_s\": %.0f}",
+           "\"events_per_s\": %.0f",
            (unsigned long long)x->core_events, (unsigned long long)x->core_steps, x->wall_s,
            x->events_per_s);
+    if (c->check_admission) {
+      printf(", \"admission_check\": {\"auto_blocked\": %llu, \"any_blocked\": %llu, "
+             "\"planned\": %llu, \"differ\": %llu, \"first\": \"",
+             (unsigned long long)x->admit_auto, (unsigned long long)x->admit_any,
+             (unsigned long long)x->admit_planned, (unsigned long long)x->admit_differ);
+      for (const char *p = x->admit_first; *p; p++) /* a model name may hold a quote */
+        printf(*p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
+      printf("\"}");
+    }
+    printf("}");
   }
   printf("\n], \"ratios\": {");
   int any = 0;
@@ -153,6 +163,9 @@ int cmd_sim(int argc, char **argv) {
     int takes = 1;
     if (strcmp(a, "--json") == 0) {
       json = 1;
+      takes = 0;
+    } else if (strcmp(a, "--check-admission") == 0) {
+      cfg.check_admission = 1;
       takes = 0;
     } else if (v == NULL) {
       fprintf(stderr, "modelbuf sim: %s needs a value (or is unknown)\n", a);
@@ -317,9 +330,19 @@ int cmd_sim(int argc, char **argv) {
     print_table(res, npol);
     if (npol == 3)
       printf("load+restore time: cost/lru %.3f, cost/belady %.3f\n", cost_lru, cost_bel);
+    for (int i = 0; i < npol && cfg.check_admission; i++)
+      printf("admission check (%s): decisions checked %llu of auto_blocked, %llu of "
+             "any_blocked, %llu planned; %llu differ%s%s\n",
+             sim_policy_name(res[i].policy), (unsigned long long)res[i].admit_auto,
+             (unsigned long long)res[i].admit_any, (unsigned long long)res[i].admit_planned,
+             (unsigned long long)res[i].admit_differ, res[i].admit_differ ? "; first: " : "",
+             res[i].admit_first);
   }
-  free(res);
   rc = CLI_EXIT_OK;
+  for (int i = 0; i < npol; i++)
+    if (res[i].admit_differ > 0)
+      rc = CLI_EXIT_FAIL;
+  free(res);
 out:
   sim_trace_free(&trace);
   sim_models_free(&models);

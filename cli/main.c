@@ -97,6 +97,9 @@ static const cli_command commands[] = {
    "  --write-trace FILE   write the generated trace and exit\n"
    "  --write-models FILE  write the generated models and exit\n"
    "  --json               one JSON object instead of the table\n"
+   "  --check-admission    plan every admission decision of the core's shortcuts\n"
+   "                       again in full and compare (slower); exit status 1 on a\n"
+   "                       difference\n"
    "See docs/SIMULATOR.md.\n",
    0},
 #endif

@@ -1,13 +1,22 @@
 /*
- * util.c - helpers shared by the CLI's subcommands: size parsing and
- * human-readable byte counts.
+ * util.c - helpers shared by the CLI's subcommands: size parsing,
+ * human-readable byte counts, the clock.
  */
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
+#include "modelbuf/modelbuf.h"
 #include "cli.h"
+
+double cli_now_s(void) {
+  return (double)mb_clock_monotonic(NULL) / 1e9;
+}
+
+double cli_now_ms(void) {
+  return (double)mb_clock_monotonic(NULL) / 1e6;
+}
 
 int cli_parse_size(const char *s, uint64_t *out) {
   uint64_t whole = 0, frac_num = 0, frac_den = 1, mult = 1;

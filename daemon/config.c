@@ -320,6 +320,7 @@ mbd_config *mbd__config_alloc(const char *name) {
   cfg->send_timeout_ms = MBD_DEFAULT_SEND_TIMEOUT_MS;
   cfg->min_body_rate = MBD_DEFAULT_MIN_BODY_RATE;
   cfg->body_buffer_bytes = MBD_DEFAULT_BODY_BUFFER_BYTES;
+  cfg->dashboard = 1;
   return cfg;
 }
 

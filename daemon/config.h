@@ -31,14 +31,11 @@
 #include "expand.h"
 #include "modelbuf/modelbuf.h"
 
-/* Defaults (DESIGN §1, §2, §5). */
+/* Defaults (DESIGN §1, §2, §5). The core's own (keep-alive, queues,
+ * crash limits) are the library's MB_DEFAULT_* (modelbuf.h), used as they
+ * are in MBD_TUNING_MAP below. */
 #define MBD_DEFAULT_CONFIG_FILE "./modelbuf.yaml"
 #define MBD_DEFAULT_LISTEN "127.0.0.1:8686"
-#define MBD_DEFAULT_KEEP_ALIVE_MS (5 * 60 * 1000)
-#define MBD_DEFAULT_HOST_KEEP_ALIVE_MS (30 * 60 * 1000)
-#define MBD_DEFAULT_MAX_CONCURRENCY 1
-#define MBD_DEFAULT_MAX_QUEUE 64
-#define MBD_DEFAULT_QUEUE_TIMEOUT_MS (60 * 1000)
 #define MBD_DEFAULT_START_TIMEOUT_MS (120 * 1000)
 #define MBD_DEFAULT_STOP_TIMEOUT_MS (10 * 1000)
 #define MBD_DEFAULT_BUSY_TIMEOUT_MS 0 /* off */
@@ -48,8 +45,6 @@
 #define MBD_DEFAULT_HEALTH "/health"
 #define MBD_DEFAULT_HEALTH_INTERVAL_MS 0 /* off */
 #define MBD_DEFAULT_HEALTH_FAILURES 3
-#define MBD_DEFAULT_CRASH_LIMIT 3
-#define MBD_DEFAULT_CRASH_WINDOW_MS (5 * 60 * 1000)
 /* The front door (limits:, DESIGN §5), in the spirit of nginx's defaults. */
 #define MBD_DEFAULT_MAX_CONNECTIONS 10000
 #define MBD_DEFAULT_HEADER_TIMEOUT_MS (30 * 1000)
@@ -120,18 +115,18 @@ void mbd_listen_clear(mbd_listen *l);
  * BOOL (int 0/1).
  */
 #define MBD_TUNING_MAP(XX)                                                                    \
-  XX(keep_alive_ms, "keep_alive", DUR, MBD_DEFAULT_KEEP_ALIVE_MS, -1, 0,                      \
+  XX(keep_alive_ms, "keep_alive", DUR, MB_DEFAULT_KEEP_ALIVE_MS, -1, 0,                      \
      "time a model stays loaded after its last request; 0 acts at once, -1 never (default 5m)") \
   XX(offload, "offload", BOOL, 1, 0, 1,                                                       \
      "when keep_alive expires, move the model to host RAM if it can, instead of unloading it " \
      "(default true)")                                                                        \
-  XX(host_keep_alive_ms, "host_keep_alive", DUR, MBD_DEFAULT_HOST_KEEP_ALIVE_MS, -1, 0,       \
+  XX(host_keep_alive_ms, "host_keep_alive", DUR, MB_DEFAULT_HOST_KEEP_ALIVE_MS, -1, 0,       \
      "time offloaded in host RAM before a full release (default 30m)")                        \
-  XX(max_concurrency, "max_concurrency", INT, MBD_DEFAULT_MAX_CONCURRENCY, 1, 100000,         \
+  XX(max_concurrency, "max_concurrency", INT, MB_DEFAULT_MAX_CONCURRENCY, 1, 100000,         \
      "requests the worker serves at once (default 1)")                                        \
-  XX(max_queue, "max_queue", INT, MBD_DEFAULT_MAX_QUEUE, 0, 10000000,                         \
+  XX(max_queue, "max_queue", INT, MB_DEFAULT_MAX_QUEUE, 0, 10000000,                         \
      "waiting requests beyond which the answer is 503 queue_full (default 64)")               \
-  XX(queue_timeout_ms, "queue_timeout", DUR, MBD_DEFAULT_QUEUE_TIMEOUT_MS, -1, 0,             \
+  XX(queue_timeout_ms, "queue_timeout", DUR, MB_DEFAULT_QUEUE_TIMEOUT_MS, -1, 0,             \
      "how long a request waits for a slot or for memory, then 504 (default 60s)")             \
   XX(start_timeout_ms, "start_timeout", DUR, MBD_DEFAULT_START_TIMEOUT_MS, 1, 0,              \
      "the worker must answer its health check within this (default 120s)")                   \
@@ -146,10 +141,10 @@ void mbd_listen_clear(mbd_listen *l);
      "check a ready worker's health path this often; 0 is off (default)")                    \
   XX(health_failures, "health_failures", INT, MBD_DEFAULT_HEALTH_FAILURES, 1, 1000,           \
      "failed health checks in a row after which the worker is lost (default 3)")              \
-  XX(crash_limit, "crash_limit", INT, MBD_DEFAULT_CRASH_LIMIT, 0, MB_CRASH_LIMIT_MAX,         \
+  XX(crash_limit, "crash_limit", INT, MB_DEFAULT_CRASH_LIMIT, 0, MB_CRASH_LIMIT_MAX,         \
      "losses within crash_window after which the model fails, with back-off; 0 never "        \
      "(default 3)")                                                                           \
-  XX(crash_window_ms, "crash_window", DUR, MBD_DEFAULT_CRASH_WINDOW_MS, -1, 0,                \
+  XX(crash_window_ms, "crash_window", DUR, MB_DEFAULT_CRASH_WINDOW_MS, -1, 0,                \
      "the window of crash_limit (default 5m)")
 
 #define MBD__TUNING_CTYPE_DUR int64_t
@@ -279,6 +274,7 @@ typedef struct mbd_config {
   char **openai_routes;      /* more POST paths routed by the body's "model" */
   size_t n_openai_routes;
   char *compat_model;        /* compat.model: the model GET /api/gpu/status shows flat; NULL none */
+  int dashboard;             /* 1 (default): GET / serves the dashboard (dashboard.h) */
   mbd_model_config *models;  /* in file order */
   size_t n_models;
 } mbd_config;

@@ -22,8 +22,18 @@ typedef enum mbd__ftype {
   F_INT,      /* int within [min, max] */
   F_DUR,      /* int64_t ms >= min; min < 0 allows forever; max > 0 caps */
   F_SIZE,     /* uint64_t bytes >= min; max > 0 caps */
+  F_ENUM,     /* an enum (int-sized): one of the words of u.names, its index */
   F_FN        /* a handler of its own */
 } mbd__ftype;
+
+/* The words of an F_ENUM field, in the order of the enum's values (index
+ * = value), NULL-terminated, and what a value is called in an error
+ * ("unknown io mode 'x' (auto, buffered or direct)"). The JSON Schema
+ * lists the same words as the field's enum. */
+typedef struct mbd__enum_names {
+  const char *what;
+  const char *names[8];
+} mbd__enum_names;
 
 /* What an F_FN field's value is, for the JSON Schema. */
 typedef enum mbd__fshape {
@@ -45,7 +55,10 @@ typedef struct mbd__field {
   size_t off;   /* destination in the object */
   size_t off_n; /* F_WSTRLIST: the count */
   int64_t min, max;
-  mbd__field_fn fn;
+  union {
+    mbd__field_fn fn;              /* F_FN */
+    const mbd__enum_names *names;  /* F_ENUM */
+  } u;
   const char *doc; /* one line: the schema's description */
   /* F_FN only: SH_VALUE's JSON Schema, as the alternatives of an anyOf
    * ("{...}, {...}"); or the table its mapping (list, dict) follows. */

@@ -115,6 +115,9 @@ static const foreign_key foreign_keys[] = {
     {"restart|restart_policy|autorestart", "model|defaults",
      "a lost worker is started again by the next request; crash_limit and crash_window bound "
      "how often"},
+    {"ui|webui|web_ui|web_dashboard|dashboard_enabled", "top",
+     "did you mean 'dashboard'? The web dashboard at GET /, on by default; dashboard: false "
+     "turns it off"},
     {"api_key|apikey|key|token", "top",
      "did you mean 'api_keys'? A list of keys (or MODELBUF_API_KEY in the environment)"},
 };
@@ -252,6 +255,15 @@ static void field_alts(FILE *f, const mbd__field *fd) {
     return;
   case F_SIZE:
     fputs(REF("size"), f);
+    return;
+  case F_ENUM:
+    fputs("{\"enum\": [", f);
+    for (size_t i = 0; fd->u.names->names[i] != NULL; i++) {
+      if (i > 0)
+        fputs(", ", f);
+      json_str(f, fd->u.names->names[i]);
+    }
+    fputs("]}, " REF("env"), f);
     return;
   case F_FN:
     break;

@@ -10,9 +10,10 @@
  * and, for a handler, its JSON Schema: config_keys.c reads the same tables
  * (config_fields.h) to write the schema and to explain an unknown key.
  * Anchors, aliases and merge keys are resolved by yaml_tree.c before the
- * walk; top-level keys starting with "x-" are skipped (a home for anchors). Checks that need the whole file (aliases
- * against later models, devices that models name, the cmd a backend needs)
- * run after the walk; messages are then sorted into file order.
+ * walk; top-level keys starting with "x-" are skipped (a home for
+ * anchors). Checks that need the whole file (aliases against later models,
+ * devices that models name, the cmd a backend needs) run after the walk;
+ * messages are then sorted into file order.
  *
  * Invariants: a bad value leaves the default in place and the walk goes on;
  * on allocation failure pctx.oom is set and the result is MB_ENOMEM; on any
@@ -130,6 +131,7 @@ static int scalar_text(pctx *c, const mbd_ynode *n, int worker, char **out) {
 
 typedef mbd__field field;
 typedef mbd__table table;
+typedef mbd__enum_names enum_names;
 
 static void set_str(pctx *c, const mbd_ynode *v, char **dst, int worker) {
   char *s;
@@ -266,8 +268,27 @@ static void apply_field(pctx *c, const mbd_ynode *v, void *obj, const field *f) 
       *(uint64_t *)(void *)p = b;
     break;
   }
+  case F_ENUM: {
+    const enum_names *e = f->u.names;
+    int i = 0;
+    if (scalar_text(c, v, 0, &s) != 0)
+      break;
+    while (e->names[i] != NULL && strcmp(s, e->names[i]) != 0)
+      i++;
+    if (e->names[i] != NULL) {
+      *(int *)(void *)p = i;
+      break;
+    }
+    char list[160] = "";
+    size_t n = 0;
+    for (int k = 0; e->names[k] != NULL && n < sizeof(list); k++)
+      n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s",
+                            k == 0 ? "" : e->names[k + 1] == NULL ? " or " : ", ", e->names[k]);
+    perr(c, v, "unknown %s '%s' (%s)", e->what, s, list);
+    break;
+  }
   case F_FN:
-    f->fn(c, v, obj, f);
+    f->u.fn(c, v, obj, f);
     break;
   }
   free(s);
@@ -319,11 +340,17 @@ static int walk_map(pctx *c, const mbd_ynode *m, const table *t, void *obj) {
 
 #define NFIELDS(t) (sizeof(t) / sizeof((t)[0]))
 
-/* Table rows: a typed value; a handler with its JSON Schema; a handler
- * walking a nested mapping (or a list or dict of them) against a table. */
-#define VAL(name, type, off, min, max, doc) {name, type, off, 0, min, max, NULL, doc, NULL, SH_VALUE, NULL}
-#define FNV(name, fn, off, schema, doc) {name, F_FN, off, 0, 0, 0, fn, doc, schema, SH_VALUE, NULL}
-#define SUB(name, fn, off, shape, sub, doc) {name, F_FN, off, 0, 0, 0, fn, doc, NULL, shape, sub}
+/* Table rows: a typed value; one of an enum's words (the schema lists
+ * them); a handler with its JSON Schema; a handler walking a nested
+ * mapping (or a list or dict of them) against a table. */
+#define VAL(name, type, off, min, max, doc) \
+  {name, type, off, 0, min, max, {NULL}, doc, NULL, SH_VALUE, NULL}
+#define ENUMV(name, off, words, doc) \
+  {name, F_ENUM, off, 0, 0, 0, {.names = words}, doc, NULL, SH_VALUE, NULL}
+#define FNV(name, fn, off, schema, doc) \
+  {name, F_FN, off, 0, 0, 0, {fn}, doc, schema, SH_VALUE, NULL}
+#define SUB(name, fn, off, shape, sub, doc) \
+  {name, F_FN, off, 0, 0, 0, {fn}, doc, NULL, shape, sub}
 #define TABLE(id, where, fields, required, doc) \
   {id, where, doc, fields, NFIELDS(fields), required, 0}
 
@@ -424,22 +451,12 @@ static void fn_hooks(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   walk_map(c, v, &hooks_table, obj);
 }
 
-/* cleanup: manual (the default: POST /api/cleanup only) or after_request. */
-static void fn_cleanup(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_model_config *m = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "manual") == 0)
-    m->cleanup = MBD_CLEANUP_MANUAL;
-  else if (strcmp(s, "after_request") == 0)
-    m->cleanup = MBD_CLEANUP_AFTER_REQUEST;
-  else
-    perr(c, v, "unknown cleanup '%s' (manual or after_request)", s);
-  free(s);
-}
+/* cleanup: manual (the default: POST /api/cleanup only) or after_request;
+ * mbd_cleanup_mode, in its order. */
+static const enum_names cleanups = {"cleanup", {"manual", "after_request", NULL}};
+_Static_assert(sizeof(mbd_cleanup_mode) == sizeof(int) && MBD_CLEANUP_MANUAL == 0 &&
+                   MBD_CLEANUP_AFTER_REQUEST == 1,
+               "cleanups lists mbd_cleanup_mode by value");
 
 static const field probe_fields[] = {
     FNV("method", fn_method, offsetof(mbd_probe, method), S_METHOD,
@@ -521,31 +538,16 @@ static void fn_env(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   m->n_env = n;
 }
 
-static void fn_io(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_loader *l = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "auto") == 0)
-    l->io = 0;
-  else if (strcmp(s, "buffered") == 0)
-    l->io = 1;
-  else if (strcmp(s, "direct") == 0)
-    l->io = 2;
-  else
-    perr(c, v, "unknown io mode '%s' (auto, buffered or direct)", s);
-  free(s);
-}
+/* The values of mb_tensors_opts.io. */
+static const enum_names io_modes = {"io mode", {"auto", "buffered", "direct", NULL}};
 
 static const field loader_fields[] = {
     VAL("chunk_size", F_SIZE, offsetof(mbd_loader, chunk_bytes), 4096, 0,
         "bytes per read, 4KiB to 1GiB (default 8MiB)"),
     VAL("threads", F_INT, offsetof(mbd_loader, threads), 1, 64,
         "reader threads (default 4)"),
-    FNV("io", fn_io, 0, "{\"enum\": [\"auto\", \"buffered\", \"direct\"]}, " S_ENV,
-        "auto: direct I/O for a file mostly not in the page cache; buffered; direct"),
+    ENUMV("io", offsetof(mbd_loader, io), &io_modes,
+          "auto: direct I/O for a file mostly not in the page cache; buffered; direct"),
 };
 static const table loader_table = TABLE("loader", "loader", loader_fields, NULL,
                                         "how a tensors model's files are read");
@@ -564,23 +566,11 @@ static void fn_loader(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   }
 }
 
-static void fn_backend(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_model_config *m = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "process") == 0)
-    m->backend = MBD_BACKEND_PROCESS;
-  else if (strcmp(s, "plugin") == 0)
-    m->backend = MBD_BACKEND_PLUGIN;
-  else if (strcmp(s, "tensors") == 0)
-    m->backend = MBD_BACKEND_TENSORS;
-  else
-    perr(c, v, "unknown backend '%s' (process, plugin or tensors)", s);
-  free(s);
-}
+/* mbd_backend_kind, in its order. */
+static const enum_names backends = {"backend", {"process", "plugin", "tensors", NULL}};
+_Static_assert(sizeof(mbd_backend_kind) == sizeof(int) && MBD_BACKEND_PROCESS == 0 &&
+                   MBD_BACKEND_PLUGIN == 1 && MBD_BACKEND_TENSORS == 2,
+               "backends lists mbd_backend_kind by value");
 
 static void fn_device(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   mbd_model_config *m = obj;
@@ -695,13 +685,13 @@ static const field model_fields[] = {
         "{\"$ref\": \"#/definitions/string\"}}",
         "the worker's argv, run without a shell; \"${PORT}\" is the port it must serve on "
         "(required for backend process)"),
-    FNV("backend", fn_backend, 0, "{\"enum\": [\"process\", \"plugin\", \"tensors\"]}, " S_ENV,
-        "process: a worker process (default); plugin: an in-process shared object; tensors: "
-        "weight files the daemon holds itself"),
+    ENUMV("backend", offsetof(mbd_model_config, backend), &backends,
+          "process: a worker process (default); plugin: an in-process shared object; tensors: "
+          "weight files the daemon holds itself"),
     VAL("plugin", F_STR, offsetof(mbd_model_config, plugin), 0, 0,
         "the shared object exporting the backend vtable (required for backend plugin)"),
     {"files", F_WSTRLIST, offsetof(mbd_model_config, files), offsetof(mbd_model_config, n_files),
-     0, 0, NULL, "weight files: files, folders, Hugging Face indexes or glob patterns", NULL,
+     0, 0, {NULL}, "weight files: files, folders, Hugging Face indexes or glob patterns", NULL,
      SH_VALUE, NULL},
     FNV("env", fn_env, 0, "{\"type\": \"object\", \"propertyNames\": {\"pattern\": "
         "\"^[A-Za-z_][A-Za-z0-9_]*$\"}, \"additionalProperties\": "
@@ -736,8 +726,8 @@ static const field model_fields[] = {
         "how a tensors model's files are read"),
     VAL("preload", F_BOOL, offsetof(mbd_model_config, preload), 0, 0,
         "load it when the daemon starts, if it fits without evicting"),
-    FNV("cleanup", fn_cleanup, 0, "{\"enum\": [\"manual\", \"after_request\"]}, " S_ENV,
-        "after_request calls hooks.cleanup after each proxied request (default manual)"),
+    ENUMV("cleanup", offsetof(mbd_model_config, cleanup), &cleanups,
+          "after_request calls hooks.cleanup after each proxied request (default manual)"),
     VAL("openai", F_BOOL, offsetof(mbd_model_config, openai), 0, 0,
         "listed by GET /v1/models (default: when it has aliases)"),
 };
@@ -866,21 +856,11 @@ static void fn_api_keys(pctx *c, const mbd_ynode *v, void *obj, const field *f) 
   }
 }
 
-static void fn_eviction(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_config *cfg = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "lru") == 0)
-    cfg->eviction = MB_EVICT_LRU;
-  else if (strcmp(s, "cost") == 0)
-    cfg->eviction = MB_EVICT_COST;
-  else
-    perr(c, v, "unknown eviction policy '%s' (lru or cost)", s);
-  free(s);
-}
+/* The policies a configuration may name (MB_EVICT_CUSTOM is the
+ * simulator's), by value. */
+static const enum_names evictions = {"eviction policy", {"lru", "cost", NULL}};
+_Static_assert(sizeof(mb_eviction) == sizeof(int) && MB_EVICT_LRU == 0 && MB_EVICT_COST == 1,
+               "evictions lists mb_eviction by value");
 
 /* cgroup: auto, off, or an absolute folder (of a cgroup v2 file system,
  * checked when the daemon starts). */
@@ -1052,8 +1032,8 @@ static const field top_fields[] = {
         "the devices to use, in order (default: every GPU, else the host device)"),
     VAL("host_memory", F_SIZE, offsetof(mbd_config, host_memory_bytes), 0, 0,
         "budget of the host tier holding offloaded models; 0 is half of RAM (default)"),
-    FNV("eviction", fn_eviction, 0, "{\"enum\": [\"lru\", \"cost\"]}, " S_ENV,
-        "which idle model goes first when a load needs room (default lru)"),
+    ENUMV("eviction", offsetof(mbd_config, eviction), &evictions,
+          "which idle model goes first when a load needs room (default lru)"),
     FNV("log_level", fn_log_level, 0,
         "{\"enum\": [\"debug\", \"info\", \"warn\", \"warning\", \"error\"]}, " S_ENV,
         "default info"),
@@ -1072,6 +1052,8 @@ static const field top_fields[] = {
         "[{\"type\": \"string\", \"pattern\": \"^/\"}, " S_ENV "]}}",
         "more POST paths routed by the body's model"),
     SUB("compat", fn_compat, 0, SH_MAP, &compat_table, "the compatibility routes"),
+    VAL("dashboard", F_BOOL, offsetof(mbd_config, dashboard), 0, 0,
+        "the web dashboard at GET /; false answers it with 404 (default true)"),
     SUB("models", fn_models_later, 0, SH_DICT, &model_table, "model name -> its settings"),
 };
 const table mbd__config_top = {"top", "the top level", "modelbufd's configuration", top_fields,

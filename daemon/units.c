@@ -10,23 +10,13 @@
 
 #include <ctype.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
-#define FRAC_DIGITS_MAX 9 /* fraction digits kept; further ones only round */
+#include "mb_internal.h"
 
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t err_len,
-                                                      const char *fmt, ...) {
-  if (err != NULL && err_len > 0) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-  }
-  return MB_EINVAL;
-}
+#define FRAC_DIGITS_MAX 9 /* fraction digits kept; further ones only round */
 
 /*
  * A decimal number at *p: integer part, and up to FRAC_DIGITS_MAX fraction
@@ -159,8 +149,9 @@ static int comma_slip(const char *what, const char *p, const char *end, const ch
   char fix[96];
   if (*q != ',' || !isdigit((unsigned char)q[1]))
     return 0;
-  return fail(err, err_len, "bad %s '%.*s': a fraction takes '.', not ',' (write '%s')", what,
-              (int)(end - p), p, rewrite(p, end, q, 1, ".", fix, sizeof(fix)));
+  return mb__fail(MB_EINVAL, err, err_len,
+                  "bad %s '%.*s': a fraction takes '.', not ',' (write '%s')", what, (int)(end - p),
+                  p, rewrite(p, end, q, 1, ".", fix, sizeof(fix)));
 }
 
 /* The unit a duration's unit word [u, u + len) means ("ms" for "msec",
@@ -184,20 +175,21 @@ int mbd_parse_duration_ms(const char *s, unsigned flags, int64_t *out_ms, char *
   int components = 0;
 
   if (s == NULL || out_ms == NULL)
-    return fail(err, err_len, "no duration");
+    return mb__fail(MB_EINVAL, err, err_len, "no duration");
   p = skip_blanks(s);
   end = p + trimmed_len(p);
   if (p == end)
-    return fail(err, err_len, "empty duration");
+    return mb__fail(MB_EINVAL, err, err_len, "empty duration");
   if (is_forever_word(p, (size_t)(end - p))) {
     if (!(flags & MBD_DUR_FOREVER))
-      return fail(err, err_len, "'%.*s' (forever) is not allowed here", (int)(end - p), p);
+      return mb__fail(MB_EINVAL, err, err_len, "'%.*s' (forever) is not allowed here",
+                      (int)(end - p), p);
     *out_ms = MB_FOREVER;
     return 0;
   }
   if (*p == '-')
-    return fail(err, err_len, "negative duration '%.*s'%s", (int)(end - p), p,
-                (flags & MBD_DUR_FOREVER) ? " (use -1 or forever for no limit)" : "");
+    return mb__fail(MB_EINVAL, err, err_len, "negative duration '%.*s'%s", (int)(end - p), p,
+                    (flags & MBD_DUR_FOREVER) ? " (use -1 or forever for no limit)" : "");
   if (*p == '+')
     p++;
 
@@ -216,12 +208,14 @@ int mbd_parse_duration_ms(const char *s, unsigned flags, int64_t *out_ms, char *
         if (*q != ' ' && *q != '\t')
           fix[k++] = *q;
       fix[k] = '\0';
-      return fail(err, err_len, "bad duration '%.*s': no spaces inside a duration (write '%s')",
-                  (int)(end - start), start, fix);
+      return mb__fail(MB_EINVAL, err, err_len,
+                      "bad duration '%.*s': no spaces inside a duration (write '%s')",
+                      (int)(end - start), start, fix);
     }
     if (parse_number(&p, &n, &overflow) != 0)
-      return overflow ? fail(err, err_len, "duration '%s' is too large", s)
-                      : fail(err, err_len, "bad duration '%s' (expected e.g. 250ms, 30s, 5m, 1h)", s);
+      return overflow ? mb__fail(MB_EINVAL, err, err_len, "duration '%s' is too large", s)
+                      : mb__fail(MB_EINVAL, err, err_len,
+                                 "bad duration '%s' (expected e.g. 250ms, 30s, 5m, 1h)", s);
     if (p < end && comma_slip("duration", start, end, p, err, err_len) != 0)
       return MB_EINVAL;
     if (p < end && (*p == ' ' || *p == '\t')) { /* "5 m", "2 hours" */
@@ -232,11 +226,11 @@ int mbd_parse_duration_ms(const char *s, unsigned flags, int64_t *out_ms, char *
         we++;
       du = dur_unit_of(w, (size_t)(we - w), 0);
       if (we > w)
-        return fail(err, err_len,
-                    "bad duration '%.*s': no space between a number and its unit (write '%s')",
-                    (int)(end - start), start,
-                    rewrite(start, end, p, (size_t)(we - p), du != NULL ? du->name : "",
-                            fix, sizeof(fix)));
+        return mb__fail(
+            MB_EINVAL, err, err_len,
+            "bad duration '%.*s': no space between a number and its unit (write '%s')",
+            (int)(end - start), start,
+            rewrite(start, end, p, (size_t)(we - p), du != NULL ? du->name : "", fix, sizeof(fix)));
     }
     u = p;
     while (p < end && isalpha((unsigned char)*p))
@@ -245,7 +239,8 @@ int mbd_parse_duration_ms(const char *s, unsigned flags, int64_t *out_ms, char *
     if (ulen == 0) {
       /* A bare number is seconds, and only on its own. */
       if (components > 0 || p != end)
-        return fail(err, err_len, "bad duration '%s': missing unit after a number", s);
+        return mb__fail(MB_EINVAL, err, err_len, "bad duration '%s': missing unit after a number",
+                        s);
       unit_ms = 1000;
     }
     if (ulen > 0) {
@@ -254,16 +249,19 @@ int mbd_parse_duration_ms(const char *s, unsigned flags, int64_t *out_ms, char *
       if (du != NULL)
         unit_ms = du->ms;
       else if ((du = dur_unit_of(u, ulen, 0)) != NULL)
-        return fail(err, err_len, "bad duration '%.*s': write '%s' (units are ms, s, m, h and d, "
-                    "in lower case)", (int)(end - start), start,
-                    rewrite(start, end, u, ulen, du->name, fix, sizeof(fix)));
+        return mb__fail(MB_EINVAL, err, err_len,
+                        "bad duration '%.*s': write '%s' (units are ms, s, m, h and d, "
+                        "in lower case)",
+                        (int)(end - start), start,
+                        rewrite(start, end, u, ulen, du->name, fix, sizeof(fix)));
     }
     if (unit_ms == 0)
-      return fail(err, err_len, "bad duration '%s': unknown unit '%.*s' (use ms, s, m, h or d)",
-                  s, (int)ulen, u);
+      return mb__fail(MB_EINVAL, err, err_len,
+                      "bad duration '%s': unknown unit '%.*s' (use ms, s, m, h or d)", s, (int)ulen,
+                      u);
     if (scale(&n, unit_ms, 1, &v) != 0 || __builtin_add_overflow(total, v, &total) ||
         total > (uint64_t)INT64_MAX)
-      return fail(err, err_len, "duration '%s' is too large", s);
+      return mb__fail(MB_EINVAL, err, err_len, "duration '%s' is too large", s);
     components++;
   }
   *out_ms = (int64_t)total;
@@ -302,20 +300,20 @@ int mbd_parse_size(const char *s, uint64_t *out_bytes, char *err, size_t err_len
   size_t ulen;
 
   if (s == NULL || out_bytes == NULL)
-    return fail(err, err_len, "no size");
+    return mb__fail(MB_EINVAL, err, err_len, "no size");
   p = skip_blanks(s);
   end = p + trimmed_len(p);
   if (p == end)
-    return fail(err, err_len, "empty size");
+    return mb__fail(MB_EINVAL, err, err_len, "empty size");
   if (*p == '-')
-    return fail(err, err_len, "negative size '%s'", s);
+    return mb__fail(MB_EINVAL, err, err_len, "negative size '%s'", s);
   if (*p == '+')
     p++;
   const char *start = p;
   if (parse_number(&p, &n, &overflow) != 0)
-    return overflow ? fail(err, err_len, "size '%s' is too large", s)
-                    : fail(err, err_len, "bad size '%s' (expected e.g. 512MiB, 6GiB, 1GB or bytes)",
-                           s);
+    return overflow ? mb__fail(MB_EINVAL, err, err_len, "size '%s' is too large", s)
+                    : mb__fail(MB_EINVAL, err, err_len,
+                               "bad size '%s' (expected e.g. 512MiB, 6GiB, 1GB or bytes)", s);
   if (comma_slip("size", start, end, p, err, err_len) != 0)
     return MB_EINVAL;
   p = skip_blanks(p);
@@ -324,7 +322,8 @@ int mbd_parse_size(const char *s, uint64_t *out_bytes, char *err, size_t err_len
     p++;
   ulen = (size_t)(p - u);
   if (p != end)
-    return fail(err, err_len, "bad size '%s' (expected e.g. 512MiB, 6GiB, 1GB or bytes)", s);
+    return mb__fail(MB_EINVAL, err, err_len,
+                    "bad size '%s' (expected e.g. 512MiB, 6GiB, 1GB or bytes)", s);
   if (ulen > 0) {
     size_t i;
     for (i = 0; i < sizeof(size_units) / sizeof(size_units[0]); i++)
@@ -332,19 +331,20 @@ int mbd_parse_size(const char *s, uint64_t *out_bytes, char *err, size_t err_len
         break;
     if (i == sizeof(size_units) / sizeof(size_units[0])) {
       if (ulen == 1 && strchr("kmgtpKMGTP", *u) != NULL)
-        return fail(err, err_len, "ambiguous size unit '%c' in '%s' (write %ciB or %cB)", *u, s,
-                    toupper((unsigned char)*u), toupper((unsigned char)*u));
-      return fail(err, err_len,
-                  "bad size '%s': unknown unit '%.*s' (use KiB, MiB, GiB, TiB, KB, MB, GB, TB "
-                  "or B)",
-                  s, (int)ulen, u);
+        return mb__fail(MB_EINVAL, err, err_len,
+                        "ambiguous size unit '%c' in '%s' (write %ciB or %cB)", *u, s,
+                        toupper((unsigned char)*u), toupper((unsigned char)*u));
+      return mb__fail(MB_EINVAL, err, err_len,
+                      "bad size '%s': unknown unit '%.*s' (use KiB, MiB, GiB, TiB, KB, MB, GB, TB "
+                      "or B)",
+                      s, (int)ulen, u);
     }
     mult = size_units[i].mult;
   }
   if (mult == 1 && n.has_point)
-    return fail(err, err_len, "bad size '%s': a number of bytes must be whole", s);
+    return mb__fail(MB_EINVAL, err, err_len, "bad size '%s': a number of bytes must be whole", s);
   if (scale(&n, mult, 0, &v) != 0)
-    return fail(err, err_len, "size '%s' is too large", s);
+    return mb__fail(MB_EINVAL, err, err_len, "size '%s' is too large", s);
   *out_bytes = v;
   return 0;
 }

@@ -86,6 +86,8 @@ def test_schema_and_daemon_agree():
 defaults: {keep_alive: -1, host_keep_alive: forever, queue_timeout: 1.5, max_queue: 0}
 limits: {max_body_size: 1.5GiB, min_body_rate: 0, body_buffer_size: 64 KiB}
 devices: [{host: true, budget: 2GB}]
+eviction: cost
+dashboard: false
 models:
   Qwen/Qwen2.5-7B:
     <<: *base
@@ -106,7 +108,37 @@ models:
                 "models: {../m: {cmd: [x]}}\n",
                 "devices: []\n",
                 "eviction: fifo\n",
+                "dashboard: sometimes\n",
+                "models: {m: {cmd: [x], cleanup: always}}\n",
                 "ttl: 5m\n"):
         errors, rc = check(bad)
         assert rc == 1, bad
         assert errors, f"the schema takes what the daemon refuses: {bad}"
+
+
+def test_enum_words_are_the_daemons():
+    """A key whose value is one of a few words lists them as its enum, and
+    they are the words the daemon names when it refuses another."""
+    schema = json.loads(generated())
+    props = {"top": schema["properties"]}
+    for name, d in schema["definitions"].items():
+        props[name] = d.get("properties", {})
+    cases = [("top", "eviction", "eviction: fifo\n", ["lru", "cost"]),
+             ("model", "backend", "models: {m: {cmd: [x], backend: docker}}\n",
+              ["process", "plugin", "tensors"]),
+             ("model", "cleanup", "models: {m: {cmd: [x], cleanup: always}}\n",
+              ["manual", "after_request"]),
+             ("loader", "io", "models: {m: {backend: tensors, files: [/x], loader: {io: mmap}}}\n",
+              ["auto", "buffered", "direct"])]
+    for table, key, bad, words in cases:
+        enums = [a["enum"] for a in props[table][key]["anyOf"] if "enum" in a]
+        assert enums == [words], (table, key, props[table][key])
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            f.write(bad)
+        try:
+            p = subprocess.run([DAEMON, "--check-config", f.name], capture_output=True, text=True)
+        finally:
+            os.unlink(f.name)
+        assert p.returncode == 1, bad
+        said = ", ".join(words[:-1]) + " or " + words[-1]
+        assert f"({said})" in p.stderr, p.stderr

@@ -2,7 +2,9 @@
 `modelbufd --help` are those of modelbufd(8); the commands of `modelbuf
 --help` are the sections of modelbuf(1), and each command's (and each
 benchmark's) `--help` lists the options its section does. When scdoc is
-there, every page builds without a warning."""
+there, every page builds without a warning. modelbuf.yaml(5) names every
+key of the configuration's schema."""
+import json
 import os
 import re
 import shutil
@@ -102,3 +104,19 @@ def test_pages_build_cleanly(tmp_path):
             m = subprocess.run(["man", "--warnings", "-l", str(out)], capture_output=True,
                                text=True, env=dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8"))
             assert m.returncode == 0 and m.stderr == "", (page, m.stderr)
+
+
+def test_every_configuration_key_is_in_modelbuf_yaml_5():
+    """Each key the parser's tables hold (as modelbufd --print-schema
+    writes them: the top level and every nested mapping) is named, in bold,
+    by modelbuf.yaml(5)."""
+    p = subprocess.run([DAEMON, "--print-schema"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    schema = json.loads(p.stdout)
+    keys = set(schema["properties"])
+    for d in schema["definitions"].values():
+        keys |= set(d.get("properties", {}))
+    with open(os.path.join(MAN, "modelbuf.yaml.5.scd")) as f:
+        page = f.read()
+    missing = sorted(k for k in keys if f"*{k}*" not in page)
+    assert not missing, f"not in modelbuf.yaml(5): {missing}"

@@ -361,6 +361,7 @@ static void test_defaults(void **state) {
   assert_int_equal(cfg->host_memory_bytes, 0);
   assert_int_equal(cfg->eviction, MB_EVICT_LRU);
   assert_int_equal(cfg->log_level, MBD_LOG_INFO);
+  assert_int_equal(cfg->dashboard, 1);
   assert_int_equal(cfg->defaults.keep_alive_ms, 5 * 60 * 1000);
   assert_int_equal(cfg->defaults.offload, 1);
   assert_int_equal(cfg->defaults.host_keep_alive_ms, 30 * 60 * 1000);
@@ -1217,6 +1218,14 @@ static void test_unknown_key_hints(void **state) {
       {"models: {m: {cmd: [x], budgt: 1GiB}}",
        "models.m.budgt: unknown key (did you mean 'budget', a key of each devices entry?)"},
       {"models: {m: {cmd: [x], keep_alve: 1m}}", "(did you mean 'keep_alive'?)"},
+      {"models: {m: {cmd: [x], dashboard: false}}",
+       "models.m.dashboard: unknown key ('dashboard' is a key of the top level, not of a model)"},
+      {"preload: true", "preload: unknown key ('preload' is a key of a model, not of the top "
+                        "level)"},
+      {"models: {m: {cmd: [x], cleanp: after_request}}", "(did you mean 'cleanup'?)"},
+      {"compat: {modle: m}", "compat.modle: unknown key (did you mean 'model'?)"},
+      {"openia_routes: [/x]", "(did you mean 'openai_routes'?)"},
+      {"web_ui: false", "web_ui: unknown key (did you mean 'dashboard'?"},
       {"models: {m: {cmd: [x], qqqqqqq: 1}}", "models.m.qqqqqqq: unknown key\n"},
   };
   (void)state;
@@ -1696,6 +1705,24 @@ static void test_diag_limit(void **state) {
   free(yaml);
 }
 
+/* dashboard: on by default, off with false, a boolean only. */
+static void test_dashboard(void **state) {
+  mbd_config *cfg;
+  mbd_diag diag;
+
+  (void)state;
+  cfg = parse_ok("dashboard: false\n");
+  assert_int_equal(cfg->dashboard, 0);
+  mbd_config_free(cfg);
+  cfg = parse_ok("dashboard: true\n");
+  assert_int_equal(cfg->dashboard, 1);
+  mbd_config_free(cfg);
+  parse_bad("dashboard: sometimes\ndashbord: true\n", &diag);
+  assert_diag_has(&diag, "t.yaml:1:12: dashboard: expected true or false");
+  assert_diag_has(&diag, "dashbord: unknown key (did you mean 'dashboard'?)");
+  mbd_diag_free(&diag);
+}
+
 static void test_misc_names(void **state) {
   mbd_log_level l;
 
@@ -1744,6 +1771,7 @@ int main(void) {
       cmocka_unit_test(test_core_opts),
       cmocka_unit_test(test_supervision_keys),
       cmocka_unit_test(test_diag_limit),
+      cmocka_unit_test(test_dashboard),
       cmocka_unit_test(test_misc_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "modelbuf/modelbuf.h"
-#include "alloc.h"
+#include "mb_internal.h"
 #include "gpu_checkpoint.h"
 
 typedef int cu_result; /* CUresult: 0 is CUDA_SUCCESS */
@@ -111,28 +111,28 @@ static int fail(cu_result r, const char *what, int pid, char *err, size_t err_le
   return r == CU_ERROR_TIMEOUT || r == CU_ERROR_NOT_READY ? MB_ETIMEDOUT : MB_EBACKEND;
 }
 
-const char *mb__ckpt_state_name(int state) {
+const char *mbd_ckpt_state_name(int state) {
   switch (state) {
-  case MB__CKPT_RUNNING: return "running";
-  case MB__CKPT_LOCKED: return "locked";
-  case MB__CKPT_CHECKPOINTED: return "checkpointed";
-  case MB__CKPT_FAILED: return "failed";
+  case MBD_CKPT_RUNNING: return "running";
+  case MBD_CKPT_LOCKED: return "locked";
+  case MBD_CKPT_CHECKPOINTED: return "checkpointed";
+  case MBD_CKPT_FAILED: return "failed";
   default: return "unknown";
   }
 }
 
-int mb__ckpt_available(char *why, size_t why_len) {
+int mbd_ckpt_available(char *why, size_t why_len) {
   return ready(why, why_len);
 }
 
-int mb__ckpt_get_state(int pid, int *state, char *err, size_t err_len) {
+int mbd_ckpt_get_state(int pid, int *state, char *err, size_t err_len) {
   if (!ready(err, err_len))
     return MB_ENODEV;
   cu_result r = drv.get_state(pid, state);
   return r == CU_SUCCESS ? 0 : fail(r, "reading the CUDA state", pid, err, err_len);
 }
 
-int mb__ckpt_suspend(int pid, unsigned lock_timeout_ms, char *err, size_t err_len) {
+int mbd_ckpt_suspend(int pid, unsigned lock_timeout_ms, char *err, size_t err_len) {
   if (!ready(err, err_len))
     return MB_ENODEV;
   cu_lock_args la;
@@ -154,7 +154,7 @@ int mb__ckpt_suspend(int pid, unsigned lock_timeout_ms, char *err, size_t err_le
   return 0;
 }
 
-int mb__ckpt_resume(int pid, char *err, size_t err_len) {
+int mbd_ckpt_resume(int pid, char *err, size_t err_len) {
   if (!ready(err, err_len))
     return MB_ENODEV;
   cu_restore_args ra;

@@ -12,16 +12,16 @@
 #include <jansson.h>
 
 #include "sim.h"
-#include "alloc.h"
+#include "mb_internal.h"
 
 void sim_model_init(sim_model *m) {
   memset(m, 0, sizeof(*m));
   m->device = SIM_DEVICE_AUTO;
   m->keep_alive_ms = SIM_KA_DEFAULT;
   m->host_keep_alive_ms = SIM_KA_DEFAULT;
-  m->max_concurrency = 1;
-  m->max_queue = 64;
-  m->queue_timeout_ms = 60000;
+  m->max_concurrency = MB_DEFAULT_MAX_CONCURRENCY;
+  m->max_queue = MB_DEFAULT_MAX_QUEUE;
+  m->queue_timeout_ms = MB_DEFAULT_QUEUE_TIMEOUT_MS;
 }
 
 int sim_models_find(const sim_models *t, const char *name) {

@@ -1,6 +1,6 @@
 /*
- * sim.h - the trace simulator (docs/SIMULATOR.md), private to bench/, the
- * CLI's `modelbuf sim` and the tests.
+ * sim.h - the trace simulator (docs/SIMULATOR.md), for the CLI's
+ * `modelbuf sim`, the benchmarks that run it (bench/sim.sh) and the tests.
  *
  * It replays a trace of requests (arrival time, model, duration) through the
  * real residency core in manual mode: the clock is virtual, and backend
@@ -164,6 +164,10 @@ typedef struct sim_config {
   uint64_t host_bytes;     /* host tier for offloaded models; 0 = no host tier */
   sim_policy policy;
   int64_t keep_alive_ms;   /* for models without their own: ms, -1 forever (default 5 min) */
+  /* 1: the core's admission check runs (lib/admit.c): every decision an
+   * admission shortcut makes is planned again in full and compared; the
+   * result's admit_* fields say how it went. Slower; decisions unchanged. */
+  int check_admission;
 } sim_config;
 
 void sim_config_init(sim_config *c);
@@ -188,6 +192,11 @@ typedef struct sim_result {
   uint64_t core_steps;
   double wall_s;           /* machine time of the replay (not deterministic) */
   double events_per_s;
+  /* check_admission: decisions checked, by the shortcut that took them
+   * (auto_blocked, any_blocked, the planning's fail caches), how many
+   * differ from the full planning, the first that did. */
+  uint64_t admit_auto, admit_any, admit_planned, admit_differ;
+  char admit_first[512];
 } sim_result;
 
 /*

@@ -25,11 +25,10 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "modelbuf/modelbuf.h"
 #include "sim.h"
-#include "alloc.h"
+#include "mb_internal.h"
 
 /* Virtual time starts at 1 s: the core reads 0 as "never". */
 #define ORIGIN_NS 1000000000ull
@@ -60,7 +59,7 @@ void sim_config_init(sim_config *c) {
   c->capacity_bytes = 80ull << 30;
   c->host_bytes = 80ull << 30;
   c->policy = SIM_LRU;
-  c->keep_alive_ms = 5 * 60 * 1000;
+  c->keep_alive_ms = MB_DEFAULT_KEEP_ALIVE_MS;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -465,6 +464,8 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
     mb__set_err(err, err_len, "core: %s", e);
     goto done;
   }
+  if (cfg->check_admission)
+    mb__admission_check(s.ctx, 1);
   for (int d = 0; d < cfg->devices; d++) {
     mb_device_opts dopt;
     mb_device_opts_init(&dopt);
@@ -478,8 +479,7 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
   if (add_models(&s, cfg, err, err_len) != 0)
     goto done_ctx;
 
-  struct timespec w0, w1;
-  clock_gettime(CLOCK_MONOTONIC, &w0);
+  uint64_t w0 = mb_clock_monotonic(NULL); /* the machine's time, for wall_s */
   uint64_t start = s.now;
   size_t next = 0;
   int idle_rounds = 0;
@@ -534,9 +534,17 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
       idle_rounds = 0;
     }
   }
-  clock_gettime(CLOCK_MONOTONIC, &w1);
-  out->wall_s = (double)(w1.tv_sec - w0.tv_sec) + (double)(w1.tv_nsec - w0.tv_nsec) / 1e9;
+  out->wall_s = (double)(mb_clock_monotonic(NULL) - w0) / 1e9;
   out->events_per_s = out->wall_s > 0 ? (double)out->core_events / out->wall_s : 0;
+  if (cfg->check_admission) {
+    mb__admit_stats st;
+    mb__admission_check_result(s.ctx, &st);
+    out->admit_auto = st.auto_blocked;
+    out->admit_any = st.any_blocked;
+    out->admit_planned = st.planned;
+    out->admit_differ = st.differ;
+    snprintf(out->admit_first, sizeof(out->admit_first), "%s", st.first);
+  }
   if (s.nomem) {
     mb__set_err(err, err_len, "out of memory during the run");
     goto done_ctx;

@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "sim.h"
-#include "alloc.h"
+#include "mb_internal.h"
 
 #define NS_PER_S 1e9
 /* Bounds that keep t and duration in nanoseconds far from overflow. */

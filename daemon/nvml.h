@@ -1,5 +1,5 @@
 /*
- * nvml.h - private to modelbuf: GPU memory figures from NVML, loaded at run
+ * nvml.h - private to modelbufd: GPU memory figures from NVML, loaded at run
  * time with dlopen("libnvidia-ml.so.1"), so that nothing links against the
  * driver and a machine without one runs unchanged.
  *
@@ -11,19 +11,19 @@
  * with "no NVML: ..." in err and changes nothing. Thread-safe: NVML is loaded
  * and initialised once, on first use, and stays loaded.
  */
-#ifndef MB_NVML_H
-#define MB_NVML_H
+#ifndef MBD_NVML_H
+#define MBD_NVML_H
 
 #include <stddef.h>
 #include <stdint.h>
 
 /* 1 when NVML is usable, else 0 with the reason in why (may be NULL). */
-int mb__nvml_available(char *why, size_t why_len);
+int mbd_nvml_available(char *why, size_t why_len);
 
 /* Total and used memory of CUDA ordinal (the GPU with its PCI bus id; NVML's
  * index where the driver cannot tell it). 0, MB_ENODEV,
  * MB_EBACKEND with a message. */
-int mb__nvml_device_memory(int ordinal, uint64_t *total, uint64_t *used, char *err,
+int mbd_nvml_device_memory(int ordinal, uint64_t *total, uint64_t *used, char *err,
                            size_t err_len);
 
 /*
@@ -32,7 +32,7 @@ int mb__nvml_device_memory(int ordinal, uint64_t *total, uint64_t *used, char *e
  * pgid), into *bytes; *n_procs (may be NULL) gets how many were listed.
  * 0, MB_ENODEV, MB_EBACKEND, MB_ENOMEM with a message.
  */
-int mb__nvml_group_bytes(int ordinal, int pgid, uint64_t *bytes, int *n_procs, char *err,
+int mbd_nvml_group_bytes(int ordinal, int pgid, uint64_t *bytes, int *n_procs, char *err,
                          size_t err_len);
 
 /*
@@ -41,6 +41,6 @@ int mb__nvml_group_bytes(int ordinal, int pgid, uint64_t *bytes, int *n_procs, c
  * list). 0 when none is listed, and at once without NVML (nothing to wait
  * for); MB_ETIMEDOUT when one still is.
  */
-int mb__nvml_wait_released(int ordinal, const int *pids, size_t n_pids, int64_t timeout_ms);
+int mbd_nvml_wait_released(int ordinal, const int *pids, size_t n_pids, int64_t timeout_ms);
 
-#endif /* MB_NVML_H */
+#endif /* MBD_NVML_H */

@@ -14,8 +14,7 @@
 #include <unistd.h>
 
 #include "modelbuf/modelbuf.h"
-#include "alloc.h"
-#include "device.h"
+#include "mb_internal.h"
 
 typedef int nvml_ret;       /* nvmlReturn_t: 0 = NVML_SUCCESS */
 typedef void *nvml_device;  /* nvmlDevice_t */
@@ -84,7 +83,7 @@ static void load_nvml(void) {
   nv.ok = 1; /* stays loaded and initialised for the life of the process */
 }
 
-int mb__nvml_available(char *why, size_t why_len) {
+int mbd_nvml_available(char *why, size_t why_len) {
   pthread_once(&nv.once, load_nvml);
   if (!nv.ok)
     mb__set_err(why, why_len, "%s", nv.why);
@@ -96,15 +95,30 @@ int mb__nvml_available(char *why, size_t why_len) {
  * PCI order, while the driver numbers those CUDA_VISIBLE_DEVICES lets it
  * see, fastest first: the two agree only on a machine of identical GPUs
  * with nothing hidden. So the GPU is found by its PCI bus id, which the
- * driver gives; by index only where that cannot be had.
+ * driver gives; by index only where that cannot be had (no driver, or one
+ * or an NVML without the call). A bus id that NVML does not find, or that
+ * the driver fails to give (a lost GPU), is an error: NVML's GPU of the
+ * same index may be another one.
  */
 static int device(int ordinal, nvml_device *d, char *err, size_t err_len) {
-  if (!mb__nvml_available(err, err_len))
+  if (!mbd_nvml_available(err, err_len))
     return MB_ENODEV;
   char bus[32];
-  if (ordinal >= 0 && nv.device_by_pci != NULL &&
-      mb__device_pci_bus_id(ordinal, bus, sizeof(bus)) == 0 && nv.device_by_pci(bus, d) == 0)
-    return 0;
+  int brc = ordinal >= 0 ? mb__device_pci_bus_id(ordinal, bus, sizeof(bus)) : MB_ENODEV;
+  if (brc == 0 && nv.device_by_pci != NULL) {
+    nvml_ret r = nv.device_by_pci(bus, d);
+    if (r == 0)
+      return 0;
+    mb__set_err(err, err_len, "NVML: no GPU %d at PCI bus id %s (%s)", ordinal, bus,
+                nv.error_string ? nv.error_string(r) : "error");
+    return MB_ENODEV;
+  }
+  if (brc != 0 && brc != MB_ENOTSUP) {
+    mb__set_err(err, err_len,
+                "NVML: no GPU %d: the CUDA driver has no such GPU or cannot give its PCI bus id",
+                ordinal);
+    return MB_ENODEV;
+  }
   nvml_ret r = ordinal < 0 ? 1 : nv.device_by_index((unsigned)ordinal, d);
   if (r != 0) {
     mb__set_err(err, err_len, "NVML: no GPU %d (%s)", ordinal,
@@ -114,7 +128,7 @@ static int device(int ordinal, nvml_device *d, char *err, size_t err_len) {
   return 0;
 }
 
-int mb__nvml_device_memory(int ordinal, uint64_t *total, uint64_t *used, char *err,
+int mbd_nvml_device_memory(int ordinal, uint64_t *total, uint64_t *used, char *err,
                            size_t err_len) {
   nvml_device d;
   int rc = device(ordinal, &d, err, err_len);
@@ -164,7 +178,7 @@ static int list_procs(int ordinal, nvml_proc **out, unsigned *n, char *err, size
   return MB_EBACKEND;
 }
 
-int mb__nvml_group_bytes(int ordinal, int pgid, uint64_t *bytes, int *n_procs, char *err,
+int mbd_nvml_group_bytes(int ordinal, int pgid, uint64_t *bytes, int *n_procs, char *err,
                          size_t err_len) {
   nvml_proc *p = NULL;
   unsigned n = 0;
@@ -187,8 +201,8 @@ int mb__nvml_group_bytes(int ordinal, int pgid, uint64_t *bytes, int *n_procs, c
   return 0;
 }
 
-int mb__nvml_wait_released(int ordinal, const int *pids, size_t n_pids, int64_t timeout_ms) {
-  if (!mb__nvml_available(NULL, 0) || n_pids == 0)
+int mbd_nvml_wait_released(int ordinal, const int *pids, size_t n_pids, int64_t timeout_ms) {
+  if (!mbd_nvml_available(NULL, 0) || n_pids == 0)
     return 0;
   struct timespec t0, now;
   clock_gettime(CLOCK_MONOTONIC, &t0);

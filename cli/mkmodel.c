@@ -12,12 +12,12 @@
 #include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "alloc.h"
+#include "mb_internal.h"
 #include "mkmodel.h"
-#include "tensor_file.h"
 
 #define WRITE_BUF (8u << 20)
 #define GGUF_ALIGN 32u
@@ -26,9 +26,9 @@
 /* Planning                                                                  */
 
 /* Appends a tensor named prefix + suffix (prefix "" for top-level tensors). */
-static void add(mb__mk_tensor *t, size_t *n, mb_dtype dt, uint64_t d0, uint64_t d1,
+static void add(cli_mk_tensor *t, size_t *n, mb_dtype dt, uint64_t d0, uint64_t d1,
                 const char *prefix, const char *suffix) {
-  mb__mk_tensor *x = &t[(*n)++];
+  cli_mk_tensor *x = &t[(*n)++];
   memset(x, 0, sizeof *x);
   snprintf(x->name, sizeof x->name, "%s%s", prefix, suffix);
   x->dtype = dt;
@@ -37,7 +37,7 @@ static void add(mb__mk_tensor *t, size_t *n, mb_dtype dt, uint64_t d0, uint64_t 
   x->shape[1] = d1;
 }
 
-static uint64_t bytes_of(const mb__mk_tensor *t) {
+static uint64_t bytes_of(const cli_mk_tensor *t) {
   uint64_t b = 0;
   char why[8];
   if (mb__dtype_bytes(t->dtype, t->ndim, t->shape, &b, why, sizeof why) != 0)
@@ -45,7 +45,7 @@ static uint64_t bytes_of(const mb__mk_tensor *t) {
   return b;
 }
 
-int mb__mkmodel_plan(const mb__mkmodel_opts *o, mb__mk_tensor **out, size_t *n_out) {
+int cli_mkmodel_plan(const cli_mkmodel_opts *o, cli_mk_tensor **out, size_t *n_out) {
   int gguf = o->format == MB_TENSOR_FORMAT_GGUF;
   uint64_t S = o->size_bytes, L, d;
   size_t n = 0, want;
@@ -71,7 +71,7 @@ int mb__mkmodel_plan(const mb__mkmodel_opts *o, mb__mk_tensor **out, size_t *n_o
     d = 1u << 20;
 
   size_t total = 3 + 9 * (size_t)L;
-  mb__mk_tensor *t = mb__calloc(total, sizeof *t);
+  cli_mk_tensor *t = calloc(total, sizeof *t);
   if (t == NULL)
     return MB_ENOMEM;
   add(t, &n, MB_DTYPE_F16, 8 * d, d, "", gguf ? "token_embd.weight" : "model.embed_tokens.weight");
@@ -225,7 +225,7 @@ static void value_masks(mb_dtype dt, uint64_t *and_m, uint64_t *or_m) {
   }
 }
 
-static int put_data(writer *w, const mb__mk_tensor *t, uint64_t bytes, uint64_t seed,
+static int put_data(writer *w, const cli_mk_tensor *t, uint64_t bytes, uint64_t seed,
                     size_t index) {
   uint64_t s = seed ^ (0xD1B54A32D192ED03ull * (index + 1)), and_m, or_m;
   value_masks(t->dtype, &and_m, &or_m);
@@ -273,7 +273,7 @@ static int sb_printf(sbuf *b, const char *fmt, ...) {
     size_t cap = b->cap ? b->cap * 2 : 4096;
     while (cap < b->len + (size_t)n + 1)
       cap *= 2;
-    char *s = mb__realloc(b->s, cap);
+    char *s = realloc(b->s, cap);
     if (s == NULL)
       return MB_ENOMEM;
     b->s = s;
@@ -281,7 +281,7 @@ static int sb_printf(sbuf *b, const char *fmt, ...) {
   }
 }
 
-static int write_safetensors(writer *w, const mb__mk_tensor *t, size_t n, const uint64_t *bytes,
+static int write_safetensors(writer *w, const cli_mk_tensor *t, size_t n, const uint64_t *bytes,
                              uint64_t seed) {
   sbuf h = {0};
   uint64_t off = 0;
@@ -309,7 +309,7 @@ static int write_safetensors(writer *w, const mb__mk_tensor *t, size_t n, const 
     rc = put(w, h.s, h.len);
   for (size_t i = 0; i < n && rc == 0; i++)
     rc = put_data(w, &t[i], bytes[i], seed, i);
-  mb__free(h.s);
+  free(h.s);
   return rc;
 }
 
@@ -326,7 +326,7 @@ static int gguf_kv_str(writer *w, const char *k, const char *v) {
   return rc ? rc : gguf_str(w, v);
 }
 
-static int write_gguf(writer *w, const mb__mk_tensor *t, size_t n, const uint64_t *bytes,
+static int write_gguf(writer *w, const cli_mk_tensor *t, size_t n, const uint64_t *bytes,
                       uint64_t seed) {
   static const char *const tags[] = {"synthetic", "modelbuf"};
   uint64_t off = 0;
@@ -368,7 +368,7 @@ static int write_gguf(writer *w, const mb__mk_tensor *t, size_t n, const uint64_
 }
 
 /* Checks what the format can hold and computes each tensor's size. */
-static int check_tensors(mb_tensor_format format, const mb__mk_tensor *t, size_t n,
+static int check_tensors(mb_tensor_format format, const cli_mk_tensor *t, size_t n,
                          uint64_t *bytes, uint64_t *total, char *err, size_t err_len) {
   char why[128];
   *total = 0;
@@ -376,7 +376,7 @@ static int check_tensors(mb_tensor_format format, const mb__mk_tensor *t, size_t
     uint64_t ggml_shape[4];
     int ok = format == MB_TENSOR_FORMAT_GGUF ? mb__dtype_to_ggml(t[i].dtype) >= 0
                                               : mb__dtype_is_safetensors(t[i].dtype);
-    if (!ok || t[i].ndim < 0 || t[i].ndim > 4 || memchr(t[i].name, '\0', MB__MK_NAME_LEN) == NULL ||
+    if (!ok || t[i].ndim < 0 || t[i].ndim > 4 || memchr(t[i].name, '\0', CLI_MK_NAME_LEN) == NULL ||
         strpbrk(t[i].name, "\"\\") != NULL) {
       mb__set_err(err, err_len, "tensor %zu: dtype %s or shape or name not writable as %s", i,
                   mb_dtype_name(t[i].dtype), mb_tensor_format_name(format));
@@ -394,9 +394,9 @@ static int check_tensors(mb_tensor_format format, const mb__mk_tensor *t, size_t
   return 0;
 }
 
-int mb__mkmodel_write_tensors(const char *path, mb_tensor_format format,
-                              const mb__mk_tensor *tensors, size_t n, uint64_t seed,
-                              mb__mkmodel_result *res, char *err, size_t err_len) {
+int cli_mkmodel_write_tensors(const char *path, mb_tensor_format format,
+                              const cli_mk_tensor *tensors, size_t n, uint64_t seed,
+                              cli_mkmodel_result *res, char *err, size_t err_len) {
   writer w = {-1, path, NULL, 0, 0, err, err_len};
   uint64_t total;
   int rc;
@@ -406,13 +406,13 @@ int mb__mkmodel_write_tensors(const char *path, mb_tensor_format format,
     mb__set_err(err, err_len, "invalid argument");
     return MB_EINVAL;
   }
-  uint64_t *bytes = mb__calloc(n ? n : 1, sizeof *bytes);
+  uint64_t *bytes = calloc(n ? n : 1, sizeof *bytes);
   if (bytes == NULL)
     return MB_ENOMEM;
   rc = check_tensors(format, tensors, n, bytes, &total, err, err_len);
   if (rc != 0)
     goto out_bytes;
-  w.buf = mb__malloc(WRITE_BUF);
+  w.buf = malloc(WRITE_BUF);
   if (w.buf == NULL) {
     rc = MB_ENOMEM;
     goto out_bytes;
@@ -443,22 +443,22 @@ int mb__mkmodel_write_tensors(const char *path, mb_tensor_format format,
     res->file_bytes = w.written;
   }
 out_buf:
-  mb__free(w.buf);
+  free(w.buf);
 out_bytes:
-  mb__free(bytes);
+  free(bytes);
   return rc;
 }
 
-int mb__mkmodel_write(const mb__mkmodel_opts *o, mb__mkmodel_result *res, char *err,
+int cli_mkmodel_write(const cli_mkmodel_opts *o, cli_mkmodel_result *res, char *err,
                       size_t err_len) {
-  mb__mk_tensor *t;
+  cli_mk_tensor *t;
   size_t n;
-  int rc = mb__mkmodel_plan(o, &t, &n);
+  int rc = cli_mkmodel_plan(o, &t, &n);
   if (rc != 0) {
     mb__set_err(err, err_len, "%s", rc == MB_ENOMEM ? "out of memory" : "invalid model options");
     return rc;
   }
-  rc = mb__mkmodel_write_tensors(o->path, o->format, t, n, o->seed, res, err, err_len);
-  mb__free(t);
+  rc = cli_mkmodel_write_tensors(o->path, o->format, t, n, o->seed, res, err, err_len);
+  free(t);
   return rc;
 }
