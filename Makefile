@@ -5,11 +5,18 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
+COV_BUILD  ?= build-cov
 MESON_OPTS ?=
 # CI builds treat warnings as errors; so do we by default.
 WERROR     ?= true
+# make install: where to (DESTDIR: a staging tree, as package builds use).
+# The configuration goes to $(SYSCONFDIR)/modelbuf, /etc by default whatever
+# the prefix, as a service's does on Debian (meson.build's default too).
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+DESTDIR    ?=
 
-.PHONY: all deps test-deps build run test test-gpu asan tsan fuzz bench clean
+.PHONY: all deps test-deps build run test test-gpu asan tsan fuzz bench coverage clean install uninstall
 
 all: build
 
@@ -17,7 +24,8 @@ deps:
 	@scripts/deps.sh
 
 # What some tests take from outside Debian when it can be had (the OpenAI
-# Node SDK from npm); without it those tests skip.
+# Node SDK from npm, with node and npm from Debian by scripts/deps.sh);
+# without the registry those tests skip.
 test-deps:
 	@scripts/test-deps.sh
 
@@ -78,5 +86,41 @@ test-gpu: build
 	$(BUILD)/tests/gpu/test_cuda_device
 	python3 tests/gpu/daemon_gpu.py --build $(BUILD)
 
+# The programs, library, headers, pkg-config file, man pages, systemd unit,
+# sysusers.d and tmpfiles.d entries, bash completion, the configuration's
+# schema, and $(SYSCONFDIR)/modelbuf/modelbuf.yaml when none is there (an
+# existing one is kept). Without DESTDIR, as root, it also creates the
+# modelbuf user and its folders and reloads systemd (dist/post-install.sh).
+install: build
+	meson configure $(BUILD) -Dprefix=$(PREFIX) -Dsysconfdir=$(SYSCONFDIR)
+	ninja -C $(BUILD)
+	meson install -C $(BUILD) --no-rebuild $(if $(DESTDIR),--destdir "$(abspath $(DESTDIR))")
+
+# Removes what the last install put there (its log in $(BUILD)), except the
+# configuration, as `apt remove` keeps a conffile.
+uninstall:
+	ninja -C $(BUILD) uninstall
+
+# Line coverage of make test's suites (gcovr, Debian's gcovr package): a
+# build with --coverage runs every suite, then gcovr prints the GPU code
+# (the library's device layer, tensors backend and loader; the daemon's
+# nvml.c, gpu_checkpoint.c, worker.c and daemon.c; run against the stand-in
+# driver of tests/gpu_standin) and writes the whole tree's report to
+# $(COV_BUILD)/coverage.txt.
+COV_FILES = lib/device_cuda.c lib/device_host.c lib/backend_tensors.c lib/tensor/loader.c \
+            daemon/nvml.c daemon/gpu_checkpoint.c daemon/worker.c daemon/daemon.c
+$(COV_BUILD)/build.ninja:
+	@scripts/deps.sh --coverage
+	meson setup $(COV_BUILD) -Dwerror=$(WERROR) -Db_coverage=true -Dbuildtype=debug $(MESON_OPTS)
+
+coverage: $(COV_BUILD)/build.ninja
+	@scripts/deps.sh --coverage
+	ninja -C $(COV_BUILD)
+	find $(COV_BUILD) -name '*.gcda' -delete
+	meson test -C $(COV_BUILD) --print-errorlogs
+	gcovr -r . $(COV_BUILD) --exclude 'tests/.*' --exclude 'bench/.*' --exclude 'examples/.*' \
+	  -o $(COV_BUILD)/coverage.txt
+	gcovr -r . $(COV_BUILD) $(foreach f,$(COV_FILES),--filter $(f)) --print-summary
+
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD) $(COV_BUILD)

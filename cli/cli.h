@@ -19,6 +19,12 @@ typedef struct cli_command {
   const char *args;    /* one-line synopsis of the arguments */
   const char *summary; /* what it does */
   int (*run)(int argc, char **argv);
+  /* What --help prints after the synopsis: option lines ("  --flag ARG
+   * what it does", continued by deeper-indented lines), then notes (other
+   * lines). An option's ARG in capitals means it takes a value; FILE or
+   * OUT, a file (the bash completion reads this too). NULL: none. */
+  const char *details;
+  unsigned flags;
 } cli_command;
 
 int cmd_inspect(int argc, char **argv);
@@ -36,7 +42,8 @@ int cmd_bench_lifecycle(int argc, char **argv);
 int cmd_bench_tensors(int argc, char **argv);
 int cmd_sim(int argc, char **argv);
 
-/* Prints "Usage: modelbuf NAME ARGS" and the summary of one command. */
+/* Prints "Usage: modelbuf NAME ARGS" and where its help is, for a usage
+ * error; name may be "bench lifecycle". */
 void cli_command_usage(FILE *out, const char *name);
 
 /* Parses "512MiB", "2GiB", "1GB", "1.5G", "4096" (binary K/M/G/T with "iB",
@@ -45,5 +52,18 @@ int cli_parse_size(const char *s, uint64_t *out);
 
 /* "1.50 GiB" style (binary units) into buf. */
 const char *cli_fmt_bytes(uint64_t n, char *buf, size_t len);
+
+/* The same with three significant digits, for columns: "282 MiB",
+ * "82.8 MiB", "1.25 GiB" (at most 8 characters up to 1023 EiB). */
+const char *cli_fmt_size(uint64_t n, char *buf, size_t len);
+
+/* Levenshtein distance of a and b, ASCII case folded (SIZE_MAX beyond 64
+ * characters): how close a mistyped name is to a real one. */
+size_t cli_edit_distance(const char *a, const char *b);
+
+/* Now on the monotonic clock (the library's mb_clock_monotonic), in seconds
+ * and in milliseconds: what the commands time their work with. */
+double cli_now_s(void);
+double cli_now_ms(void);
 
 #endif /* MB_CLI_H */

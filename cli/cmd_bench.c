@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #ifdef MB_HAVE_LIBURING
@@ -32,17 +31,10 @@
 
 #include "modelbuf/tensors.h"
 #include "cli.h"
-#include "device.h"
-#include "tensor/loader.h"
+#include "mb_internal.h"
 
 #define BLOCK (8u << 20)
 #define URING_DEPTH 8u
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* The model's files. */
 typedef struct files {
@@ -205,14 +197,18 @@ static int naive_load(mb__dev *d, const files *fs, const mb__layout *l, uint64_t
 
 static double gbps(double bytes, double secs) { return secs > 0 ? bytes / secs / 1e9 : 0; }
 
+static const char *bench_kind; /* "load", "offload" or "restore" */
+
 static int usage_err(void) {
-  fprintf(stderr, "Usage: modelbuf bench load|offload|restore FILE [--device host|cuda:N] "
-                  "[--json] [--cycles N] [--threads N] [--chunk SIZE]\n");
+  char name[32];
+  snprintf(name, sizeof(name), "bench %s", bench_kind);
+  cli_command_usage(stderr, name);
   return CLI_EXIT_USAGE;
 }
 
 int cmd_bench_tensors(int argc, char **argv) {
   const char *kind = argv[0], *path = NULL, *device = "host";
+  bench_kind = kind;
   int json = 0, cycles = 3, threads = 0;
   uint64_t chunk = 0;
   for (int i = 1; i < argc; i++) {
@@ -252,8 +248,14 @@ int cmd_bench_tensors(int argc, char **argv) {
   size_t whole_len = 0, largest = 0;
   int rc = CLI_EXIT_FAIL;
   const char *specs[1] = {path};
-  if (mb__dev_open_fallback(dk, ordinal, &d, err, sizeof(err)) != 0 ||
-      mb_tensors_expand(specs, 1, &fs.paths, &fs.n, err, sizeof(err)) != 0 ||
+  char note[256] = "";
+  if (mb__dev_open_fallback(dk, ordinal, &d, note, sizeof(note)) != 0) {
+    fprintf(stderr, "modelbuf: bench %s: %s\n", kind, note);
+    goto out;
+  }
+  if (note[0]) /* no CUDA driver or GPU: said here, the library prints nothing */
+    fprintf(stderr, "modelbuf: %s\n", note);
+  if (mb_tensors_expand(specs, 1, &fs.paths, &fs.n, err, sizeof(err)) != 0 ||
       (fs.f = calloc(fs.n, sizeof(*fs.f))) == NULL) {
     fprintf(stderr, "modelbuf: bench %s: %s\n", kind, err[0] ? err : "out of memory");
     goto out;
@@ -294,95 +296,95 @@ int cmd_bench_tensors(int argc, char **argv) {
     /* baselines: cold direct-I/O read into memory of the file's size, and
      * into one reused 8 MiB buffer */
     drop_caches(&fs);
-    t0 = now_s();
+    t0 = cli_now_s();
     if (read_files(&fs, 1, whole, whole_len) < 0)
       goto io_fail;
-    t = gbps(file_bytes, now_s() - t0);
+    t = gbps(file_bytes, cli_now_s() - t0);
     best_direct = t > best_direct ? t : best_direct;
     drop_caches(&fs);
-    t0 = now_s();
+    t0 = cli_now_s();
     if (read_files(&fs, 1, buf, 0) < 0)
       goto io_fail;
-    t = gbps(file_bytes, now_s() - t0);
+    t = gbps(file_bytes, cli_now_s() - t0);
     best_direct_cached = t > best_direct_cached ? t : best_direct_cached;
     /* modelbuf cold load */
     drop_caches(&fs);
-    t0 = now_s();
+    t0 = cli_now_s();
     if (fresh_load(d, &fs, &l, &arena, &lo, err, sizeof(err)) != 0)
       goto load_fail;
-    t = gbps(data, now_s() - t0);
+    t = gbps(data, cli_now_s() - t0);
     best_cold = t > best_cold ? t : best_cold;
     /* baselines: buffered read of the cached file into memory of its size,
      * and into one reused 8 MiB buffer */
     read_files(&fs, 0, buf, 0);
-    t0 = now_s();
+    t0 = cli_now_s();
     if (read_files(&fs, 0, whole, whole_len) < 0)
       goto io_fail;
-    t = gbps(file_bytes, now_s() - t0);
+    t = gbps(file_bytes, cli_now_s() - t0);
     best_buffered = t > best_buffered ? t : best_buffered;
-    t0 = now_s();
+    t0 = cli_now_s();
     if (read_files(&fs, 0, buf, 0) < 0)
       goto io_fail;
-    t = gbps(file_bytes, now_s() - t0);
+    t = gbps(file_bytes, cli_now_s() - t0);
     best_cached = t > best_cached ? t : best_cached;
 #ifdef MB_HAVE_LIBURING
     /* io_uring, one thread, URING_DEPTH reads in flight: warm, then cold */
     for (int direct = 0; direct < 2; direct++) {
       if (direct)
         drop_caches(&fs);
-      t0 = now_s();
+      t0 = cli_now_s();
       int ok = 1;
       for (size_t i = 0, at = 0; ok && i < fs.n; at += slot(fs.f[i]), i++)
         ok = uring_read_file(fs.paths[i], direct, (char *)whole + at, slot(fs.f[i]),
                              URING_DEPTH) >= 0;
-      t = ok ? gbps(file_bytes, now_s() - t0) : 0;
+      t = ok ? gbps(file_bytes, cli_now_s() - t0) : 0;
       double *best = direct ? &best_uring_cold : &best_uring_warm;
       *best = t > *best ? t : *best;
     }
     read_files(&fs, 0, buf, 0);
 #endif
     /* modelbuf warm load */
-    t0 = now_s();
+    t0 = cli_now_s();
     if (fresh_load(d, &fs, &l, &arena, &lo, err, sizeof(err)) != 0)
       goto load_fail;
-    t = gbps(data, now_s() - t0);
+    t = gbps(data, cli_now_s() - t0);
     best_warm = t > best_warm ? t : best_warm;
     /* baseline: naive loader (each file into malloc, then one copy) */
-    t0 = now_s();
+    t0 = cli_now_s();
     if (naive_load(d, &fs, &l, arena, naive, dk, err, sizeof(err)) != 0)
       goto io_fail;
-    t = gbps(data, now_s() - t0);
+    t = gbps(data, cli_now_s() - t0);
     best_naive = t > best_naive ? t : best_naive;
     /* modelbuf offload and restore: the backend's copies, through the
      * model's kind of pinned buffer */
-    t0 = now_s();
+    t0 = cli_now_s();
     if (mb__dev_copy_pinned(d, 0, arena, pinned, (size_t)l.arena_bytes, NULL, NULL, err,
                             sizeof(err)) != 0)
       goto load_fail;
-    t = gbps((double)l.arena_bytes, now_s() - t0);
+    t = gbps((double)l.arena_bytes, cli_now_s() - t0);
     best_off = t > best_off ? t : best_off;
-    t0 = now_s();
+    t0 = cli_now_s();
     if (mb__dev_copy_pinned(d, 1, arena, pinned, (size_t)l.arena_bytes, NULL, NULL, err,
                             sizeof(err)) != 0)
       goto load_fail;
-    t = gbps((double)l.arena_bytes, now_s() - t0);
+    t = gbps((double)l.arena_bytes, cli_now_s() - t0);
     best_res = t > best_res ? t : best_res;
     /* baseline: plain memcpy between the same buffers (host device), or
      * one pinned host<->device copy of the whole arena per direction
      * (GPU: the bandwidth a copy can reach) */
-    t0 = now_s();
+    t0 = cli_now_s();
     if (dk == MB_DEVICE_HOST)
       memcpy(host, (void *)(uintptr_t)arena, (size_t)l.arena_bytes);
     else if (mb__dev_d2h(d, host, arena, (size_t)l.arena_bytes, 1, err, sizeof(err)) != 0)
       goto load_fail;
-    t = gbps((double)l.arena_bytes, now_s() - t0);
+    t = gbps((double)l.arena_bytes, cli_now_s() - t0);
     best_memcpy_d2h = t > best_memcpy_d2h ? t : best_memcpy_d2h;
-    t0 = now_s();
+    t0 = cli_now_s();
     if (dk == MB_DEVICE_HOST)
       memcpy((void *)(uintptr_t)arena, host, (size_t)l.arena_bytes);
     else if (mb__dev_h2d(d, arena, host, (size_t)l.arena_bytes, 1, err, sizeof(err)) != 0)
       goto load_fail;
-    t = gbps((double)l.arena_bytes, now_s() - t0);
+    t = gbps((double)l.arena_bytes, cli_now_s() - t0);
     best_memcpy_h2d = t > best_memcpy_h2d ? t : best_memcpy_h2d;
   }
   double r_cold = best_direct > 0 ? best_cold / best_direct : 0;

@@ -69,7 +69,7 @@ static const char *until_text(json_t *m, char *buf, size_t len) {
     return "forever";
   if (json_is_true(json_object_get(m, "timer_active"))) {
     char t[32];
-    snprintf(buf, len, "%s from now",
+    snprintf(buf, len, "in %s",
              human_secs(until(json_string_value(json_object_get(m, "expires_at"))), t,
                         sizeof(t)));
     return buf;
@@ -79,16 +79,17 @@ static const char *until_text(json_t *m, char *buf, size_t len) {
   return "-";
 }
 
+/* "282 MiB gpu + 82.8 MiB host", "282 MiB gpu", "-": memory per tier in a sentence. */
 static const char *memory_text(json_t *m, char *buf, size_t len) {
   uint64_t v = (uint64_t)jnum(m, "vram_bytes"), h = (uint64_t)jnum(m, "host_bytes");
   char a[32], b[32];
   if (v && h)
-    snprintf(buf, len, "%s + %s host", cli_fmt_bytes(v, a, sizeof(a)),
-             cli_fmt_bytes(h, b, sizeof(b)));
+    snprintf(buf, len, "%s gpu + %s host", cli_fmt_size(v, a, sizeof(a)),
+             cli_fmt_size(h, b, sizeof(b)));
   else if (v)
-    snprintf(buf, len, "%s", cli_fmt_bytes(v, a, sizeof(a)));
+    snprintf(buf, len, "%s gpu", cli_fmt_size(v, a, sizeof(a)));
   else if (h)
-    snprintf(buf, len, "%s host", cli_fmt_bytes(h, a, sizeof(a)));
+    snprintf(buf, len, "%s host", cli_fmt_size(h, a, sizeof(a)));
   else
     snprintf(buf, len, "-");
   return buf;
@@ -103,32 +104,157 @@ const char *ctl_safe(const char *s, char *out, size_t len) {
   return out;
 }
 
-void ctl_ps_header(FILE *f, int node_width) {
-  if (node_width > 0)
-    fprintf(f, "%-*s ", node_width, "NODE");
-  fprintf(f, "%-20s %-11s %-9s %-8s %-22s %-9s %s\n", "NAME", "STATE", "LOCATION", "DEVICE",
-          "MEMORY", "IN/QUEUE", "UNTIL");
+/*
+ * The table of ps and top (and of the fleet view, cmd_fleet.c): one column
+ * per tier of memory (GPU: the device the model is on, the host device
+ * standing in for one; HOST: host RAM of an offloaded model), sizes with
+ * three digits, each column as wide as its widest cell. With names of up
+ * to 20 characters a row fits 80 columns; the fleet view's NODE column
+ * comes first and widens it by the node names of its models' rows (at
+ * most NODE_WIDTH_MAX, a longer name pushing its row right). What a
+ * daemon sends goes through ctl_safe: no escape sequence of its reaches
+ * the terminal.
+ */
+enum { COL_NAME, COL_STATE, COL_LOC, COL_DEV, COL_GPU, COL_HOST, COL_REQ, COL_UNTIL, NCOLS };
+
+#define CELL 72
+#define NODE_WIDTH_MAX 32
+
+void ctl_ps_table(FILE *f, const ctl_ps_item *rows, size_t n, int with_node) {
+  static const char *const head[NCOLS] = {"NAME", "STATE", "LOCATION", "DEVICE",
+                                          "GPU", "HOST", "IN/QUEUE", "UNTIL"};
+  size_t w[NCOLS], nw = 4;
+  char(*cell)[NCOLS][CELL] = calloc(n + 1, sizeof(*cell));
+  if (cell == NULL)
+    return;
+  for (int c = 0; c < NCOLS; c++) {
+    snprintf(cell[0][c], CELL, "%s", head[c]);
+    w[c] = strlen(head[c]);
+  }
+  for (size_t i = 0; i < n; i++) {
+    json_t *m = rows[i].model;
+    if (m == NULL)
+      continue; /* a line about the node: it spans the columns, its name as long as it is */
+    if (with_node && strlen(rows[i].node) > nw)
+      nw = strlen(rows[i].node);
+    char(*row)[CELL] = cell[i + 1];
+    uint64_t v = (uint64_t)jnum(m, "vram_bytes"), h = (uint64_t)jnum(m, "host_bytes");
+    ctl_safe(jstr(m, "name"), row[COL_NAME], CELL);
+    ctl_safe(jstr(m, "state"), row[COL_STATE], CELL);
+    ctl_safe(jstr(m, "location"), row[COL_LOC], CELL);
+    ctl_safe(jstr(m, "device"), row[COL_DEV], CELL);
+    if (v)
+      cli_fmt_size(v, row[COL_GPU], CELL);
+    else
+      snprintf(row[COL_GPU], CELL, "-");
+    if (h)
+      cli_fmt_size(h, row[COL_HOST], CELL);
+    else
+      snprintf(row[COL_HOST], CELL, "-");
+    snprintf(row[COL_REQ], CELL, "%d/%d", (int)jnum(m, "inflight"), (int)jnum(m, "queued"));
+    char u[64];
+    snprintf(row[COL_UNTIL], CELL, "%s", until_text(m, u, sizeof(u)));
+    for (int c = 0; c < NCOLS; c++)
+      if (strlen(row[c]) > w[c])
+        w[c] = strlen(row[c]);
+  }
+  if (nw > NODE_WIDTH_MAX)
+    nw = NODE_WIDTH_MAX;
+  for (size_t i = 0; i <= n; i++) {
+    if (with_node)
+      fprintf(f, "%-*s  ", (int)nw, i == 0 ? "NODE" : rows[i - 1].node);
+    if (i > 0 && rows[i - 1].model == NULL) {
+      fprintf(f, "%s\n", rows[i - 1].note);
+      continue;
+    }
+    for (int c = 0; c < NCOLS; c++) {
+      int right = c == COL_GPU || c == COL_HOST; /* numbers line up on their units */
+      if (c == NCOLS - 1)
+        fprintf(f, "%s\n", cell[i][c]);
+      else
+        fprintf(f, right ? "%*s  " : "%-*s  ", (int)w[c], cell[i][c]);
+    }
+  }
+  free(cell);
 }
 
-void ctl_ps_row(FILE *f, int node_width, const char *node, json_t *m) {
-  char mem[64], q[32], u[64], name[200], state[32], loc[32], dev[32];
-  snprintf(q, sizeof(q), "%d/%d", (int)jnum(m, "inflight"), (int)jnum(m, "queued"));
-  if (node_width > 0)
-    fprintf(f, "%-*s ", node_width, node);
-  /* What a daemon sends is printed as plain text: no escape sequence of
-   * its reaches the terminal. */
-  fprintf(f, "%-20s %-11s %-9s %-8s %-22s %-9s %s\n", ctl_safe(jstr(m, "name"), name, sizeof(name)),
-          ctl_safe(jstr(m, "state"), state, sizeof(state)),
-          ctl_safe(jstr(m, "location"), loc, sizeof(loc)),
-          ctl_safe(jstr(m, "device"), dev, sizeof(dev)), memory_text(m, mem, sizeof(mem)), q,
-          until_text(m, u, sizeof(u)));
-}
-
+/* One daemon's models, as ps prints them. */
 static void ps_table(FILE *f, json_t *models) {
-  ctl_ps_header(f, 0);
-  size_t i;
-  json_t *m;
-  json_array_foreach(models, i, m) ctl_ps_row(f, 0, NULL, m);
+  size_t n = json_array_size(models);
+  ctl_ps_item *rows = calloc(n ? n : 1, sizeof(*rows));
+  if (rows == NULL)
+    return;
+  for (size_t i = 0; i < n; i++)
+    rows[i].model = json_array_get(models, i);
+  ctl_ps_table(f, rows, n, 0);
+  free(rows);
+}
+
+/*
+ * After the daemon's error, what to do about it: a 401 names the ways to
+ * give a key; an unknown model gets the closest names the daemon has.
+ */
+static void explain(const cli_client *c, const char *what, long status, json_t *doc) {
+  const char *code = json_string_value(json_object_get(json_object_get(doc, "error"), "code"));
+  if (status == 401) {
+    if (c->auth[0])
+      fprintf(stderr, "modelbuf: the daemon refused the API key given (--api-key, else "
+                      "$MODELBUF_API_KEY): check it against the daemon's api_keys or its "
+                      "MODELBUF_API_KEY\n");
+    else
+      fprintf(stderr, "modelbuf: the daemon needs an API key: set MODELBUF_API_KEY=KEY in the "
+                      "environment or pass --api-key KEY (it is sent as Authorization: Bearer "
+                      "KEY)\n");
+    return;
+  }
+  if (status != 404 || code == NULL || strcmp(code, "not_found") != 0 || what == NULL)
+    return;
+  json_t *list;
+  long st;
+  if (cli_request(c, "GET", "/api/models", NULL, &st, &list, NULL) != 0 || st != 200) {
+    json_decref(list);
+    return;
+  }
+  /* Names and aliases within a third of the name's length (at least 2). */
+  const char *best[3] = {NULL, NULL, NULL};
+  size_t bestd[3] = {SIZE_MAX, SIZE_MAX, SIZE_MAX}, limit = strlen(what) / 3, i, j;
+  json_t *m, *a;
+  if (limit < 2)
+    limit = 2;
+  json_array_foreach(json_object_get(list, "models"), i, m) {
+    json_t *names = json_array();
+    json_array_append(names, json_object_get(m, "name"));
+    json_array_foreach(json_object_get(m, "aliases"), j, a) json_array_append(names, a);
+    json_array_foreach(names, j, a) {
+      const char *n = json_string_value(a);
+      size_t d = n ? cli_edit_distance(what, n) : SIZE_MAX;
+      if (d == SIZE_MAX || d > limit || (strcasestr(n, what) == NULL && d >= strlen(n)))
+        continue;
+      if (strcasestr(n, what) != NULL && d > 1)
+        d = 1; /* a part of the name counts as close */
+      for (int k = 0; k < 3; k++)
+        if (d < bestd[k]) {
+          for (int l = 2; l > k; l--) {
+            best[l] = best[l - 1];
+            bestd[l] = bestd[l - 1];
+          }
+          best[k] = n;
+          bestd[k] = d;
+          break;
+        }
+    }
+    json_decref(names);
+  }
+  int nbest = best[0] ? best[1] ? best[2] ? 3 : 2 : 1 : 0;
+  if (nbest == 0) {
+    fprintf(stderr, "modelbuf: modelbuf ps lists the models\n");
+  } else {
+    fprintf(stderr, "modelbuf: did you mean ");
+    for (int k = 0; k < nbest; k++)
+      fprintf(stderr, "%s'%s'", k == 0 ? "" : k == nbest - 1 ? " or " : ", ", best[k]);
+    fprintf(stderr, "? (modelbuf ps lists the models)\n");
+  }
+  json_decref(list);
 }
 
 /* Runs one request and handles the two ways it can fail. */
@@ -140,6 +266,7 @@ static int call(const cli_client *c, const char *what, const char *method, const
     return rc;
   if (status >= 400) {
     cli_print_error(what, status, *doc);
+    explain(c, what, status, *doc);
     json_decref(*doc);
     *doc = NULL;
     return CLI_EXIT_FAIL;
@@ -231,9 +358,11 @@ int cmd_status(int argc, char **argv) {
   printf("\n  memory      %s\n", memory_text(m, mem, sizeof(mem)));
   printf("  requests    %d in flight, %d queued, %.0f served\n", (int)jnum(m, "inflight"),
          (int)jnum(m, "queued"), jnum(st, "requests"));
-  printf("  keep-alive  %s, idle %.0fs, until %s\n",
+  const char *when = until_text(m, u, sizeof(u));
+  printf("  keep-alive  %s, idle %.0fs, %s%s\n",
          human_secs(jnum(m, "keep_alive_s"), ka, sizeof(ka)), jnum(m, "idle_s"),
-         until_text(m, u, sizeof(u)));
+         strncmp(when, "in ", 3) == 0 ? "next step " : "", /* "next step in 4m59s" */
+         strcmp(when, "-") == 0 || strcmp(when, "forever") == 0 ? "no timer" : when);
   printf("  lifecycle   %.0f loads (avg %.0f ms), %.0f offloads, %.0f restores, %.0f evictions, "
          "%.0f unloads\n",
          jnum(st, "loads"), jnum(st, "avg_load_ms"), jnum(st, "offloads"), jnum(st, "restores"),
@@ -292,21 +421,19 @@ int cmd_load(int argc, char **argv) {
     return CLI_EXIT_OK;
   }
   int tty = isatty(1);
-  struct timespec t0, now;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
+  double t0 = cli_now_s();
   double last_print = -1;
   snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(name, seg, sizeof(seg)));
   for (;;) {
     rc = call(&c, name, "GET", path, NULL, &m);
     if (rc != 0)
       return rc;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double el = (double)(now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9;
+    double el = cli_now_s() - t0;
     const char *state = jstr(m, "state");
     if (strcmp(state, "ready") == 0) {
       char mem[64];
-      printf("%s%s ready in %.1fs (%s, %s)\n", tty ? "\r\033[K" : "", name, el,
-             jstr(m, "location"), memory_text(m, mem, sizeof(mem)));
+      printf("%s%s ready in %.1fs (%s)\n", tty ? "\r\033[K" : "", name, el,
+             memory_text(m, mem, sizeof(mem)));
       json_decref(m);
       return CLI_EXIT_OK;
     }
@@ -353,8 +480,7 @@ static int action(int argc, char **argv, const char *what, const char *verb) {
   if (rc != 0)
     return rc;
   char mem[64];
-  printf("%s: %s (%s, %s)\n", argv[1], jstr(m, "state"), jstr(m, "location"),
-         memory_text(m, mem, sizeof(mem)));
+  printf("%s: %s (%s)\n", argv[1], jstr(m, "state"), memory_text(m, mem, sizeof(mem)));
   json_decref(m);
   return CLI_EXIT_OK;
 }
@@ -367,6 +493,30 @@ int cmd_unload(int argc, char **argv) {
   return action(argc, argv, "unload", "unload");
 }
 
+/* A number of seconds as a duration the daemon reads back exactly:
+ * "1h2m5.5s", "10m", "0", "forever". */
+static const char *dur_text(double secs, char *buf, size_t len) {
+  if (secs < 0) {
+    snprintf(buf, len, "forever");
+    return buf;
+  }
+  long long ms = (long long)(secs * 1000.0 + 0.5), h = ms / 3600000, m = ms / 60000 % 60;
+  long long sec = ms / 1000 % 60, rest = ms % 1000;
+  size_t off = 0;
+  buf[0] = '\0';
+  if (ms == 0)
+    snprintf(buf, len, "0");
+  if (h > 0)
+    off += (size_t)snprintf(buf + off, len - off, "%lldh", h);
+  if (m > 0 && off < len)
+    off += (size_t)snprintf(buf + off, len - off, "%lldm", m);
+  if (rest > 0 && off < len)
+    snprintf(buf + off, len - off, "%lld.%03llds", sec, rest);
+  else if (sec > 0 && off < len)
+    snprintf(buf + off, len - off, "%llds", sec);
+  return buf;
+}
+
 /* keep-alive NAME D|forever|0 */
 int cmd_keep_alive(int argc, char **argv) {
   cli_client c;
@@ -374,22 +524,41 @@ int cmd_keep_alive(int argc, char **argv) {
   if (argc != 3)
     return usage_of("keep-alive");
   const char *v = argv[2];
+  char path[256], seg[200], was[64];
+  json_t *m;
+  /* What it was, to say how to put it back. */
+  snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(argv[1], seg, sizeof(seg)));
+  int rc = call(&c, argv[1], "GET", path, NULL, &m);
+  if (rc != 0)
+    return rc;
+  dur_text(jnum(m, "keep_alive_s"), was, sizeof(was));
+  json_decref(m);
   json_t *body = strcmp(v, "forever") == 0 || strcmp(v, "-1") == 0
                      ? json_pack("{s:i}", "keep_alive", -1)
                      : json_pack("{s:s}", "keep_alive", v);
   char *b = json_dumps(body, JSON_COMPACT);
   json_decref(body);
-  char path[256], seg[200];
   snprintf(path, sizeof(path), "/api/models/%s/keep-alive",
            cli_name_seg(argv[1], seg, sizeof(seg)));
-  json_t *m;
-  int rc = call(&c, argv[1], "POST", path, b, &m);
+  rc = call(&c, argv[1], "POST", path, b, &m);
   free(b);
   if (rc != 0)
     return rc;
   char ka[32], u[64];
-  printf("%s: keep-alive %s, until %s\n", argv[1],
-         human_secs(jnum(m, "keep_alive_s"), ka, sizeof(ka)), until_text(m, u, sizeof(u)));
+  double now = jnum(m, "keep_alive_s");
+  if (now == 0)
+    printf("%s: keep-alive 0: it leaves the GPU as soon as it is idle (to host RAM when it can "
+           "offload, else unloaded)\n",
+           argv[1]);
+  else if (now < 0)
+    printf("%s: keep-alive forever: it stays loaded until it is unloaded, or evicted to make "
+           "room\n", argv[1]);
+  else
+    printf("%s: keep-alive %s, next step %s\n", argv[1], human_secs(now, ka, sizeof(ka)),
+           until_text(m, u, sizeof(u)));
+  printf("This holds until it is changed again (across unloads too) or modelbufd restarts; "
+         "it was %s: `modelbuf keep-alive %s %s` puts it back.\n",
+         was, argv[1], was);
   json_decref(m);
   return CLI_EXIT_OK;
 }
@@ -464,6 +633,23 @@ static int follow_data(const char *p, size_t n, void *arg) {
   return 1;
 }
 
+/*
+ * Whether model m can have a worker log: a process model. Otherwise says
+ * why on stderr and returns 0.
+ */
+static int has_worker_log(const char *name, json_t *m) {
+  const char *backend = jstr(m, "backend");
+  if (strcmp(backend, "process") != 0) {
+    fprintf(stderr,
+            "modelbuf: %s is a %s model: it runs inside modelbufd, with no worker process, so "
+            "there is no worker log; its events are in the daemon's log (journalctl -u "
+            "modelbufd, or modelbuf top)\n",
+            name, backend);
+    return 0;
+  }
+  return 1;
+}
+
 /* logs NAME [-n N] [-f] */
 int cmd_logs(int argc, char **argv) {
   cli_client c;
@@ -486,34 +672,54 @@ int cmd_logs(int argc, char **argv) {
   long status;
   json_t *doc;
   char *text = NULL;
+  /* The model first: it must exist and have a worker (the stream has no
+   * room for an error). */
+  snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(name, seg, sizeof(seg)));
+  int rc = call(&c, name, "GET", path, NULL, &doc);
+  if (rc != 0)
+    return rc;
+  int worker = has_worker_log(name, doc);
+  if (!worker) {
+    json_decref(doc);
+    return CLI_EXIT_FAIL;
+  }
   if (!follow) {
+    json_t *st = doc;
     snprintf(path, sizeof(path), "/api/models/%s/logs?tail=%d",
              cli_name_seg(name, seg, sizeof(seg)), n);
-    int rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
-    if (rc != 0)
+    rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
+    if (rc != 0) {
+      json_decref(st);
       return rc;
+    }
     if (status >= 400) {
       cli_print_error(name, status, doc);
       json_decref(doc);
+      json_decref(st);
       free(text);
       return CLI_EXIT_FAIL;
     }
     json_decref(doc);
+    if ((text == NULL || text[0] == '\0') && n > 0) {
+      int running = json_is_integer(json_object_get(st, "pid"));
+      if (running)
+        fprintf(stderr, "modelbuf: %s's worker (pid %lld) has printed nothing yet\n", name,
+                (long long)json_integer_value(json_object_get(st, "pid")));
+      else
+        fprintf(stderr,
+                "modelbuf: %s has no worker log: no worker of it has run since modelbufd "
+                "started (state %s); `modelbuf load %s` starts one, `modelbuf logs %s -f` "
+                "waits for its lines\n",
+                name, jstr(st, "state"), name, name);
+      json_decref(st);
+      free(text);
+      return running ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+    }
+    json_decref(st);
     fputs(text ? text : "", stdout);
     fflush(stdout);
     free(text);
     return CLI_EXIT_OK;
-  }
-  /* The model must exist; the stream itself has no room for an error. */
-  snprintf(path, sizeof(path), "/api/models/%s", cli_name_seg(name, seg, sizeof(seg)));
-  int rc = cli_request(&c, "GET", path, NULL, &status, &doc, &text);
-  free(text);
-  if (rc != 0)
-    return rc;
-  if (status >= 400) {
-    cli_print_error(name, status, doc);
-    json_decref(doc);
-    return CLI_EXIT_FAIL;
   }
   json_decref(doc);
   follow_ctx *f = calloc(1, sizeof(*f));

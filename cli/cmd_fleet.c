@@ -21,7 +21,6 @@
 #include "client.h"
 #include "ctl.h"
 
-#define NODE_WIDTH_MAX 32
 #define TOP_EVERY_MS 2000
 #define TOP_RECENT 8
 
@@ -77,16 +76,6 @@ static void views_clear(view *v, size_t n) {
   }
 }
 
-static int node_width(const view *v, size_t n) {
-  int w = 4;
-  for (size_t i = 0; i < n; i++) {
-    int l = (int)strlen(v[i].node);
-    if (l > w)
-      w = l;
-  }
-  return w > NODE_WIDTH_MAX ? NODE_WIDTH_MAX : w;
-}
-
 /* What went wrong with daemon v, in a line's words; NULL when nothing. */
 static const char *trouble(const view *v, char *out, size_t len) {
   char a[300], b[300];
@@ -116,23 +105,60 @@ static int outcome(const view *v, size_t n) {
   return rc;
 }
 
-/* Each daemon's models as rows; a daemon in trouble is a line. */
-static void table(FILE *f, const view *v, size_t n) {
-  int w = node_width(v, n);
-  ctl_ps_header(f, w);
+/* The rows of the table: each daemon's models (or its model, for status:
+ * one=1, the answer being the model itself); a daemon in trouble, or
+ * without models, is a line. notes holds those lines' text, n entries of
+ * 700. Caller frees the rows (NULL: out of memory) and notes. */
+static ctl_ps_item *rows_of(const view *v, size_t n, int one, size_t *nrows, char (**notes)[700]) {
+  size_t total = 0;
   for (size_t i = 0; i < n; i++) {
-    char why[700];
-    if (trouble(&v[i], why, sizeof(why))) {
-      fprintf(f, "%-*s %s\n", w, v[i].node, why);
+    size_t k = one ? 1 : json_array_size(json_object_get(v[i].a.doc, "models"));
+    total += k ? k : 1;
+  }
+  ctl_ps_item *r = calloc(total, sizeof(*r));
+  *notes = calloc(n, sizeof(**notes));
+  if (r == NULL || *notes == NULL) {
+    free(r);
+    free(*notes);
+    *notes = NULL;
+    return NULL;
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    char *note = (*notes)[i];
+    if (trouble(&v[i], note, 700)) {
+      r[k++] = (ctl_ps_item){.node = v[i].node, .note = note};
+      continue;
+    }
+    if (one) {
+      r[k++] = (ctl_ps_item){.node = v[i].node, .model = v[i].a.doc};
       continue;
     }
     json_t *models = json_object_get(v[i].a.doc, "models");
-    if (json_array_size(models) == 0)
-      fprintf(f, "%-*s (no models)\n", w, v[i].node);
-    size_t k;
+    if (json_array_size(models) == 0) {
+      snprintf(note, 700, "(no models)");
+      r[k++] = (ctl_ps_item){.node = v[i].node, .note = note};
+    }
+    size_t j;
     json_t *m;
-    json_array_foreach(models, k, m) ctl_ps_row(f, w, v[i].node, m);
+    json_array_foreach(models, j, m) r[k++] = (ctl_ps_item){.node = v[i].node, .model = m};
   }
+  *nrows = k;
+  return r;
+}
+
+/* Every daemon's models (one=0) or its model (one=1) in one table. */
+static void table(FILE *f, const view *v, size_t n, int one) {
+  size_t nrows = 0;
+  char(*notes)[700];
+  ctl_ps_item *rows = rows_of(v, n, one, &nrows, &notes);
+  if (rows == NULL) {
+    fprintf(stderr, "modelbuf: out of memory\n");
+    return;
+  }
+  ctl_ps_table(f, rows, nrows, 1);
+  free(rows);
+  free(notes);
 }
 
 /* {"nodes": [{"url", "node", "reachable", "status", key: doc | "error": ...}]} */
@@ -171,7 +197,7 @@ int ctl_fleet_ps(const cli_fleet *fl, int json) {
   if (json)
     print_json(nodes_json(v, fl->n, "models", 0));
   else
-    table(stdout, v, fl->n);
+    table(stdout, v, fl->n, 0);
   int rc = outcome(v, fl->n);
   views_clear(v, fl->n);
   free(v);
@@ -189,15 +215,7 @@ int ctl_fleet_status(const cli_fleet *fl, const char *name, const char *path, in
     print_json(doc);
   } else {
     /* The model's row on every node: where it is loaded, where not. */
-    int w = node_width(v, fl->n);
-    ctl_ps_header(stdout, w);
-    for (size_t i = 0; i < fl->n; i++) {
-      char why[700];
-      if (trouble(&v[i], why, sizeof(why)))
-        printf("%-*s %s\n", w, v[i].node, why);
-      else
-        ctl_ps_row(stdout, w, v[i].node, v[i].a.doc);
-    }
+    table(stdout, v, fl->n, 1);
   }
   int rc = outcome(v, fl->n);
   views_clear(v, fl->n);
@@ -300,13 +318,13 @@ int ctl_fleet_top(const cli_fleet *fl, int keys) {
       top_changes(&t, i, &v[i], first);
     if (t.tty) {
       printf("\033[H\033[2J");
-      table(stdout, v, fl->n);
+      table(stdout, v, fl->n, 0);
       printf("\nrecent changes (q or Ctrl-C quits):\n");
       for (int i = 0; i < t.nrecent; i++)
         printf("  %s\n", t.recent[i]);
       fflush(stdout);
     } else if (first) {
-      table(stdout, v, fl->n);
+      table(stdout, v, fl->n, 0);
       fflush(stdout);
     }
     views_clear(v, fl->n);

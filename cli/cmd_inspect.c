@@ -190,9 +190,6 @@ int cmd_inspect(int argc, char **argv) {
       json = 1;
     } else if (strcmp(argv[i], "--meta") == 0) {
       meta = 1;
-    } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-      cli_command_usage(stdout, "inspect");
-      return CLI_EXIT_OK;
     } else if (argv[i][0] == '-' && argv[i][1] != '\0') {
       fprintf(stderr, "modelbuf inspect: unknown option '%s'\n", argv[i]);
       cli_command_usage(stderr, "inspect");

@@ -10,7 +10,8 @@
  *   the device's own figure (free memory) and the OS's (RSS).
  *
  * lifecycle.c turns the cycles into figures, a leak verdict and advice.
- * The model is built by the daemon's own construction (model_build.h), so
+ * The model is built by the daemon's own construction (model_build.h,
+ * through daemon/internal/mbd_internal.h), so
  * it is exactly the model modelbufd would run: process (the worker started,
  * supervised and stopped as modelbufd does it), plugin and tensors (both in
  * this process), files: entries expanded the same way. With --url the model is
@@ -22,7 +23,6 @@
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "modelbuf/modelbuf.h"
@@ -32,12 +32,8 @@
 #ifdef MB_CLI_CLIENT
 #include "client.h"
 #endif
-#include "config.h"
-#include "device.h"
-#include "expand.h"
 #include "lifecycle.h"
-#include "model_build.h"
-#include "worker.h"
+#include "mbd_internal.h"
 
 #define MAX_CYCLES 256
 #define MAX_PROBES 100
@@ -53,8 +49,8 @@ typedef struct target {
   mbd_sup *sup;        /* starts and reaps the worker (process backend) */
   char **paths;        /* the model's files, expanded (for the page cache) */
   size_t n_paths;
-  mb__dev *tdev;       /* tensors off the host device: read back through it */
-  void *tbounce;       /* pinned bounce buffer of TENSOR_BOUNCE bytes on tdev */
+  void *tbounce;       /* tensors off the host device: read back into this
+                          buffer of TENSOR_BOUNCE bytes (mb_tensors_read) */
   uint64_t tsum;       /* checksum of every tensor's bytes after the first load */
   int tsum_set;
   mb_device_kind kind;
@@ -62,12 +58,6 @@ typedef struct target {
   const char *device_name;
   uint64_t rss_start; /* RSS of this process before the first load */
 } target;
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 /*
  * RSS of this process, after handing free heap pages back to the OS: what
@@ -90,7 +80,7 @@ static uint64_t rss_self(void) {
 static uint64_t device_free(const target *t) {
   uint64_t total = 0, free_b = 0;
   char err[128];
-  if (mb__device_mem_info(t->kind, t->ordinal, &total, &free_b, err, sizeof(err)) != 0)
+  if (mb_device_mem_info(t->kind, t->ordinal, &total, &free_b, err, sizeof(err)) != 0)
     return 0;
   return free_b;
 }
@@ -120,14 +110,14 @@ static uint64_t checksum(uint64_t h, const uint8_t *p, uint64_t n) {
  * The "inference" of a tensors model, which has no request handler: every
  * tensor of every file looked up by name (mb_tensors_find, as user code
  * does) and all its bytes read into a checksum -- on the host device
- * straight from the arena, on another device copied back through a pinned
- * bounce buffer. It measures what a first pass over the weights costs after
+ * straight from the arena, on another device copied back through a bounce
+ * buffer (mb_tensors_read, as user code would). It measures what a first pass over the weights costs after
  * a load or a restore (lookups, page faults of a fresh arena, memory
  * bandwidth), and the checksum must stay the one of the first load: a
  * restore that brought back other bytes fails the probe.
  */
 static double probe_tensors(target *t, char *err, size_t len) {
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   uint64_t h = 0xcbf29ce484222325ull;
   mb_tensors_model *tm = mbd_tensors_model_of(t->tensors);
   if (tm == NULL) {
@@ -152,20 +142,20 @@ static double probe_tensors(target *t, char *err, size_t len) {
         h = checksum(h, (const uint8_t *)(uintptr_t)ref.device_ptr, ref.size_bytes);
         continue;
       }
-      if (t->tdev == NULL &&
-          (mb__dev_open(t->kind, t->ordinal, &t->tdev, err, len) != 0 ||
-           mb__dev_host_alloc(t->tdev, TENSOR_BOUNCE, &t->tbounce, err, len) != 0))
+      if (t->tbounce == NULL && (t->tbounce = malloc(TENSOR_BOUNCE)) == NULL) {
+        snprintf(err, len, "out of memory");
         return -2.0;
+      }
       for (uint64_t off = 0; off < ref.size_bytes; off += TENSOR_BOUNCE) {
         size_t part = ref.size_bytes - off < TENSOR_BOUNCE ? (size_t)(ref.size_bytes - off)
                                                            : TENSOR_BOUNCE;
-        if (mb__dev_d2h(t->tdev, t->tbounce, ref.device_ptr + off, part, 0, err, len) != 0)
+        if (mb_tensors_read(tm, ti.name, off, t->tbounce, part, err, len) != 0)
           return -2.0;
         h = checksum(h, t->tbounce, part);
       }
     }
   }
-  double took = now_ms() - t0;
+  double took = cli_now_ms() - t0;
   if (!t->tsum_set) {
     t->tsum = h;
     t->tsum_set = 1;
@@ -201,9 +191,9 @@ static double probe(target *t, char *err, size_t len) {
     }
     const char *colon = strrchr(url, ':');
     int port = colon ? atoi(colon + 1) : 0;
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     int rc = mbd_http_call(port, req.method, p->path, p->body, 60000, &status, err, len);
-    double took = now_ms() - t0;
+    double took = cli_now_ms() - t0;
     if (rc != 0)
       return -2.0;
     if (status >= 400) {
@@ -213,9 +203,9 @@ static double probe(target *t, char *err, size_t len) {
     return took;
   }
   mb_plugin_response resp;
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   int rc = mb_plugin_handle(t->inst, &req, &resp, err, len);
-  double took = now_ms() - t0;
+  double took = cli_now_ms() - t0;
   if (rc != 0)
     return -2.0;
   int status = resp.status;
@@ -320,9 +310,9 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
     return -1;
   }
 
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   STEP(mb_load(t->ctx, name, MB_FOREVER, err, sizeof(err)), "load");
-  c->load_ms = now_ms() - t0;
+  c->load_ms = cli_now_ms() - t0;
   sample(t, c);
   if (probes_once(t, probes, &c->first_ms, &c->steady_ms, c) != 0)
     return -1;
@@ -336,7 +326,7 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
   double off[MAX_RESTORES], res[MAX_RESTORES];
   int nr = 0;
   for (int r = 0; r < restores; r++) {
-    t0 = now_ms();
+    t0 = cli_now_ms();
     int rc = mb_offload(t->ctx, name, err, sizeof(err));
     if (rc == MB_ENOTSUP)
       break;
@@ -344,14 +334,14 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
       fprintf(stderr, "modelbuf: bench lifecycle: offload %s: %s\n", name, err);
       return -1;
     }
-    off[nr] = now_ms() - t0;
+    off[nr] = cli_now_ms() - t0;
     mb_status st;
     STEP(mb_model_status(t->ctx, name, &st), "status");
     if (st.host_bytes > c->host_offloaded)
       c->host_offloaded = st.host_bytes;
-    t0 = now_ms();
+    t0 = cli_now_ms();
     STEP(mb_load(t->ctx, name, MB_FOREVER, err, sizeof(err)), "restore");
-    res[nr++] = now_ms() - t0;
+    res[nr++] = cli_now_ms() - t0;
     sample(t, c);
     if (probes_once(t, probes > 1 ? 1 : probes, NULL, NULL, c) != 0)
       return -1;
@@ -368,9 +358,9 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
   STEP(steady(t, &c->dev_steady, &c->host_steady), "status");
   sample(t, c);
 
-  t0 = now_ms();
+  t0 = cli_now_ms();
   STEP(mb_unload(t->ctx, name, err, sizeof(err)), "unload");
-  c->unload_ms = now_ms() - t0;
+  c->unload_ms = cli_now_ms() - t0;
   uint64_t free_after = device_free(t), rss_after = rss_self();
   if (t->worker) {
     /* A worker's memory is back when none of its processes is left. */
@@ -386,32 +376,20 @@ static int cycle(target *t, int i, int cold, int probes, int restores, lc_cycle 
 }
 
 static void usage(void) {
-  cli_command_usage(stderr, "bench");
-  fprintf(stderr,
-          "lifecycle options:\n"
-          "  --config FILE   the daemon configuration naming MODEL (default: $MODELBUF_CONFIG,\n"
-          "                  else ./modelbuf.yaml); the model runs in this process\n"
-          "  --url URL       measure the model in a running modelbufd instead, through its\n"
-          "                  HTTP API (also MODELBUF_URL when neither --config nor\n"
-          "                  MODELBUF_CONFIG is given); --config then only supplies its\n"
-          "                  probe and files\n"
-          "  --api-key KEY   the daemon's API key (default: $MODELBUF_API_KEY)\n"
-          "  --cycles N      load/offload/restore/unload cycles (default 5)\n"
-          "  --probes K      probe requests after each load (default 5)\n"
-          "  --restores R    offload/restore rounds per cycle (default 2)\n"
-          "  --probe-method M, --probe-path P, --probe-body B\n"
-          "                  the probe request, instead of the configuration's `probe`\n"
-          "                  (with --url and neither: GET of the model's health path)\n"
-          "  --no-cold       keep the files in the page cache for the first load\n"
-          "  --all           every model of the configuration (or of the daemon, with\n"
-          "                  --url), compared; several MODELs do the same for those\n"
-          "  --json          one JSON object instead of the report\n"
-          "  --chart FILE    also draw memory per tier across the cycles (PNG, gnuplot)\n");
+  cli_command_usage(stderr, "bench lifecycle");
 }
 
 static void build_warning(void *arg, const char *model, const char *msg, const char *why) {
   (void)arg;
   fprintf(stderr, "modelbuf: bench lifecycle: %s: %s: %s\n", model, msg, why);
+}
+
+/* A plugin model's log lines, on stderr (the library prints nothing). */
+static void plugin_log(void *arg, int level, const char *model, const char *msg) {
+  static const char *names[] = {"debug", "info", "warn", "error"};
+  (void)arg;
+  fprintf(stderr, "level=%s model=%s msg=\"%s\"\n", names[level < 0 ? 0 : level > 3 ? 3 : level],
+          model ? model : "", msg ? msg : "");
 }
 
 /* Builds the context and registers the model as modelbufd would (one
@@ -456,10 +434,15 @@ static int setup(const mbd_config *cfg, const mbd_model_config *mc, target *t) {
   mo.device = 0;
   mo.keep_alive_ms = MB_FOREVER;
   mo.pinned = 1;
+  mb_plugin_host host;
+  memset(&host, 0, sizeof(host));
+  host.size = sizeof(host);
+  host.log = plugin_log;
   mbd_build_env env;
   memset(&env, 0, sizeof(env));
   env.ctx = t->ctx;
   env.sup = t->sup;
+  env.plugin_host = &host;
   env.warn = build_warning;
   mbd_built b;
   if (mbd_model_build(&env, mc, &mo, &b, err, sizeof(err)) != 0)
@@ -514,10 +497,7 @@ static int bench_here(const mbd_config *cfg, const mbd_model_config *mc, const l
 done:
   if (t.ctx && mb_ctx_free(t.ctx) != 0)
     fprintf(stderr, "modelbuf: bench lifecycle: context still busy\n");
-  if (t.tdev) {
-    mb__dev_host_free(t.tdev, t.tbounce);
-    mb__dev_close(t.tdev);
-  }
+  free(t.tbounce);
   mbd_sup_stop(t.sup); /* after the context: the worker is stopped by then */
   mb_tensors_paths_free(t.paths, t.n_paths);
   return status;
@@ -813,7 +793,9 @@ int cmd_bench(int argc, char **argv) {
   if (argc >= 2 && (!strcmp(argv[1], "load") || !strcmp(argv[1], "offload") ||
                     !strcmp(argv[1], "restore")))
     return cmd_bench_tensors(argc - 1, argv + 1);
-  fprintf(stderr, "modelbuf: bench: unknown benchmark '%s'\n", argc >= 2 ? argv[1] : "");
-  usage();
+  if (argc >= 2)
+    fprintf(stderr, "modelbuf: bench: unknown benchmark '%s' (lifecycle, load, offload or "
+                    "restore)\n", argv[1]);
+  cli_command_usage(stderr, "bench");
   return CLI_EXIT_USAGE;
 }

@@ -1,7 +1,7 @@
 /*
  * cmd_mkmodel.c - `modelbuf mkmodel --format safetensors|gguf --size SIZE
  * [--tensors N] [--seed S] OUT`: writes a valid synthetic weight file with
- * the library's writer (lib/tensor/mkmodel.c), for benchmarks, tests and
+ * the tool's writer (mkmodel.c), for benchmarks, tests and
  * trying the daemon without downloading a model.
  */
 #include <errno.h>
@@ -9,11 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "modelbuf/tensors.h"
 #include "cli.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...) {
   va_list ap;
@@ -44,17 +43,13 @@ static int parse_u64(const char *s, uint64_t *out) {
 }
 
 int cmd_mkmodel(int argc, char **argv) {
-  mb__mkmodel_opts o = {0};
+  cli_mkmodel_opts o = {0};
   const char *format = NULL, *size = NULL, *tensors = NULL, *seed = NULL;
   uint64_t v;
 
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], **slot = NULL, *val = NULL;
     size_t n = strcspn(a, "=");
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      cli_command_usage(stdout, "mkmodel");
-      return CLI_EXIT_OK;
-    }
     if (strncmp(a, "--format", n) == 0 && n == 8)
       slot = &format;
     else if (strncmp(a, "--size", n) == 0 && n == 6)
@@ -104,17 +99,15 @@ int cmd_mkmodel(int argc, char **argv) {
   if (seed != NULL && parse_u64(seed, &o.seed) != 0)
     return usage_error("bad seed '%s'", seed);
 
-  struct timespec t0, t1;
   char err[512], hb[32];
-  mb__mkmodel_result res;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
-  int rc = mb__mkmodel_write(&o, &res, err, sizeof err);
-  clock_gettime(CLOCK_MONOTONIC, &t1);
+  cli_mkmodel_result res;
+  double t0 = cli_now_s();
+  int rc = cli_mkmodel_write(&o, &res, err, sizeof err);
+  double s = cli_now_s() - t0;
   if (rc != 0) {
     fprintf(stderr, "modelbuf: %s\n", err);
     return CLI_EXIT_FAIL;
   }
-  double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
   printf("%s: %s, %zu tensors, %s of tensor data, %llu bytes written in %.2f s (%.2f GB/s)\n",
          o.path, format, res.tensors, cli_fmt_bytes(res.data_bytes, hb, sizeof hb),
          (unsigned long long)res.file_bytes, s, s > 0 ? (double)res.file_bytes / s / 1e9 : 0.0);

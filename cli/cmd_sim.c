@@ -15,19 +15,7 @@
 #include "cmd_sim_fleet.h"
 
 static void usage_sim(FILE *out) {
-  fprintf(out,
-          "Usage: modelbuf sim (--models TABLE.json | --gen-models N[,min=SIZE,max=SIZE])\n"
-          "                    (--trace FILE.csv | --gen KIND:key=value,...)\n"
-          "                    [--policy lru|cost|belady|all] [--devices N] [--capacity SIZE]\n"
-          "                    [--host SIZE] [--keep-alive DUR] [--seed S] [--json]\n"
-          "       modelbuf sim ... --write-trace FILE | --write-models FILE\n"
-          "       modelbuf sim ... --nodes N [--routing hash|least|spill|all]\n"
-          "                    [--balance-factor PCT]   (a fleet behind a balancer)\n"
-          "       modelbuf sim --nodes N --route NAME[,NAME...]   (where hash sends them)\n"
-          "\n"
-          "Generators: zipf, diurnal, burst; keys n, rate, s, dur, period, amp, every, size,\n"
-          "spread (docs/SIMULATOR.md). Defaults: --policy all --devices 1 --capacity 80GiB,\n"
-          "--host = devices x capacity (0: no host tier), --keep-alive 5m, --seed 1.\n");
+  cli_command_usage(out, "sim");
 }
 
 /* "250ms", "30s", "5m", "1h", seconds, or -1 / "forever". */
@@ -131,9 +119,19 @@ static void print_json(const sim_result *r, int n, const sim_models *m, const si
     for (int d = 0; d < x->ndev; d++)
       printf("%s%.4f", d ? ", " : "", x->util[d]);
     printf("], \"core_events\": %llu, \"core_steps\": %llu, \"wall_s\": %.4f, "
-           "\"events_per_s\": %.0f}",
+           "\"events_per_s\": %.0f",
            (unsigned long long)x->core_events, (unsigned long long)x->core_steps, x->wall_s,
            x->events_per_s);
+    if (c->check_admission) {
+      printf(", \"admission_check\": {\"auto_blocked\": %llu, \"any_blocked\": %llu, "
+             "\"planned\": %llu, \"differ\": %llu, \"first\": \"",
+             (unsigned long long)x->admit_auto, (unsigned long long)x->admit_any,
+             (unsigned long long)x->admit_planned, (unsigned long long)x->admit_differ);
+      for (const char *p = x->admit_first; *p; p++) /* a model name may hold a quote */
+        printf(*p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
+      printf("\"}");
+    }
+    printf("}");
   }
   printf("\n], \"ratios\": {");
   int any = 0;
@@ -169,9 +167,9 @@ int cmd_sim(int argc, char **argv) {
     if (strcmp(a, "--json") == 0) {
       json = 1;
       takes = 0;
-    } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      usage_sim(stdout);
-      return CLI_EXIT_OK;
+    } else if (strcmp(a, "--check-admission") == 0) {
+      cfg.check_admission = 1;
+      takes = 0;
     } else if (v == NULL) {
       fprintf(stderr, "modelbuf sim: %s needs a value (or is unknown)\n", a);
       usage_sim(stderr);
@@ -344,9 +342,19 @@ int cmd_sim(int argc, char **argv) {
     print_table(res, npol);
     if (npol == 3)
       printf("load+restore time: cost/lru %.3f, cost/belady %.3f\n", cost_lru, cost_bel);
+    for (int i = 0; i < npol && cfg.check_admission; i++)
+      printf("admission check (%s): decisions checked %llu of auto_blocked, %llu of "
+             "any_blocked, %llu planned; %llu differ%s%s\n",
+             sim_policy_name(res[i].policy), (unsigned long long)res[i].admit_auto,
+             (unsigned long long)res[i].admit_any, (unsigned long long)res[i].admit_planned,
+             (unsigned long long)res[i].admit_differ, res[i].admit_differ ? "; first: " : "",
+             res[i].admit_first);
   }
-  free(res);
   rc = CLI_EXIT_OK;
+  for (int i = 0; i < npol; i++)
+    if (res[i].admit_differ > 0)
+      rc = CLI_EXIT_FAIL;
+  free(res);
 out:
   sim_trace_free(&trace);
   sim_models_free(&models);

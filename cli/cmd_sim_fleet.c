@@ -1,6 +1,6 @@
 /*
  * cmd_sim_fleet.c - `modelbuf sim --nodes N`: a trace routed across a
- * fleet of nodes (bench/sim/sim_fleet.h) by consistent hash (as the
+ * fleet of nodes (sim/sim_fleet.h) by consistent hash (as the
  * HAProxy recipe does), least load, and hash with spill, and what each
  * routing cost: requests served warm, cold loads and restores, time
  * spent loading, queue wait, how evenly the nodes were used and on how
@@ -151,8 +151,18 @@ static void print_json(const sim_fleet_result *r, int n, const sim_models *m,
     printf(", \"node_util\": [");
     for (int k = 0; k < x->nodes; k++)
       printf("%s%.4f", k ? ", " : "", a->util[k]);
-    printf("], \"core_events\": %llu, \"wall_s\": %.4f}", (unsigned long long)a->core_events,
+    printf("], \"core_events\": %llu, \"wall_s\": %.4f", (unsigned long long)a->core_events,
            a->wall_s);
+    if (c->node.check_admission) {
+      printf(", \"admission_check\": {\"auto_blocked\": %llu, \"any_blocked\": %llu, "
+             "\"planned\": %llu, \"differ\": %llu, \"first\": \"",
+             (unsigned long long)a->admit_auto, (unsigned long long)a->admit_any,
+             (unsigned long long)a->admit_planned, (unsigned long long)a->admit_differ);
+      for (const char *p = a->admit_first; *p; p++) /* a model name may hold a quote */
+        printf(*p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
+      printf("\"}");
+    }
+    printf("}");
   }
   printf("\n]}\n");
 }
@@ -206,7 +216,19 @@ int sim_fleet_main(const sim_fleet_opts *o, const sim_models *models, const sim_
            cli_fmt_bytes(c.node.host_bytes, host, sizeof(host)), sim_policy_name(c.node.policy),
            (long long)c.node.keep_alive_ms, models->n, trace->n);
     print_table(res, nr);
+    for (int i = 0; i < nr && c.node.check_admission; i++)
+      printf("admission check (%s): decisions checked %llu of auto_blocked, %llu of "
+             "any_blocked, %llu planned; %llu differ%s%s\n",
+             sim_routing_name(res[i].routing), (unsigned long long)res[i].all.admit_auto,
+             (unsigned long long)res[i].all.admit_any,
+             (unsigned long long)res[i].all.admit_planned,
+             (unsigned long long)res[i].all.admit_differ,
+             res[i].all.admit_differ ? "; first: " : "", res[i].all.admit_first);
   }
+  int rc = CLI_EXIT_OK;
+  for (int i = 0; i < nr; i++)
+    if (res[i].all.admit_differ > 0)
+      rc = CLI_EXIT_FAIL; /* --check-admission found a difference */
   free(res);
-  return CLI_EXIT_OK;
+  return rc;
 }

@@ -1,7 +1,7 @@
 /*
  * cmd_sim_fleet.h - private to the modelbuf tool: `modelbuf sim --nodes N`,
  * the simulator over a fleet of nodes behind a balancer
- * (bench/sim/sim_fleet.h; docs/SIMULATOR.md, "Several nodes"). cmd_sim.c
+ * (sim/sim_fleet.h; docs/SIMULATOR.md, "Several nodes"). cmd_sim.c
  * hands it the options it does not know and, once the models and the
  * trace are read, the run.
  */

@@ -15,10 +15,17 @@
  * NULL): what a daemon sends never reaches a terminal as control bytes. */
 const char *ctl_safe(const char *s, char *out, size_t len);
 
-/* The ps table: its header, and one model's row; with node_width > 0 a
- * NODE column of that width comes first. */
-void ctl_ps_header(FILE *f, int node_width);
-void ctl_ps_row(FILE *f, int node_width, const char *node, json_t *m);
+/* One row of the ps table: a model of a node, or (model NULL) a line
+ * about the node (note: out of reach, an error, no models). */
+typedef struct ctl_ps_item {
+  const char *node; /* its node's name, printable; only read with_node */
+  json_t *model;    /* a model object of /api/models, or NULL */
+  const char *note; /* when model is NULL */
+} ctl_ps_item;
+
+/* The ps table of n rows, each column as wide as its widest cell; with
+ * with_node a NODE column comes first. */
+void ctl_ps_table(FILE *f, const ctl_ps_item *rows, size_t n, int with_node);
 
 /*
  * ps, status NAME and top over every daemon of fl (cmd_fleet.c). Each

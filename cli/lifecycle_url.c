@@ -25,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
 #include "client.h"
@@ -45,12 +44,6 @@ typedef struct run {
   uint64_t usable;      /* that device's usable bytes */
   uint64_t free_before; /* its free bytes before the current load */
 } run;
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 static uint64_t ju64(json_t *o, const char *k) {
   json_t *v = json_object_get(o, k);
@@ -73,10 +66,10 @@ static int api(run *r, const char *method, const char *path, const char *body, j
                double *ms) {
   long status;
   json_t *d = NULL;
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   int rc = cli_request(r->c, method, path, body, &status, &d, NULL);
   if (ms)
-    *ms = now_ms() - t0;
+    *ms = cli_now_ms() - t0;
   if (rc != 0)
     return rc;
   if (status >= 400) {
@@ -166,9 +159,9 @@ static double probe(run *r) {
   const lc_opts *o = r->o;
   static const char *const headers[] = {"X-Modelbuf-Keep-Alive: -1", NULL};
   long status;
-  double t0 = now_ms();
+  double t0 = cli_now_ms();
   int rc = cli_call(r->c, o->probe_method, r->probe_path, o->probe_body, headers, &status);
-  double took = now_ms() - t0;
+  double took = cli_now_ms() - t0;
   if (rc != 0)
     return -1.0;
   if (status >= 400) {
@@ -310,9 +303,9 @@ static int cycle(run *r, lc_cycle *c) {
     long status;
     json_t *doc = NULL;
     snprintf(path, sizeof(path), "%s/offload", r->model_path);
-    double t0 = now_ms();
+    double t0 = cli_now_ms();
     CHECK(cli_request(r->c, "POST", path, NULL, &status, &doc, NULL));
-    off[nr] = now_ms() - t0;
+    off[nr] = cli_now_ms() - t0;
     if (status == 409 && nr == 0 && k == 0 &&
         strcmp(jstr(json_object_get(doc, "error"), "code"), "not_supported") == 0) {
       json_decref(doc); /* it cannot offload: no offload/restore figures */

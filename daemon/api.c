@@ -1033,8 +1033,14 @@ static void health(mbd_req *r) {
                            (double)reserved / (1024.0 * 1024.0), "devices", mbd_devices_json(d)));
 }
 
+/* The devices, and the host tier that offloaded models share (its budget
+ * and what they hold there), so that a client can draw both tiers. */
 static void devices(mbd_req *r) {
-  mbd_reply_json(r, 200, json_pack("{s:o}", "devices", mbd_devices_json(r->d)));
+  uint64_t hb, hu;
+  mb_host_tier(r->d->ctx, &hb, &hu);
+  mbd_reply_json(r, 200,
+                 json_pack("{s:o,s:{s:I,s:I}}", "devices", mbd_devices_json(r->d), "host_tier",
+                           "budget_bytes", (json_int_t)hb, "used_bytes", (json_int_t)hu));
 }
 
 /* A job on the task pool that answers with a JSON document. */

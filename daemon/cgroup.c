@@ -16,8 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "alloc.h"
 #include "cgroup.h"
+#include "mb_internal.h"
 
 #ifndef CGROUP2_SUPER_MAGIC
 #define CGROUP2_SUPER_MAGIC 0x63677270

@@ -218,13 +218,13 @@ const char *mbd_config_path(const char *flag, const mbd_env *env) {
 /* Defaults and freeing                                                      */
 
 static void tuning_defaults(mbd_tuning *t) {
-#define DEFAULT(field, key, kind, def, min, max) t->field = (def);
+#define DEFAULT(field, key, kind, def, min, max, doc) t->field = (def);
   MBD_TUNING_MAP(DEFAULT)
 #undef DEFAULT
 }
 
 void mbd__tuning_unset(mbd_tuning *t) {
-#define UNSET(field, key, kind, def, min, max) t->field = MBD_UNSET;
+#define UNSET(field, key, kind, def, min, max, doc) t->field = MBD_UNSET;
   MBD_TUNING_MAP(UNSET)
 #undef UNSET
 }
@@ -234,7 +234,8 @@ void mbd__config_resolve(mbd_config *cfg) {
   for (size_t i = 0; i < cfg->n_models; i++) {
     const mbd_tuning *s = &cfg->models[i].set;
     mbd_tuning *t = &cfg->models[i].tuning;
-#define PICK(field, key, kind, def, min, max) t->field = s->field != MBD_UNSET ? s->field : d->field;
+#define PICK(field, key, kind, def, min, max, doc) \
+  t->field = s->field != MBD_UNSET ? s->field : d->field;
     MBD_TUNING_MAP(PICK)
 #undef PICK
   }
@@ -322,6 +323,7 @@ mbd_config *mbd__config_alloc(const char *name) {
   cfg->min_body_rate = MBD_DEFAULT_MIN_BODY_RATE;
   cfg->body_buffer_bytes = MBD_DEFAULT_BODY_BUFFER_BYTES;
   cfg->retry_after_ms = MBD_DEFAULT_RETRY_AFTER_MS;
+  cfg->dashboard = 1;
   return cfg;
 }
 

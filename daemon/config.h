@@ -31,14 +31,11 @@
 #include "expand.h"
 #include "modelbuf/modelbuf.h"
 
-/* Defaults (DESIGN §1, §2, §5). */
+/* Defaults (DESIGN §1, §2, §5). The core's own (keep-alive, queues,
+ * crash limits) are the library's MB_DEFAULT_* (modelbuf.h), used as they
+ * are in MBD_TUNING_MAP below. */
 #define MBD_DEFAULT_CONFIG_FILE "./modelbuf.yaml"
 #define MBD_DEFAULT_LISTEN "127.0.0.1:8686"
-#define MBD_DEFAULT_KEEP_ALIVE_MS (5 * 60 * 1000)
-#define MBD_DEFAULT_HOST_KEEP_ALIVE_MS (30 * 60 * 1000)
-#define MBD_DEFAULT_MAX_CONCURRENCY 1
-#define MBD_DEFAULT_MAX_QUEUE 64
-#define MBD_DEFAULT_QUEUE_TIMEOUT_MS (60 * 1000)
 #define MBD_DEFAULT_START_TIMEOUT_MS (120 * 1000)
 #define MBD_DEFAULT_STOP_TIMEOUT_MS (10 * 1000)
 #define MBD_DEFAULT_BUSY_TIMEOUT_MS 0 /* off */
@@ -48,8 +45,6 @@
 #define MBD_DEFAULT_HEALTH "/health"
 #define MBD_DEFAULT_HEALTH_INTERVAL_MS 0 /* off */
 #define MBD_DEFAULT_HEALTH_FAILURES 3
-#define MBD_DEFAULT_CRASH_LIMIT 3
-#define MBD_DEFAULT_CRASH_WINDOW_MS (5 * 60 * 1000)
 /* The front door (limits:, DESIGN §5), in the spirit of nginx's defaults. */
 #define MBD_DEFAULT_MAX_CONNECTIONS 10000
 #define MBD_DEFAULT_HEADER_TIMEOUT_MS (30 * 1000)
@@ -118,47 +113,49 @@ void mbd_listen_clear(mbd_listen *l);
 /*
  * Policy values a model inherits from the defaults section unless it sets
  * them. One list gives the struct, the schema of `defaults:` and of each
- * model, the built-in defaults and the resolution (config.c,
- * config_parse.c): XX(field, key, kind, default, min, max), kind DUR
- * (int64_t ms; min -1 allows "forever", max 0 means none), INT (int within
- * [min, max]) or BOOL (int 0/1).
- *
- *   keep_alive         READY after last use; 0 = unload at once; forever
- *   offload            idle expiry offloads to host RAM when possible
- *   host_keep_alive    OFFLOADED before full release; forever
- *   max_concurrency    requests at once
- *   max_queue          waiters beyond which requests get 503
- *   queue_timeout      bound on a request's wait for a slot; forever
- *   start_timeout      the worker must answer its health check within
- *   stop_timeout       SIGTERM to SIGKILL
- *   busy_timeout       a request in flight longer kills the worker; 0 = off
- *   request_buffering  1: a request body is received whole before the lease
- *                      is asked for; 0: it streams to the worker
- *   health_interval    health check of a READY worker every ...; 0 = off
- *   health_failures    failed checks in a row that make the worker lost
- *   crash_limit        losses within crash_window that make the model FAIL; 0 = never
- *   crash_window       the window of crash_limit; forever
+ * model (and its JSON Schema, with doc as the description), the built-in
+ * defaults and the resolution (config.c, config_parse.c, config_keys.c):
+ * XX(field, key, kind, default, min, max, doc), kind DUR (int64_t ms; min
+ * -1 allows "forever", max 0 means none), INT (int within [min, max]) or
+ * BOOL (int 0/1).
  */
-#define MBD_TUNING_MAP(XX)                                                                 \
-  XX(keep_alive_ms, "keep_alive", DUR, MBD_DEFAULT_KEEP_ALIVE_MS, -1, 0)                   \
-  XX(offload, "offload", BOOL, 1, 0, 1)                                                    \
-  XX(host_keep_alive_ms, "host_keep_alive", DUR, MBD_DEFAULT_HOST_KEEP_ALIVE_MS, -1, 0)    \
-  XX(max_concurrency, "max_concurrency", INT, MBD_DEFAULT_MAX_CONCURRENCY, 1, 100000)      \
-  XX(max_queue, "max_queue", INT, MBD_DEFAULT_MAX_QUEUE, 0, 10000000)                      \
-  XX(queue_timeout_ms, "queue_timeout", DUR, MBD_DEFAULT_QUEUE_TIMEOUT_MS, -1, 0)          \
-  XX(start_timeout_ms, "start_timeout", DUR, MBD_DEFAULT_START_TIMEOUT_MS, 1, 0)           \
-  XX(stop_timeout_ms, "stop_timeout", DUR, MBD_DEFAULT_STOP_TIMEOUT_MS, 0, 0)              \
-  XX(busy_timeout_ms, "busy_timeout", DUR, MBD_DEFAULT_BUSY_TIMEOUT_MS, 0, 0)              \
-  XX(request_buffering, "request_buffering", BOOL, 1, 0, 1)                                \
-  XX(health_interval_ms, "health_interval", DUR, MBD_DEFAULT_HEALTH_INTERVAL_MS, 0, 0)     \
-  XX(health_failures, "health_failures", INT, MBD_DEFAULT_HEALTH_FAILURES, 1, 1000)          \
-  XX(crash_limit, "crash_limit", INT, MBD_DEFAULT_CRASH_LIMIT, 0, MB_CRASH_LIMIT_MAX)       \
-  XX(crash_window_ms, "crash_window", DUR, MBD_DEFAULT_CRASH_WINDOW_MS, -1, 0)
+#define MBD_TUNING_MAP(XX)                                                                    \
+  XX(keep_alive_ms, "keep_alive", DUR, MB_DEFAULT_KEEP_ALIVE_MS, -1, 0,                      \
+     "time a model stays loaded after its last request; 0 acts at once, -1 never (default 5m)") \
+  XX(offload, "offload", BOOL, 1, 0, 1,                                                       \
+     "when keep_alive expires, move the model to host RAM if it can, instead of unloading it " \
+     "(default true)")                                                                        \
+  XX(host_keep_alive_ms, "host_keep_alive", DUR, MB_DEFAULT_HOST_KEEP_ALIVE_MS, -1, 0,       \
+     "time offloaded in host RAM before a full release (default 30m)")                        \
+  XX(max_concurrency, "max_concurrency", INT, MB_DEFAULT_MAX_CONCURRENCY, 1, 100000,         \
+     "requests the worker serves at once (default 1)")                                        \
+  XX(max_queue, "max_queue", INT, MB_DEFAULT_MAX_QUEUE, 0, 10000000,                         \
+     "waiting requests beyond which the answer is 503 queue_full (default 64)")               \
+  XX(queue_timeout_ms, "queue_timeout", DUR, MB_DEFAULT_QUEUE_TIMEOUT_MS, -1, 0,             \
+     "how long a request waits for a slot or for memory, then 504 (default 60s)")             \
+  XX(start_timeout_ms, "start_timeout", DUR, MBD_DEFAULT_START_TIMEOUT_MS, 1, 0,              \
+     "the worker must answer its health check within this (default 120s)")                   \
+  XX(stop_timeout_ms, "stop_timeout", DUR, MBD_DEFAULT_STOP_TIMEOUT_MS, 0, 0,                 \
+     "SIGTERM to the worker's tree, SIGKILL after this (default 10s)")                        \
+  XX(busy_timeout_ms, "busy_timeout", DUR, MBD_DEFAULT_BUSY_TIMEOUT_MS, 0, 0,                 \
+     "a request in flight longer than this kills the worker (504); 0 is off (default)")       \
+  XX(request_buffering, "request_buffering", BOOL, 1, 0, 1,                                   \
+     "receive a request body whole before asking for the model; false streams it "            \
+     "(default true)")                                                                        \
+  XX(health_interval_ms, "health_interval", DUR, MBD_DEFAULT_HEALTH_INTERVAL_MS, 0, 0,        \
+     "check a ready worker's health path this often; 0 is off (default)")                    \
+  XX(health_failures, "health_failures", INT, MBD_DEFAULT_HEALTH_FAILURES, 1, 1000,           \
+     "failed health checks in a row after which the worker is lost (default 3)")              \
+  XX(crash_limit, "crash_limit", INT, MB_DEFAULT_CRASH_LIMIT, 0, MB_CRASH_LIMIT_MAX,         \
+     "losses within crash_window after which the model fails, with back-off; 0 never "        \
+     "(default 3)")                                                                           \
+  XX(crash_window_ms, "crash_window", DUR, MB_DEFAULT_CRASH_WINDOW_MS, -1, 0,                \
+     "the window of crash_limit (default 5m)")
 
 #define MBD__TUNING_CTYPE_DUR int64_t
 #define MBD__TUNING_CTYPE_INT int
 #define MBD__TUNING_CTYPE_BOOL int
-#define MBD__TUNING_FIELD(field, key, kind, def, min, max) MBD__TUNING_CTYPE_##kind field;
+#define MBD__TUNING_FIELD(field, key, kind, def, min, max, doc) MBD__TUNING_CTYPE_##kind field;
 
 /* In mbd_config.defaults every field holds a value; in mbd_model_config.set
  * a field is MBD_UNSET when the model left it out. */
@@ -286,9 +283,18 @@ typedef struct mbd_config {
   char *compat_model;        /* compat.model: the model GET /api/gpu/status shows flat; NULL none */
   char *node;                /* node: this daemon's name in a fleet; NULL = the host's name
                                 (mbd_node_default) */
+  int dashboard;             /* 1 (default): GET / serves the dashboard (dashboard.h) */
   mbd_model_config *models;  /* in file order */
   size_t n_models;
 } mbd_config;
+
+/*
+ * Writes the JSON Schema of the configuration file to f (draft-07, built
+ * from the tables the parser walks: docs/modelbuf.schema.json). Editors
+ * validate and complete with it; the parser checks more than it says.
+ * Errors: MB_EIO when f failed.
+ */
+int mbd_config_write_schema(FILE *f);
 
 /*
  * Parses a configuration from memory; name is what messages call the file.

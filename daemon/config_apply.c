@@ -128,7 +128,7 @@ int mbd_config_device_opts(const mbd_config *cfg, size_t i, mb_device_opts *out)
   if (cfg == NULL || out == NULL || !cfg->devices_set || i >= cfg->n_devices)
     return MB_EINVAL;
   d = &cfg->devices[i];
-  memset(out, 0, sizeof(*out));
+  mb_device_opts_init(out);
   out->kind = d->host ? MB_DEVICE_HOST : MB_DEVICE_CUDA;
   out->ordinal = d->host ? 0 : d->gpu;
   out->capacity_bytes = d->capacity_bytes;
@@ -163,7 +163,7 @@ int mbd_config_model_opts(const mbd_config *cfg, const mbd_model_config *m, mb_m
       device = m->device;
     }
   }
-  memset(out, 0, sizeof(*out));
+  mb_model_opts_init(out); /* every field set below; the size is the init's */
   out->keep_alive_ms = m->tuning.keep_alive_ms;
   out->offload = m->tuning.offload;
   out->host_keep_alive_ms = m->tuning.host_keep_alive_ms;

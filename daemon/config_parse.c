@@ -6,9 +6,14 @@
  * walker visits each mapping against a table of the keys it may hold; each
  * key has a type (string, duration, size, ...) or a handler of its own.
  * Every problem becomes one message in the mbd_diag and the walk goes on, so
- * one run reports every error. Checks that need the whole file (aliases
- * against later models, devices that models name, the cmd a backend needs)
- * run after the walk; messages are then sorted into file order.
+ * one run reports every error. Each key also carries a one-line description
+ * and, for a handler, its JSON Schema: config_keys.c reads the same tables
+ * (config_fields.h) to write the schema and to explain an unknown key.
+ * Anchors, aliases and merge keys are resolved by yaml_tree.c before the
+ * walk; top-level keys starting with "x-" are skipped (a home for
+ * anchors). Checks that need the whole file (aliases against later models,
+ * devices that models name, the cmd a backend needs) run after the walk;
+ * messages are then sorted into file order.
  *
  * Invariants: a bad value leaves the default in place and the walk goes on;
  * on allocation failure pctx.oom is set and the result is MB_ENOMEM; on any
@@ -24,6 +29,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "config_fields.h"
 #include "config_int.h"
 #include "units.h"
 #include "yaml_tree.h"
@@ -123,29 +129,9 @@ static int scalar_text(pctx *c, const mbd_ynode *n, int worker, char **out) {
   return 0;
 }
 
-/* Field types of the schema tables. */
-typedef enum ftype {
-  F_STR,      /* char *, ${NAME} expanded */
-  F_WSTR,     /* char *, worker template (keeps ${PORT}/${MODEL}/${GPU}) */
-  F_WSTRLIST, /* char ** + size_t count, worker templates */
-  F_BOOL,     /* int 0/1 */
-  F_INT,      /* int within [min, max] */
-  F_DUR,      /* int64_t ms >= min; min < 0 allows forever */
-  F_SIZE,     /* uint64_t bytes >= min */
-  F_FN        /* a handler of its own */
-} ftype;
-
-struct field;
-typedef void (*field_fn)(pctx *c, const mbd_ynode *v, void *obj, const struct field *f);
-
-typedef struct field {
-  const char *name;
-  ftype type;
-  size_t off;   /* destination in the object */
-  size_t off_n; /* F_WSTRLIST: the count */
-  int64_t min, max;
-  field_fn fn;
-} field;
+typedef mbd__field field;
+typedef mbd__table table;
+typedef mbd__enum_names enum_names;
 
 static void set_str(pctx *c, const mbd_ynode *v, char **dst, int worker) {
   char *s;
@@ -282,63 +268,43 @@ static void apply_field(pctx *c, const mbd_ynode *v, void *obj, const field *f) 
       *(uint64_t *)(void *)p = b;
     break;
   }
+  case F_ENUM: {
+    const enum_names *e = f->u.names;
+    int i = 0;
+    if (scalar_text(c, v, 0, &s) != 0)
+      break;
+    while (e->names[i] != NULL && strcmp(s, e->names[i]) != 0)
+      i++;
+    if (e->names[i] != NULL) {
+      *(int *)(void *)p = i;
+      break;
+    }
+    char list[160] = "";
+    size_t n = 0;
+    for (int k = 0; e->names[k] != NULL && n < sizeof(list); k++)
+      n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s",
+                            k == 0 ? "" : e->names[k + 1] == NULL ? " or " : ", ", e->names[k]);
+    perr(c, v, "unknown %s '%s' (%s)", e->what, s, list);
+    break;
+  }
   case F_FN:
-    f->fn(c, v, obj, f);
+    f->u.fn(c, v, obj, f);
     break;
   }
   free(s);
 }
 
-/* Optimal string alignment distance, for "did you mean" (short strings only). */
-static size_t edit_distance(const char *a, const char *b) {
-  size_t la = strlen(a), lb = strlen(b);
-  size_t d[33][33];
-
-  if (la > 32 || lb > 32)
-    return 99;
-  for (size_t i = 0; i <= la; i++)
-    d[i][0] = i;
-  for (size_t j = 0; j <= lb; j++)
-    d[0][j] = j;
-  for (size_t i = 1; i <= la; i++) {
-    for (size_t j = 1; j <= lb; j++) {
-      size_t cost = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]) ? 0 : 1;
-      size_t best = d[i - 1][j] + 1;
-      if (d[i][j - 1] + 1 < best)
-        best = d[i][j - 1] + 1;
-      if (d[i - 1][j - 1] + cost < best)
-        best = d[i - 1][j - 1] + cost;
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
-          d[i - 2][j - 2] + 1 < best)
-        best = d[i - 2][j - 2] + 1;
-      d[i][j] = best;
-    }
-  }
-  return d[la][lb];
-}
-
-static void unknown_key(pctx *c, const mbd_ynode *key, const field *fields, size_t nf) {
-  const char *best = NULL;
-  size_t best_d = 3, len = strlen(key->str);
-
-  for (size_t i = 0; i < nf; i++) {
-    size_t d = edit_distance(key->str, fields[i].name);
-    if (d < best_d && d < len) {
-      best_d = d;
-      best = fields[i].name;
-    }
-  }
-  if (best != NULL)
-    perr(c, key, "unknown key (did you mean '%s'?)", best);
-  else
-    perr(c, key, "unknown key");
+static void unknown_key(pctx *c, const mbd_ynode *key, const table *t) {
+  char hint[400];
+  mbd__unknown_key_hint(t, key->str, hint, sizeof(hint));
+  perr(c, key, "unknown key%s", hint);
 }
 
 /*
- * Walks mapping m against fields, storing into obj. A key whose value is
+ * Walks mapping m against table t, storing into obj. A key whose value is
  * null counts as absent. Returns 0, or -1 when m is not a mapping.
  */
-static int walk_map(pctx *c, const mbd_ynode *m, const field *fields, size_t nf, void *obj) {
+static int walk_map(pctx *c, const mbd_ynode *m, const table *t, void *obj) {
   if (mbd_ynode_is_null(m))
     return 0;
   if (m->type != MBD_YMAP) {
@@ -358,19 +324,50 @@ static int walk_map(pctx *c, const mbd_ynode *m, const field *fields, size_t nf,
       pop(c, old);
       continue;
     }
-    for (f = 0; f < nf; f++)
-      if (strcmp(fields[f].name, k->str) == 0)
+    for (f = 0; f < t->n; f++)
+      if (strcmp(t->fields[f].name, k->str) == 0)
         break;
-    if (f == nf)
-      unknown_key(c, k, fields, nf);
+    if (f == t->n && t->x_keys && strncmp(k->str, "x-", 2) == 0)
+      ; /* a place for anchors: ignored */
+    else if (f == t->n)
+      unknown_key(c, k, t);
     else if (!mbd_ynode_is_null(v))
-      apply_field(c, v, obj, &fields[f]);
+      apply_field(c, v, obj, &t->fields[f]);
     pop(c, old);
   }
   return 0;
 }
 
 #define NFIELDS(t) (sizeof(t) / sizeof((t)[0]))
+
+/* Table rows: a typed value; one of an enum's words (the schema lists
+ * them); a handler with its JSON Schema; a handler walking a nested
+ * mapping (or a list or dict of them) against a table. */
+#define VAL(name, type, off, min, max, doc) \
+  {name, type, off, 0, min, max, {NULL}, doc, NULL, SH_VALUE, NULL}
+#define ENUMV(name, off, words, doc) \
+  {name, F_ENUM, off, 0, 0, 0, {.names = words}, doc, NULL, SH_VALUE, NULL}
+#define FNV(name, fn, off, schema, doc) \
+  {name, F_FN, off, 0, 0, 0, {fn}, doc, schema, SH_VALUE, NULL}
+#define SUB(name, fn, off, shape, sub, doc) \
+  {name, F_FN, off, 0, 0, 0, {fn}, doc, NULL, shape, sub}
+#define TABLE(id, where, fields, required, doc) \
+  {id, where, doc, fields, NFIELDS(fields), required, 0}
+
+/* Schema alternatives shared by handlers. */
+#define S_ENV "{\"$ref\": \"#/definitions/env\"}"
+#define S_METHOD                                                                            \
+  "{\"type\": \"string\", \"pattern\": \"^([Gg][Ee][Tt]|[Pp][Oo][Ss][Tt]|[Pp][Uu][Tt]|" \
+  "[Pp][Aa][Tt][Cc][Hh]|[Dd][Ee][Ll][Ee][Tt][Ee]|[Hh][Ee][Aa][Dd]|[Oo][Pp][Tt][Ii][Oo][Nn][Ss])$\"}, " S_ENV
+#define S_PATH "{\"type\": \"string\", \"pattern\": \"^/\"}, " S_ENV
+#define S_NAME                                                                              \
+  "{\"type\": \"string\", \"maxLength\": 64, \"pattern\": "                                \
+  "\"^(?!\\\\.+(?:/|$))[A-Za-z0-9._:-]+(?:/(?!\\\\.+(?:/|$))[A-Za-z0-9._:-]+)*$\"}"
+#define S_STRLIST "{\"type\": \"array\", \"items\": {\"$ref\": \"#/definitions/string\"}}"
+/* mbd_node_name_valid: 1 to 253 visible ASCII characters but '"' and '\'. */
+#define S_NODE                                                                              \
+  "{\"type\": \"string\", \"minLength\": 1, \"maxLength\": 253, \"pattern\": "          \
+  "\"^[!#-\\\\[\\\\]-~]+$\"}"
 
 /* ------------------------------------------------------------------------ */
 /* Handlers of particular keys                                               */
@@ -415,15 +412,20 @@ static void fn_http_path(pctx *c, const mbd_ynode *v, void *obj, const field *f)
 }
 
 static const field hook_fields[] = {
-    {"method", F_FN, offsetof(mbd_hook, method), 0, 0, 0, fn_method},
-    {"path", F_FN, offsetof(mbd_hook, path), 0, 0, 0, fn_http_path},
-    {"timeout", F_DUR, offsetof(mbd_hook, timeout_ms), 0, 1, 0, NULL},
+    FNV("method", fn_method, offsetof(mbd_hook, method), S_METHOD,
+        "HTTP method (default POST)"),
+    FNV("path", fn_http_path, offsetof(mbd_hook, path), S_PATH,
+        "the worker's path to call, starting with '/'"),
+    VAL("timeout", F_DUR, offsetof(mbd_hook, timeout_ms), 1, 0,
+        "how long the call may take (default 30s)"),
 };
+static const table hook_table = TABLE("hook", "a hook", hook_fields, "path",
+                                      "an HTTP call into the worker");
 
 static void fn_hook(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   mbd_hook *h = (mbd_hook *)(void *)((char *)obj + f->off);
 
-  if (walk_map(c, v, hook_fields, NFIELDS(hook_fields), h) != 0)
+  if (walk_map(c, v, &hook_table, h) != 0)
     return;
   if (h->path == NULL) {
     perr(c, v, "a hook needs a path");
@@ -436,44 +438,44 @@ static void fn_hook(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
 }
 
 static const field hooks_fields[] = {
-    {"offload", F_FN, offsetof(mbd_model_config, hook_offload), 0, 0, 0, fn_hook},
-    {"restore", F_FN, offsetof(mbd_model_config, hook_restore), 0, 0, 0, fn_hook},
-    {"cleanup", F_FN, offsetof(mbd_model_config, hook_cleanup), 0, 0, 0, fn_hook},
-    {"unload", F_FN, offsetof(mbd_model_config, hook_unload), 0, 0, 0, fn_hook},
+    SUB("offload", fn_hook, offsetof(mbd_model_config, hook_offload), SH_MAP, &hook_table,
+        "moves the model's weights to host RAM (e.g. vLLM's POST /sleep?level=1)"),
+    SUB("restore", fn_hook, offsetof(mbd_model_config, hook_restore), SH_MAP, &hook_table,
+        "brings them back to the GPU (e.g. vLLM's POST /wake_up)"),
+    SUB("cleanup", fn_hook, offsetof(mbd_model_config, hook_cleanup), SH_MAP, &hook_table,
+        "drops the worker's caches (POST /api/cleanup, or after each request)"),
+    SUB("unload", fn_hook, offsetof(mbd_model_config, hook_unload), SH_MAP, &hook_table,
+        "called before the worker is stopped"),
 };
+static const table hooks_table = TABLE("hooks", "hooks", hooks_fields, NULL,
+                                       "HTTP calls into the worker");
 
 static void fn_hooks(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   (void)f;
-  walk_map(c, v, hooks_fields, NFIELDS(hooks_fields), obj);
+  walk_map(c, v, &hooks_table, obj);
 }
 
-/* cleanup: manual (the default: POST /api/cleanup only) or after_request. */
-static void fn_cleanup(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_model_config *m = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "manual") == 0)
-    m->cleanup = MBD_CLEANUP_MANUAL;
-  else if (strcmp(s, "after_request") == 0)
-    m->cleanup = MBD_CLEANUP_AFTER_REQUEST;
-  else
-    perr(c, v, "unknown cleanup '%s' (manual or after_request)", s);
-  free(s);
-}
+/* cleanup: manual (the default: POST /api/cleanup only) or after_request;
+ * mbd_cleanup_mode, in its order. */
+static const enum_names cleanups = {"cleanup", {"manual", "after_request", NULL}};
+_Static_assert(sizeof(mbd_cleanup_mode) == sizeof(int) && MBD_CLEANUP_MANUAL == 0 &&
+                   MBD_CLEANUP_AFTER_REQUEST == 1,
+               "cleanups lists mbd_cleanup_mode by value");
 
 static const field probe_fields[] = {
-    {"method", F_FN, offsetof(mbd_probe, method), 0, 0, 0, fn_method},
-    {"path", F_FN, offsetof(mbd_probe, path), 0, 0, 0, fn_http_path},
-    {"body", F_WSTR, offsetof(mbd_probe, body), 0, 0, 0, NULL},
+    FNV("method", fn_method, offsetof(mbd_probe, method), S_METHOD,
+        "HTTP method (default POST with a body, else GET)"),
+    FNV("path", fn_http_path, offsetof(mbd_probe, path), S_PATH,
+        "the worker's path, starting with '/'"),
+    VAL("body", F_WSTR, offsetof(mbd_probe, body), 0, 0, "the request's body"),
 };
+static const table probe_table = TABLE("probe", "probe", probe_fields, "path",
+                                       "a representative request, for benchmarks");
 
 static void fn_probe(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   mbd_probe *p = (mbd_probe *)(void *)((char *)obj + f->off);
 
-  if (walk_map(c, v, probe_fields, NFIELDS(probe_fields), p) != 0)
+  if (walk_map(c, v, &probe_table, p) != 0)
     return;
   if (p->path == NULL) {
     perr(c, v, "a probe needs a path");
@@ -540,36 +542,26 @@ static void fn_env(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   m->n_env = n;
 }
 
-static void fn_io(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_loader *l = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "auto") == 0)
-    l->io = 0;
-  else if (strcmp(s, "buffered") == 0)
-    l->io = 1;
-  else if (strcmp(s, "direct") == 0)
-    l->io = 2;
-  else
-    perr(c, v, "unknown io mode '%s' (auto, buffered or direct)", s);
-  free(s);
-}
+/* The values of mb_tensors_opts.io. */
+static const enum_names io_modes = {"io mode", {"auto", "buffered", "direct", NULL}};
 
 static const field loader_fields[] = {
-    {"chunk_size", F_SIZE, offsetof(mbd_loader, chunk_bytes), 0, 4096, 0, NULL},
-    {"threads", F_INT, offsetof(mbd_loader, threads), 0, 1, 64, NULL},
-    {"io", F_FN, 0, 0, 0, 0, fn_io},
+    VAL("chunk_size", F_SIZE, offsetof(mbd_loader, chunk_bytes), 4096, 0,
+        "bytes per read, 4KiB to 1GiB (default 8MiB)"),
+    VAL("threads", F_INT, offsetof(mbd_loader, threads), 1, 64,
+        "reader threads (default 4)"),
+    ENUMV("io", offsetof(mbd_loader, io), &io_modes,
+          "auto: direct I/O for a file mostly not in the page cache; buffered; direct"),
 };
+static const table loader_table = TABLE("loader", "loader", loader_fields, NULL,
+                                        "how a tensors model's files are read");
 
 static void fn_loader(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   mbd_model_config *m = obj;
   uint64_t chunk;
 
   (void)f;
-  if (walk_map(c, v, loader_fields, NFIELDS(loader_fields), &m->loader) != 0)
+  if (walk_map(c, v, &loader_table, &m->loader) != 0)
     return;
   chunk = m->loader.chunk_bytes;
   if (chunk > (1ULL << 30)) {
@@ -578,23 +570,11 @@ static void fn_loader(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   }
 }
 
-static void fn_backend(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_model_config *m = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "process") == 0)
-    m->backend = MBD_BACKEND_PROCESS;
-  else if (strcmp(s, "plugin") == 0)
-    m->backend = MBD_BACKEND_PLUGIN;
-  else if (strcmp(s, "tensors") == 0)
-    m->backend = MBD_BACKEND_TENSORS;
-  else
-    perr(c, v, "unknown backend '%s' (process, plugin or tensors)", s);
-  free(s);
-}
+/* mbd_backend_kind, in its order. */
+static const enum_names backends = {"backend", {"process", "plugin", "tensors", NULL}};
+_Static_assert(sizeof(mbd_backend_kind) == sizeof(int) && MBD_BACKEND_PROCESS == 0 &&
+                   MBD_BACKEND_PLUGIN == 1 && MBD_BACKEND_TENSORS == 2,
+               "backends lists mbd_backend_kind by value");
 
 static void fn_device(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   mbd_model_config *m = obj;
@@ -699,63 +679,103 @@ static void fn_aliases(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
 
 /* The fields of mbd_tuning (MBD_TUNING_MAP): in a model's section (its
  * `set`) and in `defaults:`. */
-#define MODEL_TUNING_FIELD(field, key, kind, def, min, max) \
-  {key, F_##kind, offsetof(mbd_model_config, set) + offsetof(mbd_tuning, field), 0, min, max, NULL},
-#define DEFAULTS_TUNING_FIELD(field, key, kind, def, min, max) \
-  {key, F_##kind, offsetof(mbd_tuning, field), 0, min, max, NULL},
+#define MODEL_TUNING_FIELD(field, key, kind, def, min, max, doc) \
+  VAL(key, F_##kind, offsetof(mbd_model_config, set) + offsetof(mbd_tuning, field), min, max, doc),
+#define DEFAULTS_TUNING_FIELD(field, key, kind, def, min, max, doc) \
+  VAL(key, F_##kind, offsetof(mbd_tuning, field), min, max, doc),
 
 static const field model_fields[] = {
-    {"cmd", F_FN, 0, 0, 0, 0, fn_cmd},
-    {"backend", F_FN, 0, 0, 0, 0, fn_backend},
-    {"plugin", F_STR, offsetof(mbd_model_config, plugin), 0, 0, 0, NULL},
+    FNV("cmd", fn_cmd, 0, "{\"type\": \"array\", \"minItems\": 1, \"items\": "
+        "{\"$ref\": \"#/definitions/string\"}}",
+        "the worker's argv, run without a shell; \"${PORT}\" is the port it must serve on "
+        "(required for backend process)"),
+    ENUMV("backend", offsetof(mbd_model_config, backend), &backends,
+          "process: a worker process (default); plugin: an in-process shared object; tensors: "
+          "weight files the daemon holds itself"),
+    VAL("plugin", F_STR, offsetof(mbd_model_config, plugin), 0, 0,
+        "the shared object exporting the backend vtable (required for backend plugin)"),
     {"files", F_WSTRLIST, offsetof(mbd_model_config, files), offsetof(mbd_model_config, n_files),
-     0, 0, NULL},
-    {"env", F_FN, 0, 0, 0, 0, fn_env},
-    {"cwd", F_WSTR, offsetof(mbd_model_config, cwd), 0, 0, 0, NULL},
-    {"health", F_FN, offsetof(mbd_model_config, health), 0, 0, 0, fn_http_path},
-    {"port", F_INT, offsetof(mbd_model_config, port), 0, 1, 65535, NULL},
-    {"vram", F_SIZE, offsetof(mbd_model_config, vram_bytes), 0, 0, 0, NULL},
-    {"device", F_FN, 0, 0, 0, 0, fn_device},
-    {"pinned", F_BOOL, offsetof(mbd_model_config, pinned), 0, 0, 0, NULL},
-    {"priority", F_INT, offsetof(mbd_model_config, priority), 0, -1000000, 1000000, NULL},
-    {"aliases", F_FN, 0, 0, 0, 0, fn_aliases},
+     0, 0, {NULL}, "weight files: files, folders, Hugging Face indexes or glob patterns", NULL,
+     SH_VALUE, NULL},
+    FNV("env", fn_env, 0, "{\"type\": \"object\", \"propertyNames\": {\"pattern\": "
+        "\"^[A-Za-z_][A-Za-z0-9_]*$\"}, \"additionalProperties\": "
+        "{\"$ref\": \"#/definitions/string\"}}",
+        "added to the worker's environment"),
+    VAL("cwd", F_WSTR, offsetof(mbd_model_config, cwd), 0, 0,
+        "the worker's working directory (default the daemon's)"),
+    FNV("health", fn_http_path, offsetof(mbd_model_config, health), S_PATH,
+        "the worker is ready when GET on this path answers 200 (default /health)"),
+    VAL("port", F_INT, offsetof(mbd_model_config, port), 1, 65535,
+        "a fixed port for the worker (default: a free one, as ${PORT})"),
+    VAL("vram", F_SIZE, offsetof(mbd_model_config, vram_bytes), 0, 0,
+        "declared footprint until one is measured (e.g. 6GiB)"),
+    FNV("device", fn_device, 0, "{\"type\": \"integer\", \"minimum\": 0, \"maximum\": 1023}, "
+        "{\"const\": \"auto\"}, " S_ENV,
+        "the GPU ordinal to place it on, or auto (default)"),
+    VAL("pinned", F_BOOL, offsetof(mbd_model_config, pinned), 0, 0,
+        "never evicted (its idle timers still apply)"),
+    VAL("priority", F_INT, offsetof(mbd_model_config, priority), -1000000, 1000000,
+        "default request priority, higher first (default 0)"),
+    FNV("aliases", fn_aliases, 0, "{\"type\": \"array\", \"items\": {\"anyOf\": [" S_NAME
+        ", " S_ENV "]}}",
+        "other names routing to it (the OpenAI model field)"),
     MBD_TUNING_MAP(MODEL_TUNING_FIELD)
-    {"memory_limit", F_SIZE, offsetof(mbd_model_config, memory_limit_bytes), 0, 1, 0, NULL},
-    {"hooks", F_FN, 0, 0, 0, 0, fn_hooks},
-    {"probe", F_FN, offsetof(mbd_model_config, probe), 0, 0, 0, fn_probe},
-    {"loader", F_FN, 0, 0, 0, 0, fn_loader},
-    {"preload", F_BOOL, offsetof(mbd_model_config, preload), 0, 0, 0, NULL},
-    {"cleanup", F_FN, 0, 0, 0, 0, fn_cleanup},
-    {"openai", F_BOOL, offsetof(mbd_model_config, openai), 0, 0, 0, NULL},
+    VAL("memory_limit", F_SIZE, offsetof(mbd_model_config, memory_limit_bytes), 1, 0,
+        "past this footprint the worker is killed and the model fails"),
+    SUB("hooks", fn_hooks, 0, SH_MAP, &hooks_table,
+        "HTTP calls into the worker: offload, restore, cleanup, unload"),
+    SUB("probe", fn_probe, offsetof(mbd_model_config, probe), SH_MAP, &probe_table,
+        "a representative request for benchmarks"),
+    SUB("loader", fn_loader, 0, SH_MAP, &loader_table,
+        "how a tensors model's files are read"),
+    VAL("preload", F_BOOL, offsetof(mbd_model_config, preload), 0, 0,
+        "load it when the daemon starts, if it fits without evicting"),
+    ENUMV("cleanup", offsetof(mbd_model_config, cleanup), &cleanups,
+          "after_request calls hooks.cleanup after each proxied request (default manual)"),
+    VAL("openai", F_BOOL, offsetof(mbd_model_config, openai), 0, 0,
+        "listed by GET /v1/models (default: when it has aliases)"),
 };
+static const table model_table = TABLE("model", "a model", model_fields, NULL,
+                                       "a model's settings");
 
 static const field defaults_fields[] = {MBD_TUNING_MAP(DEFAULTS_TUNING_FIELD)};
+static const table defaults_table = TABLE("defaults", "defaults", defaults_fields, NULL,
+                                          "policy every model inherits unless it sets its own");
 
+#define DAY_MS (24 * 3600 * 1000)
 static const field limits_fields[] = {
-    {"max_body_size", F_SIZE, offsetof(mbd_config, max_body_bytes), 0, 1, 0, NULL},
-    {"max_header_size", F_SIZE, offsetof(mbd_config, max_header_bytes), 0, 1024, 16 << 20,
-     NULL},
-    {"max_connections", F_INT, offsetof(mbd_config, max_connections), 0, 1, 1000000, NULL},
-    {"header_timeout", F_DUR, offsetof(mbd_config, header_timeout_ms), 0, 1, 24 * 3600 * 1000,
-     NULL},
-    {"idle_timeout", F_DUR, offsetof(mbd_config, idle_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
-    {"body_timeout", F_DUR, offsetof(mbd_config, body_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
-    {"send_timeout", F_DUR, offsetof(mbd_config, send_timeout_ms), 0, 1, 24 * 3600 * 1000, NULL},
-    {"min_body_rate", F_SIZE, offsetof(mbd_config, min_body_rate), 0, 0, 0, NULL},
-    {"retry_after", F_DUR, offsetof(mbd_config, retry_after_ms), 0, 1, 24 * 3600 * 1000,
-     NULL},
-    {"body_buffer_size", F_SIZE, offsetof(mbd_config, body_buffer_bytes), 0, 4096, 1 << 30,
-     NULL},
+    VAL("max_body_size", F_SIZE, offsetof(mbd_config, max_body_bytes), 1, 0,
+        "a request body at most (413; default 64MiB)"),
+    VAL("max_header_size", F_SIZE, offsetof(mbd_config, max_header_bytes), 1024, 16 << 20,
+        "request line and headers at most, 1KiB to 16MiB (431; default 64KiB)"),
+    VAL("max_connections", F_INT, offsetof(mbd_config, max_connections), 1, 1000000,
+        "client connections at once (default 10000)"),
+    VAL("header_timeout", F_DUR, offsetof(mbd_config, header_timeout_ms), 1, DAY_MS,
+        "a request's head must be complete within this (408; default 30s)"),
+    VAL("idle_timeout", F_DUR, offsetof(mbd_config, idle_timeout_ms), 1, DAY_MS,
+        "a keep-alive connection with no request is closed after this (default 75s)"),
+    VAL("body_timeout", F_DUR, offsetof(mbd_config, body_timeout_ms), 1, DAY_MS,
+        "at most this between two reads of a request body (408; default 60s)"),
+    VAL("send_timeout", F_DUR, offsetof(mbd_config, send_timeout_ms), 1, DAY_MS,
+        "a client that takes no byte of its answer for this long is dropped (default 60s)"),
+    VAL("min_body_rate", F_SIZE, offsetof(mbd_config, min_body_rate), 0, 0,
+        "bytes per second a request body must keep up over 10 s; 0 is off (default 1KiB)"),
+    VAL("retry_after", F_DUR, offsetof(mbd_config, retry_after_ms), 1, DAY_MS,
+        "the Retry-After of a 503 cannot_fit when nothing foreseeable frees room (default 30s)"),
+    VAL("body_buffer_size", F_SIZE, offsetof(mbd_config, body_buffer_bytes), 4096, 1 << 30,
+        "bytes of a body kept in memory, beyond: a file in temp_dir (default 1MiB)"),
 };
+static const table limits_table = TABLE("limits", "limits", limits_fields, NULL,
+                                        "the front door's limits and timeouts");
 
 static void fn_defaults(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   (void)f;
-  walk_map(c, v, defaults_fields, NFIELDS(defaults_fields), &((mbd_config *)obj)->defaults);
+  walk_map(c, v, &defaults_table, &((mbd_config *)obj)->defaults);
 }
 
 static void fn_limits(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   (void)f;
-  walk_map(c, v, limits_fields, NFIELDS(limits_fields), obj);
+  walk_map(c, v, &limits_table, obj);
 }
 
 static void fn_listen(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
@@ -842,21 +862,11 @@ static void fn_api_keys(pctx *c, const mbd_ynode *v, void *obj, const field *f) 
   }
 }
 
-static void fn_eviction(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
-  mbd_config *cfg = obj;
-  char *s;
-
-  (void)f;
-  if (scalar_text(c, v, 0, &s) != 0)
-    return;
-  if (strcmp(s, "lru") == 0)
-    cfg->eviction = MB_EVICT_LRU;
-  else if (strcmp(s, "cost") == 0)
-    cfg->eviction = MB_EVICT_COST;
-  else
-    perr(c, v, "unknown eviction policy '%s' (lru or cost)", s);
-  free(s);
-}
+/* The policies a configuration may name (MB_EVICT_CUSTOM is the
+ * simulator's), by value. */
+static const enum_names evictions = {"eviction policy", {"lru", "cost", NULL}};
+_Static_assert(sizeof(mb_eviction) == sizeof(int) && MB_EVICT_LRU == 0 && MB_EVICT_COST == 1,
+               "evictions lists mb_eviction by value");
 
 /* cgroup: auto, off, or an absolute folder (of a cgroup v2 file system,
  * checked when the daemon starts). */
@@ -892,16 +902,24 @@ static void fn_log_level(pctx *c, const mbd_ynode *v, void *obj, const field *f)
 }
 
 static const field device_fields[] = {
-    {"gpu", F_INT, offsetof(mbd_device_config, gpu), 0, 0, 1023, NULL},
-    {"host", F_BOOL, offsetof(mbd_device_config, host), 0, 0, 0, NULL},
-    {"capacity", F_SIZE, offsetof(mbd_device_config, capacity_bytes), 0, 0, 0, NULL},
-    {"reserve", F_SIZE, offsetof(mbd_device_config, reserve_bytes), 0, 0, 0, NULL},
-    {"budget", F_SIZE, offsetof(mbd_device_config, budget_bytes), 0, 0, 0, NULL},
-    {"max_loaded", F_INT, offsetof(mbd_device_config, max_loaded), 0, 0, 100000, NULL},
-    {"concurrency", F_INT, offsetof(mbd_device_config, concurrency), 0, 0, 100000, NULL},
-    {"max_parallel_loads", F_INT, offsetof(mbd_device_config, max_parallel_loads), 0, 1, 1024,
-     NULL},
+    VAL("gpu", F_INT, offsetof(mbd_device_config, gpu), 0, 1023, "CUDA ordinal"),
+    VAL("host", F_BOOL, offsetof(mbd_device_config, host), 0, 0,
+        "true: the host device (host memory standing in for a GPU)"),
+    VAL("capacity", F_SIZE, offsetof(mbd_device_config, capacity_bytes), 0, 0,
+        "overrides the measured capacity"),
+    VAL("reserve", F_SIZE, offsetof(mbd_device_config, reserve_bytes), 0, 0,
+        "kept free for other processes (default 0)"),
+    VAL("budget", F_SIZE, offsetof(mbd_device_config, budget_bytes), 0, 0,
+        "a cap on what models may use"),
+    VAL("max_loaded", F_INT, offsetof(mbd_device_config, max_loaded), 0, 100000,
+        "resident models at most; 0 no cap (default)"),
+    VAL("concurrency", F_INT, offsetof(mbd_device_config, concurrency), 0, 100000,
+        "requests at once across all its models; 0 no cap (default)"),
+    VAL("max_parallel_loads", F_INT, offsetof(mbd_device_config, max_parallel_loads), 1, 1024,
+        "loads and restores at once (default 1)"),
 };
+static const table device_table = TABLE("device", "each devices entry", device_fields, NULL,
+                                        "a device: {gpu: N, ...} or {host: true, ...}");
 
 static void fn_devices(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   mbd_config *cfg = obj;
@@ -937,7 +955,7 @@ static void fn_devices(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
     if (mbd_ynode_is_null(item)) {
       perr(c, item, "expected {gpu: N, ...} or {host: true, ...}");
       ok = 0;
-    } else if (walk_map(c, item, device_fields, NFIELDS(device_fields), d) != 0) {
+    } else if (walk_map(c, item, &device_table, d) != 0) {
       ok = 0;
     } else if (d->host && d->gpu >= 0) {
       perr(c, item, "a device is either {gpu: N} or {host: true}, not both");
@@ -997,12 +1015,15 @@ static void fn_openai_routes(pctx *c, const mbd_ynode *v, void *obj, const field
 /* compat: {model: NAME}: the model the compatibility routes act on when
  * they name none (checked against the models once they are read). */
 static const field compat_fields[] = {
-    {"model", F_STR, offsetof(mbd_config, compat_model), 0, 0, 0, NULL},
+    VAL("model", F_STR, offsetof(mbd_config, compat_model), 0, 0,
+        "the model (name or alias) the compatibility routes act on when a request names none"),
 };
+static const table compat_table = TABLE("compat", "compat", compat_fields, NULL,
+                                        "the compatibility routes (/api/gpu/...)");
 
 static void fn_compat(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
   (void)f;
-  walk_map(c, v, compat_fields, NFIELDS(compat_fields), obj);
+  walk_map(c, v, &compat_table, obj);
 }
 
 /* node: this daemon's name in a fleet (status, metrics, X-Modelbuf-Node). */
@@ -1024,23 +1045,49 @@ static void fn_node(pctx *c, const mbd_ynode *v, void *obj, const field *f) {
 }
 
 static const field top_fields[] = {
-    {"listen", F_FN, 0, 0, 0, 0, fn_listen},
-    {"unix_socket", F_FN, 0, 0, 0, 0, fn_unix_socket},
-    {"api_keys", F_FN, 0, 0, 0, 0, fn_api_keys},
-    {"devices", F_FN, 0, 0, 0, 0, fn_devices},
-    {"host_memory", F_SIZE, offsetof(mbd_config, host_memory_bytes), 0, 0, 0, NULL},
-    {"eviction", F_FN, 0, 0, 0, 0, fn_eviction},
-    {"log_level", F_FN, 0, 0, 0, 0, fn_log_level},
-    {"defaults", F_FN, 0, 0, 0, 0, fn_defaults},
-    {"limits", F_FN, 0, 0, 0, 0, fn_limits},
-    {"http_threads", F_INT, offsetof(mbd_config, http_threads), 0, 0, 64, NULL},
-    {"temp_dir", F_STR, offsetof(mbd_config, temp_dir), 0, 0, 0, NULL},
-    {"state_file", F_STR, offsetof(mbd_config, state_file), 0, 0, 0, NULL},
-    {"cgroup", F_FN, 0, 0, 0, 0, fn_cgroup},
-    {"openai_routes", F_FN, 0, 0, 0, 0, fn_openai_routes},
-    {"compat", F_FN, 0, 0, 0, 0, fn_compat},
-    {"node", F_FN, 0, 0, 0, 0, fn_node},
-    {"models", F_FN, 0, 0, 0, 0, fn_models_later},
+    FNV("listen", fn_listen, 0, "{\"type\": \"string\"}, " S_ENV,
+        "HOST:PORT, [IPv6]:PORT, :PORT (all interfaces) or unix:/path (default 127.0.0.1:8686)"),
+    FNV("unix_socket", fn_unix_socket, 0, "{\"type\": \"string\", \"minLength\": 1, "
+        "\"maxLength\": 107}", "an additional Unix socket to listen on"),
+    FNV("api_keys", fn_api_keys, 0, S_STRLIST,
+        "keys: with any, every route but GET /health needs Authorization: Bearer KEY or "
+        "X-API-Key: KEY; empty entries are dropped"),
+    SUB("devices", fn_devices, 0, SH_LIST, &device_table,
+        "the devices to use, in order (default: every GPU, else the host device)"),
+    VAL("host_memory", F_SIZE, offsetof(mbd_config, host_memory_bytes), 0, 0,
+        "budget of the host tier holding offloaded models; 0 is half of RAM (default)"),
+    ENUMV("eviction", offsetof(mbd_config, eviction), &evictions,
+          "which idle model goes first when a load needs room (default lru)"),
+    FNV("log_level", fn_log_level, 0,
+        "{\"enum\": [\"debug\", \"info\", \"warn\", \"warning\", \"error\"]}, " S_ENV,
+        "default info"),
+    SUB("defaults", fn_defaults, 0, SH_MAP, &defaults_table,
+        "policy every model inherits unless it sets its own"),
+    SUB("limits", fn_limits, 0, SH_MAP, &limits_table, "the front door's limits and timeouts"),
+    VAL("http_threads", F_INT, offsetof(mbd_config, http_threads), 0, 64,
+        "event-loop threads; 0 is one per CPU, at most 16 (default)"),
+    VAL("temp_dir", F_STR, offsetof(mbd_config, temp_dir), 0, 0,
+        "where large request bodies wait (default $TMPDIR, else /tmp)"),
+    VAL("state_file", F_STR, offsetof(mbd_config, state_file), 0, 0,
+        "where the daemon lists its running workers (default under $RUNTIME_DIRECTORY)"),
+    FNV("cgroup", fn_cgroup, 0, "{\"type\": \"string\", \"pattern\": \"^(auto|off|/.*)$\"}, " S_ENV,
+        "auto (a cgroup per worker when systemd delegated one), off, or a cgroup v2 folder"),
+    FNV("openai_routes", fn_openai_routes, 0, "{\"type\": \"array\", \"items\": {\"anyOf\": "
+        "[{\"type\": \"string\", \"pattern\": \"^/\"}, " S_ENV "]}}",
+        "more POST paths routed by the body's model"),
+    SUB("compat", fn_compat, 0, SH_MAP, &compat_table, "the compatibility routes"),
+    VAL("dashboard", F_BOOL, offsetof(mbd_config, dashboard), 0, 0,
+        "the web dashboard at GET /; false answers it with 404 (default true)"),
+    FNV("node", fn_node, 0, S_NODE ", {\"type\": [\"number\", \"boolean\"]}, " S_ENV,
+        "this daemon's name in a fleet: in /health, statuses, metrics' labels and every "
+        "answer's X-Modelbuf-Node (default the host's name; $MODELBUF_NODE and --node win)"),
+    SUB("models", fn_models_later, 0, SH_DICT, &model_table, "model name -> its settings"),
+};
+const table mbd__config_top = {"top", "the top level", "modelbufd's configuration", top_fields,
+                               NFIELDS(top_fields), NULL, 1};
+const table *const mbd__config_tables[] = {
+    &mbd__config_top, &defaults_table, &limits_table, &device_table, &model_table, &hooks_table,
+    &hook_table, &probe_table, &loader_table, &compat_table, NULL,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1176,7 +1223,7 @@ static void walk_models(pctx *c, const mbd_ynode *models) {
     old = push_key(c, k->str);
     if (mbd_ynode_is_null(v)) {
       perr(c, k, "missing settings (at least cmd)");
-    } else if (walk_map(c, v, model_fields, NFIELDS(model_fields), m) == 0) {
+    } else if (walk_map(c, v, &model_table, m) == 0) {
       check_model(c, m, k, v, mi);
     }
     pop(c, old);
@@ -1279,7 +1326,7 @@ int mbd_config_parse(const char *text, size_t len, const char *name, const mbd_e
       perr(&c, root, "the configuration must be a mapping of keys (listen, models, ...), got %s",
            type_name(root));
     } else {
-      walk_map(&c, root, top_fields, NFIELDS(top_fields), c.cfg);
+      walk_map(&c, root, &mbd__config_top, c.cfg);
       for (size_t i = 0; i + 1 < root->n; i += 2)
         if (strcmp(root->kids[i]->str, "models") == 0) {
           walk_models(&c, root->kids[i + 1]);

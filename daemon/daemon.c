@@ -24,7 +24,6 @@
 #include <unistd.h>
 
 #include "daemon.h"
-#include "device.h"
 #include "expand.h"
 #include "front.h"
 #include "front_int.h"
@@ -206,7 +205,6 @@ static const char *event_type_name(mb_event_type t) {
   case MB_EVENT_STATE: return "state";
   case MB_EVENT_EVICT: return "evict";
   case MB_EVENT_WARNING: return "warning";
-  case MB_EVENT_PROGRESS: return "progress";
   case MB_EVENT_LOST: return "lost";
   }
   return "event";
@@ -268,8 +266,6 @@ static void last_output(mbd_model *m, char *out, size_t len) {
  * the log. Runs on the core thread, outside its lock. */
 static void on_event(const mb_event *ev, void *arg) {
   mbd *d = arg;
-  if (ev->type == MB_EVENT_PROGRESS)
-    return; /* progress is read from the status; the stream keeps state changes */
   json_t *o = json_pack("{s:I,s:s,s:s,s:s}", "time",
                         (json_int_t)mb_ctx_wall_ms(d->ctx, ev->time_ns), "type",
                         event_type_name(ev->type), "model", ev->model, "reason", ev->reason);
@@ -370,7 +366,7 @@ static int add_devices(mbd *d, char *err, size_t err_len) {
   for (int ord = 0; ord < 16; ord++) {
     uint64_t total = 0;
     char why[200];
-    if (mb__device_mem_info(MB_DEVICE_CUDA, ord, &total, NULL, why, sizeof(why)) != 0) {
+    if (mb_device_mem_info(MB_DEVICE_CUDA, ord, &total, NULL, why, sizeof(why)) != 0) {
       if (ord == 0)
         mbd_log(d, MBD_LOG_INFO, "no GPU: models run on the host device", "why=\"%s\"", why);
       break;
@@ -393,15 +389,27 @@ static void on_build_warning(void *arg, const char *model, const char *msg, cons
   mbd_log(arg, MBD_LOG_WARN, msg, "model=%s why=\"%s\"", model, why);
 }
 
+/* A plugin's log line, in the daemon's log (the library prints nothing). */
+static void on_plugin_log(void *arg, int level, const char *model, const char *msg) {
+  mbd_log(arg, (mbd_log_level)(level < 0 ? 0 : level > 3 ? 3 : level), msg ? msg : "",
+          "model=%s", model ? model : "");
+}
+
 static int add_model(mbd *d, const mbd_config *cfg, mbd_model *m, char *err, size_t err_len) {
   mb_model_opts mo;
   int rc = mbd_model_options(cfg, m->mc, d->ctx, &mo, err, err_len);
   if (rc != 0)
     return rc;
+  mb_plugin_host host;
+  memset(&host, 0, sizeof(host));
+  host.size = sizeof(host);
+  host.log = on_plugin_log;
+  host.log_arg = d;
   mbd_build_env env;
   memset(&env, 0, sizeof(env));
   env.ctx = d->ctx;
   env.sup = d->sup;
+  env.plugin_host = &host;
   env.on_line = on_worker_line;
   env.on_warning = on_worker_warning;
   env.cb_arg = d;

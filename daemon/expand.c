@@ -5,10 +5,11 @@
 #include "expand.h"
 
 #include <ctype.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "mb_internal.h"
 
 /* A growable string; on allocation failure oom is set and appends stop. */
 typedef struct sbuf {
@@ -48,17 +49,6 @@ static void sb_add_escaped(sbuf *b, const char *s, size_t n, int escape) {
     sb_add(b, s[i] == '$' ? "$$" : &s[i], s[i] == '$' ? 2 : 1);
 }
 
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t err_len,
-                                                      const char *fmt, ...) {
-  if (err != NULL && err_len > 0) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-  }
-  return MB_EINVAL;
-}
-
 const char *mbd_env_get(const mbd_env *env, const char *name) {
   if (env == NULL || env->get == NULL)
     return getenv(name);
@@ -78,10 +68,10 @@ int mbd_expand_env(const char *in, unsigned flags, const mbd_env *env, char **ou
   int rc = MB_EINVAL;
 
   if (out == NULL)
-    return fail(err, err_len, "no output");
+    return mb__fail(MB_EINVAL, err, err_len, "no output");
   *out = NULL;
   if (in == NULL)
-    return fail(err, err_len, "no input");
+    return mb__fail(MB_EINVAL, err, err_len, "no input");
   sb_add(&b, "", 0);
   while (*p != '\0') {
     const char *dollar = strchr(p, '$');
@@ -108,7 +98,7 @@ int mbd_expand_env(const char *in, unsigned flags, const mbd_env *env, char **ou
     name = dollar + 2;
     close = strchr(name, '}');
     if (close == NULL) {
-      rc = fail(err, err_len, "unterminated '${' (write '$$' for a literal '$')");
+      rc = mb__fail(MB_EINVAL, err, err_len, "unterminated '${' (write '$$' for a literal '$')");
       goto fail;
     }
     name_len = 0;
@@ -120,29 +110,32 @@ int mbd_expand_env(const char *in, unsigned flags, const mbd_env *env, char **ou
         def = name + name_len + 2;
         def_len = (size_t)(close - def);
       } else {
-        rc = fail(err, err_len, "bad variable reference '%.*s' (expected ${NAME} or ${NAME:-default})",
-                  (int)(close - dollar + 1), dollar);
+        rc = mb__fail(MB_EINVAL, err, err_len,
+                      "bad variable reference '%.*s' (expected ${NAME} or ${NAME:-default})",
+                      (int)(close - dollar + 1), dollar);
         goto fail;
       }
     }
     if (name_len == 0 || isdigit((unsigned char)name[0])) {
-      rc = fail(err, err_len, "bad variable name in '%.*s'", (int)(close - dollar + 1), dollar);
+      rc = mb__fail(MB_EINVAL, err, err_len, "bad variable name in '%.*s'",
+                    (int)(close - dollar + 1), dollar);
       goto fail;
     }
     if (name_len >= sizeof(namebuf)) {
-      rc = fail(err, err_len, "variable name '%.32s...' is too long", name);
+      rc = mb__fail(MB_EINVAL, err, err_len, "variable name '%.32s...' is too long", name);
       goto fail;
     }
     if (mbd_is_reserved_var(name, name_len)) {
       if (!worker) {
-        rc = fail(err, err_len,
-                  "${%.*s} is reserved for worker start and only allowed in a model's cmd, env, "
-                  "cwd, health, files, hooks and probe",
-                  (int)name_len, name);
+        rc = mb__fail(MB_EINVAL, err, err_len,
+                      "${%.*s} is reserved for worker start and only allowed in a model's cmd, "
+                      "env, cwd, health, files, hooks and probe",
+                      (int)name_len, name);
         goto fail;
       }
       if (def != NULL) {
-        rc = fail(err, err_len, "reserved variable ${%.*s} takes no default", (int)name_len, name);
+        rc = mb__fail(MB_EINVAL, err, err_len, "reserved variable ${%.*s} takes no default",
+                      (int)name_len, name);
         goto fail;
       }
       sb_add(&b, dollar, (size_t)(close - dollar + 1));
@@ -155,9 +148,9 @@ int mbd_expand_env(const char *in, unsigned flags, const mbd_env *env, char **ou
     if (def != NULL && (val == NULL || *val == '\0')) {
       sb_add_escaped(&b, def, def_len, worker);
     } else if (val == NULL) {
-      rc = fail(err, err_len,
-                "environment variable '%s' is not set (use ${%s:-default} for a default)",
-                namebuf, namebuf);
+      rc = mb__fail(MB_EINVAL, err, err_len,
+                    "environment variable '%s' is not set (use ${%s:-default} for a default)",
+                    namebuf, namebuf);
       goto fail;
     } else {
       sb_add_escaped(&b, val, strlen(val), worker);

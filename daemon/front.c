@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "dashboard.h"
 #include "front_int.h"
 #include "tasks.h"
 #include "upstream.h"
@@ -874,9 +875,12 @@ static int authorized(mbd *d, const mbd_req *r) {
   return ok;
 }
 
-static int public_route(const mbd_req *r) {
-  return (strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0) &&
-         r->path_len == 7 && memcmp(r->path, "/health", 7) == 0;
+/* Open without a key: GET /health, and the dashboard's files (they hold
+ * no data; the page asks the user for the key the API needs). */
+static int public_route(mbd *d, const mbd_req *r) {
+  return ((strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0) &&
+          r->path_len == 7 && memcmp(r->path, "/health", 7) == 0) ||
+         mbd_dashboard_public(d, r);
 }
 
 /* The bytes after the head: body of this request, or the next ones. */
@@ -939,7 +943,7 @@ static void head_complete(mbd_conn *c) {
   r->query_len = r->h.query.len;
   c->body_done = !r->has_body;
 
-  if (!public_route(r) && !authorized(d, r)) {
+  if (!public_route(d, r) && !authorized(d, r)) {
     mbd_log_limited(d, &t->f->rl_auth, MBD_LOG_INFO, "http: request without a valid API key",
                     "peer=%s", c->peer);
     c->close_after = 1;

@@ -134,7 +134,7 @@ static int serve(mbd_config *cfg, const char *path, const mbd_flags *flags) {
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: modelbufd [options]\n"
+          "Usage: modelbufd [options]\n"
           "Keeps ML models in GPU memory only while they are used; runs each model as a\n"
           "worker process behind one HTTP endpoint.\n"
           "\n"
@@ -145,10 +145,11 @@ static void usage(FILE *f) {
           "      --log-level LEVEL     debug, info, warn or error\n"
           "      --node NAME           this daemon's name in a fleet (overrides node,\n"
           "                            $MODELBUF_NODE; default the host's name)\n"
+          "      --print-schema        print the configuration's JSON Schema and exit\n"
           "  -V, --version             print the version and exit\n"
           "  -h, --help                print this help and exit\n"
           "\n"
-          "See docs/CONFIG.md for the configuration file.\n",
+          "See modelbufd(8) and modelbuf.yaml(5) (docs/CONFIG.md) for the configuration file.\n",
           MBD_DEFAULT_CONFIG_FILE);
 }
 
@@ -174,7 +175,7 @@ static void print_summary(const mbd_config *cfg, FILE *f) {
           mbd_format_duration(cfg->defaults.keep_alive_ms, ka, sizeof(ka)), cfg->n_api_keys);
 }
 
-enum { OPT_CHECK = 256, OPT_LOG_LEVEL, OPT_KEEP_ALIVE, OPT_NODE };
+enum { OPT_CHECK = 256, OPT_LOG_LEVEL, OPT_KEEP_ALIVE, OPT_NODE, OPT_SCHEMA };
 
 int main(int argc, char **argv) {
   static const struct option longopts[] = {
@@ -184,6 +185,7 @@ int main(int argc, char **argv) {
       {"keep-alive", required_argument, NULL, OPT_KEEP_ALIVE},
       {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
       {"node", required_argument, NULL, OPT_NODE},
+      {"print-schema", no_argument, NULL, OPT_SCHEMA},
       {"version", no_argument, NULL, 'V'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0},
@@ -219,6 +221,8 @@ int main(int argc, char **argv) {
     case OPT_NODE:
       flags.node = optarg;
       break;
+    case OPT_SCHEMA:
+      return mbd_config_write_schema(stdout) == 0 && fflush(stdout) == 0 ? 0 : EXIT_SERVE;
     case 'V':
       printf("modelbufd %s\n", mb_version());
       return 0;

@@ -87,7 +87,8 @@ int mbd_model_build(const mbd_build_env *env, const mbd_model_config *mc,
       warn(env, mc->name, "plugin: weight files not usable; loads will fail until they are", why);
     rc = mb_model_add_plugin(env->ctx, mc->name, lib,
                              (const char *const *)(paths ? paths : mc->files),
-                             paths ? n : mc->n_files, NULL, &mo, &out->plugin, err, err_len);
+                             paths ? n : mc->n_files, env->plugin_host, &mo, &out->plugin, err,
+                             err_len);
     mb_tensors_paths_free(paths, n);
     mb_plugin_close(lib);
     return rc;

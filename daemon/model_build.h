@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "modelbuf/modelbuf.h"
+#include "modelbuf/plugin.h"
 #include "supervisor.h"
 #include "tensors.h"
 #include "worker.h"
@@ -34,6 +35,10 @@ typedef struct mbd_build_env {
    * reload stays readable): the vtable is copied here without destroy,
    * and must live as long as the model. */
   mb_backend *keep_be;
+  /* Plugin models: the host services they get (its log above all: the
+   * library drops a plugin's lines when the host gives no log). Optional;
+   * copied by the library. */
+  const mb_plugin_host *plugin_host;
 } mbd_build_env;
 
 /* What a model was built into (one of them set); the core owns each,

@@ -1,10 +1,10 @@
 /*
- * routes.c - which handler takes a request: the management routes
- * (api.c), the compatibility routes (compat.c), then the model routes
- * (proxy.c, tensors.c), else 404. Decided
- * from the head alone, before any body byte is read. Paths are matched as
- * the client sent them, never decoded or normalised: a "%2e%2e" or ".."
- * segment is just bytes, so it can never lead to another route. Only a
+ * routes.c - which handler takes a request: the dashboard's files
+ * (dashboard.c), the management routes (api.c), the compatibility routes
+ * (compat.c), then the model routes (proxy.c, tensors.c), else 404.
+ * Decided from the head alone, before any body byte is read. Paths are
+ * matched as the client sent them, never decoded or normalised: a "%2e%2e"
+ * or ".." segment is just bytes, so it can never lead to another route. Only a
  * model's name segment (/m/{name}, /api/models/{name}, /v1/models/{id})
  * is percent-decoded, to be looked up among the names, never routed.
  */
@@ -14,6 +14,7 @@
 #include "api.h"
 #include "compat.h"
 #include "daemon.h"
+#include "dashboard.h"
 #include "front_int.h"
 #include "proxy.h"
 
@@ -37,7 +38,7 @@ mbd_model *mbd_route_model(mbd *d, mbd_req *r, const char *p, size_t n, int alia
 }
 
 void mbd_route_resolve(mbd *d, mbd_req *r) {
-  if (mbd_api_resolve(d, r) || mbd_compat_resolve(d, r) || mbd_proxy_resolve(d, r))
+  if (mbd_dashboard_resolve(d, r) || mbd_api_resolve(d, r) || mbd_compat_resolve(d, r) || mbd_proxy_resolve(d, r))
     return;
   char msg[300];
   snprintf(msg, sizeof(msg), "no route %s %.*s", r->method,

@@ -36,9 +36,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "alloc.h"
 #include "cgroup.h"
 #include "logring.h"
+#include "mb_internal.h"
 #include "proctree.h"
 #include "supervisor.h"
 

@@ -171,6 +171,7 @@ int mbd_tensors_new(const mbd_model_config *mc, mbd_tensors **out, uint64_t *foo
   if (t == NULL)
     return MB_ENOMEM;
   pthread_mutex_init(&t->mu, NULL);
+  mb_tensors_opts_init(&t->opts);
   t->opts.chunk_bytes = (size_t)mc->loader.chunk_bytes;
   t->opts.threads = mc->loader.threads;
   t->opts.io = mc->loader.io;

@@ -10,23 +10,13 @@
 
 #include <ctype.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
-#define FRAC_DIGITS_MAX 9 /* fraction digits kept; further ones only round */
+#include "mb_internal.h"
 
-__attribute__((format(printf, 3, 4))) static int fail(char *err, size_t err_len,
-                                                      const char *fmt, ...) {
-  if (err != NULL && err_len > 0) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-  }
-  return MB_EINVAL;
-}
+#define FRAC_DIGITS_MAX 9 /* fraction digits kept; further ones only round */
 
 /*
  * A decimal number at *p: integer part, and up to FRAC_DIGITS_MAX fraction
@@ -117,6 +107,67 @@ static int is_forever_word(const char *s, size_t len) {
   return 0;
 }
 
+/* The units of durations and the other ways people write them. */
+typedef struct dur_unit {
+  const char *name; /* as written in a duration */
+  uint64_t ms;
+  const char *others; /* '|'-separated, matched ignoring case */
+} dur_unit;
+
+static const dur_unit dur_units[] = {
+    {"ms", 1, "msec|msecs|millis|millisecond|milliseconds"},
+    {"s", 1000, "sec|secs|second|seconds"},
+    {"m", 60 * 1000, "min|mins|minute|minutes"},
+    {"h", 3600 * 1000, "hr|hrs|hour|hours"},
+    {"d", 24 * 3600 * 1000, "day|days"},
+};
+
+static int in_words(const char *list, const char *w, size_t wlen) {
+  for (const char *p = list; *p;) {
+    size_t n = strcspn(p, "|");
+    if (n == wlen && strncasecmp(p, w, n) == 0)
+      return 1;
+    p += n + (p[n] == '|');
+  }
+  return 0;
+}
+
+/*
+ * The text [p, end) with [at, at + cut) replaced by put, into buf: how a
+ * mistyped value should have been written.
+ */
+static const char *rewrite(const char *p, const char *end, const char *at, size_t cut,
+                           const char *put, char *buf, size_t len) {
+  snprintf(buf, len, "%.*s%s%.*s", (int)(at - p), p, put, (int)(end - (at + cut)), at + cut);
+  return buf;
+}
+
+/* "1,5h": a fraction written with a comma at q, just after a number of
+ * [p, end). Returns MB_EINVAL with a message, or 0 when q is not one. */
+static int comma_slip(const char *what, const char *p, const char *end, const char *q, char *err,
+                      size_t err_len) {
+  char fix[96];
+  if (*q != ',' || !isdigit((unsigned char)q[1]))
+    return 0;
+  return mb__fail(MB_EINVAL, err, err_len,
+                  "bad %s '%.*s': a fraction takes '.', not ',' (write '%s')", what, (int)(end - p),
+                  p, rewrite(p, end, q, 1, ".", fix, sizeof(fix)));
+}
+
+/* The unit a duration's unit word [u, u + len) means ("ms" for "msec",
+ * "m" for "Minutes"), or NULL. */
+static const dur_unit *dur_unit_of(const char *u, size_t len, int exact) {
+  for (size_t i = 0; i < sizeof(dur_units) / sizeof(dur_units[0]); i++) {
+    const dur_unit *du = &dur_units[i];
+    if (strlen(du->name) == len && strncmp(u, du->name, len) == 0)
+      return du;
+    if (!exact && ((strlen(du->name) == len && strncasecmp(u, du->name, len) == 0) ||
+                   in_words(du->others, u, len)))
+      return du;
+  }
+  return NULL;
+}
+
 int mbd_parse_duration_ms(const char *s, unsigned flags, int64_t *out_ms, char *err,
                           size_t err_len) {
   const char *p, *end;
@@ -124,33 +175,63 @@ int mbd_parse_duration_ms(const char *s, unsigned flags, int64_t *out_ms, char *
   int components = 0;
 
   if (s == NULL || out_ms == NULL)
-    return fail(err, err_len, "no duration");
+    return mb__fail(MB_EINVAL, err, err_len, "no duration");
   p = skip_blanks(s);
   end = p + trimmed_len(p);
   if (p == end)
-    return fail(err, err_len, "empty duration");
+    return mb__fail(MB_EINVAL, err, err_len, "empty duration");
   if (is_forever_word(p, (size_t)(end - p))) {
     if (!(flags & MBD_DUR_FOREVER))
-      return fail(err, err_len, "'%.*s' (forever) is not allowed here", (int)(end - p), p);
+      return mb__fail(MB_EINVAL, err, err_len, "'%.*s' (forever) is not allowed here",
+                      (int)(end - p), p);
     *out_ms = MB_FOREVER;
     return 0;
   }
   if (*p == '-')
-    return fail(err, err_len, "negative duration '%.*s'%s", (int)(end - p), p,
-                (flags & MBD_DUR_FOREVER) ? " (use -1 or forever for no limit)" : "");
+    return mb__fail(MB_EINVAL, err, err_len, "negative duration '%.*s'%s", (int)(end - p), p,
+                    (flags & MBD_DUR_FOREVER) ? " (use -1 or forever for no limit)" : "");
   if (*p == '+')
     p++;
 
+  const char *start = p;
   while (p < end) {
     number n;
     int overflow;
-    uint64_t unit_ms, v;
+    uint64_t unit_ms = 0, v;
     const char *u;
     size_t ulen;
 
+    if (*p == ' ' || *p == '\t') { /* "1h 30m" */
+      char fix[96];
+      size_t k = 0;
+      for (const char *q = start; q < end && k + 1 < sizeof(fix); q++)
+        if (*q != ' ' && *q != '\t')
+          fix[k++] = *q;
+      fix[k] = '\0';
+      return mb__fail(MB_EINVAL, err, err_len,
+                      "bad duration '%.*s': no spaces inside a duration (write '%s')",
+                      (int)(end - start), start, fix);
+    }
     if (parse_number(&p, &n, &overflow) != 0)
-      return overflow ? fail(err, err_len, "duration '%s' is too large", s)
-                      : fail(err, err_len, "bad duration '%s' (expected e.g. 250ms, 30s, 5m, 1h)", s);
+      return overflow ? mb__fail(MB_EINVAL, err, err_len, "duration '%s' is too large", s)
+                      : mb__fail(MB_EINVAL, err, err_len,
+                                 "bad duration '%s' (expected e.g. 250ms, 30s, 5m, 1h)", s);
+    if (p < end && comma_slip("duration", start, end, p, err, err_len) != 0)
+      return MB_EINVAL;
+    if (p < end && (*p == ' ' || *p == '\t')) { /* "5 m", "2 hours" */
+      const char *w = skip_blanks(p), *we = w;
+      const dur_unit *du;
+      char fix[96];
+      while (we < end && isalpha((unsigned char)*we))
+        we++;
+      du = dur_unit_of(w, (size_t)(we - w), 0);
+      if (we > w)
+        return mb__fail(
+            MB_EINVAL, err, err_len,
+            "bad duration '%.*s': no space between a number and its unit (write '%s')",
+            (int)(end - start), start,
+            rewrite(start, end, p, (size_t)(we - p), du != NULL ? du->name : "", fix, sizeof(fix)));
+    }
     u = p;
     while (p < end && isalpha((unsigned char)*p))
       p++;
@@ -158,25 +239,29 @@ int mbd_parse_duration_ms(const char *s, unsigned flags, int64_t *out_ms, char *
     if (ulen == 0) {
       /* A bare number is seconds, and only on its own. */
       if (components > 0 || p != end)
-        return fail(err, err_len, "bad duration '%s': missing unit after a number", s);
+        return mb__fail(MB_EINVAL, err, err_len, "bad duration '%s': missing unit after a number",
+                        s);
       unit_ms = 1000;
-    } else if (ulen == 2 && strncmp(u, "ms", 2) == 0) {
-      unit_ms = 1;
-    } else if (ulen == 1 && *u == 's') {
-      unit_ms = 1000;
-    } else if (ulen == 1 && *u == 'm') {
-      unit_ms = 60 * 1000;
-    } else if (ulen == 1 && *u == 'h') {
-      unit_ms = 3600 * 1000;
-    } else if (ulen == 1 && *u == 'd') {
-      unit_ms = 24 * 3600 * 1000;
-    } else {
-      return fail(err, err_len, "bad duration '%s': unknown unit '%.*s' (use ms, s, m, h or d)",
-                  s, (int)ulen, u);
     }
+    if (ulen > 0) {
+      const dur_unit *du = dur_unit_of(u, ulen, 1);
+      char fix[96];
+      if (du != NULL)
+        unit_ms = du->ms;
+      else if ((du = dur_unit_of(u, ulen, 0)) != NULL)
+        return mb__fail(MB_EINVAL, err, err_len,
+                        "bad duration '%.*s': write '%s' (units are ms, s, m, h and d, "
+                        "in lower case)",
+                        (int)(end - start), start,
+                        rewrite(start, end, u, ulen, du->name, fix, sizeof(fix)));
+    }
+    if (unit_ms == 0)
+      return mb__fail(MB_EINVAL, err, err_len,
+                      "bad duration '%s': unknown unit '%.*s' (use ms, s, m, h or d)", s, (int)ulen,
+                      u);
     if (scale(&n, unit_ms, 1, &v) != 0 || __builtin_add_overflow(total, v, &total) ||
         total > (uint64_t)INT64_MAX)
-      return fail(err, err_len, "duration '%s' is too large", s);
+      return mb__fail(MB_EINVAL, err, err_len, "duration '%s' is too large", s);
     components++;
   }
   *out_ms = (int64_t)total;
@@ -215,26 +300,30 @@ int mbd_parse_size(const char *s, uint64_t *out_bytes, char *err, size_t err_len
   size_t ulen;
 
   if (s == NULL || out_bytes == NULL)
-    return fail(err, err_len, "no size");
+    return mb__fail(MB_EINVAL, err, err_len, "no size");
   p = skip_blanks(s);
   end = p + trimmed_len(p);
   if (p == end)
-    return fail(err, err_len, "empty size");
+    return mb__fail(MB_EINVAL, err, err_len, "empty size");
   if (*p == '-')
-    return fail(err, err_len, "negative size '%s'", s);
+    return mb__fail(MB_EINVAL, err, err_len, "negative size '%s'", s);
   if (*p == '+')
     p++;
+  const char *start = p;
   if (parse_number(&p, &n, &overflow) != 0)
-    return overflow ? fail(err, err_len, "size '%s' is too large", s)
-                    : fail(err, err_len, "bad size '%s' (expected e.g. 512MiB, 6GiB, 1GB or bytes)",
-                           s);
+    return overflow ? mb__fail(MB_EINVAL, err, err_len, "size '%s' is too large", s)
+                    : mb__fail(MB_EINVAL, err, err_len,
+                               "bad size '%s' (expected e.g. 512MiB, 6GiB, 1GB or bytes)", s);
+  if (comma_slip("size", start, end, p, err, err_len) != 0)
+    return MB_EINVAL;
   p = skip_blanks(p);
   u = p;
   while (p < end && isalpha((unsigned char)*p))
     p++;
   ulen = (size_t)(p - u);
   if (p != end)
-    return fail(err, err_len, "bad size '%s' (expected e.g. 512MiB, 6GiB, 1GB or bytes)", s);
+    return mb__fail(MB_EINVAL, err, err_len,
+                    "bad size '%s' (expected e.g. 512MiB, 6GiB, 1GB or bytes)", s);
   if (ulen > 0) {
     size_t i;
     for (i = 0; i < sizeof(size_units) / sizeof(size_units[0]); i++)
@@ -242,19 +331,20 @@ int mbd_parse_size(const char *s, uint64_t *out_bytes, char *err, size_t err_len
         break;
     if (i == sizeof(size_units) / sizeof(size_units[0])) {
       if (ulen == 1 && strchr("kmgtpKMGTP", *u) != NULL)
-        return fail(err, err_len, "ambiguous size unit '%c' in '%s' (write %ciB or %cB)", *u, s,
-                    toupper((unsigned char)*u), toupper((unsigned char)*u));
-      return fail(err, err_len,
-                  "bad size '%s': unknown unit '%.*s' (use KiB, MiB, GiB, TiB, KB, MB, GB, TB "
-                  "or B)",
-                  s, (int)ulen, u);
+        return mb__fail(MB_EINVAL, err, err_len,
+                        "ambiguous size unit '%c' in '%s' (write %ciB or %cB)", *u, s,
+                        toupper((unsigned char)*u), toupper((unsigned char)*u));
+      return mb__fail(MB_EINVAL, err, err_len,
+                      "bad size '%s': unknown unit '%.*s' (use KiB, MiB, GiB, TiB, KB, MB, GB, TB "
+                      "or B)",
+                      s, (int)ulen, u);
     }
     mult = size_units[i].mult;
   }
   if (mult == 1 && n.has_point)
-    return fail(err, err_len, "bad size '%s': a number of bytes must be whole", s);
+    return mb__fail(MB_EINVAL, err, err_len, "bad size '%s': a number of bytes must be whole", s);
   if (scale(&n, mult, 0, &v) != 0)
-    return fail(err, err_len, "size '%s' is too large", s);
+    return mb__fail(MB_EINVAL, err, err_len, "size '%s' is too large", s);
   *out_bytes = v;
   return 0;
 }

@@ -42,10 +42,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "alloc.h"
 #include "expand.h"
 #include "gpu_checkpoint.h"
 #include "logring.h"
+#include "mb_internal.h"
 #include "nvml.h"
 #include "proctree.h"
 #include "worker.h"
@@ -128,7 +128,7 @@ struct mbd_worker {
   int offloaded_by_stop; /* offloaded by stopping it (no hooks) */
   int offloaded_by_hook; /* its offload hook moved it to host memory */
   /* Without hooks, on a GPU: the driver's checkpoint API moves the
-   * worker's GPU state to host memory and back (lib/gpu_checkpoint.c). */
+   * worker's GPU state to host memory and back (gpu_checkpoint.c). */
   int ckpt;              /* the driver has the API (checked at creation) */
   int offloaded_by_ckpt; /* suspended by a checkpoint, still running */
 };
@@ -295,7 +295,7 @@ int mbd_worker_new(const mbd_worker_opts *o, mbd_worker **out, char *err, size_t
   w->gpu = -1;
   int lrc = mbd_logring_new(o->log_bytes ? o->log_bytes : DEFAULT_LOG_BYTES, &w->log);
   char why[200];
-  w->ckpt = !(w->offload.path && w->restore.path) && mb__ckpt_available(why, sizeof(why));
+  w->ckpt = !(w->offload.path && w->restore.path) && mbd_ckpt_available(why, sizeof(why));
   int ok = lrc == 0 && w->name && w->cmd && w->health && w->env_names && w->env_values &&
            (mc->n_files == 0 || w->files) && hook_ok(&w->offload, &mc->hook_offload) &&
            hook_ok(&w->restore, &mc->hook_restore) && hook_ok(&w->cleanup, &mc->hook_cleanup) &&
@@ -551,7 +551,7 @@ static void on_run_sample(void *arg, uint64_t tree_bytes) {
   uint64_t dev = tree_bytes;
   uint64_t vram = 0;
   /* On a GPU with NVML: the group's GPU memory is its device footprint. */
-  if (gpu >= 0 && pid > 0 && mb__nvml_group_bytes(gpu, pid, &vram, NULL, NULL, 0) == 0)
+  if (gpu >= 0 && pid > 0 && mbd_nvml_group_bytes(gpu, pid, &vram, NULL, NULL, 0) == 0)
     dev = vram;
   char m1[32], m2[32], text[256];
   pthread_mutex_lock(&w->mu);
@@ -803,7 +803,7 @@ static void stop_process(mbd_worker *w, int hard) {
   pthread_rwlock_unlock(&w->run_rw);
   mbd_run_finish(run);
   if (n_pids > 0)
-    (void)mb__nvml_wait_released(gpu, pids, n_pids, MBD_WORKER_RELEASE_WAIT_MS);
+    (void)mbd_nvml_wait_released(gpu, pids, n_pids, MBD_WORKER_RELEASE_WAIT_MS);
 }
 
 /* The message of a start that ended before the worker was ready. */
@@ -1146,7 +1146,7 @@ static int w_offload_locked(mbd_worker *w, mb_op *op) {
   if (w->ckpt && w->gpu >= 0 && pid > 0) {
     char why[300];
     unsigned lock_ms = w->stop_timeout_ms > 0 ? (unsigned)w->stop_timeout_ms : 10000;
-    if (mb__ckpt_suspend((int)pid, lock_ms, why, sizeof(why)) == 0) {
+    if (mbd_ckpt_suspend((int)pid, lock_ms, why, sizeof(why)) == 0) {
       w->offloaded_by_ckpt = 1;
       return 0;
     }
@@ -1180,7 +1180,7 @@ static int w_restore_locked(mbd_worker *w, mb_op *op) {
   if (w->offloaded_by_ckpt) {
     char why[300];
     w->offloaded_by_ckpt = 0;
-    if (mb__ckpt_resume((int)mbd_worker_pid(w), why, sizeof(why)) == 0) {
+    if (mbd_ckpt_resume((int)mbd_worker_pid(w), why, sizeof(why)) == 0) {
       set_resident(w, 1, op->residency);
       return 0;
     }
@@ -1229,7 +1229,7 @@ static int w_usage(mb_op *op, mb_usage *u) {
   /* On a GPU with NVML: the device memory of the group's processes is the
    * device footprint and RSS is host memory. */
   if (w->gpu >= 0 && pgid > 0 &&
-      mb__nvml_group_bytes(w->gpu, pgid, &vram, NULL, NULL, 0) == 0) {
+      mbd_nvml_group_bytes(w->gpu, pgid, &vram, NULL, NULL, 0) == 0) {
     u->device_bytes = vram;
     u->host_bytes = rss;
   } else if (w->offloaded_by_stop) {

@@ -49,11 +49,23 @@ char *mb__strdup(const char *s) {
   return p;
 }
 
+__attribute__((format(printf, 3, 0))) static void set_err_v(char *err, size_t err_len,
+                                                             const char *fmt, va_list ap) {
+  if (err != NULL && err_len > 0)
+    vsnprintf(err, err_len, fmt, ap);
+}
+
 void mb__set_err(char *err, size_t err_len, const char *fmt, ...) {
   va_list ap;
-  if (err == NULL || err_len == 0)
-    return;
   va_start(ap, fmt);
-  vsnprintf(err, err_len, fmt, ap);
+  set_err_v(err, err_len, fmt, ap);
   va_end(ap);
+}
+
+int mb__fail(int rc, char *err, size_t err_len, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  set_err_v(err, err_len, fmt, ap);
+  va_end(ap);
+  return rc;
 }

@@ -20,5 +20,8 @@ char *mb__strdup(const char *s);
 /* snprintf into an error buffer that may be NULL or empty. */
 void mb__set_err(char *err, size_t err_len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* The same, then returns rc: `return mb__fail(MB_EINVAL, err, err_len, ...);`. */
+int mb__fail(int rc, char *err, size_t err_len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #endif /* MB_ALLOC_H */

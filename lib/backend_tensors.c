@@ -22,7 +22,9 @@
 
 #include "modelbuf/tensors.h"
 #include "alloc.h"
+#include "backend.h"
 #include "device.h"
+#include "opts.h"
 #include "tensor/loader.h"
 
 struct mb_tensors_model {
@@ -66,13 +68,22 @@ void mb_tensors_model_free(mb_tensors_model *m) {
   mb__free(m);
 }
 
+void mb_tensors_opts_init(mb_tensors_opts *opts) {
+  memset(opts, 0, sizeof(*opts));
+  opts->size = sizeof(*opts);
+}
+
 int mb_tensors_model_new(const char *const *paths, size_t npaths, const mb_tensors_opts *opts,
                          mb_tensors_model **out, char *err, size_t err_len) {
+  mb_tensors_opts o;
   *out = NULL;
   if (paths == NULL || npaths == 0) {
     mb__set_err(err, err_len, "tensors: no weight files given");
     return MB_EINVAL;
   }
+  mb_tensors_opts_init(&o);
+  if (opts != NULL && MB__OPTS_TAKE(&o, opts, mb_tensors_opts, no_fallback, err, err_len) != 0)
+    return MB_EINVAL;
   mb_tensors_model *m = mb__calloc(1, sizeof(*m));
   if (m == NULL || (m->files = mb__calloc(npaths, sizeof(*m->files))) == NULL) {
     mb__free(m);
@@ -80,8 +91,7 @@ int mb_tensors_model_new(const char *const *paths, size_t npaths, const mb_tenso
     return MB_ENOMEM;
   }
   pthread_mutex_init(&m->mu, NULL);
-  if (opts != NULL)
-    m->opts = *opts;
+  m->opts = o;
   int rc = 0;
   for (size_t i = 0; i < npaths && rc == 0; i++) {
     rc = mb_tensor_file_open(paths[i], &m->files[i], err, err_len);
@@ -208,7 +218,8 @@ static void drop_dev(mb_tensors_model *m) {
 }
 
 /* Opens the device of op if not open. A CUDA placement without a driver or
- * GPU gets the host device unless the model asked for no fallback. */
+ * GPU gets the host device unless the model asked for no fallback; the
+ * reason becomes a warning event of the model (mb__op_note). */
 static int ensure_dev(mb_tensors_model *m, mb_op *op) {
   if (m->dev != NULL) {
     if (m->dev_kind == op->device_kind && m->dev_ordinal == op->device_ordinal)
@@ -216,12 +227,17 @@ static int ensure_dev(mb_tensors_model *m, mb_op *op) {
     drop_dev(m); /* kept from an earlier placement (stable_addresses) */
   }
   mb__dev *d = NULL;
+  char note[256] = "";
   int rc = m->opts.no_fallback
-               ? mb__dev_open(op->device_kind, op->device_ordinal, &d, op->err, op->err_len)
-               : mb__dev_open_fallback(op->device_kind, op->device_ordinal, &d, op->err,
-                                       op->err_len);
-  if (rc != 0)
+               ? mb__dev_open(op->device_kind, op->device_ordinal, &d, note, sizeof(note))
+               : mb__dev_open_fallback(op->device_kind, op->device_ordinal, &d, note,
+                                       sizeof(note));
+  if (rc != 0) {
+    mb__set_err(op->err, op->err_len, "%s", note);
     return rc;
+  }
+  if (note[0])
+    mb__op_note(op, note);
   pthread_mutex_lock(&m->mu);
   m->dev = d;
   m->dev_kind = op->device_kind;

@@ -1,6 +1,7 @@
 /*
  * core.c - the context: its threads, the post queue, the loader pool, and
- * the public entry points. The decisions themselves are in sched.c.
+ * the public entry points. The decisions themselves are made in a step
+ * (sched.c and the files of sched_int.h).
  *
  * Threads (threaded mode):
  *   - callers post requests (mb_acquire_async and friends) onto the post
@@ -17,11 +18,15 @@
  * Locks and what they guard:
  *   core_lock - all state-machine data (models, devices, heap, queues,
  *               statistics, the name table). Never held while a backend
- *               function or a user callback runs.
+ *               function or a user callback runs (evict_rank aside). Held
+ *               for a whole step, and briefly by status readers, model and
+ *               device registration and the fast paths (core_int.h says
+ *               why a lock, not a thread, owns the state machine).
  *   post_lock - the post queue, released leases, job completions, the lease
  *               table, the wake flag. Never held while anything blocks.
  *   pool_lock - the loader pool's queue.
- * Lock order: core_lock -> post_lock; core_lock -> pool_lock.
+ * Lock order: core_lock -> post_lock; core_lock -> pool_lock. A function
+ * that expects a lock held ends in _locked_core or _locked_post.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -31,8 +36,11 @@
 
 #include "modelbuf/modelbuf.h"
 #include "alloc.h"
+#include "backend.h"
 #include "core_int.h"
 #include "device.h"
+#include "mb_internal.h"
+#include "opts.h"
 
 const double mb_wait_bucket_ms[MB_WAIT_BUCKETS - 1] = {1,   5,    10,   50,    100,   250,
                                                        500, 1000, 5000, 10000, 60000};
@@ -49,25 +57,29 @@ uint64_t mb_clock_monotonic(void *arg) {
 
 void mb_ctx_opts_init(mb_ctx_opts *o) {
   memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
   o->eviction = MB_EVICT_LRU;
-  o->keep_alive_ms = MB_DEFAULT;
+  o->keep_alive_ms = MB_DEFAULT; /* resolved by mb_ctx_new */
 }
 
 void mb_model_opts_init(mb_model_opts *o) {
   memset(o, 0, sizeof(*o));
-  o->keep_alive_ms = MB_DEFAULT;
+  o->size = sizeof(*o);
+  o->keep_alive_ms = MB_DEFAULT;      /* the context's, resolved by mb_model_add */
   o->offload = 1;
-  o->host_keep_alive_ms = MB_DEFAULT;
+  o->host_keep_alive_ms = MB_DEFAULT; /* MB_DEFAULT_HOST_KEEP_ALIVE_MS */
   o->device = 0;
-  o->max_concurrency = 1;
-  o->max_queue = 64;
-  o->queue_timeout_ms = 60000;
-  o->crash_limit = 3;
-  o->crash_window_ms = 5 * 60 * 1000;
+  o->max_concurrency = MB_DEFAULT_MAX_CONCURRENCY;
+  o->max_queue = MB_DEFAULT_MAX_QUEUE;
+  o->queue_timeout_ms = MB_DEFAULT_QUEUE_TIMEOUT_MS;
+  o->crash_limit = MB_DEFAULT_CRASH_LIMIT;
+  o->crash_window_ms = MB_DEFAULT_CRASH_WINDOW_MS;
   o->queue_timeout_excludes_load = 0;
 }
 
 void mb_acquire_opts_init(mb_acquire_opts *o) {
+  memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
   o->priority = MB_PRIORITY_DEFAULT;
   o->timeout_ms = MB_DEFAULT;
   o->keep_alive_ms = MB_DEFAULT;
@@ -76,6 +88,7 @@ void mb_acquire_opts_init(mb_acquire_opts *o) {
 
 void mb_device_opts_init(mb_device_opts *o) {
   memset(o, 0, sizeof(*o));
+  o->size = sizeof(*o);
   o->kind = MB_DEVICE_HOST;
 }
 
@@ -89,7 +102,7 @@ static size_t hash_name(const char *s) {
   return h;
 }
 
-mb__model *mb__model_find_locked(mb_ctx *ctx, const char *name) {
+mb__model *mb__model_find_locked_core(mb_ctx *ctx, const char *name) {
   if (ctx->name_tab_cap == 0 || name == NULL)
     return NULL;
   mb__model *m = ctx->name_tab[hash_name(name) & (ctx->name_tab_cap - 1)];
@@ -98,7 +111,7 @@ mb__model *mb__model_find_locked(mb_ctx *ctx, const char *name) {
   return m;
 }
 
-void mb__model_unlink_locked(mb_ctx *ctx, mb__model *m) {
+void mb__model_unlink_locked_core(mb_ctx *ctx, mb__model *m) {
   mb__model **pp = &ctx->name_tab[hash_name(m->name) & (ctx->name_tab_cap - 1)];
   while (*pp && *pp != m)
     pp = &(*pp)->hnext;
@@ -112,7 +125,7 @@ void mb__model_unlink_locked(mb_ctx *ctx, mb__model *m) {
 }
 
 /* Grows the name table to keep chains short. */
-static int name_tab_grow_locked(mb_ctx *ctx) {
+static int name_tab_grow_locked_core(mb_ctx *ctx) {
   if ((size_t)ctx->nmodels + 1 <= ctx->name_tab_cap / 2)
     return 0;
   size_t cap = ctx->name_tab_cap ? ctx->name_tab_cap * 2 : 64;
@@ -135,7 +148,7 @@ static int name_tab_grow_locked(mb_ctx *ctx) {
   return 0;
 }
 
-int mb__lease_insert_locked(mb_ctx *ctx, mb__lease *l) {
+int mb__lease_insert_locked_post(mb_ctx *ctx, mb__lease *l) {
   if (ctx->lease_count + 1 > ctx->lease_tab_cap / 2) {
     size_t cap = ctx->lease_tab_cap ? ctx->lease_tab_cap * 2 : 64;
     mb__lease **tab = mb__calloc(cap, sizeof(*tab));
@@ -161,7 +174,17 @@ int mb__lease_insert_locked(mb_ctx *ctx, mb__lease *l) {
   return 0;
 }
 
-mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id) {
+/* The lease with that id in the table, or NULL (post_lock held). */
+static mb__lease *lease_find_locked_post(mb_ctx *ctx, uint64_t id) {
+  if (ctx->lease_tab_cap == 0)
+    return NULL;
+  mb__lease *l = ctx->lease_tab[id & (ctx->lease_tab_cap - 1)];
+  while (l && l->id != id)
+    l = l->hnext;
+  return l;
+}
+
+mb__lease *mb__lease_take_locked_post(mb_ctx *ctx, uint64_t id) {
   if (ctx->lease_tab_cap == 0 || id == 0)
     return NULL;
   mb__lease **pp = &ctx->lease_tab[id & (ctx->lease_tab_cap - 1)];
@@ -175,7 +198,7 @@ mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id) {
   return l;
 }
 
-int mb__leases_lose_locked(mb_ctx *ctx, mb__model *m) {
+int mb__leases_lose_locked_post(mb_ctx *ctx, mb__model *m) {
   int n = 0;
   for (size_t i = 0; i < ctx->lease_tab_cap; i++)
     for (mb__lease *l = ctx->lease_tab[i]; l; l = l->hnext)
@@ -184,43 +207,36 @@ int mb__leases_lose_locked(mb_ctx *ctx, mb__model *m) {
         n++;
       }
   /* Released but not dropped yet: counted out now, freed when dropped. */
-  for (mb__lease *l = ctx->rel_head; l; l = l->pnext)
+  mb__queue *q;
+  mb__queue_foreach(q, &ctx->released) {
+    mb__lease *l = mb__queue_data(q, mb__lease, rel_node);
     if (l->m == m && !l->lost) {
       l->lost = 1;
       n++;
     }
+  }
   return n;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Posting and waking                                                        */
 
-static void wake_locked(mb_ctx *ctx) {
+static void wake_locked_post(mb_ctx *ctx) {
   ctx->wake = 1;
   pthread_cond_signal(&ctx->post_cond);
 }
 
 static void post(mb_ctx *ctx, mb__req *r) {
   pthread_mutex_lock(&ctx->post_lock);
-  r->next = NULL;
-  if (ctx->post_tail)
-    ctx->post_tail->next = r;
-  else
-    ctx->post_head = r;
-  ctx->post_tail = r;
-  wake_locked(ctx);
+  mb__queue_insert_tail(&ctx->posted, &r->node);
+  wake_locked_post(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
 }
 
 void mb__post_job_done(mb_ctx *ctx, struct mb_job *job) {
   pthread_mutex_lock(&ctx->post_lock);
-  job->next = NULL;
-  if (ctx->done_tail)
-    ctx->done_tail->next = job;
-  else
-    ctx->done_head = job;
-  ctx->done_tail = job;
-  wake_locked(ctx);
+  mb__queue_insert_tail(&ctx->done, &job->node);
+  wake_locked_post(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
 }
 
@@ -239,21 +255,31 @@ void mb_op_progress(mb_op *op, uint64_t done_bytes, uint64_t total_bytes) {
   __atomic_store_n(&j->progress_done, done_bytes, __ATOMIC_RELAXED);
 }
 
+void mb__op_note(mb_op *op, const char *note) {
+  struct mb_job *j = op->priv;
+  if (j != NULL)
+    snprintf(j->note, sizeof(j->note), "%s", note);
+}
+
+void mb__job_op(const struct mb_job *j, mb_op *op) {
+  memset(op, 0, sizeof(*op));
+  op->model = j->m->name;
+  op->user = j->m->user;
+  op->device = j->device;
+  op->device_kind = j->device_kind;
+  op->device_ordinal = j->device_ordinal;
+  op->budget_bytes = j->budget_bytes;
+  op->residency = j->residency;
+}
+
 /* Runs the backend function of a job; no core lock is held. */
 static void run_backend(struct mb_job *j) {
   mb__model *m = j->m;
   mb_op op;
-  memset(&op, 0, sizeof(op));
-  op.model = m->name;
-  op.user = m->user;
-  op.device = j->device;
-  op.device_kind = j->device_kind;
-  op.device_ordinal = j->device_ordinal;
-  op.budget_bytes = j->budget_bytes;
+  mb__job_op(j, &op);
   op.err = j->msg;
   op.err_len = sizeof(j->msg);
   op.priv = j;
-  op.residency = j->residency;
   j->msg[0] = '\0';
   switch (j->kind) {
   case MB_JOB_LOAD: j->rc = m->be->load(&op); break;
@@ -287,21 +313,15 @@ void mb_job_complete(mb_job *job, int rc, const char *msg, const mb_usage *usage
   mb__post_job_done(job->ctx, job);
 }
 
-/* Called by sched.c with core_lock held. */
-void mb__submit_job_locked(mb_ctx *ctx, struct mb_job *job) {
+/* Called by a step (jobs.c) with core_lock held. */
+void mb__submit_job_locked_core(mb_ctx *ctx, struct mb_job *job) {
   if (ctx->opts.manual) {
     /* Handed to the executor after the step, outside core_lock. */
-    job->next = ctx->manual_jobs;
-    ctx->manual_jobs = job;
+    mb__queue_insert_tail(&ctx->manual_jobs, &job->node);
     return;
   }
   pthread_mutex_lock(&ctx->pool_lock);
-  job->next = NULL;
-  if (ctx->pool_tail)
-    ctx->pool_tail->next = job;
-  else
-    ctx->pool_head = job;
-  ctx->pool_tail = job;
+  mb__queue_insert_tail(&ctx->pool, &job->node);
   pthread_cond_signal(&ctx->pool_cond);
   pthread_mutex_unlock(&ctx->pool_lock);
 }
@@ -310,14 +330,13 @@ static void *loader_main(void *arg) {
   mb_ctx *ctx = arg;
   pthread_mutex_lock(&ctx->pool_lock);
   for (;;) {
-    while (ctx->pool_head == NULL && !ctx->pool_stop)
+    while (mb__queue_empty(&ctx->pool) && !ctx->pool_stop)
       pthread_cond_wait(&ctx->pool_cond, &ctx->pool_lock);
-    if (ctx->pool_head == NULL)
+    mb__queue *q = mb__queue_first(&ctx->pool);
+    if (q == NULL)
       break;
-    struct mb_job *j = ctx->pool_head;
-    ctx->pool_head = j->next;
-    if (ctx->pool_head == NULL)
-      ctx->pool_tail = NULL;
+    mb__queue_remove(q);
+    struct mb_job *j = mb__queue_data(q, struct mb_job, node);
     pthread_mutex_unlock(&ctx->pool_lock);
     mb_job_run(j);
     pthread_mutex_lock(&ctx->pool_lock);
@@ -329,15 +348,18 @@ static void *loader_main(void *arg) {
 /* ------------------------------------------------------------------------ */
 /* Stepping                                                                  */
 
-static void deliver(mb_ctx *ctx, mb__event_buf *ev, mb__req *answered, struct mb_job *jobs,
-                    mb__model *cancels, mb__model *graveyard) {
+/* Everything a step left for after core_lock, in this order; each list is
+ * emptied (the models in graveyard freed). */
+static void deliver(mb_ctx *ctx, mb__event_buf *ev, mb__queue *answered, mb__queue *jobs,
+                    mb__queue *cancels, mb__queue *graveyard) {
+  mb__queue *q;
   /* Loads to cancel first: the sooner a backend hears, the sooner it stops. */
-  while (cancels) {
-    mb__model *next = cancels->cancel_next;
-    cancels->cancel_queued = 0;
-    mb_op op = cancels->cancel_op;
-    cancels->be->cancel(&op);
-    cancels = next;
+  while ((q = mb__queue_first(cancels)) != NULL) {
+    mb__queue_remove(q);
+    mb__model *m = mb__queue_data(q, mb__model, cancel_node);
+    m->cancel_queued = 0;
+    mb_op op = m->cancel_op;
+    m->be->cancel(&op);
   }
   for (size_t i = 0; i < ev->len; i++) {
     ev->items[i].reason = ev->reasons[i];
@@ -349,38 +371,29 @@ static void deliver(mb_ctx *ctx, mb__event_buf *ev, mb__req *answered, struct mb
   mb__free(ev->items);
   mb__free(ev->reasons);
   mb__free(ev->models);
-  while (answered) {
-    mb__req *next = answered->next;
+  while ((q = mb__queue_first(answered)) != NULL) {
+    mb__queue_remove(q);
+    mb__req *r = mb__queue_data(q, mb__req, node);
     mb_result res;
     memset(&res, 0, sizeof(res));
-    res.rc = answered->rc;
-    res.lease = answered->lease;
-    res.queue_ns = answered->queue_ns;
-    res.load_ns = answered->load_ns;
-    res.message = answered->msg;
-    if (answered->done)
-      answered->done(&res, answered->arg);
-    mb__free(answered->name);
-    mb__free(answered);
-    answered = next;
+    res.rc = r->rc;
+    res.lease = r->lease;
+    res.queue_ns = r->queue_ns;
+    res.load_ns = r->load_ns;
+    res.message = r->msg;
+    if (r->done)
+      r->done(&res, r->arg);
+    mb__free(r->name);
+    mb__free(r);
   }
   /* Manual executor: jobs in the order the core started them. */
-  struct mb_job *rev = NULL;
-  while (jobs) {
-    struct mb_job *next = jobs->next;
-    jobs->next = rev;
-    rev = jobs;
-    jobs = next;
+  while ((q = mb__queue_first(jobs)) != NULL) {
+    mb__queue_remove(q);
+    ctx->opts.executor.submit(ctx->opts.executor.arg, mb__queue_data(q, struct mb_job, node));
   }
-  while (rev) {
-    struct mb_job *next = rev->next;
-    ctx->opts.executor.submit(ctx->opts.executor.arg, rev);
-    rev = next;
-  }
-  while (graveyard) {
-    mb__model *next = graveyard->gnext;
-    mb__model_destroy(graveyard);
-    graveyard = next;
+  while ((q = mb__queue_first(graveyard)) != NULL) {
+    mb__queue_remove(q);
+    mb__model_destroy(mb__queue_data(q, mb__model, grave_node));
   }
 }
 
@@ -389,44 +402,52 @@ static int step(mb_ctx *ctx) {
   pthread_mutex_lock(&ctx->core_lock);
   ctx->now = ctx->opts.clock(ctx->opts.clock_arg);
   pthread_mutex_lock(&ctx->post_lock);
-  mb__req *reqs = ctx->post_head;
-  mb__lease *rels = ctx->rel_head;
-  struct mb_job *done = ctx->done_head;
+  mb__queue reqs, rels, done;
+  mb__queue_move(&ctx->posted, &reqs);
+  mb__queue_move(&ctx->released, &rels);
+  mb__queue_move(&ctx->done, &done);
   /* Leases renewed to an earlier deadline: their timers move now (a lease
    * is freed only by this thread, after this, so each is still here). */
-  for (mb__lease *l = ctx->renew_head; l != NULL; l = l->rnext) {
+  mb__queue *rq;
+  while ((rq = mb__queue_first(&ctx->renewed)) != NULL) {
+    mb__queue_remove(rq);
+    mb__lease *l = mb__queue_data(rq, mb__lease, renew_node);
     l->renewed = 0;
     if (!l->released)
       mb__heap_arm(&ctx->heap, &l->timer, l->ttl_deadline);
   }
-  ctx->renew_head = NULL;
-  ctx->post_head = ctx->post_tail = NULL;
-  ctx->rel_head = NULL;
-  ctx->done_head = ctx->done_tail = NULL;
   ctx->wake = 0;
   pthread_mutex_unlock(&ctx->post_lock);
-  /* Releases were pushed newest first: put them back in order. */
-  mb__lease *ordered = NULL;
-  while (rels) {
-    mb__lease *next = rels->pnext;
-    rels->pnext = ordered;
-    ordered = rels;
-    rels = next;
-  }
-  int n = mb__step_locked(ctx, reqs, ordered, done);
+  int n = mb__step_locked_core(ctx, &reqs, &rels, &done);
   mb__event_buf ev = ctx->events;
   memset(&ctx->events, 0, sizeof(ctx->events));
-  mb__req *answered = ctx->answered_head;
-  ctx->answered_head = ctx->answered_tail = NULL;
-  struct mb_job *jobs = ctx->manual_jobs;
-  ctx->manual_jobs = NULL;
-  mb__model *graveyard = ctx->graveyard;
-  ctx->graveyard = NULL;
-  mb__model *cancels = ctx->cancel_head;
-  ctx->cancel_head = NULL;
+  mb__queue answered, jobs, graveyard, cancels;
+  mb__queue_move(&ctx->answered, &answered);
+  mb__queue_move(&ctx->manual_jobs, &jobs);
+  mb__queue_move(&ctx->graveyard, &graveyard);
+  mb__queue_move(&ctx->cancels, &cancels);
   pthread_mutex_unlock(&ctx->core_lock);
-  deliver(ctx, &ev, answered, jobs, cancels, graveyard);
+  deliver(ctx, &ev, &answered, &jobs, &cancels, &graveyard);
   return n;
+}
+
+void mb__admission_check(mb_ctx *ctx, int on) {
+  pthread_mutex_lock(&ctx->core_lock);
+  if (!on)
+    ctx->admit_check = 0;
+  else if (ctx->admit_check == 0)
+    ctx->admit_check = 1;
+  pthread_mutex_unlock(&ctx->core_lock);
+}
+
+void mb__admission_check_result(mb_ctx *ctx, mb__admit_stats *out) {
+  pthread_mutex_lock(&ctx->core_lock);
+  out->auto_blocked = ctx->admit_checked[0];
+  out->any_blocked = ctx->admit_checked[1];
+  out->planned = ctx->admit_checked[2];
+  out->differ = ctx->admit_differ;
+  snprintf(out->first, sizeof(out->first), "%s", ctx->admit_first);
+  pthread_mutex_unlock(&ctx->core_lock);
 }
 
 int mb_ctx_step(mb_ctx *ctx) {
@@ -496,10 +517,9 @@ int mb_ctx_new(const mb_ctx_opts *opts, mb_ctx **out, char *err, size_t err_len)
   if (out == NULL)
     return MB_EINVAL;
   *out = NULL;
-  if (opts)
-    o = *opts;
-  else
-    mb_ctx_opts_init(&o);
+  mb_ctx_opts_init(&o);
+  if (opts != NULL && MB__OPTS_TAKE(&o, opts, mb_ctx_opts, evict_arg, err, err_len) != 0)
+    return MB_EINVAL;
   if (o.clock == NULL)
     o.clock = mb_clock_monotonic;
   if (o.manual && o.executor.submit == NULL) {
@@ -524,14 +544,22 @@ int mb_ctx_new(const mb_ctx_opts *opts, mb_ctx **out, char *err, size_t err_len)
     return MB_EINVAL;
   }
   if (o.keep_alive_ms == MB_DEFAULT)
-    o.keep_alive_ms = 5 * 60 * 1000;
+    o.keep_alive_ms = MB_DEFAULT_KEEP_ALIVE_MS;
   if (o.loader_threads == 0)
-    o.loader_threads = 4;
+    o.loader_threads = MB_DEFAULT_LOADER_THREADS;
 
   mb_ctx *ctx = mb__calloc(1, sizeof(*ctx));
   if (ctx == NULL)
     goto fail_alloc;
   ctx->opts = o;
+  mb__queue *const lists[] = {&ctx->posted,   &ctx->released, &ctx->renewed,     &ctx->done,
+                              &ctx->pool,     &ctx->adm,      &ctx->adm1,        &ctx->dirty,
+                              &ctx->answered, &ctx->graveyard, &ctx->manual_jobs, &ctx->cancels};
+  for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+    mb__queue_init(lists[i]);
+#ifdef MB_ADMISSION_CHECK
+  ctx->admit_check = 2; /* the build option: every context checks (admit.c) */
+#endif
   if (o.host_budget_bytes == 0) {
     struct sysinfo si;
     uint64_t total = 0;
@@ -651,12 +679,12 @@ int mb_ctx_free(mb_ctx *ctx) {
   }
   /* From here on the core grants nothing and answers new requests with
    * MB_ESHUTDOWN; waiters are failed and resident models unloaded. */
-  mb__shutdown_locked(ctx);
+  mb__shutdown_locked_core(ctx);
   if (!ctx->opts.manual) {
     pthread_mutex_unlock(&ctx->core_lock);
     for (;;) {
       pthread_mutex_lock(&ctx->post_lock);
-      wake_locked(ctx);
+      wake_locked_post(ctx);
       pthread_mutex_unlock(&ctx->post_lock);
       pthread_mutex_lock(&ctx->core_lock);
       int pending = ctx->jobs_busy;
@@ -673,7 +701,7 @@ int mb_ctx_free(mb_ctx *ctx) {
     }
     pthread_mutex_lock(&ctx->post_lock);
     ctx->stop = 1;
-    wake_locked(ctx);
+    wake_locked_post(ctx);
     pthread_mutex_unlock(&ctx->post_lock);
     pthread_join(ctx->core_thread, NULL);
     pthread_mutex_lock(&ctx->pool_lock);
@@ -690,35 +718,34 @@ int mb_ctx_free(mb_ctx *ctx) {
      * this thread (no job is out: checked above). */
     mb__event_buf ev = ctx->events;
     memset(&ctx->events, 0, sizeof(ctx->events));
-    mb__req *answered = ctx->answered_head;
-    ctx->answered_head = ctx->answered_tail = NULL;
+    mb__queue answered, none;
+    mb__queue_move(&ctx->answered, &answered);
+    mb__queue_init(&none);
     pthread_mutex_unlock(&ctx->core_lock);
-    deliver(ctx, &ev, answered, NULL, NULL, NULL);
+    deliver(ctx, &ev, &answered, &none, &none, &none);
     unload_all_direct(ctx);
   }
   /* Whatever may still be posted gets answered and freed; leases released
    * after the last step (manual mode) are freed. */
   pthread_mutex_lock(&ctx->post_lock);
-  mb__req *reqs = ctx->post_head;
-  ctx->post_head = ctx->post_tail = NULL;
-  mb__lease *rels = ctx->rel_head;
-  ctx->rel_head = NULL;
-  ctx->renew_head = NULL;
+  mb__queue reqs, rels, *q;
+  mb__queue_move(&ctx->posted, &reqs);
+  mb__queue_move(&ctx->released, &rels);
+  mb__queue_init(&ctx->renewed);
   pthread_mutex_unlock(&ctx->post_lock);
-  while (rels) {
-    mb__lease *next = rels->pnext;
-    mb__free(rels);
-    rels = next;
+  while ((q = mb__queue_first(&rels)) != NULL) {
+    mb__queue_remove(q);
+    mb__free(mb__queue_data(q, mb__lease, rel_node));
   }
-  while (reqs) {
-    mb__req *next = reqs->next;
-    if (reqs->done) {
+  while ((q = mb__queue_first(&reqs)) != NULL) {
+    mb__queue_remove(q);
+    mb__req *r = mb__queue_data(q, mb__req, node);
+    if (r->done) {
       mb_result res = {MB_ESHUTDOWN, {0, 0}, 0, 0, "context is shutting down"};
-      reqs->done(&res, reqs->arg);
+      r->done(&res, r->arg);
     }
-    mb__free(reqs->name);
-    mb__free(reqs);
-    reqs = next;
+    mb__free(r->name);
+    mb__free(r);
   }
   for (int i = 0; i < ctx->nmodels; i++)
     mb__model_destroy(ctx->models[i]);
@@ -735,10 +762,9 @@ int mb_ctx_free(mb_ctx *ctx) {
   pthread_mutex_destroy(&ctx->pool_lock);
   pthread_mutex_destroy(&ctx->post_lock);
   pthread_mutex_destroy(&ctx->core_lock);
-  while (ctx->graveyard) {
-    mb__model *next = ctx->graveyard->gnext;
-    mb__model_destroy(ctx->graveyard);
-    ctx->graveyard = next;
+  while ((q = mb__queue_first(&ctx->graveyard)) != NULL) {
+    mb__queue_remove(q);
+    mb__model_destroy(mb__queue_data(q, mb__model, grave_node));
   }
   mb__free(ctx);
   return 0;
@@ -752,10 +778,9 @@ int mb_device_add(mb_ctx *ctx, const mb_device_opts *opts, int *index, char *err
   mb_device_opts o;
   if (ctx == NULL)
     return MB_EINVAL;
-  if (opts)
-    o = *opts;
-  else
-    mb_device_opts_init(&o);
+  mb_device_opts_init(&o);
+  if (opts != NULL && MB__OPTS_TAKE(&o, opts, mb_device_opts, concurrency, err, err_len) != 0)
+    return MB_EINVAL;
   if (o.kind != MB_DEVICE_HOST && o.kind != MB_DEVICE_CUDA) {
     mb__set_err(err, err_len, "unknown device kind %d", (int)o.kind);
     return MB_EINVAL;
@@ -766,7 +791,7 @@ int mb_device_add(mb_ctx *ctx, const mb_device_opts *opts, int *index, char *err
   }
   uint64_t capacity = o.capacity_bytes;
   if (capacity == 0) {
-    int rc = mb__device_mem_info(o.kind, o.ordinal, &capacity, NULL, err, err_len);
+    int rc = mb_device_mem_info(o.kind, o.ordinal, &capacity, NULL, err, err_len);
     if (rc != 0)
       return rc;
   }
@@ -776,15 +801,22 @@ int mb_device_add(mb_ctx *ctx, const mb_device_opts *opts, int *index, char *err
     return MB_EINVAL;
   }
   pthread_mutex_lock(&ctx->core_lock);
-  mb__device *devs = mb__realloc(ctx->devs, (size_t)(ctx->ndev + 1) * sizeof(*devs));
+  /* A new array, not realloc: each device's list of resident models is
+   * moved to its new head (a list's head may not move under it). */
+  mb__device *devs = mb__calloc((size_t)ctx->ndev + 1, sizeof(*devs));
   if (devs == NULL) {
     pthread_mutex_unlock(&ctx->core_lock);
     mb__set_err(err, err_len, "out of memory");
     return MB_ENOMEM;
   }
+  for (int i = 0; i < ctx->ndev; i++) {
+    devs[i] = ctx->devs[i];
+    mb__queue_move(&ctx->devs[i].res_list, &devs[i].res_list);
+  }
+  mb__free(ctx->devs);
   ctx->devs = devs;
   mb__device *d = &devs[ctx->ndev];
-  memset(d, 0, sizeof(*d));
+  mb__queue_init(&d->res_list);
   d->opts = o;
   d->index = ctx->ndev;
   d->capacity = capacity;
@@ -825,10 +857,10 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
                  const mb_model_opts *opts, char *err, size_t err_len) {
   mb_model_opts o;
   int rc = MB_EINVAL;
-  if (opts)
-    o = *opts;
-  else
-    mb_model_opts_init(&o);
+  mb_model_opts_init(&o);
+  if (opts != NULL &&
+      MB__OPTS_TAKE(&o, opts, mb_model_opts, queue_timeout_excludes_load, err, err_len) != 0)
+    goto fail_args;
   if (ctx == NULL) {
     mb__set_err(err, err_len, "no context");
     goto fail_args;
@@ -871,7 +903,7 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
   if (o.keep_alive_ms == MB_DEFAULT)
     o.keep_alive_ms = ctx->opts.keep_alive_ms;
   if (o.host_keep_alive_ms == MB_DEFAULT)
-    o.host_keep_alive_ms = 30 * 60 * 1000;
+    o.host_keep_alive_ms = MB_DEFAULT_HOST_KEEP_ALIVE_MS;
   o.offload = o.offload ? 1 : 0;
   o.queue_timeout_excludes_load = o.queue_timeout_excludes_load ? 1 : 0;
 
@@ -890,6 +922,11 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
   m->device = -1;
   m->ka_current = o.keep_alive_ms;
   mb__timer_init(&m->timer, MB__T_MODEL);
+  mb__queue *const lists[] = {&m->wq,        &m->lw,        &m->ow,          &m->adm_node,
+                              &m->adm1_node, &m->dirty_node, &m->dev_node,   &m->cancel_node,
+                              &m->grave_node, &m->job.node};
+  for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
+    mb__queue_init(lists[i]);
 
   pthread_mutex_lock(&ctx->core_lock);
   if (ctx->shutting_down) {
@@ -903,13 +940,13 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
                 ctx->ndev);
     goto fail_locked;
   }
-  if (mb__model_find_locked(ctx, name) != NULL) {
+  if (mb__model_find_locked_core(ctx, name) != NULL) {
     rc = MB_EEXIST;
     mb__set_err(err, err_len, "model '%s' already exists", name);
     goto fail_locked;
   }
   rc = MB_ENOMEM;
-  if (name_tab_grow_locked(ctx) != 0)
+  if (name_tab_grow_locked_core(ctx) != 0)
     goto fail_locked_nomem;
   if (ctx->nmodels == ctx->models_cap) {
     int cap = ctx->models_cap ? ctx->models_cap * 2 : 16;
@@ -987,6 +1024,8 @@ static mb__req *req_new(mb_ctx *ctx, mb__req_type type, const char *name, mb_don
   r->timeout_ms = MB_DEFAULT;
   r->keep_alive_ms = MB_DEFAULT;
   mb__timer_init(&r->timer, MB__T_WAIT);
+  mb__queue_init(&r->node);
+  mb__queue_init(&r->wnode);
   pthread_mutex_lock(&ctx->post_lock);
   r->id = ++ctx->next_req_id;
   pthread_mutex_unlock(&ctx->post_lock);
@@ -997,16 +1036,21 @@ static int check_ka(int64_t ka) {
   return ka >= 0 || ka == MB_FOREVER || ka == MB_DEFAULT;
 }
 
+/* The caller's acquire options (NULL: the defaults) into *o, checked:
+ * MB_EINVAL for a bad size or a bad duration. */
+static int acquire_opts_take(mb_acquire_opts *o, const mb_acquire_opts *opts) {
+  mb_acquire_opts_init(o);
+  if (opts != NULL && MB__OPTS_TAKE(o, opts, mb_acquire_opts, ttl_ms, NULL, 0) != 0)
+    return MB_EINVAL;
+  if (!check_ka(o->keep_alive_ms) || !check_ka(o->timeout_ms) || o->ttl_ms < MB_DEFAULT)
+    return MB_EINVAL;
+  return 0;
+}
+
 int mb_acquire_async(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts, mb_done_fn done,
                      void *arg, uint64_t *req_id) {
   mb_acquire_opts o;
-  if (ctx == NULL || name == NULL || done == NULL)
-    return MB_EINVAL;
-  if (opts)
-    o = *opts;
-  else
-    mb_acquire_opts_init(&o);
-  if (!check_ka(o.keep_alive_ms) || !check_ka(o.timeout_ms) || o.ttl_ms < MB_DEFAULT)
+  if (ctx == NULL || name == NULL || done == NULL || acquire_opts_take(&o, opts) != 0)
     return MB_EINVAL;
   mb__req *r = req_new(ctx, MB__R_ACQUIRE, name, done, arg);
   if (r == NULL)
@@ -1023,40 +1067,39 @@ int mb_acquire_async(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts,
 
 /* Wakes a sleeping core thread whose sleep ends after deadline (a fast
  * path armed a timer outside a step). core_lock held. */
-static void timer_armed_locked(mb_ctx *ctx, uint64_t deadline) {
+static void timer_armed_locked_core(mb_ctx *ctx, uint64_t deadline) {
   __atomic_add_fetch(&ctx->timers_moved, 1, __ATOMIC_RELEASE);
   pthread_mutex_lock(&ctx->post_lock);
   if (ctx->sleeping && deadline < ctx->sleep_until)
-    wake_locked(ctx);
+    wake_locked_post(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
 }
 
 /* Whether anything is posted to the core: then a fast path would overtake
- * it, and must not. core_lock held. */
+ * it, and must not. post_lock held. */
+static int posted_locked_post(const mb_ctx *ctx) {
+  return !mb__queue_empty(&ctx->posted) || !mb__queue_empty(&ctx->released) ||
+         !mb__queue_empty(&ctx->done) || !mb__queue_empty(&ctx->renewed);
+}
+
+/* The same, taking post_lock (core_lock held). */
 static int posted(mb_ctx *ctx) {
   pthread_mutex_lock(&ctx->post_lock);
-  int any = ctx->post_head != NULL || ctx->rel_head != NULL || ctx->done_head != NULL ||
-            ctx->renew_head != NULL;
+  int any = posted_locked_post(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
   return any;
 }
 
 int mb_acquire_try(mb_ctx *ctx, const char *name, const mb_acquire_opts *opts, mb_result *out) {
   mb_acquire_opts o;
-  if (ctx == NULL || name == NULL || out == NULL)
-    return MB_EINVAL;
-  if (opts)
-    o = *opts;
-  else
-    mb_acquire_opts_init(&o);
-  if (!check_ka(o.keep_alive_ms) || !check_ka(o.timeout_ms) || o.ttl_ms < MB_DEFAULT)
+  if (ctx == NULL || name == NULL || out == NULL || acquire_opts_take(&o, opts) != 0)
     return MB_EINVAL;
   if (ctx->opts.manual || pthread_mutex_trylock(&ctx->core_lock) != 0)
     return 0; /* a step runs now (or manual mode): the async way */
   int rc = 0;
   if (!posted(ctx)) {
     ctx->now = ctx->opts.clock(ctx->opts.clock_arg);
-    rc = mb__try_grant_locked(ctx, name, &o, out);
+    rc = mb__try_grant_locked_core(ctx, name, &o, out);
   }
   pthread_mutex_unlock(&ctx->core_lock);
   return rc;
@@ -1088,7 +1131,7 @@ int mb_cancel(mb_ctx *ctx, uint64_t req_id) {
 }
 
 /* A release settled on the caller's thread when nothing else needs the
- * core (mb__try_release_locked): no wake-up of the core thread. 1 when
+ * core (mb__try_release_locked_core): no wake-up of the core thread. 1 when
  * done (*rc its result), 0 when the core must do it. */
 static int release_fast(mb_ctx *ctx, mb_lease lease, int *rc) {
   if (ctx->opts.manual || pthread_mutex_trylock(&ctx->core_lock) != 0)
@@ -1096,13 +1139,9 @@ static int release_fast(mb_ctx *ctx, mb_lease lease, int *rc) {
   int done = 0;
   uint64_t armed = 0;
   pthread_mutex_lock(&ctx->post_lock);
-  int quiet = ctx->post_head == NULL && ctx->rel_head == NULL && ctx->done_head == NULL &&
-              ctx->renew_head == NULL;
   mb__lease *l = NULL;
-  if (quiet && ctx->lease_tab_cap) {
-    l = ctx->lease_tab[lease.id & (ctx->lease_tab_cap - 1)];
-    while (l && l->id != lease.id)
-      l = l->hnext;
+  if (!posted_locked_post(ctx)) {
+    l = lease_find_locked_post(ctx, lease.id);
     if (l && (l->released || l->lost || l->ttl_deadline != 0))
       l = NULL;
   }
@@ -1111,25 +1150,24 @@ static int release_fast(mb_ctx *ctx, mb_lease lease, int *rc) {
     ctx->now = ctx->opts.clock(ctx->opts.clock_arg);
     pthread_mutex_lock(&ctx->post_lock);
     /* Out of the table first: from here it is this thread's alone. */
-    mb__lease *taken = mb__lease_take_locked(ctx, lease.id);
+    mb__lease *taken = mb__lease_take_locked_post(ctx, lease.id);
     pthread_mutex_unlock(&ctx->post_lock);
-    if (taken == l && mb__try_release_locked(ctx, l, &armed)) {
+    if (taken == l && mb__try_release_locked_core(ctx, l, &armed)) {
       done = 1;
       *rc = 0;
     } else if (taken != NULL) {
       /* Not settled here after all: the core's way, as mb_release does. */
       pthread_mutex_lock(&ctx->post_lock);
       taken->released = 1;
-      taken->pnext = ctx->rel_head;
-      ctx->rel_head = taken;
-      wake_locked(ctx);
+      mb__queue_insert_tail(&ctx->released, &taken->rel_node);
+      wake_locked_post(ctx);
       pthread_mutex_unlock(&ctx->post_lock);
       done = 1;
       *rc = 0;
     }
   }
   if (armed)
-    timer_armed_locked(ctx, armed);
+    timer_armed_locked_core(ctx, armed);
   pthread_mutex_unlock(&ctx->core_lock);
   return done;
 }
@@ -1141,16 +1179,15 @@ int mb_release(mb_ctx *ctx, mb_lease lease) {
   if (release_fast(ctx, lease, &frc))
     return frc;
   pthread_mutex_lock(&ctx->post_lock);
-  mb__lease *l = mb__lease_take_locked(ctx, lease.id);
+  mb__lease *l = mb__lease_take_locked_post(ctx, lease.id);
   if (l == NULL) {
     pthread_mutex_unlock(&ctx->post_lock);
     return MB_EINVAL;
   }
   int rc = l->lost ? MB_ELOST : 0;
   l->released = 1;
-  l->pnext = ctx->rel_head;
-  ctx->rel_head = l;
-  wake_locked(ctx);
+  mb__queue_insert_tail(&ctx->released, &l->rel_node);
+  wake_locked_post(ctx);
   pthread_mutex_unlock(&ctx->post_lock);
   return rc;
 }
@@ -1161,27 +1198,22 @@ int mb_lease_renew(mb_ctx *ctx, mb_lease lease, int64_t ttl_ms) {
   int rc = MB_EINVAL;
   uint64_t now = ctx->opts.clock(ctx->opts.clock_arg);
   pthread_mutex_lock(&ctx->post_lock);
-  if (ctx->lease_tab_cap) {
-    mb__lease *l = ctx->lease_tab[lease.id & (ctx->lease_tab_cap - 1)];
-    while (l && l->id != lease.id)
-      l = l->hnext;
-    if (l && !l->released && l->lost) {
-      rc = MB_ELOST;
-    } else if (l && !l->released) {
-      if (l->ttl_deadline == 0) {
-        rc = MB_EINVAL; /* a lease without TTL has nothing to renew */
-      } else {
-        uint64_t was = l->ttl_deadline;
-        l->ttl_deadline = now + mb__ms_to_ns(ttl_ms);
-        rc = 0;
-        /* A later deadline is seen when the armed timer fires; an earlier
-         * one needs the core to move the timer. */
-        if (l->ttl_deadline < was && !l->renewed) {
-          l->renewed = 1;
-          l->rnext = ctx->renew_head;
-          ctx->renew_head = l;
-          wake_locked(ctx);
-        }
+  mb__lease *l = lease_find_locked_post(ctx, lease.id);
+  if (l && !l->released && l->lost) {
+    rc = MB_ELOST;
+  } else if (l && !l->released) {
+    if (l->ttl_deadline == 0) {
+      rc = MB_EINVAL; /* a lease without TTL has nothing to renew */
+    } else {
+      uint64_t was = l->ttl_deadline;
+      l->ttl_deadline = now + mb__ms_to_ns(ttl_ms);
+      rc = 0;
+      /* A later deadline is seen when the armed timer fires; an earlier
+       * one needs the core to move the timer. */
+      if (l->ttl_deadline < was && !l->renewed) {
+        l->renewed = 1;
+        mb__queue_insert_head(&ctx->renewed, &l->renew_node);
+        wake_locked_post(ctx);
       }
     }
   }
@@ -1322,10 +1354,4 @@ int mb_model_remove(mb_ctx *ctx, const char *name) {
   sync_init(&s);
   return sync_finish(&s, post_simple(ctx, MB__R_REMOVE, name, MB_DEFAULT, sync_done, &s), NULL,
                      0);
-}
-
-/* Manual-mode form of mb_model_remove, for tests and the simulator. */
-int mb__model_remove_async(mb_ctx *ctx, const char *name, mb_done_fn done, void *arg);
-int mb__model_remove_async(mb_ctx *ctx, const char *name, mb_done_fn done, void *arg) {
-  return post_simple(ctx, MB__R_REMOVE, name, MB_DEFAULT, done, arg);
 }

@@ -1,22 +1,44 @@
 /*
  * core_int.h - the residency core's data, private to libmodelbuf.
  *
- * Split across three files:
- *   core.c   - the context: threads, the post queue, the loader pool, the
- *              public entry points that post requests and wait.
- *   sched.c  - the state machine: every decision (admission, eviction,
- *              grants, timers, job completions) is made there, in a step.
- *   status.c - snapshots for status and device info.
+ * Files:
+ *   core.c    - the context: threads, the post queue, the loader pool, the
+ *               public entry points that post requests and wait, the fast
+ *               paths' locking.
+ *   sched.c   - the step: every decision is made there or in the files it
+ *   jobs.c      shares sched_int.h with (backend jobs and memory, admission
+ *   admit.c     planning, eviction order).
+ *   policy.c
+ *   status.c  - snapshots for status and device info.
  *
- * Locks (see core.c for the full rules):
- *   core_lock - everything the state machine owns: models, devices, the
- *               timer heap, queues, statistics. Held by a step and by status
- *               readers; never held while a backend runs.
- *   post_lock - the post queue, the job completion list, the lease table
- *               and the wake-up condition. Short critical sections.
- *   pool_lock - the loader pool's job queue.
+ * Who owns the state machine: a lock, not a thread. core_lock guards
+ * everything the state machine owns (models, devices, the timer heap, the
+ * queues, statistics, the name table) and is held for a whole step; the
+ * core thread (threaded mode) or mb_ctx_step's caller (manual mode) is the
+ * one that steps, but other threads take core_lock too, each for a short
+ * critical section of its own: status readers (status.c), mb_model_add and
+ * mb_device_add, mb_ctx_next_deadline, and the fast paths (mb_acquire_try,
+ * mb_release), which settle on the caller's thread what a step would
+ * settle at once, and only with nothing posted. So "owned by the core" in
+ * STYLE terms means guarded by core_lock, decided in a step; the
+ * determinism comes from the step reading the clock once and taking its
+ * inputs in order, not from a single thread. core_lock is never held while
+ * a backend function runs, nor any user callback but evict_rank (public
+ * header: quick, no calls into the library).
+ *
+ * Locks, what they guard, and their suffix (a function that expects its
+ * caller to hold one ends in it):
+ *   core_lock  _locked_core  the state machine (above); the files of the
+ *                            step (sched_int.h) run under it throughout
+ *                            and do not repeat the suffix;
+ *   post_lock  _locked_post  the post queue (requests, released leases,
+ *                            renewals, job completions), the lease table,
+ *                            the wake-up flag and the core thread's sleep;
+ *                            short critical sections, nothing blocks;
+ *   pool_lock  (none)        the loader pool's job queue; core.c only.
  * Order: core_lock -> post_lock, core_lock -> pool_lock. Nothing takes
- * core_lock while holding post_lock or pool_lock.
+ * core_lock while holding post_lock or pool_lock, and post_lock and
+ * pool_lock are never held together.
  */
 #ifndef MB_CORE_INT_H
 #define MB_CORE_INT_H
@@ -26,6 +48,7 @@
 
 #include "modelbuf/modelbuf.h"
 #include "heap.h"
+#include "queue.h"
 
 /* Timer kinds. */
 enum { MB__T_MODEL = 1, MB__T_WAIT = 2, MB__T_TTL = 3 };
@@ -50,8 +73,8 @@ typedef struct mb__model mb__model;
  * until it is answered; every request is answered exactly once through done.
  */
 typedef struct mb__req {
-  struct mb__req *next;          /* post queue / answered list */
-  struct mb__req *qprev, *qnext; /* a model's waiter list */
+  mb__queue node;                /* post queue, then the answered list */
+  mb__queue wnode;               /* a model's waiters (wq, lw or ow) */
   mb__req_type type;
   uint64_t id;
   char *name;                    /* the model's name (owned) */
@@ -92,11 +115,11 @@ typedef struct mb__lease {
   uint64_t ttl_deadline;/* under post_lock; 0 = no TTL */
   mb__timer timer;      /* TTL check, core-owned */
   struct mb__lease *hnext;  /* lease table chain */
-  struct mb__lease *pnext;  /* release list (post queue of releases) */
+  mb__queue rel_node;       /* the released leases (post_lock) */
   /* In the list of leases renewed to an earlier deadline than the armed
    * timer's (under post_lock): the core re-arms their timers. */
   int renewed;
-  struct mb__lease *rnext;
+  mb__queue renew_node;
 } mb__lease;
 
 /* A backend job; one per model at most, so it lives inside the model. */
@@ -116,7 +139,8 @@ struct mb_job {
   mb_usage usage;
   int have_usage;
   uint64_t progress_done, progress_total; /* atomics */
-  struct mb_job *next;   /* completion list / pool queue / manual list */
+  char note[192];        /* mb__op_note: a warning event if the job succeeds */
+  mb__queue node;        /* completion list / pool queue / manual list */
 };
 
 typedef struct mb__device {
@@ -130,8 +154,8 @@ typedef struct mb__device {
   uint64_t leaving_bytes;
   int loads;           /* LOADING + RESTORING */
   int leases;
-  mb__model *res_head; /* models charged here (on_dev), via dev_next/dev_prev */
-  /* Admission plan (sched.c): this device's eviction candidates, sorted,
+  mb__queue res_list;  /* models charged here (on_dev), newest first, via dev_node */
+  /* Admission plan (admit.c): this device's eviction candidates, sorted,
    * at ctx->plan[plan_off .. plan_off + plan_n), valid while plan_gen ==
    * ctx->plan_gen. */
   uint64_t plan_gen;
@@ -141,7 +165,7 @@ typedef struct mb__device {
   uint64_t fail_gen, fail_need;
 } mb__device;
 
-/* An eviction candidate and its rank under the policy (sched.c). */
+/* An eviction candidate and its rank under the policy (policy.c). */
 typedef struct mb__cand {
   mb__model *m;
   double rank;
@@ -168,26 +192,26 @@ struct mb__model {
   int64_t ka_current;        /* effective keep-alive (ms) */
   uint64_t idle_since;       /* when the idle clock started */
   mb__timer timer;           /* idle expiry (READY) or host keep-alive (OFFLOADED) */
-  /* Waiters. */
-  mb__req *wq_head, *wq_tail; /* acquires, by priority then arrival */
+  /* Waiters (their wnode). */
+  mb__queue wq;              /* acquires, by priority then arrival */
   int nwait;
-  mb__req *lw_head;          /* explicit loads waiting for READY */
-  mb__req *ow_head;          /* offload/unload requests waiting */
+  mb__queue lw;              /* explicit loads waiting for READY, newest first */
+  mb__queue ow;              /* offload/unload requests waiting, newest first */
   int offload_pending, unload_pending, removing;
   /* Admission. */
   int admit_pending;
   uint64_t admit_seq;
-  mb__model *adm_prev, *adm_next;
-  /* Also in the list of admissions bound to one device (adm1_*). */
+  mb__queue adm_node;
+  /* Also in the list of admissions bound to one device (adm1). */
   int adm_single;
-  mb__model *adm1_prev, *adm1_next;
+  mb__queue adm1_node;
   /* Dirty list. */
   int dirty;
-  mb__model *dirty_next;
+  mb__queue dirty_node;
   /* Memory. */
   uint64_t dev_charge, host_charge;
   int on_dev;                 /* counted in its device's used/resident */
-  mb__model *dev_prev, *dev_next; /* its device's resident list while on_dev */
+  mb__queue dev_node;         /* its device's resident list while on_dev */
   int leaving;                /* counted in its device's leaving */
   uint64_t measured_fp;       /* peak device bytes of the last residency (0 unknown) */
   uint64_t measured_host;     /* host bytes of the last offload (0 unknown) */
@@ -197,8 +221,6 @@ struct mb__model {
   /* Use. */
   int inflight;
   uint64_t loaded_at, last_accessed, last_load_ns;
-  uint64_t freq;              /* acquires during the current residency */
-  double gdsf_h;              /* cost policy priority */
   double hits;                /* acquires, decayed (cost policy) */
   uint64_t hits_t;            /* the last counted acquire, when hits was brought up to date */
   /* Failure. */
@@ -221,14 +243,14 @@ struct mb__model {
   int cancel_pending;
   int cancel_queued;
   mb_op cancel_op;
-  mb__model *cancel_next;
+  mb__queue cancel_node;
   unsigned warnings;
   char warning_text[256];
   mb_stats stats;
   uint64_t load_count_for_avg;
   struct mb_job job;
   mb__model *hnext;          /* name table chain */
-  mb__model *gnext;          /* graveyard */
+  mb__queue grave_node;      /* the graveyard */
 };
 
 typedef struct mb__event_buf {
@@ -250,10 +272,10 @@ struct mb_ctx {
   pthread_cond_t pool_cond;
 
   /* Under post_lock. */
-  mb__req *post_head, *post_tail;
-  mb__lease *rel_head;        /* released leases */
-  mb__lease *renew_head;      /* leases whose deadline moved earlier */
-  struct mb_job *done_head, *done_tail;
+  mb__queue posted;           /* requests (node), in order */
+  mb__queue released;         /* released leases (rel_node), in order */
+  mb__queue renewed;          /* leases whose deadline moved earlier, newest first */
+  mb__queue done;             /* completed jobs (node), in order */
   mb__lease **lease_tab;
   size_t lease_tab_cap, lease_count;
   uint64_t next_lease_id;
@@ -267,10 +289,9 @@ struct mb_ctx {
   int sleeping;
   uint64_t sleep_until;
   uint64_t timers_moved;
-  int progress_flag;
 
   /* Under pool_lock. */
-  struct mb_job *pool_head, *pool_tail;
+  mb__queue pool;             /* jobs for the loader threads (node) */
   int pool_stop;
   pthread_t *loaders;
   int nloaders;
@@ -286,19 +307,18 @@ struct mb_ctx {
   mb__model **name_tab;
   size_t name_tab_cap;
   mb__heap heap;
-  mb__model *adm_head, *adm_tail;
+  mb__queue adm;              /* models waiting for memory, oldest first (adm_node) */
   /* The waiting models bound to one device (a restore, or a fixed device),
-   * in admission order; the others may go on any device: how many, and
-   * bounds of their footprints. */
-  mb__model *adm1_head, *adm1_tail;
+   * in admission order (adm1_node); the others may go on any device: how
+   * many, and bounds of their footprints. */
+  mb__queue adm1;
   int adm_any;
   uint64_t adm_any_min, adm_any_max;
   uint64_t adm_seq;
-  mb__model *dirty_head, *dirty_tail;
+  mb__queue dirty;            /* models to advance, in order (dirty_node) */
   int devs_dirty;
   uint64_t req_seq;
   uint64_t host_budget, host_used;
-  double gdsf_L;
   /* Eviction candidate buffers, models_cap entries each (grown by
    * mb_model_add): one for device evictions and one for host evictions,
    * which may be planned while a device eviction is in progress. */
@@ -312,19 +332,26 @@ struct mb_ctx {
   /* The same for a model that may go on any device. */
   uint64_t auto_fail_gen, auto_fail_need, auto_fail_largest;
   /* What a model that may go on any device finds, per generation
-   * (sched.c, auto_blocked): the largest usable size, the device with the
+   * (admit.c, auto_blocked): the largest usable size, the device with the
    * most free memory and that memory, the most a device can take once its
    * leaving models are gone, and the cheapest planned eviction. */
   uint64_t auto_gen, auto_cost_gen;
   uint64_t auto_usable, auto_t0, auto_t1;
   int auto_dev0, auto_has_t1;
-  double auto_min_cost;
+  int auto_cost_positive;     /* every eviction now costs more than 0 */
+  /* The admission check (admit.c): 0 off; 1 every decision a shortcut
+   * makes is planned again in full and compared, differences counted; 2
+   * the same, and a difference aborts (build option admission_check). */
+  int admit_check;
+  uint64_t admit_checked[3];  /* by shortcut: auto_blocked, any_blocked, planning */
+  uint64_t admit_differ;
+  char admit_first[512];      /* the first difference, described */
   int shutting_down;
   int jobs_busy;
-  struct mb_job *manual_jobs; /* handed to the executor after the step */
-  mb__req *answered_head, *answered_tail;
-  mb__model *graveyard;
-  mb__model *cancel_head;     /* backend cancels to call after the step */
+  mb__queue manual_jobs;      /* handed to the executor after the step, in order */
+  mb__queue answered;         /* answers to deliver after the step, in order */
+  mb__queue graveyard;        /* removed models to free after the step, newest first */
+  mb__queue cancels;          /* backend cancels to call after the step, newest first */
   mb__event_buf events;
   uint64_t event_seq;
   uint64_t events_dropped;
@@ -332,31 +359,35 @@ struct mb_ctx {
 
 /* core.c */
 void mb__post_job_done(mb_ctx *ctx, struct mb_job *job);
-void mb__submit_job_locked(mb_ctx *ctx, struct mb_job *job);
-mb__model *mb__model_find_locked(mb_ctx *ctx, const char *name);
-void mb__model_unlink_locked(mb_ctx *ctx, mb__model *m);
+/* The backend operation of job j, as its backend gets it (err, err_len and
+ * priv left empty). */
+void mb__job_op(const struct mb_job *j, mb_op *op);
+void mb__submit_job_locked_core(mb_ctx *ctx, struct mb_job *job);
+mb__model *mb__model_find_locked_core(mb_ctx *ctx, const char *name);
+void mb__model_unlink_locked_core(mb_ctx *ctx, mb__model *m);
 void mb__model_destroy(mb__model *m);
-mb__lease *mb__lease_take_locked(mb_ctx *ctx, uint64_t id); /* post_lock held */
+mb__lease *mb__lease_take_locked_post(mb_ctx *ctx, uint64_t id); /* post_lock held */
 /* Marks every lease of m lost (post_lock held): in the table and released
  * but not yet dropped. Returns how many were still counted in m->inflight. */
-int mb__leases_lose_locked(mb_ctx *ctx, mb__model *m);
-int mb__lease_insert_locked(mb_ctx *ctx, mb__lease *l);    /* post_lock held */
+int mb__leases_lose_locked_post(mb_ctx *ctx, mb__model *m);
+int mb__lease_insert_locked_post(mb_ctx *ctx, mb__lease *l);    /* post_lock held */
 
 /* sched.c: the fast paths of acquire and release (core.c), with core_lock
  * held and nothing posted: 1 when done now, 0 when only a step can do it
  * (nothing changed), or MB_ENOMEM. */
-int mb__try_grant_locked(mb_ctx *ctx, const char *name, const mb_acquire_opts *o,
-                         mb_result *out);
-int mb__try_release_locked(mb_ctx *ctx, mb__lease *l, uint64_t *armed);
+int mb__try_grant_locked_core(mb_ctx *ctx, const char *name, const mb_acquire_opts *o,
+                              mb_result *out);
+int mb__try_release_locked_core(mb_ctx *ctx, mb__lease *l, uint64_t *armed);
 
-/* sched.c: the step, with core_lock held. */
-int mb__step_locked(mb_ctx *ctx, mb__req *reqs, mb__lease *rels, struct mb_job *done);
-void mb__event_locked(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state from,
-                      mb_state to, const char *reason);
+/* sched.c: the step, with core_lock held: the requests, released leases
+ * and completed jobs taken from the post queue (each list emptied). */
+int mb__step_locked_core(mb_ctx *ctx, mb__queue *reqs, mb__queue *rels, mb__queue *done);
+void mb__event_locked_core(mb_ctx *ctx, mb_event_type type, mb__model *m, mb_state from,
+                           mb_state to, const char *reason);
 uint64_t mb__footprint(const mb__model *m);
 /* Stops grants, fails every waiter with MB_ESHUTDOWN, marks every model
  * for unloading (threaded mode unloads them through the loaders). */
-void mb__shutdown_locked(mb_ctx *ctx);
+void mb__shutdown_locked_core(mb_ctx *ctx);
 
 /* Milliseconds to ns, with MB_FOREVER passing through as UINT64_MAX. */
 static inline uint64_t mb__ms_to_ns(int64_t ms) {

@@ -14,18 +14,14 @@
 
 #include "modelbuf/modelbuf.h"
 
-/*
- * Memory of a device: total and free bytes (free may be NULL). The host
- * device reports the machine's RAM (MemTotal / MemAvailable). Errors:
- * MB_ENODEV with a message when the device does not exist or no driver is
- * available.
- */
-int mb__device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total, uint64_t *free_bytes,
-                        char *err, size_t err_len);
+/* The memory of a device without a handle: mb_device_mem_info, public
+ * (modelbuf.h). */
 
 /* The PCI bus id ("0000:65:00.0") of CUDA ordinal as this process's driver
  * numbers GPUs (after CUDA_VISIBLE_DEVICES), into buf (16 to 256 bytes):
- * how NVML finds the same GPU. MB_ENODEV without a driver or CUDA build. */
+ * how NVML finds the same GPU. MB_ENOTSUP when it cannot be had here (no
+ * CUDA build, no driver or GPU, a driver without the call); MB_ENODEV when
+ * the driver has no such GPU or fails to answer for it (a lost GPU). */
 int mb__device_pci_bus_id(int ordinal, char *buf, size_t len);
 
 /* Host device: memory from /proc/meminfo (sysinfo as a fallback). */
@@ -51,10 +47,12 @@ int mb__dev_open(mb_device_kind kind, int ordinal, mb__dev **out, char *err, siz
 /*
  * As mb__dev_open, but where a CUDA device is asked for and the machine has
  * no CUDA driver or no usable GPU (or the build has no CUDA support), opens
- * the host device instead (DESIGN §2, §4) and writes one line giving the
- * reason to stderr, once per process. A CUDA ordinal that does not exist on
- * a machine that does have GPUs is a configuration error: MB_ENODEV as
- * mb__dev_open. mb__dev_kind() tells which device was opened.
+ * the host device instead (DESIGN §2, §4): it returns 0 and writes the
+ * reason into err ("cuda:0: ...; using the host device (host memory)
+ * instead") for the caller to report (the library prints nothing); err is
+ * left as it was when no fallback happened. A CUDA ordinal that does not
+ * exist on a machine that does have GPUs is a configuration error:
+ * MB_ENODEV as mb__dev_open. mb__dev_kind() tells which device was opened.
  */
 int mb__dev_open_fallback(mb_device_kind kind, int ordinal, mb__dev **out, char *err,
                           size_t err_len);

@@ -180,8 +180,9 @@ int mb__cuda_usable(char *why, size_t why_len) {
 
 int mb__cuda_pci_bus_id(int ordinal, char *buf, size_t len) {
   pthread_once(&drv.once, load_driver);
-  if (!drv.ok || drv.pci_bus_id == NULL || ordinal < 0 || ordinal >= drv.n_gpus || len < 16 ||
-      len > 256)
+  if (!drv.ok || drv.pci_bus_id == NULL)
+    return MB_ENOTSUP;
+  if (ordinal < 0 || ordinal >= drv.n_gpus || len < 16 || len > 256)
     return MB_ENODEV;
   CUdevice dev;
   if (drv.device_get(&dev, ordinal) != CUDA_SUCCESS ||

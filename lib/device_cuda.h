@@ -32,7 +32,8 @@ int mb__cuda_copy(mb__cuda *c, int to_device, uint64_t dptr, void *host, size_t 
 int mb__cuda_usable(char *why, size_t why_len);
 
 /* The PCI bus id ("0000:65:00.0") of CUDA ordinal, into buf (16 to 256
- * bytes). MB_ENODEV without a driver, or when the driver lacks the call. */
+ * bytes). MB_ENOTSUP without a usable driver, or when the driver lacks the
+ * call; MB_ENODEV when the driver has no such GPU or fails to answer. */
 int mb__cuda_pci_bus_id(int ordinal, char *buf, size_t len);
 
 /* The copy started on a stream, then an event recorded after it into *ev

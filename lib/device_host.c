@@ -70,12 +70,12 @@ int mb__device_pci_bus_id(int ordinal, char *buf, size_t len) {
   return mb__cuda_pci_bus_id(ordinal, buf, len);
 #else
   (void)ordinal, (void)buf, (void)len;
-  return MB_ENODEV;
+  return MB_ENOTSUP;
 #endif
 }
 
-int mb__device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total, uint64_t *free_bytes,
-                        char *err, size_t err_len) {
+int mb_device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total, uint64_t *free_bytes,
+                       char *err, size_t err_len) {
   if (kind == MB_DEVICE_HOST) {
     int rc = mb__host_mem_info(total, free_bytes);
     if (rc != 0)
@@ -186,19 +186,6 @@ mb_device_kind mb__dev_kind(const mb__dev *d) { return d->kind; }
 /* ---- the host device in place of a missing GPU -------------------------- */
 
 static atomic_uint fallbacks;
-static pthread_mutex_t notice_mu = PTHREAD_MUTEX_INITIALIZER;
-static int notice_done; /* under notice_mu */
-
-/* One line for the process: the first reason is the one printed (it is the
- * same for every ordinal of a machine without a driver or GPU). */
-static void fallback_notice(const char *why) {
-  pthread_mutex_lock(&notice_mu);
-  if (!notice_done) {
-    notice_done = 1;
-    fprintf(stderr, "modelbuf: %s; using the host device (host memory) instead\n", why);
-  }
-  pthread_mutex_unlock(&notice_mu);
-}
 
 int mb__dev_open_fallback(mb_device_kind kind, int ordinal, mb__dev **out, char *err,
                           size_t err_len) {
@@ -218,7 +205,9 @@ int mb__dev_open_fallback(mb_device_kind kind, int ordinal, mb__dev **out, char 
   if (rc != 0)
     return rc;
   atomic_fetch_add(&fallbacks, 1);
-  fallback_notice(why);
+  /* Said to the caller, who decides who hears it: the library prints
+   * nothing. */
+  mb__set_err(err, err_len, "%s; using the host device (host memory) instead", why);
   return 0;
 #ifdef MB_HAVE_CUDA_H
 no_fallback:
@@ -256,7 +245,7 @@ int mb__dev_mem_info(mb__dev *d, uint64_t *total, uint64_t *free_bytes, char *er
   /* An open CUDA handle asks its own context (no second open of the device,
    * with its streams, for each figure). */
   CUDA_OR(d, mb__cuda_mem_info(d->cuda, total, free_bytes, err, err_len));
-  return mb__device_mem_info(d->kind, d->ordinal, total, free_bytes, err, err_len);
+  return mb_device_mem_info(d->kind, d->ordinal, total, free_bytes, err, err_len);
 }
 
 /*

@@ -22,7 +22,7 @@ typedef struct mb__timer {
   uint64_t deadline;
   uint64_t seq;  /* arming order, the tie-breaker */
   uint32_t slot; /* index in the heap, MB__TIMER_IDLE when not armed */
-  uint8_t kind;  /* what the owner is; see sched.c */
+  uint8_t kind;  /* what the owner is (MB__T_*, core_int.h) */
 } mb__timer;
 
 typedef struct mb__heap {

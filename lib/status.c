@@ -9,7 +9,7 @@
 #include "alloc.h"
 #include "core_int.h"
 
-static void fill_status_locked(mb_ctx *ctx, const mb__model *m, mb_status *st) {
+static void fill_status_locked_core(mb_ctx *ctx, const mb__model *m, mb_status *st) {
   uint64_t now = ctx->opts.clock(ctx->opts.clock_arg);
   memset(st, 0, sizeof(*st));
   snprintf(st->name, sizeof(st->name), "%s", m->name);
@@ -53,12 +53,12 @@ int mb_model_status(mb_ctx *ctx, const char *name, mb_status *out) {
   if (ctx == NULL || name == NULL || out == NULL)
     return MB_EINVAL;
   pthread_mutex_lock(&ctx->core_lock);
-  const mb__model *m = mb__model_find_locked(ctx, name);
+  const mb__model *m = mb__model_find_locked_core(ctx, name);
   if (m == NULL || m->removing) {
     pthread_mutex_unlock(&ctx->core_lock);
     return MB_ENOENT;
   }
-  fill_status_locked(ctx, m, out);
+  fill_status_locked_core(ctx, m, out);
   pthread_mutex_unlock(&ctx->core_lock);
   return 0;
 }

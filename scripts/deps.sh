@@ -4,6 +4,7 @@
 # Usage: scripts/deps.sh            (as root, or with sudo available)
 #        scripts/deps.sh --bench    also what the benchmarks compare against
 #                                   (nginx as a plain reverse proxy)
+#        scripts/deps.sh --coverage also gcovr, for make coverage
 # haproxy and python3-yaml are for the tests of the scale-out recipes
 # (tests/e2e/test_haproxy.py runs its own HAProxy in the foreground;
 # tests/e2e/test_kubernetes.py reads the manifests).
@@ -29,13 +30,26 @@ python3-setuptools
 python3-wheel
 python3-fastapi
 python3-uvicorn
+python3-yaml
+python3-jsonschema
+scdoc
 curl
 gnuplot-nox
+chromium
+chromium-driver
+python3-selenium
 haproxy
-python3-yaml
 "
+# node and npm for the OpenAI Node SDK test (scripts/test-deps.sh), from
+# Debian unless some node with its npm is installed already.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PKGS="$PKGS nodejs npm"
+fi
 if [ "${1:-}" = "--bench" ]; then
   PKGS="$PKGS nginx-light"
+fi
+if [ "${1:-}" = "--coverage" ]; then
+  PKGS="$PKGS gcovr"
 fi
 
 missing=""

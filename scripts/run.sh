@@ -13,7 +13,7 @@ fi
 export MODELBUF_EXAMPLE_WEIGHTS="$weights"
 cat <<MSG
 modelbufd is starting on $url with examples/modelbuf.yaml (Ctrl-C stops it).
-In another terminal:
+Its dashboard: $url/ (docs/DASHBOARD.md). In another terminal:
 
   curl -s $url/health
   curl -s $url/api/models                                  # every model, state unloaded

@@ -195,8 +195,6 @@ static void on_event(const mb_event *ev, void *arg) {
   case MB_EVENT_LOST:
     printf("  %+.3fs %-8s lost: %s\n", t, ev->model, ev->reason);
     break;
-  case MB_EVENT_PROGRESS:
-    break;
   }
   pthread_mutex_lock(&ev_mu);
   int s = model_slot(ev->model);

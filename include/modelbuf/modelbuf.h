@@ -30,6 +30,15 @@
  * Times are nanoseconds of the context's clock (monotonic). Durations given
  * to the API are in milliseconds; keep-alive values use MB_FOREVER (-1) for
  * "never expire" and MB_DEFAULT (-2) for "use the model's setting".
+ *
+ * Option structs (mb_ctx_opts, mb_model_opts, mb_device_opts,
+ * mb_acquire_opts; mb_tensors_opts in tensors.h) start with a size field:
+ * fill each with its *_init function, which sets size and the defaults,
+ * then change the fields you want. Fields are only ever added at the end,
+ * so a program built against an older header keeps working with a newer
+ * library (the fields it does not know keep their defaults); a struct not
+ * filled by its *_init (size 0), or from a newer header than the library,
+ * is refused with MB_EINVAL. docs/LIBRARY.md has the rule.
  */
 #ifndef MODELBUF_H
 #define MODELBUF_H
@@ -146,6 +155,20 @@ MB_EXTERN mb_location mb_state_location(mb_state s);
 /* Special device index for mb_model_opts.device: place where it fits best. */
 #define MB_DEVICE_AUTO (-1)
 
+/*
+ * The defaults: what mb_ctx_opts_init and mb_model_opts_init fill in, what
+ * MB_DEFAULT resolves to, and what modelbufd's configuration starts from.
+ * One list, so a default is changed in one place.
+ */
+#define MB_DEFAULT_KEEP_ALIVE_MS (5 * 60 * 1000)       /* READY after the last release */
+#define MB_DEFAULT_HOST_KEEP_ALIVE_MS (30 * 60 * 1000) /* OFFLOADED before a full release */
+#define MB_DEFAULT_MAX_CONCURRENCY 1                   /* leases at once per model */
+#define MB_DEFAULT_MAX_QUEUE 64                        /* waiters per model */
+#define MB_DEFAULT_QUEUE_TIMEOUT_MS (60 * 1000)        /* bound on a waiter's wait */
+#define MB_DEFAULT_CRASH_LIMIT 3                       /* losses within the window that FAIL */
+#define MB_DEFAULT_CRASH_WINDOW_MS (5 * 60 * 1000)
+#define MB_DEFAULT_LOADER_THREADS 4                    /* threaded mode's loader pool */
+
 /* ------------------------------------------------------------------------ */
 /* Clock                                                                     */
 
@@ -202,7 +225,8 @@ typedef struct mb_op {
 /*
  * Reports progress of a long operation (load or restore): done of total
  * bytes (total 0 when unknown). Cheap; callable from the backend function as
- * often as it likes.
+ * often as it likes. Readers see it in mb_status.progress_done and
+ * progress_total while the operation runs (no event is sent for it).
  */
 MB_EXTERN void mb_op_progress(mb_op *op, uint64_t done_bytes, uint64_t total_bytes);
 
@@ -298,7 +322,8 @@ MB_EXTERN void mb_job_run(mb_job *job);
 /*
  * Completes a job without calling the backend: rc 0 for success or a
  * negative MB_E* code with message msg (may be NULL); usage, when not NULL,
- * is what the backend would have measured. The job is freed.
+ * is what the backend would have measured. The job belongs to its model:
+ * do not use the pointer after this call.
  */
 MB_EXTERN void mb_job_complete(mb_job *job, int rc, const char *msg, const mb_usage *usage);
 
@@ -308,9 +333,12 @@ MB_EXTERN void mb_job_complete(mb_job *job, int rc, const char *msg, const mb_us
 typedef enum mb_event_type {
   MB_EVENT_STATE = 0, /* a state change: from -> to */
   MB_EVENT_EVICT,     /* the core chose this model as an eviction victim */
-  MB_EVENT_WARNING,   /* a new warning (slow load, memory growth) */
-  MB_EVENT_PROGRESS,  /* load/restore progress (bytes done/total) */
-  MB_EVENT_LOST       /* a resident model was lost (mb_model_lost); reason says why */
+  MB_EVENT_WARNING,   /* a new warning (slow load, memory growth), or a note of a
+                         backend whose operation succeeded anyway (the tensors
+                         backend on the host device for want of a GPU) */
+  /* 3 is not used: progress of a load or restore is read from the status
+   * (mb_status.progress_done / progress_total), never sent as an event. */
+  MB_EVENT_LOST = 4   /* a resident model was lost (mb_model_lost); reason says why */
 } mb_event_type;
 
 typedef struct mb_event {
@@ -320,7 +348,6 @@ typedef struct mb_event {
   const char *model;
   mb_state from, to;   /* MB_EVENT_STATE */
   int device;          /* the model's device, -1 if none */
-  uint64_t done_bytes, total_bytes; /* MB_EVENT_PROGRESS */
   /* Why, never NULL. Entering LOADING/RESTORING: "acquire" or "load";
    * OFFLOADING/UNLOADING: "idle" (keep-alive expired), "evict", "request"
    * (mb_offload/mb_unload), "error" (a failed restore or offload),
@@ -366,6 +393,7 @@ typedef enum mb_eviction {
 typedef double (*mb_evict_rank_fn)(void *arg, const char *model, void *user, int device);
 
 typedef struct mb_ctx_opts {
+  size_t size;                /* sizeof(mb_ctx_opts): set by mb_ctx_opts_init */
   mb_clock_fn clock;          /* NULL: mb_clock_monotonic */
   void *clock_arg;
   int manual;                 /* 1: no threads; see mb_ctx_step and executor */
@@ -426,6 +454,7 @@ MB_EXTERN uint64_t mb_ctx_now(mb_ctx *ctx);
 /* Devices                                                                   */
 
 typedef struct mb_device_opts {
+  size_t size;                 /* sizeof(mb_device_opts): set by mb_device_opts_init */
   mb_device_kind kind;         /* MB_DEVICE_HOST or MB_DEVICE_CUDA */
   int ordinal;                 /* CUDA ordinal; ignored for the host device */
   uint64_t capacity_bytes;     /* 0: measured (host: RAM total; cuda: cuMemGetInfo) */
@@ -436,6 +465,8 @@ typedef struct mb_device_opts {
   int concurrency;             /* leases at once across all its models (0: none) */
 } mb_device_opts;
 
+/* Fills opts with the defaults above (and its size): the host device, no
+ * limits. */
 MB_EXTERN void mb_device_opts_init(mb_device_opts *opts);
 
 /*
@@ -446,6 +477,18 @@ MB_EXTERN void mb_device_opts_init(mb_device_opts *opts);
  */
 MB_EXTERN int mb_device_add(mb_ctx *ctx, const mb_device_opts *opts, int *index, char *err,
                             size_t err_len) MB_WUR;
+
+/*
+ * The memory of device kind:ordinal as its driver reports it now, with no
+ * context: total bytes into *total, free bytes into *free_bytes (may be
+ * NULL; a CUDA device's total alone is read without creating a context on
+ * the GPU). The host device reports the machine's RAM (MemTotal and
+ * MemAvailable). This is what mb_device_add measures when no capacity is
+ * given; modelbufd finds its GPUs with it. Thread-safe. Errors: MB_ENODEV
+ * with a message (no such device, no CUDA driver or build), MB_EIO.
+ */
+MB_EXTERN int mb_device_mem_info(mb_device_kind kind, int ordinal, uint64_t *total,
+                                 uint64_t *free_bytes, char *err, size_t err_len) MB_WUR;
 
 typedef struct mb_device_info {
   int index;
@@ -464,7 +507,8 @@ typedef struct mb_device_info {
 } mb_device_info;
 
 MB_EXTERN int mb_device_count(mb_ctx *ctx);
-/* Errors: MB_ENODEV for a bad index. Thread-safe. */
+/* Fills *out with device index's figures. Errors: MB_ENODEV for a bad
+ * index, MB_EINVAL (no context or no out). Thread-safe. */
 MB_EXTERN int mb_device_info_get(mb_ctx *ctx, int index, mb_device_info *out) MB_WUR;
 
 /* Host tier: the budget for offloaded models and what they use now. */
@@ -474,6 +518,7 @@ MB_EXTERN void mb_host_tier(mb_ctx *ctx, uint64_t *budget_bytes, uint64_t *used_
 /* Models                                                                    */
 
 typedef struct mb_model_opts {
+  size_t size;                /* sizeof(mb_model_opts): set by mb_model_opts_init */
   int64_t keep_alive_ms;      /* READY after last release; 0 = act at once, MB_FOREVER, MB_DEFAULT = ctx */
   int offload;                /* 1: idle expiry offloads to host RAM when possible (default 1) */
   int64_t host_keep_alive_ms; /* OFFLOADED before a full release; MB_FOREVER; MB_DEFAULT = 30 min */
@@ -521,7 +566,8 @@ MB_EXTERN int mb_model_add_callbacks(mb_ctx *ctx, const char *name, const mb_cal
 /*
  * Removes a model: unloads it if needed (after which it is gone). Refuses
  * with MB_EBUSY while leases are out or requests wait. Blocking (threaded
- * mode). Errors: MB_ENOENT, MB_EBUSY.
+ * mode). Errors: MB_ENOENT, MB_EBUSY, MB_ESHUTDOWN, MB_ENOMEM, MB_EINVAL
+ * (manual mode).
  */
 MB_EXTERN int mb_model_remove(mb_ctx *ctx, const char *name) MB_WUR;
 
@@ -539,12 +585,14 @@ typedef struct mb_lease {
 #define MB_PRIORITY_DEFAULT (-2147483647 - 1)
 
 typedef struct mb_acquire_opts {
+  size_t size;            /* sizeof(mb_acquire_opts): set by mb_acquire_opts_init */
   int priority;           /* MB_PRIORITY_DEFAULT: the model's */
   int64_t timeout_ms;     /* bound on the wait; MB_DEFAULT: the model's queue_timeout */
   int64_t keep_alive_ms;  /* keep-alive after this use; MB_DEFAULT: the model's */
   int64_t ttl_ms;         /* lease expires unless renewed (0 or MB_DEFAULT: never) */
 } mb_acquire_opts;
 
+/* Fills opts with the defaults above (and its size). */
 MB_EXTERN void mb_acquire_opts_init(mb_acquire_opts *opts);
 
 /* What a finished request tells: rc, and for an acquire the lease. */
@@ -604,6 +652,9 @@ MB_EXTERN int mb_acquire_try(mb_ctx *ctx, const char *name, const mb_acquire_opt
  * Cancels a waiting acquire: its done is called with MB_ECANCELED if it was
  * still waiting; if it was already granted nothing changes (release the
  * lease). Never aborts a load: the model becomes READY for the next caller.
+ * Returns 0 when the cancel is posted (whether it finds the request is
+ * known only from the request's own done), MB_EINVAL (no context) or
+ * MB_ENOMEM.
  */
 MB_EXTERN int mb_cancel(mb_ctx *ctx, uint64_t req_id);
 
@@ -757,7 +808,8 @@ typedef struct mb_status {
 /* Snapshot of one model. Thread-safe. Errors: MB_ENOENT. */
 MB_EXTERN int mb_model_status(mb_ctx *ctx, const char *name, mb_status *out) MB_WUR;
 
-/* Number of models; mb_model_name copies the i-th (registration order) name. */
+/* Number of models; mb_model_name copies the i-th (registration order) name
+ * into buf (cut to len), 0 or MB_ENOENT (no such index, no buffer). */
 MB_EXTERN int mb_model_count(mb_ctx *ctx);
 MB_EXTERN int mb_model_name(mb_ctx *ctx, int index, char *buf, size_t len) MB_WUR;
 

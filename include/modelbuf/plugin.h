@@ -46,7 +46,9 @@ typedef struct mb_plugin_host {
   size_t size; /* sizeof(mb_plugin_host) of the host: fields may be added at the end */
   /* Reports load or restore progress; same as mb_op_progress. */
   void (*progress)(mb_op *op, uint64_t done_bytes, uint64_t total_bytes);
-  /* A line for the host's log; level 0 debug, 1 info, 2 warning, 3 error. */
+  /* A line for the host's log; level 0 debug, 1 info, 2 warning, 3 error.
+   * A host that gives none drops the lines (the library prints nothing;
+   * modelbufd passes its own log). */
   void (*log)(void *log_arg, int level, const char *model, const char *msg);
   void *log_arg;
   /*
@@ -165,7 +167,8 @@ MB_EXTERN void mb_plugin_close(mb_plugin_lib *lib);
 /*
  * Registers a model served by a plugin: creates an instance with the model's
  * name, files and host services (host may be NULL, and any of its
- * functions may be NULL: progress goes to the core, log lines to stderr,
+ * functions may be NULL: progress goes to the core, log lines nowhere (the
+ * library prints nothing),
  * device memory to the library's device layer: host RAM, or GPU memory on
  * cuda:N, or host RAM where no CUDA driver or GPU is found), and adds it to
  * ctx like mb_model_add. The instance is destroyed with the model. On

@@ -271,15 +271,19 @@ MB_EXTERN int mb_tensors_index_parse(const void *buf, size_t len, const char *na
  * Devices: the host device, and CUDA devices when the library was built
  * with the CUDA headers and the driver (libcuda.so.1) and a GPU are present
  * at run time. A model placed on a CUDA device on a machine without a
- * driver or GPU runs on the host device instead, after one line on stderr
- * (once per process) giving the reason; set no_fallback to fail its load
- * with MB_ENODEV and that reason instead. A CUDA ordinal the machine's
- * driver does not have always fails with MB_ENODEV.
+ * driver or GPU runs on the host device instead, and each load or restore
+ * that does so sends the reason as an MB_EVENT_WARNING of the model (the
+ * library prints nothing); set no_fallback to fail its load with
+ * MB_ENODEV and that reason instead. A CUDA ordinal the machine's driver
+ * does not have always fails with MB_ENODEV.
  */
 typedef struct mb_tensors_model mb_tensors_model;
 
-/* Loader knobs. Zero means the default. */
+/* Loader knobs. Fill with mb_tensors_opts_init (size; zero everywhere else,
+ * which means the default), then change what you want (the option-struct
+ * rule of modelbuf.h). */
 typedef struct mb_tensors_opts {
+  size_t size;        /* sizeof(mb_tensors_opts): set by mb_tensors_opts_init */
   size_t chunk_bytes; /* bytes per read (default 8 MiB; rounded up to 4096) */
   int threads;        /* reader threads (default 4, at most 64) */
   int io;             /* 0: direct I/O when the file is mostly not in the page
@@ -302,6 +306,8 @@ typedef struct mb_tensors_opts {
    * fails to load with MB_ENODEV instead of running on the host device. */
   int no_fallback;
 } mb_tensors_opts;
+
+MB_EXTERN void mb_tensors_opts_init(mb_tensors_opts *opts);
 
 /*
  * Creates a model from npaths weight files (headers are opened and

@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tensor_file.h"
+#include "dtype.h"
 
 typedef struct dtype_desc {
   const char *name;

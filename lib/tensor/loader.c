@@ -278,7 +278,7 @@ static void *reader(void *arg) {
   memset(st, 0, sizeof(st));
   for (int k = 0; k < nst; k++)
     if (mb__dev_host_alloc(s->dev, stage_len, &st[k].buf, e2, sizeof(e2)) != 0) {
-      fail(s, MB_ENOMEM, "loader: cannot allocate a %zu-byte staging buffer", stage_len);
+      fail(s, MB_ENOMEM, "loader: cannot allocate a %zu-byte staging buffer: %s", stage_len, e2);
       goto out;
     }
   size_t fi = 0;

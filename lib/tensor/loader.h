@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #include "modelbuf/tensors.h"
-#include "device.h"
+#include "../device.h"
 
 #define MB_LOAD_DEFAULT_CHUNK (8u << 20)
 #define MB_LOAD_DEFAULT_THREADS 4

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "modelbuf/tensors.h"
+#include "dtype.h"
 
 typedef struct mb__tensor {
   char *name;
@@ -71,21 +72,6 @@ const char *mb__quote(const char *s, size_t n, char out[MB__QUOTE_LEN]);
 
 /* "[5, 6]" (bounded; ends in "...]" if it does not fit). */
 void mb__fmt_shape(int ndim, const uint64_t *shape, char *buf, size_t len);
-
-/* Exact byte size of a tensor of type t and shape: 0, or -1 with a reason
- * in why ("overflows 64 bits", "row of 33 elements is not a multiple of
- * the block size 32"). shape[0] is the row for block types (GGUF order). */
-int mb__dtype_bytes(mb_dtype t, int ndim, const uint64_t *shape, uint64_t *bytes, char *why,
-                    size_t why_len);
-
-/* The safetensors dtype named by s (e.g. "BF16"); MB_DTYPE_UNKNOWN if none. */
-mb_dtype mb__dtype_from_safetensors(const char *s);
-/* Is t a safetensors dtype? (The writer and the tests use it.) */
-int mb__dtype_is_safetensors(mb_dtype t);
-/* The dtype of ggml type id; MB_DTYPE_UNKNOWN for unknown or removed ids. */
-mb_dtype mb__dtype_from_ggml(uint32_t id);
-/* The ggml type id of t; -1 when GGUF has no such type. */
-int mb__dtype_to_ggml(mb_dtype t);
 
 mb_tensor_file *mb__tf_new(const char *name, mb_tensor_format format);
 

@@ -73,6 +73,30 @@ def parse_endpoint(url: str) -> Endpoint:
     return Endpoint(u.scheme, host=u.hostname, port=port, prefix=u.path.rstrip("/"))
 
 
+def client_setup(url: Optional[str], api_key: Optional[str]) -> Tuple[Endpoint, Dict[str, str]]:
+    """A client's endpoint and headers: url else the environment's default,
+    api_key else MODELBUF_API_KEY (no header when empty). Client and
+    AsyncClient both start here."""
+    endpoint = parse_endpoint(url or default_url())
+    key = api_key if api_key is not None else os.environ.get("MODELBUF_API_KEY", "")
+    return endpoint, ({"Authorization": "Bearer " + key} if key else {})
+
+
+class BodyMixin:
+    """What a response decodes from its body (``content``, defined by each
+    Response class)."""
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8."""
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body decoded as JSON."""
+        return json.loads(self.content)
+
+
 def quote_name(name: str) -> str:
     """A model's name as one path segment (``Qwen/Qwen2.5`` -> ``Qwen%2FQwen2.5``)."""
     if not isinstance(name, str) or not name:

@@ -12,7 +12,7 @@ import threading
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ._version import __version__ as _version
-from ._common import Endpoint, Event, SSEParser, answer_error, check, openai_chunks
+from ._common import BodyMixin, Endpoint, Event, SSEParser, answer_error, check, openai_chunks
 from .errors import ConnectionFailed, ModelbufError, Timeout
 
 USER_AGENT = f"modelbuf-python/{_version}"
@@ -37,7 +37,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = s
 
 
-class Response:
+class Response(BodyMixin):
     """An HTTP answer: ``status``, ``headers`` (case-insensitive ``get``), and
     the body as ``content`` / ``text`` / ``json()``, or, for a request made
     with ``stream=True``, piece by piece with ``iter_bytes()``,
@@ -73,15 +73,6 @@ class Response:
                 raise ConnectionFailed(f"the answer from {self.url} was cut: {e}") from e
             self._finish()
         return self._content
-
-    @property
-    def text(self) -> str:
-        """The body decoded as UTF-8."""
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        """The body decoded as JSON."""
-        return json.loads(self.content)
 
     def raise_for_status(self) -> "Response":
         """Raises the error of a status of 400 or more (a ModelbufError

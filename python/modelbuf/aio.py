@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json as _json
-import os
 import ssl
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, Union
 
-from ._common import (DEFAULT_TTL, Duration, Endpoint, Event, SSEParser, acquire_body,
-                      answer_error, check,
-                      default_url, encode_body, keep_alive_value, openai_chunks, parse_endpoint,
-                      quote_name, status_headers, ttl_seconds)
+from ._common import (DEFAULT_TTL, BodyMixin, Duration, Endpoint, Event, SSEParser,
+                      acquire_body, answer_error, check, client_setup, encode_body,
+                      keep_alive_value, openai_chunks, parse_endpoint, quote_name,
+                      status_headers, ttl_seconds)
 from ._http import USER_AGENT
 from .client import _acquire_timeout, _find_held, _Held, _held
 from .errors import ConnectionFailed, LeaseLost, ModelbufError, NotFound, NotSupported, Timeout
@@ -57,7 +56,7 @@ class _Conn:
         self.writer.close()
 
 
-class AsyncResponse:
+class AsyncResponse(BodyMixin):
     """An HTTP answer (see ``modelbuf.Response``); the body is read when the
     request was not streamed, else with ``aiter_bytes()``, ``aiter_lines()``,
     ``aiter_events()``, ``aiter_openai()`` or ``await read()``."""
@@ -208,15 +207,6 @@ class AsyncResponse:
         if self._content is None:
             raise RuntimeError("the body of a streamed answer: await read() first")
         return self._content
-
-    @property
-    def text(self) -> str:
-        """The body decoded as UTF-8."""
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        """The body decoded as JSON."""
-        return _json.loads(self.content)
 
     def raise_for_status(self) -> "AsyncResponse":
         """Raises the error of a status of 400 or more (the body must be read)."""
@@ -613,9 +603,7 @@ class AsyncClient:
 
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None,
                  timeout: Optional[float] = 60.0) -> None:
-        self.endpoint = parse_endpoint(url or default_url())
-        key = api_key if api_key is not None else os.environ.get("MODELBUF_API_KEY", "")
-        headers = {"Authorization": "Bearer " + key} if key else {}
+        self.endpoint, headers = client_setup(url, api_key)
         self.timeout = timeout
         self._t = AsyncTransport(self.endpoint, headers, timeout)
         self.openai = AsyncOpenAI(self)

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple, Union
 
-from ._common import (DEFAULT_TTL, Duration, acquire_body, default_url, encode_body,
-                      keep_alive_value, parse_endpoint, quote_name, status_headers, ttl_seconds)
+from ._common import (DEFAULT_TTL, Duration, acquire_body, client_setup, encode_body,
+                      keep_alive_value, parse_endpoint, quote_name, status_headers,
+                      ttl_seconds)
 from ._http import _UNSET, Response, Transport
 from .errors import LeaseLost, ModelbufError, NotFound, NotSupported
 
@@ -350,9 +350,7 @@ class Client:
 
     def __init__(self, url: Optional[str] = None, api_key: Optional[str] = None,
                  timeout: Optional[float] = 60.0) -> None:
-        self.endpoint = parse_endpoint(url or default_url())
-        key = api_key if api_key is not None else os.environ.get("MODELBUF_API_KEY", "")
-        headers = {"Authorization": "Bearer " + key} if key else {}
+        self.endpoint, headers = client_setup(url, api_key)
         self.timeout = timeout
         self._t = Transport(self.endpoint, headers, timeout)
         self.openai = OpenAI(self)

@@ -179,6 +179,7 @@ def test_health_and_devices(d):
     assert h["gpu_available"] is False and h["devices"][0]["name"] == "host"
     code, dev, _ = d.get("/api/devices")
     assert code == 200 and dev["devices"][0]["budget_bytes"] == 1 << 30
+    assert dev["host_tier"]["budget_bytes"] > 0 and dev["host_tier"]["used_bytes"] >= 0
 
 
 def test_cold_then_warm_request(d):

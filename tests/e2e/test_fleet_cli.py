@@ -60,6 +60,10 @@ def test_ps_shows_every_node(fleet):
     p = run("ps", "--url", urls(a, b))
     assert p.returncode == 0, p.stderr
     got = {(r[0], r[1]): r[2] for r in rows(p.stdout)}
+    assert all(len(ln) <= 80 for ln in p.stdout.splitlines()), p.stdout  # short names: 80
+    head = p.stdout.splitlines()[0].split()
+    assert head == ["NODE", "NAME", "STATE", "LOCATION", "DEVICE", "GPU", "HOST", "IN/QUEUE",
+                    "UNTIL"], head  # the one-daemon table's columns after NODE
     assert got == {("node-a", "alpha"): "ready", ("node-a", "shared"): "unloaded",
                    ("node-b", "beta"): "unloaded", ("node-b", "shared"): "unloaded"}
     # The same from MODELBUF_URLS; --url wins over it.

@@ -66,14 +66,15 @@ def test_node_in_health_models_and_status(d):
 
 
 def test_every_answer_names_the_node(d):
-    # Proxied (/m/ and OpenAI), management, errors, HEAD: all carry it.
+    # Proxied (/m/ and OpenAI), management, errors, HEAD, the dashboard: all carry it.
     code, body, hdr = d.post("/m/a/infer", {"x": 1})
     assert code == 200 and hdr["X-Modelbuf-Node"] == NODE and "X-Modelbuf-Load-Ms" in hdr
     code, body, hdr = d.post("/v1/chat/completions", {"model": "gpt-a", "messages": []})
     assert code == 200 and body["path"] == "/v1/chat/completions"
     assert hdr["X-Modelbuf-Node"] == NODE
     for method, path in (("GET", "/m/nope/x"), ("GET", "/no/such/route"), ("HEAD", "/health"),
-                         ("POST", "/api/models/a/keep-alive")):
+                         ("POST", "/api/models/a/keep-alive"), ("GET", "/"),
+                         ("GET", "/dashboard/app.js"), ("GET", "/api/devices")):
         code, _, node, _ = raw(d.port, method, path, b"{}" if method == "POST" else None)
         assert node == NODE, (method, path, code)
 

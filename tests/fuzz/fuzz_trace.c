@@ -1,6 +1,6 @@
 /*
  * fuzz_trace.c - libFuzzer target for the simulator's CSV trace parser
- * (bench/sim/trace.c) and, on the same bytes, its model-table parser.
+ * (sim/trace.c) and, on the same bytes, its model-table parser.
  *
  * A trace that parses is written back and parsed again (the two must be
  * equal to the microsecond), and a small one is replayed through the core

@@ -29,7 +29,7 @@
 #include "device.h"
 #include "nvml.h"
 #include "tensor/loader.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 
 #define MiB (1024ull * 1024ull)
 
@@ -164,8 +164,8 @@ static void test_loader(mb__dev *d) {
   for (int fi = 0; fi < 2; fi++) {
     char path[300];
     snprintf(path, sizeof(path), "%s/m%d", dir, fi);
-    mb__mkmodel_opts o = {.path = path, .format = fmts[fi], .size_bytes = 48u << 20, .seed = 7};
-    CHECK(mb__mkmodel_write(&o, NULL, err, sizeof(err)) == 0);
+    cli_mkmodel_opts o = {.path = path, .format = fmts[fi], .size_bytes = 48u << 20, .seed = 7};
+    CHECK(cli_mkmodel_write(&o, NULL, err, sizeof(err)) == 0);
     mb_tensor_file *f = NULL;
     CHECK(mb_tensor_file_open(path, &f, err, sizeof(err)) == 0);
     mb__layout l;
@@ -251,9 +251,9 @@ static void acquire_check(mb_ctx *ctx, mb__dev *d, mb_tensors_model *m, const ch
 static void test_backend(mb__dev *d, int stable) {
   char path[300];
   snprintf(path, sizeof(path), "%s/b.safetensors", dir);
-  mb__mkmodel_opts o = {.path = path, .format = MB_TENSOR_FORMAT_SAFETENSORS,
+  cli_mkmodel_opts o = {.path = path, .format = MB_TENSOR_FORMAT_SAFETENSORS,
                         .size_bytes = 256 * MiB, .seed = 3};
-  CHECK(mb__mkmodel_write(&o, NULL, err, sizeof(err)) == 0);
+  CHECK(cli_mkmodel_write(&o, NULL, err, sizeof(err)) == 0);
   FILE *fp = fopen(path, "rb");
   CHECK(fp != NULL);
   fseek(fp, 0, SEEK_END);
@@ -275,7 +275,10 @@ static void test_backend(mb__dev *d, int stable) {
   dopt.ordinal = 0;
   CHECK(mb_device_add(ctx, &dopt, NULL, err, sizeof(err)) == 0);
   const char *paths[1] = {path};
-  mb_tensors_opts to = {.stable_addresses = stable, .no_fallback = 1};
+  mb_tensors_opts to;
+  mb_tensors_opts_init(&to);
+  to.stable_addresses = stable;
+  to.no_fallback = 1;
   mb_tensors_model *m = NULL;
   CHECK(mb_tensors_model_new(paths, 1, &to, &m, err, sizeof(err)) == 0);
   uint64_t bytes = mb_tensors_model_bytes(m);
@@ -316,13 +319,13 @@ static void test_backend(mb__dev *d, int stable) {
 
 static void test_nvml(mb__dev *d) {
   char why[256] = "";
-  if (!mb__nvml_available(why, sizeof(why))) {
+  if (!mbd_nvml_available(why, sizeof(why))) {
     printf("skip: NVML: %s\n", why);
     return;
   }
   uint64_t cu_total = 0, nv_total = 0, nv_used = 0;
   CHECK(mb__dev_mem_info(d, &cu_total, NULL, err, sizeof(err)) == 0);
-  CHECK(mb__nvml_device_memory(0, &nv_total, &nv_used, err, sizeof(err)) == 0);
+  CHECK(mbd_nvml_device_memory(0, &nv_total, &nv_used, err, sizeof(err)) == 0);
   /* NVML counts memory the driver reserves; the two agree within 5%
    * (NVML finds cuda:0 by the PCI bus id the driver gives). */
   char bus[32] = "";
@@ -346,7 +349,7 @@ int main(void) {
   CHECK(mb__dev_mem_info(d, &total, &free0, err, sizeof(err)) == 0 && total > 0);
   /* the total alone comes without a context (cuDeviceTotalMem): the same GPU */
   uint64_t total_nc = 0;
-  CHECK(mb__device_mem_info(MB_DEVICE_CUDA, 0, &total_nc, NULL, err, sizeof(err)) == 0);
+  CHECK(mb_device_mem_info(MB_DEVICE_CUDA, 0, &total_nc, NULL, err, sizeof(err)) == 0);
   CHECK(total_nc + total / 20 >= total && total_nc <= total + total / 20);
   CHECK(mkdtemp(dir) != NULL);
   test_round_trip(d);

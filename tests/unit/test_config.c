@@ -361,6 +361,7 @@ static void test_defaults(void **state) {
   assert_int_equal(cfg->host_memory_bytes, 0);
   assert_int_equal(cfg->eviction, MB_EVICT_LRU);
   assert_int_equal(cfg->log_level, MBD_LOG_INFO);
+  assert_int_equal(cfg->dashboard, 1);
   assert_int_equal(cfg->defaults.keep_alive_ms, 5 * 60 * 1000);
   assert_int_equal(cfg->defaults.offload, 1);
   assert_int_equal(cfg->defaults.host_keep_alive_ms, 30 * 60 * 1000);
@@ -968,29 +969,180 @@ static void test_bad_yaml(void **state) {
   mbd_diag_free(&diag);
 }
 
-static void test_yaml_aliases_and_depth(void **state) {
-  /* The start of a "billion laughs": refused at the first alias. */
+/* A billion laughs: every level holds nine aliases of the one before. */
+static void test_yaml_billion_laughs(void **state) {
   static const char laughs[] =
       "a: &a [\"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\", \"lol\"]\n"
       "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-      "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n";
-  char deep[1024];
-  size_t off = 0;
+      "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+      "d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+      "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
+      "f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+      "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\n"
+      "h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n"
+      "i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\n";
+  /* The same through merge keys: each level merges nine copies. */
+  static const char merges[] =
+      "x-a: &a {k1: 1, k2: 2, k3: 3, k4: 4, k5: 5, k6: 6, k7: 7, k8: 8, k9: 9}\n"
+      "x-b: &b {a1: *a, a2: *a, a3: *a, a4: *a, a5: *a, a6: *a, a7: *a, a8: *a, a9: *a}\n"
+      "x-c: &c {b1: *b, b2: *b, b3: *b, b4: *b, b5: *b, b6: *b, b7: *b, b8: *b, b9: *b}\n"
+      "x-d: &d {c1: *c, c2: *c, c3: *c, c4: *c, c5: *c, c6: *c, c7: *c, c8: *c, c9: *c}\n"
+      "x-e: &e {d1: *d, d2: *d, d3: *d, d4: *d, d5: *d, d6: *d, d7: *d, d8: *d, d9: *d}\n"
+      "x-f: &f {<<: [*e, *e, *e, *e], e1: *e, e2: *e, e3: *e, e4: *e, e5: *e}\n";
   mbd_diag diag;
-  mbd_config *cfg;
 
   (void)state;
   parse_bad(laughs, &diag);
   assert_int_equal(diag.n, 1);
-  assert_diag_has(&diag, "t.yaml:2:8: YAML aliases (*a) are not supported");
+  assert_diag_has(&diag, "aliases expand to more than 100000 nodes");
+  assert_diag_has(&diag, "billion laughs");
   mbd_diag_free(&diag);
 
-  /* An anchor alone is harmless. */
-  cfg = parse_ok("defaults: &d {keep_alive: 1m}\n");
-  assert_int_equal(cfg->defaults.keep_alive_ms, 60000);
+  parse_bad(merges, &diag);
+  assert_int_equal(diag.n, 1);
+  assert_diag_has(&diag, "aliases expand to more than");
+  mbd_diag_free(&diag);
+}
+
+static void test_yaml_anchors_and_merges(void **state) {
+  mbd_config *cfg;
+  const mbd_model_config *a, *b, *c, *d;
+
+  (void)state;
+  cfg = parse_ok("x-base: &base\n"
+                 "  cmd: [/bin/worker, --port, \"${PORT}\"]\n"
+                 "  keep_alive: 1m\n"
+                 "  max_queue: 3\n"
+                 "x-gpu: &gpu {pinned: true, max_queue: 9, priority: 1}\n"
+                 "defaults:\n"
+                 "  host_keep_alive: &hka 90s\n"
+                 "  queue_timeout: *hka\n"
+                 "models:\n"
+                 "  a:\n"
+                 "    keep_alive: 2m\n" /* its own key wins, before or after << */
+                 "    <<: *base\n"
+                 "  b:\n"
+                 "    <<: [*gpu, *base]\n" /* earlier mappings win: max_queue 9 */
+                 "    priority: 3\n"
+                 "  c: *base\n"
+                 "  d:\n"
+                 "    <<: {cmd: [/bin/other], aliases: [dee]}\n"
+                 "    <<: *base\n" /* a second merge key: cmd was merged already */
+                 "    device: auto\n");
+  assert_int_equal(cfg->n_models, 4);
+  a = mbd_config_find_model(cfg, "a");
+  b = mbd_config_find_model(cfg, "b");
+  c = mbd_config_find_model(cfg, "c");
+  d = mbd_config_find_model(cfg, "dee");
+  assert_non_null(a);
+  assert_non_null(b);
+  assert_non_null(c);
+  assert_non_null(d);
+  assert_int_equal(a->tuning.keep_alive_ms, 120000);
+  assert_int_equal(a->tuning.max_queue, 3);
+  assert_int_equal(a->n_cmd, 3);
+  assert_string_equal(a->cmd[2], "${PORT}");
+  assert_int_equal(b->pinned, 1);
+  assert_int_equal(b->priority, 3);
+  assert_int_equal(b->tuning.max_queue, 9);
+  assert_int_equal(b->tuning.keep_alive_ms, 60000);
+  assert_string_equal(b->cmd[0], "/bin/worker");
+  assert_int_equal(c->tuning.max_queue, 3);
+  assert_string_equal(d->name, "d");
+  assert_int_equal(d->n_cmd, 1);
+  assert_string_equal(d->cmd[0], "/bin/other");
+  assert_int_equal(d->tuning.max_queue, 3);
+  assert_int_equal(cfg->defaults.host_keep_alive_ms, 90000);
+  assert_int_equal(cfg->defaults.queue_timeout_ms, 90000);
   mbd_config_free(cfg);
 
-  off += (size_t)snprintf(deep + off, sizeof(deep) - off, "x: ");
+  /* An anchor inside a merged pair that the mapping overrides, or inside
+   * the merge key's own value, stays usable by later aliases. */
+  cfg = parse_ok("defaults:\n"
+                 "  max_queue: 4\n"
+                 "  <<: {max_queue: &q 5, keep_alive: &k 7s}\n"
+                 "models:\n"
+                 "  m: {cmd: [x], max_queue: *q, stop_timeout: *k}\n");
+  assert_int_equal(cfg->defaults.max_queue, 4);
+  assert_int_equal(cfg->defaults.keep_alive_ms, 7000);
+  assert_int_equal(cfg->models[0].tuning.max_queue, 5);
+  assert_int_equal(cfg->models[0].tuning.stop_timeout_ms, 7000);
+  mbd_config_free(cfg);
+
+  /* A whole models mapping merged, with a model of its own after it. */
+  cfg = parse_ok("x-fleet: &fleet\n"
+                 "  one: {cmd: [a]}\n"
+                 "  two: {cmd: [b]}\n"
+                 "models: {<<: *fleet, three: {cmd: [c]}}\n");
+  assert_int_equal(cfg->n_models, 3);
+  assert_string_equal(cfg->models[0].name, "one");
+  assert_string_equal(cfg->models[2].name, "three");
+  mbd_config_free(cfg);
+
+  /* An alias of a scalar as a key; "<<" quoted is an ordinary (unknown) key. */
+  cfg = parse_ok("defaults: {&k max_queue: 2}\nmodels: {m: {cmd: [x], *k : 6}}\n");
+  assert_int_equal(cfg->models[0].tuning.max_queue, 6);
+  mbd_config_free(cfg);
+}
+
+static void test_yaml_alias_errors(void **state) {
+  char deep[1024];
+  size_t off = 0;
+  mbd_diag diag;
+
+  (void)state;
+  parse_bad("models:\n  a: *nothing\n", &diag);
+  assert_int_equal(diag.n, 1);
+  assert_diag_has(&diag, "t.yaml:2:6: unknown alias *nothing");
+  mbd_diag_free(&diag);
+
+  /* An alias inside its own anchor's node. */
+  parse_bad("a: &a [1, *a]\n", &diag);
+  assert_diag_has(&diag, "unknown alias *a");
+  mbd_diag_free(&diag);
+
+  parse_bad("defaults:\n  <<: 3\n", &diag);
+  assert_diag_has(&diag, "t.yaml:2:7: the merge key '<<' takes a mapping or a list of mappings");
+  assert_diag_has(&diag, "got a scalar");
+  mbd_diag_free(&diag);
+
+  parse_bad("x-a: &a {max_queue: 1}\ndefaults:\n  <<: [*a, [1]]\n", &diag);
+  assert_diag_has(&diag, "got a list");
+  mbd_diag_free(&diag);
+
+  parse_bad("x-a: &a [1]\nmodels: {m: {cmd: [x], *a : 1}}\n", &diag);
+  assert_diag_has(&diag, "mapping keys must be plain scalars");
+  mbd_diag_free(&diag);
+
+  /* "<<" quoted is a key like any other. */
+  parse_bad("defaults: {\"<<\": {max_queue: 1}}\n", &diag);
+  assert_diag_has(&diag, "defaults.<<: unknown key");
+  mbd_diag_free(&diag);
+
+  /* x- keys hold anchors at the top level only. */
+  parse_bad("models:\n  m:\n    cmd: [x]\n    x-note: 1\n", &diag);
+  assert_diag_has(&diag, "models.m.x-note: unknown key");
+  mbd_diag_free(&diag);
+
+  /* Nesting through an alias counts as much as nesting written out. */
+  off += (size_t)snprintf(deep + off, sizeof(deep) - off, "x-deep: &d ");
+  for (int i = 0; i < 20; i++)
+    deep[off++] = '[';
+  for (int i = 0; i < 20; i++)
+    deep[off++] = ']';
+  off += (size_t)snprintf(deep + off, sizeof(deep) - off, "\nx-use: ");
+  for (int i = 0; i < 15; i++)
+    deep[off++] = '[';
+  off += (size_t)snprintf(deep + off, sizeof(deep) - off, "*d");
+  for (int i = 0; i < 15; i++)
+    deep[off++] = ']';
+  deep[off++] = '\n';
+  deep[off] = '\0';
+  parse_bad(deep, &diag);
+  assert_diag_has(&diag, "nesting deeper than 32 levels (with alias *d)");
+  mbd_diag_free(&diag);
+
+  off = (size_t)snprintf(deep, sizeof(deep), "x: ");
   for (int i = 0; i < 100; i++)
     deep[off++] = '[';
   for (int i = 0; i < 100; i++)
@@ -1000,6 +1152,151 @@ static void test_yaml_aliases_and_depth(void **state) {
   parse_bad(deep, &diag);
   assert_diag_has(&diag, "nesting deeper than");
   mbd_diag_free(&diag);
+}
+
+/* Anchors and merges change nothing about the rest: every error is still
+ * reported, each under the key path where the walker met it. */
+static void test_yaml_merges_keep_every_error(void **state) {
+  mbd_diag diag;
+
+  (void)state;
+  parse_bad("x-base: &base\n"           /* 1 */
+            "  cmd: [x]\n"              /* 2 */
+            "  keep_alive: 5 m\n"       /* 3: an error in every model that merges it */
+            "models:\n"                 /* 4 */
+            "  a:\n"                    /* 5 */
+            "    <<: *base\n"           /* 6 */
+            "    vramm: 1GiB\n"         /* 7 */
+            "  b:\n"                    /* 8 */
+            "    <<: *base\n"           /* 9 */
+            "    max_concurrency: 0\n"  /* 10 */
+            "eviction: fifo\n",         /* 11 */
+            &diag);
+  assert_int_equal(diag.n, 5);
+  assert_diag_has(&diag, "t.yaml:3:15: models.a.keep_alive: bad duration '5 m'");
+  assert_diag_has(&diag, "t.yaml:3:15: models.b.keep_alive: bad duration '5 m'");
+  assert_diag_has(&diag, "t.yaml:7:5: models.a.vramm: unknown key (did you mean 'vram'?)");
+  assert_diag_has(&diag, "t.yaml:10:22: models.b.max_concurrency: must be at least 1");
+  assert_diag_has(&diag, "t.yaml:11:11: eviction: unknown eviction policy 'fifo'");
+  mbd_diag_free(&diag);
+}
+
+/* Unknown keys: names from other tools, keys in the wrong place, typos of
+ * keys here or elsewhere. */
+static void test_unknown_key_hints(void **state) {
+  static const struct {
+    const char *yaml, *want;
+  } cases[] = {
+      {"models: {m: {cmd: [x], ttl: 60}}",
+       "models.m.ttl: unknown key (did you mean 'keep_alive'? llama-swap's ttl"},
+      {"defaults: {ttl: 60}", "defaults.ttl: unknown key (did you mean 'keep_alive'?"},
+      {"ttl: 60", "ttl: unknown key (did you mean defaults: {keep_alive: ...}?"},
+      {"models: {m: {command: x}}", "models.m.command: unknown key (did you mean 'cmd'?"},
+      {"models: {m: {cmd: [x], proxy: 'http://127.0.0.1:9000'}}",
+       "models.m.proxy: unknown key (not needed: modelbufd proxies to the worker itself"},
+      {"models: {m: {cmd: [x], checkEndpoint: /h}}",
+       "models.m.checkEndpoint: unknown key (did you mean 'health'?"},
+      {"models: {m: {cmd: [x], check-endpoint: /h}}",
+       "models.m.check-endpoint: unknown key (did you mean 'health'?"},
+      {"models: {m: {cmd: [x], concurrencyLimit: 2}}",
+       "unknown key (did you mean 'max_concurrency'?"},
+      {"models: {m: {cmd: [x], unlisted: true}}", "(did you mean openai: false?"},
+      {"models: {m: {cmd: [x], gpu: 1}}", "models.m.gpu: unknown key (did you mean 'device'?"},
+      {"models: {m: {cmd: [x], timeout: 1s}}", "(which one: queue_timeout"},
+      {"host: 0.0.0.0", "host: unknown key (did you mean 'listen'?"},
+      {"macros: {a: b}", "macros: unknown key (no macros here"},
+      {"groups: {}", "groups: unknown key (no groups"},
+      {"healthCheckTimeout: 60", "(did you mean 'start_timeout'?"},
+      {"models: {m: {cmd: [x], max_loaded: 2}}",
+       "models.m.max_loaded: unknown key ('max_loaded' is a key of each devices entry, not of a "
+       "model)"},
+      {"defaults: {cmd: [x]}", "defaults.cmd: unknown key ('cmd' is a key of a model, not of "
+                               "defaults)"},
+      {"devices: [{gpu: 0, keep_alive: 1m}]",
+       "devices[0].keep_alive: unknown key ('keep_alive' is a key of defaults and of a model, not "
+       "of each devices entry)"},
+      {"models: {m: {cmd: [x], budgt: 1GiB}}",
+       "models.m.budgt: unknown key (did you mean 'budget', a key of each devices entry?)"},
+      {"models: {m: {cmd: [x], keep_alve: 1m}}", "(did you mean 'keep_alive'?)"},
+      {"models: {m: {cmd: [x], dashboard: false}}",
+       "models.m.dashboard: unknown key ('dashboard' is a key of the top level, not of a model)"},
+      {"preload: true", "preload: unknown key ('preload' is a key of a model, not of the top "
+                        "level)"},
+      {"models: {m: {cmd: [x], cleanp: after_request}}", "(did you mean 'cleanup'?)"},
+      {"compat: {modle: m}", "compat.modle: unknown key (did you mean 'model'?)"},
+      {"openia_routes: [/x]", "(did you mean 'openai_routes'?)"},
+      {"web_ui: false", "web_ui: unknown key (did you mean 'dashboard'?"},
+      {"models: {m: {cmd: [x], qqqqqqq: 1}}", "models.m.qqqqqqq: unknown key\n"},
+  };
+  (void)state;
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    mbd_diag diag;
+    char text[256], want[256];
+    snprintf(text, sizeof(text), "%s\n", cases[i].yaml);
+    parse_bad(text, &diag);
+    snprintf(want, sizeof(want), "%s", cases[i].want);
+    if (want[strlen(want) - 1] == '\n') { /* the whole message's end: no hint */
+      want[strlen(want) - 1] = '\0';
+      size_t n = strlen(diag.msgs[0]), w = strlen(want);
+      if (n < w || strcmp(diag.msgs[0] + n - w, want) != 0)
+        fail_msg("'%s': got '%s'", cases[i].yaml, diag.msgs[0]);
+    } else {
+      assert_diag_has(&diag, want);
+    }
+    mbd_diag_free(&diag);
+  }
+}
+
+static void test_unit_slips(void **state) {
+  static const struct {
+    const char *in, *want;
+  } durs[] = {
+      {"5 m", "no space between a number and its unit (write '5m')"},
+      {"2 hours", "no space between a number and its unit (write '2h')"},
+      {"1h 30m", "no spaces inside a duration (write '1h30m')"},
+      {"1,5h", "a fraction takes '.', not ',' (write '1.5h')"},
+      {"5min", "write '5m' (units are ms, s, m, h and d, in lower case)"},
+      {"10S", "write '10s'"},
+      {"3 Days", "(write '3d')"},
+      {"250msec", "write '250ms'"},
+      {"5x", "unknown unit 'x'"},
+  };
+  char err[200];
+  int64_t ms;
+  uint64_t b;
+
+  (void)state;
+  for (size_t i = 0; i < sizeof(durs) / sizeof(durs[0]); i++) {
+    assert_int_equal(mbd_parse_duration_ms(durs[i].in, 0, &ms, err, sizeof(err)), MB_EINVAL);
+    if (strstr(err, durs[i].want) == NULL)
+      fail_msg("'%s': got '%s'", durs[i].in, err);
+  }
+  assert_int_equal(mbd_parse_size("1,5GiB", &b, err, sizeof(err)), MB_EINVAL);
+  assert_non_null(strstr(err, "(write '1.5GiB')"));
+  assert_int_equal(mbd_parse_size("6 GiB", &b, err, sizeof(err)), 0); /* a space is fine here */
+  assert_int_equal(b, 6ULL << 30);
+}
+
+/* The JSON Schema names every table and every key the parser takes. */
+static void test_schema(void **state) {
+  static const char *const keys[] = {
+      "\"listen\"", "\"models\"", "\"keep_alive\"", "\"crash_window\"", "\"max_parallel_loads\"",
+      "\"body_buffer_size\"", "\"chunk_size\"", "\"cleanup\"", "\"openai\"", "\"^x-\"",
+      "\"definitions\"", "\"duration_forever\"", "\"required\": [\"path\"]",
+  };
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+
+  (void)state;
+  assert_non_null(f);
+  assert_int_equal(mbd_config_write_schema(f), 0);
+  fclose(f);
+  for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+    if (strstr(buf, keys[i]) == NULL)
+      fail_msg("the schema has no %s", keys[i]);
+  assert_true(len > 2 && strcmp(buf + len - 2, "}\n") == 0);
+  free(buf);
 }
 
 static void test_api_keys(void **state) {
@@ -1408,6 +1705,24 @@ static void test_diag_limit(void **state) {
   free(yaml);
 }
 
+/* dashboard: on by default, off with false, a boolean only. */
+static void test_dashboard(void **state) {
+  mbd_config *cfg;
+  mbd_diag diag;
+
+  (void)state;
+  cfg = parse_ok("dashboard: false\n");
+  assert_int_equal(cfg->dashboard, 0);
+  mbd_config_free(cfg);
+  cfg = parse_ok("dashboard: true\n");
+  assert_int_equal(cfg->dashboard, 1);
+  mbd_config_free(cfg);
+  parse_bad("dashboard: sometimes\ndashbord: true\n", &diag);
+  assert_diag_has(&diag, "t.yaml:1:12: dashboard: expected true or false");
+  assert_diag_has(&diag, "dashbord: unknown key (did you mean 'dashboard'?)");
+  mbd_diag_free(&diag);
+}
+
 static void test_misc_names(void **state) {
   mbd_log_level l;
 
@@ -1439,7 +1754,13 @@ int main(void) {
       cmocka_unit_test(test_python_api_keys),
       cmocka_unit_test(test_env_errors_in_config),
       cmocka_unit_test(test_bad_yaml),
-      cmocka_unit_test(test_yaml_aliases_and_depth),
+      cmocka_unit_test(test_yaml_billion_laughs),
+      cmocka_unit_test(test_yaml_anchors_and_merges),
+      cmocka_unit_test(test_yaml_alias_errors),
+      cmocka_unit_test(test_yaml_merges_keep_every_error),
+      cmocka_unit_test(test_unknown_key_hints),
+      cmocka_unit_test(test_unit_slips),
+      cmocka_unit_test(test_schema),
       cmocka_unit_test(test_api_keys),
       cmocka_unit_test(test_devices),
       cmocka_unit_test(test_backends),
@@ -1450,6 +1771,7 @@ int main(void) {
       cmocka_unit_test(test_core_opts),
       cmocka_unit_test(test_supervision_keys),
       cmocka_unit_test(test_diag_limit),
+      cmocka_unit_test(test_dashboard),
       cmocka_unit_test(test_misc_names),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -22,7 +22,7 @@
 #include "modelbuf/modelbuf.h"
 #include "modelbuf/plugin.h"
 #include "modelbuf/tensors.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 
 #ifndef EMBED_PLUGIN
 #error EMBED_PLUGIN must name the example plugin
@@ -137,8 +137,8 @@ static void run_format(mb_tensor_format fmt, int shard) {
   int fd = mkstemp(path);
   assert_true(fd >= 0);
   close(fd);
-  mb__mkmodel_opts mo = {path, fmt, 2u << 20, 0, 7};
-  assert_int_equal(mb__mkmodel_write(&mo, NULL, err, sizeof(err)), 0);
+  cli_mkmodel_opts mo = {path, fmt, 2u << 20, 0, 7};
+  assert_int_equal(cli_mkmodel_write(&mo, NULL, err, sizeof(err)), 0);
 
   mb_plugin_lib *lib;
   assert_int_equal(mb_plugin_open(EMBED_PLUGIN, &lib, err, sizeof(err)), 0);
@@ -153,8 +153,8 @@ static void run_format(mb_tensor_format fmt, int shard) {
     fd = mkstemp(first);
     assert_true(fd >= 0);
     close(fd);
-    mb__mk_tensor t = {"model.norm.weight", MB_DTYPE_F32, 1, {64, 0, 0, 0}};
-    assert_int_equal(mb__mkmodel_write_tensors(first, fmt, &t, 1, 1, NULL, err, sizeof(err)), 0);
+    cli_mk_tensor t = {"model.norm.weight", MB_DTYPE_F32, 1, {64, 0, 0, 0}};
+    assert_int_equal(cli_mkmodel_write_tensors(first, fmt, &t, 1, 1, NULL, err, sizeof(err)), 0);
   }
   const char *files[] = {shard ? first : path, path};
   void *inst;
@@ -205,8 +205,8 @@ static void test_no_table(void **state) {
   int fd = mkstemp(path);
   assert_true(fd >= 0);
   close(fd);
-  mb__mk_tensor t = {"norm.weight", MB_DTYPE_F32, 1, {64, 0, 0, 0}};
-  assert_int_equal(mb__mkmodel_write_tensors(path, MB_TENSOR_FORMAT_SAFETENSORS, &t, 1, 1, NULL,
+  cli_mk_tensor t = {"norm.weight", MB_DTYPE_F32, 1, {64, 0, 0, 0}};
+  assert_int_equal(cli_mkmodel_write_tensors(path, MB_TENSOR_FORMAT_SAFETENSORS, &t, 1, 1, NULL,
                                              err, sizeof(err)),
                    0);
   mb_plugin_lib *lib;

@@ -24,7 +24,7 @@
 
 #include "modelbuf/modelbuf.h"
 #include "modelbuf/tensors.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 
 static char g_dir[256];
 
@@ -46,7 +46,7 @@ static void write_text(const char *rel, const char *text) {
 static void write_shard(const char *rel, const char *prefix, int n, int rows, uint64_t seed) {
   char p[512], err[256];
   path_of(p, sizeof(p), rel);
-  mb__mk_tensor t[8];
+  cli_mk_tensor t[8];
   memset(t, 0, sizeof(t));
   for (int i = 0; i < n; i++) {
     snprintf(t[i].name, sizeof(t[i].name), "%s.%d", prefix, i);
@@ -55,7 +55,7 @@ static void write_shard(const char *rel, const char *prefix, int n, int rows, ui
     t[i].shape[0] = (uint64_t)rows;
     t[i].shape[1] = 64;
   }
-  if (mb__mkmodel_write_tensors(p, MB_TENSOR_FORMAT_SAFETENSORS, t, (size_t)n, seed, NULL, err,
+  if (cli_mkmodel_write_tensors(p, MB_TENSOR_FORMAT_SAFETENSORS, t, (size_t)n, seed, NULL, err,
                                 sizeof(err)) != 0)
     fail_msg("write %s: %s", rel, err);
 }

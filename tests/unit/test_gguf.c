@@ -21,7 +21,7 @@
 
 #include "modelbuf/tensors.h"
 #include "alloc.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 
 static char tmpdir[512];
 
@@ -335,8 +335,8 @@ static void test_open_large_header(void **state) {
 
 static void test_mkmodel_round_trip(void **state) {
   char path[600], err[512];
-  mb__mkmodel_opts o = {0};
-  mb__mkmodel_result res;
+  cli_mkmodel_opts o = {0};
+  cli_mkmodel_result res;
   mb_tensor_file *f;
   mb_tensor_info t;
   mb_tensor_meta m;
@@ -347,7 +347,7 @@ static void test_mkmodel_round_trip(void **state) {
   o.size_bytes = 5u << 20;
   o.n_tensors = 30;
   o.seed = 1;
-  assert_int_equal(mb__mkmodel_write(&o, &res, err, sizeof err), 0);
+  assert_int_equal(cli_mkmodel_write(&o, &res, err, sizeof err), 0);
   assert_int_equal(res.tensors, 30);
   assert_true(res.data_bytes <= o.size_bytes);
   assert_true(res.data_bytes > o.size_bytes - (64u << 10));
@@ -369,15 +369,15 @@ static void test_mkmodel_round_trip(void **state) {
   mb_tensor_file_close(f);
 
   /* explicit tensor lists: quantized types the safetensors writer refuses */
-  mb__mk_tensor q[2] = {{"q", MB_DTYPE_Q4_K, 2, {4, 512}}, {"b", MB_DTYPE_BF16, 1, {3}}};
-  assert_int_equal(mb__mkmodel_write_tensors(path, MB_TENSOR_FORMAT_GGUF, q, 2, 9, &res, err,
+  cli_mk_tensor q[2] = {{"q", MB_DTYPE_Q4_K, 2, {4, 512}}, {"b", MB_DTYPE_BF16, 1, {3}}};
+  assert_int_equal(cli_mkmodel_write_tensors(path, MB_TENSOR_FORMAT_GGUF, q, 2, 9, &res, err,
                                              sizeof err),
                    0);
   assert_int_equal(mb_tensor_file_open(path, &f, err, sizeof err), 0);
   assert_int_equal(mb_tensor_file_find(f, "q", &t, NULL), 0);
   assert_int_equal(t.size_bytes, 4 * 2 * 144);
   mb_tensor_file_close(f);
-  assert_int_equal(mb__mkmodel_write_tensors(path, MB_TENSOR_FORMAT_SAFETENSORS, q, 2, 9, &res,
+  assert_int_equal(cli_mkmodel_write_tensors(path, MB_TENSOR_FORMAT_SAFETENSORS, q, 2, 9, &res,
                                              err, sizeof err),
                    MB_EINVAL);
   unlink(path);

@@ -18,37 +18,37 @@
 
 static void test_state_names(void **state) {
   (void)state;
-  assert_string_equal(mb__ckpt_state_name(MB__CKPT_RUNNING), "running");
-  assert_string_equal(mb__ckpt_state_name(MB__CKPT_LOCKED), "locked");
-  assert_string_equal(mb__ckpt_state_name(MB__CKPT_CHECKPOINTED), "checkpointed");
-  assert_string_equal(mb__ckpt_state_name(MB__CKPT_FAILED), "failed");
-  assert_string_equal(mb__ckpt_state_name(42), "unknown");
+  assert_string_equal(mbd_ckpt_state_name(MBD_CKPT_RUNNING), "running");
+  assert_string_equal(mbd_ckpt_state_name(MBD_CKPT_LOCKED), "locked");
+  assert_string_equal(mbd_ckpt_state_name(MBD_CKPT_CHECKPOINTED), "checkpointed");
+  assert_string_equal(mbd_ckpt_state_name(MBD_CKPT_FAILED), "failed");
+  assert_string_equal(mbd_ckpt_state_name(42), "unknown");
 }
 
 static void test_without_or_with_driver(void **state) {
   (void)state;
   char why[256] = "";
-  int avail = mb__ckpt_available(why, sizeof(why));
+  int avail = mbd_ckpt_available(why, sizeof(why));
   char err[256] = "";
   int st = -1;
   if (!avail) {
     /* No driver here: a clear reason, and every call refuses the same way. */
     assert_true(strstr(why, "CUDA") != NULL || strstr(why, "cuInit") != NULL);
-    assert_int_equal(mb__ckpt_get_state(getpid(), &st, err, sizeof(err)), MB_ENODEV);
+    assert_int_equal(mbd_ckpt_get_state(getpid(), &st, err, sizeof(err)), MB_ENODEV);
     assert_string_equal(err, why);
-    assert_int_equal(mb__ckpt_suspend(getpid(), 100, err, sizeof(err)), MB_ENODEV);
-    assert_int_equal(mb__ckpt_resume(getpid(), err, sizeof(err)), MB_ENODEV);
+    assert_int_equal(mbd_ckpt_suspend(getpid(), 100, err, sizeof(err)), MB_ENODEV);
+    assert_int_equal(mbd_ckpt_resume(getpid(), err, sizeof(err)), MB_ENODEV);
     assert_int_equal(st, -1);
   } else {
     /* A driver: resuming a process that was never suspended is refused
      * with the driver's error name, and leaves it running. */
-    int rc = mb__ckpt_resume(getpid(), err, sizeof(err));
+    int rc = mbd_ckpt_resume(getpid(), err, sizeof(err));
     assert_true(rc == MB_EBACKEND || rc == MB_ETIMEDOUT);
     assert_non_null(strstr(err, "CUDA_ERROR"));
   }
   /* Asking twice gives the same answer (the driver is probed once). */
   char why2[256] = "";
-  assert_int_equal(mb__ckpt_available(why2, sizeof(why2)), avail);
+  assert_int_equal(mbd_ckpt_available(why2, sizeof(why2)), avail);
   assert_string_equal(why2, why);
 }
 

@@ -22,16 +22,16 @@
 #include "alloc.h"
 #include "device.h"
 #include "tensor/loader.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 
 static char g_dir[256];
 
 static void mkfile(const char *name, mb_tensor_format fmt, uint64_t bytes, uint64_t seed,
                    char *path, size_t plen) {
   snprintf(path, plen, "%s/%s", g_dir, name);
-  mb__mkmodel_opts o = {.path = path, .format = fmt, .size_bytes = bytes, .seed = seed};
+  cli_mkmodel_opts o = {.path = path, .format = fmt, .size_bytes = bytes, .seed = seed};
   char err[256] = "";
-  int rc = mb__mkmodel_write(&o, NULL, err, sizeof(err));
+  int rc = cli_mkmodel_write(&o, NULL, err, sizeof(err));
   if (rc != 0)
     fail_msg("mkmodel %s: %s", path, err);
 }

@@ -21,7 +21,7 @@
 
 #include "modelbuf/tensors.h"
 #include "alloc.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 
 static char tmpdir[512];
 
@@ -419,8 +419,8 @@ static void test_open_errors(void **state) {
 
 static void test_mkmodel_round_trip(void **state) {
   char path[600], err[512];
-  mb__mkmodel_opts o = {0};
-  mb__mkmodel_result res;
+  cli_mkmodel_opts o = {0};
+  cli_mkmodel_result res;
   mb_tensor_file *f;
   mb_tensor_info t;
 
@@ -429,7 +429,7 @@ static void test_mkmodel_round_trip(void **state) {
   o.format = MB_TENSOR_FORMAT_SAFETENSORS;
   o.size_bytes = 3u << 20;
   o.seed = 42;
-  assert_int_equal(mb__mkmodel_write(&o, &res, err, sizeof err), 0);
+  assert_int_equal(cli_mkmodel_write(&o, &res, err, sizeof err), 0);
   assert_int_equal(res.tensors, 21); /* 2 layers of 9, embedding, norm, head */
   assert_true(res.data_bytes <= o.size_bytes);
   assert_true(res.data_bytes > o.size_bytes - (64u << 10));
@@ -455,10 +455,10 @@ static void test_mkmodel_round_trip(void **state) {
   o.path = path2;
   o.size_bytes = 64u << 10;
   o.n_tensors = 7;
-  assert_int_equal(mb__mkmodel_write(&o, &res, err, sizeof err), 0);
+  assert_int_equal(cli_mkmodel_write(&o, &res, err, sizeof err), 0);
   assert_int_equal(res.tensors, 7);
   o.path = path;
-  assert_int_equal(mb__mkmodel_write(&o, &res, err, sizeof err), 0);
+  assert_int_equal(cli_mkmodel_write(&o, &res, err, sizeof err), 0);
   FILE *a = fopen(path, "rb"), *b = fopen(path2, "rb");
   assert_non_null(a);
   assert_non_null(b);
@@ -470,7 +470,7 @@ static void test_mkmodel_round_trip(void **state) {
   assert_memory_equal(ba, bb, na);
   /* another seed changes the data */
   o.seed = 43;
-  assert_int_equal(mb__mkmodel_write(&o, &res, err, sizeof err), 0);
+  assert_int_equal(cli_mkmodel_write(&o, &res, err, sizeof err), 0);
   a = fopen(path, "rb");
   assert_non_null(a);
   na = fread(ba, 1, sizeof ba, a);
@@ -483,7 +483,7 @@ static void test_mkmodel_round_trip(void **state) {
   /* an unwritable path fails with MB_EIO naming it */
   tmp_path(path, sizeof path, "no/such/dir.safetensors");
   o.path = path;
-  assert_fault(mb__mkmodel_write(&o, &res, err, sizeof err), MB_EIO, err, "cannot create");
+  assert_fault(cli_mkmodel_write(&o, &res, err, sizeof err), MB_EIO, err, "cannot create");
 }
 
 /* ------------------------------------------------------------------------ */

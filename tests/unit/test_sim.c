@@ -1,5 +1,5 @@
 /*
- * test_sim.c - the trace simulator (bench/sim) and the core hooks it needs:
+ * test_sim.c - the trace simulator (sim/) and the core hooks it needs:
  * the MB_EVICT_CUSTOM ranking callback and eviction candidate lists that
  * are never cut short. The simulator itself runs the real core on a manual
  * clock, so these tests are deterministic and never sleep.
@@ -568,6 +568,54 @@ static void test_model_table(void **state) {
   }
 }
 
+/*
+ * The admission check through the simulator (check_admission): on several
+ * GPUs, with models placed anywhere and some bound to one device, each
+ * shortcut of the admission planning is checked against the full planning
+ * and none differs; the decisions, and so the results, are those of a run
+ * without the check. tests/e2e/test_admission_check.py runs the standard
+ * suite and random configurations the same way.
+ */
+static void test_admission_check(void **state) {
+  (void)state;
+  sim_models m;
+  sim_trace t;
+  sim_config c;
+  sim_gen g;
+  char err[256] = "";
+  memset(&m, 0, sizeof(m));
+  memset(&t, 0, sizeof(t));
+  assert_int_equal(sim_models_generate(&m, 40, 256ull << 20, 24ull << 30, 7, err, sizeof(err)), 0);
+  for (int i = 0; i < m.n; i += 5)
+    m.v[i].device = i % 3; /* some bound to one device */
+  assert_int_equal(sim_gen_parse("burst:n=4000,rate=2,s=0.9,dur=3", &g, err, sizeof(err)), 0);
+  assert_int_equal(sim_gen_run(&g, &m, 3, &t, err, sizeof(err)), 0);
+  sim_config_init(&c);
+  c.devices = 3;
+  c.capacity_bytes = 40ull << 30;
+  c.host_bytes = 32ull << 30;
+  c.keep_alive_ms = 60000;
+  for (int p = SIM_LRU; p <= SIM_BELADY; p++) {
+    c.check_admission = 0;
+    sim_result plain = run(&m, &t, &c, (sim_policy)p);
+    c.check_admission = 1;
+    sim_result checked = run(&m, &t, &c, (sim_policy)p);
+    if (checked.admit_differ != 0)
+      fail_msg("%s: %s", sim_policy_name((sim_policy)p), checked.admit_first);
+    assert_true(checked.admit_auto > 0);
+    assert_true(checked.admit_any > 0);
+    assert_true(checked.admit_planned > 0);
+    assert_int_equal(checked.loads, plain.loads);
+    assert_int_equal(checked.restores, plain.restores);
+    assert_int_equal(checked.evictions, plain.evictions);
+    assert_int_equal(checked.served, plain.served);
+    assert_int_equal(checked.core_events, plain.core_events);
+    assert_true(checked.load_s == plain.load_s);
+  }
+  sim_trace_free(&t);
+  sim_models_free(&m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_teardown(test_custom_rank_order, teardown),
@@ -585,6 +633,7 @@ int main(void) {
       cmocka_unit_test(test_diurnal_rotates),
       cmocka_unit_test(test_burst_and_gen_errors),
       cmocka_unit_test(test_model_table),
+      cmocka_unit_test(test_admission_check),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,8 +1,9 @@
 /*
- * test_sim_fleet.c - the fleet simulator (bench/sim/sim_fleet.c): its ring
+ * test_sim_fleet.c - the fleet simulator (sim/sim_fleet.c): its ring
  * against the nodes HAProxy 2.6 chose in tests/e2e/test_haproxy.py, hash,
- * least and spill routing hand-checked on small traces, determinism, and
- * the options it refuses. The real core on a virtual clock: no sleeps.
+ * least and spill routing hand-checked on small traces, determinism, the
+ * admission check on every node, and the options it refuses. The real core
+ * on a virtual clock: no sleeps.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -235,6 +236,38 @@ static void test_deterministic(void **state) {
   sim_models_free(&m);
 }
 
+/* --check-admission on a fleet: every node's core checks its admission
+ * shortcuts, the counts add up over the nodes, nothing differs, and the
+ * decisions (every figure but the check's) are those of a run without it. */
+static void test_admission_check(void **state) {
+  (void)state;
+  sim_models m;
+  sim_trace t;
+  sim_gen g;
+  char err[256];
+  assert_int_equal(sim_models_generate(&m, 24, 1ull << 30, 24ull << 30, 5, err, sizeof(err)), 0);
+  assert_int_equal(sim_gen_parse("zipf:n=1500,rate=1,s=1.0,dur=2", &g, err, sizeof(err)), 0);
+  assert_int_equal(sim_gen_run(&g, &m, 3, &t, err, sizeof(err)), 0);
+  sim_fleet_config c;
+  sim_fleet_config_init(&c);
+  c.nodes = 3;
+  c.node.capacity_bytes = 40ull << 30;
+  c.node.host_bytes = 16ull << 30;
+  for (int k = SIM_ROUTE_HASH; k <= SIM_ROUTE_SPILL; k++) {
+    c.node.check_admission = 0;
+    sim_fleet_result plain = run(&m, &t, &c, (sim_routing)k);
+    c.node.check_admission = 1;
+    sim_fleet_result checked = run(&m, &t, &c, (sim_routing)k);
+    assert_true(checked.all.admit_auto + checked.all.admit_any + checked.all.admit_planned > 0);
+    assert_int_equal(checked.all.admit_differ, 0);
+    assert_string_equal(checked.all.admit_first, "");
+    checked.all.admit_auto = checked.all.admit_any = checked.all.admit_planned = 0;
+    assert_same(&plain, &checked);
+  }
+  sim_trace_free(&t);
+  sim_models_free(&m);
+}
+
 static void test_refused(void **state) {
   (void)state;
   sim_models m;
@@ -277,6 +310,7 @@ int main(void) {
       cmocka_unit_test(test_hand_checked_least_and_hash),
       cmocka_unit_test(test_hand_checked_spill),
       cmocka_unit_test(test_deterministic),
+      cmocka_unit_test(test_admission_check),
       cmocka_unit_test(test_refused),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

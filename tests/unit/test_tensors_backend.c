@@ -23,7 +23,7 @@
 
 #include "modelbuf/modelbuf.h"
 #include "modelbuf/tensors.h"
-#include "tensor/mkmodel.h"
+#include "mkmodel.h"
 
 #define MiB (1024ull * 1024ull)
 
@@ -78,7 +78,10 @@ static mb_ctx *new_ctx(void) {
 
 static mb_tensors_model *new_model(void) {
   const char *paths[2] = {g_paths[0], g_paths[1]};
-  mb_tensors_opts to = {.chunk_bytes = 256 * 1024, .threads = 3};
+  mb_tensors_opts to;
+  mb_tensors_opts_init(&to);
+  to.chunk_bytes = 256 * 1024;
+  to.threads = 3;
   mb_tensors_model *m = NULL;
   char err[256] = "";
   int rc = mb_tensors_model_new(paths, 2, &to, &m, err, sizeof(err));
@@ -153,9 +156,9 @@ static void test_rss_back_at_baseline(void **state) {
     skip();
   char path[600], err[256] = "";
   snprintf(path, sizeof(path), "%s/rss.safetensors", g_dir);
-  mb__mkmodel_opts o = {.path = path, .format = MB_TENSOR_FORMAT_SAFETENSORS,
+  cli_mkmodel_opts o = {.path = path, .format = MB_TENSOR_FORMAT_SAFETENSORS,
                         .size_bytes = 48 * MiB, .seed = 11};
-  assert_int_equal(mb__mkmodel_write(&o, NULL, err, sizeof(err)), 0);
+  assert_int_equal(cli_mkmodel_write(&o, NULL, err, sizeof(err)), 0);
   const char *one[1] = {path};
   mb_tensors_model *m = NULL;
   assert_int_equal(mb_tensors_model_new(one, 1, NULL, &m, err, sizeof(err)), 0);
@@ -258,9 +261,9 @@ static void test_errors(void **state) {
   /* truncated after the model was made: the load fails and frees all */
   char tpath[600];
   snprintf(tpath, sizeof(tpath), "%s/trunc.gguf", g_dir);
-  mb__mkmodel_opts o = {.path = tpath, .format = MB_TENSOR_FORMAT_GGUF, .size_bytes = MiB,
+  cli_mkmodel_opts o = {.path = tpath, .format = MB_TENSOR_FORMAT_GGUF, .size_bytes = MiB,
                         .seed = 9};
-  assert_int_equal(mb__mkmodel_write(&o, NULL, err, sizeof(err)), 0);
+  assert_int_equal(cli_mkmodel_write(&o, NULL, err, sizeof(err)), 0);
   const char *tp[1] = {tpath};
   assert_int_equal(mb_tensors_model_new(tp, 1, NULL, &m, err, sizeof(err)), 0);
   assert_int_equal(truncate(tpath, 4096), 0);
@@ -305,13 +308,13 @@ static int setup(void **state) {
     return -1;
   snprintf(g_paths[0], sizeof(g_paths[0]), "%s/a.safetensors", g_dir);
   snprintf(g_paths[1], sizeof(g_paths[1]), "%s/b.gguf", g_dir);
-  mb__mkmodel_opts o0 = {.path = g_paths[0], .format = MB_TENSOR_FORMAT_SAFETENSORS,
+  cli_mkmodel_opts o0 = {.path = g_paths[0], .format = MB_TENSOR_FORMAT_SAFETENSORS,
                          .size_bytes = 3 * MiB, .seed = 1};
-  mb__mkmodel_opts o1 = {.path = g_paths[1], .format = MB_TENSOR_FORMAT_GGUF,
+  cli_mkmodel_opts o1 = {.path = g_paths[1], .format = MB_TENSOR_FORMAT_GGUF,
                          .size_bytes = 2 * MiB, .seed = 2};
   char err[256];
-  if (mb__mkmodel_write(&o0, NULL, err, sizeof(err)) != 0 ||
-      mb__mkmodel_write(&o1, NULL, err, sizeof(err)) != 0)
+  if (cli_mkmodel_write(&o0, NULL, err, sizeof(err)) != 0 ||
+      cli_mkmodel_write(&o1, NULL, err, sizeof(err)) != 0)
     return -1;
   return 0;
 }

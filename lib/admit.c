@@ -1,0 +1,561 @@
+/*
+ * admit.c - admission planning: which model waiting for memory goes on
+ * which device now, and which idle models are evicted to make room for it.
+ * Part of the core's step (sched_int.h): core_lock held, ctx->now the time.
+ *
+ * Owns: the admission lists (ctx->adm, oldest first; ctx->adm1, the models
+ * bound to one device), the per-generation plans of the devices (each
+ * device's eviction candidates in eviction order with running sums of the
+ * bytes they free and what evicting them costs), and the per-generation
+ * figures of the shortcuts below.
+ *
+ * The full planning (plan_admission) looks at every device a model may
+ * use: where it fits now, the device with the most free memory; else where
+ * it fits once models being offloaded or unloaded are gone (that costs
+ * nothing); else the device where evicting the fewest candidates makes
+ * room at the least cost; else it waits; and if no device can ever hold
+ * it, its waiters fail. A pass over thousands of waiting models would plan
+ * every device for each, so three shortcuts answer from figures kept per
+ * generation (a generation lasts while the pass changes nothing; any
+ * action starts a new one):
+ *   - auto_blocked: a model that may go on any device does nothing now;
+ *   - any_blocked: no such model can do anything now, so a pass visits
+ *     only the models bound to one device until one of them acts;
+ *   - a device's fail cache (fail_gen, fail_need) and the context's
+ *     (auto_fail_*): a model no smaller than one that found no room fits
+ *     nowhere either.
+ * Each is meant to decide exactly what the full planning decides. With
+ * the admission check on (mb__admission_check, or the build option
+ * admission_check), every decision a shortcut makes is planned again in
+ * full, without the shortcuts, and the two compared;
+ * tests/unit/test_admission.c runs the simulator's standard suite and
+ * random traces that way and requires no difference.
+ *
+ * Invariants: a model is in ctx->adm while admit_pending (and in ctx->adm1
+ * too when adm_single); ctx->adm_any counts the others, adm_any_min/max
+ * bound their footprints; planning changes nothing but caches (plans,
+ * fail caches), and only acting (evicting, starting a load, failing)
+ * starts a new generation.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "modelbuf/modelbuf.h"
+#include "sched_int.h"
+
+/* ------------------------------------------------------------------------ */
+/* The admission lists                                                       */
+
+/* Whether a waiting model can only go on one device: a restore goes back
+ * where it was, and a model may name its device. */
+static int single_device(const mb__model *m) {
+  return (m->state == MB_STATE_OFFLOADED && m->device >= 0) ||
+         m->opts.device != MB_DEVICE_AUTO;
+}
+
+void mb__adm_remove(mb_ctx *ctx, mb__model *m) {
+  if (!m->admit_pending)
+    return;
+  mb__queue_remove(&m->adm_node);
+  if (m->adm_single)
+    mb__queue_remove(&m->adm1_node);
+  else
+    ctx->adm_any--;
+  m->admit_pending = 0;
+}
+
+static void adm_add(mb_ctx *ctx, mb__model *m) {
+  if (m->admit_pending)
+    return;
+  m->admit_pending = 1;
+  m->admit_seq = ++ctx->adm_seq;
+  mb__queue_insert_tail(&ctx->adm, &m->adm_node);
+  m->adm_single = single_device(m);
+  if (m->adm_single) {
+    mb__queue_insert_tail(&ctx->adm1, &m->adm1_node);
+  } else {
+    uint64_t need = mb__footprint(m);
+    if (ctx->adm_any == 0 || need < ctx->adm_any_min)
+      ctx->adm_any_min = need;
+    if (ctx->adm_any == 0 || need > ctx->adm_any_max)
+      ctx->adm_any_max = need;
+    ctx->adm_any++;
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Plans                                                                     */
+
+/* Starts a new generation of admission plans: every device's plan is
+ * stale. Called before an admission pass and after any admission acts. */
+static void plans_reset(mb_ctx *ctx) {
+  ctx->plan_gen++;
+  ctx->plan_used = 0;
+}
+
+/*
+ * The admission plan of device dev: its eviction candidates in eviction
+ * order, each with the bytes and the cost of evicting it and every one
+ * before it. Built once per generation, so an admission pass over many
+ * waiting models sorts each device once, not once per model. The pool
+ * holds every model, and a model is a candidate on one device only, so the
+ * plans of one generation always fit.
+ */
+static const mb__plan_ent *plan_get(mb_ctx *ctx, int dev, int *n) {
+  mb__device *d = &ctx->devs[dev];
+  if (d->plan_gen != ctx->plan_gen) {
+    int k = mb__collect(ctx, dev, 0);
+    mb__plan_ent *p = ctx->plan + ctx->plan_used;
+    uint64_t charge = 0;
+    double cost = 0;
+    for (int i = 0; i < k; i++) {
+      const mb__cand *c = &ctx->cand_dev[i];
+      charge += c->m->dev_charge;
+      cost += ctx->opts.eviction == MB_EVICT_COST ? c->rank : mb__reload_cost_ms(c->m, 0);
+      p[i] = (mb__plan_ent){c->m, c->rank, charge, cost};
+    }
+    d->plan_gen = ctx->plan_gen;
+    d->plan_off = ctx->plan_used;
+    d->plan_n = k;
+    ctx->plan_used += k;
+  }
+  *n = d->plan_n;
+  return ctx->plan + d->plan_off;
+}
+
+/*
+ * Plans room for need bytes on dev: returns 0 if it fits now, 1 if it will
+ * fit once leaving models are gone or planned victims are evicted (*nvict
+ * victims first in the device's plan, *cost their summed eviction cost),
+ * -1 if not now. full: without the device's fail cache (neither read nor
+ * written), for the admission check.
+ */
+static int plan_room(mb_ctx *ctx, int dev, uint64_t need, int full, int *nvict, double *cost) {
+  mb__device *d = &ctx->devs[dev];
+  int max_loaded = d->opts.max_loaded;
+  *nvict = 0;
+  *cost = 0;
+  if (d->used + need <= d->usable && (max_loaded == 0 || d->resident < max_loaded))
+    return 0;
+  uint64_t leaving_bytes = d->leaving_bytes;
+  int leaving = d->leaving;
+  if (d->used - leaving_bytes + need <= d->usable &&
+      (max_loaded == 0 || d->resident - leaving < max_loaded))
+    return 1;
+  if (!full && d->fail_gen == ctx->plan_gen && need >= d->fail_need)
+    return -1;
+  int n;
+  const mb__plan_ent *p = plan_get(ctx, dev, &n);
+  /* The fewest victims (a prefix of the plan) that make room: the bytes
+   * freed grow with their number, so a binary search finds it. */
+#define ROOM_AFTER(k) \
+  (d->used - leaving_bytes - ((k) > 0 ? p[(k) - 1].charge_sum : 0) + need <= d->usable && \
+   (max_loaded == 0 || d->resident - leaving - (k) < max_loaded))
+  if (n == 0 || !ROOM_AFTER(n)) {
+    if (!full && (d->fail_gen != ctx->plan_gen || need < d->fail_need)) {
+      d->fail_gen = ctx->plan_gen;
+      d->fail_need = need;
+    }
+    return -1;
+  }
+  int lo = 1, hi = n;
+  while (lo < hi) {
+    int mid = lo + (hi - lo) / 2;
+    if (ROOM_AFTER(mid))
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+#undef ROOM_AFTER
+  *nvict = lo;
+  *cost = p[lo - 1].cost_sum;
+  return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Shortcuts                                                                 */
+
+/* Whether every eviction planned now would cost more than 0 (so a plan
+ * that only waits for leaving models, at cost 0, beats it). */
+static int evictions_cost(mb_ctx *ctx) {
+  /* Other policies sum reload times, which are never 0. */
+  if (ctx->opts.eviction != MB_EVICT_COST)
+    return 1;
+  if (ctx->auto_cost_gen != ctx->plan_gen) {
+    /* Every candidate costing more than 0 is enough (a plan sums them);
+     * the candidates need not be sorted for that. */
+    ctx->auto_cost_gen = ctx->plan_gen;
+    ctx->auto_cost_positive = 1;
+    for (int i = 0; i < ctx->ndev && ctx->auto_cost_positive; i++) {
+      mb__queue *q;
+      mb__queue_foreach(q, &ctx->devs[i].res_list) {
+        const mb__model *m = mb__queue_data(q, mb__model, dev_node);
+        /* mb__evict_rank() is what plan_get() sums for it. */
+        if (mb__evictable(m, i) && !mb__evict_rank_positive(ctx, m, i)) {
+          ctx->auto_cost_positive = 0;
+          break;
+        }
+      }
+    }
+  }
+  return ctx->auto_cost_positive;
+}
+
+/*
+ * Whether try_admit() of a model of need bytes that may go on any device
+ * would do nothing now; 0 when it may act or it is not known cheaply. An
+ * admission pass asks this of every waiting model, so it answers from
+ * per-generation figures instead of planning every device for each:
+ *   - fits now somewhere: try_admit takes the device with the most free
+ *     memory, and does nothing if that one is busy with max_parallel_loads;
+ *   - fits once leaving models are gone on some device: that plan costs 0
+ *     and evicts nobody, so it wins unless evicting could also cost <= 0;
+ *   - a smaller model already found no room anywhere in this generation.
+ * The answers are meant to be exactly what the full planning decides
+ * (the admission check compares them).
+ */
+static int auto_blocked(mb_ctx *ctx, uint64_t need) {
+  if (ctx->auto_gen != ctx->plan_gen) {
+    ctx->auto_gen = ctx->plan_gen;
+    ctx->auto_usable = ctx->auto_t0 = ctx->auto_t1 = 0;
+    ctx->auto_dev0 = -1;
+    ctx->auto_has_t1 = 0;
+    for (int i = 0; i < ctx->ndev; i++) {
+      const mb__device *d = &ctx->devs[i];
+      int ml = d->opts.max_loaded;
+      if (d->usable > ctx->auto_usable)
+        ctx->auto_usable = d->usable;
+      if (d->used < d->usable && (ml == 0 || d->resident < ml) &&
+          (ctx->auto_dev0 < 0 || d->usable - d->used > ctx->auto_t0)) {
+        ctx->auto_dev0 = i;
+        ctx->auto_t0 = d->usable - d->used;
+      }
+      uint64_t staying = d->used - d->leaving_bytes;
+      if (staying < d->usable && (ml == 0 || d->resident - d->leaving < ml) &&
+          (!ctx->auto_has_t1 || d->usable - staying > ctx->auto_t1)) {
+        ctx->auto_has_t1 = 1;
+        ctx->auto_t1 = d->usable - staying;
+      }
+    }
+  }
+  if (need == 0 || need > ctx->auto_usable)
+    return 0;
+  if (ctx->auto_dev0 >= 0 && need <= ctx->auto_t0) {
+    const mb__device *d = &ctx->devs[ctx->auto_dev0];
+    int maxp = d->opts.max_parallel_loads > 0 ? d->opts.max_parallel_loads : 1;
+    return d->loads >= maxp;
+  }
+  if (ctx->auto_has_t1 && need <= ctx->auto_t1)
+    return evictions_cost(ctx);
+  return ctx->auto_fail_gen == ctx->plan_gen && need >= ctx->auto_fail_need &&
+         need <= ctx->auto_fail_largest;
+}
+
+/*
+ * Whether no model that may go on any device can act in this generation,
+ * whatever its footprint within the waiting ones' bounds: the intervals of
+ * footprints that would load (fits now on an idle device), evict (fits
+ * nowhere without evicting, somewhere with), or fail (fits no device ever)
+ * miss those bounds. Then an admission pass visits only the models bound
+ * to one device. See auto_blocked() for the decisions it mirrors.
+ */
+static int any_blocked(mb_ctx *ctx) {
+  if (ctx->adm_any == 0)
+    return 1;
+  uint64_t lo = ctx->adm_any_min, hi = ctx->adm_any_max;
+  if (lo == 0)
+    return 0;
+  (void)auto_blocked(ctx, lo); /* computes the generation's figures */
+  if (hi > ctx->auto_usable)
+    return 0;
+  if (ctx->auto_dev0 >= 0 && lo <= ctx->auto_t0) {
+    const mb__device *d = &ctx->devs[ctx->auto_dev0];
+    int maxp = d->opts.max_parallel_loads > 0 ? d->opts.max_parallel_loads : 1;
+    if (d->loads < maxp)
+      return 0;
+  }
+  /* Up to t0 a model takes the busy device with the most free memory; up to
+   * t1 it waits for leaving models, unless an eviction could cost <= 0. */
+  uint64_t t0 = ctx->auto_dev0 >= 0 ? ctx->auto_t0 : 0, waits = t0;
+  if (ctx->auto_has_t1 && ctx->auto_t1 > t0) {
+    if (lo <= ctx->auto_t1 && hi > t0 && !evictions_cost(ctx))
+      return 0;
+    waits = ctx->auto_t1;
+  }
+  /* Footprints above waits fit nowhere without evicting: does one of the
+   * waiting ones fit somewhere once every candidate there is gone? */
+  uint64_t from = waits + 1 > lo ? waits + 1 : lo;
+  if (from > hi)
+    return 1;
+  for (int i = 0; i < ctx->ndev; i++) {
+    const mb__device *d = &ctx->devs[i];
+    if (d->usable < from)
+      continue;
+    uint64_t cand = 0;
+    int ncand = 0;
+    mb__queue *q;
+    mb__queue_foreach(q, &d->res_list) {
+      const mb__model *m = mb__queue_data(q, mb__model, dev_node);
+      if (mb__evictable(m, i)) {
+        cand += m->dev_charge;
+        ncand++;
+      }
+    }
+    uint64_t staying = d->used - d->leaving_bytes - cand;
+    int ml = d->opts.max_loaded;
+    if (staying < d->usable && (ml == 0 || d->resident - d->leaving - ncand < ml) &&
+        d->usable - staying >= from)
+      return 0;
+  }
+  return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Planning and acting                                                       */
+
+/* The devices m may go on: [*lo, *hi). A restore goes back where it was;
+ * a model may name its device; else any. */
+static void device_range(const mb_ctx *ctx, const mb__model *m, int *lo, int *hi) {
+  *lo = 0;
+  *hi = ctx->ndev;
+  if (m->state == MB_STATE_OFFLOADED && m->device >= 0) {
+    *lo = m->device;
+    *hi = *lo + 1;
+  } else if (m->opts.device != MB_DEVICE_AUTO) {
+    *lo = m->opts.device;
+    *hi = *lo + 1;
+  }
+}
+
+/* What the planning decides for a waiting model. */
+enum { ADMIT_WAIT, ADMIT_FAIL, ADMIT_EVICT, ADMIT_START };
+
+typedef struct admit_plan {
+  int act;          /* ADMIT_* */
+  int dev;          /* EVICT, START: the device; WAIT: -1 when no device has room */
+  int nvict;        /* EVICT: that many candidates first in dev's plan */
+  uint64_t largest; /* the largest usable size of the devices it may use */
+} admit_plan;
+
+/*
+ * The full planning of model m: the devices it may use (a fixed one, the
+ * one it was offloaded from, or any), where it fits now (the one with the
+ * most free memory), else where it fits once leaving models are gone or
+ * after the cheapest evictions, else nowhere now (WAIT), or never (FAIL).
+ * A device busy with max_parallel_loads makes it WAIT. full: without the
+ * devices' fail caches (the admission check); it changes nothing but the
+ * generation's plans, and with !full the fail caches.
+ */
+static int plan_admission(mb_ctx *ctx, const mb__model *m, int full, admit_plan *p) {
+  uint64_t need = mb__footprint(m);
+  int lo, hi;
+  device_range(ctx, m, &lo, &hi);
+  int best = -1, best_kind = 2, best_nv = 0;
+  double best_cost = 0;
+  uint64_t best_free = 0;
+  int ever = 0;
+  p->largest = 0;
+  for (int dev = lo; dev < hi; dev++) {
+    const mb__device *d = &ctx->devs[dev];
+    if (d->usable > p->largest)
+      p->largest = d->usable;
+    if (need > d->usable)
+      continue;
+    ever = 1;
+    int nv;
+    double cost;
+    int kind = plan_room(ctx, dev, need, full, &nv, &cost);
+    if (kind < 0)
+      continue;
+    uint64_t freeb = d->usable - (d->used < d->usable ? d->used : d->usable);
+    if (best < 0 || kind < best_kind || (kind == best_kind && kind == 0 && freeb > best_free) ||
+        (kind == best_kind && kind == 1 && cost < best_cost)) {
+      best = dev;
+      best_kind = kind;
+      best_cost = cost;
+      best_free = freeb;
+      best_nv = nv;
+    }
+  }
+  p->dev = best;
+  p->nvict = 0;
+  if (!ever)
+    p->act = ADMIT_FAIL;
+  else if (best < 0)
+    p->act = ADMIT_WAIT; /* wait for leases to be released */
+  else if (best_kind == 1) {
+    /* Room once the victims are gone (none: once leaving models are). */
+    p->nvict = best_nv;
+    p->act = best_nv > 0 ? ADMIT_EVICT : ADMIT_WAIT;
+  } else {
+    const mb__device *d = &ctx->devs[best];
+    int maxp = d->opts.max_parallel_loads > 0 ? d->opts.max_parallel_loads : 1;
+    p->act = d->loads >= maxp ? ADMIT_WAIT : ADMIT_START;
+  }
+  return p->act;
+}
+
+/* The shortcuts the admission check names (ctx->admit_checked). */
+enum { CHECK_AUTO_BLOCKED, CHECK_ANY_BLOCKED, CHECK_PLANNED };
+static const char *const check_name[] = {"auto_blocked", "any_blocked", "fail caches"};
+
+/*
+ * The admission check: a decision taken with a shortcut (which; got: what
+ * it decided) is planned again in full and compared. Counts every check
+ * and every difference (the first one described); with the build option
+ * admission_check a difference stops the process, as a failed assertion
+ * would.
+ */
+static void admit_check(mb_ctx *ctx, const mb__model *m, int shortcut, const admit_plan *got) {
+  admit_plan full;
+  plan_admission(ctx, m, 1, &full);
+  ctx->admit_checked[shortcut]++;
+  if (full.act == got->act && (got->act == ADMIT_WAIT || got->act == ADMIT_FAIL ||
+                               (full.dev == got->dev && full.nvict == got->nvict)))
+    return;
+  if (ctx->admit_differ++ == 0)
+    snprintf(ctx->admit_first, sizeof(ctx->admit_first),
+             "%s: model '%s' (%llu bytes) at %llu ns: shortcut act %d dev %d evict %d, "
+             "full planning act %d dev %d evict %d",
+             check_name[shortcut], m->name, (unsigned long long)mb__footprint(m),
+             (unsigned long long)ctx->now, got->act, got->dev, got->nvict, full.act, full.dev,
+             full.nvict);
+  if (ctx->admit_check > 1)
+    abort();
+}
+
+/*
+ * Tries to admit a model that wants to become resident: plans, then acts
+ * on the plan: fails its waiters (no device can ever hold it), evicts the
+ * planned victims (it is admitted once their memory is back), or charges
+ * it to its device and starts its load or restore. Whatever it does
+ * starts a new plan generation (plans_reset), which is how a caller tells
+ * that it acted.
+ */
+static void try_admit(mb_ctx *ctx, mb__model *m) {
+  uint64_t need = mb__footprint(m);
+  int lo, hi;
+  device_range(ctx, m, &lo, &hi);
+  /* Every device (also a model bound to the only one): the shortcuts for a
+   * model that may go on any device apply. */
+  int any = lo == 0 && hi == ctx->ndev;
+  admit_plan p;
+  if (any && auto_blocked(ctx, need)) {
+    if (ctx->admit_check) {
+      p.act = ADMIT_WAIT;
+      admit_check(ctx, m, CHECK_AUTO_BLOCKED, &p);
+    }
+    return;
+  }
+  plan_admission(ctx, m, 0, &p);
+  if (ctx->admit_check)
+    admit_check(ctx, m, CHECK_PLANNED, &p);
+  switch (p.act) {
+  case ADMIT_FAIL: {
+    char msg[256];
+    snprintf(msg, sizeof(msg),
+             "model '%s' needs %llu bytes but no device can ever hold it "
+             "(largest usable: capacity - reserve = %llu bytes)",
+             m->name, (unsigned long long)need, (unsigned long long)p.largest);
+    mb__adm_remove(ctx, m);
+    mb__fail_waiters(ctx, m, MB_ENOSPC, msg);
+    plans_reset(ctx);
+    return;
+  }
+  case ADMIT_WAIT:
+    if (p.dev < 0 && any &&
+        (ctx->auto_fail_gen != ctx->plan_gen || need < ctx->auto_fail_need)) {
+      ctx->auto_fail_gen = ctx->plan_gen;
+      ctx->auto_fail_need = need;
+      ctx->auto_fail_largest = p.largest;
+    }
+    return;
+  case ADMIT_EVICT: {
+    /* mb__evict() changes nothing in the plan pool (host evictions use
+     * their own buffer); the plans are stale once it has acted. */
+    int n;
+    const mb__plan_ent *plan = plan_get(ctx, p.dev, &n);
+    for (int i = 0; i < p.nvict; i++)
+      mb__evict(ctx, plan[i].m);
+    plans_reset(ctx);
+    return; /* admitted when the memory is back */
+  }
+  default: {
+    int restore = m->state == MB_STATE_OFFLOADED;
+    mb__adm_remove(ctx, m);
+    mb__charge_dev(ctx, m, p.dev, need);
+    if (!restore)
+      m->resid_peak = 0;
+    mb__start_job(ctx, m, restore ? MB_JOB_RESTORE : MB_JOB_LOAD,
+                  mb__queue_empty(&m->wq) ? "load" : "acquire");
+    plans_reset(ctx);
+    return;
+  }
+  }
+}
+
+/* The others need another pass only if the try acted (evicted, started a
+ * load, failed): a model joining the list changes nothing for the models
+ * before it. */
+void mb__admit_new(mb_ctx *ctx, mb__model *m) {
+  adm_add(ctx, m);
+  plans_reset(ctx);
+  uint64_t gen = ctx->plan_gen;
+  try_admit(ctx, m);
+  if (ctx->plan_gen != gen)
+    ctx->devs_dirty = 1;
+}
+
+/* any_blocked() said no model that may go on any device can act: each of
+ * them is planned in full, and must wait. */
+static void check_any_blocked(mb_ctx *ctx) {
+  admit_plan wait = {ADMIT_WAIT, -1, 0, 0};
+  mb__queue *q;
+  mb__queue_foreach(q, &ctx->adm) {
+    const mb__model *m = mb__queue_data(q, mb__model, adm_node);
+    if (!m->adm_single && mb__wants_resident(m) && !m->unload_pending)
+      admit_check(ctx, m, CHECK_ANY_BLOCKED, &wait);
+  }
+}
+
+/*
+ * Tries every waiting model, oldest first. When no model that may go on any
+ * device can act (any_blocked), only the models bound to one device are
+ * tried, until one acts: from there on every model is tried, as the state
+ * changed.
+ */
+void mb__pump_admissions(mb_ctx *ctx) {
+  ctx->devs_dirty = 0;
+  plans_reset(ctx);
+  /* q walks the admission list (adm_node); next is taken before a try,
+   * which may take the model out of the list. */
+  mb__queue *q = ctx->adm.next;
+  if (any_blocked(ctx)) {
+    if (ctx->admit_check)
+      check_any_blocked(ctx);
+    q = &ctx->adm;
+    for (mb__queue *q1 = ctx->adm1.next; q1 != &ctx->adm1;) {
+      mb__model *m = mb__queue_data(q1, mb__model, adm1_node);
+      mb__queue *next = q1->next, *after = m->adm_node.next;
+      uint64_t gen = ctx->plan_gen;
+      if (!mb__wants_resident(m) || m->unload_pending)
+        mb__adm_remove(ctx, m);
+      else
+        try_admit(ctx, m);
+      if (ctx->plan_gen != gen) {
+        q = after;
+        break;
+      }
+      q1 = next;
+    }
+  }
+  while (q != &ctx->adm) {
+    mb__model *m = mb__queue_data(q, mb__model, adm_node);
+    q = q->next;
+    if (!mb__wants_resident(m) || m->unload_pending)
+      mb__adm_remove(ctx, m);
+    else
+      try_admit(ctx, m);
+  }
+}
