@@ -57,9 +57,6 @@ const char *cli_fmt_bytes(uint64_t n, char *buf, size_t len);
  * "82.8 MiB", "1.25 GiB" (at most 8 characters up to 1023 EiB). */
 const char *cli_fmt_size(uint64_t n, char *buf, size_t len);
 
-/* Levenshtein distance of a and b, ASCII case folded (SIZE_MAX beyond 64
- * characters): how close a mistyped name is to a real one. */
-size_t cli_edit_distance(const char *a, const char *b);
 
 /* Now on the monotonic clock (the library's mb_clock_monotonic), in seconds
  * and in milliseconds: what the commands time their work with. */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "mbd_internal.h" /* mbd__edit_distance */
 #include "client.h"
 #include "ctl.h"
 
@@ -227,7 +228,7 @@ static void explain(const cli_client *c, const char *what, long status, json_t *
     json_array_foreach(json_object_get(m, "aliases"), j, a) json_array_append(names, a);
     json_array_foreach(names, j, a) {
       const char *n = json_string_value(a);
-      size_t d = n ? cli_edit_distance(what, n) : SIZE_MAX;
+      size_t d = n ? mbd__edit_distance(what, n) : SIZE_MAX;
       if (d == SIZE_MAX || d > limit || (strcasestr(n, what) == NULL && d >= strlen(n)))
         continue;
       if (strcasestr(n, what) != NULL && d > 1)

@@ -15,6 +15,7 @@
 
 #include "modelbuf/modelbuf.h"
 #include "cli.h"
+#include "mbd_internal.h" /* mbd__edit_distance */
 
 static int cmd_help(int argc, char **argv);
 static int cmd_completion(int argc, char **argv);
@@ -472,7 +473,7 @@ int main(int argc, char **argv) {
     const char *best = NULL;
     size_t best_d = 3;
     for (size_t i = 0; i < N_COMMANDS; i++) {
-      size_t d = cli_edit_distance(argv[1], commands[i].name);
+      size_t d = mbd__edit_distance(argv[1], commands[i].name);
       if (d < best_d && d < strlen(argv[1])) {
         best_d = d;
         best = commands[i].name;

@@ -68,55 +68,39 @@ int cli_parse_size(const char *s, uint64_t *out) {
   return 0;
 }
 
-const char *cli_fmt_size(uint64_t n, char *buf, size_t len) {
-  static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  double v = (double)n;
+static const char *const binary_unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+
+/* n in the largest binary unit that leaves at least 1: its index. */
+static int binary_scale(uint64_t n, double *v) {
   int u = 0;
-  while (v >= 1024.0 && u < 6) {
-    v /= 1024.0;
+  *v = (double)n;
+  while (*v >= 1024.0 && u < 6) {
+    *v /= 1024.0;
     u++;
   }
+  return u;
+}
+
+const char *cli_fmt_size(uint64_t n, char *buf, size_t len) {
+  double v;
+  int u = binary_scale(n, &v);
   if (u == 0)
     snprintf(buf, len, "%llu B", (unsigned long long)n);
   else if (v < 9.995)
-    snprintf(buf, len, "%.2f %s", v, unit[u]);
+    snprintf(buf, len, "%.2f %s", v, binary_unit[u]);
   else if (v < 99.95)
-    snprintf(buf, len, "%.1f %s", v, unit[u]);
+    snprintf(buf, len, "%.1f %s", v, binary_unit[u]);
   else
-    snprintf(buf, len, "%.0f %s", v, unit[u]);
+    snprintf(buf, len, "%.0f %s", v, binary_unit[u]);
   return buf;
 }
 
-size_t cli_edit_distance(const char *a, const char *b) {
-  size_t la = strlen(a), lb = strlen(b), prev[65], cur[65];
-  if (la > 64 || lb > 64)
-    return SIZE_MAX;
-  for (size_t j = 0; j <= lb; j++)
-    prev[j] = j;
-  for (size_t i = 1; i <= la; i++) {
-    cur[0] = i;
-    for (size_t j = 1; j <= lb; j++) {
-      size_t sub = prev[j - 1] + (tolower((unsigned char)a[i - 1]) !=
-                                  tolower((unsigned char)b[j - 1]));
-      size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
-      cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
-    }
-    memcpy(prev, cur, (lb + 1) * sizeof(prev[0]));
-  }
-  return prev[lb];
-}
-
 const char *cli_fmt_bytes(uint64_t n, char *buf, size_t len) {
-  static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  double v = (double)n;
-  int u = 0;
-  while (v >= 1024.0 && u < 6) {
-    v /= 1024.0;
-    u++;
-  }
+  double v;
+  int u = binary_scale(n, &v);
   if (u == 0)
     snprintf(buf, len, "%llu B", (unsigned long long)n);
   else
-    snprintf(buf, len, "%.2f %s", v, unit[u]);
+    snprintf(buf, len, "%.2f %s", v, binary_unit[u]);
   return buf;
 }

@@ -403,4 +403,10 @@ int mbd_config_device_opts(const mbd_config *cfg, size_t i, mb_device_opts *out)
 int mbd_config_model_opts(const mbd_config *cfg, const mbd_model_config *m, mb_model_opts *out,
                           char *err, size_t err_len) MB_WUR;
 
+/* Optimal string alignment distance of a and b, ASCII case folded (at most
+ * 64 characters each; longer: SIZE_MAX): how close a mistyped name is to a
+ * real one. The configuration's "did you mean" and the CLI's (commands,
+ * model names) both use it. */
+size_t mbd__edit_distance(const char *a, const char *b);
+
 #endif /* MBD_CONFIG_H */

@@ -82,9 +82,6 @@ extern const mbd__table mbd__config_top;
 /* Every table, the top level first, each once; NULL-terminated. */
 extern const mbd__table *const mbd__config_tables[];
 
-/* Optimal string alignment distance of a and b, ASCII case folded (at most
- * 32 characters each; longer: a large number). */
-size_t mbd__edit_distance(const char *a, const char *b);
 
 /*
  * The explanation of an unknown key in table t, after "unknown key": what

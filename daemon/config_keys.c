@@ -23,30 +23,33 @@
 
 size_t mbd__edit_distance(const char *a, const char *b) {
   size_t la = strlen(a), lb = strlen(b);
-  size_t d[33][33];
+  size_t r0[65], r1[65], r2[65]; /* rows i - 2, i - 1, i */
+  size_t *pp = r0, *p = r1, *c = r2;
 
-  if (la > 32 || lb > 32)
-    return 99;
-  for (size_t i = 0; i <= la; i++)
-    d[i][0] = i;
+  if (la > 64 || lb > 64)
+    return SIZE_MAX;
   for (size_t j = 0; j <= lb; j++)
-    d[0][j] = j;
+    p[j] = j;
   for (size_t i = 1; i <= la; i++) {
+    c[0] = i;
     for (size_t j = 1; j <= lb; j++) {
       int ai = tolower((unsigned char)a[i - 1]), bj = tolower((unsigned char)b[j - 1]);
-      size_t cost = ai == bj ? 0 : 1;
-      size_t best = d[i - 1][j] + 1;
-      if (d[i][j - 1] + 1 < best)
-        best = d[i][j - 1] + 1;
-      if (d[i - 1][j - 1] + cost < best)
-        best = d[i - 1][j - 1] + cost;
+      size_t best = p[j] + 1;
+      if (c[j - 1] + 1 < best)
+        best = c[j - 1] + 1;
+      if (p[j - 1] + (ai != bj) < best)
+        best = p[j - 1] + (ai != bj);
       if (i > 1 && j > 1 && ai == tolower((unsigned char)b[j - 2]) &&
-          tolower((unsigned char)a[i - 2]) == bj && d[i - 2][j - 2] + 1 < best)
-        best = d[i - 2][j - 2] + 1;
-      d[i][j] = best;
+          tolower((unsigned char)a[i - 2]) == bj && pp[j - 2] + 1 < best)
+        best = pp[j - 2] + 1; /* two neighbours swapped */
+      c[j] = best;
     }
+    size_t *t = pp;
+    pp = p;
+    p = c;
+    c = t;
   }
-  return d[la][lb];
+  return p[lb];
 }
 
 /*

@@ -9,7 +9,9 @@
  *
  * What, and why:
  *   config.h       the configuration file, its diagnostics and the core's
- *                  options it gives (mbd_config_*, mbd_diag_*);
+ *                  options it gives (mbd_config_*, mbd_diag_*),
+ *                  and mbd__edit_distance, the "did you mean" of its keys,
+ *                  which the CLI's commands and model names use too;
  *   expand.h       a model's files: entries expanded as the daemon does;
  *   model_build.h  one construction of a model from its section (which
  *                  brings the supervisor, the process worker and the
