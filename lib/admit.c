@@ -10,14 +10,23 @@
  * figures of the shortcuts below.
  *
  * The full planning (plan_admission) looks at every device a model may
- * use: where it fits now, the device with the most free memory; else where
- * it fits once models being offloaded or unloaded are gone (that costs
- * nothing); else the device where evicting the fewest candidates makes
- * room at the least cost; else it waits; and if no device can ever hold
- * it, its waiters fail. A pass over thousands of waiting models would plan
- * every device for each, so three shortcuts answer from figures kept per
- * generation (a generation lasts while the pass changes nothing; any
- * action starts a new one):
+ * use: where it fits now, the device with the least free memory that
+ * holds it (best fit: the largest holes stay whole for larger models);
+ * else where it fits once models being offloaded or unloaded are gone
+ * (that costs nothing); else the device where evicting makes room at the
+ * least expected cost; else it waits; and if no device can ever hold it,
+ * its waiters fail. The victims on a device are the fewest candidates
+ * first in eviction order; under the cost policy, a single candidate that
+ * makes room alone is taken instead when that is expected to cost less
+ * (plan_one). Costs are what the policy expects evicting to cost: under
+ * cost, use rate x time to bring the model back (its rank x its size);
+ * under the others, the time to load it again.
+ *
+ * A pass over thousands of waiting models would plan every device for
+ * each, so three shortcuts answer from figures kept per generation (a
+ * generation lasts while the pass changes nothing; any action starts a
+ * new one, and after a load or restore starts, what stays true carries
+ * over: plans_started):
  *   - auto_blocked: a model that may go on any device does nothing now;
  *   - any_blocked: no such model can do anything now, so a pass visits
  *     only the models bound to one device until one of them acts;
@@ -95,6 +104,33 @@ static void plans_reset(mb_ctx *ctx) {
 }
 
 /*
+ * A new generation after a load or restore started: it takes memory and
+ * evicts nobody, so what was found in the last generation stays true of
+ * every device: their candidates and plans (the model started is none of
+ * them), that a need found no room (fail caches: there is only less now),
+ * that every eviction costs more than 0. Those carry over; what fits now
+ * (auto_blocked's figures) is found again. An admission pass that starts
+ * a load on each of many devices thus plans each device once, not once
+ * per load.
+ */
+static void plans_started(mb_ctx *ctx) {
+  uint64_t old = ctx->plan_gen++;
+  for (int i = 0; i < ctx->ndev; i++) {
+    mb__device *d = &ctx->devs[i];
+    if (d->plan_gen == old)
+      d->plan_gen = ctx->plan_gen;
+    if (d->one_gen == old)
+      d->one_gen = ctx->plan_gen;
+    if (d->fail_gen == old)
+      d->fail_gen = ctx->plan_gen;
+  }
+  if (ctx->auto_fail_gen == old)
+    ctx->auto_fail_gen = ctx->plan_gen;
+  if (ctx->auto_cost_gen == old)
+    ctx->auto_cost_gen = ctx->plan_gen;
+}
+
+/*
  * The admission plan of device dev: its eviction candidates in eviction
  * order, each with the bytes and the cost of evicting it and every one
  * before it. Built once per generation, so an admission pass over many
@@ -112,7 +148,10 @@ static const mb__plan_ent *plan_get(mb_ctx *ctx, int dev, int *n) {
     for (int i = 0; i < k; i++) {
       const mb__cand *c = &ctx->cand_dev[i];
       charge += c->m->dev_charge;
-      cost += ctx->opts.eviction == MB_EVICT_COST ? c->rank : mb__reload_cost_ms(c->m, 0);
+      /* What evicting it is expected to cost: the cost policy's rank is
+       * that per GiB. */
+      cost += ctx->opts.eviction == MB_EVICT_COST ? c->rank * mb__rank_gib(c->m)
+                                                  : mb__reload_cost_ms(c->m, 0);
       p[i] = (mb__plan_ent){c->m, c->rank, charge, cost};
     }
     d->plan_gen = ctx->plan_gen;
@@ -124,17 +163,57 @@ static const mb__plan_ent *plan_get(mb_ctx *ctx, int dev, int *n) {
   return ctx->plan + d->plan_off;
 }
 
+static int one_cmp(const void *pa, const void *pb) {
+  const mb__plan_ent *a = pa, *b = pb;
+  if (a->charge_sum != b->charge_sum)
+    return a->charge_sum < b->charge_sum ? -1 : 1;
+  return (a->m->index > b->m->index) - (a->m->index < b->m->index);
+}
+
+/*
+ * The cost policy's single victims on dev (its plan p of n candidates
+ * built): the candidates by charge, smallest first, each entry holding in
+ * m and cost_sum the cheapest candidate charged at least as much as it
+ * (charge_sum: its own charge). So the cheapest single victim that frees
+ * a given number of bytes is a binary search. Built once per generation,
+ * when a plan first needs more than one victim.
+ */
+static const mb__plan_ent *plan_one(mb_ctx *ctx, int dev, const mb__plan_ent *p, int n) {
+  mb__device *d = &ctx->devs[dev];
+  if (d->one_gen != ctx->plan_gen) {
+    mb__plan_ent *o = ctx->plan + ctx->plan_used;
+    for (int i = 0; i < n; i++)
+      o[i] = (mb__plan_ent){p[i].m, p[i].rank, p[i].m->dev_charge,
+                            p[i].cost_sum - (i > 0 ? p[i - 1].cost_sum : 0)};
+    if (n > 1)
+      qsort(o, (size_t)n, sizeof(*o), one_cmp);
+    /* Equal costs: the larger charge (later) is kept. */
+    for (int i = n - 2; i >= 0; i--)
+      if (!(o[i].cost_sum < o[i + 1].cost_sum)) {
+        o[i].m = o[i + 1].m;
+        o[i].cost_sum = o[i + 1].cost_sum;
+      }
+    d->one_gen = ctx->plan_gen;
+    d->one_off = ctx->plan_used;
+    ctx->plan_used += n;
+  }
+  return ctx->plan + d->one_off;
+}
+
 /*
  * Plans room for need bytes on dev: returns 0 if it fits now, 1 if it will
  * fit once leaving models are gone or planned victims are evicted (*nvict
- * victims first in the device's plan, *cost their summed eviction cost),
- * -1 if not now. full: without the device's fail cache (neither read nor
- * written), for the admission check.
+ * victims first in the device's plan, or the single victim *one when not
+ * NULL; *cost their summed eviction cost), -1 if not now. full: without
+ * the device's fail cache (neither read nor written), for the admission
+ * check.
  */
-static int plan_room(mb_ctx *ctx, int dev, uint64_t need, int full, int *nvict, double *cost) {
+static int plan_room(mb_ctx *ctx, int dev, uint64_t need, int full, int *nvict, double *cost,
+                     mb__model **one) {
   mb__device *d = &ctx->devs[dev];
   int max_loaded = d->opts.max_loaded;
   *nvict = 0;
+  *one = NULL;
   *cost = 0;
   if (d->used + need <= d->usable && (max_loaded == 0 || d->resident < max_loaded))
     return 0;
@@ -170,6 +249,27 @@ static int plan_room(mb_ctx *ctx, int dev, uint64_t need, int full, int *nvict, 
 #undef ROOM_AFTER
   *nvict = lo;
   *cost = p[lo - 1].cost_sum;
+  /* Several victims in rank order (rank is per byte) may free far more
+   * than needed at a higher cost than one larger candidate alone: under
+   * the cost policy the cheaper of the two is taken. */
+  if (lo > 1 && ctx->opts.eviction == MB_EVICT_COST &&
+      (max_loaded == 0 || d->resident - leaving - 1 < max_loaded)) {
+    uint64_t short_by = d->used - leaving_bytes + need - d->usable;
+    const mb__plan_ent *o = plan_one(ctx, dev, p, n);
+    int a = 0, b = n;
+    while (a < b) {
+      int mid = a + (b - a) / 2;
+      if (o[mid].charge_sum >= short_by)
+        b = mid;
+      else
+        a = mid + 1;
+    }
+    if (a < n && o[a].cost_sum < *cost) {
+      *one = o[a].m;
+      *nvict = 1;
+      *cost = o[a].cost_sum;
+    }
+  }
   return 1;
 }
 
@@ -207,29 +307,40 @@ static int evictions_cost(mb_ctx *ctx) {
  * would do nothing now; 0 when it may act or it is not known cheaply. An
  * admission pass asks this of every waiting model, so it answers from
  * per-generation figures instead of planning every device for each:
- *   - fits now somewhere: try_admit takes the device with the most free
- *     memory, and does nothing if that one is busy with max_parallel_loads;
+ *   - fits now somewhere: try_admit takes the device with the least free
+ *     memory that holds it among those that may start a load, and does
+ *     nothing if every one that holds it is busy with max_parallel_loads;
  *   - fits once leaving models are gone on some device: that plan costs 0
  *     and evicts nobody, so it wins unless evicting could also cost <= 0;
  *   - a smaller model already found no room anywhere in this generation.
  * The answers are meant to be exactly what the full planning decides
  * (the admission check compares them).
  */
+static int device_busy(const mb__device *d) {
+  int maxp = d->opts.max_parallel_loads > 0 ? d->opts.max_parallel_loads : 1;
+  return d->loads >= maxp;
+}
+
 static int auto_blocked(mb_ctx *ctx, uint64_t need) {
   if (ctx->auto_gen != ctx->plan_gen) {
     ctx->auto_gen = ctx->plan_gen;
-    ctx->auto_usable = ctx->auto_t0 = ctx->auto_t1 = 0;
+    ctx->auto_usable = ctx->auto_t0 = ctx->auto_t1 = ctx->auto_idle = 0;
     ctx->auto_dev0 = -1;
-    ctx->auto_has_t1 = 0;
+    ctx->auto_has_t1 = ctx->auto_has_idle = 0;
     for (int i = 0; i < ctx->ndev; i++) {
       const mb__device *d = &ctx->devs[i];
       int ml = d->opts.max_loaded;
       if (d->usable > ctx->auto_usable)
         ctx->auto_usable = d->usable;
-      if (d->used < d->usable && (ml == 0 || d->resident < ml) &&
-          (ctx->auto_dev0 < 0 || d->usable - d->used > ctx->auto_t0)) {
-        ctx->auto_dev0 = i;
-        ctx->auto_t0 = d->usable - d->used;
+      if (d->used < d->usable && (ml == 0 || d->resident < ml)) {
+        if (ctx->auto_dev0 < 0 || d->usable - d->used > ctx->auto_t0) {
+          ctx->auto_dev0 = i;
+          ctx->auto_t0 = d->usable - d->used;
+        }
+        if (!device_busy(d) && (!ctx->auto_has_idle || d->usable - d->used > ctx->auto_idle)) {
+          ctx->auto_has_idle = 1;
+          ctx->auto_idle = d->usable - d->used;
+        }
       }
       uint64_t staying = d->used - d->leaving_bytes;
       if (staying < d->usable && (ml == 0 || d->resident - d->leaving < ml) &&
@@ -241,11 +352,8 @@ static int auto_blocked(mb_ctx *ctx, uint64_t need) {
   }
   if (need == 0 || need > ctx->auto_usable)
     return 0;
-  if (ctx->auto_dev0 >= 0 && need <= ctx->auto_t0) {
-    const mb__device *d = &ctx->devs[ctx->auto_dev0];
-    int maxp = d->opts.max_parallel_loads > 0 ? d->opts.max_parallel_loads : 1;
-    return d->loads >= maxp;
-  }
+  if (ctx->auto_dev0 >= 0 && need <= ctx->auto_t0)
+    return !ctx->auto_has_idle || need > ctx->auto_idle;
   if (ctx->auto_has_t1 && need <= ctx->auto_t1)
     return evictions_cost(ctx);
   return ctx->auto_fail_gen == ctx->plan_gen && need >= ctx->auto_fail_need &&
@@ -269,14 +377,11 @@ static int any_blocked(mb_ctx *ctx) {
   (void)auto_blocked(ctx, lo); /* computes the generation's figures */
   if (hi > ctx->auto_usable)
     return 0;
-  if (ctx->auto_dev0 >= 0 && lo <= ctx->auto_t0) {
-    const mb__device *d = &ctx->devs[ctx->auto_dev0];
-    int maxp = d->opts.max_parallel_loads > 0 ? d->opts.max_parallel_loads : 1;
-    if (d->loads < maxp)
-      return 0;
-  }
-  /* Up to t0 a model takes the busy device with the most free memory; up to
-   * t1 it waits for leaving models, unless an eviction could cost <= 0. */
+  /* A footprint that fits now on a device that may start a load acts. */
+  if (ctx->auto_has_idle && lo <= ctx->auto_idle)
+    return 0;
+  /* Up to t0 a model fits now only on busy devices, and waits; up to t1 it
+   * waits for leaving models, unless an eviction could cost <= 0. */
   uint64_t t0 = ctx->auto_dev0 >= 0 ? ctx->auto_t0 : 0, waits = t0;
   if (ctx->auto_has_t1 && ctx->auto_t1 > t0) {
     if (lo <= ctx->auto_t1 && hi > t0 && !evictions_cost(ctx))
@@ -335,14 +440,18 @@ typedef struct admit_plan {
   int act;          /* ADMIT_* */
   int dev;          /* EVICT, START: the device; WAIT: -1 when no device has room */
   int nvict;        /* EVICT: that many candidates first in dev's plan */
+  mb__model *one;   /* EVICT: or this one alone (the cost policy's single victim) */
   uint64_t largest; /* the largest usable size of the devices it may use */
 } admit_plan;
 
 /*
  * The full planning of model m: the devices it may use (a fixed one, the
- * one it was offloaded from, or any), where it fits now (the one with the
- * most free memory), else where it fits once leaving models are gone or
- * after the cheapest evictions, else nowhere now (WAIT), or never (FAIL).
+ * one it was offloaded from, or any), where it fits now (of the devices
+ * that may start a load, the one with the least free memory that holds it,
+ * the lowest index among equals; if it fits now only on devices busy with
+ * max_parallel_loads, it waits for one of them), else
+ * where it fits once leaving models are gone or after the cheapest
+ * evictions, else nowhere now (WAIT), or never (FAIL).
  * A device busy with max_parallel_loads makes it WAIT. full: without the
  * devices' fail caches (the admission check); it changes nothing but the
  * generation's plans, and with !full the fail caches.
@@ -352,6 +461,8 @@ static int plan_admission(mb_ctx *ctx, const mb__model *m, int full, admit_plan 
   int lo, hi;
   device_range(ctx, m, &lo, &hi);
   int best = -1, best_kind = 2, best_nv = 0;
+  mb__model *best_one = NULL;
+  int best_busy = 0;
   double best_cost = 0;
   uint64_t best_free = 0;
   int ever = 0;
@@ -365,21 +476,28 @@ static int plan_admission(mb_ctx *ctx, const mb__model *m, int full, admit_plan 
     ever = 1;
     int nv;
     double cost;
-    int kind = plan_room(ctx, dev, need, full, &nv, &cost);
+    mb__model *one;
+    int kind = plan_room(ctx, dev, need, full, &nv, &cost, &one);
     if (kind < 0)
       continue;
     uint64_t freeb = d->usable - (d->used < d->usable ? d->used : d->usable);
-    if (best < 0 || kind < best_kind || (kind == best_kind && kind == 0 && freeb > best_free) ||
+    int busy = kind == 0 && device_busy(d);
+    if (best < 0 || kind < best_kind ||
+        (kind == best_kind && kind == 0 &&
+         (busy < best_busy || (busy == best_busy && freeb < best_free))) ||
         (kind == best_kind && kind == 1 && cost < best_cost)) {
       best = dev;
       best_kind = kind;
       best_cost = cost;
       best_free = freeb;
       best_nv = nv;
+      best_one = one;
+      best_busy = busy;
     }
   }
   p->dev = best;
   p->nvict = 0;
+  p->one = NULL;
   if (!ever)
     p->act = ADMIT_FAIL;
   else if (best < 0)
@@ -387,11 +505,10 @@ static int plan_admission(mb_ctx *ctx, const mb__model *m, int full, admit_plan 
   else if (best_kind == 1) {
     /* Room once the victims are gone (none: once leaving models are). */
     p->nvict = best_nv;
+    p->one = best_one;
     p->act = best_nv > 0 ? ADMIT_EVICT : ADMIT_WAIT;
   } else {
-    const mb__device *d = &ctx->devs[best];
-    int maxp = d->opts.max_parallel_loads > 0 ? d->opts.max_parallel_loads : 1;
-    p->act = d->loads >= maxp ? ADMIT_WAIT : ADMIT_START;
+    p->act = best_busy ? ADMIT_WAIT : ADMIT_START;
   }
   return p->act;
 }
@@ -412,7 +529,7 @@ static void admit_check(mb_ctx *ctx, const mb__model *m, int shortcut, const adm
   plan_admission(ctx, m, 1, &full);
   ctx->admit_checked[shortcut]++;
   if (full.act == got->act && (got->act == ADMIT_WAIT || got->act == ADMIT_FAIL ||
-                               (full.dev == got->dev && full.nvict == got->nvict)))
+                               (full.dev == got->dev && full.nvict == got->nvict && full.one == got->one)))
     return;
   if (ctx->admit_differ++ == 0)
     snprintf(ctx->admit_first, sizeof(ctx->admit_first),
@@ -476,8 +593,11 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
      * their own buffer); the plans are stale once it has acted. */
     int n;
     const mb__plan_ent *plan = plan_get(ctx, p.dev, &n);
-    for (int i = 0; i < p.nvict; i++)
-      mb__evict(ctx, plan[i].m);
+    if (p.one != NULL)
+      mb__evict(ctx, p.one);
+    else
+      for (int i = 0; i < p.nvict; i++)
+        mb__evict(ctx, plan[i].m);
     plans_reset(ctx);
     return; /* admitted when the memory is back */
   }
@@ -489,7 +609,7 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
       m->resid_peak = 0;
     mb__start_job(ctx, m, restore ? MB_JOB_RESTORE : MB_JOB_LOAD,
                   mb__queue_empty(&m->wq) ? "load" : "acquire");
-    plans_reset(ctx);
+    plans_started(ctx);
     return;
   }
   }
@@ -510,7 +630,7 @@ void mb__admit_new(mb_ctx *ctx, mb__model *m) {
 /* any_blocked() said no model that may go on any device can act: each of
  * them is planned in full, and must wait. */
 static void check_any_blocked(mb_ctx *ctx) {
-  admit_plan wait = {ADMIT_WAIT, -1, 0, 0};
+  admit_plan wait = {ADMIT_WAIT, -1, 0, NULL, 0};
   mb__queue *q;
   mb__queue_foreach(q, &ctx->adm) {
     const mb__model *m = mb__queue_data(q, mb__model, adm_node);
@@ -531,7 +651,12 @@ void mb__pump_admissions(mb_ctx *ctx) {
   /* q walks the admission list (adm_node); next is taken before a try,
    * which may take the model out of the list. */
   mb__queue *q = ctx->adm.next;
+  /* A pass that tries every model finds the footprint bounds of those that
+   * may go on any device again (the list only ever widens them). */
+  int whole = 1;
+  uint64_t lo = UINT64_MAX, hi = 0;
   if (any_blocked(ctx)) {
+    whole = 0;
     if (ctx->admit_check)
       check_any_blocked(ctx);
     q = &ctx->adm;
@@ -557,5 +682,14 @@ void mb__pump_admissions(mb_ctx *ctx) {
       mb__adm_remove(ctx, m);
     else
       try_admit(ctx, m);
+    if (whole && m->admit_pending && !m->adm_single) {
+      uint64_t need = mb__footprint(m);
+      lo = need < lo ? need : lo;
+      hi = need > hi ? need : hi;
+    }
+  }
+  if (whole && ctx->adm_any > 0) {
+    ctx->adm_any_min = lo;
+    ctx->adm_any_max = hi;
   }
 }

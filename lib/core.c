@@ -964,7 +964,7 @@ int mb_model_add(mb_ctx *ctx, const char *name, const mb_backend *be, void *user
     if (ch == NULL)
       goto fail_locked_nomem;
     ctx->cand_host = ch;
-    mb__plan_ent *pl = mb__realloc(ctx->plan, (size_t)cap * sizeof(*pl));
+    mb__plan_ent *pl = mb__realloc(ctx->plan, 2 * (size_t)cap * sizeof(*pl));
     if (pl == NULL)
       goto fail_locked_nomem;
     ctx->plan = pl;

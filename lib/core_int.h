@@ -160,6 +160,12 @@ typedef struct mb__device {
    * ctx->plan_gen. */
   uint64_t plan_gen;
   int plan_off, plan_n;
+  /* The cost policy's single victims (admit.c, plan_one): the same
+   * candidates by charge, each with the cheapest one of at least its
+   * charge, at ctx->plan[one_off .. one_off + plan_n), valid while
+   * one_gen == ctx->plan_gen. */
+  uint64_t one_gen;
+  int one_off;
   /* The smallest need found not to fit now in generation fail_gen: no
    * larger one fits either. */
   uint64_t fail_gen, fail_need;
@@ -323,9 +329,10 @@ struct mb_ctx {
    * mb_model_add): one for device evictions and one for host evictions,
    * which may be planned while a device eviction is in progress. */
   mb__cand *cand_dev, *cand_host;
-  /* Admission plans of the devices, models_cap entries (a model is a
-   * candidate on one device at most). One generation lasts while the
-   * admission pass changes nothing; any action starts a new one. */
+  /* Admission plans of the devices, 2 x models_cap entries (a model is a
+   * candidate on one device at most, and is there in eviction order and,
+   * for the cost policy, once more by charge). One generation lasts while
+   * the admission pass changes nothing; any action starts a new one. */
   mb__plan_ent *plan;
   int plan_used;
   uint64_t plan_gen;
@@ -338,6 +345,10 @@ struct mb_ctx {
   uint64_t auto_gen, auto_cost_gen;
   uint64_t auto_usable, auto_t0, auto_t1;
   int auto_dev0, auto_has_t1;
+  /* The most free memory of the devices where a model may fit now and
+   * that may start a load (admit.c: a model fits now best there). */
+  uint64_t auto_idle;
+  int auto_has_idle;
   int auto_cost_positive;     /* every eviction now costs more than 0 */
   /* The admission check (admit.c): 0 off; 1 every decision a shortcut
    * makes is planned again in full and compared, differences counted; 2

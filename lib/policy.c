@@ -79,10 +79,13 @@ void mb__note_use(mb_ctx *ctx, mb__model *m) {
  * Measured in the simulator against the earlier per-residency GDSF form:
  * docs/PERFORMANCE.md.
  */
-static double cost_rank(const mb_ctx *ctx, const mb__model *m, int dev) {
+double mb__rank_gib(const mb__model *m) {
   double gib = (double)mb__footprint(m) / (1024.0 * 1024 * 1024);
-  if (gib < 1.0 / 1024)
-    gib = 1.0 / 1024;
+  return gib < 1.0 / 1024 ? 1.0 / 1024 : gib;
+}
+
+static double cost_rank(const mb_ctx *ctx, const mb__model *m, int dev) {
+  double gib = mb__rank_gib(m);
   double load = mb__reload_cost_ms(m, 0);
   double cost = load;
   if (dev >= 0 && m->opts.offload && mb__can_offload(m))

@@ -112,6 +112,9 @@ void mb__pump_admissions(mb_ctx *ctx);
 double mb__reload_cost_ms(const mb__model *m, int to_host);
 /* An acquire of m counts into its use rate (the cost policy's). */
 void mb__note_use(mb_ctx *ctx, mb__model *m);
+/* The size in GiB (at least 1 MiB) that the cost policy's rank divides
+ * by: rank x this is the candidate's expected reload time per unit time. */
+double mb__rank_gib(const mb__model *m);
 /* A candidate's rank under the context's policy: lower goes first. dev is
  * -1 in the host tier. */
 double mb__evict_rank(const mb_ctx *ctx, const mb__model *m, int dev);

@@ -276,6 +276,84 @@ static void test_auto_placement(void **state) {
 }
 
 /*
+ * Best fit: a model that fits on several devices goes on the one with the
+ * least free memory that holds it, so the largest hole stays whole for a
+ * larger model (on the device with the most free memory, b would leave
+ * 150 bytes on each, and c would not fit without evicting).
+ */
+static void test_best_fit(void **state) {
+  start(MB_EVICT_LRU, 0);
+  h_device(&H, 300);
+  h_device(&H, 300);
+  mb_model_opts o;
+  mb_model_opts_init(&o);
+  o.device = MB_DEVICE_AUTO;
+  o.keep_alive_ms = MB_FOREVER;
+  o.footprint_bytes = 100;
+  h_model(&H, "a", &o);
+  o.footprint_bytes = 150;
+  h_model(&H, "b", &o);
+  o.footprint_bytes = 250;
+  h_model(&H, "c", &o);
+  const char *names[] = {"a", "b", "c"};
+  const int devs[] = {0, 0, 1}; /* a: the lowest index among equals */
+  for (int i = 0; i < 3; i++) {
+    h_answer x;
+    h_acquire(&H, names[i], NULL, &x);
+    assert_int_equal(mb_job_device(h_job(&H, names[i])), devs[i]);
+    h_complete(&H, names[i], 0);
+    assert_int_equal(x.rc, 0);
+    h_release(&H, &x);
+  }
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(h_state(&H, names[i]), MB_STATE_READY); /* nothing evicted */
+}
+
+/*
+ * Cost: when the fewest candidates in rank order (rank is per byte) would
+ * free more than needed at a higher expected cost than one larger
+ * candidate alone, that one goes. s1 and s2 rank first (10 ms/MiB against
+ * big's 12.5) but making room for 110 MiB takes both (2 s to load back),
+ * where big alone frees 120 MiB for 1.5 s. LRU evicts the fewest
+ * candidates in its order, the least recently used: s1 and s2.
+ */
+static void single_victim(mb_eviction policy, const char *gone1, const char *gone2) {
+  start(policy, 0);
+  h_device(&H, 320ull << 20);
+  mb_model_opts o;
+  mb_model_opts_init(&o);
+  o.keep_alive_ms = MB_FOREVER;
+  o.offload = 0;
+  o.footprint_bytes = 100ull << 20;
+  h_model(&H, "s1", &o);
+  h_model(&H, "s2", &o);
+  o.footprint_bytes = 120ull << 20;
+  h_model(&H, "big", &o);
+  o.footprint_bytes = 110ull << 20;
+  h_model(&H, "new", &o);
+  use("s1", 1000);
+  h_advance(&H, MS);
+  use("s2", 1000);
+  h_advance(&H, MS);
+  use("big", 1500);
+  h_advance(&H, MS);
+  h_answer n;
+  h_acquire(&H, "new", NULL, &n);
+  const char *names[] = {"s1", "s2", "big"};
+  for (int i = 0; i < 3; i++) {
+    int gone = strcmp(names[i], gone1) == 0 || (gone2 && strcmp(names[i], gone2) == 0);
+    assert_int_equal(h_state(&H, names[i]), gone ? MB_STATE_UNLOADING : MB_STATE_READY);
+  }
+  h_complete_all(&H);
+  assert_int_equal(n.rc, 0);
+  h_release(&H, &n);
+}
+
+static void test_cost_single_victim(void **state) { single_victim(MB_EVICT_COST, "big", NULL); }
+
+static void test_lru_fewest_victims(void **state) { single_victim(MB_EVICT_LRU, "s1", "s2"); }
+
+/*
  * Admission across devices, oldest first: a model that may go on any
  * device and fits on none waits; a model bound to one device behind it
  * starts as soon as its device can take it; the first one gets its turn
@@ -436,6 +514,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_too_large_fails_at_once, setup, teardown),
       cmocka_unit_test_setup_teardown(test_max_loaded, setup, teardown),
       cmocka_unit_test_setup_teardown(test_auto_placement, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_best_fit, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_cost_single_victim, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_lru_fewest_victims, setup, teardown),
       cmocka_unit_test_setup_teardown(test_admission_many_devices, setup, teardown),
       cmocka_unit_test_setup_teardown(test_pinned, setup, teardown),
       cmocka_unit_test_setup_teardown(test_host_budget, setup, teardown),
