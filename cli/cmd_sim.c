@@ -124,9 +124,10 @@ static void print_json(const sim_result *r, int n, const sim_models *m, const si
            x->events_per_s);
     if (c->check_admission) {
       printf(", \"admission_check\": {\"auto_blocked\": %llu, \"any_blocked\": %llu, "
-             "\"planned\": %llu, \"differ\": %llu, \"first\": \"",
+             "\"planned\": %llu, \"bound_wait\": %llu, \"differ\": %llu, \"first\": \"",
              (unsigned long long)x->admit_auto, (unsigned long long)x->admit_any,
-             (unsigned long long)x->admit_planned, (unsigned long long)x->admit_differ);
+             (unsigned long long)x->admit_planned, (unsigned long long)x->admit_bound,
+             (unsigned long long)x->admit_differ);
       for (const char *p = x->admit_first; *p; p++) /* a model name may hold a quote */
         printf(*p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
       printf("\"}");
@@ -344,10 +345,10 @@ int cmd_sim(int argc, char **argv) {
       printf("load+restore time: cost/lru %.3f, cost/belady %.3f\n", cost_lru, cost_bel);
     for (int i = 0; i < npol && cfg.check_admission; i++)
       printf("admission check (%s): decisions checked %llu of auto_blocked, %llu of "
-             "any_blocked, %llu planned; %llu differ%s%s\n",
+             "any_blocked, %llu planned, %llu of bound_wait; %llu differ%s%s\n",
              sim_policy_name(res[i].policy), (unsigned long long)res[i].admit_auto,
              (unsigned long long)res[i].admit_any, (unsigned long long)res[i].admit_planned,
-             (unsigned long long)res[i].admit_differ, res[i].admit_differ ? "; first: " : "",
+             (unsigned long long)res[i].admit_bound, (unsigned long long)res[i].admit_differ, res[i].admit_differ ? "; first: " : "",
              res[i].admit_first);
   }
   rc = CLI_EXIT_OK;

@@ -155,9 +155,10 @@ static void print_json(const sim_fleet_result *r, int n, const sim_models *m,
            a->wall_s);
     if (c->node.check_admission) {
       printf(", \"admission_check\": {\"auto_blocked\": %llu, \"any_blocked\": %llu, "
-             "\"planned\": %llu, \"differ\": %llu, \"first\": \"",
+             "\"planned\": %llu, \"bound_wait\": %llu, \"differ\": %llu, \"first\": \"",
              (unsigned long long)a->admit_auto, (unsigned long long)a->admit_any,
-             (unsigned long long)a->admit_planned, (unsigned long long)a->admit_differ);
+             (unsigned long long)a->admit_planned, (unsigned long long)a->admit_bound,
+             (unsigned long long)a->admit_differ);
       for (const char *p = a->admit_first; *p; p++) /* a model name may hold a quote */
         printf(*p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
       printf("\"}");
@@ -218,10 +219,11 @@ int sim_fleet_main(const sim_fleet_opts *o, const sim_models *models, const sim_
     print_table(res, nr);
     for (int i = 0; i < nr && c.node.check_admission; i++)
       printf("admission check (%s): decisions checked %llu of auto_blocked, %llu of "
-             "any_blocked, %llu planned; %llu differ%s%s\n",
+             "any_blocked, %llu planned, %llu of bound_wait; %llu differ%s%s\n",
              sim_routing_name(res[i].routing), (unsigned long long)res[i].all.admit_auto,
              (unsigned long long)res[i].all.admit_any,
              (unsigned long long)res[i].all.admit_planned,
+             (unsigned long long)res[i].all.admit_bound,
              (unsigned long long)res[i].all.admit_differ,
              res[i].all.admit_differ ? "; first: " : "", res[i].all.admit_first);
   }

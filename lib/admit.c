@@ -63,6 +63,11 @@ static int single_device(const mb__model *m) {
          m->opts.device != MB_DEVICE_AUTO;
 }
 
+/* The device a model bound to one device is bound to. */
+static int bound_device(const mb__model *m) {
+  return m->state == MB_STATE_OFFLOADED && m->device >= 0 ? m->device : m->opts.device;
+}
+
 void mb__adm_remove(mb_ctx *ctx, mb__model *m) {
   if (!m->admit_pending)
     return;
@@ -74,6 +79,23 @@ void mb__adm_remove(mb_ctx *ctx, mb__model *m) {
   m->admit_pending = 0;
 }
 
+/* A waiting model bound to device m->adm1_dev that is no longer (its
+ * offloaded copy was lost: a load now, on any device) goes to adm_loose,
+ * which every pass that visits the bound models walks. It keeps its place
+ * among the bound models (adm_single), as it always did. */
+void mb__adm_rebind(mb_ctx *ctx, mb__model *m) {
+  if (!m->admit_pending || !m->adm_single || m->adm1_dev < 0 ||
+      (single_device(m) && bound_device(m) == m->adm1_dev))
+    return;
+  mb__queue_remove(&m->adm1_node);
+  mb__queue *at = ctx->adm_loose.prev;
+  while (at != &ctx->adm_loose &&
+         mb__queue_data(at, mb__model, adm1_node)->admit_seq > m->admit_seq)
+    at = at->prev;
+  mb__queue_insert_after(at, &m->adm1_node);
+  m->adm1_dev = -1;
+}
+
 static void adm_add(mb_ctx *ctx, mb__model *m) {
   if (m->admit_pending)
     return;
@@ -82,7 +104,14 @@ static void adm_add(mb_ctx *ctx, mb__model *m) {
   mb__queue_insert_tail(&ctx->adm, &m->adm_node);
   m->adm_single = single_device(m);
   if (m->adm_single) {
-    mb__queue_insert_tail(&ctx->adm1, &m->adm1_node);
+    mb__device *d = &ctx->devs[bound_device(m)];
+    uint64_t need = mb__footprint(m);
+    if (mb__queue_empty(&d->adm1) || need < d->adm1_min)
+      d->adm1_min = need;
+    if (mb__queue_empty(&d->adm1) || need > d->adm1_max)
+      d->adm1_max = need;
+    mb__queue_insert_tail(&d->adm1, &m->adm1_node);
+    m->adm1_dev = d->index;
   } else {
     uint64_t need = mb__footprint(m);
     if (ctx->adm_any == 0 || need < ctx->adm_any_min)
@@ -416,6 +445,36 @@ static int any_blocked(mb_ctx *ctx) {
   return 1;
 }
 
+/*
+ * Whether every model bound to device d (its adm1, footprints within
+ * adm1_min..adm1_max) would wait now, so a pass need not visit them: the
+ * planning of a model bound to one device starts its load only if it fits
+ * now and the device may start one, evicts only if it fits neither now nor
+ * once leaving models are gone, and fails only if it is larger than the
+ * device. A footprint that fits now on a busy device, or once leaving
+ * models are gone, waits; a larger one waits when the device's fail cache
+ * says no room can be made for it in this generation. Most passes of a
+ * large fleet find their restores bound to devices busy loading. See
+ * plan_admission() for the decisions it mirrors.
+ */
+static int bound_wait(const mb_ctx *ctx, const mb__device *d) {
+  uint64_t lo = d->adm1_min, hi = d->adm1_max;
+  if (lo == 0 || hi > d->usable)
+    return 0;
+  int ml = d->opts.max_loaded;
+  if (d->used < d->usable && (ml == 0 || d->resident < ml) && lo <= d->usable - d->used &&
+      !device_busy(d))
+    return 0;
+  uint64_t staying = d->used - d->leaving_bytes, from = lo;
+  if (staying < d->usable && (ml == 0 || d->resident - d->leaving < ml)) {
+    if (hi <= d->usable - staying)
+      return 1;
+    if (d->usable - staying + 1 > from)
+      from = d->usable - staying + 1;
+  }
+  return d->fail_gen == ctx->plan_gen && from >= d->fail_need;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Planning and acting                                                       */
 
@@ -514,8 +573,9 @@ static int plan_admission(mb_ctx *ctx, const mb__model *m, int full, admit_plan 
 }
 
 /* The shortcuts the admission check names (ctx->admit_checked). */
-enum { CHECK_AUTO_BLOCKED, CHECK_ANY_BLOCKED, CHECK_PLANNED };
-static const char *const check_name[] = {"auto_blocked", "any_blocked", "fail caches"};
+enum { CHECK_AUTO_BLOCKED, CHECK_ANY_BLOCKED, CHECK_PLANNED, CHECK_BOUND_WAIT };
+static const char *const check_name[] = {"auto_blocked", "any_blocked", "fail caches",
+                                         "bound_wait"};
 
 /*
  * The admission check: a decision taken with a shortcut (which; got: what
@@ -543,31 +603,53 @@ static void admit_check(mb_ctx *ctx, const mb__model *m, int shortcut, const adm
 }
 
 /*
- * Tries to admit a model that wants to become resident: plans, then acts
- * on the plan: fails its waiters (no device can ever hold it), evicts the
- * planned victims (it is admitted once their memory is back), or charges
- * it to its device and starts its load or restore. Whatever it does
- * starts a new plan generation (plans_reset), which is how a caller tells
- * that it acted.
+ * What try_admit() does for m now, into *p (its act returned): the
+ * shortcuts, else the full planning. Changes nothing but the generation's
+ * caches (plans, fail caches), so the models of one generation may be
+ * decided in any order.
  */
-static void try_admit(mb_ctx *ctx, mb__model *m) {
+static int admit_decide(mb_ctx *ctx, const mb__model *m, admit_plan *p) {
   uint64_t need = mb__footprint(m);
   int lo, hi;
   device_range(ctx, m, &lo, &hi);
   /* Every device (also a model bound to the only one): the shortcuts for a
    * model that may go on any device apply. */
   int any = lo == 0 && hi == ctx->ndev;
-  admit_plan p;
   if (any && auto_blocked(ctx, need)) {
-    if (ctx->admit_check) {
-      p.act = ADMIT_WAIT;
-      admit_check(ctx, m, CHECK_AUTO_BLOCKED, &p);
-    }
-    return;
+    *p = (admit_plan){ADMIT_WAIT, -1, 0, NULL, 0};
+    if (ctx->admit_check)
+      admit_check(ctx, m, CHECK_AUTO_BLOCKED, p);
+    return ADMIT_WAIT;
   }
-  plan_admission(ctx, m, 0, &p);
+  if (m->adm_single && m->adm1_dev == lo && hi == lo + 1 &&
+      bound_wait(ctx, &ctx->devs[lo])) {
+    *p = (admit_plan){ADMIT_WAIT, -1, 0, NULL, 0};
+    if (ctx->admit_check)
+      admit_check(ctx, m, CHECK_BOUND_WAIT, p);
+    return ADMIT_WAIT;
+  }
+  plan_admission(ctx, m, 0, p);
   if (ctx->admit_check)
-    admit_check(ctx, m, CHECK_PLANNED, &p);
+    admit_check(ctx, m, CHECK_PLANNED, p);
+  if (p->act == ADMIT_WAIT && p->dev < 0 && any &&
+      (ctx->auto_fail_gen != ctx->plan_gen || need < ctx->auto_fail_need)) {
+    ctx->auto_fail_gen = ctx->plan_gen;
+    ctx->auto_fail_need = need;
+    ctx->auto_fail_largest = p->largest;
+  }
+  return p->act;
+}
+
+/*
+ * Acts on m's plan p (admit_decide, in this generation): fails its
+ * waiters (no device can ever hold it), evicts the planned victims (it is
+ * admitted once their memory is back), or charges it to its device and
+ * starts its load or restore. Whatever it does starts a new plan
+ * generation (plans_reset), which is how a caller tells that it acted.
+ */
+static void admit_act(mb_ctx *ctx, mb__model *m, const admit_plan *pp) {
+  uint64_t need = mb__footprint(m);
+  admit_plan p = *pp;
   switch (p.act) {
   case ADMIT_FAIL: {
     char msg[256];
@@ -581,12 +663,6 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
     return;
   }
   case ADMIT_WAIT:
-    if (p.dev < 0 && any &&
-        (ctx->auto_fail_gen != ctx->plan_gen || need < ctx->auto_fail_need)) {
-      ctx->auto_fail_gen = ctx->plan_gen;
-      ctx->auto_fail_need = need;
-      ctx->auto_fail_largest = p.largest;
-    }
     return;
   case ADMIT_EVICT: {
     /* mb__evict() changes nothing in the plan pool (host evictions use
@@ -615,6 +691,14 @@ static void try_admit(mb_ctx *ctx, mb__model *m) {
   }
 }
 
+/* Tries to admit a model that wants to become resident: decides, then
+ * acts. */
+static void try_admit(mb_ctx *ctx, mb__model *m) {
+  admit_plan p;
+  if (admit_decide(ctx, m, &p) != ADMIT_WAIT)
+    admit_act(ctx, m, &p);
+}
+
 /* The others need another pass only if the try acted (evicted, started a
  * load, failed): a model joining the list changes nothing for the models
  * before it. */
@@ -628,22 +712,94 @@ void mb__admit_new(mb_ctx *ctx, mb__model *m) {
 }
 
 /* any_blocked() said no model that may go on any device can act: each of
- * them is planned in full, and must wait. */
-static void check_any_blocked(mb_ctx *ctx) {
+ * them from q on in the admission list is planned in full, and must
+ * wait. */
+static void check_any_blocked(mb_ctx *ctx, mb__queue *q) {
   admit_plan wait = {ADMIT_WAIT, -1, 0, NULL, 0};
-  mb__queue *q;
-  mb__queue_foreach(q, &ctx->adm) {
+  for (; q != &ctx->adm; q = q->next) {
     const mb__model *m = mb__queue_data(q, mb__model, adm_node);
     if (!m->adm_single && mb__wants_resident(m) && !m->unload_pending)
       admit_check(ctx, m, CHECK_ANY_BLOCKED, &wait);
   }
 }
 
+/* bound_wait() said every model in h (a device's adm1) waits: each of
+ * them is planned in full, and must wait. */
+static void check_bound_wait(mb_ctx *ctx, const mb__queue *h) {
+  admit_plan wait = {ADMIT_WAIT, -1, 0, NULL, 0};
+  mb__queue *q;
+  mb__queue_foreach(q, h) {
+    const mb__model *m = mb__queue_data(q, mb__model, adm1_node);
+    if (mb__wants_resident(m) && !m->unload_pending)
+      admit_check(ctx, m, CHECK_BOUND_WAIT, &wait);
+  }
+}
+
+/*
+ * The first of the models bound to one device, in admission order from
+ * admit_seq from_seq on, that acts now (its plan in *p), or NULL: what
+ * trying each of them in order until one acts would find, as deciding
+ * changes nothing. Each device's
+ * models are decided in order up to the first that acts or one later than
+ * the first found so far; a device whose models all wait (bound_wait) is
+ * not visited. Models that no longer wait leave the lists on the way. A
+ * device's list decided whole gets its exact footprint bounds.
+ */
+static mb__model *first_bound_actor(mb_ctx *ctx, uint64_t from_seq, admit_plan *p) {
+  mb__model *best = NULL;
+  for (int i = 0; i <= ctx->ndev; i++) {
+    mb__device *d = i < ctx->ndev ? &ctx->devs[i] : NULL;
+    mb__queue *h = d != NULL ? &d->adm1 : &ctx->adm_loose;
+    if (mb__queue_empty(h))
+      continue;
+    if (d != NULL && bound_wait(ctx, d)) {
+      if (ctx->admit_check)
+        check_bound_wait(ctx, h);
+      continue;
+    }
+    int whole = 1;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (mb__queue *q = h->next; q != h;) {
+      mb__model *m = mb__queue_data(q, mb__model, adm1_node);
+      q = q->next;
+      if (m->admit_seq < from_seq) {
+        whole = 0;
+        continue;
+      }
+      if (best != NULL && m->admit_seq > best->admit_seq) {
+        whole = 0;
+        break;
+      }
+      if (!mb__wants_resident(m) || m->unload_pending) {
+        mb__adm_remove(ctx, m);
+        continue;
+      }
+      admit_plan mp;
+      if (admit_decide(ctx, m, &mp) != ADMIT_WAIT) {
+        best = m;
+        *p = mp;
+        whole = 0;
+        break;
+      }
+      uint64_t need = mb__footprint(m);
+      lo = need < lo ? need : lo;
+      hi = need > hi ? need : hi;
+    }
+    if (d != NULL && whole && !mb__queue_empty(h)) {
+      d->adm1_min = lo;
+      d->adm1_max = hi;
+    }
+  }
+  return best;
+}
+
 /*
  * Tries every waiting model, oldest first. When no model that may go on any
  * device can act (any_blocked), only the models bound to one device are
  * tried, until one acts: from there on every model is tried, as the state
- * changed.
+ * changed, and after each that acts any_blocked is asked again, so the
+ * rest of the list is walked only while a model that may go on any device
+ * may still act.
  */
 void mb__pump_admissions(mb_ctx *ctx) {
   ctx->devs_dirty = 0;
@@ -655,27 +811,26 @@ void mb__pump_admissions(mb_ctx *ctx) {
    * may go on any device again (the list only ever widens them). */
   int whole = 1;
   uint64_t lo = UINT64_MAX, hi = 0;
-  if (any_blocked(ctx)) {
-    whole = 0;
-    if (ctx->admit_check)
-      check_any_blocked(ctx);
-    q = &ctx->adm;
-    for (mb__queue *q1 = ctx->adm1.next; q1 != &ctx->adm1;) {
-      mb__model *m = mb__queue_data(q1, mb__model, adm1_node);
-      mb__queue *next = q1->next, *after = m->adm_node.next;
-      uint64_t gen = ctx->plan_gen;
-      if (!mb__wants_resident(m) || m->unload_pending)
-        mb__adm_remove(ctx, m);
-      else
-        try_admit(ctx, m);
-      if (ctx->plan_gen != gen) {
-        q = after;
-        break;
-      }
-      q1 = next;
-    }
-  }
+  uint64_t asked = 0; /* the generation any_blocked() was last asked in */
   while (q != &ctx->adm) {
+    if (asked != ctx->plan_gen) {
+      asked = ctx->plan_gen;
+      if (any_blocked(ctx)) {
+        /* The models from q on that may go on any device wait: the next
+         * to act, if any, is bound to one device. */
+        whole = 0;
+        if (ctx->admit_check)
+          check_any_blocked(ctx, q);
+        admit_plan p;
+        mb__model *b = first_bound_actor(
+            ctx, mb__queue_data(q, mb__model, adm_node)->admit_seq, &p);
+        if (b == NULL)
+          break;
+        q = b->adm_node.next;
+        admit_act(ctx, b, &p);
+        continue;
+      }
+    }
     mb__model *m = mb__queue_data(q, mb__model, adm_node);
     q = q->next;
     if (!mb__wants_resident(m) || m->unload_pending)

@@ -445,6 +445,7 @@ void mb__admission_check_result(mb_ctx *ctx, mb__admit_stats *out) {
   out->auto_blocked = ctx->admit_checked[0];
   out->any_blocked = ctx->admit_checked[1];
   out->planned = ctx->admit_checked[2];
+  out->bound_wait = ctx->admit_checked[3];
   out->differ = ctx->admit_differ;
   snprintf(out->first, sizeof(out->first), "%s", ctx->admit_first);
   pthread_mutex_unlock(&ctx->core_lock);
@@ -553,7 +554,7 @@ int mb_ctx_new(const mb_ctx_opts *opts, mb_ctx **out, char *err, size_t err_len)
     goto fail_alloc;
   ctx->opts = o;
   mb__queue *const lists[] = {&ctx->posted,   &ctx->released, &ctx->renewed,     &ctx->done,
-                              &ctx->pool,     &ctx->adm,      &ctx->adm1,        &ctx->dirty,
+                              &ctx->pool,     &ctx->adm,      &ctx->adm_loose,   &ctx->dirty,
                               &ctx->answered, &ctx->graveyard, &ctx->manual_jobs, &ctx->cancels};
   for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++)
     mb__queue_init(lists[i]);
@@ -812,11 +813,13 @@ int mb_device_add(mb_ctx *ctx, const mb_device_opts *opts, int *index, char *err
   for (int i = 0; i < ctx->ndev; i++) {
     devs[i] = ctx->devs[i];
     mb__queue_move(&ctx->devs[i].res_list, &devs[i].res_list);
+    mb__queue_move(&ctx->devs[i].adm1, &devs[i].adm1);
   }
   mb__free(ctx->devs);
   ctx->devs = devs;
   mb__device *d = &devs[ctx->ndev];
   mb__queue_init(&d->res_list);
+  mb__queue_init(&d->adm1);
   d->opts = o;
   d->index = ctx->ndev;
   d->capacity = capacity;

@@ -169,6 +169,11 @@ typedef struct mb__device {
   /* The smallest need found not to fit now in generation fail_gen: no
    * larger one fits either. */
   uint64_t fail_gen, fail_need;
+  /* The waiting models bound to this device (admit.c: a restore, or a
+   * fixed device), in admission order (adm1_node), and bounds of their
+   * footprints (never narrower than the footprints). */
+  mb__queue adm1;
+  uint64_t adm1_min, adm1_max;
 } mb__device;
 
 /* An eviction candidate and its rank under the policy (policy.c). */
@@ -208,8 +213,10 @@ struct mb__model {
   int admit_pending;
   uint64_t admit_seq;
   mb__queue adm_node;
-  /* Also in the list of admissions bound to one device (adm1). */
+  /* Also in the list of admissions bound to one device (its device's
+   * adm1, or the context's adm_loose once it no longer is bound there). */
   int adm_single;
+  int adm1_dev;               /* the device whose adm1 it is in; -1: adm_loose */
   mb__queue adm1_node;
   /* Dirty list. */
   int dirty;
@@ -314,10 +321,12 @@ struct mb_ctx {
   size_t name_tab_cap;
   mb__heap heap;
   mb__queue adm;              /* models waiting for memory, oldest first (adm_node) */
-  /* The waiting models bound to one device (a restore, or a fixed device),
-   * in admission order (adm1_node); the others may go on any device: how
-   * many, and bounds of their footprints. */
-  mb__queue adm1;
+  /* The waiting models bound to one device (a restore, or a fixed device)
+   * are in their device's adm1; those that were, but whose restore became
+   * a load (the host copy lost), here, in admission order (adm1_node). The
+   * others may go on any device: how many, and bounds of their
+   * footprints. */
+  mb__queue adm_loose;
   int adm_any;
   uint64_t adm_any_min, adm_any_max;
   uint64_t adm_seq;
@@ -354,7 +363,7 @@ struct mb_ctx {
    * makes is planned again in full and compared, differences counted; 2
    * the same, and a difference aborts (build option admission_check). */
   int admit_check;
-  uint64_t admit_checked[3];  /* by shortcut: auto_blocked, any_blocked, planning */
+  uint64_t admit_checked[4];  /* by shortcut: auto_blocked, any_blocked, planning, bound_wait */
   uint64_t admit_differ;
   char admit_first[512];      /* the first difference, described */
   int shutting_down;

@@ -311,6 +311,7 @@ static void advance(mb_ctx *ctx, mb__model *m) {
    * the admission list now, as a pass may not visit it. */
   if (m->admit_pending && (!mb__wants_resident(m) || m->unload_pending))
     mb__adm_remove(ctx, m);
+  mb__adm_rebind(ctx, m);
   switch (m->state) {
   case MB_STATE_UNLOADED:
   case MB_STATE_FAILED:

@@ -102,6 +102,9 @@ void mb__cancel_load(mb_ctx *ctx, mb__model *m, const char *why);
 void mb__admit_new(mb_ctx *ctx, mb__model *m);
 /* m waits for memory no more (no-op when it did not). */
 void mb__adm_remove(mb_ctx *ctx, mb__model *m);
+/* m's state changed: if it waits bound to a device it no longer is bound
+ * to (a restore became a load), it is filed again (no-op otherwise). */
+void mb__adm_rebind(mb_ctx *ctx, mb__model *m);
 /* Tries every waiting model, oldest first (ctx->devs_dirty asked for it). */
 void mb__pump_admissions(mb_ctx *ctx);
 

@@ -542,6 +542,7 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
     out->admit_auto = st.auto_blocked;
     out->admit_any = st.any_blocked;
     out->admit_planned = st.planned;
+    out->admit_bound = st.bound_wait;
     out->admit_differ = st.differ;
     snprintf(out->admit_first, sizeof(out->admit_first), "%s", st.first);
   }

@@ -193,9 +193,9 @@ typedef struct sim_result {
   double wall_s;           /* machine time of the replay (not deterministic) */
   double events_per_s;
   /* check_admission: decisions checked, by the shortcut that took them
-   * (auto_blocked, any_blocked, the planning's fail caches), how many
-   * differ from the full planning, the first that did. */
-  uint64_t admit_auto, admit_any, admit_planned, admit_differ;
+   * (auto_blocked, any_blocked, the planning's fail caches, bound_wait),
+   * how many differ from the full planning, the first that did. */
+  uint64_t admit_auto, admit_any, admit_planned, admit_bound, admit_differ;
   char admit_first[512];
 } sim_result;
 

@@ -725,6 +725,7 @@ int sim_fleet_run(const sim_models *models, const sim_trace *trace, const sim_fl
       out->all.admit_auto += ast.auto_blocked;
       out->all.admit_any += ast.any_blocked;
       out->all.admit_planned += ast.planned;
+      out->all.admit_bound += ast.bound_wait;
       if (ast.differ > 0 && out->all.admit_differ == 0)
         snprintf(out->all.admit_first, sizeof(out->all.admit_first), "node %d: %s", k,
                  ast.first);

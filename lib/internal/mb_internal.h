@@ -48,6 +48,7 @@ typedef struct mb__admit_stats {
   uint64_t auto_blocked; /* decisions checked: "nothing to do" of auto_blocked */
   uint64_t any_blocked;  /* models skipped by an any_blocked pass */
   uint64_t planned;      /* decisions of the planning itself (its fail caches) */
+  uint64_t bound_wait;   /* models bound to a device skipped as bound_wait said */
   uint64_t differ;       /* of them, different from the full planning */
   char first[512];       /* the first difference, described */
 } mb__admit_stats;

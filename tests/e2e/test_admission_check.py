@@ -1,7 +1,7 @@
 """The core's admission shortcuts against its full planning.
 
 lib/admit.c answers most admission decisions from figures kept per plan
-generation (auto_blocked, any_blocked, the fail caches) instead of
+generation (auto_blocked, any_blocked, the fail caches, bound_wait) instead of
 planning every device for every waiting model. Each shortcut is meant to
 decide exactly what the full planning decides. `modelbuf sim
 --check-admission` turns on the core's admission check: every decision a
@@ -55,12 +55,12 @@ SUITE = sorted(f for f in os.listdir(SCENARIOS) if f.endswith(".scn"))
 def test_standard_suite(scn):
     results = run_checked(scenario_args(os.path.join(SCENARIOS, scn)))
     checked = sum(c["admission_check"][k] for c in results
-                  for k in ("auto_blocked", "any_blocked", "planned"))
+                  for k in ("auto_blocked", "any_blocked", "planned", "bound_wait"))
     assert checked > 0
 
 
 def test_suite_checks_every_shortcut():
-    seen = {"auto_blocked": 0, "any_blocked": 0, "planned": 0}
+    seen = {"auto_blocked": 0, "any_blocked": 0, "planned": 0, "bound_wait": 0}
     for scn in SUITE:
         for r in run_checked(scenario_args(os.path.join(SCENARIOS, scn))):
             for k in seen:

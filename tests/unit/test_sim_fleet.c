@@ -262,6 +262,7 @@ static void test_admission_check(void **state) {
     assert_int_equal(checked.all.admit_differ, 0);
     assert_string_equal(checked.all.admit_first, "");
     checked.all.admit_auto = checked.all.admit_any = checked.all.admit_planned = 0;
+    checked.all.admit_bound = 0;
     assert_same(&plain, &checked);
   }
   sim_trace_free(&t);
