@@ -23,7 +23,7 @@
  * under the others, the time to load it again.
  *
  * A pass over thousands of waiting models would plan every device for
- * each, so three shortcuts answer from figures kept per generation (a
+ * each, so four shortcuts answer from figures kept per generation (a
  * generation lasts while the pass changes nothing; any action starts a
  * new one, and after a load or restore starts, what stays true carries
  * over: plans_started):
@@ -32,7 +32,9 @@
  *     only the models bound to one device until one of them acts;
  *   - a device's fail cache (fail_gen, fail_need) and the context's
  *     (auto_fail_*): a model no smaller than one that found no room fits
- *     nowhere either.
+ *     nowhere either;
+ *   - bound_wait: every model bound to a device (its adm1) waits, so a
+ *     pass does not visit them (restores waiting on a busy device).
  * Each is meant to decide exactly what the full planning decides. With
  * the admission check on (mb__admission_check, or the build option
  * admission_check), every decision a shortcut makes is planned again in
