@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "modelbuf/modelbuf.h"
+#include "agenda.h"
 #include "sim.h"
 #include "mb_internal.h"
 
@@ -73,14 +74,6 @@ typedef struct sim_m {
   size_t nuses, next;   /* next: the first not yet arrived */
 } sim_m;
 
-enum { AG_JOB = 1, AG_RELEASE = 2 };
-
-typedef struct agenda_item {
-  uint64_t t, seq;
-  int kind;
-  mb_job *job;
-  mb_lease lease;
-} agenda_item;
 
 typedef struct req_ref {
   struct sim *s;
@@ -96,9 +89,7 @@ typedef struct sim {
   int *slots; /* name hash: model index + 1 */
   size_t slot_cap;
   int *trace_model; /* trace name index -> model index */
-  agenda_item *ag;
-  size_t nag, agcap;
-  uint64_t seq;
+  sim_agenda ag;
   int ndev;
   uint64_t usable;
   uint64_t used[SIM_MAX_DEVICES], last[SIM_MAX_DEVICES];
@@ -114,65 +105,13 @@ typedef struct sim {
 /* ------------------------------------------------------------------------ */
 /* Agenda                                                                    */
 
-static int ag_less(const agenda_item *a, const agenda_item *b) {
-  return a->t != b->t ? a->t < b->t : a->seq < b->seq;
-}
-
-static void ag_push(sim *s, agenda_item it) {
-  if (s->nag == s->agcap) {
-    size_t cap = s->agcap ? s->agcap * 2 : 256;
-    agenda_item *v = realloc(s->ag, cap * sizeof(*v));
-    if (v == NULL) {
-      s->nomem = 1; /* reported after the run; the item is lost */
-      return;
-    }
-    s->ag = v;
-    s->agcap = cap;
-  }
-  it.seq = ++s->seq;
-  size_t i = s->nag++;
-  while (i > 0) {
-    size_t p = (i - 1) / 2;
-    if (!ag_less(&it, &s->ag[p]))
-      break;
-    s->ag[i] = s->ag[p];
-    i = p;
-  }
-  s->ag[i] = it;
-}
-
-static agenda_item ag_pop(sim *s) {
-  agenda_item top = s->ag[0];
-  agenda_item last = s->ag[--s->nag];
-  size_t i = 0, n = s->nag;
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= n)
-      break;
-    if (c + 1 < n && ag_less(&s->ag[c + 1], &s->ag[c]))
-      c++;
-    if (!ag_less(&s->ag[c], &last))
-      break;
-    s->ag[i] = s->ag[c];
-    i = c;
-  }
-  if (n > 0)
-    s->ag[i] = last;
-  return top;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Names                                                                     */
 
-static uint64_t hash_str(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
 
 static int find_model(const sim *s, const char *name) {
-  size_t b = hash_str(name) & (s->slot_cap - 1);
+  size_t b = sim_hash_str(name) & (s->slot_cap - 1);
   while (s->slots[b]) {
     int i = s->slots[b] - 1;
     if (strcmp(s->m[i].def->name, name) == 0)
@@ -229,7 +168,8 @@ static void sim_submit(void *arg, mb_job *job) {
   it.t = s->now + (uint64_t)llround(ms * MS_NS);
   it.kind = AG_JOB;
   it.job = job;
-  ag_push(s, it);
+  if (sim_agenda_push(&s->ag, it) != 0)
+    s->nomem = 1; /* reported after the run; the item is lost */
 }
 
 static void finish_job(sim *s, mb_job *job) {
@@ -269,7 +209,8 @@ static void on_answer(const mb_result *r, void *arg) {
   it.t = s->now + q->dur_ns;
   it.kind = AG_RELEASE;
   it.lease = r->lease;
-  ag_push(s, it);
+  if (sim_agenda_push(&s->ag, it) != 0)
+    s->nomem = 1; /* reported after the run; the item is lost */
 }
 
 static double belady_rank(void *arg, const char *model, void *user, int device) {
@@ -316,7 +257,7 @@ static void sim_free(sim *s) {
   free(s->m);
   free(s->slots);
   free(s->trace_model);
-  free(s->ag);
+  free(s->ag.v);
   free(s->refs);
   free(s->waits);
 }
@@ -343,7 +284,7 @@ static int setup(sim *s, const sim_models *models, const sim_trace *trace, uint6
   }
   for (int i = 0; i < models->n; i++) {
     s->m[i].def = &models->v[i];
-    size_t b = hash_str(models->v[i].name) & (s->slot_cap - 1);
+    size_t b = sim_hash_str(models->v[i].name) & (s->slot_cap - 1);
     while (s->slots[b])
       b = (b + 1) & (s->slot_cap - 1);
     s->slots[b] = i + 1;
@@ -485,8 +426,8 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
   int idle_rounds = 0;
   for (;;) {
     int did = 0;
-    while (s.nag > 0 && s.ag[0].t <= s.now) {
-      agenda_item it = ag_pop(&s);
+    while (s.ag.n > 0 && s.ag.v[0].t <= s.now) {
+      agenda_item it = sim_agenda_pop(&s.ag);
       if (it.kind == AG_JOB)
         finish_job(&s, it.job);
       else if (mb_release(s.ctx, it.lease) != 0)
@@ -514,11 +455,11 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
       did++;
     }
     out->core_steps++;
-    if (next >= trace->n && s.nag == 0 && s.outstanding == 0)
+    if (next >= trace->n && s.ag.n == 0 && s.outstanding == 0)
       break;
     uint64_t t = UINT64_MAX;
-    if (s.nag > 0)
-      t = s.ag[0].t;
+    if (s.ag.n > 0)
+      t = s.ag.v[0].t;
     if (next < trace->n && ORIGIN_NS + trace->v[next].t_ns < t)
       t = ORIGIN_NS + trace->v[next].t_ns;
     uint64_t dl = mb_ctx_next_deadline(s.ctx);
@@ -578,8 +519,8 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
 
 done_ctx:
   /* Anything still out (after an error) is completed so the context can go. */
-  while (s.nag > 0) {
-    agenda_item it = ag_pop(&s);
+  while (s.ag.n > 0) {
+    agenda_item it = sim_agenda_pop(&s.ag);
     if (it.kind == AG_JOB)
       mb_job_complete(it.job, 0, NULL, NULL);
     else if (mb_release(s.ctx, it.lease) != 0)

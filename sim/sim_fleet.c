@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "modelbuf/modelbuf.h"
+#include "agenda.h"
 #include "sim_fleet.h"
 #include "mb_internal.h"
 
@@ -153,15 +154,6 @@ int sim_fleet_home(const char *name, int nodes, int weight) {
 /* ------------------------------------------------------------------------ */
 /* State                                                                     */
 
-enum { AG_JOB = 1, AG_RELEASE = 2 };
-
-typedef struct agenda_item {
-  uint64_t t, seq;
-  int kind;
-  int node;
-  mb_job *job;
-  mb_lease lease;
-} agenda_item;
 
 typedef struct fleet fleet;
 
@@ -198,9 +190,7 @@ struct fleet {
   ring ring;
   int64_t served_total;    /* requests in flight over the fleet */
   int cursor;              /* least: where the turn of ties starts */
-  agenda_item *ag;
-  size_t nag, agcap;
-  uint64_t seq;
+  sim_agenda ag;
   req_ref *refs;
   double *waits;
   size_t nwaits, outstanding;
@@ -208,62 +198,10 @@ struct fleet {
   sim_fleet_result *res;
 };
 
-static int ag_less(const agenda_item *a, const agenda_item *b) {
-  return a->t != b->t ? a->t < b->t : a->seq < b->seq;
-}
 
-static void ag_push(fleet *f, agenda_item it) {
-  if (f->nag == f->agcap) {
-    size_t cap = f->agcap ? f->agcap * 2 : 256;
-    agenda_item *v = realloc(f->ag, cap * sizeof(*v));
-    if (v == NULL) {
-      f->nomem = 1;
-      return;
-    }
-    f->ag = v;
-    f->agcap = cap;
-  }
-  it.seq = ++f->seq;
-  size_t i = f->nag++;
-  while (i > 0) {
-    size_t p = (i - 1) / 2;
-    if (!ag_less(&it, &f->ag[p]))
-      break;
-    f->ag[i] = f->ag[p];
-    i = p;
-  }
-  f->ag[i] = it;
-}
-
-static agenda_item ag_pop(fleet *f) {
-  agenda_item top = f->ag[0];
-  agenda_item last = f->ag[--f->nag];
-  size_t i = 0, n = f->nag;
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= n)
-      break;
-    if (c + 1 < n && ag_less(&f->ag[c + 1], &f->ag[c]))
-      c++;
-    if (!ag_less(&f->ag[c], &last))
-      break;
-    f->ag[i] = f->ag[c];
-    i = c;
-  }
-  if (n > 0)
-    f->ag[i] = last;
-  return top;
-}
-
-static uint64_t fnv(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
 
 static int find_model(const fleet *f, const char *name) {
-  size_t b = fnv(name) & (f->slot_cap - 1);
+  size_t b = sim_hash_str(name) & (f->slot_cap - 1);
   while (f->slots[b]) {
     int i = f->slots[b] - 1;
     if (strcmp(f->models->v[i].name, name) == 0)
@@ -362,7 +300,8 @@ static void fleet_submit(void *arg, mb_job *job) {
   it.kind = AG_JOB;
   it.node = n->idx;
   it.job = job;
-  ag_push(f, it);
+  if (sim_agenda_push(&f->ag, it) != 0)
+    f->nomem = 1; /* reported after the run; the item is lost */
 }
 
 static void finish_job(fleet *f, fnode *n, mb_job *job) {
@@ -408,7 +347,8 @@ static void on_answer(const mb_result *r, void *arg) {
   it.kind = AG_RELEASE;
   it.node = ref->node;
   it.lease = r->lease;
-  ag_push(f, it);
+  if (sim_agenda_push(&f->ag, it) != 0)
+    f->nomem = 1; /* reported after the run; the item is lost */
 }
 
 static int be_nop(mb_op *op) {
@@ -463,7 +403,7 @@ static int setup(fleet *f, char *err, size_t err_len) {
     return -1;
   }
   for (int i = 0; i < f->nm; i++) {
-    size_t b = fnv(models->v[i].name) & (f->slot_cap - 1);
+    size_t b = sim_hash_str(models->v[i].name) & (f->slot_cap - 1);
     while (f->slots[b])
       b = (b + 1) & (f->slot_cap - 1);
     f->slots[b] = i + 1;
@@ -565,7 +505,7 @@ static void fleet_free(fleet *f) {
   free(f->dev);
   free(f->refs);
   free(f->waits);
-  free(f->ag);
+  free(f->ag.v);
   free(f->ring.p);
 }
 
@@ -575,8 +515,8 @@ static void fleet_free(fleet *f) {
 /* One round's work: due jobs and releases, then due arrivals. */
 static int round_inputs(fleet *f, size_t *next) {
   int did = 0;
-  while (f->nag > 0 && f->ag[0].t <= f->now) {
-    agenda_item it = ag_pop(f);
+  while (f->ag.n > 0 && f->ag.v[0].t <= f->now) {
+    agenda_item it = sim_agenda_pop(&f->ag);
     fnode *n = &f->nodes[it.node];
     if (it.kind == AG_JOB) {
       finish_job(f, n, it.job);
@@ -677,11 +617,11 @@ int sim_fleet_run(const sim_models *models, const sim_trace *trace, const sim_fl
       }
       out->all.core_steps++;
     }
-    if (next >= trace->n && f.nag == 0 && f.outstanding == 0)
+    if (next >= trace->n && f.ag.n == 0 && f.outstanding == 0)
       break;
     uint64_t t = UINT64_MAX;
-    if (f.nag > 0)
-      t = f.ag[0].t;
+    if (f.ag.n > 0)
+      t = f.ag.v[0].t;
     if (next < trace->n && ORIGIN_NS + trace->v[next].t_ns < t)
       t = ORIGIN_NS + trace->v[next].t_ns;
     for (int k = 0; k < f.nn; k++) {
@@ -765,8 +705,8 @@ int sim_fleet_run(const sim_models *models, const sim_trace *trace, const sim_fl
 
 done_ctx:
   /* Anything still out (after an error) is completed so the contexts can go. */
-  while (f.nag > 0) {
-    agenda_item it = ag_pop(&f);
+  while (f.ag.n > 0) {
+    agenda_item it = sim_agenda_pop(&f.ag);
     fnode *n = &f.nodes[it.node];
     if (it.kind == AG_JOB)
       mb_job_complete(it.job, 0, NULL, NULL);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agenda.h"
 #include "sim.h"
 #include "mb_internal.h"
 
@@ -63,12 +64,6 @@ typedef struct name_index {
   size_t cap;
 } name_index;
 
-static uint64_t hash_str(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return h;
-}
 
 static int index_grow(sim_trace *t) {
   name_index *ix = t->index;
@@ -77,7 +72,7 @@ static int index_grow(sim_trace *t) {
   if (slots == NULL)
     return -1;
   for (int i = 0; i < t->nnames; i++) {
-    size_t b = hash_str(t->names[i]) & (cap - 1);
+    size_t b = sim_hash_str(t->names[i]) & (cap - 1);
     while (slots[b])
       b = (b + 1) & (cap - 1);
     slots[b] = i + 1;
@@ -98,7 +93,7 @@ static int intern(sim_trace *t, const char *name) {
   name_index *ix = t->index;
   if ((size_t)(t->nnames + 1) * 2 > ix->cap && index_grow(t) != 0)
     return -1;
-  size_t b = hash_str(name) & (ix->cap - 1);
+  size_t b = sim_hash_str(name) & (ix->cap - 1);
   while (ix->slots[b]) {
     if (strcmp(t->names[ix->slots[b] - 1], name) == 0)
       return ix->slots[b] - 1;
