@@ -16,8 +16,8 @@ See docs/PYTHON.md.
 from ._common import Event
 from ._http import Response
 from ._version import __version__
-from .aio import AsyncClient, AsyncLease, AsyncModel, AsyncResponse
-from .client import Client, Lease, Model, OpenAI
+from .aio import AsyncClient, AsyncEventStream, AsyncLease, AsyncModel, AsyncResponse
+from .client import Client, EventStream, Lease, Model, OpenAI
 from .errors import (BadRequest, Canceled, CannotFit, Conflict, ConnectionFailed, LeaseLost,
                      LoadFailed, MethodNotAllowed, ModelbufError, ModelLost, NotFound,
                      NotSupported, QueueFull, ShuttingDown, StateConflict, Timeout, TooLarge,
@@ -25,7 +25,8 @@ from .errors import (BadRequest, Canceled, CannotFit, Conflict, ConnectionFailed
 
 __all__ = [
     "__version__", "Client", "Model", "Lease", "OpenAI", "Response", "Event",
-    "AsyncClient", "AsyncModel", "AsyncLease", "AsyncResponse",
+    "EventStream",
+    "AsyncClient", "AsyncModel", "AsyncLease", "AsyncResponse", "AsyncEventStream",
     "ModelbufError", "ConnectionFailed", "BadRequest", "Unauthorized", "NotFound",
     "MethodNotAllowed", "Conflict", "StateConflict", "NotSupported", "LeaseLost", "TooLarge",
     "Canceled", "WorkerFailed", "LoadFailed", "ModelLost", "Unavailable", "QueueFull",

@@ -319,3 +319,13 @@ def status_headers(priority: Optional[int], keep_alive: Optional[Duration],
     if queue_timeout is not None:
         h["X-Modelbuf-Queue-Timeout"] = header_duration(queue_timeout)
     return h
+
+
+def event_item(ev: "Event", model: Optional[str]) -> Tuple[Optional[Dict[str, Any]], Optional[int]]:
+    """One server-sent event of /api/events as (the dict to give, or None when
+    it is another model's; its id, or None)."""
+    if ev.event == "dropped":
+        return {"type": "dropped", **ev.json()}, None
+    doc = ev.json()
+    seq = int(ev.id) if ev.id is not None and ev.id.isdigit() else None
+    return (doc if model is None or doc.get("model") == model else None), seq

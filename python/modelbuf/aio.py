@@ -16,14 +16,15 @@ import ssl
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, Union
 
 from ._common import (DEFAULT_TTL, BodyMixin, Duration, Endpoint, Event, SSEParser,
-                      acquire_body, answer_error, check, client_setup, encode_body,
+                      acquire_body, answer_error, check, client_setup, encode_body, event_item,
                       keep_alive_value, openai_chunks, parse_endpoint, quote_name,
                       status_headers, ttl_seconds)
 from ._http import USER_AGENT
 from .client import _acquire_timeout, _find_held, _Held, _held
 from .errors import ConnectionFailed, LeaseLost, ModelbufError, NotFound, NotSupported, Timeout
 
-__all__ = ["AsyncClient", "AsyncModel", "AsyncLease", "AsyncResponse", "AsyncOpenAI"]
+__all__ = ["AsyncClient", "AsyncModel", "AsyncLease", "AsyncResponse", "AsyncOpenAI",
+           "AsyncEventStream"]
 
 _UNSET: Any = object()
 _MAX_HEAD = 64 * 1024
@@ -518,7 +519,7 @@ class AsyncModel:
         r.raise_for_status()
         return r.text
 
-    def events(self, **kw: Any) -> AsyncIterator[Dict[str, Any]]:
+    def events(self, **kw: Any) -> "AsyncEventStream":
         """The daemon's events about this model."""
         return self.client.events(model=self.name, **kw)
 
@@ -596,6 +597,88 @@ class AsyncOpenAI:
                                 False, headers)
 
 
+class AsyncEventStream:
+    """The daemon's event stream (see ``AsyncClient.events``): an async
+    iterator of dicts, an async context manager that opens it on entry."""
+
+    def __init__(self, client: "AsyncClient", model: Optional[str],
+                 last_event_id: Optional[int], reconnect: bool) -> None:
+        self._client = client
+        self._model = model
+        self._last = last_event_id
+        self._reconnect = reconnect
+        self._r: Optional[AsyncResponse] = None
+        self._gen: Optional[AsyncIterator[Dict[str, Any]]] = None
+        self._closed = False
+
+    @property
+    def last_event_id(self) -> Optional[int]:
+        """The id of the last event received (a resume point), or the one given."""
+        return self._last
+
+    async def open(self) -> "AsyncEventStream":
+        """Opens the stream now (once): events from here on are seen."""
+        if self._r is None and self._gen is None and not self._closed:
+            self._r = await self._connect()
+        return self
+
+    async def _connect(self) -> AsyncResponse:
+        headers = {} if self._last is None else {"Last-Event-ID": str(self._last)}
+        r = await self._client._t.request("GET", "/api/events", headers=headers, stream=True,
+                                          timeout=None)
+        if r.status >= 400:
+            async with r:
+                await r.read()
+                r.raise_for_status()
+        return r
+
+    async def _events(self) -> AsyncIterator[Dict[str, Any]]:
+        while True:
+            try:
+                if self._r is None:
+                    self._r = await self._connect()
+                async with self._r as r:
+                    async for ev in r.aiter_events():
+                        doc, seq = event_item(ev, self._model)
+                        if seq is not None:
+                            self._last = seq
+                        if doc is not None:
+                            yield doc
+            except ModelbufError:
+                if self._closed:
+                    return
+                if not self._reconnect:
+                    raise
+            finally:
+                self._r = None
+            if not self._reconnect or self._closed:
+                return
+            await asyncio.sleep(0.5)
+
+    def __aiter__(self) -> "AsyncEventStream":
+        return self
+
+    async def __anext__(self) -> Dict[str, Any]:
+        if self._gen is None:
+            self._gen = self._events()
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        """Ends the stream."""
+        self._closed = True
+        r = self._r
+        if r is not None:
+            await r.aclose()
+        if self._gen is not None:
+            await self._gen.aclose()  # type: ignore[attr-defined]
+
+    async def __aenter__(self) -> "AsyncEventStream":
+        return await self.open()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+
 class AsyncClient:
     """The asyncio twin of ``modelbuf.Client`` (same arguments and defaults).
     Use it from one event loop; close it with ``await client.aclose()`` or
@@ -633,34 +716,12 @@ class AsyncClient:
         """POST /api/cleanup."""
         return (await self._t.call("POST", "/api/cleanup", {}, timeout=None))[1]
 
-    async def events(self, model: Optional[str] = None, last_event_id: Optional[int] = None,
-                     reconnect: bool = False) -> AsyncIterator[Dict[str, Any]]:
-        """The daemon's events as they happen (see ``Client.events``)."""
-        last = last_event_id
-        while True:
-            headers = {} if last is None else {"Last-Event-ID": str(last)}
-            try:
-                r = await self._t.request("GET", "/api/events", headers=headers, stream=True,
-                                          timeout=None)
-                async with r:
-                    if r.status >= 400:
-                        await r.read()
-                        r.raise_for_status()
-                    async for ev in r.aiter_events():
-                        if ev.event == "dropped":
-                            yield {"type": "dropped", **ev.json()}
-                            continue
-                        doc = ev.json()
-                        if ev.id is not None and ev.id.isdigit():
-                            last = int(ev.id)
-                        if model is None or doc.get("model") == model:
-                            yield doc
-            except ModelbufError:
-                if not reconnect:
-                    raise
-            if not reconnect:
-                return
-            await asyncio.sleep(0.5)
+    def events(self, model: Optional[str] = None, last_event_id: Optional[int] = None,
+               reconnect: bool = False) -> "AsyncEventStream":
+        """The daemon's events as they happen (see ``Client.events``):
+        ``async for ev in client.events():``; ``async with client.events() as
+        evs:`` opens the stream on entry, so everything after that line is seen."""
+        return AsyncEventStream(self, model, last_event_id, reconnect)
 
     async def acquire(self, name: str, keep_alive: Optional[Duration] = None,
                       priority: Optional[int] = None, timeout: Optional[Duration] = None,

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 from ._common import (DEFAULT_TTL, Duration, acquire_body, client_setup, encode_body,
-                      keep_alive_value, parse_endpoint, quote_name, status_headers,
+                      event_item, keep_alive_value, parse_endpoint, quote_name, status_headers,
                       ttl_seconds)
 from ._http import _UNSET, Response, Transport
 from .errors import LeaseLost, ModelbufError, NotFound, NotSupported
 
-__all__ = ["Client", "Model", "Lease", "OpenAI"]
+__all__ = ["Client", "Model", "Lease", "OpenAI", "EventStream"]
 
 
 @dataclass
@@ -252,7 +252,7 @@ class Model:
             for ev in r.iter_events():
                 yield ev.data
 
-    def events(self, **kw: Any) -> Iterator[Dict[str, Any]]:
+    def events(self, **kw: Any) -> "EventStream":
         """The daemon's events about this model (see Client.events)."""
         return self.client.events(model=self.name, **kw)
 
@@ -334,6 +334,87 @@ class OpenAI:
                           headers)
 
 
+class EventStream:
+    """The daemon's event stream (see ``Client.events``): an iterator of
+    dicts, a context manager that opens the stream on entry."""
+
+    def __init__(self, client: "Client", model: Optional[str], last_event_id: Optional[int],
+                 reconnect: bool) -> None:
+        self._client = client
+        self._model = model
+        self._last = last_event_id
+        self._reconnect = reconnect
+        self._r: Optional[Response] = None
+        self._gen: Optional[Iterator[Dict[str, Any]]] = None
+        self._closed = False
+
+    @property
+    def last_event_id(self) -> Optional[int]:
+        """The id of the last event received (a resume point), or the one given."""
+        return self._last
+
+    def open(self) -> "EventStream":
+        """Opens the stream now (once): events from here on are seen."""
+        if self._r is None and self._gen is None and not self._closed:
+            self._r = self._connect()
+        return self
+
+    def _connect(self) -> Response:
+        headers = {} if self._last is None else {"Last-Event-ID": str(self._last)}
+        r = self._client._t.request("GET", "/api/events", headers=headers, stream=True,
+                                    timeout=None)
+        if r.status >= 400:
+            with r:
+                r.raise_for_status()
+        return r
+
+    def _events(self) -> Iterator[Dict[str, Any]]:
+        while True:
+            try:
+                if self._r is None:
+                    self._r = self._connect()
+                with self._r as r:
+                    for ev in r.iter_events():
+                        doc, seq = event_item(ev, self._model)
+                        if seq is not None:
+                            self._last = seq
+                        if doc is not None:
+                            yield doc
+            except ModelbufError:
+                if self._closed:
+                    return
+                if not self._reconnect:
+                    raise
+            finally:
+                self._r = None
+            if not self._reconnect or self._closed:
+                return
+            time.sleep(0.5)
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        return self
+
+    def __next__(self) -> Dict[str, Any]:
+        if self._gen is None:
+            self._gen = self._events()
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Ends the stream."""
+        self._closed = True
+        r = self._r
+        if r is not None:
+            r.close()
+        if self._gen is not None:
+            self._gen.close()
+
+    def __enter__(self) -> "EventStream":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 class Client:
     """A connection to modelbufd.
 
@@ -388,37 +469,18 @@ class Client:
         return r.text
 
     def events(self, model: Optional[str] = None, last_event_id: Optional[int] = None,
-               reconnect: bool = False) -> Iterator[Dict[str, Any]]:
+               reconnect: bool = False) -> "EventStream":
         """The daemon's events as they happen (``GET /api/events``), each a dict
         (``type``, ``model``, ``from``, ``to``, ``reason``, ``seq``, ...); only
         those of model when given (a name or an alias is matched against the
         event's model name: give the name). ``{"type": "dropped", "dropped":
         N}`` when the client fell too far behind. With reconnect=True a broken
         stream is opened again after the last event seen, so none is missed
-        while the daemon runs. Close the iterator (or leave the loop) to end it."""
-        last = last_event_id
-        while True:
-            headers = {} if last is None else {"Last-Event-ID": str(last)}
-            try:
-                r = self._t.request("GET", "/api/events", headers=headers, stream=True,
-                                    timeout=None)
-                with r:
-                    r.raise_for_status()
-                    for ev in r.iter_events():
-                        if ev.event == "dropped":
-                            yield {"type": "dropped", **ev.json()}
-                            continue
-                        doc = ev.json()
-                        if ev.id is not None and ev.id.isdigit():
-                            last = int(ev.id)
-                        if model is None or doc.get("model") == model:
-                            yield doc
-            except ModelbufError:
-                if not reconnect:
-                    raise
-            if not reconnect:
-                return
-            time.sleep(0.5)
+        while the daemon runs. ``with client.events() as evs:`` opens the
+        stream on entry, so everything that happens after that line is seen
+        (iterating alone opens it at the first event asked for); close it (or
+        leave the block) to end it."""
+        return EventStream(self, model, last_event_id, reconnect)
 
     # -- leases ---------------------------------------------------------------
     def acquire(self, name: str, keep_alive: Optional[Duration] = None,

@@ -298,7 +298,7 @@ def test_events(mb, d):
     c = client(mb, d)
     c.model("plain").unload()
     seen = []
-    it = c.events(model="plain")
+    it = c.events(model="plain").open()  # subscribed: what follows is seen
 
     def read():
         for ev in it:
@@ -309,9 +309,9 @@ def test_events(mb, d):
 
     t = threading.Thread(target=read, daemon=True)
     t.start()
-    time.sleep(0.3)  # the stream is open
     c.model("plain").load()
     t.join(20 * SLOW)
+    it.close()
     assert [(e["from"], e["to"]) for e in seen] == [("unloaded", "loading"), ("loading", "ready")]
     # Resumed after an event seen (Last-Event-ID): what came since, in order.
     c.model("plain").unload()
@@ -387,17 +387,18 @@ def test_async_twin(mb, d):
         # Events, as an async iterator.
         await c.model("plain").unload()
 
-        async def two():
+        async def two(evs):
             got = []
-            async for ev in c.events(model="plain"):
+            async for ev in evs:
                 if ev["type"] == "state":
                     got.append(ev["to"])
                 if len(got) == 2:
                     return got
-        task = asyncio.ensure_future(two())
-        await asyncio.sleep(0.3)
-        await c.model("plain").load()
-        assert await asyncio.wait_for(task, 20 * SLOW) == ["loading", "ready"]
+        async with c.events(model="plain") as evs:  # subscribed on entry
+            task = asyncio.ensure_future(two(evs))
+            await c.model("plain").load()
+            assert await asyncio.wait_for(task, 20 * SLOW) == ["loading", "ready"]
+            assert evs.last_event_id is not None
         # Over the Unix socket too.
         u = mb.AsyncClient("unix:" + d.sock)
         assert len(await u.models()) >= 3
