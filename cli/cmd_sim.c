@@ -171,6 +171,9 @@ int cmd_sim(int argc, char **argv) {
     } else if (strcmp(a, "--check-admission") == 0) {
       cfg.check_admission = 1;
       takes = 0;
+    } else if (strcmp(a, "--restore-anywhere") == 0) {
+      cfg.restore_anywhere = 1;
+      takes = 0;
     } else if (v == NULL) {
       fprintf(stderr, "modelbuf sim: %s needs a value (or is unknown)\n", a);
       usage_sim(stderr);

@@ -129,6 +129,8 @@ static const cli_command commands[] = {
    "  --check-admission    plan every admission decision of the core's shortcuts\n"
    "                       again in full and compare (slower); exit status 1 on a\n"
    "                       difference\n"
+   "  --restore-anywhere   an offloaded model may be restored on any GPU, as the\n"
+   "                       tensors backend's are (default: back to the one it left)\n"
    "  --nodes N            a fleet of N such nodes behind a balancer (1 to 256);\n"
    "                       --policy lru or cost (all: cost)\n"
    "  --routing R          the fleet's routing: hash (HAProxy's consistent hash, as\n"

@@ -179,5 +179,8 @@ int mbd_config_model_opts(const mbd_config *cfg, const mbd_model_config *m, mb_m
   /* A worker's start is bounded by its start_timeout: the queue timeout
    * counts only the wait for a slot or for memory. */
   out->queue_timeout_excludes_load = m->backend == MBD_BACKEND_PROCESS;
+  /* The tensor engine restores its host copy onto any GPU; a worker
+   * process (its GPU fixed when it started) and a plugin go back. */
+  out->restore_any_device = m->backend == MBD_BACKEND_TENSORS;
   return 0;
 }

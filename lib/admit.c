@@ -58,16 +58,28 @@
 /* ------------------------------------------------------------------------ */
 /* The admission lists                                                       */
 
+/* Whether an offloaded m may be restored on any device: its backend can
+ * (restore_any_device), it may go on any device, and every device is of
+ * one kind (so the backend's host copy fits each). */
+static int restores_anywhere(const mb_ctx *ctx, const mb__model *m) {
+  return m->opts.restore_any_device && m->opts.device == MB_DEVICE_AUTO && !ctx->mixed_kinds;
+}
+
+/* Whether m, offloaded, goes back where it was. */
+static int restores_home(const mb_ctx *ctx, const mb__model *m) {
+  return m->state == MB_STATE_OFFLOADED && m->device >= 0 && !restores_anywhere(ctx, m);
+}
+
 /* Whether a waiting model can only go on one device: a restore goes back
- * where it was, and a model may name its device. */
-static int single_device(const mb__model *m) {
-  return (m->state == MB_STATE_OFFLOADED && m->device >= 0) ||
-         m->opts.device != MB_DEVICE_AUTO;
+ * where it was (unless it restores anywhere), and a model may name its
+ * device. */
+static int single_device(const mb_ctx *ctx, const mb__model *m) {
+  return restores_home(ctx, m) || m->opts.device != MB_DEVICE_AUTO;
 }
 
 /* The device a model bound to one device is bound to. */
-static int bound_device(const mb__model *m) {
-  return m->state == MB_STATE_OFFLOADED && m->device >= 0 ? m->device : m->opts.device;
+static int bound_device(const mb_ctx *ctx, const mb__model *m) {
+  return restores_home(ctx, m) ? m->device : m->opts.device;
 }
 
 void mb__adm_remove(mb_ctx *ctx, mb__model *m) {
@@ -87,7 +99,7 @@ void mb__adm_remove(mb_ctx *ctx, mb__model *m) {
  * among the bound models (adm_single), as it always did. */
 void mb__adm_rebind(mb_ctx *ctx, mb__model *m) {
   if (!m->admit_pending || !m->adm_single || m->adm1_dev < 0 ||
-      (single_device(m) && bound_device(m) == m->adm1_dev))
+      (single_device(ctx, m) && bound_device(ctx, m) == m->adm1_dev))
     return;
   mb__queue_remove(&m->adm1_node);
   mb__queue *at = ctx->adm_loose.prev;
@@ -104,9 +116,9 @@ static void adm_add(mb_ctx *ctx, mb__model *m) {
   m->admit_pending = 1;
   m->admit_seq = ++ctx->adm_seq;
   mb__queue_insert_tail(&ctx->adm, &m->adm_node);
-  m->adm_single = single_device(m);
+  m->adm_single = single_device(ctx, m);
   if (m->adm_single) {
-    mb__device *d = &ctx->devs[bound_device(m)];
+    mb__device *d = &ctx->devs[bound_device(ctx, m)];
     uint64_t need = mb__footprint(m);
     if (mb__queue_empty(&d->adm1) || need < d->adm1_min)
       d->adm1_min = need;
@@ -480,12 +492,12 @@ static int bound_wait(const mb_ctx *ctx, const mb__device *d) {
 /* ------------------------------------------------------------------------ */
 /* Planning and acting                                                       */
 
-/* The devices m may go on: [*lo, *hi). A restore goes back where it was;
- * a model may name its device; else any. */
+/* The devices m may go on: [*lo, *hi). A restore goes back where it was
+ * (unless it restores anywhere); a model may name its device; else any. */
 static void device_range(const mb_ctx *ctx, const mb__model *m, int *lo, int *hi) {
   *lo = 0;
   *hi = ctx->ndev;
-  if (m->state == MB_STATE_OFFLOADED && m->device >= 0) {
+  if (restores_home(ctx, m)) {
     *lo = m->device;
     *hi = *lo + 1;
   } else if (m->opts.device != MB_DEVICE_AUTO) {

@@ -217,33 +217,48 @@ static void drop_dev(mb_tensors_model *m) {
   }
 }
 
-/* Opens the device of op if not open. A CUDA placement without a driver or
+/* Opens the device of op. A CUDA placement without a driver or
  * GPU gets the host device unless the model asked for no fallback; the
  * reason becomes a warning event of the model (mb__op_note). */
-static int ensure_dev(mb_tensors_model *m, mb_op *op) {
-  if (m->dev != NULL) {
-    if (m->dev_kind == op->device_kind && m->dev_ordinal == op->device_ordinal)
-      return 0;
-    drop_dev(m); /* kept from an earlier placement (stable_addresses) */
-  }
-  mb__dev *d = NULL;
+static int open_dev(const mb_tensors_model *m, mb_op *op, mb__dev **d) {
   char note[256] = "";
+  *d = NULL;
   int rc = m->opts.no_fallback
-               ? mb__dev_open(op->device_kind, op->device_ordinal, &d, note, sizeof(note))
-               : mb__dev_open_fallback(op->device_kind, op->device_ordinal, &d, note,
+               ? mb__dev_open(op->device_kind, op->device_ordinal, d, note, sizeof(note))
+               : mb__dev_open_fallback(op->device_kind, op->device_ordinal, d, note,
                                        sizeof(note));
-  if (rc != 0) {
+  if (rc != 0)
     mb__set_err(op->err, op->err_len, "%s", note);
-    return rc;
-  }
-  if (note[0])
+  else if (note[0])
     mb__op_note(op, note);
+  return rc;
+}
+
+/* Makes d (open) the model's device, the one op names. */
+static void set_dev(mb_tensors_model *m, mb_op *op, mb__dev *d) {
   pthread_mutex_lock(&m->mu);
   m->dev = d;
   m->dev_kind = op->device_kind;
   m->dev_ordinal = op->device_ordinal;
   pthread_mutex_unlock(&m->mu);
-  return 0;
+}
+
+static int same_dev(const mb_tensors_model *m, const mb_op *op) {
+  return m->dev_kind == op->device_kind && m->dev_ordinal == op->device_ordinal;
+}
+
+/* Makes the device of op the model's, opened unless it already is. */
+static int ensure_dev(mb_tensors_model *m, mb_op *op) {
+  if (m->dev != NULL) {
+    if (same_dev(m, op))
+      return 0;
+    drop_dev(m); /* kept from an earlier placement (stable_addresses) */
+  }
+  mb__dev *d;
+  int rc = open_dev(m, op, &d);
+  if (rc == 0)
+    set_dev(m, op, d);
+  return rc;
 }
 
 static void set_arena(mb_tensors_model *m, uint64_t arena) {
@@ -359,10 +374,37 @@ static int t_offload(mb_op *op) {
   return 0;
 }
 
+/* A restore placed on another device than the one the model left: the
+ * host copy (pinned portably, laid out for its device's kind) moves with
+ * it when the new device is of the same kind; the old device is closed
+ * (with stable_addresses, its reserved range freed: a new one is reserved
+ * on the new device). */
+static int move_dev(mb_tensors_model *m, mb_op *op) {
+  if (m->dev == NULL || same_dev(m, op))
+    return 0;
+  mb__dev *d;
+  int rc = open_dev(m, op, &d);
+  if (rc != 0)
+    return rc;
+  if (mb__dev_kind(d) != mb__dev_kind(m->dev)) {
+    mb__dev_close(d);
+    mb__set_err(op->err, op->err_len,
+                "tensors: cannot restore onto a device of another kind than the one the "
+                "model was offloaded from");
+    return MB_ENOTSUP;
+  }
+  drop_dev(m);
+  set_dev(m, op, d);
+  return 0;
+}
+
 static int t_restore(mb_op *op) {
   mb_tensors_model *m = op->user;
   uint64_t arena = 0;
-  int rc = alloc_arena(m, op, &arena);
+  int rc = move_dev(m, op);
+  if (rc != 0)
+    return rc;
+  rc = alloc_arena(m, op, &arena);
   if (rc != 0)
     return rc;
   if (m->layout.arena_bytes > 0) {

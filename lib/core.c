@@ -822,6 +822,8 @@ int mb_device_add(mb_ctx *ctx, const mb_device_opts *opts, int *index, char *err
   mb__queue_init(&d->adm1);
   d->opts = o;
   d->index = ctx->ndev;
+  if (ctx->ndev > 0 && o.kind != devs[0].opts.kind)
+    ctx->mixed_kinds = 1;
   d->capacity = capacity;
   d->usable = capacity - o.reserve_bytes;
   if (o.budget_bytes && o.budget_bytes < d->usable)

@@ -315,6 +315,7 @@ struct mb_ctx {
   /* Under core_lock: the state machine. */
   mb__device *devs;
   int ndev;
+  int mixed_kinds;            /* devices of more than one kind (restores stay put) */
   mb__model **models;         /* registration order */
   int nmodels, models_cap;
   mb__model **name_tab;

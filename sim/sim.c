@@ -334,6 +334,7 @@ static int add_models(sim *s, const sim_config *cfg, char *err, size_t err_len) 
       return -1;
     }
     o.device = d->device == SIM_DEVICE_AUTO ? MB_DEVICE_AUTO : d->device;
+    o.restore_any_device = cfg->restore_anywhere;
     o.keep_alive_ms = d->keep_alive_ms == SIM_KA_DEFAULT ? cfg->keep_alive_ms : d->keep_alive_ms;
     if (d->host_keep_alive_ms != SIM_KA_DEFAULT)
       o.host_keep_alive_ms = d->host_keep_alive_ms;

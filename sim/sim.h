@@ -168,6 +168,9 @@ typedef struct sim_config {
    * admission shortcut makes is planned again in full and compared; the
    * result's admit_* fields say how it went. Slower; decisions unchanged. */
   int check_admission;
+  /* 1: an offloaded model of device auto may be restored on any device,
+   * as a backend that can (restore_any_device, the tensors backend) is. */
+  int restore_anywhere;
 } sim_config;
 
 void sim_config_init(sim_config *c);

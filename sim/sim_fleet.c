@@ -472,6 +472,7 @@ static int node_start(fleet *f, fnode *n, char *err, size_t err_len) {
       return -1;
     }
     mo.device = d->device == SIM_DEVICE_AUTO ? MB_DEVICE_AUTO : d->device;
+    mo.restore_any_device = c->restore_anywhere;
     mo.keep_alive_ms = d->keep_alive_ms == SIM_KA_DEFAULT ? c->keep_alive_ms : d->keep_alive_ms;
     if (d->host_keep_alive_ms != SIM_KA_DEFAULT)
       mo.host_keep_alive_ms = d->host_keep_alive_ms;

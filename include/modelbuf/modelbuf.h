@@ -539,6 +539,13 @@ typedef struct mb_model_opts {
    * modelbufd's start_timeout) and counts only the wait for a slot or for
    * memory; 0 (the default): queue_timeout_ms bounds the whole wait. */
   int queue_timeout_excludes_load;
+  /* 1: the backend can restore the model onto another device than the one
+   * it was offloaded from (its restore honours op->device; the tensors
+   * backend can). A restore of such a model with device MB_DEVICE_AUTO then
+   * goes wherever a load would (the device with room that fits it best, or
+   * the one where room costs least), when every device of the context is
+   * of one kind; else (0, the default) back to the device it left. */
+  int restore_any_device;
 } mb_model_opts;
 
 #define MB_CRASH_LIMIT_MAX 32

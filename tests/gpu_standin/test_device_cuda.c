@@ -439,6 +439,89 @@ static void test_tensors_stable_addresses(void **state) {
   cycles(g_st, 1);
 }
 
+/* ---- a restore onto another GPU ---------------------------------------- */
+
+static int cb_nop(void *user, int device, char *e, size_t n) {
+  (void)user, (void)device, (void)e, (void)n;
+  return 0;
+}
+static int cb_nop2(void *user, char *e, size_t n) {
+  (void)user, (void)e, (void)n;
+  return 0;
+}
+
+/* A tensors model of device auto (restore_any_device) is offloaded from
+ * cuda:0; a model held there leaves no room, so the core restores it on
+ * cuda:1: every byte equal, cuda:0 back to its start figure, and nothing
+ * left once unloaded (with stable addresses, a new range on cuda:1). */
+static void moved_restore(int stable) {
+  standin_bind();
+  uint64_t f0 = free_of(0), f1 = free_of(1);
+  mb_ctx *ctx = gpu_ctx();
+  mb_device_opts o;
+  mb_device_opts_init(&o);
+  o.kind = MB_DEVICE_CUDA;
+  o.ordinal = 1;
+  assert_int_equal(mb_device_add(ctx, &o, NULL, err, sizeof(err)), 0);
+  const char *paths[1] = {g_st};
+  mb_tensors_opts to = tensors_opts(stable, 1 << 20, 3);
+  mb_tensors_model *m = NULL;
+  assert_int_equal(mb_tensors_model_new(paths, 1, &to, &m, err, sizeof(err)), 0);
+  uint64_t bytes = mb_tensors_model_bytes(m);
+  mb_model_opts mo;
+  mb_model_opts_init(&mo);
+  mo.device = MB_DEVICE_AUTO;
+  mo.restore_any_device = 1;
+  mo.footprint_bytes = bytes;
+  mo.keep_alive_ms = -1;
+  assert_int_equal(mb_model_add(ctx, "m", mb_tensors_backend(), m, &mo, err, sizeof(err)), 0);
+  mb_lease l;
+  assert_int_equal(mb_acquire(ctx, "m", NULL, &l, err, sizeof(err)), 0);
+  assert_int_equal(l.device, 0); /* best fit: the smaller GPU */
+  uint64_t *ptrs = calloc(4096, sizeof(*ptrs));
+  check_tensors(m, g_st, ptrs, 0);
+  assert_int_equal(mb_release(ctx, l), 0);
+  assert_int_equal(mb_offload(ctx, "m", err, sizeof(err)), 0);
+  /* Another model takes cuda:0 but for less than m needs, and is held. */
+  mb_device_info di;
+  assert_int_equal(mb_device_info_get(ctx, 0, &di), 0);
+  mb_callbacks cb = {cb_nop, cb_nop2, cb_nop, cb_nop2, NULL, NULL};
+  mb_model_opts_init(&mo);
+  mo.device = 0;
+  mo.footprint_bytes = di.usable_bytes - bytes / 2;
+  mo.keep_alive_ms = -1;
+  assert_int_equal(mb_model_add_callbacks(ctx, "blocker", &cb, &mo, err, sizeof(err)), 0);
+  mb_lease lb;
+  assert_int_equal(mb_acquire(ctx, "blocker", NULL, &lb, err, sizeof(err)), 0);
+  assert_int_equal(mb_acquire(ctx, "m", NULL, &l, err, sizeof(err)), 0); /* restore */
+  assert_int_equal(l.device, 1);
+  mb_status st;
+  assert_int_equal(mb_model_status(ctx, "m", &st), 0);
+  assert_int_equal(st.device, 1);
+  assert_int_equal(st.stats.restores, 1);
+  check_tensors(m, g_st, ptrs, 0);
+  assert_int_equal(free_of(0), f0); /* nothing of m on cuda:0 */
+  assert_true(free_of(1) + bytes <= f1);
+  assert_no_misuse();
+  assert_int_equal(mb_release(ctx, l), 0);
+  assert_int_equal(mb_release(ctx, lb), 0);
+  assert_int_equal(mb_unload(ctx, "m", err, sizeof(err)), 0);
+  assert_int_equal(si.live("alloc") + si.live("map") + si.live("vmem") + si.live("host") +
+                   si.live("register"), 0);
+  assert_int_equal(mb_model_remove(ctx, "m"), 0);
+  assert_int_equal(mb_ctx_free(ctx), 0);
+  free(ptrs);
+  assert_nothing_left();
+  assert_int_equal(free_of(0), f0);
+  assert_int_equal(free_of(1), f1);
+}
+
+static void test_tensors_restore_elsewhere(void **state) {
+  (void)state;
+  moved_restore(0);
+  moved_restore(1);
+}
+
 /* ---- every fault at every step ------------------------------------------- */
 
 typedef struct step_env {
@@ -1018,6 +1101,7 @@ int main(void) {
         cmocka_unit_test(test_tensors_safetensors),
         cmocka_unit_test(test_tensors_gguf),
         cmocka_unit_test(test_tensors_stable_addresses),
+        cmocka_unit_test(test_tensors_restore_elsewhere),
         cmocka_unit_test(test_every_fault_at_every_step),
         cmocka_unit_test(test_device_lost),
         cmocka_unit_test(test_nvml),

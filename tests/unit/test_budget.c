@@ -485,6 +485,72 @@ static void test_host_budget(void **state) {
   assert_int_equal(h_state(&H, "huge2"), MB_STATE_READY);
 }
 
+/*
+ * Restores: x (device auto) is offloaded from device 0, then y, named on
+ * device 0, takes most of it and is held. A backend that can restore
+ * anywhere (restore_any_device) gets x's restore on device 1, where it
+ * fits; otherwise x goes back where it was and waits for y. With devices
+ * of two kinds it goes back too (the host copy is laid out for its kind).
+ */
+static void restore_placement(int any, int mixed, int want_dev) {
+  start(MB_EVICT_LRU, 0);
+  h_device(&H, 300);
+  if (mixed) {
+    mb_device_opts d;
+    mb_device_opts_init(&d);
+    d.kind = MB_DEVICE_CUDA;
+    d.ordinal = 0;
+    d.capacity_bytes = 300; /* given: no driver is asked */
+    char err[256] = "";
+    assert_int_equal(mb_device_add(H.ctx, &d, NULL, err, sizeof(err)), 0);
+  } else {
+    h_device(&H, 300);
+  }
+  mb_model_opts o;
+  mb_model_opts_init(&o);
+  o.device = MB_DEVICE_AUTO;
+  o.footprint_bytes = 200;
+  o.keep_alive_ms = 0; /* offloaded once idle */
+  o.restore_any_device = any;
+  h_model(&H, "x", &o);
+  h_model_fp(&H, "y", 250, MB_FOREVER); /* device 0 */
+  use("x", 1);
+  assert_int_equal(h_state(&H, "x"), MB_STATE_OFFLOADING);
+  h_complete(&H, "x", 0);
+  assert_int_equal(h_state(&H, "x"), MB_STATE_OFFLOADED);
+  assert_int_equal(h_status(&H, "x").device, 0);
+  h_answer y, x;
+  h_acquire(&H, "y", NULL, &y);
+  h_complete(&H, "y", 0);
+  assert_int_equal(y.rc, 0);
+  h_acquire(&H, "x", NULL, &x);
+  if (want_dev < 0) {
+    assert_false(h_has_job(&H, "x")); /* bound to device 0, held by y */
+    assert_false(x.done);
+    h_release(&H, &y); /* y idle: evicted for x's restore at home */
+    h_complete(&H, "y", 0);
+    want_dev = 0;
+  }
+  assert_int_equal(h_job_kind(&H, "x"), MB_JOB_RESTORE);
+  assert_int_equal(mb_job_device(h_job(&H, "x")), want_dev);
+  h_complete(&H, "x", 0);
+  assert_int_equal(x.rc, 0);
+  assert_int_equal(x.lease.device, want_dev);
+  assert_int_equal(h_status(&H, "x").device, want_dev);
+  assert_int_equal(h_dev_used(&H, want_dev), 200);
+  assert_within_budget(0);
+  assert_within_budget(1);
+  h_release(&H, &x);
+  if (want_dev == 1) {
+    assert_int_equal(h_state(&H, "y"), MB_STATE_READY); /* nothing evicted */
+    h_release(&H, &y);
+  }
+}
+
+static void test_restore_any_device(void **state) { restore_placement(1, 0, 1); }
+static void test_restore_home(void **state) { restore_placement(0, 0, -1); }
+static void test_restore_home_mixed_kinds(void **state) { restore_placement(1, 1, -1); }
+
 /* A measured footprint above the declared one evicts idle models. */
 static void test_measured_over_budget_evicts(void **state) {
   start(MB_EVICT_LRU, 0);
@@ -521,6 +587,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_pinned, setup, teardown),
       cmocka_unit_test_setup_teardown(test_host_budget, setup, teardown),
       cmocka_unit_test_setup_teardown(test_measured_over_budget_evicts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_restore_any_device, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_restore_home, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_restore_home_mixed_kinds, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
