@@ -178,9 +178,10 @@ int sim_fleet_main(const sim_fleet_opts *o, const sim_models *models, const sim_
     c.balance_factor = o->balance_factor;
   if (strcmp(policy, "all") == 0) {
     c.node.policy = SIM_COST;
-  } else if (sim_policy_parse(policy, &c.node.policy) != 0 || c.node.policy == SIM_BELADY) {
+  } else if (sim_policy_parse(policy, &c.node.policy) != 0 || c.node.policy == SIM_BELADY ||
+             c.node.policy == SIM_ORACLE) {
     fprintf(stderr, "modelbuf sim: --policy '%s' with --nodes: expected lru or cost (belady "
-            "needs each node's future, which the routing decides as it goes)\n", policy);
+            "and oracle need each node's future, which the routing decides as it goes)\n", policy);
     return CLI_EXIT_USAGE;
   }
   sim_routing rs[3];

@@ -440,6 +440,13 @@ void mb__admission_check(mb_ctx *ctx, int on) {
   pthread_mutex_unlock(&ctx->core_lock);
 }
 
+void mb__cost_rate_oracle(mb_ctx *ctx, double (*rate)(void *arg, void *user), void *arg) {
+  pthread_mutex_lock(&ctx->core_lock);
+  ctx->rate_oracle = rate;
+  ctx->rate_oracle_arg = arg;
+  pthread_mutex_unlock(&ctx->core_lock);
+}
+
 void mb__admission_check_result(mb_ctx *ctx, mb__admit_stats *out) {
   pthread_mutex_lock(&ctx->core_lock);
   out->auto_blocked = ctx->admit_checked[0];

@@ -364,6 +364,8 @@ struct mb_ctx {
    * makes is planned again in full and compared, differences counted; 2
    * the same, and a difference aborts (build option admission_check). */
   int admit_check;
+  double (*rate_oracle)(void *arg, void *user); /* mb__cost_rate_oracle; NULL: measured */
+  void *rate_oracle_arg;
   uint64_t admit_checked[4];  /* by shortcut: auto_blocked, any_blocked, planning, bound_wait */
   uint64_t admit_differ;
   char admit_first[512];      /* the first difference, described */

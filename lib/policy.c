@@ -56,6 +56,8 @@ double mb__reload_cost_ms(const mb__model *m, int to_host) {
 #define COST_HOST_SPILL 0.15
 
 static double use_rate(const mb_ctx *ctx, const mb__model *m) {
+  if (ctx->rate_oracle != NULL)
+    return ctx->rate_oracle(ctx->rate_oracle_arg, m->user);
   return m->hits * exp(-(double)(ctx->now - m->hits_t) / COST_TAU_NS);
 }
 
@@ -106,7 +108,7 @@ double mb__evict_rank(const mb_ctx *ctx, const mb__model *m, int dev) {
 int mb__evict_rank_positive(const mb_ctx *ctx, const mb__model *m, int dev) {
   /* cost_rank() = use rate x a positive cost: surely above 0 while the
    * decayed count is not vanishing (no exp() needed). */
-  if (ctx->opts.eviction == MB_EVICT_COST && m->hits >= 1e-6 &&
+  if (ctx->opts.eviction == MB_EVICT_COST && ctx->rate_oracle == NULL && m->hits >= 1e-6 &&
       (double)(ctx->now - m->hits_t) < 600 * COST_TAU_NS)
     return 1;
   return mb__evict_rank(ctx, m, dev) > 0;

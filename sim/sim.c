@@ -40,12 +40,13 @@ const char *sim_policy_name(sim_policy p) {
   case SIM_LRU: return "lru";
   case SIM_COST: return "cost";
   case SIM_BELADY: return "belady";
+  case SIM_ORACLE: return "oracle";
   }
   return "?";
 }
 
 int sim_policy_parse(const char *s, sim_policy *out) {
-  for (int p = SIM_LRU; p <= SIM_BELADY; p++) {
+  for (int p = SIM_LRU; p <= SIM_ORACLE; p++) {
     if (strcmp(s, sim_policy_name((sim_policy)p)) == 0) {
       *out = (sim_policy)p;
       return 0;
@@ -221,6 +222,13 @@ static double belady_rank(void *arg, const char *model, void *user, int device) 
   if (m->next >= m->nuses)
     return -HUGE_VAL; /* never used again: the best victim */
   return -(double)m->uses[m->next];
+}
+
+/* The oracle's rate of a model: its requests in the whole trace (the
+ * trace's length is the same for every model, and only ratios count). */
+static double oracle_rate(void *arg, void *user) {
+  (void)arg;
+  return (double)((const sim_m *)user)->nuses;
 }
 
 /* Backend functions run only when the context is freed with models still
@@ -399,6 +407,7 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
     o.evict_rank = belady_rank;
     o.evict_arg = &s;
     break;
+  case SIM_ORACLE: o.eviction = MB_EVICT_COST; break;
   }
   s.now = ORIGIN_NS + trace->v[0].t_ns;
   char e[256] = "";
@@ -408,6 +417,8 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
   }
   if (cfg->check_admission)
     mb__admission_check(s.ctx, 1);
+  if (cfg->policy == SIM_ORACLE)
+    mb__cost_rate_oracle(s.ctx, oracle_rate, NULL);
   for (int d = 0; d < cfg->devices; d++) {
     mb_device_opts dopt;
     mb_device_opts_init(&dopt);

@@ -9,7 +9,8 @@
  * a lease held for its duration, and a release. Policies: lru, cost (the
  * core's own), and belady, the offline reference that evicts the idle model
  * whose next use lies furthest in the future (it reads the trace's future
- * through the core's MB_EVICT_CUSTOM hook).
+ * through the core's MB_EVICT_CUSTOM hook); oracle, cost with the trace's
+ * true rates (mb__cost_rate_oracle).
  *
  * Everything is deterministic: the same model table, trace and
  * configuration give the same numbers (only wall_s and events_per_s, which
@@ -152,10 +153,14 @@ int sim_gen_run(const sim_gen *g, const sim_models *t, uint64_t seed, sim_trace 
 /* ------------------------------------------------------------------------ */
 /* Running                                                                   */
 
-typedef enum sim_policy { SIM_LRU = 0, SIM_COST, SIM_BELADY } sim_policy;
+/* SIM_ORACLE: the cost policy given each model's true request rate over
+ * the whole trace instead of the rate it measures: what a policy that
+ * knew the rates could do, a bound for the rate-based ones (not in
+ * "all"). */
+typedef enum sim_policy { SIM_LRU = 0, SIM_COST, SIM_BELADY, SIM_ORACLE } sim_policy;
 
 const char *sim_policy_name(sim_policy p);
-/* "lru", "cost", "belady" -> 0 and *out; -1 otherwise. */
+/* "lru", "cost", "belady", "oracle" -> 0 and *out; -1 otherwise. */
 int sim_policy_parse(const char *s, sim_policy *out);
 
 typedef struct sim_config {

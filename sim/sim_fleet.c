@@ -576,8 +576,8 @@ int sim_fleet_run(const sim_models *models, const sim_trace *trace, const sim_fl
     mb__set_err(err, err_len, "need 1 to %d devices per node with a capacity > 0", SIM_MAX_DEVICES);
     return -1;
   }
-  if (cfg->node.policy == SIM_BELADY) {
-    mb__set_err(err, err_len, "belady needs each node's future, which the routing decides as it "
+  if (cfg->node.policy == SIM_BELADY || cfg->node.policy == SIM_ORACLE) {
+    mb__set_err(err, err_len, "belady and oracle need each node's future, which the routing decides as it "
                           "goes: use lru or cost with several nodes");
     return -1;
   }

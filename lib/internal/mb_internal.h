@@ -55,4 +55,12 @@ typedef struct mb__admit_stats {
 
 void mb__admission_check_result(mb_ctx *ctx, mb__admit_stats *out);
 
+/*
+ * The cost policy with each model's use rate given instead of measured:
+ * rate(arg, user) for the model's backend argument (any unit: the ranks
+ * only compare). The simulator's oracle policy, the true rates of a whole
+ * trace, which no online policy knows. NULL: measured again. Thread-safe.
+ */
+void mb__cost_rate_oracle(mb_ctx *ctx, double (*rate)(void *arg, void *user), void *arg);
+
 #endif /* MB_INTERNAL_H */

@@ -209,6 +209,43 @@ static void test_hand_checked_belady(void **state) {
   sim_models_free(&m);
 }
 
+/*
+ * The oracle: cost with the trace's true rates. Three models of one size,
+ * room for two, no host tier. At t=30 c needs a place: cost has seen a
+ * once and b twice, and evicts a, which then comes back three times (one
+ * more load); the oracle knows a is asked for four times in all and b
+ * twice, and evicts b.
+ */
+static void test_oracle_knows_rates(void **state) {
+  (void)state;
+  sim_models m;
+  sim_trace t;
+  sim_config c;
+  memset(&m, 0, sizeof(m));
+  memset(&t, 0, sizeof(t));
+  add_model(&m, "a", 10, 1000);
+  add_model(&m, "b", 10, 1000);
+  add_model(&m, "c", 10, 1000);
+  parse_trace("t,model,duration\n0,a,1\n10,b,1\n20,b,1\n30,c,1\n40,a,1\n50,a,1\n60,a,1\n",
+              &t);
+  sim_config_init(&c);
+  c.capacity_bytes = 20;
+  c.host_bytes = 0;
+  c.keep_alive_ms = -1;
+  sim_result cost = run(&m, &t, &c, SIM_COST);
+  sim_result oracle = run(&m, &t, &c, SIM_ORACLE);
+  assert_int_equal(cost.loads, 4);
+  assert_int_equal(oracle.loads, 3);
+  assert_int_equal(oracle.served, 7);
+  assert_int_equal(oracle.warm, 4); /* b at 20, a at 40, 50, 60 */
+  sim_policy p;
+  assert_int_equal(sim_policy_parse("oracle", &p), 0);
+  assert_int_equal(p, SIM_ORACLE);
+  assert_string_equal(sim_policy_name(SIM_ORACLE), "oracle");
+  sim_trace_free(&t);
+  sim_models_free(&m);
+}
+
 /* With a host tier, an evicted model is offloaded and comes back by restore. */
 static void test_offload_restore(void **state) {
   (void)state;
@@ -622,6 +659,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_custom_needs_callback, teardown),
       cmocka_unit_test_teardown(test_many_candidates, teardown),
       cmocka_unit_test(test_hand_checked_belady),
+      cmocka_unit_test(test_oracle_knows_rates),
       cmocka_unit_test(test_offload_restore),
       cmocka_unit_test(test_keep_alive),
       cmocka_unit_test(test_deterministic),
