@@ -1598,15 +1598,18 @@ static void test_core_opts(void **state) {
   assert_int_equal(mo.max_concurrency, 4);
   assert_int_equal(mo.max_queue, 7);
   assert_int_equal(mo.queue_timeout_ms, 250);
+  assert_int_equal(mo.restore_any_device, 0); /* a worker process goes back */
   /* plug: auto, and the defaults' forever values pass through. */
   assert_int_equal(mbd_config_model_opts(cfg, &cfg->models[1], &mo, err, sizeof(err)), 0);
   assert_int_equal(mo.device, MB_DEVICE_AUTO);
   assert_int_equal(mo.host_keep_alive_ms, MB_FOREVER);
   assert_int_equal(mo.queue_timeout_ms, MB_FOREVER);
   assert_int_equal(mo.offload, 0);
+  assert_int_equal(mo.restore_any_device, 0); /* a plugin's restore is its own */
   /* weights: gpu 0 is the second listed device. */
   assert_int_equal(mbd_config_model_opts(cfg, &cfg->models[2], &mo, err, sizeof(err)), 0);
   assert_int_equal(mo.device, 1);
+  assert_int_equal(mo.restore_any_device, 1); /* the tensor engine can (used with auto) */
   mbd_config_free(cfg);
 
   /* Devices omitted: the ordinal is the index; device_opts refuses. */
