@@ -329,3 +329,32 @@ def event_item(ev: "Event", model: Optional[str]) -> Tuple[Optional[Dict[str, An
     doc = ev.json()
     seq = int(ev.id) if ev.id is not None and ev.id.isdigit() else None
     return (doc if model is None or doc.get("model") == model else None), seq
+
+
+class EventStreamBase:
+    """What the sync and asyncio event streams share: where they resume."""
+
+    def __init__(self, client: Any, model: Optional[str], last_event_id: Optional[int],
+                 reconnect: bool) -> None:
+        self._client = client
+        self._model = model
+        self._last = last_event_id
+        self._reconnect = reconnect
+        self._r: Any = None
+        self._gen: Any = None
+        self._closed = False
+
+    @property
+    def last_event_id(self) -> Optional[int]:
+        """The id of the last event received (a resume point), or the one given."""
+        return self._last
+
+    def _headers(self) -> Dict[str, str]:
+        return {} if self._last is None else {"Last-Event-ID": str(self._last)}
+
+    def _take(self, ev: "Event") -> Optional[Dict[str, Any]]:
+        """The dict to give for ev (None: another model's), noting its id."""
+        doc, seq = event_item(ev, self._model)
+        if seq is not None:
+            self._last = seq
+        return doc

@@ -15,8 +15,8 @@ import json as _json
 import ssl
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, Union
 
-from ._common import (DEFAULT_TTL, BodyMixin, Duration, Endpoint, Event, SSEParser,
-                      acquire_body, answer_error, check, client_setup, encode_body, event_item,
+from ._common import (DEFAULT_TTL, BodyMixin, Duration, Endpoint, Event, EventStreamBase,
+                      SSEParser, acquire_body, answer_error, check, client_setup, encode_body,
                       keep_alive_value, openai_chunks, parse_endpoint, quote_name,
                       status_headers, ttl_seconds)
 from ._http import USER_AGENT
@@ -597,24 +597,9 @@ class AsyncOpenAI:
                                 False, headers)
 
 
-class AsyncEventStream:
+class AsyncEventStream(EventStreamBase):
     """The daemon's event stream (see ``AsyncClient.events``): an async
     iterator of dicts, an async context manager that opens it on entry."""
-
-    def __init__(self, client: "AsyncClient", model: Optional[str],
-                 last_event_id: Optional[int], reconnect: bool) -> None:
-        self._client = client
-        self._model = model
-        self._last = last_event_id
-        self._reconnect = reconnect
-        self._r: Optional[AsyncResponse] = None
-        self._gen: Optional[AsyncIterator[Dict[str, Any]]] = None
-        self._closed = False
-
-    @property
-    def last_event_id(self) -> Optional[int]:
-        """The id of the last event received (a resume point), or the one given."""
-        return self._last
 
     async def open(self) -> "AsyncEventStream":
         """Opens the stream now (once): events from here on are seen."""
@@ -623,9 +608,8 @@ class AsyncEventStream:
         return self
 
     async def _connect(self) -> AsyncResponse:
-        headers = {} if self._last is None else {"Last-Event-ID": str(self._last)}
-        r = await self._client._t.request("GET", "/api/events", headers=headers, stream=True,
-                                          timeout=None)
+        r = await self._client._t.request("GET", "/api/events", headers=self._headers(),
+                                          stream=True, timeout=None)
         if r.status >= 400:
             async with r:
                 await r.read()
@@ -639,9 +623,7 @@ class AsyncEventStream:
                     self._r = await self._connect()
                 async with self._r as r:
                     async for ev in r.aiter_events():
-                        doc, seq = event_item(ev, self._model)
-                        if seq is not None:
-                            self._last = seq
+                        doc = self._take(ev)
                         if doc is not None:
                             yield doc
             except ModelbufError:

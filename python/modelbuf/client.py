@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple, Union
 
-from ._common import (DEFAULT_TTL, Duration, acquire_body, client_setup, encode_body,
-                      event_item, keep_alive_value, parse_endpoint, quote_name, status_headers,
-                      ttl_seconds)
+from ._common import (DEFAULT_TTL, Duration, EventStreamBase, acquire_body, client_setup,
+                      encode_body, keep_alive_value, parse_endpoint, quote_name,
+                      status_headers, ttl_seconds)
 from ._http import _UNSET, Response, Transport
 from .errors import LeaseLost, ModelbufError, NotFound, NotSupported
 
@@ -334,24 +334,9 @@ class OpenAI:
                           headers)
 
 
-class EventStream:
+class EventStream(EventStreamBase):
     """The daemon's event stream (see ``Client.events``): an iterator of
     dicts, a context manager that opens the stream on entry."""
-
-    def __init__(self, client: "Client", model: Optional[str], last_event_id: Optional[int],
-                 reconnect: bool) -> None:
-        self._client = client
-        self._model = model
-        self._last = last_event_id
-        self._reconnect = reconnect
-        self._r: Optional[Response] = None
-        self._gen: Optional[Iterator[Dict[str, Any]]] = None
-        self._closed = False
-
-    @property
-    def last_event_id(self) -> Optional[int]:
-        """The id of the last event received (a resume point), or the one given."""
-        return self._last
 
     def open(self) -> "EventStream":
         """Opens the stream now (once): events from here on are seen."""
@@ -360,8 +345,7 @@ class EventStream:
         return self
 
     def _connect(self) -> Response:
-        headers = {} if self._last is None else {"Last-Event-ID": str(self._last)}
-        r = self._client._t.request("GET", "/api/events", headers=headers, stream=True,
+        r = self._client._t.request("GET", "/api/events", headers=self._headers(), stream=True,
                                     timeout=None)
         if r.status >= 400:
             with r:
@@ -375,9 +359,7 @@ class EventStream:
                     self._r = self._connect()
                 with self._r as r:
                     for ev in r.iter_events():
-                        doc, seq = event_item(ev, self._model)
-                        if seq is not None:
-                            self._last = seq
+                        doc = self._take(ev)
                         if doc is not None:
                             yield doc
             except ModelbufError:
