@@ -314,44 +314,92 @@ def test_checkpoint_restore_failure_restarts_the_worker(d):
     assert proc(after["pid"]) is None
 
 
-def test_tensors_model_on_cuda1_every_byte(d):
-    with open(WEIGHTS, "rb") as f:
+def tensors_equal(d, name, path=None):
+    """Every tensor of the safetensors file path (WEIGHTS) as model name
+    serves it: equal to the file, byte for byte."""
+    path = path or WEIGHTS
+    with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(n))
     base = 8 + n
+    for tname, t in header.items():
+        if tname == "__metadata__":
+            continue
+        a, b = t["data_offsets"]
+        c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60 * SLOW)
+        c.request("GET", f"/m/{name}/tensors/" + urllib.parse.quote(tname, safe=""))
+        r = c.getresponse()
+        body = r.read()
+        c.close()
+        assert r.status == 200
+        with open(path, "rb") as f:
+            f.seek(base + a)
+            assert body == f.read(b - a), tname
 
-    def compare():
-        for name, t in header.items():
-            if name == "__metadata__":
-                continue
-            a, b = t["data_offsets"]
-            c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60 * SLOW)
-            c.request("GET", "/m/t1/tensors/" + urllib.parse.quote(name, safe=""))
-            r = c.getresponse()
-            body = r.read()
-            c.close()
-            assert r.status == 200
-            with open(WEIGHTS, "rb") as f:
-                f.seek(base + a)
-                assert body == f.read(b - a), name
 
+def test_tensors_model_on_cuda1_every_byte(d):
     used0 = machine()["gpus"][1]["used"]
     st = load(d, "t1")
     arena = st["vram_bytes"]
     assert arena > 48 * MiB
     me = proc(d.proc.pid)
     assert me["dev"][1] == arena + CTX  # the daemon's own process, on GPU 1
-    compare()
+    tensors_equal(d, "t1")
     code, st, _ = d.post("/api/models/t1/offload")
     assert code == 200 and st["state"] == "offloaded"
     assert proc(d.proc.pid)["dev"][1] == CTX  # the arena went, the context stays
     load(d, "t1")
-    compare()
+    tensors_equal(d, "t1")
     unload(d, "t1")
     # no model holds the GPU: the context went too
     me = proc(d.proc.pid)
     assert me is None or me["dev"][1] == 0, me
     assert machine()["gpus"][1]["used"] == used0
+
+
+def test_tensors_model_restored_on_the_other_gpu():
+    """A tensors model of device auto, offloaded from cuda:0, comes back on
+    cuda:1 when cuda:0 has no room for it (another model is held there):
+    a restore, not a load, every byte equal, its arena off cuda:0."""
+    weights2 = mkmodel("t2.safetensors", "64MiB")
+    config = f"""
+devices: [{{gpu: 0, budget: 100MiB}}, {{gpu: 1, budget: 100MiB}}]
+host_memory: 1GiB
+defaults: {{keep_alive: 10m, host_keep_alive: 10m}}
+models:
+  ta:
+    backend: tensors
+    files: [{WEIGHTS}]
+  tb:
+    backend: tensors
+    files: [{weights2}]
+    device: 0
+"""
+    d = other_daemon(config)
+    try:
+        st = load(d, "ta")
+        assert st["device"] == "cuda:0", st  # best fit among equals: the first
+        arena = st["vram_bytes"]
+        code, st, _ = d.post("/api/models/ta/offload")
+        assert code == 200 and st["state"] == "offloaded", (code, st)
+        code, lease, _ = d.post("/api/models/tb/acquire", {"ttl": "60s"})
+        assert code == 200, (code, lease)
+        assert d.status("tb")["device"] == "cuda:0"
+        st = load(d, "ta")  # 48 + 64 MiB do not fit cuda:0's 100 MiB: cuda:1
+        assert st["device"] == "cuda:1", st
+        assert st["stats"]["restores"] == 1 and st["stats"]["loads"] == 1, st["stats"]
+        assert d.status("tb")["state"] == "ready"  # nothing evicted
+        tensors_equal(d, "ta")
+        me = proc(d.proc.pid)
+        assert me["dev"][1] == arena + CTX, me  # ta's arena, on cuda:1
+        assert me["dev"][0] == d.status("tb")["vram_bytes"] + CTX, me  # tb's only
+        code, _, _ = d.request("DELETE", "/api/leases/" + lease["lease"])
+        assert code == 200
+        unload(d, "ta")
+        unload(d, "tb")
+    finally:
+        assert d.stop() == 0, d.logs()[-3000:]
+        assert "mb-standin: misuse" not in d.final_log, d.final_log[-3000:]
 
 
 def test_a_gpu_that_disappears(d):
