@@ -2,11 +2,13 @@
  * agenda.h - what the simulator's single-node run (sim.c), its fleet run
  * (sim_fleet.c) and the trace index (trace.c) share, private to sim/: the
  * agenda of future completions (a binary heap in time order, ties in the
- * order they were pushed, so a run is deterministic) and the name hash.
+ * order they were pushed, so a run is deterministic), the name hash, the
+ * simulated backend and the wait percentiles.
  */
 #ifndef MB_SIM_AGENDA_H
 #define MB_SIM_AGENDA_H
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -83,6 +85,45 @@ static inline uint64_t sim_hash_str(const char *s) {
   for (; *s; s++)
     h = (h ^ (unsigned char)*s) * 1099511628211ull;
   return h;
+}
+
+/* Backend functions run only when the context is freed with models still
+ * loaded (mb_ctx_free unloads them directly): nothing to free here. */
+static inline int sim_be_nop(mb_op *op) {
+  (void)op;
+  return 0;
+}
+
+/* The simulated backend of a model: jobs complete as the agenda says. */
+static inline const mb_backend *sim_backend(int can_offload) {
+  static const mb_backend offload = {"sim", sim_be_nop, sim_be_nop, sim_be_nop, sim_be_nop,
+                                     NULL,  NULL,       NULL,       NULL};
+  static const mb_backend plain = {"sim", sim_be_nop, NULL, NULL, sim_be_nop,
+                                   NULL,  NULL,       NULL, NULL};
+  return can_offload ? &offload : &plain;
+}
+
+static inline int sim_cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static inline double sim_pct(const double *v, size_t n, double p) {
+  if (n == 0)
+    return 0;
+  size_t i = (size_t)ceil(p * (double)n);
+  if (i > 0)
+    i--;
+  if (i >= n)
+    i = n - 1;
+  return v[i];
+}
+
+/* Sorts the waits (ms) and gives their median and 99th percentile. */
+static inline void sim_wait_pcts(double *v, size_t n, double *p50, double *p99) {
+  qsort(v, n, sizeof(*v), sim_cmp_double);
+  *p50 = sim_pct(v, n, 0.50);
+  *p99 = sim_pct(v, n, 0.99);
 }
 
 #endif /* MB_SIM_AGENDA_H */

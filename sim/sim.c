@@ -231,35 +231,8 @@ static double oracle_rate(void *arg, void *user) {
   return (double)((const sim_m *)user)->nuses;
 }
 
-/* Backend functions run only when the context is freed with models still
- * loaded (mb_ctx_free unloads them directly): nothing to free here. */
-static int be_nop(mb_op *op) {
-  (void)op;
-  return 0;
-}
-
-static const mb_backend be_offload = {"sim", be_nop, be_nop, be_nop, be_nop,
-                                      NULL,  NULL,   NULL,   NULL};
-static const mb_backend be_plain = {"sim", be_nop, NULL, NULL, be_nop, NULL, NULL, NULL, NULL};
-
 /* ------------------------------------------------------------------------ */
 /* Setup                                                                     */
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double pct(const double *v, size_t n, double p) {
-  if (n == 0)
-    return 0;
-  size_t i = (size_t)ceil(p * (double)n);
-  if (i > 0)
-    i--;
-  if (i >= n)
-    i = n - 1;
-  return v[i];
-}
 
 static void sim_free(sim *s) {
   free(s->m);
@@ -352,7 +325,7 @@ static int add_models(sim *s, const sim_config *cfg, char *err, size_t err_len) 
     o.max_queue = d->max_queue;
     o.queue_timeout_ms = d->queue_timeout_ms;
     char e[256] = "";
-    int rc = mb_model_add(s->ctx, d->name, d->can_offload ? &be_offload : &be_plain, &s->m[i],
+    int rc = mb_model_add(s->ctx, d->name, sim_backend(d->can_offload), &s->m[i],
                           &o, e, sizeof(e));
     if (rc != 0) {
       mb__set_err(err, err_len, "model '%s': %s", d->name, e);
@@ -523,9 +496,7 @@ int sim_run(const sim_models *models, const sim_trace *trace, const sim_config *
     out->unloads += st.stats.unloads;
     out->evictions += st.stats.evictions;
   }
-  qsort(s.waits, s.nwaits, sizeof(*s.waits), cmp_double);
-  out->wait_p50_ms = pct(s.waits, s.nwaits, 0.50);
-  out->wait_p99_ms = pct(s.waits, s.nwaits, 0.99);
+  sim_wait_pcts(s.waits, s.nwaits, &out->wait_p50_ms, &out->wait_p99_ms);
   out->wait_max_ms = s.nwaits ? s.waits[s.nwaits - 1] : 0;
   rc = 0;
 

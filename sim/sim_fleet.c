@@ -351,33 +351,8 @@ static void on_answer(const mb_result *r, void *arg) {
     f->nomem = 1; /* reported after the run; the item is lost */
 }
 
-static int be_nop(mb_op *op) {
-  (void)op;
-  return 0;
-}
-
-static const mb_backend be_offload = {"sim", be_nop, be_nop, be_nop, be_nop,
-                                      NULL,  NULL,   NULL,   NULL};
-static const mb_backend be_plain = {"sim", be_nop, NULL, NULL, be_nop, NULL, NULL, NULL, NULL};
-
 /* ------------------------------------------------------------------------ */
 /* Setup                                                                     */
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double pct(const double *v, size_t n, double p) {
-  if (n == 0)
-    return 0;
-  size_t i = (size_t)ceil(p * (double)n);
-  if (i > 0)
-    i--;
-  if (i >= n)
-    i = n - 1;
-  return v[i];
-}
 
 static int setup(fleet *f, char *err, size_t err_len) {
   const sim_models *models = f->models;
@@ -481,7 +456,7 @@ static int node_start(fleet *f, fnode *n, char *err, size_t err_len) {
     mo.max_concurrency = d->max_concurrency;
     mo.max_queue = d->max_queue;
     mo.queue_timeout_ms = d->queue_timeout_ms;
-    if (mb_model_add(n->ctx, d->name, d->can_offload ? &be_offload : &be_plain, NULL, &mo, e,
+    if (mb_model_add(n->ctx, d->name, sim_backend(d->can_offload), NULL, &mo, e,
                      sizeof(e)) != 0) {
       mb__set_err(err, err_len, "model '%s': %s", d->name, e);
       return -1;
@@ -698,9 +673,7 @@ int sim_fleet_run(const sim_models *models, const sim_trace *trace, const sim_fl
     models_loaded += c > 0;
   }
   out->copies = models_loaded ? (double)copies / (double)models_loaded : 0;
-  qsort(f.waits, f.nwaits, sizeof(*f.waits), cmp_double);
-  out->all.wait_p50_ms = pct(f.waits, f.nwaits, 0.50);
-  out->all.wait_p99_ms = pct(f.waits, f.nwaits, 0.99);
+  sim_wait_pcts(f.waits, f.nwaits, &out->all.wait_p50_ms, &out->all.wait_p99_ms);
   out->all.wait_max_ms = f.nwaits ? f.waits[f.nwaits - 1] : 0;
   rc = 0;
 
