@@ -3,7 +3,8 @@
  * (sim_fleet.c) and the trace index (trace.c) share, private to sim/: the
  * agenda of future completions (a binary heap in time order, ties in the
  * order they were pushed, so a run is deterministic), the name hash, the
- * simulated backend and the wait percentiles.
+ * simulated backend, its job times, the memory integral and the wait
+ * percentiles.
  */
 #ifndef MB_SIM_AGENDA_H
 #define MB_SIM_AGENDA_H
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 
 #include "modelbuf/modelbuf.h"
+#include "sim.h"
 
 enum { AG_JOB = 1, AG_RELEASE = 2 };
 
@@ -117,6 +119,29 @@ static inline double sim_pct(const double *v, size_t n, double p) {
   if (i >= n)
     i = n - 1;
   return v[i];
+}
+
+/* A model's time for a job of kind k, ms. */
+static inline double sim_job_ms(const sim_model *d, mb_job_kind k) {
+  switch (k) {
+  case MB_JOB_LOAD: return d->load_ms;
+  case MB_JOB_RESTORE: return d->restore_ms;
+  case MB_JOB_OFFLOAD: return d->offload_ms;
+  case MB_JOB_UNLOAD: return d->unload_ms;
+  }
+  return 0;
+}
+
+/* A device's memory changes at now by bytes (add or remove): the old
+ * level is integrated up to now first (area: byte-ns, for the mean use). */
+static inline void sim_mem_change(double *area, uint64_t *used, uint64_t *last, uint64_t now,
+                                  uint64_t bytes, int add) {
+  *area += (double)*used * (double)(now - *last);
+  *last = now;
+  if (add)
+    *used += bytes;
+  else
+    *used -= bytes;
 }
 
 /* Sorts the waits (ms) and gives their median and 99th percentile. */

@@ -127,24 +127,8 @@ static int find_model(const sim *s, const char *name) {
 
 static uint64_t sim_clock(void *arg) { return ((sim *)arg)->now; }
 
-/* Device memory changes: integrate the old level up to now first. */
 static void dev_change(sim *s, int dev, uint64_t bytes, int add) {
-  s->area[dev] += (double)s->used[dev] * (double)(s->now - s->last[dev]);
-  s->last[dev] = s->now;
-  if (add)
-    s->used[dev] += bytes;
-  else
-    s->used[dev] -= bytes;
-}
-
-static double job_ms(const sim_model *d, mb_job_kind k) {
-  switch (k) {
-  case MB_JOB_LOAD: return d->load_ms;
-  case MB_JOB_RESTORE: return d->restore_ms;
-  case MB_JOB_OFFLOAD: return d->offload_ms;
-  case MB_JOB_UNLOAD: return d->unload_ms;
-  }
-  return 0;
+  sim_mem_change(&s->area[dev], &s->used[dev], &s->last[dev], s->now, bytes, add);
 }
 
 /* The executor: a job finishes after its model's time for that operation. */
@@ -163,7 +147,7 @@ static void sim_submit(void *arg, mb_job *job) {
     m->on_dev = 1;
     dev_change(s, m->dev, m->def->footprint_bytes, 1);
   }
-  double ms = job_ms(m->def, k);
+  double ms = sim_job_ms(m->def, k);
   agenda_item it;
   memset(&it, 0, sizeof(it));
   it.t = s->now + (uint64_t)llround(ms * MS_NS);

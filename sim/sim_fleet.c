@@ -259,22 +259,7 @@ static int route(fleet *f, int model) {
 static uint64_t fleet_clock(void *arg) { return ((fnode *)arg)->f->now; }
 
 static void dev_change(fleet *f, fnode *n, int dev, uint64_t bytes, int add) {
-  n->area[dev] += (double)n->used[dev] * (double)(f->now - n->last[dev]);
-  n->last[dev] = f->now;
-  if (add)
-    n->used[dev] += bytes;
-  else
-    n->used[dev] -= bytes;
-}
-
-static double job_ms(const sim_model *d, mb_job_kind k) {
-  switch (k) {
-  case MB_JOB_LOAD: return d->load_ms;
-  case MB_JOB_RESTORE: return d->restore_ms;
-  case MB_JOB_OFFLOAD: return d->offload_ms;
-  case MB_JOB_UNLOAD: return d->unload_ms;
-  }
-  return 0;
+  sim_mem_change(&n->area[dev], &n->used[dev], &n->last[dev], f->now, bytes, add);
 }
 
 static void fleet_submit(void *arg, mb_job *job) {
@@ -296,7 +281,7 @@ static void fleet_submit(void *arg, mb_job *job) {
   }
   agenda_item it;
   memset(&it, 0, sizeof(it));
-  it.t = f->now + (uint64_t)llround(job_ms(&f->models->v[i], k) * MS_NS);
+  it.t = f->now + (uint64_t)llround(sim_job_ms(&f->models->v[i], k) * MS_NS);
   it.kind = AG_JOB;
   it.node = n->idx;
   it.job = job;
